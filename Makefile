@@ -1,0 +1,36 @@
+# The README's two commands are `make run` and `make test`; both set up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?= 8501
+
+.PHONY: setup run test test-fast bench lint clean
+
+setup: $(STAMP)
+
+# Re-install only when the pins change: a second `make setup` takes a second.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/hdap app --port $(PORT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+bench: setup
+	$(BIN)/hdap bench-macs
+
+lint: setup
+	$(BIN)/ruff check hdap_engine app tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Fleet: telemetry loading and validation, the device twin, simulation, probes, clustering."""

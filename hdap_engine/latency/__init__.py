@@ -1,0 +1,1 @@
+"""Latency: measurement backends (twin, host, agent), the measurement store, sampling, surrogate."""

@@ -1,0 +1,1 @@
+"""Pruning: the space of candidates (groups, widths, analytic MACs), budgets, applying a candidate."""

@@ -1,0 +1,1 @@
+"""Search: fleet objectives, evolutionary search under a MACs budget, baselines."""
