@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from hdap_engine.errors import HdapError
-from hdap_engine.models.zoo import build_model, get_spec
+from hdap_engine.models.zoo import get_spec
 from hdap_engine.pruning.layers import LayerTable
 
 _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU)  # what TP's counter counts
@@ -481,7 +481,11 @@ def _flatten_sym(s_in, src, node, shape):
 @functools.lru_cache(maxsize=16)
 def _traced_space(name: str) -> PruningSpace:
     spec = get_spec(name)
-    model = build_model(name)
+    # Only shapes matter here: build on the meta device (no weight initialisation,
+    # which is most of the cost for VGG-16) and give it uninitialised CPU storage.
+    with torch.device("meta"):
+        model = spec.builder()
+    model = model.to_empty(device="cpu").eval()
     example = spec.example_input()
     groups_raw = discover_groups(model, example, spec.classifier)
     # Order groups by where their first member runs in the forward pass.
