@@ -328,8 +328,9 @@ class TwinBackend(Backend):
         return self.twin.latency_ms(table, self._states_for(devices), noise=False)
 
     def _measure(self, space, widths, devices, repeats, warmup, progress):
+        states = self._states_for(devices)
         expected = self.expected_ms(space, widths, devices)  # (M, D)
-        sigma = self.twin.noise_sigma
+        sigma = self.twin.noise_sigma(states)[None, :, None]  # (1, D, 1)
         z = np.empty((*expected.shape, repeats))
         for i, w in enumerate(widths):
             wk = widths_key(w)
@@ -339,6 +340,21 @@ class TwinBackend(Backend):
         if progress:
             progress(len(widths), len(widths))
         return expected[:, :, None] * np.exp(sigma * z)
+
+    def measure_fleet(self, space: PruningSpace, widths, devices: Sequence[str], *,
+                      repeats: int = 5) -> np.ndarray:
+        """Median latency (D,) of one candidate on every listed device: the fleet's ground truth.
+
+        Not stored: thousands of devices are simulated in milliseconds.
+        """
+        widths = np.asarray(widths, dtype=np.int64)
+        states = self._states_for(devices)
+        expected = self.expected_ms(space, widths[None], devices)[0]
+        seed = zlib.crc32(f"{self.seed}|{self.fleet_key}|{space.model}|{widths_key(widths)}"
+                          .encode())
+        z = np.random.default_rng(seed).standard_normal((len(devices), repeats))
+        noise = np.exp(self.twin.noise_sigma(states)[:, None] * z)
+        return expected * np.median(noise, axis=1)
 
     def notes(self, result: Measurements) -> list[str]:
         if not self.fit_error:
