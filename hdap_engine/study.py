@@ -198,8 +198,13 @@ def make_backend(options: StudyOptions, fleet, telemetry_path: str | os.PathLike
 def _twin_backend(options: StudyOptions, fleet, telemetry_path, notes: list[str]) -> TwinBackend:
     from hdap_engine.fleet.probes import STANDARD_PROBES, probe_column
     from hdap_engine.fleet.telemetry import twin_sidecar_path
-    from hdap_engine.fleet.twin import PRESETS, Twin, fit_states_from_probes, get_preset
-    from hdap_engine.fleet.twin import load_twin_states
+    from hdap_engine.fleet.twin import (
+        PRESETS,
+        Twin,
+        fit_states_from_probes,
+        get_preset,
+        load_twin_states,
+    )
 
     sidecar = twin_sidecar_path(telemetry_path) if telemetry_path is not None else None
     if sidecar is not None and sidecar.is_file():
