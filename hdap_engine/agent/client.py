@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import socket
 import time
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class AgentMeasurement:
 
 
 _RETRY_STATUSES = frozenset({409, 500, 502, 503, 504})
+EXPECT_WAIT_S = 1.0
 
 
 class AgentClient:
@@ -122,6 +124,7 @@ class AgentClient:
         self._host = parts.hostname
         self._port = port
         self._prefix = parts.path.rstrip("/")
+        self.expect_wait_s = EXPECT_WAIT_S
 
     def __repr__(self) -> str:
         return f"AgentClient({self.url!r})"  # never the token
@@ -274,20 +277,51 @@ class AgentClient:
         conn_cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
         conn = conn_cls(self._host, self._port, timeout=timeout)
         try:
-            try:
-                conn.request(method, target, body=body, headers=headers)
-            except (BrokenPipeError, ConnectionResetError) as send_error:
-                # The agent may have refused early (401/409/413) and closed
-                # before reading the whole body: its answer is still worth reading.
+            if body is not None and not self._https:
+                self._send_with_expect(conn, method, target, body, headers)
+            else:
                 try:
-                    response = conn.getresponse()
-                    return response.status, response.read()
-                except (OSError, http.client.HTTPException):
-                    raise send_error from None
+                    conn.request(method, target, body=body, headers=headers)
+                except (BrokenPipeError, ConnectionResetError) as send_error:
+                    # The agent may have refused early and closed before reading
+                    # the whole body: its answer is still worth reading.
+                    try:
+                        response = conn.getresponse()
+                        return response.status, response.read()
+                    except (OSError, http.client.HTTPException):
+                        raise send_error from None
             response = conn.getresponse()
             return response.status, response.read()
         finally:
             conn.close()
+
+    def _send_with_expect(self, conn, method, target, body, headers) -> None:
+        """Send the head with ``Expect: 100-continue``; send the body only when asked.
+
+        The agent answers a refusal (401, 409 busy, 413) before "100 Continue",
+        so a model is not uploaded to an agent that will not take it, and a busy
+        agent costs a round trip per retry, not an upload. An agent or proxy
+        that ignores Expect gets the body after `EXPECT_WAIT_S`, as curl does.
+        """
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for key, value in {**headers, "Expect": "100-continue"}.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        readable, _, _ = select.select([conn.sock], [], [], self.expect_wait_s)
+        if readable:
+            head = b""
+            for _ in range(200):  # a status line can arrive in pieces; wait for 12 bytes
+                head = conn.sock.recv(16, socket.MSG_PEEK)
+                if len(head) >= 12 or not head:
+                    break
+                time.sleep(0.005)
+            if not head.startswith((b"HTTP/1.1 100", b"HTTP/1.0 100")):
+                return  # a final answer came first: do not upload; getresponse reads it
+        # http.client's getresponse skips the interim "100 Continue".
+        try:
+            conn.send(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused mid-upload; the answer (if any) is read next
 
 
 def _model_bytes(model) -> bytes:

@@ -221,6 +221,7 @@ class AgentServer:
         self._probe_cache: tuple[float, dict] | None = None
         self._httpd: _AgentHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._bound_port: int | None = None
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> AgentServer:
@@ -250,8 +251,9 @@ class AgentServer:
             ) from None
         httpd.agent = self
         self._httpd = httpd
+        self._bound_port = int(httpd.server_address[1])
         self._thread = threading.Thread(
-            target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
+            target=httpd.serve_forever, kwargs={"poll_interval": 0.1},
             name=f"hdap-agent-{self.port}", daemon=True,
         )
         self._thread.start()
@@ -277,10 +279,10 @@ class AgentServer:
 
     @property
     def port(self) -> int:
-        """The bound port (the real one when the config asked for port 0)."""
-        if self._httpd is None:
+        """The bound port (the real one when the config asked for port 0; kept after `stop`)."""
+        if self._bound_port is None:
             raise HdapError("agent is not running; call start() first")
-        return int(self._httpd.server_address[1])
+        return self._bound_port
 
     @property
     def url(self) -> str:
