@@ -419,6 +419,34 @@ def test_stop_lets_a_running_measurement_finish():
     assert replies and replies[0][0] == 200
 
 
+def test_models_and_probes_run_on_one_long_lived_thread(monkeypatch):
+    # One thread means one warm OpenMP pool and the same thread settings for
+    # every measurement, whichever request thread asked.
+    import hdap_engine.agent.server as server_mod
+
+    seen = []
+    real_measure = server_mod.measure_model
+
+    def recording_measure(*args, **kwargs):
+        seen.append(threading.get_ident())
+        return real_measure(*args, **kwargs)
+
+    def recording_probe(**kwargs):
+        seen.append(threading.get_ident())
+        return fake_probes()
+
+    monkeypatch.setattr(server_mod, "measure_model", recording_measure)
+    agent = start_agent(probe_fn=recording_probe, probe_ttl_s=0)
+    try:
+        for _ in range(2):
+            assert request(agent.url, "GET", "/probe")[0] == 200
+            assert_still_serving(agent)
+    finally:
+        agent.stop()
+    assert len(seen) == 4 and len(set(seen)) == 1
+    assert seen[0] != threading.get_ident()
+
+
 # -- probes --------------------------------------------------------------------------------
 
 

@@ -34,6 +34,7 @@ import socketserver
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -218,6 +219,7 @@ class AgentServer:
         self.accelerator: str | None = None
         self._probe_fn = probe_fn
         self._busy = threading.Lock()
+        self._runner: ThreadPoolExecutor | None = None
         self._probe_cache: tuple[float, dict] | None = None
         self._httpd: _AgentHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -239,8 +241,15 @@ class AgentServer:
             self.accelerator = resolve_accelerator(self.config.accelerator)
         except ValueError as exc:
             raise HdapError(str(exc)) from None
-        if self.config.threads:
-            torch.set_num_threads(self.config.threads)
+        # All model and probe runs happen on this one long-lived thread:
+        # torch's OpenMP pool belongs to the thread that calls it, so one
+        # thread means one warm pool and the same thread settings for every
+        # measurement (a thread per request would build a new pool each time).
+        threads = self.config.threads
+        self._runner = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="hdap-agent-runner",
+            initializer=(lambda: torch.set_num_threads(threads)) if threads else None,
+        )
         server_cls = _AgentHTTPServer6 if ":" in self.config.host else _AgentHTTPServer
         try:
             httpd = server_cls((self.config.host, self.config.port), _Handler)
@@ -268,6 +277,9 @@ class AgentServer:
         if self._busy.acquire(timeout=grace_s):
             self._busy.release()
         httpd.server_close()
+        if self._runner is not None:
+            self._runner.shutdown(wait=False)
+            self._runner = None
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -310,7 +322,7 @@ class AgentServer:
         try:
             row = self._cached_probe()
             if row is None:
-                probes = self._run_probes()
+                probes = self._on_runner(self._run_probes)
                 row = {"device_id": self.device_id, "sku": self.sku, **probes}
                 self._probe_cache = (time.monotonic(), row)
             return row
@@ -320,14 +332,25 @@ class AgentServer:
     def measure_locked(self, body: bytes, fmt: str, shape, warmup: int, repeats: int) -> dict:
         """Time a model; the caller holds the measurement lock."""
         try:
-            result = measure_model(
-                body, fmt, tuple(shape), warmup, repeats,
+            result = self._on_runner(
+                measure_model, body, fmt, tuple(shape), warmup, repeats,
                 threads=self.config.threads, accelerator=self.accelerator or "cpu",
                 max_unpacked_bytes=2 * self.config.max_body_bytes,
             )
         except ModelRejected as exc:
             raise _HttpError(400, str(exc)) from None
         return {"device_id": self.device_id, "sku": self.sku, **result}
+
+    def _on_runner(self, fn, *args, **kwargs):
+        """Run `fn` on the runner thread and wait; exceptions travel back to the caller."""
+        runner = self._runner
+        if runner is None:
+            raise _HttpError(503, "agent is stopping; retry on another device or later")
+        try:
+            future = runner.submit(fn, *args, **kwargs)
+        except RuntimeError:  # shut down between the check and the submit
+            raise _HttpError(503, "agent is stopping; retry on another device or later") from None
+        return future.result()
 
     def _cached_probe(self) -> dict | None:
         cached = self._probe_cache
