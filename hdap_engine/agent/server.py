@@ -254,6 +254,8 @@ class AgentServer:
         try:
             httpd = server_cls((self.config.host, self.config.port), _Handler)
         except OSError as exc:
+            self._runner.shutdown(wait=False)
+            self._runner = None
             raise HdapError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}; "
                 "pick another --port or --host"
