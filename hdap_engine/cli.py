@@ -445,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _register_agent(sub: argparse._SubParsersAction) -> None:
+    # The agent's flags live in its package so that a device can run
+    # `python -m hdap_engine.agent` without this module's other commands.
+    from hdap_engine.agent.commands import add_agent_parser
+
+    add_agent_parser(sub)
+
+
 # Each entry adds one subcommand and sets ``func``; commands live next to
 # their flags so that a new command is one function here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -455,6 +463,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_surrogate,
     _register_optimize,
     _register_bench,
+    _register_agent,
 ]
 
 
