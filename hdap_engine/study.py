@@ -410,14 +410,17 @@ class Optimized:
 def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
              weights: dict[int, float] | None = None, slo_ms: float | None = None,
              method: str | None = None, progress: Progress = _noop,
-             model: nn.Module | None = None) -> Optimized:
+             model: nn.Module | None = None, finalists: int | None = None) -> Optimized:
     """The best candidate for a budget: searched on the surrogate (or a baseline rule).
 
     Changing the budget, objective or weights re-uses everything measured and
     learned in ``ctx``; only the search (and a few finalist measurements) run.
+    ``finalists`` overrides ``ctx.options.finalists``: 0 picks the surrogate's
+    best without measuring anything (what-if analysis in the app).
     """
     opt = ctx.options
     method = method or opt.method
+    finalists = opt.finalists if finalists is None else int(finalists)
     target = parse_budget(budget if budget is not None else opt.budget, ctx.space)
     obj = make_objective(ctx, objective, weights, slo_ms, method=method)
     t0 = time.perf_counter()
@@ -445,8 +448,8 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
     res = evolve(ctx.space, target, fitness, sopt, seeds=seeds, progress=tick)
     widths = res.widths
     measured = 0
-    if method in ("hdap", "single-device") and opt.finalists > 1:
-        widths, measured = _pick_finalist(ctx, res.final_population[:opt.finalists], obj)
+    if method in ("hdap", "single-device") and finalists > 1:
+        widths, measured = _pick_finalist(ctx, res.final_population[:finalists], obj)
         ctx.device_measurements += measured
     seconds = time.perf_counter() - t0
     return Optimized(widths, target, predict_clusters(ctx, widths[None])[0], obj, seconds,
