@@ -13,23 +13,27 @@ from __future__ import annotations
 import streamlit as st
 
 
-@st.cache_data(show_spinner=False, ttl=60)
-def sample_names() -> list[str]:
-    """Names of the shipped sample fleets."""
-    from hdap_engine.fleet.samples import sample_fleets
+def sample_fleets() -> dict[str, str]:
+    """The shipped sample fleets: name -> telemetry path."""
+    from hdap_engine.fleet.samples import sample_dir
 
-    return [s.name for s in sample_fleets()]
+    return _sample_fleets(str(sample_dir()))
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def _sample_fleets(folder: str) -> dict[str, str]:
+    from hdap_engine.fleet.samples import sample_fleets as listed
+
+    return {s.name: str(s.path) for s in listed(folder)}
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def sample_fleet(name: str):
-    """A shipped sample fleet: (Fleet, telemetry path, fingerprint)."""
-    from hdap_engine.fleet.samples import get_sample_fleet
+def sample_fleet(path: str):
+    """A shipped sample fleet: (Fleet, fingerprint)."""
     from hdap_engine.fleet.telemetry import load_fleet
 
-    sample = get_sample_fleet(name)
-    fleet = load_fleet(sample.path)
-    return fleet, str(sample.path), fleet.fingerprint()
+    fleet = load_fleet(path)
+    return fleet, fleet.fingerprint()
 
 
 def clustering_key(fingerprint: str, k: int | None, representatives: int,

@@ -65,7 +65,7 @@ class FleetView:
 
 def fleet_choices() -> list[str]:
     """Sample fleet names, then the accepted upload (if any)."""
-    choices = list(cached.sample_names())
+    choices = list(cached.sample_fleets())
     up = S.get(S.UPLOADED)
     if up is not None:
         choices.append(UPLOAD_PREFIX + up["name"])
@@ -104,7 +104,8 @@ def current_fleet() -> FleetView | None:
     if choice.startswith(UPLOAD_PREFIX):
         up = S.get(S.UPLOADED)
         return FleetView(up["fleet"], up["name"], None, up["fingerprint"])
-    fleet, path, fp = cached.sample_fleet(choice)
+    path = cached.sample_fleets()[choice]
+    fleet, fp = cached.sample_fleet(path)
     return FleetView(fleet, os.path.basename(path), path, fp)
 
 
