@@ -27,5 +27,10 @@ pages = [
             url_path="history"),
 ]
 page = st.navigation(pages)
-parts.sidebar()
-page.run()
+status = st.sidebar.container()
+try:
+    page.run()
+finally:
+    # Drawn after the page, so it shows what the page just changed (even after st.stop()).
+    with status:
+        parts.sidebar()

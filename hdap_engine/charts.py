@@ -28,8 +28,9 @@ METHOD_COLORS = {"hdap": "#EF553B", "paper": "#AB63FA", "single-device": "#FFA15
 # Above this many points the map is drawn with WebGL (SVG gets slow); below, SVG
 # works everywhere, including browsers without GPU acceleration.
 SVG_POINTS = 6000
-_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=60, b=50),
+_LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=80, b=50),
                legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="left", x=0))
+_LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)
 
 
 def cluster_color(cluster: int) -> str:
@@ -81,6 +82,7 @@ def fleet_map(embedding: pd.DataFrame, color: str = "cluster",
         **kwargs)
     fig.update_traces(marker=dict(size=4 if len(df) > 2000 else 6, opacity=0.75))
     fig.update_layout(**_LAYOUT, title=f"{len(df):,} devices, {method} of the hardware response",
+                      legend_title_text="",
                       xaxis=dict(title=f"{method} 1", showticklabels=False),
                       yaxis=dict(title=f"{method} 2", showticklabels=False), height=520)
     return fig
@@ -178,7 +180,7 @@ def widths_chart(series: Mapping[str, Mapping[str, int]], *, title: str | None =
                     customdata=ratio, hovertemplate="%{x}<br>%{y} channels (%{customdata:.0%} "
                     "of unpruned)<extra>" + name + "</extra>",
                     marker_color=SERIES_COLORS.get(name))
-    fig.update_layout(**_LAYOUT, barmode="group", height=420,
+    fig.update_layout(**_LAYOUT, barmode="group", height=460,
                       title=title or "Channels kept, layer group by layer group",
                       xaxis=dict(title="prunable group (first layer), input to output",
                                  tickangle=-45),
@@ -218,9 +220,9 @@ def surrogate_accuracy(points: pd.DataFrame | Mapping, report: Mapping | None,
     title = "Surrogate on held-out candidates"
     overall = (report or {}).get("overall") or {}
     if "mape" in overall:
-        title += (f": mean error {overall['mape']:.1%}, {overall.get('within_10pct', 0):.0%} "
-                  "within 10 %")
-    fig.update_layout(**_LAYOUT, title=title, height=420,
+        title += (f"<br><sup>mean error {overall['mape']:.1%}, "
+                  f"{overall.get('within_10pct', 0):.0%} within 10 %</sup>")
+    fig.update_layout(**{**_LAYOUT, "legend": _LEGEND_BELOW}, title=title, height=460,
                       xaxis_title=f"measured latency (ms, {measured_source})",
                       yaxis_title="predicted latency (ms, surrogate)")
     return fig

@@ -27,11 +27,16 @@ FIGURE_CAPTIONS = {
     "widths": "Channels kept in each prunable group (input side left).",
     "surrogate": "Surrogate accuracy on candidates it never saw in training.",
 }
+# What each downloadable file is: (button label, description).
 DOWNLOADS = {
-    "bundle": "bundle (zip: TorchScript, ONNX, torch.export, weights, widths, report)",
-    "model.ts": "TorchScript",
-    "model.onnx": "ONNX",
-    "report.json": "report (JSON)",
+    "bundle": ("Bundle (.zip)", "everything: TorchScript, ONNX, torch.export program, weights, "
+                                "widths.json (rebuilds the model without unpickling), report"),
+    "model.ts": ("TorchScript (.ts)", "load with torch.jit.load; what many runtimes take"),
+    "model.onnx": ("ONNX (.onnx)", "opset 17, checked with onnx.checker; for ONNX Runtime, "
+                                   "TensorRT, OpenVINO"),
+    "report.json": ("Report (.json)", "settings, per-cluster predicted and measured latency, "
+                                      "fleet metrics, notes"),
+    "report.html": ("Report (.html)", "one self-contained page with the charts, for sharing"),
 }
 
 
@@ -92,8 +97,8 @@ def report_html(report: Mapping, figures: Mapping, *, title: str | None = None,
     if plotlyjs not in ("inline", "cdn"):
         raise HdapError(f"plotlyjs must be 'inline' or 'cdn', got {plotlyjs!r}")
     esc = html.escape
-    title = title or (f"HDAP Studio report: {report.get('model') or (report.get('settings') or {}).get('model', '')} "
-                      f"pruned to {report.get('budget', '')}")
+    model = report.get("model") or (report.get("settings") or {}).get("model", "")
+    title = title or f"HDAP Studio report: {model} pruned to {report.get('budget', '')}"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
              f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{esc(title)}</h1>",

@@ -60,7 +60,7 @@ def test_study_figures_name_the_measured_source_and_label_predictions():
     measured = figs["clusters"].data[1]
     assert list(measured.y) == [5.2, 6.2, 7.2] and list(measured.error_y.array) == [0.1] * 3
     assert "twin (simulated)" in figs["surrogate"].layout.xaxis.title.text
-    assert "3.1%" in figs["surrogate"].layout.title.text
+    assert "mean error 3.1%" in figs["surrogate"].layout.title.text
     assert "twin (simulated)" in figs["pareto"].layout.yaxis.title.text
     star = [t for t in figs["pareto"].data if t.name == "this study's model"][0]
     assert star.x[0] == pytest.approx(0.031) and star.y[0] == 5.6

@@ -323,7 +323,7 @@ def need_fleet() -> tuple[FleetView, ClusterView] | None:
 
 def sidebar() -> None:
     """Where the user stands: fleet, model, weights, last run."""
-    with st.sidebar:
+    with st.container():
         st.caption("HDAP Studio prunes one network for a whole fleet of drifted devices.")
         choice = S.get(S.FLEET_CHOICE)
         if choice:
