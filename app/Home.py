@@ -8,11 +8,12 @@ is served at once.
 
 import streamlit as st
 
-from studio import parts
+from studio import cached, parts
 from studio import state as S
 
 st.set_page_config(page_title="HDAP Studio", page_icon=":material/memory:", layout="wide")
 S.init()
+cached.warm_up()
 
 pages = [
     st.Page("views/fleet.py", title="1 Fleet", icon=":material/hub:", default=True,

@@ -8,94 +8,29 @@ lands in ``test-artifacts/browser/``.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests._browser import (
+    CHROMIUM,
+    LAUNCH_ARGS,
+    ROOT,
+    app_server,
+    open_page,
+    screenshot,
+    settle,
+    wait_healthy,
+)
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> float:
-    """Seconds until the server answers its health check."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                return time.perf_counter() - t0
-        time.sleep(0.2)
-    raise TimeoutError(f"the app did not answer within {timeout:.0f} s")
-
-
-@contextlib.contextmanager
-def app_server(home: Path, env: dict | None = None):
-    """`python -m hdap_engine app --port P` in its own process group; yields (url, proc)."""
-    port = free_port()
-    full_env = {**os.environ, "HDAP_HOME": str(home), "PYTHONPATH": str(ROOT), **(env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "hdap_engine", "app", "--port", str(port)],
-                            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        # The CLI starts Streamlit as a child: end the whole group we created.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-_SCRIPT_STATE = "document.querySelector('[data-testid=\"stApp\"]')" \
-                ".getAttribute('data-test-script-state')"
-
-
-def settle(page, timeout: float = 180_000) -> None:
-    """Wait until Streamlit has finished the script run that the last action started."""
-    with contextlib.suppress(Exception):  # a quick run may be over before we look
-        page.wait_for_function(f"{_SCRIPT_STATE} === 'running'", timeout=1500)
-    page.wait_for_function(f"{_SCRIPT_STATE} !== 'running'", timeout=timeout)
-
-
-def open_page(page, title: str) -> None:
-    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
-    settle(page)
 
 
 def shot(page, name: str) -> None:
-    """A screenshot of the whole page (Streamlit scrolls inside its main block, so the
-    window is stretched to the content's height first)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    size = page.viewport_size
-    height = page.evaluate("document.querySelector('[data-testid=\"stMainBlockContainer\"]')"
-                           ".scrollHeight")
-    page.set_viewport_size({"width": size["width"], "height": max(size["height"],
-                                                                  int(height) + 150)})
-    page.wait_for_timeout(700)  # charts re-layout to the new size
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-    page.set_viewport_size(size)
+    screenshot(page, ARTIFACTS / f"{name}.png")
 
 
 @pytest.fixture(scope="module")

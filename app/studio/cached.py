@@ -20,6 +20,32 @@ def sample_fleets() -> dict[str, str]:
     return _sample_fleets(str(sample_dir()))
 
 
+@st.cache_resource(show_spinner=False)
+def warm_up() -> None:
+    """Once per server: compile UMAP and import the engine's heavy modules in the background.
+
+    The first fleet map otherwise waits for numba to compile UMAP (several
+    seconds); started on the first page view, this overlaps with loading and
+    clustering the fleet. Then torch and XGBoost are imported for the later pages.
+    """
+    import threading
+
+    def work() -> None:
+        import contextlib
+
+        # A failure here only means the first map is slower; the page reports real errors.
+        with contextlib.suppress(Exception):
+            from hdap_engine.fleet.embedding import warm_up as umap_warm_up
+
+            umap_warm_up()
+            import torch  # noqa: F401
+            import xgboost  # noqa: F401
+
+            import hdap_engine.study  # noqa: F401
+
+    threading.Thread(target=work, name="hdap-warm-up", daemon=True).start()
+
+
 @st.cache_data(show_spinner=False, ttl=60)
 def _sample_fleets(folder: str) -> dict[str, str]:
     from hdap_engine.fleet.samples import sample_fleets as listed

@@ -92,14 +92,9 @@ def main() -> None:
     if S.get(S.COLOR_BY) not in color_options:
         S.put(S.COLOR_BY, "cluster")
     st.selectbox("Colour by", color_options, key=S.COLOR_BY)
-    with st.spinner("Drawing the fleet map (UMAP; the first one compiles for a few seconds)..."):
-        emb = cached.embedding(fleet, cl, cv.key)
-    from hdap_engine.charts import fleet_map
-
-    parts.show_figure(fleet_map(emb, color=S.get(S.COLOR_BY), hover=context[:6]), key="fleet_map")
-    st.caption("The map is for people: clusters are computed on the full hardware response, "
-               "never on these two axes." + (f" Showing a stratified sample of {len(emb):,} "
-                                             "devices." if len(emb) < fleet.n_devices else ""))
+    # The map is the slow part of the page (UMAP): it is drawn last, into this slot,
+    # so the profiles and weights below are usable while it is computed.
+    map_slot = st.container()
 
     # -- profiles -----------------------------------------------------------------------------
     st.subheader("Cluster profiles")
@@ -131,6 +126,19 @@ def main() -> None:
         st.error(str(exc), icon=":material/error:")
 
     st.page_link("views/model.py", label="Next: model and budget", icon=":material/arrow_forward:")
+
+    with map_slot:
+        with st.spinner("Drawing the fleet map (UMAP; the first one in a new server takes a "
+                        "few seconds more)..."):
+            emb = cached.embedding(fleet, cl, cv.key)
+        from hdap_engine.charts import fleet_map
+
+        parts.show_figure(fleet_map(emb, color=S.get(S.COLOR_BY), hover=context[:6]),
+                          key="fleet_map")
+        st.caption("The map is for people: clusters are computed on the full hardware "
+                   "response, never on these two axes."
+                   + (f" Showing a stratified sample of {len(emb):,} devices."
+                      if len(emb) < fleet.n_devices else ""))
 
 
 main()
