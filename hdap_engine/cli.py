@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from hdap_engine.errors import HdapError
 
@@ -104,6 +105,11 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     from hdap_engine.fleet.clustering import Clustering, ClusteringOptions, write_assignments
     from hdap_engine.fleet.telemetry import load_fleet
 
+    if args.out:
+        # Fail before the work, not after it.
+        folder = Path(args.out).resolve().parent
+        if not folder.is_dir():
+            raise HdapError(f"{args.out}: folder {folder} does not exist; create it or choose another --out")
     fleet = load_fleet(args.file, sku=args.sku)
     options = ClusteringOptions(
         k=args.k,

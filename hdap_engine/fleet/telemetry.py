@@ -45,7 +45,7 @@ ROWS_SHOWN = 5
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_MAGIC = b"PAR1"
-_ZIP_MAGIC = b"PK\x03\x04"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members / an empty one
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy .xls (and .doc)
 _UTF8_BOM = b"\xef\xbb\xbf"
 
@@ -226,7 +226,7 @@ def load_fleet(
     kind = _sniff(data, label)
     if kind == "parquet":
         frame = _read_parquet(data, label)
-        rows = _RowNumbers("row", np.arange(len(frame)))
+        rows = _RowNumbers("data row", np.arange(len(frame)) + 1)
     else:
         frame, rows = _read_csv(data, label, notes)
     return _validate(frame, rows=rows, sku=sku, source=label, notes=notes)
@@ -252,7 +252,7 @@ def fleet_from_frame(frame: pd.DataFrame, *, sku: str | None = None, source: str
         raise HdapError(f"{source}: expected a pandas DataFrame, got {type(frame).__name__}")
     frame = frame.reset_index(drop=True)
     frame.columns = [str(c) for c in frame.columns]
-    return _validate(frame, rows=_RowNumbers("row", np.arange(len(frame))), sku=sku, source=source, notes=[])
+    return _validate(frame, rows=_RowNumbers("data row", np.arange(len(frame)) + 1), sku=sku, source=source, notes=[])
 
 
 def _read_source(source: object, name: str | None) -> tuple[str, bytes]:
