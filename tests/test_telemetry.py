@@ -58,6 +58,7 @@ BAD_FILES = [
     ("header only, no newline", HEADER.rstrip(), ["has a header line but no device rows"]),
     ("no device_id", b"serial,probe_conv_ms,probe_copy_ms\nA,1,2\n", ["no device_id column", "'serial'", "rename"]),
     ("no device_id, no hint", b"x,probe_conv_ms,probe_copy_ms\nA,1,2\n", ["no device_id column (columns: x, probe_conv_ms"]),
+    ("header missing", b"d1,1.5,2.5\nd2,1.6,2.4\n", ["the first line looks like data, not a header", "add the header line"]),
     ("empty id", HEADER + b"d1,1,2\n,1,2\n", ["column device_id is empty at line 3", "fill them in"]),
     ("blank id", HEADER + b"d1,1,2\n  ,1,2\n", ["column device_id is empty at line 3"]),
     ("duplicate ids", HEADER + b"d1,1,2\nd2,1,2\nd1,1,2\n", ["1 duplicated id", "'d1' at lines 2, 4", "must be unique"]),
@@ -202,6 +203,15 @@ def test_line_numbers_count_blank_lines_as_the_file_does():
         load_fleet(content, name="gaps.csv")
     fleet = load_fleet(HEADER + b"d1,1,2\n\nd2,1,2\n\n", name="gaps.csv")
     assert fleet.n_devices == 2
+
+
+def test_comment_and_blank_lines_before_the_header_are_skipped():
+    content = b"# exported by fleetctl 2.1\n\n" + HEADER + b"d1,1,2\nd2,x,2\n"
+    with pytest.raises(HdapError, match=r"'x' at line 5\)"):
+        load_fleet(content, name="c.csv")
+    fleet = load_fleet(content.replace(b"x", b"3"), name="c.csv")
+    assert fleet.n_devices == 2
+    assert "skipped 2 blank or # comment lines before the header" in fleet.notes
 
 
 def test_many_offending_rows_are_summarised_on_one_line():

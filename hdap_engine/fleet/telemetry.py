@@ -378,6 +378,14 @@ def _read_csv(data: bytes, label: str, notes: list[str]) -> tuple[pd.DataFrame, 
 
     body = memoryview(data)[3:] if data.startswith(_UTF8_BOM) else memoryview(data)
     _check_utf8(body, label)
+    body, skipped = _skip_preamble(body)
+    if len(body) == 0:
+        raise HdapError(
+            f"{label}: holds only comment or blank lines, no header and no device rows; "
+            "export the telemetry again"
+        )
+    if skipped:
+        notes.append(f"skipped {_plural(skipped, 'blank or # comment line')} before the header")
     header_text, has_rows = _header_line(body)
     delimiter = _sniff_delimiter(header_text)
     if delimiter == ";":
@@ -430,7 +438,7 @@ def _read_csv(data: bytes, label: str, notes: list[str]) -> tuple[pd.DataFrame, 
     except Exception as exc:
         raise HdapError(f"{label}: cannot be read as CSV ({_first_line(exc)}); check the file") from None
     frame.columns = names
-    rows = _RowNumbers("line", np.arange(len(frame)) + 2)
+    rows = _RowNumbers("line", np.arange(len(frame)) + 2 + skipped)
 
     # ignore_empty_lines=False keeps blank lines as rows, so that line numbers
     # in messages are the file's; drop them here.
@@ -455,6 +463,21 @@ def _check_utf8(body: memoryview, label: str) -> None:
             f"{label}: is not UTF-8 text (byte 0x{bad} on line {line}); save it as "
             "'CSV UTF-8' (Excel) or convert it, e.g. `iconv -f latin1 -t utf-8`"
         ) from None
+
+
+def _skip_preamble(body: memoryview) -> tuple[memoryview, int]:
+    """Drop blank and ``#`` comment lines before the header (some exporters write them)."""
+    offset = skipped = 0
+    while offset < len(body) and skipped < 1000:
+        end = bytes(body[offset : offset + 65536]).find(b"\n")
+        line = bytes(body[offset : offset + end if end >= 0 else len(body)])
+        if line.strip() and not line.lstrip().startswith(b"#"):
+            break
+        if end < 0:
+            return body[len(body) :], skipped + 1
+        offset += end + 1
+        skipped += 1
+    return body[offset:], skipped
 
 
 def _header_line(body: memoryview) -> tuple[str, bool]:
@@ -546,7 +569,11 @@ def _first_line(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class _RowNumbers:
-    """Where each frame row is in the user's file: "line N" (CSV) or "row N" (1-based)."""
+    """Where each frame row is in the user's file.
+
+    CSV: "line N", the physical line (the header is line 1; blank lines
+    count). Parquet and frames: "data row N", 1-based, header not counted.
+    """
 
     unit: str
     numbers: np.ndarray
@@ -555,7 +582,7 @@ class _RowNumbers:
         return _RowNumbers(self.unit, self.numbers[positions])
 
     def describe(self, positions: np.ndarray) -> str:
-        """E.g. ``lines 5, 17, 230`` or ``rows 3, 9 and 40 more``."""
+        """E.g. ``lines 5, 17, 230`` or ``data rows 3, 9 and 40 more``."""
         positions = np.asarray(positions)
         shown = ", ".join(str(int(n)) for n in self.numbers[positions[:ROWS_SHOWN]])
         more = f" and {len(positions) - ROWS_SHOWN} more" if len(positions) > ROWS_SHOWN else ""
@@ -670,6 +697,12 @@ def _missing_id_message(label: str, columns: list[str]) -> str:
             f"{label}: no device_id column (found {near[0]!r}); rename that column to device_id "
             "(one unique id per device)"
         )
+    numeric_names = sum(_is_number(c) for c in columns)
+    if numeric_names >= max(2, len(columns) // 2):
+        return (
+            f"{label}: no device_id column, and the first line looks like data, not a header "
+            f"({', '.join(columns[:4])}, ...); add the header line (device_id, probe_<name>_ms, ...)"
+        )
     if len(columns) == 1 and any(d in columns[0] for d in (";", "\t", "|")):
         return (
             f"{label}: no device_id column and only one column ({columns[0][:60]!r}); "
@@ -679,6 +712,14 @@ def _missing_id_message(label: str, columns: list[str]) -> str:
         f"{label}: no device_id column (columns: {shown}); add a device_id column "
         "with one unique id per device"
     )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text.replace(",", "."))
+    except ValueError:
+        return False
+    return True
 
 
 def _too_few_probes_message(label: str, columns: list[str], probes: list[str]) -> str:
