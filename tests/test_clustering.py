@@ -42,6 +42,38 @@ def test_auto_k_recovers_unequal_mechanisms(n, seed, spread):
     assert adjusted_rand_score(truth, clustering.labels_) >= 0.9
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_auto_k_recovers_mechanisms_of_varying_severity(seed):
+    # Each affected device is slowed by factor ** s, s uniform in [1, 3]:
+    # mechanisms are long streaks, not blobs; a mixture needs two Gaussians
+    # for some of them, and must not count them as two clusters.
+    fleet, truth = _fleet(5000, seed=seed, severity=(1.0, 3.0))
+    clustering = Clustering(ClusteringOptions(seed=seed)).fit(fleet)
+    assert clustering.k_ == len(MECHANISMS)
+    assert adjusted_rand_score(truth, clustering.labels_) >= 0.9
+
+
+def test_overlapping_mixture_components_are_merged():
+    from sklearn.mixture import GaussianMixture
+
+    from hdap_engine.fleet.clustering import _merge_overlapping
+
+    rng = np.random.default_rng(0)
+    # One uniform streak, which two Gaussians cover, and a blob far away.
+    streak = np.column_stack([rng.uniform(0, 10, 3000), rng.normal(0, 0.2, 3000)])
+    blob = rng.normal([5, 8], 0.3, size=(1000, 2))
+    X = np.vstack([streak, blob])
+    gm = GaussianMixture(3, random_state=0).fit(X)
+    groups = _merge_overlapping(gm.predict_proba(X), k_min=1)
+    assert len(groups) == 2
+    blob_component = int(np.bincount(gm.predict(blob)).argmax())
+    assert [blob_component] in groups
+    # Separate blobs stay apart.
+    blobs = np.vstack([rng.normal(c, 0.3, size=(800, 2)) for c in ([0, 0], [4, 0], [0, 4])])
+    gm = GaussianMixture(3, random_state=0).fit(blobs)
+    assert len(_merge_overlapping(gm.predict_proba(blobs), k_min=1)) == 3
+
+
 def test_auto_k_recovers_mechanisms_on_a_large_fleet_with_mini_batch():
     fleet, truth = _fleet(60_000, seed=5)
     options = ClusteringOptions(seed=1, minibatch_above=50_000, auto_sample=20_000)

@@ -59,6 +59,7 @@ def synthetic_fleet(
     seed: int = 0,
     shares: tuple[float, ...] = DEFAULT_SHARES,
     spread: float = 0.03,
+    severity: tuple[float, float] | None = None,
     sku: str | None = "edge-a",
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Make a synthetic fleet: one log-normal blob of devices per drift mechanism.
@@ -74,6 +75,11 @@ def synthetic_fleet(
         (normalised; fewer shares than mechanisms uses the first ones).
     spread:
         Within-mechanism log-normal sigma of every probe (0.03 = about 3 %).
+    severity:
+        None: every affected device is slowed by the full factor (compact
+        blobs). (lo, hi): each device's slow-down is factor ** s with s
+        uniform in [lo, hi], so a mechanism is an elongated streak, as
+        drift of varying severity is.
     sku:
         Value of the ``sku`` column, or None for no ``sku`` column.
 
@@ -100,7 +106,10 @@ def synthetic_fleet(
     )
     nominal = np.array([NOMINAL_PROBES_MS[c] for c in probe_names])
     noise = rng.normal(0.0, spread, size=(n_devices, len(probe_names)))
-    probes = nominal * factors[mechanism] * np.exp(noise)
+    power = np.ones((n_devices, 1))
+    if severity is not None:
+        power = rng.uniform(severity[0], severity[1], size=(n_devices, 1))
+    probes = nominal * factors[mechanism] ** power * np.exp(noise)
 
     frame = pd.DataFrame({"device_id": _device_ids(n_devices)})
     if sku is not None:
