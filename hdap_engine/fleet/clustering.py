@@ -410,18 +410,22 @@ class Clustering:
         )
 
         dist = _own_distance(X, self.centroids_, self.labels_)
-        ids = fleet.device_ids
+        # The id column itself (no copy): a million ids as a numpy str array
+        # cost more than the rest of this step.
+        self._ids = fleet.frame["device_id"]
         self._ranked: dict[int, np.ndarray] = {}
         by_label = np.argsort(self.labels_, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(sizes)])
-        for c in range(self.k_):
-            members = by_label[bounds[c] : bounds[c + 1]]
+        self._members = [by_label[bounds[c] : bounds[c + 1]] for c in range(self.k_)]
+        for c, members in enumerate(self._members):
             # Ties (identical devices) fall back to file order: deterministic.
             self._ranked[c] = members[np.lexsort((members, dist[members]))]
-        self._ids = ids
         r = self.options.representatives
-        self.representatives_ = {c: [str(ids[i]) for i in self._ranked[c][:r]] for c in range(self.k_)}
+        self.representatives_ = {c: self._id_list(self._ranked[c][:r]) for c in range(self.k_)}
         self.profiles_ = self._profiles(fleet)
+
+    def _id_list(self, positions: np.ndarray) -> list[str]:
+        return [str(i) for i in self._ids.iloc[positions]]
 
     # ------------------------------------------------------------------ results
 
@@ -441,12 +445,12 @@ class Clustering:
         self._check_fitted()
         if not (isinstance(cluster, int | np.integer) and 0 <= cluster < self.k_):
             raise HdapError(f"no cluster {cluster!r}: clusters are 0..{self.k_ - 1}")
-        return [str(self._ids[i]) for i in self._ranked[int(cluster)]]
+        return self._id_list(self._ranked[int(cluster)])
 
     def assignments(self) -> pd.DataFrame:
         """The fitted fleet's ``device_id, cluster`` table, in fleet order."""
         self._check_fitted()
-        return pd.DataFrame({"device_id": self._ids, "cluster": self.labels_})
+        return pd.DataFrame({"device_id": self._ids.to_numpy(), "cluster": self.labels_})
 
     def describe(self) -> str:
         """How k was reached, in one line for people."""
@@ -584,11 +588,13 @@ class Clustering:
         return np.hstack(parts) if len(parts) > 1 else parts[0]
 
     def _profiles(self, fleet: Fleet) -> pd.DataFrame:
-        probes = pd.DataFrame(fleet.probes(), columns=list(self.probe_columns_))
-        fleet_median = probes.median()
-        medians = probes.groupby(self.labels_).median()
-        rel = medians / fleet_median
-        rel.columns = [f"rel_{PROBE_PATTERN.match(c).group(1)}" for c in self.probe_columns_]
+        probes = fleet.probes()
+        fleet_median = np.median(probes, axis=0)
+        medians = np.array([np.median(probes[m], axis=0) for m in self._members])
+        rel = pd.DataFrame(
+            medians / fleet_median,
+            columns=[f"rel_{PROBE_PATTERN.match(c).group(1)}" for c in self.probe_columns_],
+        )
         table = pd.DataFrame(
             {
                 "cluster": np.arange(self.k_),
@@ -596,7 +602,7 @@ class Clustering:
                 "share": self.weights_,
             }
         )
-        table = pd.concat([table, rel.reset_index(drop=True).round(3)], axis=1)
+        table = pd.concat([table, rel.round(3)], axis=1)
         table["context"] = self._context_text(fleet)
         table["representatives"] = [", ".join(self.representatives_[c]) for c in range(self.k_)]
         return table
@@ -625,14 +631,14 @@ class Clustering:
                         (lift, f"{shares[cl, top]:.0%} {c}={names[top]} (fleet {fleet_share[top]:.0%})")
                     )
         for c in fleet.numeric_context_columns:
-            values = fleet.frame[c].astype("float64")
-            fleet_med = values.median()
-            spread = values.std()
+            values = fleet.frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
+            fleet_med = np.nanmedian(values) if np.isfinite(values).any() else np.nan
+            spread = np.nanstd(values) if np.isfinite(values).any() else np.nan
             if not np.isfinite(fleet_med) or not spread > 0:
                 continue
-            med = values.groupby(labels).median()
-            for cl in range(self.k_):
-                m = med.get(cl, np.nan)
+            for cl, members in enumerate(self._members):
+                own = values[members]
+                m = np.nanmedian(own) if np.isfinite(own).any() else np.nan
                 shift = abs(m - fleet_med) / spread
                 if np.isfinite(m) and shift >= _MIN_SHIFT:
                     parts[cl].append((shift / 2, f"{c} median {m:.3g} (fleet {fleet_med:.3g})"))
@@ -762,7 +768,9 @@ def write_assignments(clustering: Clustering, path: str | Path) -> Path:
     import pyarrow.csv as pacsv
 
     path = Path(path)
-    table = pa.table({"device_id": clustering._ids.astype(object), "cluster": clustering.labels_})
+    table = pa.table(
+        {"device_id": pa.Array.from_pandas(clustering._ids), "cluster": clustering.labels_}
+    )
     try:
         with open(path, "wb") as sink:
             # pyarrow quotes the header; write a plain one. Ids that need

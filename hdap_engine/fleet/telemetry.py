@@ -792,7 +792,7 @@ def _check_ids(frame: pd.DataFrame, rows: _RowNumbers, label: str) -> pd.Series:
         if (as_int == np.floor(as_int)).all():
             raw = raw.astype("Int64")
     missing = raw.isna().to_numpy()
-    ids = raw.astype("string").fillna("").str.strip().astype(str)
+    ids = (raw if raw.dtype == "str" else raw.astype("str")).fillna("").str.strip()
     empty = np.flatnonzero(missing | (ids == "").to_numpy())
     if len(empty):
         raise HdapError(
