@@ -118,6 +118,8 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     clustering = Clustering(options).fit(fleet)
+    # Written before printing, so that a closed pipe (| head) cannot lose it.
+    path = write_assignments(clustering, args.out) if args.out else None
     sku = f", SKU {fleet.sku}" if fleet.sku is not None else ""
     print(f"{fleet.source}: {fleet.n_devices:,} devices, {len(fleet.probe_columns)} probe columns{sku}")
     print(clustering.describe())
@@ -125,8 +127,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print()
     print(_profile_table(clustering.profiles_))
-    if args.out:
-        path = write_assignments(clustering, args.out)
+    if path is not None:
         print(f"\nwrote {path} ({fleet.n_devices:,} rows: device_id,cluster)")
     return 0
 
@@ -169,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `hdap ... | head`: the reader left; say nothing more (Python docs' recipe).
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
