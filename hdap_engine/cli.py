@@ -581,10 +581,10 @@ def _profile_table(profiles) -> str:
     lines = [
         "probe columns: median latency of the cluster / median of the fleet",
         table.to_string(index=False),
-        "",
-        "context (most distinctive first):",
     ]
-    lines += [f"  {row.cluster}: {row.context or '-'}" for row in profiles.itertuples()]
+    if profiles["context"].astype(bool).any():
+        lines += ["", "context (most distinctive first):"]
+        lines += [f"  {row.cluster}: {row.context or '-'}" for row in profiles.itertuples()]
     return "\n".join(lines)
 
 

@@ -642,8 +642,10 @@ class Clustering:
                 shift = abs(m - fleet_med) / spread
                 if np.isfinite(m) and shift >= _MIN_SHIFT:
                     parts[cl].append((shift / 2, f"{c} median {m:.3g} (fleet {fleet_med:.3g})"))
+        has_context = any(c != AGENT_URL_COLUMN for c in fleet.context_columns)
         return [
-            "; ".join(text for _, text in sorted(p, key=lambda t: -t[0])[:3]) or "like the fleet"
+            "; ".join(text for _, text in sorted(p, key=lambda t: -t[0])[:3])
+            or ("like the fleet" if has_context else "")
             for p in parts
         ]
 
