@@ -605,7 +605,7 @@ def _validate(
 
     if len(frame) == 0:
         raise HdapError(
-            f"{label}: has a header but no device rows; export the telemetry again with one row per device"
+            f"{label}: has columns but no device rows; export the telemetry again with one row per device"
         )
     columns = list(frame.columns)
     if ID_COLUMN not in columns:
@@ -629,7 +629,7 @@ def _validate(
         elif c == SKU_COLUMN:
             out[c] = frame[c].astype(str).str.strip()
         elif c == AGENT_URL_COLUMN:
-            out[c] = frame[c].astype("string").str.strip()
+            out[c] = frame[c].astype("str").str.strip()
         else:
             out[c] = frame[c]
     result = pd.DataFrame(out, columns=list(frame.columns))
