@@ -53,18 +53,28 @@ class _Builder:
                               has_bias=True))
 
 
-def resnet_rows(depth: int = 50, width_scale: float = 1.0) -> list[dict]:
-    """Layer rows of torchvision's ResNet-18/34/50 (bn and act as separate rows)."""
+def _scaled(c: int, s: float) -> int:
+    return max(1, int(round(c * s)))
+
+
+def resnet_rows(depth: int = 50, stage_scales: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+                ) -> list[dict]:
+    """Layer rows of torchvision's ResNet-18/34/50 (bn and act as separate rows).
+
+    ``stage_scales`` scales the inner width of every block of each of the four
+    stages (the channels between a block's convolutions, which channel pruning
+    removes; block outputs stay, as residual adds need them).
+    """
     blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3]}[depth]
     bottleneck = depth >= 50
     b = _Builder(224)
-    c = max(1, round(64 * width_scale))
+    c = 64
     b.conv("conv1", 3, c, 7, 2)
     b.pool("maxpool", c, 3, 2)
     cin = c
     for stage, n in enumerate(blocks):
-        mid = max(1, round(64 * 2 ** stage * width_scale))
-        out = mid * 4 if bottleneck else mid
+        out = 64 * 2 ** stage * (4 if bottleneck else 1)
+        mid = _scaled(64 * 2 ** stage, stage_scales[stage])
         for i in range(n):
             s = 2 if (i == 0 and stage > 0) else 1
             name = f"layer{stage + 1}.{i}"
@@ -88,15 +98,23 @@ def resnet_rows(depth: int = 50, width_scale: float = 1.0) -> list[dict]:
     return b.rows
 
 
-def mobilenet_v1_rows(width_scale: float = 1.0) -> list[dict]:
-    """Layer rows of MobileNetV1 (224x224): a stem conv and 13 depthwise-separable blocks."""
+MOBILENET_V1_GROUPS = (0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 3, 3)
+"""Width group of each of MobileNetV1's 13 blocks (by output resolution: 112-56, 28, 14, 7)."""
+
+
+def mobilenet_v1_rows(stage_scales: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)) -> list[dict]:
+    """Layer rows of MobileNetV1 (224x224): a stem conv and 13 depthwise-separable blocks.
+
+    ``stage_scales`` scales the pointwise output width of the blocks of each
+    group in `MOBILENET_V1_GROUPS`.
+    """
     cfg = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
            (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
     b = _Builder(224)
-    c = max(1, round(32 * width_scale))
+    c = 32
     b.conv("stem", 3, c, 3, 2)
     for i, (out, s) in enumerate(cfg):
-        out = max(1, round(out * width_scale))
+        out = _scaled(out, stage_scales[MOBILENET_V1_GROUPS[i]])
         b.conv(f"block{i}.dw", c, c, 3, s, dw=True)
         b.conv(f"block{i}.pw", c, out, 1)
         c = out

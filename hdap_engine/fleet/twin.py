@@ -71,6 +71,8 @@ class SkuPreset:
     channel_tile: int  # output channels one vector / GEMM tile covers (padding granularity)
     pixel_tile: int  # output pixels one GEMM tile covers (padding granularity)
     slots_per_unit: float  # work tiles a unit needs in flight to run at full speed
+    reuse_pixel_block: int  # output pixels per block that re-reads the weights (GEMM M-block)
+    reuse_channel_block: int  # output channels per block that re-reads the input (GEMM N-block)
     eltwise_grain: int  # elements per parallel work item of element-wise ops
     eff_conv: float  # k x k dense convolution (k > 1)
     eff_conv1x1: float
@@ -87,6 +89,11 @@ class SkuPreset:
     # fixed costs and noise
     kernel_overhead_us: float = 10.0
     mac_overhead_us: float = 0.0  # extra fixed cost of a conv / linear call (primitive dispatch)
+    # An accelerator runs kernels asynchronously: the host-side launch path
+    # (kernel_overhead_us) overlaps with the previous kernel, and only a small
+    # device-side cost per kernel (device_overhead_us) is always paid.
+    async_launch: bool = False
+    device_overhead_us: float = 0.0
     fused_ops: tuple[str, ...] = ()  # element-wise ops folded into the preceding conv/linear
     noise_sigma: float = 0.02  # log-normal sigma of one run
     sources: tuple[str, ...] = field(default=(), compare=False)
@@ -144,6 +151,8 @@ JETSON_NANO = SkuPreset(
     channel_tile=32,
     pixel_tile=64,
     slots_per_unit=8.0,  # thread blocks one Maxwell SM keeps resident to hide latency
+    reuse_pixel_block=64,  # a thread block's tile: operands are re-fetched once per tile
+    reuse_channel_block=64,
     eltwise_grain=4096,
     eff_conv=0.85,  # TensorRT picks Winograd for 3x3 convs: above what MACs / peak suggests
     eff_conv1x1=0.70,
@@ -151,10 +160,12 @@ JETSON_NANO = SkuPreset(
     eff_linear=0.30,
     eff_eltwise=0.25,
     bytes_per_elem=2,
-    dram_gbps=20.0,
+    dram_gbps=14.0,  # what conv kernels sustain of the 25.6 GB/s peak shared with the CPU
     cache_kb=256.0,
     cache_gbps=90.0,
-    kernel_overhead_us=10.0,
+    kernel_overhead_us=12.0,  # TensorRT enqueue of one layer on a 1.43 GHz A57
+    async_launch=True,
+    device_overhead_us=3.0,  # kernel start / drain on the GPU
     fused_ops=("bn", "act"),
     noise_sigma=0.02,
     sources=(
@@ -174,6 +185,8 @@ RPI4 = SkuPreset(
     channel_tile=4,  # one NEON register of FP32
     pixel_tile=8,
     slots_per_unit=4.0,
+    reuse_pixel_block=128,  # cache blocking of the CPU GEMM: re-reads are per block, not per register tile
+    reuse_channel_block=64,
     eltwise_grain=32768,  # at::internal::GRAIN_SIZE: smaller element-wise ops stay on one thread
     eff_conv=0.42,
     eff_conv1x1=0.46,
@@ -234,7 +247,7 @@ def generic_cpu_preset(
         description=f"generic CPU: {cores:g} threads, FP32, PyTorch eager",
         compute_units=float(cores), flops_per_cycle=float(flops_per_cycle),
         clock_ghz=float(clock_ghz), channel_tile=int(channel_tile), pixel_tile=8,
-        slots_per_unit=4.0, eltwise_grain=32768,
+        slots_per_unit=4.0, reuse_pixel_block=256, reuse_channel_block=128, eltwise_grain=32768,
         eff_conv=0.5, eff_conv1x1=0.45, eff_dwconv=0.08, eff_linear=0.3, eff_eltwise=0.25,
         bytes_per_elem=4, dram_gbps=float(dram_gbps), cache_kb=float(cache_kb),
         cache_gbps=float(cache_gbps), llc_kb=float(llc_kb), llc_gbps=float(llc_gbps),
@@ -366,14 +379,15 @@ def _resolve_rng(rng) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """Per (candidate, layer) quantities that do not depend on the device."""
+    """Per (candidate, layer) quantities that do not depend on the device.
+
+    Memory traffic is a list of operands, each with the bytes it moves and the
+    size of the data that must stay cached for that traffic to hit the cache.
+    """
 
     tc_slot: np.ndarray  # (N, K) seconds of compute on one parallel slot at nominal clock
     slots: np.ndarray  # (N, K) parallel work items the layer offers (>= 1)
-    act_bytes: np.ndarray  # (N, K) activation bytes read + written
-    inv_ws: np.ndarray  # (N, K) 1 / activation working set (bytes)
-    w_bytes: np.ndarray  # (N, K) weight bytes
-    inv_wtot: np.ndarray  # (N,) 1 / all weight bytes of the candidate
+    traffic: list[tuple[np.ndarray, np.ndarray]]  # (bytes, 1 / resident size), both (N, K)
     n_kernels: np.ndarray  # (N,) kernels that pay the fixed overhead
     n_mac: np.ndarray  # (N,) conv / linear kernels among them
 
@@ -453,14 +467,35 @@ class Twin:
         tc_slot = flops / (slot_flops * eff * pad)
 
         b = float(p.bytes_per_elem)
-        act_bytes = (in_el + out_el) * b
-        inv_ws = 1.0 / np.maximum(act_bytes, 1.0)
-        w_bytes = w_el * b
-        wtot = np.maximum(w_el_all.sum(axis=1) * b, 1.0)
+        in_b = in_el * b
+        out_b = out_el * b
+        w_b = w_el * b
+        # First touch: activations were just written by the previous layer, so
+        # they are in cache when input + output fit; weights come from cache only
+        # when all of the candidate's weights fit (repeated inference).
+        act_bytes = in_b + out_b
+        wtot = np.maximum(w_el_all.sum(axis=1, keepdims=True) * b, 1.0)
+        # Re-reads of a blocked GEMM: the input once per output-channel block,
+        # the weights once per output-pixel block. They hit the cache only when
+        # the operand itself stays resident, so big operands on a small (or
+        # stolen) cache go back to DRAM. A depthwise conv reads its input once.
+        # A k x k window also reads a halo around each block of output pixels
+        # (a square block of side sqrt(B) needs (sqrt(B) * s + k - s)^2 inputs).
+        side = np.sqrt(float(p.reuse_pixel_block)) * table.stride[keep]
+        halo = np.where(is_conv | is_dw, ((side + np.sqrt(k) - table.stride[keep]) / side) ** 2, 1.0)
+        halo = np.maximum(halo, 1.0)
+        n_in_reads = np.where(is_conv | is_fc, np.ceil(cout / p.reuse_channel_block), 1.0) * halo
+        rr_w = np.where(is_conv | is_dw, np.ceil(p_eff / p.reuse_pixel_block) - 1.0, 0.0)
+        traffic = [
+            (act_bytes, 1.0 / np.maximum(act_bytes, 1.0)),
+            (w_b, np.broadcast_to(1.0 / wtot, w_b.shape)),
+            ((n_in_reads - 1.0) * in_b, 1.0 / np.maximum(in_b, 1.0)),
+            (rr_w * w_b, 1.0 / np.maximum(w_b, 1.0)),
+        ]
         n_k = np.full(table.n_candidates, float(keep.sum()))
         n_mac = np.full(table.n_candidates, float(is_mac.sum()))
-        return _Prepared(tc_slot=tc_slot, slots=slots, act_bytes=act_bytes, inv_ws=inv_ws,
-                         w_bytes=w_bytes, inv_wtot=1.0 / wtot, n_kernels=n_k, n_mac=n_mac)
+        return _Prepared(tc_slot=tc_slot, slots=slots, traffic=traffic, n_kernels=n_k,
+                         n_mac=n_mac)
 
     # -- device part ----------------------------------------------------------
 
@@ -481,6 +516,7 @@ class Twin:
             "d_cache": inv_cache - inv_dram,
             "overhead": p.kernel_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "mac_overhead": p.mac_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
+            "device_overhead": np.full(len(states), p.device_overhead_us * 1e-6),
             "noise": p.noise_sigma * np.asarray(states.noise_scale, float),
         }
         if p.llc_kb > 0:
@@ -499,38 +535,39 @@ class Twin:
         f32 = np.float32
         tc_slot = prep.tc_slot.astype(f32)[:, :, None]
         slots = prep.slots.astype(f32)[:, :, None]
-        act = prep.act_bytes.astype(f32)[:, :, None]
-        inv_ws = prep.inv_ws.astype(f32)[:, :, None]
-        wb = prep.w_bytes.astype(f32)[:, :, None]
-        has_llc = "llc" in dev
+        # Drop operands that move nothing for any candidate (e.g. no re-reads).
+        traffic = [(bb.astype(f32)[:, :, None], inv.astype(f32)[:, :, None])
+                   for bb, inv in prep.traffic if np.any(bb > 0)]
+        total_bytes = sum(bb for bb, _ in traffic)
+        levels = [("cache", "d_cache")] + ([("llc", "d_llc")] if "llc" in dev else [])
+        async_launch = self.preset.async_launch
         step = max(1, self.chunk_elems // max(1, n * k))
         for s in range(0, d, step):
             sl = slice(s, min(d, s + step))
-            cap = dev["slot_cap"][sl].astype(f32)
             # compute: tiles spread over the slots the device has, at its clock
-            tc = np.minimum(slots, cap)
+            tc = np.minimum(slots, dev["slot_cap"][sl].astype(f32))
             np.divide(tc_slot, tc, out=tc)
             tc *= dev["inv_speed"][sl].astype(f32)
-            # memory: activations hit the cache when their working set fits;
-            # weights hit it when the whole candidate's weights fit (repeated runs)
-            inv_dram = dev["inv_dram"][sl].astype(f32)
-            h = np.minimum(inv_ws * dev["cache"][sl].astype(f32), f32(1.0))
-            h *= dev["d_cache"][sl].astype(f32)
-            hw = np.minimum(prep.inv_wtot[:, None] * dev["cache"][None, sl], 1.0)
-            inv_w = inv_dram[None, :] + hw * dev["d_cache"][None, sl]
-            if has_llc:
-                h2 = np.minimum(inv_ws * dev["llc"][sl].astype(f32), f32(1.0))
-                h2 *= dev["d_llc"][sl].astype(f32)
-                h += h2
-                hw2 = np.minimum(prep.inv_wtot[:, None] * dev["llc"][None, sl], 1.0)
-                inv_w = inv_w + hw2 * dev["d_llc"][None, sl]
-            h += inv_dram
-            h *= act
-            tm = h
-            tm += wb * inv_w.astype(f32)[:, None, :]
+            # memory: every byte at DRAM speed, minus the saving of the share of
+            # each operand that stays resident in each cache level
+            tm = total_bytes * dev["inv_dram"][sl].astype(f32)
+            for size_key, delta_key in levels:
+                size = dev[size_key][sl].astype(f32)
+                delta = dev[delta_key][sl].astype(f32)
+                for bb, inv in traffic:
+                    hit = np.minimum(inv * size, f32(1.0))
+                    hit *= bb
+                    hit *= delta
+                    tm += hit
             np.maximum(tc, tm, out=tc)
+            if async_launch:
+                # The host enqueues the next kernel while this one runs: a kernel
+                # shorter than the launch path waits for it, a longer one hides it.
+                tc += dev["device_overhead"][sl].astype(f32)
+                np.maximum(tc, dev["overhead"][sl].astype(f32), out=tc)
             out[:, sl] = tc.sum(axis=1, dtype=np.float64)
-        out += prep.n_kernels[:, None] * dev["overhead"][None, :]
+        if not async_launch:
+            out += prep.n_kernels[:, None] * dev["overhead"][None, :]
         out += prep.n_mac[:, None] * dev["mac_overhead"][None, :]
         return out
 
