@@ -23,8 +23,414 @@ class _Parser(argparse.ArgumentParser):
         raise HdapError(f"{message} (see `{self.prog} --help`)")
 
 
-def _cmd_placeholder(args: argparse.Namespace) -> int:
-    raise HdapError(f"`{args.command}` is not available yet")
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    """Plain fixed-width table on stdout."""
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) if rows else len(c)
+              for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _add_budget_flag(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument(
+        "--macs", "--flops", dest="macs", required=required, metavar="BUDGET",
+        help="MACs budget: 1.0G, 500M, or a fraction of the model such as 0.25 or 25%%. "
+             "--flops is the same flag: pruning papers (the HDAP paper included) write "
+             "FLOPs for multiply-accumulates.")
+
+
+# -- hdap models ------------------------------------------------------------------------
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from hdap_engine.models.zoo import get_spec, model_names
+    from hdap_engine.pruning.budget import format_macs
+    from hdap_engine.pruning.space import PruningSpace
+
+    rows = []
+    for name in model_names():
+        spec = get_spec(name)
+        space = PruningSpace.for_model(name)
+        rows.append({
+            "model": name,
+            "input": "x".join(str(d) for d in spec.input_shape),
+            "MACs": format_macs(space.base_macs),
+            "params": f"{space.base_params / 1e6:.2f} M",
+            "groups": space.n_groups,
+            "description": spec.description,
+        })
+    _print_table(rows, ["model", "input", "MACs", "params", "groups", "description"])
+    return 0
+
+
+def _register_models(sub) -> None:
+    p = sub.add_parser("models", help="list the models that can be pruned")
+    p.set_defaults(func=_cmd_models)
+
+
+# -- hdap prune -------------------------------------------------------------------------
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from hdap_engine.pruning.budget import format_macs
+    from hdap_engine.study import export_result, prune_baseline
+
+    result = prune_baseline(args.model, args.macs, args.method, weights=args.weights,
+                            round_to=args.round_to, min_ratio=args.min_ratio, seed=args.seed)
+    out = export_result(result, args.out)
+    macs = result.space.macs(result.widths)
+    print(f"{args.model} pruned with {args.method} to {format_macs(macs)} MACs "
+          f"(budget {format_macs(result.report['budget_macs'])}, "
+          f"{macs / result.space.base_macs:.1%} of the model)")
+    print(f"bundle: {out}  (zip: {out}.zip)")
+    return 0
+
+
+def _register_prune(sub) -> None:
+    from hdap_engine.study import BASELINE_METHODS
+
+    p = sub.add_parser("prune", help="prune a model to a MACs budget with a baseline method")
+    p.add_argument("--model", required=True, help="model name (see `hdap models`)")
+    _add_budget_flag(p)
+    p.add_argument("--method", choices=BASELINE_METHODS, default="uniform")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
+    p.add_argument("--weights", default=None, metavar="FILE|pretrained",
+                   help="state dict to load (weights_only), or 'pretrained'; default: random "
+                        "initialisation")
+    p.add_argument("--round-to", type=_positive_int, default=8,
+                   help="widths are multiples of this (default 8)")
+    p.add_argument("--min-ratio", type=_ratio, default=0.1,
+                   help="keep at least this fraction of every group (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_prune)
+
+
+# -- fleet studies: shared flags --------------------------------------------------------
+
+class _Bar:
+    """A progress bar on stderr: one line per stage, redrawn in place."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.stage = None
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        if not self.enabled:
+            if stage != self.stage:
+                print(f"[{stage}]", file=sys.stderr, flush=True)
+                self.stage = stage
+            return
+        if stage != self.stage and self.stage is not None:
+            print(file=sys.stderr)
+        self.stage = stage
+        total = max(total, 1)
+        done = int(30 * min(step, total) / total)
+        print(f"\r{stage:<9} [{'#' * done}{'.' * (30 - done)}] {step}/{total}", end="",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.stage is not None:
+            print(file=sys.stderr)
+
+
+def _weights_flag(text: str) -> dict[int, float]:
+    """``0=2,3=1`` -> {0: 2.0, 3: 1.0}."""
+    out: dict[int, float] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        if "=" not in part:
+            raise argparse.ArgumentTypeError(
+                f"cluster weights look like 0=2,3=1 (cluster=weight), got {part!r}")
+        c, w = part.split("=", 1)
+        try:
+            out[int(c)] = float(w)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"cluster weights look like 0=2,3=1 (cluster=weight), got {part!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("no cluster weights given")
+    return out
+
+
+def _k_flag(text: str) -> int | None:
+    if text == "auto":
+        return None
+    value = _positive_int(text)
+    return value
+
+
+def _add_study_flags(p: argparse.ArgumentParser, *, backends=("twin", "host", "agent")) -> None:
+    p.add_argument("--model", required=True, help="model name (see `hdap models`)")
+    p.add_argument("--telemetry", required=True, metavar="FILE",
+                   help="fleet telemetry (CSV, CSV.gz or Parquet)")
+    p.add_argument("--backend", choices=backends, default="twin",
+                   help="where latency is measured: twin (simulated), host (this machine), "
+                        "agent (devices running `hdap agent serve`)")
+    p.add_argument("--samples", type=_positive_int, default=200,
+                   help="candidates measured on every representative (default 200)")
+    p.add_argument("--repeats", type=_positive_int, default=5,
+                   help="timed runs per measurement (default 5)")
+    p.add_argument("--k", type=_k_flag, default=None, metavar="auto|N",
+                   help="number of clusters (default auto)")
+    p.add_argument("--representatives", type=_positive_int, default=3,
+                   help="devices measured per cluster (default 3)")
+    p.add_argument("--sku", default=None, help="the SKU to keep when the file has several")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--round-to", type=_positive_int, default=8)
+    p.add_argument("--min-ratio", type=_ratio, default=0.1)
+    p.add_argument("--threads", type=_positive_int, default=1,
+                   help="PyTorch threads for the host backend (default 1)")
+    p.add_argument("--twin-preset", default=None,
+                   help="twin physics for telemetry without a .twin.parquet sidecar "
+                        "(jetson-nano, rpi4)")
+    p.add_argument("--agent-token", default=None,
+                   help="bearer token of the agents (default: $HDAP_AGENT_TOKEN)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _study_options(args: argparse.Namespace, **extra):
+    import os
+
+    from hdap_engine.study import StudyOptions
+
+    return StudyOptions(
+        model=args.model, backend=args.backend, samples=args.samples, repeats=args.repeats,
+        k=args.k, representatives=args.representatives, sku=args.sku, seed=args.seed,
+        round_to=args.round_to, min_ratio=args.min_ratio, host_threads=args.threads,
+        twin_preset=args.twin_preset,
+        agent_token=args.agent_token or os.environ.get("HDAP_AGENT_TOKEN"), **extra)
+
+
+# -- hdap surrogate ---------------------------------------------------------------------
+
+def _cmd_surrogate(args: argparse.Namespace) -> int:
+    import json
+
+    from hdap_engine.study import prepare
+
+    options = _study_options(args, surrogate_mode=args.mode,
+                             method="paper" if args.mode == "per-cluster" else "hdap")
+    bar = _Bar(not args.quiet and not args.json)
+    try:
+        ctx = prepare(options, args.telemetry, progress=bar)
+    finally:
+        bar.close()
+    report = ctx.surrogate.report_
+    if args.json:
+        print(json.dumps({"model": args.model, "backend": ctx.backend.name,
+                          "measured_source": ctx.backend.source, "mode": report["mode"],
+                          "k": ctx.k, "devices_measured": len(ctx.rep_devices),
+                          "overall": report["overall"], "per_cluster": report["per_cluster"],
+                          "notes": ctx.notes}))
+        return 0
+    o = report["overall"]
+    print(f"surrogate ({report['mode']}) for {args.model} on {ctx.fleet.source}, "
+          f"{ctx.backend.source}: {ctx.k} clusters, {len(ctx.rep_devices)} devices measured")
+    rows = [{"cluster": "all", "MAPE": f"{o['mape']:.2%}", "within 5%": f"{o['within_5pct']:.1%}",
+             "within 10%": f"{o['within_10pct']:.1%}", "train": o["n_train"], "test": o["n_test"]}]
+    for c in report["per_cluster"]:
+        rows.append({"cluster": c["cluster"], "MAPE": f"{c['mape']:.2%}",
+                     "within 5%": f"{c['within_5pct']:.1%}",
+                     "within 10%": f"{c['within_10pct']:.1%}", "train": c["n_train"],
+                     "test": c["n_test"]})
+    _print_table(rows, ["cluster", "MAPE", "within 5%", "within 10%", "train", "test"])
+    for note in ctx.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _register_surrogate(sub) -> None:
+    p = sub.add_parser("surrogate", help="measure candidates, train the latency surrogate, "
+                                         "report its held-out accuracy")
+    _add_study_flags(p)
+    p.add_argument("--mode", choices=("shared", "per-cluster"), default="shared",
+                   help="one model across clusters, or one per cluster as in the paper")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_cmd_surrogate)
+
+
+# -- hdap optimize ----------------------------------------------------------------------
+
+def _cmd_optimize(args: argparse.Namespace) -> int:
+    from hdap_engine.pruning.budget import format_macs
+    from hdap_engine.study import run_study
+
+    options = _study_options(args, budget=args.macs, objective=args.objective,
+                             slo_ms=args.slo_ms, weights=args.weights, method=args.method,
+                             model_weights=args.model_weights)
+    bar = _Bar(not args.quiet)
+    try:
+        result = run_study(options, args.telemetry, out_dir=args.out, progress=bar)
+    finally:
+        bar.close()
+    r = result.report
+    f = r["fleet"]
+    print(f"{args.model} pruned with {args.method} to "
+          f"{format_macs(result.context.space.macs(result.widths))} MACs "
+          f"(budget {format_macs(result.target_macs)}); measured by {r['measured_source']}")
+    rows = [{"cluster": c["cluster"], "devices": c["devices"], "weight": f"{c['weight']:.3f}",
+             "predicted ms": "-" if c["predicted_ms"] is None else f"{c['predicted_ms']:.2f}",
+             "measured ms": f"{c['measured_ms']:.2f}",
+             "unpruned ms": f"{c['unpruned_ms']:.2f}"} for c in r["clusters"]]
+    _print_table(rows, ["cluster", "devices", "weight", "predicted ms", "measured ms",
+                        "unpruned ms"])
+    pred = "-" if f["predicted_mean_ms"] is None else f"{f['predicted_mean_ms']:.2f}"
+    print(f"fleet: predicted mean {pred} ms, measured mean {f['measured_mean_ms']:.2f} ms, "
+          f"p95 {f['measured_p95_ms']:.2f} ms, unpruned {f['unpruned_mean_ms']:.2f} ms, "
+          f"speedup {f['speedup']:.2f}x ({f['basis']})")
+    for note in r["notes"]:
+        print(f"note: {note}")
+    print(f"bundle: {result.bundle}  (zip: {result.bundle}.zip)")
+    return 0
+
+
+def _register_optimize(sub) -> None:
+    from hdap_engine.search.objectives import OBJECTIVES
+    from hdap_engine.study import METHODS
+
+    p = sub.add_parser("optimize", help="prune a model for a fleet: cluster, measure, fit, "
+                                        "search, prune, validate, export")
+    _add_study_flags(p)
+    _add_budget_flag(p)
+    p.add_argument("--objective", choices=OBJECTIVES, default="mean",
+                   help="fleet objective: weighted mean, p95 over devices, worst cluster, or "
+                        "share of devices over --slo-ms")
+    p.add_argument("--slo-ms", type=float, default=None, help="latency target for --objective slo")
+    p.add_argument("--weights", type=_weights_flag, default=None, metavar="0=2,3=1",
+                   help="cluster weights (normalised; clusters not named get 0); "
+                        "default: device shares")
+    p.add_argument("--method", choices=METHODS, default="hdap")
+    p.add_argument("--model-weights", default=None, metavar="FILE|pretrained",
+                   help="state dict of the model to prune (default: random initialisation)")
+    p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
+    p.set_defaults(func=_cmd_optimize)
+
+
+# -- hdap bench -------------------------------------------------------------------------
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from hdap_engine.benchmark import format_rows, run_bench, run_sweep
+
+    options = _study_options(args, budget=args.macs)
+    bar = _Bar(not args.quiet)
+    try:
+        if args.sweep:
+            result = run_sweep(options, args.telemetry, [b.strip() for b in args.sweep.split(",")
+                                                         if b.strip()], progress=bar)
+        else:
+            result = run_bench(options, args.telemetry, oracle=args.oracle, progress=bar)
+    finally:
+        bar.close()
+    if args.sweep:
+        rows = format_rows(result["points"])
+        for r, p in zip(rows, result["points"], strict=True):
+            r["budget"] = p["budget"]
+        _print_table(rows, ["budget", "method", "MACs", "fleet mean ms", "p95 ms", "speedup"])
+    else:
+        print(f"{args.model} at {args.macs} MACs on {result['fleet']} ({result['n_devices']:,} "
+              f"devices, {result['k']} clusters), measured by {result['measured_source']}; "
+              f"unpruned fleet mean {result['unpruned_mean_ms']:.2f} ms")
+        _print_table(format_rows(result["rows"]),
+                     ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
+                      "search s", "device measurements"])
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"json: {args.json}")
+    return 0
+
+
+def _register_bench(sub) -> None:
+    p = sub.add_parser("bench", help="every method on the same fleet and budget, one table")
+    _add_study_flags(p)
+    _add_budget_flag(p)
+    p.add_argument("--oracle", action="store_true",
+                   help="also search on the twin's ground truth over every device (slow)")
+    p.add_argument("--sweep", default=None, metavar="B1,B2,...",
+                   help="budget sweep (ours and uniform) for a Pareto curve instead of the table")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the result as JSON")
+    p.set_defaults(func=_cmd_bench)
+
+
+# -- hdap app --------------------------------------------------------------------------
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    home = root / "app" / "Home.py"
+    if not home.is_file():
+        raise HdapError(f"the app is not installed next to the engine ({home} is missing)")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(home),
+           "--server.headless", "true", "--server.port", str(args.port),
+           "--server.address", args.address, "--browser.gatherUsageStats", "false"]
+    print(f"HDAP Studio on http://{args.address}:{args.port}", flush=True)
+    # Run from the project root so that .streamlit/config.toml (upload limit) applies.
+    return subprocess.call(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+
+
+def _register_app(sub) -> None:
+    p = sub.add_parser("app", help="start the web app (headless Streamlit server)")
+    p.add_argument("--port", type=_positive_int, default=8501)
+    p.add_argument("--address", default="127.0.0.1",
+                   help="bind address (default 127.0.0.1; 0.0.0.0 to serve the network)")
+    p.set_defaults(func=_cmd_app)
+
+
+# -- hdap bench-macs --------------------------------------------------------------------
+
+def _cmd_bench_macs(args: argparse.Namespace) -> int:
+    import statistics
+    import time
+
+    import numpy as np
+
+    from hdap_engine.pruning.space import PruningSpace
+
+    space = PruningSpace.for_model(args.model)
+    widths = space.random_widths(args.candidates, np.random.default_rng(0))
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        space.macs(widths)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(f"analytic MACs, {args.model} ({space.n_groups} groups, {len(space.layers.names)} "
+          f"layers): {args.candidates / med:,.0f} candidates/s "
+          f"(median of {args.repeats} runs of {args.candidates:,} candidates, {med * 1e3:.1f} ms)")
+    return 0
+
+
+def _register_bench_macs(sub) -> None:
+    p = sub.add_parser("bench-macs", help="benchmark the analytic MACs formula")
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--candidates", type=_positive_int, default=100_000)
+    p.add_argument("--repeats", type=_positive_int, default=7)
+    p.set_defaults(func=_cmd_bench_macs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each entry adds one subcommand and sets ``func``; commands live next to
 # their flags so that a new command is one function here.
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _register_models,
+    _register_prune,
+    _register_bench_macs,
+    _register_app,
+    _register_surrogate,
+    _register_optimize,
+    _register_bench,
+]
 
 
 def _register_simulate(sub: argparse._SubParsersAction) -> None:

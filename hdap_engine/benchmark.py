@@ -1,0 +1,170 @@
+"""Every method on the same fleet and budget, validated the same way: `hdap bench`.
+
+Rows hold what a deployment engineer compares: MACs, fleet mean and p95
+latency, the worst cluster, speedup over the unpruned model measured the same
+way, search time, and how many (device, candidate) measurements the method
+needed. Measurements are shared through the store, so the paper's method and
+single-device reuse what ours measured and nothing is measured twice.
+
+``oracle`` runs the same search directly on the twin's ground truth over
+every device (slow, offline, twin only): it shows how much the surrogate and
+the clustering cost. ``sweep`` runs ours and uniform over several budgets for
+a Pareto curve.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from hdap_engine.errors import HdapError
+from hdap_engine.latency.backends import TwinBackend
+from hdap_engine.latency.store import Store
+from hdap_engine.pruning.budget import parse_budget
+from hdap_engine.search.baselines import uniform_widths
+from hdap_engine.search.evolution import SearchOptions, evolve
+from hdap_engine.study import (
+    METHODS,
+    Progress,
+    StudyContext,
+    StudyOptions,
+    _noop,
+    fleet_metrics,
+    make_objective,
+    optimize,
+    prepare,
+    validate,
+)
+
+ROW_KEYS = ("method", "macs", "fleet_mean_ms", "p95_ms", "worst_cluster_ms", "speedup",
+            "search_s", "device_measurements")
+
+
+def _row(ctx: StudyContext, method: str, widths, search_s: float, measurements: int,
+         unpruned_mean: float) -> dict:
+    val = validate(ctx, widths)
+    obj = make_objective(ctx, method="hdap")
+    fm = fleet_metrics(ctx, val, obj.weights, obj)
+    return {
+        "method": method,
+        "macs": float(ctx.space.macs(widths)),
+        "fleet_mean_ms": fm["measured_mean_ms"],
+        "p95_ms": fm["measured_p95_ms"],
+        "worst_cluster_ms": fm["worst_cluster_ms"],
+        "speedup": unpruned_mean / fm["measured_mean_ms"],
+        "search_s": search_s,
+        "device_measurements": int(measurements),
+        "cluster_ms": [float(x) for x in val.cluster_measured_ms],
+        "widths": [int(x) for x in widths],
+    }
+
+
+def run_bench(options: StudyOptions, telemetry, *, methods=METHODS, oracle: bool = False,
+              store: Store | None = None, progress: Progress = _noop) -> dict:
+    """Run ``methods`` (and optionally the oracle) on one fleet; returns {rows, ...}."""
+    store = store or Store()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise HdapError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    contexts: dict[str, StudyContext] = {}
+
+    def context_for(method: str) -> StudyContext:
+        # Search methods each train their own surrogate on their own devices; the
+        # baselines only need a context to be validated in.
+        family = method if method in ("hdap", "paper", "single-device") else "hdap"
+        if family not in contexts:
+            contexts[family] = prepare(replace(options, method=family), telemetry,
+                                       store=store, progress=progress,
+                                       fleet=next(iter(contexts.values())).fleet
+                                       if contexts else None,
+                                       clustering=next(iter(contexts.values())).clustering
+                                       if contexts else None,
+                                       telemetry_path=telemetry)
+        return contexts[family]
+
+    base_ctx = context_for("hdap")
+    unpruned = validate(base_ctx, base_ctx.space.base_widths)
+    obj = make_objective(base_ctx, method="hdap")
+    unpruned_mean = fleet_metrics(base_ctx, unpruned, obj.weights, obj)["measured_mean_ms"]
+    target = parse_budget(options.budget, base_ctx.space)
+    rows = []
+    for method in methods:
+        ctx = context_for(method)
+        res = optimize(ctx, options.budget, method=method, progress=progress)
+        used = ctx.device_measurements if method in ("hdap", "paper", "single-device") else 0
+        rows.append(_row(base_ctx, method, res.widths, res.seconds, used, unpruned_mean))
+    out = {"model": options.model, "budget": str(options.budget), "budget_macs": target,
+           "backend": base_ctx.backend.name, "measured_source": base_ctx.backend.source,
+           "fleet": base_ctx.fleet.source, "n_devices": int(base_ctx.fleet.n_devices),
+           "k": base_ctx.k, "unpruned_mean_ms": unpruned_mean, "rows": rows,
+           "surrogate": base_ctx.surrogate.report_ if base_ctx.surrogate else None}
+    if oracle:
+        out["rows"].append(run_oracle(base_ctx, target, unpruned_mean, progress=progress))
+    return out
+
+
+def run_oracle(ctx: StudyContext, target: float, unpruned_mean: float, *,
+               progress: Progress = _noop) -> dict:
+    """The search on the twin's noiseless ground truth, averaged over every device."""
+    if not isinstance(ctx.backend, TwinBackend):
+        raise HdapError("the oracle needs the twin backend: it reads every device's latent state")
+    devices = list(ctx.fleet.device_ids)
+    states = ctx.backend._states_for(devices)
+    twin = ctx.backend.twin
+
+    def fitness(widths):
+        return twin.latency_ms(ctx.space.layer_table(widths), states, noise=False).mean(axis=1)
+
+    def tick(gen, total):
+        progress("oracle", gen, total)
+
+    opt = ctx.options
+    t0 = time.perf_counter()
+    res = evolve(ctx.space, target, fitness,
+                 SearchOptions(population=opt.population, generations=opt.generations,
+                               seed=opt.seed),
+                 seeds=uniform_widths(ctx.space, target)[None], progress=tick)
+    return _row(ctx, "oracle", res.widths, time.perf_counter() - t0, len(devices) * res.evaluations,
+                unpruned_mean)
+
+
+def run_sweep(options: StudyOptions, telemetry, budgets: list[str], *,
+              store: Store | None = None, progress: Progress = _noop) -> dict:
+    """Ours and uniform over several budgets (a Pareto curve of MACs vs fleet latency)."""
+    ctx = prepare(replace(options, method="hdap"), telemetry, store=store, progress=progress)
+    unpruned = validate(ctx, ctx.space.base_widths)
+    obj = make_objective(ctx, method="hdap")
+    unpruned_mean = fleet_metrics(ctx, unpruned, obj.weights, obj)["measured_mean_ms"]
+    points = []
+    for budget in budgets:
+        for method in ("hdap", "uniform"):
+            res = optimize(ctx, budget, method=method)
+            row = _row(ctx, method, res.widths, res.seconds, 0, unpruned_mean)
+            row["budget"] = budget
+            points.append(row)
+    return {"model": options.model, "measured_source": ctx.backend.source,
+            "unpruned_mean_ms": unpruned_mean, "points": points}
+
+
+def format_rows(rows: list[dict]) -> list[dict]:
+    """Rows as short strings for a terminal table."""
+    out = []
+    for r in rows:
+        out.append({
+            "method": r["method"],
+            "MACs": f"{r['macs'] / 1e9:.3f} G",
+            "fleet mean ms": f"{r['fleet_mean_ms']:.2f}",
+            "p95 ms": f"{r['p95_ms']:.2f}",
+            "worst cluster ms": f"{r['worst_cluster_ms']:.2f}",
+            "speedup": f"{r['speedup']:.2f}x",
+            "search s": f"{r['search_s']:.1f}",
+            "device measurements": f"{r['device_measurements']:,}",
+        })
+    return out
+
+
+def pareto(points: list[dict]) -> list[dict]:
+    """Points of each method sorted by MACs (for plotting)."""
+    return sorted(points, key=lambda p: (p["method"], p["macs"]))
+
+

@@ -1,0 +1,227 @@
+"""Export a pruned model as a bundle that every runtime and every teammate can open.
+
+A bundle is a folder, and the same files as a zip beside it:
+
+- ``model.pt2``    `torch.export` program (what PyTorch now recommends)
+- ``model.ts``     TorchScript (deprecated in PyTorch 2.14, still what many runtimes load)
+- ``model.onnx``   ONNX, checked with ``onnx.checker``
+- ``weights.pt``   the state dict, loadable with ``weights_only=True``
+- ``widths.json``  the candidate and the kept channels of every group (the pruning
+                   history), from which `load_bundle` rebuilds the model without
+                   unpickling anything
+- ``report.json``  what was pruned, how, to which budget, and everything measured
+
+`load_bundle` accepts the folder or the zip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hdap_engine import __version__
+from hdap_engine.errors import HdapError
+from hdap_engine.models.zoo import build_model, get_spec
+from hdap_engine.pruning.apply import prune_to_widths
+from hdap_engine.pruning.space import PruningSpace
+
+WIDTHS_FORMAT = "hdap-widths/1"
+BUNDLE_FILES = ("model.pt2", "model.ts", "model.onnx", "weights.pt", "widths.json",
+                "report.json")
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced a bundle (reproducibility)."""
+    import torch_pruning
+    import torchvision
+
+    return {
+        "hdap": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_pruning": getattr(torch_pruning, "__version__", "unknown"),
+        "python": platform.python_version(),
+    }
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Exporters warn about their own deprecations; users cannot act on those."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with _quiet(), torch.no_grad():
+        torch.jit.trace(model, example, check_trace=False).save(str(path))
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    # The TorchScript-based exporter: the dynamo one needs onnxscript and brings
+    # nothing a fixed-shape CNN needs.
+    with _quiet(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    import onnx
+
+    onnx.checker.check_model(str(path))
+
+
+def export_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with _quiet():
+        program = torch.export.export(model, (example,))
+        torch.export.save(program, str(path))
+
+
+def widths_document(space: PruningSpace, widths, kept: dict[str, list[int]] | None) -> dict:
+    """The JSON that rebuilds a pruned model: model, groups, widths, kept channels."""
+    w = space.check_widths(widths)
+    return {
+        "format": WIDTHS_FORMAT,
+        "model": space.model,
+        "input_shape": list(space.input_shape),
+        "round_to": space.round_to,
+        "groups": [
+            {"name": g.name, "base": g.base, "width": int(x), "members": list(g.members),
+             **({"kept": kept[g.name]} if kept and g.name in kept else {})}
+            for g, x in zip(space.groups, w, strict=True)
+        ],
+    }
+
+
+def export_bundle(model: nn.Module, space: PruningSpace, widths, out_dir: str | os.PathLike,
+                  report: dict, *, kept: dict[str, list[int]] | None = None,
+                  formats: tuple[str, ...] = ("pt2", "ts", "onnx")) -> Path:
+    """Write the bundle folder ``out_dir`` and ``out_dir.zip``; return the folder.
+
+    ``report`` must already hold the method, budget and measurements; MACs,
+    parameters, widths, time and versions are added here. The folder is
+    written to a temporary sibling first and moved into place, so a failed
+    export never leaves half a bundle over a good one.
+    """
+    from hdap_engine.pruning.apply import count_macs_params
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    example = get_spec(space.model).example_input()
+    macs, params = count_macs_params(model, space)
+    full = {
+        "model": space.model,
+        **report,
+        "macs": macs,
+        "params": params,
+        "base_macs": space.base_macs,
+        "base_params": space.base_params,
+        "input_shape": list(space.input_shape),
+        "widths": space.widths_dict(widths),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "files": [f for f in BUNDLE_FILES if _wanted(f, formats)],
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        torch.save(model.state_dict(), tmp / "weights.pt")
+        (tmp / "widths.json").write_text(json.dumps(widths_document(space, widths, kept),
+                                                    indent=1))
+        if "ts" in formats:
+            export_torchscript(model, example, tmp / "model.ts")
+        if "onnx" in formats:
+            export_onnx(model, example, tmp / "model.onnx")
+        if "pt2" in formats:
+            export_program(model, example, tmp / "model.pt2")
+        (tmp / "report.json").write_text(json.dumps(_jsonable(full), indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    zip_path = out.with_name(out.name + ".zip")
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(out.iterdir()):
+            zf.write(f, arcname=f"{out.name}/{f.name}")
+    return out
+
+
+def _wanted(name: str, formats) -> bool:
+    kind = {"model.pt2": "pt2", "model.ts": "ts", "model.onnx": "onnx"}.get(name)
+    return kind is None or kind in formats
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def rebuild_model(widths_doc: dict, weights) -> tuple[nn.Module, PruningSpace, np.ndarray]:
+    """A pruned model from its widths document and state dict (no unpickling)."""
+    from hdap_engine.models.zoo import read_state_dict
+
+    if widths_doc.get("format") != WIDTHS_FORMAT:
+        raise HdapError(f"widths.json: unknown format {widths_doc.get('format')!r}; "
+                        f"expected {WIDTHS_FORMAT}")
+    name = widths_doc.get("model")
+    space = PruningSpace.for_model(name).with_options(round_to=widths_doc.get("round_to", 8))
+    widths = space.widths_from_dict({g["name"]: g["width"] for g in widths_doc["groups"]})
+    model = build_model(name)
+    prune_to_widths(model, space, widths, importance="first")
+    state = read_state_dict(weights, label="weights.pt")
+    own = model.state_dict()
+    if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
+        raise HdapError("weights.pt does not match widths.json; the bundle is inconsistent, "
+                        "export it again")
+    model.load_state_dict(state)
+    return model.eval(), space, widths
+
+
+def load_bundle(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Rebuild the pruned model of a bundle folder or zip; returns (model, report)."""
+    p = Path(path)
+    if p.is_dir():
+        read = {n: (p / n).read_bytes() for n in ("widths.json", "weights.pt", "report.json")
+                if (p / n).is_file()}
+    elif p.is_file() and zipfile.is_zipfile(p):
+        read = {}
+        with zipfile.ZipFile(p) as zf:
+            for info in zf.infolist():
+                base = info.filename.rsplit("/", 1)[-1]
+                if base in ("widths.json", "weights.pt", "report.json"):
+                    read[base] = zf.read(info)
+    else:
+        raise HdapError(f"{p}: not a bundle folder or zip; pass the folder `hdap prune --out` "
+                        "wrote, or its .zip")
+    for needed in ("widths.json", "weights.pt"):
+        if needed not in read:
+            raise HdapError(f"{p}: the bundle has no {needed}; export it again")
+    try:
+        doc = json.loads(read["widths.json"])
+    except ValueError as exc:
+        raise HdapError(f"{p}: widths.json is not valid JSON ({exc})") from None
+    model, _, _ = rebuild_model(doc, read["weights.pt"])
+    report = json.loads(read["report.json"]) if "report.json" in read else {}
+    return model, report

@@ -1,0 +1,366 @@
+"""Latency backends: where every measured number comes from, behind one interface.
+
+| backend | source                | what it does |
+|---------|-----------------------|--------------|
+| twin    | ``twin (simulated)``  | each device's digital twin computes the candidate's latency, with run-to-run noise |
+| host    | ``host (real)``       | builds the pruned model and times it with PyTorch on this machine |
+| agent   | ``agent (real)``      | sends the exported model to an HTTP agent on the device (see `hdap_engine.agent`) |
+
+`Backend.measure` is the one entry point: it serves what the store already
+holds and measures only the rest, then writes it back. Every result carries
+the median, the spread (interquartile range) and the raw times of each
+(candidate, device) pair, and names its source.
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import statistics
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hdap_engine.errors import HdapError
+from hdap_engine.latency.store import Store, widths_key
+from hdap_engine.pruning.space import PruningSpace
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass
+class Measurements:
+    """Latencies of N candidates on D devices by one backend.
+
+    ``median_ms`` and ``spread_ms`` are (N, D); ``times_ms[i][j]`` are the raw
+    times of candidate i on device j. ``from_store`` marks pairs served from
+    the store rather than measured now.
+    """
+
+    backend: str
+    source: str
+    model: str
+    devices: tuple[str, ...]
+    widths: np.ndarray
+    median_ms: np.ndarray
+    spread_ms: np.ndarray
+    times_ms: list[list[list[float]]]
+    from_store: np.ndarray
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def n_measured(self) -> int:
+        """Pairs measured now (not served from the store)."""
+        return int((~self.from_store).sum())
+
+    def device_index(self, device: str) -> int:
+        return self.devices.index(device)
+
+
+class Backend:
+    """Base class: store lookups and bookkeeping; subclasses time candidates."""
+
+    name = "backend"
+    source = "unknown"
+    real = False
+
+    def device_key(self, device: str) -> str:
+        """The store's key for a device (unique across fleets and machines)."""
+        return device
+
+    def _measure(self, space: PruningSpace, widths: np.ndarray, devices: Sequence[str],
+                 repeats: int, warmup: int, progress: Progress | None) -> np.ndarray:
+        """Raw times (M, D, repeats) in ms of every candidate on every device."""
+        raise NotImplementedError
+
+    def measure(self, space: PruningSpace, widths, devices: Sequence[str], *,
+                repeats: int = 10, warmup: int = 3, store: Store | None = None,
+                progress: Progress | None = None) -> Measurements:
+        """Latency of every candidate on every device, from the store where possible.
+
+        Parameters
+        ----------
+        space:
+            The model's pruning space.
+        widths:
+            Candidates, (N, G) or (G,).
+        devices:
+            Device ids (as in the telemetry).
+        repeats, warmup:
+            Timed runs per pair (median and spread are over these), and untimed
+            runs before them.
+        store:
+            Where earlier measurements are looked up and new ones written.
+        progress:
+            Called with (pairs done, pairs to measure).
+        """
+        widths = np.atleast_2d(np.asarray(widths, dtype=np.int64))
+        devices = tuple(devices)
+        if not devices:
+            raise HdapError(f"{self.name}: no devices to measure on")
+        if repeats < 1 or warmup < 0:
+            raise HdapError("repeats must be >= 1 and warmup >= 0")
+        n, d = len(widths), len(devices)
+        median = np.full((n, d), np.nan)
+        spread = np.full((n, d), np.nan)
+        times: list[list[list[float]]] = [[[] for _ in range(d)] for _ in range(n)]
+        cached = np.zeros((n, d), dtype=bool)
+        wkeys = [widths_key(w) for w in widths]
+        dkeys = [self.device_key(dev) for dev in devices]
+        if store is not None:
+            rows = store.get_measurements(self.name, space.model, space.input_shape, repeats,
+                                          [(dk, wk) for dk in dkeys for wk in set(wkeys)])
+            for i, wk in enumerate(wkeys):
+                for j, dk in enumerate(dkeys):
+                    row = rows.get((dk, wk))
+                    if row is not None:
+                        median[i, j], spread[i, j] = row["median_ms"], row["spread_ms"]
+                        times[i][j] = row["times_ms"]
+                        cached[i, j] = True
+        todo_c = np.flatnonzero(~cached.all(axis=1))
+        todo_d = np.flatnonzero(~cached.all(axis=0))
+        if todo_c.size:
+            # Unique candidates only: a population may hold duplicates.
+            uniq, inverse = np.unique(widths[todo_c], axis=0, return_inverse=True)
+            raw = self._measure(space, uniq, [devices[j] for j in todo_d], repeats, warmup,
+                                progress)
+            new_rows = []
+            for a, i in enumerate(todo_c):
+                u = int(np.ravel(inverse)[a])
+                for b, j in enumerate(todo_d):
+                    if cached[i, j]:
+                        continue
+                    t = raw[u, b]
+                    median[i, j] = float(np.median(t))
+                    spread[i, j] = _iqr(t)
+                    times[i][j] = [float(x) for x in t]
+                    new_rows.append((dkeys[j], wkeys[i], median[i, j], spread[i, j], times[i][j]))
+            if store is not None:
+                store.put_measurements(self.name, space.model, space.input_shape, repeats,
+                                       new_rows)
+        result = Measurements(
+            backend=self.name, source=self.source, model=space.model, devices=devices,
+            widths=widths, median_ms=median, spread_ms=spread, times_ms=times,
+            from_store=cached)
+        result.notes.extend(self.notes(result))
+        return result
+
+    def notes(self, result: Measurements) -> list[str]:
+        """What a reader of these measurements should know (noise, fitting error)."""
+        return []
+
+
+def _iqr(t) -> float:
+    q75, q25 = np.percentile(np.asarray(t, dtype=np.float64), [75, 25])
+    return float(q75 - q25)
+
+
+# -- host ---------------------------------------------------------------------------------
+
+def host_device_id() -> str:
+    """This machine as a device: hostname and processor."""
+    cpu = platform.processor() or platform.machine()
+    return f"host:{socket.gethostname()}:{cpu}"
+
+
+class HostBackend(Backend):
+    """Real timing with PyTorch on the machine that runs the engine, at batch 1.
+
+    Candidates are interleaved: every round times each candidate once, in a
+    fresh random order, so a slow drift of the machine's speed (another job,
+    thermal state) spreads over all candidates instead of biasing the ones
+    measured last. Models are built in small batches to bound memory.
+
+    Parameters
+    ----------
+    threads:
+        PyTorch intra-op threads while timing (1 is the least noisy on a
+        shared machine).
+    batch_models:
+        How many pruned models are interleaved at once.
+    seed:
+        Seed of the interleaving order.
+    """
+
+    name = "host"
+    source = "host (real)"
+    real = True
+
+    def __init__(self, threads: int = 1, batch_models: int = 12, seed: int = 0):
+        if threads < 1:
+            raise HdapError(f"threads must be >= 1, got {threads}")
+        self.threads = int(threads)
+        self.batch_models = int(batch_models)
+        self.seed = int(seed)
+
+    def device_key(self, device: str) -> str:
+        # Every device of a host run *is* this machine; the key says which and how.
+        return f"{host_device_id()}:threads={self.threads}"
+
+    def _measure(self, space, widths, devices, repeats, warmup, progress):
+        import torch
+
+        from hdap_engine.models.zoo import build_model, get_spec
+        from hdap_engine.pruning.apply import prune_to_widths
+
+        x = get_spec(space.model).example_input()
+        m = len(widths)
+        out = np.zeros((m, 1, repeats))
+        rng = np.random.default_rng(self.seed)
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        done = 0
+        try:
+            for start in range(0, m, self.batch_models):
+                idx = list(range(start, min(m, start + self.batch_models)))
+                models = []
+                for i in idx:
+                    model = build_model(space.model)
+                    # Which channels survive does not change the time; the shape does.
+                    prune_to_widths(model, space, widths[i], importance="first")
+                    models.append(model.eval())
+                out[idx, 0, :] = time_models(models, x, repeats=repeats, warmup=warmup, rng=rng)
+                done += len(idx)
+                if progress:
+                    progress(done, m)
+        finally:
+            torch.set_num_threads(old_threads)
+        # Every device of a host study is this machine: the same times for each.
+        return np.repeat(out, len(devices), axis=1)
+
+    def notes(self, result: Measurements) -> list[str]:
+        return host_noise_notes(result.median_ms[:, 0], result.spread_ms[:, 0],
+                                result.times_ms)
+
+
+def time_models(models: Sequence, x, *, repeats: int, warmup: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """Interleaved wall-clock times (len(models), repeats) in ms at batch 1."""
+    import time
+
+    import torch
+
+    out = np.zeros((len(models), repeats))
+    with torch.inference_mode():
+        for model in models:
+            for _ in range(warmup):
+                model(x)
+        for r in range(repeats):
+            for i in rng.permutation(len(models)):
+                t0 = time.perf_counter_ns()
+                models[i](x)
+                out[i, r] = (time.perf_counter_ns() - t0) / 1e6
+    return out
+
+
+def host_noise_notes(median: np.ndarray, spread: np.ndarray, times) -> list[str]:
+    """Outliers and whether the machine's noise hides the differences measured."""
+    notes = []
+    all_t = [np.asarray(times[i][0]) for i in range(len(median)) if len(times[i][0])]
+    outliers = total = 0
+    for t in all_t:
+        med = np.median(t)
+        mad = np.median(np.abs(t - med)) or 1e-9
+        outliers += int((t > med + 5 * 1.4826 * mad).sum())
+        total += t.size
+    if total and outliers:
+        notes.append(f"{outliers} of {total} timed runs were outliers (more than 5 robust "
+                     "standard deviations slower than their median); medians ignore them")
+    med = np.sort(median[np.isfinite(median)])
+    if med.size >= 2:
+        gaps = np.diff(med)
+        typical_gap = float(np.median(gaps)) if gaps.size else 0.0
+        typical_spread = float(np.nanmedian(spread))
+        if typical_spread > typical_gap:
+            notes.append(
+                f"this machine is too noisy to rank neighbouring candidates: the typical "
+                f"spread of one candidate's runs ({typical_spread:.2f} ms) is wider than the "
+                f"typical gap between candidates ({typical_gap:.2f} ms); differences smaller "
+                f"than {typical_spread:.2f} ms are not resolved")
+    return notes
+
+
+def resolvable(a_times: Sequence[float], b_times: Sequence[float]) -> bool:
+    """True when two candidates' medians differ by more than their spreads."""
+    a, b = np.asarray(a_times), np.asarray(b_times)
+    gap = abs(statistics.median(a) - statistics.median(b))
+    return gap > max(_iqr(a), _iqr(b))
+
+
+# -- twin ---------------------------------------------------------------------------------
+
+class TwinBackend(Backend):
+    """Simulated measurements on each device's digital twin.
+
+    The latent state of a device comes from the fleet's ``.twin.parquet``
+    sidecar (simulated fleets), or is fitted by least squares to the device's
+    standard probe columns (uploaded telemetry without a sidecar); the fit
+    error is reported. Run-to-run noise is drawn from a generator seeded by
+    the (device, candidate) pair, so a measurement does not depend on what
+    else was measured with it.
+    """
+
+    name = "twin"
+    source = "twin (simulated)"
+    real = False
+
+    def __init__(self, twin, states, *, fleet_key: str, fit_error: dict[str, float] | None = None,
+                 seed: int = 0):
+        self.twin = twin
+        self.states = states
+        self.fleet_key = fleet_key
+        self.fit_error = fit_error
+        self.seed = int(seed)
+
+    def device_key(self, device: str) -> str:
+        return f"{self.fleet_key}:{device}"
+
+    def _states_for(self, devices: Sequence[str]):
+        from hdap_engine.fleet.twin import select_states
+
+        return select_states(self.states, devices)
+
+    def expected_ms(self, space: PruningSpace, widths, devices: Sequence[str]) -> np.ndarray:
+        """Noiseless latency (N, D): the twin's ground truth."""
+        table = space.layer_table(np.atleast_2d(widths))
+        return self.twin.latency_ms(table, self._states_for(devices), noise=False)
+
+    def _measure(self, space, widths, devices, repeats, warmup, progress):
+        states = self._states_for(devices)
+        expected = self.expected_ms(space, widths, devices)  # (M, D)
+        sigma = self.twin.noise_sigma(states)[None, :, None]  # (1, D, 1)
+        z = np.empty((*expected.shape, repeats))
+        for i, w in enumerate(widths):
+            wk = widths_key(w)
+            for j, dev in enumerate(devices):
+                seed = zlib.crc32(f"{self.seed}|{self.device_key(dev)}|{space.model}|{wk}".encode())
+                z[i, j] = np.random.default_rng(seed).standard_normal(repeats)
+        if progress:
+            progress(len(widths), len(widths))
+        return expected[:, :, None] * np.exp(sigma * z)
+
+    def measure_fleet(self, space: PruningSpace, widths, devices: Sequence[str], *,
+                      repeats: int = 5) -> np.ndarray:
+        """Median latency (D,) of one candidate on every listed device: the fleet's ground truth.
+
+        Not stored: thousands of devices are simulated in milliseconds.
+        """
+        widths = np.asarray(widths, dtype=np.int64)
+        states = self._states_for(devices)
+        expected = self.expected_ms(space, widths[None], devices)[0]
+        seed = zlib.crc32(f"{self.seed}|{self.fleet_key}|{space.model}|{widths_key(widths)}"
+                          .encode())
+        z = np.random.default_rng(seed).standard_normal((len(devices), repeats))
+        noise = np.exp(self.twin.noise_sigma(states)[:, None] * z)
+        return expected * np.median(noise, axis=1)
+
+    def notes(self, result: Measurements) -> list[str]:
+        if not self.fit_error:
+            return []
+        errs = [self.fit_error[d] for d in result.devices if d in self.fit_error]
+        if not errs:
+            return []
+        return [f"twin states fitted from probe columns (no .twin.parquet sidecar): median "
+                f"probe fit error {np.median(errs):.1%}, worst {np.max(errs):.1%}"]

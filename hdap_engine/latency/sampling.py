@@ -1,0 +1,100 @@
+"""Which candidates to measure: spread over the MACs range that matters.
+
+A surrogate is only as good as the candidates it was trained on. The search
+will look at candidates near the budget, with any distribution of widths over
+groups; so measurements cover the MACs range of interest (by default 15 % to
+100 % of the model) evenly, with random directions (every group pruned
+differently) and some uniform candidates (one ratio for all groups, the
+baseline everyone compares with). Optional active sampling picks, from a
+large random pool, the candidates the surrogate is least sure about.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hdap_engine.errors import HdapError
+from hdap_engine.pruning.budget import repair
+from hdap_engine.pruning.space import PruningSpace
+
+
+def sample_candidates(space: PruningSpace, n: int, *, seed: int = 0,
+                      macs_range: tuple[float, float] = (0.15, 1.0),
+                      uniform_share: float = 0.1) -> np.ndarray:
+    """``n`` distinct candidates spread evenly over ``macs_range`` (fractions of the model).
+
+    Returns
+    -------
+    int widths (n, G); MACs targets are stratified over the range.
+    """
+    lo, hi = macs_range
+    if not 0 < lo < hi <= 1:
+        raise HdapError(f"MACs range must satisfy 0 < low < high <= 1, got {macs_range}")
+    if n < 2:
+        raise HdapError(f"need at least 2 candidates to measure, got {n}")
+    rng = np.random.default_rng(seed)
+    lo = max(lo, space.min_macs / space.base_macs * 1.02)
+    n_uniform = max(2, int(round(n * uniform_share)))
+    out: list[np.ndarray] = []
+    seen: set[bytes] = set()
+
+    def add(widths: np.ndarray) -> None:
+        for w in widths:
+            key = w.tobytes()
+            if key not in seen and len(out) < n:
+                seen.add(key)
+                out.append(w)
+
+    # Uniform candidates at evenly spaced budgets.
+    targets = np.linspace(lo, hi, n_uniform) * space.base_macs
+    add(np.stack([repair(space, np.ones(space.n_groups), t) for t in targets]))
+    # Random directions at stratified budgets: one budget per stratum.
+    for _ in range(20):
+        need = n - len(out)
+        if need <= 0:
+            break
+        strata = (np.arange(need) + rng.uniform(size=need)) / need
+        t = (lo + (hi - lo) * strata) * space.base_macs
+        ratios = _random_directions(space, need, rng)
+        add(_repair_each(space, ratios, t))
+    if len(out) < n:
+        raise HdapError(f"{space.model}: only {len(out)} distinct candidates exist in this "
+                        f"MACs range with round_to={space.round_to}; ask for fewer samples")
+    return np.stack(out)
+
+
+def _random_directions(space: PruningSpace, n: int, rng: np.random.Generator) -> np.ndarray:
+    # Log-uniform ratios give both gently and heavily pruned groups; mixing in
+    # a per-candidate overall level keeps some candidates close to uniform.
+    level = rng.uniform(0.2, 1.0, size=(n, 1))
+    spread = rng.uniform(0.1, 1.0, size=(n, 1))
+    log_r = np.log(level) + spread * rng.normal(size=(n, space.n_groups))
+    return np.clip(np.exp(log_r), 0.02, 1.0)
+
+
+def _repair_each(space: PruningSpace, ratios: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    # repair() takes one budget; group candidates by budget in one vectorised call each
+    # would cost more than it saves at these sizes.
+    return np.stack([repair(space, r, t) for r, t in zip(ratios, targets, strict=True)])
+
+
+def random_pool(space: PruningSpace, n: int, *, seed: int = 0,
+                macs_range: tuple[float, float] = (0.15, 1.0)) -> np.ndarray:
+    """A cheap pool of random candidates (not budget-repaired) for active sampling."""
+    rng = np.random.default_rng(seed)
+    lo, hi = macs_range
+    ratios = _random_directions(space, n, rng)
+    widths = space.widths_from_ratios(ratios)
+    macs = space.macs(widths) / space.base_macs
+    return widths[(macs >= lo) & (macs <= hi)]
+
+
+def most_uncertain(std: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` candidates with the largest predictive spread.
+
+    ``std`` is (N,) or (N, clusters); clusters are averaged.
+    """
+    s = np.asarray(std, dtype=np.float64)
+    if s.ndim == 2:
+        s = s.mean(axis=1)
+    return np.argsort(-s, kind="stable")[:k]

@@ -1,0 +1,174 @@
+"""The measurement store: SQLite under the workspace, so nothing is measured twice.
+
+One file, ``$HDAP_HOME/store.sqlite``, holds
+
+- ``measurements``: one row per (backend, device, model, widths, input shape,
+  repeats) with the median, the spread and the raw times;
+- ``surrogates``: trained latency models (XGBoost's own JSON format, never a
+  pickle) keyed by what they were trained on;
+- ``runs``: the history of studies with their settings and results.
+
+Several app users and CLI runs may share a workspace: the database runs in WAL
+mode (readers never block the writer), every write is one short transaction
+behind a process-wide lock, and other processes wait on SQLite's busy timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from contextlib import closing
+from pathlib import Path
+
+from hdap_engine.workspace import home
+
+_WRITE_LOCK = threading.Lock()
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS measurements (
+    backend TEXT NOT NULL,
+    device TEXT NOT NULL,
+    model TEXT NOT NULL,
+    widths TEXT NOT NULL,
+    input_shape TEXT NOT NULL,
+    repeats INTEGER NOT NULL,
+    median_ms REAL NOT NULL,
+    spread_ms REAL NOT NULL,
+    times_ms TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (backend, device, model, widths, input_shape, repeats)
+);
+CREATE TABLE IF NOT EXISTS surrogates (
+    key TEXT PRIMARY KEY,
+    meta TEXT NOT NULL,
+    blob BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    name TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    result TEXT NOT NULL
+);
+"""
+
+
+def widths_key(widths: Iterable[int]) -> str:
+    """The text form of a candidate used as a key: ``64,64,256,...``."""
+    return ",".join(str(int(w)) for w in widths)
+
+
+def shape_key(shape: Iterable[int]) -> str:
+    return "x".join(str(int(s)) for s in shape)
+
+
+class Store:
+    """Measurements, surrogates and run history in one SQLite file.
+
+    Parameters
+    ----------
+    path:
+        The database file; default ``$HDAP_HOME/store.sqlite``.
+    """
+
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path is not None else home() / "store.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as con, con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # A connection per call: sqlite3 connections must not cross threads, and
+        # Streamlit serves every session on its own thread.
+        con = sqlite3.connect(self.path, timeout=30.0)
+        con.execute("PRAGMA busy_timeout=30000")
+        return con
+
+    # -- measurements ----------------------------------------------------------------------
+    def get_measurements(self, backend: str, model: str, input_shape, repeats: int,
+                         pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """Stored rows for (device, widths key) pairs; missing pairs are absent."""
+        pairs = list(pairs)
+        if not pairs:
+            return {}
+        shape = shape_key(input_shape)
+        out: dict[tuple[str, str], dict] = {}
+        with closing(self._connect()) as con:
+            con.execute("CREATE TEMP TABLE wanted (device TEXT, widths TEXT)")
+            con.executemany("INSERT INTO wanted VALUES (?, ?)", pairs)
+            rows = con.execute(
+                """SELECT m.device, m.widths, m.median_ms, m.spread_ms, m.times_ms
+                   FROM measurements m JOIN wanted w
+                     ON m.device = w.device AND m.widths = w.widths
+                   WHERE m.backend = ? AND m.model = ? AND m.input_shape = ? AND m.repeats = ?""",
+                (backend, model, shape, int(repeats))).fetchall()
+        for device, widths, median, spread, times in rows:
+            out[(device, widths)] = {"median_ms": median, "spread_ms": spread,
+                                     "times_ms": json.loads(times)}
+        return out
+
+    def put_measurements(self, backend: str, model: str, input_shape, repeats: int,
+                         rows: Iterable[tuple[str, str, float, float, list[float]]]) -> int:
+        """Insert or replace (device, widths key, median, spread, times) rows."""
+        shape = shape_key(input_shape)
+        now = time.time()
+        data = [(backend, d, model, w, shape, int(repeats), float(med), float(spr),
+                 json.dumps([round(float(t), 6) for t in times]), now)
+                for d, w, med, spr, times in rows]
+        if not data:
+            return 0
+        with _WRITE_LOCK, closing(self._connect()) as con, con:
+            con.executemany(
+                "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", data)
+        return len(data)
+
+    def count_measurements(self, backend: str | None = None) -> int:
+        with closing(self._connect()) as con:
+            if backend is None:
+                return con.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
+            return con.execute("SELECT COUNT(*) FROM measurements WHERE backend = ?",
+                               (backend,)).fetchone()[0]
+
+    # -- surrogates ------------------------------------------------------------------------
+    def put_surrogate(self, key: str, meta: dict, blob: bytes) -> None:
+        with _WRITE_LOCK, closing(self._connect()) as con, con:
+            con.execute("INSERT OR REPLACE INTO surrogates VALUES (?,?,?,?)",
+                        (key, json.dumps(meta), sqlite3.Binary(blob), time.time()))
+
+    def get_surrogate(self, key: str) -> tuple[dict, bytes] | None:
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT meta, blob FROM surrogates WHERE key = ?",
+                              (key,)).fetchone()
+        return None if row is None else (json.loads(row[0]), bytes(row[1]))
+
+    # -- runs ------------------------------------------------------------------------------
+    def add_run(self, name: str, settings: dict, result: dict) -> int:
+        with _WRITE_LOCK, closing(self._connect()) as con, con:
+            cur = con.execute(
+                "INSERT INTO runs (created_at, name, settings, result) VALUES (?,?,?,?)",
+                (time.time(), name, json.dumps(settings), json.dumps(result)))
+            return int(cur.lastrowid)
+
+    def list_runs(self, limit: int = 200) -> list[dict]:
+        """Newest first: id, created_at, name, settings (results are fetched with get_run)."""
+        with closing(self._connect()) as con:
+            rows = con.execute(
+                "SELECT id, created_at, name, settings FROM runs ORDER BY id DESC LIMIT ?",
+                (int(limit),)).fetchall()
+        return [{"id": i, "created_at": t, "name": n, "settings": json.loads(s)}
+                for i, t, n, s in rows]
+
+    def get_run(self, run_id: int) -> dict | None:
+        with closing(self._connect()) as con:
+            row = con.execute("SELECT id, created_at, name, settings, result FROM runs "
+                              "WHERE id = ?", (int(run_id),)).fetchone()
+        if row is None:
+            return None
+        i, t, n, s, r = row
+        return {"id": i, "created_at": t, "name": n, "settings": json.loads(s),
+                "result": json.loads(r)}

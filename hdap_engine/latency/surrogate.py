@@ -1,0 +1,319 @@
+"""The latency surrogate: XGBoost models of latency(candidate, device).
+
+The search never calls hardware; it calls this. Two modes:
+
+- ``shared`` (default): one model over every measured device, its features
+  the candidate's and the device's probe vector, so clusters share what they
+  have in common (a wider layer costs more everywhere) and differ where their
+  hardware differs.
+- ``per-cluster``: one model per cluster on the candidate's features alone,
+  as in the HDAP paper's code.
+
+Targets are log latencies (errors are relative, and latency spans a 5-10x
+range over a MACs sweep). Each mode trains a small bootstrap ensemble; its
+spread is the uncertainty estimate used by active sampling and reported to
+users. Accuracy is judged on held-out *candidates* (never seen in training)
+at the level the search uses: the mean latency of a cluster's representatives.
+The model used afterwards is refit on all candidates.
+
+Models are saved in XGBoost's own JSON format (no pickles) with the hash of
+their training set.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from hdap_engine.errors import HdapError
+from hdap_engine.pruning.space import PruningSpace
+
+MODES = ("shared", "per-cluster")
+
+
+@dataclass(frozen=True)
+class SurrogateOptions:
+    """How the surrogate is trained."""
+
+    mode: str = "shared"
+    ensemble: int = 3
+    n_estimators: int = 400
+    max_depth: int = 6
+    learning_rate: float = 0.08
+    subsample: float = 0.8
+    colsample: float = 0.8
+    test_fraction: float = 0.2
+    seed: int = 0
+    # One thread: XGBoost's OpenMP threads spin-wait, and on a busy 2-core machine two
+    # threads were 10x slower than one.
+    threads: int = 1
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise HdapError(f"unknown surrogate mode {self.mode!r}; choose one of: "
+                            f"{', '.join(MODES)}")
+        if self.ensemble < 1:
+            raise HdapError("the surrogate ensemble needs at least one model")
+        if not 0 < self.test_fraction < 0.9:
+            raise HdapError(f"test_fraction must be in (0, 0.9), got {self.test_fraction}")
+
+
+def candidate_features(space: PruningSpace, widths) -> tuple[np.ndarray, list[str]]:
+    """Features of candidates (N, F): keep ratios, MACs / params / activations per stage.
+
+    Everything is relative to the unpruned model, so models of different size
+    get features on one scale.
+    """
+    w = np.atleast_2d(widths)
+    ratios = space.ratios(w)
+    s_macs, s_params = space.stage_costs(w)
+    b_macs, b_params = space.stage_costs(space.base_widths)
+    table = space.layer_table(w)
+    acts = table.output_elems()
+    stages = space.stages
+    n_st = int(stages.max()) + 1
+    onehot = np.zeros((stages.size, n_st))
+    onehot[np.arange(stages.size), stages] = 1.0
+    s_acts = acts @ onehot
+    b_acts = space.layer_table(space.base_widths).output_elems() @ onehot
+    macs = space.macs(w) / space.base_macs
+    params = space.params(w) / space.base_params
+    safe = np.maximum
+    feats = np.column_stack([
+        ratios, macs, params,
+        s_macs / safe(b_macs, 1.0), s_params / safe(b_params, 1.0), s_acts / safe(b_acts, 1.0),
+    ])
+    names = ([f"ratio[{g.name}]" for g in space.groups] + ["macs", "params"]
+             + [f"stage{s}_macs" for s in range(n_st)] + [f"stage{s}_params" for s in range(n_st)]
+             + [f"stage{s}_acts" for s in range(n_st)])
+    return feats, names
+
+
+def _metrics(pred: np.ndarray, true: np.ndarray) -> dict:
+    rel = np.abs(pred - true) / true
+    return {
+        "mape": float(rel.mean()) if rel.size else float("nan"),
+        "within_5pct": float((rel <= 0.05).mean()) if rel.size else float("nan"),
+        "within_10pct": float((rel <= 0.10).mean()) if rel.size else float("nan"),
+        "n_test": int(rel.size),
+    }
+
+
+class Surrogate:
+    """latency(candidate, device) learned from measurements.
+
+    Parameters
+    ----------
+    space:
+        The model's pruning space.
+    options:
+        `SurrogateOptions`.
+    """
+
+    def __init__(self, space: PruningSpace, options: SurrogateOptions | None = None):
+        self.space = space
+        self.options = options or SurrogateOptions()
+        self.boosters_: dict[int, list] = {}  # model key (-1 shared, else cluster) -> ensemble
+        self.report_: dict = {}
+        self.test_points_: pd.DataFrame | None = None
+        self.training_hash_: str | None = None
+
+    # -- fitting ---------------------------------------------------------------------------
+    def fit(self, widths, latency_ms, device_features, device_cluster) -> Surrogate:
+        """Train on measurements of N candidates on D devices.
+
+        Parameters
+        ----------
+        widths:
+            (N, G) candidates.
+        latency_ms:
+            (N, D) median latency per candidate and device (NaN where missing).
+        device_features:
+            (D, F) probe vector of each device, in ms.
+        device_cluster:
+            (D,) cluster of each device.
+        """
+        widths = np.atleast_2d(np.asarray(widths, dtype=np.int64))
+        lat = np.asarray(latency_ms, dtype=np.float64)
+        dfeat = np.log(np.asarray(device_features, dtype=np.float64))
+        clusters = np.asarray(device_cluster, dtype=np.int64)
+        n = len(widths)
+        if lat.shape != (n, len(clusters)):
+            raise HdapError(f"latency has shape {lat.shape}, expected ({n}, {len(clusters)})")
+        if n < 10:
+            raise HdapError(f"the surrogate needs at least 10 measured candidates, got {n}; "
+                            "measure more samples")
+        self.training_hash_ = hashlib.sha256(
+            widths.tobytes() + np.nan_to_num(lat).tobytes() + dfeat.tobytes()
+            + clusters.tobytes() + json.dumps(asdict(self.options)).encode()).hexdigest()[:16]
+        rng = np.random.default_rng(self.options.seed)
+        order = rng.permutation(n)
+        n_test = max(2, int(round(n * self.options.test_fraction)))
+        test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+
+        # Held-out accuracy is measured on one member trained without the test
+        # candidates; the ensemble kept is then trained on every candidate.
+        self._train(widths[train], lat[train], dfeat, clusters, members=1)
+        self._evaluate(widths[test], lat[test], dfeat, clusters, n_train=len(train))
+        self._train(widths, lat, dfeat, clusters)
+        return self
+
+    def _train(self, widths, lat, dfeat, clusters, members: int | None = None) -> None:
+        import xgboost as xgb
+
+        cfeat, _ = candidate_features(self.space, widths)
+        self.boosters_ = {}
+        jobs = []
+        if self.options.mode == "shared":
+            x, y = _rows(cfeat, lat, dfeat)
+            jobs.append((-1, x, y))
+        else:
+            for c in np.unique(clusters):
+                y = np.log(np.nanmean(lat[:, clusters == c], axis=1))
+                ok = np.isfinite(y)
+                jobs.append((int(c), cfeat[ok], y[ok]))
+        for key, x, y in jobs:
+            if len(y) < 5:
+                raise HdapError(f"cluster {key} has only {len(y)} measured candidates; "
+                                "the surrogate needs more measurements")
+            ens = []
+            for e in range(members or self.options.ensemble):
+                rs = np.random.default_rng(self.options.seed * 1000 + e + 17 * (key + 1))
+                # Bootstrap rows (except the first member, trained on all of them).
+                idx = np.arange(len(y)) if e == 0 else rs.integers(0, len(y), len(y))
+                dm = xgb.DMatrix(x[idx], label=y[idx])
+                params = {
+                    "objective": "reg:squarederror", "max_depth": self.options.max_depth,
+                    "eta": self.options.learning_rate, "subsample": self.options.subsample,
+                    "colsample_bytree": self.options.colsample, "tree_method": "hist",
+                    "nthread": self.options.threads, "seed": int(rs.integers(0, 2**31 - 1)),
+                    "min_child_weight": 1.0, "lambda": 1.0, "verbosity": 0,
+                }
+                ens.append(xgb.train(params, dm, num_boost_round=self.options.n_estimators))
+            self.boosters_[key] = ens
+
+    def _evaluate(self, widths, lat, dfeat, clusters, n_train: int) -> None:
+        mean, _ = self._predict_log(widths, dfeat, clusters)
+        rows = []
+        for c in np.unique(clusters):
+            m = clusters == c
+            true_c = np.nanmean(lat[:, m], axis=1)
+            pred_c = np.exp(mean[:, m]).mean(axis=1)
+            for i in range(len(widths)):
+                if np.isfinite(true_c[i]):
+                    rows.append({"cluster": int(c), "candidate": i,
+                                 "macs": float(self.space.macs(widths[i])),
+                                 "measured_ms": float(true_c[i]), "predicted_ms": float(pred_c[i])})
+        df = pd.DataFrame(rows)
+        self.test_points_ = df
+        overall = _metrics(df["predicted_ms"].to_numpy(), df["measured_ms"].to_numpy())
+        overall["n_train"] = int(n_train)
+        per_cluster = []
+        for c, sub in df.groupby("cluster"):
+            m = _metrics(sub["predicted_ms"].to_numpy(), sub["measured_ms"].to_numpy())
+            per_cluster.append({"cluster": int(c), **m, "n_train": int(n_train)})
+        self.report_ = {"mode": self.options.mode, "overall": overall,
+                        "per_cluster": per_cluster, "n_candidates": int(n_train + len(widths)),
+                        "held_out": "candidates not seen in training; final model refit on all"}
+
+    # -- prediction ------------------------------------------------------------------------
+    def _predict_log(self, widths, dfeat, clusters) -> tuple[np.ndarray, np.ndarray]:
+        import xgboost as xgb
+
+        if not self.boosters_:
+            raise HdapError("the surrogate is not trained yet")
+        cfeat, _ = candidate_features(self.space, widths)
+        n, d = len(cfeat), len(clusters)
+        if self.options.mode == "shared":
+            dm = xgb.DMatrix(_design(cfeat, dfeat))
+            preds = np.stack([b.predict(dm) for b in self.boosters_[-1]])  # (E, n*d)
+            preds = preds.reshape(len(preds), n, d)
+        else:
+            dm = xgb.DMatrix(cfeat)
+            members = len(next(iter(self.boosters_.values())))
+            preds = np.zeros((members, n, d))
+            for c in np.unique(clusters):
+                if int(c) not in self.boosters_:
+                    raise HdapError(f"the surrogate has no model for cluster {int(c)}")
+                p = np.stack([b.predict(dm) for b in self.boosters_[int(c)]])
+                preds[:, :, clusters == c] = p[:, :, None]
+        return preds.mean(axis=0), preds.std(axis=0)
+
+    def predict(self, widths, device_features, device_cluster) -> tuple[np.ndarray, np.ndarray]:
+        """Latency (M, D) in ms and its relative uncertainty (M, D)."""
+        mean, std = self._predict_log(np.atleast_2d(widths),
+                                      np.log(np.asarray(device_features, dtype=np.float64)),
+                                      np.asarray(device_cluster, dtype=np.int64))
+        return np.exp(mean), std
+
+    def predict_clusters(self, widths, device_features, device_cluster,
+                         k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Latency (M, k): each cluster's mean over its measured devices; and uncertainty."""
+        clusters = np.asarray(device_cluster, dtype=np.int64)
+        ms, std = self.predict(widths, device_features, clusters)
+        k = int(clusters.max()) + 1 if k is None else k
+        out = np.full((ms.shape[0], k), np.nan)
+        unc = np.full((ms.shape[0], k), np.nan)
+        for c in range(k):
+            m = clusters == c
+            if m.any():
+                out[:, c] = ms[:, m].mean(axis=1)
+                unc[:, c] = std[:, m].mean(axis=1)
+        return out, unc
+
+    # -- persistence -----------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """JSON bytes: options, report, and each booster in XGBoost's JSON format."""
+        doc = {
+            "format": "hdap-surrogate/1",
+            "model": self.space.model,
+            "options": asdict(self.options),
+            "report": self.report_,
+            "training_hash": self.training_hash_,
+            "test_points": None if self.test_points_ is None
+            else self.test_points_.to_dict(orient="list"),
+            "boosters": {str(k): [base64.b64encode(bytes(b.save_raw("json"))).decode()
+                                  for b in ens] for k, ens in self.boosters_.items()},
+        }
+        return json.dumps(doc).encode()
+
+    @classmethod
+    def from_bytes(cls, space: PruningSpace, data: bytes) -> Surrogate:
+        import xgboost as xgb
+
+        doc = json.loads(data)
+        if doc.get("format") != "hdap-surrogate/1" or doc.get("model") != space.model:
+            raise HdapError("stored surrogate does not belong to this model; train it again")
+        self = cls(space, SurrogateOptions(**doc["options"]))
+        self.report_ = doc["report"]
+        self.training_hash_ = doc["training_hash"]
+        if doc.get("test_points") is not None:
+            self.test_points_ = pd.DataFrame(doc["test_points"])
+        for k, ens in doc["boosters"].items():
+            boosters = []
+            for raw in ens:
+                b = xgb.Booster()
+                b.load_model(bytearray(base64.b64decode(raw)))
+                boosters.append(b)
+            self.boosters_[int(k)] = boosters
+        return self
+
+
+def _design(cfeat: np.ndarray, dfeat: np.ndarray) -> np.ndarray:
+    """(candidate, device) rows, candidate-major: candidate features next to device features."""
+    n, d = len(cfeat), len(dfeat)
+    return np.concatenate([np.repeat(cfeat, d, axis=0), np.tile(dfeat, (n, 1))], axis=1)
+
+
+def _rows(cfeat: np.ndarray, lat: np.ndarray, dfeat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Training rows and log targets of every measured (candidate, device) pair."""
+    x = _design(cfeat, dfeat)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        y = np.log(lat.reshape(-1))
+    ok = np.isfinite(y)
+    return x[ok], y[ok]

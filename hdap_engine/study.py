@@ -1,0 +1,722 @@
+"""One study end to end, as the CLI and the app call it.
+
+fleet -> clustering -> pruning space -> measurements on representatives (via a
+backend, cached in the store) -> surrogate -> search under the budget ->
+candidate -> pruned model (Torch-Pruning) -> validation per cluster (and on
+every device with the twin) -> export bundle + report.
+
+The work is split so that what-if analysis is cheap: `prepare` does the
+expensive part once (clustering, measuring, fitting) and returns a
+`StudyContext`; `optimize` searches it for any budget, objective and cluster
+weights in seconds; `validate` measures a candidate; `run_study` chains them
+with pruning and export. Progress is reported as (stage, step, total).
+
+Methods (all to the same budget, all validated the same way):
+
+- ``hdap``           ours: one shared surrogate over every cluster's representatives,
+                     the fleet objective with device-share (or user) weights, and the
+                     best few search finalists re-measured before one is chosen;
+- ``paper``          the HDAP paper's code: one surrogate per cluster, the plain
+                     unweighted mean over clusters;
+- ``single-device``  the same search aimed at one lab device (the representative of the
+                     largest cluster): how latency-aware pruning is done today;
+- ``uniform``        one keep ratio for every group;
+- ``global``         Torch-Pruning's global magnitude ranking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from hdap_engine.errors import HdapError
+from hdap_engine.export import export_bundle
+from hdap_engine.latency.backends import Backend, HostBackend, Measurements, TwinBackend
+from hdap_engine.latency.sampling import sample_candidates
+from hdap_engine.latency.store import Store
+from hdap_engine.latency.surrogate import Surrogate, SurrogateOptions
+from hdap_engine.models.zoo import build_model, weights_label
+from hdap_engine.pruning.apply import prune_to_widths
+from hdap_engine.pruning.budget import format_macs, parse_budget
+from hdap_engine.pruning.space import PruningSpace
+from hdap_engine.search.baselines import global_widths, uniform_widths
+from hdap_engine.search.evolution import SearchOptions, evolve
+from hdap_engine.search.objectives import Objective, cluster_dispersion
+
+BASELINE_METHODS = ("uniform", "global")
+SEARCH_METHODS = ("hdap", "paper", "single-device")
+METHODS = SEARCH_METHODS + BASELINE_METHODS
+BACKENDS = ("twin", "host", "agent")
+STAGES = ("fleet", "cluster", "measure", "fit", "search", "prune", "validate", "export")
+
+Progress = Callable[[str, int, int], None]  # (stage, step, total)
+
+
+def _noop(stage: str, step: int, total: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Everything that defines a study (plain data: saved with the run)."""
+
+    model: str = "resnet50"
+    budget: str = "0.25"
+    objective: str = "mean"
+    slo_ms: float | None = None
+    weights: dict[int, float] | None = None  # cluster -> weight; None = device shares
+    backend: str = "twin"
+    method: str = "hdap"
+    samples: int = 200  # candidates measured on every representative
+    repeats: int = 5
+    warmup: int = 2
+    representatives: int = 3
+    k: int | None = None  # None: chosen automatically
+    surrogate_mode: str = "shared"
+    round_to: int = 8
+    min_ratio: float = 0.1
+    finalists: int = 6  # search finalists re-measured before choosing (hdap, single-device)
+    seed: int = 0
+    sku: str | None = None
+    model_weights: str | None = None  # None/random, "pretrained", or a state-dict path
+    host_threads: int = 1
+    twin_preset: str | None = None  # for uploaded telemetry without a sidecar
+    agent_token: str | None = None
+    population: int = 64
+    generations: int = 60
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise HdapError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.backend not in BACKENDS:
+            raise HdapError(f"unknown backend {self.backend!r}; choose one of: "
+                            f"{', '.join(BACKENDS)}")
+        if self.samples < 20:
+            raise HdapError(f"samples must be at least 20 to train a surrogate, got {self.samples}")
+        if self.repeats < 1 or self.warmup < 0:
+            raise HdapError("repeats must be >= 1 and warmup >= 0")
+
+    def settings(self) -> dict:
+        """JSON-ready settings (the agent token never leaves the process)."""
+        d = asdict(self)
+        d.pop("agent_token", None)
+        return d
+
+
+@dataclass
+class StudyContext:
+    """Everything measured and learned for one fleet and model: reused by what-if runs."""
+
+    options: StudyOptions
+    fleet: object  # hdap_engine.fleet.telemetry.Fleet
+    clustering: object  # hdap_engine.fleet.clustering.Clustering
+    space: PruningSpace
+    backend: Backend
+    store: Store
+    rep_devices: list[str]  # measured devices, cluster by cluster
+    rep_clusters: np.ndarray  # cluster of each measured device
+    rep_features: np.ndarray  # probe vector (ms) of each measured device
+    dispersion: np.ndarray  # (k,) log spread of devices within each cluster
+    samples: np.ndarray | None = None  # widths measured for the surrogate
+    measurements: Measurements | None = None
+    surrogate: Surrogate | None = None
+    device_measurements: int = 0  # (device, candidate) pairs the method asked for
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        return int(self.clustering.k_)
+
+
+@dataclass
+class Validation:
+    """A candidate measured per cluster (representatives) and, with the twin, on every device."""
+
+    widths: np.ndarray
+    macs: float
+    cluster_measured_ms: np.ndarray  # (k,) mean over the cluster's representatives
+    cluster_spread_ms: np.ndarray  # (k,) mean interquartile range of their runs
+    device_measured_ms: dict[str, float]  # representative -> median
+    fleet_ms: np.ndarray | None = None  # (n_devices,) every device (twin only)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StudyResult:
+    """The outcome of one study: candidate, predictions, measurements, report."""
+
+    context: StudyContext
+    method: str
+    widths: np.ndarray
+    target_macs: float
+    predicted_cluster_ms: np.ndarray | None
+    validation: Validation
+    unpruned: Validation
+    weights: np.ndarray
+    objective: Objective
+    search_seconds: float
+    device_measurements: int
+    search_history: list[float] = field(default_factory=list)
+    model: nn.Module | None = None
+    kept: dict[str, list[int]] | None = None
+    bundle: Path | None = None
+    report: dict = field(default_factory=dict)
+
+
+# -- preparing: fleet, clusters, backend, measurements, surrogate ---------------------------
+
+def load_study_fleet(telemetry, *, sku: str | None = None, name: str | None = None):
+    """The validated fleet of a telemetry path, bytes, or an already loaded `Fleet`."""
+    from hdap_engine.fleet.telemetry import Fleet, load_fleet
+
+    if isinstance(telemetry, Fleet):
+        return telemetry
+    return load_fleet(telemetry, sku=sku, name=name)
+
+
+def make_backend(options: StudyOptions, fleet, telemetry_path: str | os.PathLike | None) -> \
+        tuple[Backend, list[str]]:
+    """The backend of ``options`` for ``fleet``, and notes about how it was set up."""
+    notes: list[str] = []
+    if options.backend == "host":
+        return HostBackend(threads=options.host_threads, seed=options.seed), notes
+    if options.backend == "agent":
+        from hdap_engine.latency.agent_backend import AgentBackend
+
+        return AgentBackend.from_fleet(fleet, token=options.agent_token), notes
+    return _twin_backend(options, fleet, telemetry_path, notes), notes
+
+
+def _twin_backend(options: StudyOptions, fleet, telemetry_path, notes: list[str]) -> TwinBackend:
+    from hdap_engine.fleet.probes import STANDARD_PROBES, probe_column
+    from hdap_engine.fleet.telemetry import twin_sidecar_path
+    from hdap_engine.fleet.twin import (
+        PRESETS,
+        Twin,
+        fit_states_from_probes,
+        get_preset,
+        load_twin_states,
+    )
+
+    sidecar = twin_sidecar_path(telemetry_path) if telemetry_path is not None else None
+    if sidecar is not None and sidecar.is_file():
+        states = load_twin_states(sidecar)
+        known = set(states.device_id.tolist())
+        missing = [d for d in fleet.device_ids if d not in known]
+        if missing:
+            raise HdapError(f"{sidecar.name}: has no twin state for {len(missing)} devices of "
+                            f"{fleet.source} (e.g. {missing[0]}); regenerate it with hdap simulate")
+        preset = get_preset(options.twin_preset or states.sku or fleet.sku or "")
+        key = hashlib.blake2b(states.to_frame().to_csv(index=False).encode(),
+                              digest_size=8).hexdigest()
+        return TwinBackend(Twin(preset), states, fleet_key=f"twin-{key}", seed=options.seed)
+    needed = [probe_column(p) for p in STANDARD_PROBES]
+    absent = [c for c in needed if c not in fleet.probe_columns]
+    if absent:
+        raise HdapError(
+            f"the twin backend cannot measure {fleet.source}: it has no .twin.parquet sidecar "
+            f"and lacks the standard probe columns to fit one ({', '.join(absent[:3])}"
+            f"{'...' if len(absent) > 3 else ''}); use --backend host or agent, or collect "
+            "telemetry with `hdap probe` / the agent")
+    sku = options.twin_preset or fleet.sku
+    if sku not in PRESETS and sku != "host":
+        raise HdapError(
+            f"the twin backend has no preset for SKU {sku!r}; pass --twin-preset "
+            f"({', '.join(PRESETS)}) or use --backend host or agent")
+    states, fit_error, preset = fit_states_from_probes(
+        fleet.frame[["device_id", *needed]], sku)
+    notes.append(f"twin states fitted from the standard probes of {fleet.n_devices} devices "
+                 f"(median fit error {np.median(list(fit_error.values())):.1%})")
+    key = fleet.fingerprint()[:16]
+    return TwinBackend(Twin(preset), states, fleet_key=f"twinfit-{key}", fit_error=fit_error,
+                       seed=options.seed)
+
+
+def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
+            progress: Progress = _noop, fleet=None, clustering=None,
+            telemetry_path: str | os.PathLike | None = None) -> StudyContext:
+    """Load, cluster, measure and fit: the expensive, reusable part of a study.
+
+    Parameters
+    ----------
+    options:
+        The study's settings.
+    telemetry:
+        A telemetry path, bytes, or a loaded `Fleet`.
+    store:
+        The measurement store (default: the workspace's).
+    progress:
+        Called with (stage, step, total).
+    clustering:
+        An already fitted clustering of this fleet (the app passes the one on screen).
+    telemetry_path:
+        Where the telemetry lives, to find its twin sidecar when ``telemetry`` is a Fleet.
+    """
+    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+
+    store = store or Store()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    progress("fleet", 0, 1)
+    fleet = fleet or load_study_fleet(telemetry, sku=options.sku)
+    if telemetry_path is None and isinstance(telemetry, (str, os.PathLike)):
+        telemetry_path = telemetry
+    progress("fleet", 1, 1)
+    timings["fleet"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress("cluster", 0, 1)
+    notes: list[str] = []
+    if options.backend == "host":
+        # The host backend measures this machine only: the fleet *is* this machine.
+        if fleet.n_devices > 1:
+            notes.append(f"host backend: every device of {fleet.source} is measured as this "
+                         "machine; the study treats the fleet as one cluster")
+        clustering = Clustering(ClusteringOptions(k=1, representatives=1,
+                                                  seed=options.seed)).fit(fleet)
+    elif clustering is None:
+        clustering = Clustering(ClusteringOptions(
+            k=options.k, representatives=options.representatives, seed=options.seed)).fit(fleet)
+    progress("cluster", 1, 1)
+    timings["cluster"] = time.perf_counter() - t0
+
+    space = PruningSpace.for_model(options.model, round_to=options.round_to,
+                                   min_ratio=options.min_ratio)
+    backend, backend_notes = make_backend(options, fleet, telemetry_path)
+    notes.extend(backend_notes)
+    rep_devices, rep_clusters = [], []
+    for c in range(clustering.k_):
+        for dev in clustering.representatives_[c]:
+            rep_devices.append(dev)
+            rep_clusters.append(c)
+    index = {d: i for i, d in enumerate(fleet.device_ids)}
+    probes = fleet.probes()
+    rep_features = probes[[index[d] for d in rep_devices]]
+    ctx = StudyContext(
+        options=options, fleet=fleet, clustering=clustering, space=space, backend=backend,
+        store=store, rep_devices=rep_devices, rep_clusters=np.array(rep_clusters),
+        rep_features=rep_features,
+        dispersion=cluster_dispersion(probes, clustering.labels_, clustering.k_),
+        notes=notes, timings=timings)
+    if options.method in SEARCH_METHODS:
+        measure_and_fit(ctx, progress=progress)
+    return ctx
+
+
+def _search_devices(ctx: StudyContext) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The devices a method measures: every representative, or the one lab device."""
+    if ctx.options.method == "single-device":
+        # The representative of the largest cluster, closest to its centroid first.
+        return ctx.rep_devices[:1], ctx.rep_clusters[:1] * 0, ctx.rep_features[:1]
+    return ctx.rep_devices, ctx.rep_clusters, ctx.rep_features
+
+
+def measure_and_fit(ctx: StudyContext, *, progress: Progress = _noop) -> None:
+    """Measure sampled candidates on the method's devices and train the surrogate."""
+    opt = ctx.options
+    t0 = time.perf_counter()
+    samples = sample_candidates(ctx.space, opt.samples, seed=opt.seed)
+    devices, clusters, features = _search_devices(ctx)
+
+    def tick(done, total):
+        progress("measure", done, total)
+
+    progress("measure", 0, len(samples))
+    meas = ctx.backend.measure(ctx.space, samples, devices, repeats=opt.repeats,
+                               warmup=opt.warmup, store=ctx.store, progress=tick)
+    progress("measure", len(samples), len(samples))
+    ctx.samples, ctx.measurements = samples, meas
+    ctx.device_measurements += samples.shape[0] * len(devices)
+    ctx.notes.extend(n for n in meas.notes if n not in ctx.notes)
+    ctx.timings["measure"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    progress("fit", 0, 1)
+    mode = "per-cluster" if opt.method == "paper" else opt.surrogate_mode
+    sopt = SurrogateOptions(mode=mode, seed=opt.seed)
+    ctx.surrogate = _cached_surrogate(ctx, samples, meas.median_ms, features, clusters, sopt)
+    progress("fit", 1, 1)
+    ctx.timings["fit"] = time.perf_counter() - t0
+
+
+def _cached_surrogate(ctx: StudyContext, widths, lat, features, clusters,
+                      sopt: SurrogateOptions) -> Surrogate:
+    """Train, or load the surrogate already trained on exactly these measurements."""
+    key_src = (ctx.backend.name + ctx.space.model + str(ctx.space.round_to)
+               + str(sorted(asdict(sopt).items()))).encode()
+    h = hashlib.sha256(key_src + np.asarray(widths).tobytes() + np.nan_to_num(lat).tobytes()
+                       + np.log(features).tobytes() + np.asarray(clusters).tobytes())
+    key = f"{ctx.space.model}:{h.hexdigest()[:24]}"
+    stored = ctx.store.get_surrogate(key)
+    if stored is not None:
+        return Surrogate.from_bytes(ctx.space, stored[1])
+    sur = Surrogate(ctx.space, sopt).fit(widths, lat, features, clusters)
+    ctx.store.put_surrogate(key, {"model": ctx.space.model, "report": sur.report_,
+                                  "training_hash": sur.training_hash_}, sur.to_bytes())
+    return sur
+
+
+# -- optimising: search for a budget / objective / weights -------------------------------
+
+def make_objective(ctx: StudyContext, objective: str | None = None,
+                   weights: dict[int, float] | None = None,
+                   slo_ms: float | None = None, *, method: str | None = None) -> Objective:
+    """The fleet objective of a study (the paper's method ignores weights: plain mean)."""
+    opt = ctx.options
+    method = method or opt.method
+    kind = objective or opt.objective
+    if method == "paper":
+        w = np.ones(ctx.k) / ctx.k
+    elif method == "single-device":
+        w = np.zeros(ctx.k)
+        w[0] = 1.0
+    else:
+        w = ctx.clustering.normalise_weights(weights if weights is not None else opt.weights)
+    return Objective(kind=kind, weights=w, dispersion=ctx.dispersion,
+                     slo_ms=slo_ms if slo_ms is not None else opt.slo_ms)
+
+
+def predict_clusters(ctx: StudyContext, widths) -> np.ndarray:
+    """Surrogate latency (M, k) of candidates on every cluster."""
+    devices, clusters, features = _search_devices(ctx)
+    if ctx.options.method == "single-device":
+        ms, _ = ctx.surrogate.predict(widths, features, clusters)
+        return np.repeat(ms[:, :1], ctx.k, axis=1)
+    ms, _ = ctx.surrogate.predict_clusters(widths, features, clusters, ctx.k)
+    return ms
+
+
+@dataclass
+class Optimized:
+    """A searched candidate and what the surrogate predicts for it."""
+
+    widths: np.ndarray
+    target_macs: float
+    predicted_cluster_ms: np.ndarray | None
+    objective: Objective
+    seconds: float
+    history: list[float] = field(default_factory=list)
+    finalists_measured: int = 0
+
+
+def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
+             weights: dict[int, float] | None = None, slo_ms: float | None = None,
+             method: str | None = None, progress: Progress = _noop,
+             model: nn.Module | None = None) -> Optimized:
+    """The best candidate for a budget: searched on the surrogate (or a baseline rule).
+
+    Changing the budget, objective or weights re-uses everything measured and
+    learned in ``ctx``; only the search (and a few finalist measurements) run.
+    """
+    opt = ctx.options
+    method = method or opt.method
+    target = parse_budget(budget if budget is not None else opt.budget, ctx.space)
+    obj = make_objective(ctx, objective, weights, slo_ms, method=method)
+    t0 = time.perf_counter()
+    if method == "uniform":
+        widths = uniform_widths(ctx.space, target)
+        return Optimized(widths, target, _maybe_predict(ctx, widths), obj,
+                         time.perf_counter() - t0)
+    if method == "global":
+        model = model if model is not None else build_model(opt.model, opt.model_weights,
+                                                            seed=opt.seed)
+        widths = global_widths(model, ctx.space, target)
+        return Optimized(widths, target, _maybe_predict(ctx, widths), obj,
+                         time.perf_counter() - t0)
+    if ctx.surrogate is None:
+        raise HdapError(f"method {method} needs measurements; prepare the study with it")
+
+    def fitness(w):
+        return obj(predict_clusters(ctx, w))
+
+    def tick(gen, total):
+        progress("search", gen, total)
+
+    sopt = SearchOptions(population=opt.population, generations=opt.generations, seed=opt.seed)
+    seeds = np.stack([uniform_widths(ctx.space, target)])
+    res = evolve(ctx.space, target, fitness, sopt, seeds=seeds, progress=tick)
+    widths = res.widths
+    measured = 0
+    if method in ("hdap", "single-device") and opt.finalists > 1:
+        widths, measured = _pick_finalist(ctx, res.final_population[:opt.finalists], obj)
+        ctx.device_measurements += measured
+    seconds = time.perf_counter() - t0
+    return Optimized(widths, target, predict_clusters(ctx, widths[None])[0], obj, seconds,
+                     res.history, measured)
+
+
+def _pick_finalist(ctx: StudyContext, finalists: np.ndarray, obj: Objective) -> \
+        tuple[np.ndarray, int]:
+    """Measure the search's best few candidates and keep the best measured one.
+
+    The surrogate is accurate to a few per cent; near the optimum that is the
+    size of the differences between candidates, so the last word goes to a
+    measurement on the same devices the surrogate learned from.
+    """
+    devices, clusters, _ = _search_devices(ctx)
+    meas = ctx.backend.measure(ctx.space, finalists, devices, repeats=ctx.options.repeats,
+                               warmup=ctx.options.warmup, store=ctx.store)
+    per_cluster = np.zeros((len(finalists), ctx.k))
+    for c in range(ctx.k):
+        m = clusters == c
+        if m.any():
+            per_cluster[:, c] = meas.median_ms[:, m].mean(axis=1)
+        else:
+            per_cluster[:, c] = meas.median_ms[:, 0]
+    scores = obj(per_cluster)
+    return finalists[int(np.argmin(scores))], len(finalists) * len(devices)
+
+
+def _maybe_predict(ctx: StudyContext, widths) -> np.ndarray | None:
+    if ctx.surrogate is None:
+        return None
+    return predict_clusters(ctx, np.atleast_2d(widths))[0]
+
+
+# -- validating -------------------------------------------------------------------------
+
+def validate(ctx: StudyContext, widths, *, every_device: bool = True,
+             progress: Progress = _noop) -> Validation:
+    """Measure a candidate on every cluster's representatives, and with the twin on all devices."""
+    widths = np.asarray(widths, dtype=np.int64)
+    progress("validate", 0, 2)
+    meas = ctx.backend.measure(ctx.space, widths[None], ctx.rep_devices,
+                               repeats=ctx.options.repeats, warmup=ctx.options.warmup,
+                               store=ctx.store)
+    k = ctx.k
+    cm = np.full(k, np.nan)
+    cs = np.full(k, np.nan)
+    for c in range(k):
+        m = ctx.rep_clusters == c
+        cm[c] = float(np.nanmean(meas.median_ms[0, m]))
+        cs[c] = float(np.nanmean(meas.spread_ms[0, m]))
+    devices = {d: float(meas.median_ms[0, j]) for j, d in enumerate(ctx.rep_devices)}
+    progress("validate", 1, 2)
+    fleet_ms = None
+    if every_device and isinstance(ctx.backend, TwinBackend):
+        fleet_ms = ctx.backend.measure_fleet(ctx.space, widths, list(ctx.fleet.device_ids),
+                                             repeats=ctx.options.repeats)
+    progress("validate", 2, 2)
+    return Validation(widths=widths, macs=float(ctx.space.macs(widths)), cluster_measured_ms=cm,
+                      cluster_spread_ms=cs, device_measured_ms=devices, fleet_ms=fleet_ms,
+                      notes=list(meas.notes))
+
+
+def fleet_metrics(ctx: StudyContext, val: Validation, weights: np.ndarray,
+                  objective: Objective) -> dict:
+    """Fleet mean, p95 and worst cluster from a validation.
+
+    With the twin every device was measured, so the mean and p95 are over
+    devices. Otherwise the mean is the share-weighted mean of the clusters'
+    measurements and the p95 comes from each cluster's dispersion.
+    """
+    from hdap_engine.search.objectives import mixture_quantile
+
+    shares = ctx.clustering.weights_
+    if val.fleet_ms is not None:
+        mean = float(np.mean(val.fleet_ms))
+        p95 = float(np.quantile(val.fleet_ms, 0.95))
+        basis = "every device of the fleet"
+    else:
+        mean = float(np.nansum(val.cluster_measured_ms * shares))
+        p95 = float(mixture_quantile(val.cluster_measured_ms[None], shares,
+                                     ctx.dispersion, 0.95)[0])
+        basis = "cluster representatives, weighted by device share"
+    weighted = float(np.nansum(val.cluster_measured_ms * weights))
+    return {"measured_mean_ms": mean, "measured_p95_ms": p95,
+            "worst_cluster_ms": float(np.nanmax(val.cluster_measured_ms)),
+            "weighted_mean_ms": weighted, "objective_value": float(
+                objective(val.cluster_measured_ms[None])[0]), "basis": basis}
+
+
+# -- the whole study ----------------------------------------------------------------------
+
+def run_study(options: StudyOptions, telemetry, *, out_dir: str | os.PathLike | None = None,
+              store: Store | None = None, progress: Progress = _noop,
+              context: StudyContext | None = None, export: bool = True,
+              record: bool = True) -> StudyResult:
+    """Prepare (or reuse ``context``), optimise, prune, validate, export, record.
+
+    Parameters
+    ----------
+    options:
+        The study's settings.
+    telemetry:
+        A telemetry path, bytes or `Fleet` (ignored when ``context`` is given).
+    out_dir:
+        Where the bundle is written (no export when None).
+    context:
+        A prepared context of the same fleet, model and backend (what-if runs).
+    """
+    if context is None:
+        context = prepare(options, telemetry, store=store, progress=progress)
+    else:
+        context.options = reuse_options(context.options, options)
+    ctx = context
+    model = build_model(options.model, options.model_weights, seed=options.seed)
+    opt_res = optimize(ctx, options.budget, method=options.method, progress=progress,
+                       model=model)
+    progress("prune", 0, 1)
+    kept = prune_to_widths(model, ctx.space, opt_res.widths)
+    progress("prune", 1, 1)
+    val = validate(ctx, opt_res.widths, progress=progress)
+    unpruned = validate(ctx, ctx.space.base_widths, progress=progress)
+    weights = opt_res.objective.weights
+    result = StudyResult(
+        context=ctx, method=options.method, widths=opt_res.widths,
+        target_macs=opt_res.target_macs, predicted_cluster_ms=opt_res.predicted_cluster_ms,
+        validation=val, unpruned=unpruned, weights=weights, objective=opt_res.objective,
+        search_seconds=opt_res.seconds,
+        device_measurements=(ctx.device_measurements if options.method in SEARCH_METHODS
+                             else 0),
+        search_history=opt_res.history, model=model, kept=kept)
+    result.report = build_report(result)
+    if export and out_dir is not None:
+        progress("export", 0, 1)
+        result.bundle = export_bundle(model, ctx.space, opt_res.widths, out_dir, result.report,
+                                      kept=kept)
+        progress("export", 1, 1)
+    if record:
+        ctx.store.add_run(f"{options.model} {options.method} {format_macs(result.target_macs)}",
+                          options.settings(), _history_entry(result))
+    return result
+
+
+WHAT_IF_FIELDS = ("budget", "objective", "slo_ms", "weights", "finalists", "model_weights")
+
+
+def reuse_options(prepared: StudyOptions, wanted: StudyOptions) -> StudyOptions:
+    """Options for a what-if run on a prepared context; refuses what would need new measurements."""
+    differ = [f for f in asdict(prepared) if f not in WHAT_IF_FIELDS + ("agent_token",)
+              and getattr(prepared, f) != getattr(wanted, f)
+              and not (f == "method" and wanted.method in BASELINE_METHODS)]
+    if differ:
+        raise HdapError(f"this study was prepared with other {', '.join(differ)}; "
+                        "prepare it again for those settings")
+    return replace(prepared, method=wanted.method,
+                   **{f: getattr(wanted, f) for f in WHAT_IF_FIELDS})
+
+
+def build_report(result: StudyResult) -> dict:
+    """The report.json content of a study (plain data)."""
+    ctx = result.context
+    val, base = result.validation, result.unpruned
+    fm = fleet_metrics(ctx, val, result.weights, result.objective)
+    fb = fleet_metrics(ctx, base, result.weights, result.objective)
+    clusters = []
+    profiles = ctx.clustering.profiles_
+    for c in range(ctx.k):
+        reps = [d for d, cc in zip(ctx.rep_devices, ctx.rep_clusters, strict=True) if cc == c]
+        clusters.append({
+            "cluster": c,
+            "devices": int(profiles.loc[profiles["cluster"] == c, "devices"].iloc[0]),
+            "share": float(ctx.clustering.weights_[c]),
+            "weight": float(result.weights[c]),
+            "predicted_ms": None if result.predicted_cluster_ms is None
+            else float(result.predicted_cluster_ms[c]),
+            "measured_ms": float(val.cluster_measured_ms[c]),
+            "measured_spread_ms": float(val.cluster_spread_ms[c]),
+            "unpruned_ms": float(base.cluster_measured_ms[c]),
+            "representatives": reps,
+            "devices_measured": {d: val.device_measured_ms[d] for d in reps},
+        })
+    predicted_mean = None
+    if result.predicted_cluster_ms is not None:
+        predicted_mean = float(np.sum(result.predicted_cluster_ms * ctx.clustering.weights_))
+    opt = ctx.options
+    report = {
+        "method": result.method,
+        "budget": str(opt.budget),
+        "budget_macs": result.target_macs,
+        "objective": result.objective.kind,
+        "objective_label": result.objective.label,
+        "weights_source": "user" if opt.weights else "device shares",
+        "backend": ctx.backend.name,
+        "measured_source": ctx.backend.source,
+        "fleet_source": ctx.fleet.source,
+        "n_devices": int(ctx.fleet.n_devices),
+        "k": ctx.k,
+        "model_weights": weights_label(opt.model_weights),
+        "seed": opt.seed,
+        "clusters": clusters,
+        "fleet": {
+            "predicted_mean_ms": predicted_mean,
+            "measured_mean_ms": fm["measured_mean_ms"],
+            "measured_p95_ms": fm["measured_p95_ms"],
+            "worst_cluster_ms": fm["worst_cluster_ms"],
+            "unpruned_mean_ms": fb["measured_mean_ms"],
+            "unpruned_p95_ms": fb["measured_p95_ms"],
+            "speedup": fb["measured_mean_ms"] / fm["measured_mean_ms"],
+            "basis": fm["basis"],
+        },
+        "search_seconds": result.search_seconds,
+        "device_measurements": result.device_measurements,
+        "surrogate": None if ctx.surrogate is None else ctx.surrogate.report_,
+        "notes": list(dict.fromkeys(ctx.notes + val.notes)),
+        "settings": opt.settings(),
+    }
+    return report
+
+
+def _history_entry(result: StudyResult) -> dict:
+    r = result.report
+    return {k: r[k] for k in ("method", "budget", "budget_macs", "objective", "backend",
+                              "measured_source", "fleet_source", "clusters", "fleet",
+                              "search_seconds", "device_measurements", "notes")} | {
+        "widths": result.context.space.widths_dict(result.widths),
+        "macs": float(result.context.space.macs(result.widths)),
+        "model": result.context.space.model,
+        "bundle": str(result.bundle) if result.bundle else None,
+    }
+
+
+# -- baselines without a fleet (hdap prune) -------------------------------------------------
+
+@dataclass
+class PruneResult:
+    """A pruned model and how it was obtained (no latency involved)."""
+
+    model: nn.Module
+    space: PruningSpace
+    widths: np.ndarray
+    kept: dict[str, list[int]]
+    report: dict = field(default_factory=dict)
+
+
+def prune_baseline(model_name: str, budget, method: str = "uniform", *, weights=None,
+                   round_to: int = 8, min_ratio: float = 0.1, seed: int = 0) -> PruneResult:
+    """Prune ``model_name`` to ``budget`` with a baseline method (no latency model)."""
+    if method not in BASELINE_METHODS:
+        raise HdapError(f"unknown method {method!r}; choose one of: {', '.join(BASELINE_METHODS)}")
+    space = PruningSpace.for_model(model_name, round_to=round_to, min_ratio=min_ratio)
+    target = parse_budget(budget, space)
+    model = build_model(model_name, weights, seed=seed)
+    if method == "uniform":
+        widths = uniform_widths(space, target)
+    else:
+        widths = global_widths(model, space, target)
+    kept = prune_to_widths(model, space, widths)
+    report = {
+        "method": method,
+        "budget": str(budget),
+        "budget_macs": target,
+        "weights": weights_label(weights),
+        "seed": seed,
+        "round_to": round_to,
+        "min_ratio": min_ratio,
+    }
+    return PruneResult(model=model, space=space, widths=widths, kept=kept, report=report)
+
+
+def export_result(result: PruneResult, out_dir: str | os.PathLike) -> Path:
+    """Write ``result`` as a bundle (folder + zip)."""
+    return export_bundle(result.model, result.space, result.widths, out_dir, result.report,
+                         kept=result.kept)
