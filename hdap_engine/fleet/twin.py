@@ -78,12 +78,21 @@ class SkuPreset:
     eff_conv1x1: float
     eff_dwconv: float
     eff_linear: float  # batch-1 fully connected layer (GEMV)
-    eff_eltwise: float  # bn / act / add / pool / copy arithmetic
+    eff_eltwise: float  # act / add / copy arithmetic
     # memory
     bytes_per_elem: int
     dram_gbps: float  # sustained (not peak) DRAM bandwidth
     cache_kb: float  # near cache (GPU L2 / CPU L2) available to one inference
     cache_gbps: float
+    cin_tile: int = 1  # input-channel padding of dense convs (blocked layouts); 1 = none
+    # CPU conv kernels block each output row (register blocking along the width),
+    # so the pixel tile pads the output width; GPU implicit GEMMs tile all pixels.
+    tile_rows: bool = False
+    k_half: float = 0.0  # GEMM depth K = cin*kh*kw at which a dense layer reaches half its efficiency
+    misaligned_eff: float = 1.0  # extra efficiency of a dense conv whose channels are off the tile
+    # (libraries switch to a slower generic kernel for such shapes, beyond the padding itself)
+    eff_pool: float = 0.25  # windowed pooling (window compares / sums); eager CPU kernels are poor
+    eff_bn: float = 0.25  # an unfused batch norm (eager frameworks run it as its own pass)
     llc_kb: float = 0.0  # last-level cache beyond the near cache (0: none)
     llc_gbps: float = 0.0
     # fixed costs and noise
@@ -153,12 +162,15 @@ JETSON_NANO = SkuPreset(
     slots_per_unit=8.0,  # thread blocks one Maxwell SM keeps resident to hide latency
     reuse_pixel_block=64,  # a thread block's tile: operands are re-fetched once per tile
     reuse_channel_block=64,
+    k_half=32.0,  # a thread block's K loop has a fixed prologue / epilogue
     eltwise_grain=4096,
-    eff_conv=0.85,  # TensorRT picks Winograd for 3x3 convs: above what MACs / peak suggests
-    eff_conv1x1=0.70,
+    eff_conv=0.95,  # TensorRT picks Winograd for 3x3 convs: above what MACs / peak suggests
+    eff_conv1x1=0.80,
     eff_dwconv=0.25,
     eff_linear=0.30,
     eff_eltwise=0.25,
+    eff_pool=0.15,
+    eff_bn=0.25,
     bytes_per_elem=2,
     dram_gbps=14.0,  # what conv kernels sustain of the 25.6 GB/s peak shared with the CPU
     cache_kb=256.0,
@@ -184,15 +196,19 @@ RPI4 = SkuPreset(
     clock_ghz=1.5,
     channel_tile=4,  # one NEON register of FP32
     pixel_tile=8,
+    tile_rows=True,
+    k_half=48.0,
     slots_per_unit=4.0,
     reuse_pixel_block=128,  # cache blocking of the CPU GEMM: re-reads are per block, not per register tile
     reuse_channel_block=64,
     eltwise_grain=32768,  # at::internal::GRAIN_SIZE: smaller element-wise ops stay on one thread
-    eff_conv=0.42,
-    eff_conv1x1=0.46,
+    eff_conv=0.47,
+    eff_conv1x1=0.60,
     eff_dwconv=0.08,
     eff_linear=0.25,
     eff_eltwise=0.25,
+    eff_pool=0.05,  # PyTorch's CPU max-pool is a scalar loop over windows
+    eff_bn=0.10,
     bytes_per_elem=4,
     dram_gbps=4.5,
     cache_kb=1024.0,
@@ -246,9 +262,11 @@ def generic_cpu_preset(
         name=name, kind="cpu",
         description=f"generic CPU: {cores:g} threads, FP32, PyTorch eager",
         compute_units=float(cores), flops_per_cycle=float(flops_per_cycle),
-        clock_ghz=float(clock_ghz), channel_tile=int(channel_tile), pixel_tile=8,
+        clock_ghz=float(clock_ghz), channel_tile=int(channel_tile), cin_tile=int(channel_tile),
+        pixel_tile=8, tile_rows=True,
         slots_per_unit=4.0, reuse_pixel_block=256, reuse_channel_block=128, eltwise_grain=32768,
         eff_conv=0.5, eff_conv1x1=0.45, eff_dwconv=0.08, eff_linear=0.3, eff_eltwise=0.25,
+        eff_pool=0.05, eff_bn=0.1,
         bytes_per_elem=4, dram_gbps=float(dram_gbps), cache_kb=float(cache_kb),
         cache_gbps=float(cache_gbps), llc_kb=float(llc_kb), llc_gbps=float(llc_gbps),
         kernel_overhead_us=float(kernel_overhead_us), fused_ops=(), noise_sigma=0.03,
@@ -366,6 +384,36 @@ class DeviceStates:
                    severity=sev, **latent, sku=sku)
 
 
+def select_states(states: DeviceStates, devices) -> DeviceStates:
+    """The states of the listed device ids, in that order.
+
+    Parameters
+    ----------
+    states:
+        States of a fleet.
+    devices:
+        Device ids to pick.
+
+    Returns
+    -------
+    DeviceStates
+    """
+    index = {str(d): i for i, d in enumerate(states.device_id)}
+    devices = [str(d) for d in devices]
+    missing = [d for d in devices if d not in index]
+    if missing:
+        raise HdapError(f"no twin state for device {missing[0]!r} "
+                        f"({len(missing)} device(s) missing from the twin states)")
+    return states.select(np.array([index[d] for d in devices], dtype=np.int64))
+
+
+def load_twin_states(path) -> DeviceStates:
+    """Latent device states of a simulated fleet (see `hdap_engine.fleet.simulate.load_twin_states`)."""
+    from hdap_engine.fleet.simulate import load_twin_states as _load
+
+    return _load(path)
+
+
 # --- the physics -------------------------------------------------------------
 
 _MAC_OPS = ("conv", "dwconv", "linear")
@@ -446,9 +494,13 @@ class Twin:
             [2.0, 1.0, 1.0, k], default=0.0,
         )
         flops = np.where(is_mac, 2.0 * macs, elt_flops * out_el)
+        # A global pool (1x1 output) is a streaming reduction; a windowed pool
+        # (a ResNet or VGG max-pool) runs the framework's window loop.
+        windowed_pool = (op == "pool") & (pix > 1)
         eff = np.select(
-            [is_1x1, is_conv, is_dw, is_fc],
-            [p.eff_conv1x1, p.eff_conv, p.eff_dwconv, p.eff_linear], default=p.eff_eltwise,
+            [is_1x1, is_conv, is_dw, is_fc, windowed_pool, op == "bn"],
+            [p.eff_conv1x1, p.eff_conv, p.eff_dwconv, p.eff_linear, p.eff_pool, p.eff_bn],
+            default=p.eff_eltwise,
         )
         # Padding waste: output channels padded to the channel tile, output pixels
         # to the pixel tile (a GEMM's N and M dimensions); a GEMV has one pixel.
@@ -456,8 +508,29 @@ class Twin:
         pt = float(p.pixel_tile)
         c_pad = np.ceil(cout / ct) * ct
         p_eff = np.where(is_fc, 1.0, pix)
-        p_pad = np.where(is_fc, 1.0, np.ceil(p_eff / pt) * pt)
+        if p.tile_rows:
+            w_o = table.w_out[keep].astype(float)
+            p_pad = np.where(is_fc, 1.0, np.ceil(w_o / pt) * pt * table.h_out[keep])
+        else:
+            p_pad = np.where(is_fc, 1.0, np.ceil(p_eff / pt) * pt)
         pad = np.where(is_mac, (cout / c_pad) * (p_eff / p_pad), 1.0)
+        # Blocked layouts pad the input channels of a dense conv too (the GEMM's
+        # K dimension); an image input (<= 4 channels) is read in plain layout.
+        cin_pad = cin
+        if p.cin_tile > 1:
+            cit = float(p.cin_tile)
+            cin_pad = np.where(cin <= 4, cin, np.ceil(cin / cit) * cit)
+            pad = np.where(is_conv, pad * cin / np.maximum(cin_pad, 1.0), pad)
+        if p.misaligned_eff != 1.0:
+            off = (np.mod(cout, ct) != 0) | ((cin > 4) & (np.mod(cin, float(p.cin_tile)) != 0))
+            pad = np.where(is_conv & off, pad * p.misaligned_eff, pad)
+        # A short reduction (few input channels) spends a large share of every
+        # tile on loading and storing it rather than on multiply-adds. (An
+        # image-input conv, <= 4 channels, has its own kernel and is exempt.)
+        if p.k_half > 0:
+            kdim = np.where(is_conv, cin_pad * k, cin)
+            short_k = (is_conv & (cin > 4)) | is_fc
+            pad = np.where(short_k, pad * kdim / (kdim + p.k_half), pad)
         # Parallel work items: GEMM tiles for MAC layers, grains for element-wise.
         tiles = np.ceil(p_eff / pt) * np.ceil(cout / ct)
         grains = np.ceil(np.maximum(out_el, in_el) / float(p.eltwise_grain))
@@ -517,7 +590,6 @@ class Twin:
             "overhead": p.kernel_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "mac_overhead": p.mac_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "device_overhead": np.full(len(states), p.device_overhead_us * 1e-6),
-            "noise": p.noise_sigma * np.asarray(states.noise_scale, float),
         }
         if p.llc_kb > 0:
             inv_llc = 1.0 / (p.llc_gbps * 1e9 * np.asarray(states.mem_bw_scale, float) ** 0.5
@@ -605,7 +677,7 @@ class Twin:
         if not noise:
             return np.repeat(base[:, :, None], runs, axis=2)
         g = _resolve_rng(rng)
-        sigma = self._device_terms(states)["noise"]
+        sigma = self.noise_sigma(states)
         z = g.standard_normal((base.shape[0], base.shape[1], runs))
         return base[:, :, None] * np.exp(z * sigma[None, :, None])
 
@@ -657,6 +729,10 @@ class Twin:
             cols[probe_column(name)] = self.latency_ms(table, states, runs=runs, rng=g,
                                                        noise=noise)[0]
         return pd.DataFrame(cols)
+
+    def noise_sigma(self, states: DeviceStates) -> np.ndarray:
+        """(D,) log-normal sigma of one run's measurement noise on each device."""
+        return self.preset.noise_sigma * np.asarray(states.noise_scale, float)
 
     def _check(self, states: DeviceStates) -> None:
         if states.sku and states.sku != self.preset.name:
