@@ -124,10 +124,16 @@ class SkuPreset:
 #     (run with https://github.com/NVIDIA-AI-IOT/jetson_benchmarks, --precision
 #     fp16 --gpu_freq 921600000 --power_mode 0).
 #   - MobileNet-class models: the same page is quoted at ~60 images/s for
-#     MobileNetV2 (github.com/Tony607/tf_jetson_nano issue 5); depthwise layers
-#     make MobileNets far less efficient than their MACs suggest, so we aim
-#     MobileNetV1 at the same order (several ms, not the 1-2 ms its 0.57 GMACs
-#     would take at ResNet-50's efficiency).
+#     MobileNetV2 (github.com/Tony607/tf_jetson_nano issue 5). We found no
+#     first-party MobileNetV1 224x224 figure; the twin gives ~5 ms (~200
+#     images/s), i.e. depthwise layers make it far less efficient than its 0.57
+#     GMACs suggest (at ResNet-50's efficiency it would take ~4 ms of compute
+#     alone and no memory time). Treat that number as an estimate.
+#   - Memory contention: on Tegra SoCs the GPU shares LPDDR4 with the CPU
+#     cores, and memory-heavy co-runners slow GPU kernels by up to 2-3x
+#     (Cavicchioli et al., "Memory interference characterization between CPU
+#     cores and integrated GPUs in mixed-criticality platforms", ETFA 2017):
+#     the range of the background-load mechanism.
 #   - Hardware: 128-core Maxwell GPU (one SM), 472 GFLOPS FP16 (= 128 cores x
 #     2 (FMA) x 2 (half2) x 0.9216 GHz), 256 KB GPU L2, 4 GB 64-bit LPDDR4 at
 #     25.6 GB/s peak. NVIDIA Jetson Nano module data sheet (DA-09366).
@@ -149,6 +155,10 @@ class SkuPreset:
 #     Arm Cortex-A72 Software Optimization Guide.
 #   - Thermal: the firmware throttles the ARM clock from 80 C (Raspberry Pi
 #     documentation, "Frequency management and thermal control").
+#
+# Result (`python -m hdap_engine.fleet.calibration`): Jetson Nano ResNet-50
+# 30.0 ms, ResNet-18 10.3 ms, MobileNetV1 4.9 ms; Raspberry Pi 4 ResNet-50
+# 241 ms, ResNet-18 101 ms, MobileNetV1 45 ms.
 
 JETSON_NANO = SkuPreset(
     name="jetson-nano",
