@@ -4,15 +4,22 @@ The twin is the `twin` latency backend and the ground truth of the shipped
 sample fleets. It is a roofline with the effects that make structured pruning
 hardware-dependent:
 
-- per layer, ``time = kernel overhead + max(compute time, memory time)``;
+- per layer, ``time = kernel overhead + max(compute time, memory time)``; on
+  an accelerator that launches kernels asynchronously (the Jetson preset) the
+  host's launch path overlaps with the previous kernel, so a layer costs
+  ``max(launch path, device time + small device-side overhead)``;
 - compute time is FLOPs over the device's throughput times an efficiency that
-  depends on the op (depthwise convolutions and batch-1 GEMVs are poor), on
-  padding waste when output channels or output pixels do not fill the
-  hardware's vector / tile width, and on parallelism: a layer with fewer work
-  tiles than the device has parallel slots leaves units idle (small spatial
-  sizes, thin layers);
-- memory time is weights + activations bytes over a bandwidth that depends on
-  where the working set lives (near cache, last-level cache, DRAM);
+  depends on the op (depthwise convolutions, batch-1 GEMVs, eager pooling and
+  batch norm are poor), on padding waste when channels or output pixels /
+  rows do not fill the hardware's vector or tile width (and, on CPUs, the
+  slower generic kernel libraries fall back to for such shapes), on a short
+  GEMM reduction (few input channels), and on parallelism: a layer with fewer
+  work tiles than the device has parallel slots leaves units idle;
+- memory time is the bytes each operand moves (activations, weights, and the
+  re-reads of a blocked GEMM: the input once per output-channel block, the
+  weights once per pixel block) over a bandwidth that depends on where that
+  operand lives (near cache, last-level cache, DRAM): it drops when an operand
+  no longer fits the (possibly stolen) cache;
 - element-wise layers that the runtime folds into the preceding kernel
   (TensorRT fuses batch norm and activation into the convolution; PyTorch
   eager on a CPU does not) cost nothing.
