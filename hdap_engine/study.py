@@ -196,15 +196,10 @@ def make_backend(options: StudyOptions, fleet, telemetry_path: str | os.PathLike
 
 
 def _twin_backend(options: StudyOptions, fleet, telemetry_path, notes: list[str]) -> TwinBackend:
+    from hdap_engine.fleet.fit import fit_preset_from_probes, fit_states_from_probes
     from hdap_engine.fleet.probes import STANDARD_PROBES, probe_column
     from hdap_engine.fleet.telemetry import twin_sidecar_path
-    from hdap_engine.fleet.twin import (
-        PRESETS,
-        Twin,
-        fit_states_from_probes,
-        get_preset,
-        load_twin_states,
-    )
+    from hdap_engine.fleet.twin import PRESETS, Twin, get_preset, load_twin_states
 
     sidecar = twin_sidecar_path(telemetry_path) if telemetry_path is not None else None
     if sidecar is not None and sidecar.is_file():
@@ -231,8 +226,13 @@ def _twin_backend(options: StudyOptions, fleet, telemetry_path, notes: list[str]
         raise HdapError(
             f"the twin backend has no preset for SKU {sku!r}; pass --twin-preset "
             f"({', '.join(PRESETS)}) or use --backend host or agent")
-    states, fit_error, preset = fit_states_from_probes(
-        fleet.frame[["device_id", *needed]], sku)
+    if sku == "host":
+        # Host telemetry (`hdap probe` rows): the typical device defines the preset,
+        # each device's state is fitted relative to it.
+        preset = fit_preset_from_probes(fleet.frame.median(numeric_only=True))
+    else:
+        preset = get_preset(sku)
+    states, fit_error = fit_states_from_probes(fleet.frame[["device_id", *needed]], preset)
     notes.append(f"twin states fitted from the standard probes of {fleet.n_devices} devices "
                  f"(median fit error {np.median(list(fit_error.values())):.1%})")
     key = fleet.fingerprint()[:16]

@@ -1,0 +1,124 @@
+"""Simulated fleets: telemetry rows from the twin, plus the latent state behind them.
+
+`simulate_fleet` draws each device's drift mechanism and latent state
+(`hdap_engine.fleet.mechanisms`), "runs" the standard probe suite on it with
+the twin (median of 20 noisy runs, like `hdap probe`), and adds context
+columns correlated with the mechanism. The telemetry follows the contract in
+DESIGN.md (``device_id``, ``sku``, ``probe_<name>_ms``, context); the latent
+state goes to a sidecar file so the twin can later "measure" every device of
+the fleet: the ground truth that cluster-based estimates are judged against.
+
+Sidecar naming: the sidecar of ``X.csv``, ``X.csv.gz`` or ``X.parquet`` is
+``X.twin.parquet``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hdap_engine.errors import HdapError
+from hdap_engine.fleet.mechanisms import draw_context, draw_states
+from hdap_engine.fleet.twin import DeviceStates, Twin, get_preset
+
+PROBE_RUNS = 20
+"""Noisy runs per probe whose median becomes the telemetry value (as `hdap probe`)."""
+
+SIDECAR_SUFFIX = ".twin.parquet"
+
+
+def simulate_fleet(sku: str, devices: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Telemetry and latent states of a simulated fleet of one SKU.
+
+    Parameters
+    ----------
+    sku:
+        Preset name (``jetson-nano`` or ``rpi4``).
+    devices:
+        Number of devices.
+    seed:
+        Seed of every random draw (states, context, measurement noise).
+
+    Returns
+    -------
+    (telemetry, states):
+        ``telemetry``: one row per device with ``device_id``, ``sku``, the
+        ``probe_<name>_ms`` columns and the context columns. ``states``: one row
+        per device with ``device_id``, ``sku``, ``mechanism``, ``severity`` and
+        the twin's latent fields (`DeviceStates.to_frame`).
+    """
+    preset = get_preset(sku)
+    if int(devices) < 1:
+        raise HdapError(f"a fleet needs at least one device (got --devices {devices})")
+    # Independent streams: changing how context is drawn does not move states or noise.
+    s_states, s_context, s_noise = np.random.SeedSequence(int(seed)).spawn(3)
+    states = draw_states(sku, int(devices), np.random.default_rng(s_states))
+    probes = Twin(preset).probe_ms(states, runs=PROBE_RUNS, rng=np.random.default_rng(s_noise))
+    context = draw_context(states, np.random.default_rng(s_context))
+    telemetry = pd.concat(
+        [probes[["device_id"]], pd.DataFrame({"sku": [sku] * len(states)}),
+         probes.drop(columns="device_id"), context],
+        axis=1,
+    )
+    return telemetry, states.to_frame()
+
+
+def sidecar_path(telemetry_path: str | Path) -> Path:
+    """The twin sidecar of a telemetry file: ``X.csv`` / ``X.csv.gz`` / ``X.parquet`` -> ``X.twin.parquet``."""
+    p = Path(telemetry_path)
+    name = p.name
+    if name.endswith(SIDECAR_SUFFIX):
+        return p
+    for ext in (".csv.gz", ".csv", ".parquet", ".gz"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return p.with_name(name + SIDECAR_SUFFIX)
+
+
+def write_fleet(prefix: str | Path, telemetry: pd.DataFrame, states: pd.DataFrame) -> tuple[Path, Path]:
+    """Write ``PREFIX.csv`` and ``PREFIX.twin.parquet``; returns both paths.
+
+    A ``prefix`` ending in ``.csv`` is accepted and not doubled.
+    """
+    prefix = Path(prefix)
+    if prefix.name.lower().endswith(".csv"):
+        prefix = prefix.with_name(prefix.name[:-4])
+    if prefix.parent and not prefix.parent.exists():
+        raise HdapError(f"output folder {prefix.parent} does not exist; create it or pick another --out")
+    csv_path = prefix.with_name(prefix.name + ".csv")
+    twin_path = sidecar_path(csv_path)
+    telemetry.to_csv(csv_path, index=False, float_format="%.6g")
+    states.to_parquet(twin_path, index=False)
+    return csv_path, twin_path
+
+
+def load_twin_states(path: str | Path) -> DeviceStates:
+    """Latent device states from a sidecar (or from the telemetry file it belongs to).
+
+    Parameters
+    ----------
+    path:
+        ``X.twin.parquet`` itself, or the telemetry file ``X.csv`` /
+        ``X.csv.gz`` / ``X.parquet`` whose sidecar should be read.
+
+    Returns
+    -------
+    DeviceStates
+    """
+    side = sidecar_path(path)
+    if not side.exists():
+        raise HdapError(
+            f"no twin sidecar for {path}: expected {side}. Only simulated fleets carry one; "
+            "for uploaded telemetry fit states from the probes instead"
+        )
+    try:
+        df = pd.read_parquet(side)
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise HdapError(f"cannot read twin sidecar {side}: {exc}") from None
+    if df["device_id"].duplicated().any() if "device_id" in df.columns else False:
+        dup = df.loc[df["device_id"].duplicated(), "device_id"].head(3).tolist()
+        raise HdapError(f"twin sidecar {side} repeats device ids, e.g. {dup}")
+    return DeviceStates.from_frame(df)

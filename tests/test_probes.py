@@ -1,0 +1,89 @@
+"""The standard probe suite: one definition for the twin and for real hardware."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hdap_engine.fleet.probes import (
+    PROBE_COLUMNS,
+    PROBE_ROWS,
+    STANDARD_PROBES,
+    _build_layer,
+    host_context,
+    probe_column,
+    probe_tables,
+    run_probe_suite,
+)
+from hdap_engine.fleet.twin import PRESETS, DeviceStates, Twin
+
+
+def test_every_standard_probe_has_a_table_and_a_column():
+    tables = probe_tables()
+    assert tuple(tables) == STANDARD_PROBES
+    assert PROBE_COLUMNS == tuple(f"probe_{n}_ms" for n in STANDARD_PROBES)
+    for name in ("conv3x3", "conv1x1", "dwconv3x3", "linear", "copy_small", "copy_large",
+                 "tiny", "conv3x3_odd"):
+        assert name in STANDARD_PROBES
+    assert probe_column("tiny") == "probe_tiny_ms"
+
+
+@pytest.mark.parametrize("name", STANDARD_PROBES)
+def test_host_op_computes_the_workload_of_the_table(name):
+    import torch
+
+    table = probe_tables()[name]
+    for i, row in enumerate(PROBE_ROWS[name]):
+        fn, x = _build_layer(row)
+        with torch.inference_mode():
+            y = fn(x)
+        expected_out = table.output_elems()[0, i]
+        assert y.numel() == expected_out
+        if row["op"] in ("conv", "dwconv", "linear"):
+            weight = fn.weight.numel() + (fn.bias.numel() if fn.bias is not None else 0)
+            assert weight == table.weight_elems()[0, i]
+
+
+def test_twin_probes_are_positive_and_ordered_sensibly():
+    for sku, preset in PRESETS.items():
+        p = Twin(preset).probe_ms(DeviceStates.nominal(1, sku=sku), noise=False).iloc[0]
+        assert all(p[c] > 0 for c in PROBE_COLUMNS)
+        assert p["probe_copy_large_ms"] > 10 * p["probe_copy_small_ms"]
+        assert p["probe_conv3x3_ms"] > p["probe_conv3x3_small_ms"]
+        assert p["probe_tiny_ms"] < p["probe_conv3x3_ms"]
+
+
+def test_host_probe_suite_runs_and_orders_sensibly():
+    out = run_probe_suite(repeats=3, warmup=1, threads=1)
+    assert tuple(out) == PROBE_COLUMNS
+    assert all(np.isfinite(v) and v > 0 for v in out.values())
+    # orderings that hold on any machine, however loaded
+    assert out["probe_copy_large_ms"] > out["probe_copy_small_ms"]
+    assert out["probe_conv3x3_ms"] > out["probe_conv3x3_small_ms"]
+
+
+def test_host_context_describes_the_machine():
+    ctx = host_context(1)
+    assert ctx["threads"] == 1 and ctx["cpu_count"] >= 1
+    assert isinstance(ctx["cpu_model"], str) and ctx["torch_version"]
+
+
+def test_cli_probe_writes_one_telemetry_row(cli, tmp_path):
+    out = tmp_path / "host.csv"
+    res = cli("probe", "--out", str(out), "--repeats", "2", "--warmup", "0", "--threads", "1",
+              "--device-id", "bench-1")
+    assert res.returncode == 0, res.stderr
+    df = pd.read_csv(out)
+    assert len(df) == 1 and df.loc[0, "device_id"] == "bench-1" and df.loc[0, "sku"] == "host"
+    assert set(PROBE_COLUMNS) <= set(df.columns)
+    assert {"threads", "cpu_model", "torch_version"} <= set(df.columns)
+    assert "probe_conv3x3_ms" in res.stdout
+    again = cli("probe", "--out", str(out), "--append", "--repeats", "1", "--warmup", "0",
+                "--threads", "1", "--device-id", "bench-1")
+    assert again.returncode == 2 and "bench-1" in again.stderr
+
+
+def test_cli_probe_refuses_bad_flags(cli):
+    res = cli("probe", "--repeats", "0")
+    assert res.returncode == 2 and res.stderr.startswith("error:")

@@ -1,0 +1,227 @@
+"""The device twin: calibration, physics, noise, speed, and that mechanisms change preferences."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from hdap_engine.errors import HdapError
+from hdap_engine.fleet.calibration import (
+    PUBLISHED_MS,
+    mobilenet_v1_rows,
+    reference_table,
+    resnet_rows,
+    stack_tables,
+)
+from hdap_engine.fleet.mechanisms import mechanisms_for
+from hdap_engine.fleet.simulate import simulate_fleet
+from hdap_engine.fleet.twin import (
+    JETSON_NANO,
+    LATENT_FIELDS,
+    PRESETS,
+    RPI4,
+    DeviceStates,
+    Twin,
+    select_states,
+)
+from hdap_engine.pruning.layers import make_table
+
+
+def nominal(sku: str, n: int = 1) -> DeviceStates:
+    return DeviceStates.nominal(n, sku=sku)
+
+
+def mechanism_states(sku: str) -> DeviceStates:
+    """One device per mechanism, at mid severity (geometric middle of each effect)."""
+    mechs = mechanisms_for(sku)
+    states = DeviceStates.nominal(len(mechs), sku=sku)
+    values = {f: np.ones(len(mechs)) for f in LATENT_FIELDS}
+    for j, m in enumerate(mechs):
+        for f, (lo, hi) in m.effects.items():
+            values[f][j] = np.sqrt(lo * hi)
+    return replace(states.with_latent(**values),
+                   mechanism=np.array([m.name for m in mechs], dtype=object))
+
+
+@pytest.mark.parametrize("key", sorted(PUBLISHED_MS))
+def test_nominal_presets_match_published_latencies(key):
+    sku, model = key
+    published, _source = PUBLISHED_MS[key]
+    ms = Twin(PRESETS[sku]).latency_ms(reference_table(model), nominal(sku), noise=False)[0, 0]
+    assert published / 1.25 < ms < published * 1.25
+
+
+def test_presets_cite_their_sources():
+    for preset in PRESETS.values():
+        assert preset.sources and all(len(s) > 10 for s in preset.sources)
+
+
+def test_mobilenet_is_faster_than_resnet50_but_not_by_its_macs_ratio():
+    for sku, preset in PRESETS.items():
+        tw = Twin(preset)
+        r50 = tw.latency_ms(reference_table("resnet50"), nominal(sku), noise=False)[0, 0]
+        mb1 = tw.latency_ms(reference_table("mobilenet_v1"), nominal(sku), noise=False)[0, 0]
+        macs_ratio = reference_table("resnet50").macs().sum() / reference_table("mobilenet_v1").macs().sum()
+        assert 1.5 < r50 / mb1 < macs_ratio  # depthwise layers are inefficient
+
+
+def test_batch_norm_and_activation_are_fused_on_jetson_only():
+    conv = dict(name="c", op="conv", cin=64, cout=64, h_in=56, w_in=56, kernel=3)
+    bn = dict(name="c.bn", op="bn", cin=64, cout=64, h_in=56, w_in=56)
+    act = dict(name="c.act", op="act", cin=64, cout=64, h_in=56, w_in=56)
+    alone, fused = make_table([conv]), make_table([conv, bn, act])
+    for preset, same in ((JETSON_NANO, True), (RPI4, False)):
+        tw = Twin(preset)
+        a = tw.latency_ms(alone, nominal(preset.name), noise=False)[0, 0]
+        b = tw.latency_ms(fused, nominal(preset.name), noise=False)[0, 0]
+        assert (b == pytest.approx(a)) if same else (b > a * 1.05)
+
+
+def test_depthwise_costs_more_per_mac_than_dense():
+    dense = make_table([dict(name="d", op="conv", cin=128, cout=128, h_in=28, w_in=28, kernel=3)])
+    dw = make_table([dict(name="w", op="dwconv", cin=512, cout=512, h_in=56, w_in=56, kernel=3)])
+    for sku, preset in PRESETS.items():
+        tw = Twin(preset)
+        per_mac = [tw.latency_ms(t, nominal(sku), noise=False)[0, 0] / t.macs().sum()
+                   for t in (dense, dw)]
+        assert per_mac[1] > 3 * per_mac[0]
+
+
+def test_channels_off_the_tile_width_cost_like_the_padded_width():
+    def conv(c):
+        return make_table([dict(name="c", op="conv", cin=256, cout=c, h_in=28, w_in=28, kernel=3)])
+
+    tw = Twin(JETSON_NANO)  # 32-channel tiles
+    t97, t128 = (tw.latency_ms(conv(c), nominal("jetson-nano"), noise=False)[0, 0]
+                 for c in (97, 128))
+    assert t97 > 0.95 * t128  # 97 channels run as 128
+    tw = Twin(RPI4)  # 4-lane NEON: almost no waste at 97
+    t97, t128 = (tw.latency_ms(conv(c), nominal("rpi4"), noise=False)[0, 0] for c in (97, 128))
+    assert t97 < 0.85 * t128
+
+
+def test_memory_time_rises_when_the_working_set_spills_the_cache():
+    def copy(elems):
+        return make_table([dict(name="x", op="copy", cin=elems // 64, cout=elems // 64,
+                                h_in=8, w_in=8)])
+
+    tw = Twin(RPI4)
+    small, large = 1 << 15, 1 << 22  # 256 KB and 32 MB of traffic (fp32, in + out)
+    t_small, t_large = (tw.latency_ms(copy(e), nominal("rpi4"), noise=False)[0, 0]
+                        - RPI4.kernel_overhead_us * 1e-3 for e in (small, large))
+    assert t_large / large > 2.5 * t_small / small
+
+
+def test_noise_is_seeded_multiplicative_and_a_few_percent():
+    _, frame = simulate_fleet("jetson-nano", 50, seed=1)
+    states = DeviceStates.from_frame(frame)
+    tw = Twin(JETSON_NANO)
+    table = reference_table("resnet18")
+    a = tw.raw_latency_ms(table, states, runs=200, rng=5)
+    b = tw.raw_latency_ms(table, states, runs=200, rng=5)
+    c = tw.raw_latency_ms(table, states, runs=200, rng=6)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    expected = tw.latency_ms(table, states, noise=False)
+    rel = np.log(a / expected[:, :, None]).std(axis=2)[0]
+    assert np.allclose(rel, tw.noise_sigma(states), rtol=0.2)
+    assert 0.01 < np.median(rel) < 0.06
+    median = tw.latency_ms(table, states, runs=51, rng=7)
+    assert np.allclose(median, expected, rtol=0.05)
+
+
+def test_latency_has_one_row_per_candidate_and_one_column_per_device():
+    table = stack_tables([make_table(resnet_rows(18, (s, s, s, s))) for s in (0.5, 0.75, 1.0)])
+    states = nominal("rpi4", 7)
+    out = Twin(RPI4).latency_ms(table, states, runs=3, rng=0)
+    assert out.shape == (3, 7)
+    assert np.all(np.diff(out.mean(axis=1)) > 0)  # wider is slower
+
+
+def test_twin_is_vectorised_fast_for_a_fleet():
+    rows = resnet_rows(50)[:150]
+    base = make_table(rows, n_candidates=100)
+    rng = np.random.default_rng(0)
+    scale = rng.uniform(0.3, 1.0, (100, 1))
+    table = replace(base, cin=np.maximum(1, np.round(base.cin * scale)),
+                    cout=np.maximum(1, np.round(base.cout * scale)))
+    _, frame = simulate_fleet("jetson-nano", 5000, seed=0)
+    states = DeviceStates.from_frame(frame)
+    tw = Twin(JETSON_NANO)
+    t0 = time.perf_counter()
+    out = tw.latency_ms(table, states, noise=False)
+    elapsed = time.perf_counter() - t0
+    assert out.shape == (100, 5000) and np.all(np.isfinite(out))
+    assert elapsed < 5.0  # ~0.5 s on 2 cores; generous for a shared machine
+
+
+def probe_slowdown(sku: str):
+    """log(probe time / nominal probe time), one row per mechanism (mid severity)."""
+    states = mechanism_states(sku)
+    probes = Twin(PRESETS[sku]).probe_ms(states, noise=False).drop(columns="device_id")
+    probes.index = states.mechanism
+    return np.log(probes / probes.loc["nominal"])
+
+
+@pytest.mark.parametrize("sku", sorted(PRESETS))
+def test_mechanisms_move_different_bottlenecks(sku):
+    slow = probe_slowdown(sku)
+    # thermal throttling: compute slows, DRAM does not
+    assert slow.loc["thermal_throttling", "probe_conv3x3_ms"] > 0.2
+    assert abs(slow.loc["thermal_throttling", "probe_copy_large_ms"]) < 0.02
+    # background load: DRAM bandwidth and the per-kernel path are stolen
+    assert slow.loc["background_load", "probe_copy_large_ms"] > 0.2
+    assert slow.loc["background_load", "probe_tiny_ms"] > 0.3
+    # power saving: slower compute and slower memory
+    assert slow.loc["power_saving", "probe_conv3x3_ms"] > 0.2
+    assert slow.loc["power_saving", "probe_copy_large_ms"] > 0.1
+    # battery ageing leaves DRAM alone
+    assert abs(slow.loc["battery_ageing", "probe_copy_large_ms"]) < 0.02
+
+
+def test_battery_ageing_hits_the_jetson_launch_path_and_the_pi_all_core_clock():
+    jn = probe_slowdown("jetson-nano")
+    assert jn.loc["battery_ageing", "probe_tiny_ms"] > 2 * jn.loc["battery_ageing",
+                                                                   "probe_conv3x3_ms"]
+    pi = probe_slowdown("rpi4")
+    # a big conv uses every core and slows; one too small to use them does not
+    assert pi.loc["battery_ageing", "probe_conv3x3_ms"] > 0.3
+    assert abs(pi.loc["battery_ageing", "probe_conv3x3_small_ms"]) < 0.05
+
+
+def test_equal_mac_candidates_swap_order_between_mechanisms():
+    """The problem is real: which candidate is faster depends on the device's drift.
+
+    A keeps the high-resolution blocks of MobileNetV1 thin and the 7x7 blocks
+    wide; B does the opposite, at the same MACs. Wide high-resolution blocks
+    move more activation bytes, so B suffers where DRAM bandwidth is stolen
+    (background load) and wins where compute is throttled (thermal).
+    """
+    a = make_table(mobilenet_v1_rows((0.625, 0.375, 0.375, 1.0)))
+    b = make_table(mobilenet_v1_rows((1.0, 0.75, 0.25, 0.5)))
+    assert a.macs().sum() / b.macs().sum() == pytest.approx(1.0, abs=0.005)
+    states = mechanism_states("jetson-nano")
+    lat = Twin(JETSON_NANO).latency_ms(stack_tables([a, b]), states, noise=False)
+    ratio = dict(zip(states.mechanism, lat[0] / lat[1], strict=True))
+    assert ratio["background_load"] < 0.96  # A clearly faster
+    assert ratio["thermal_throttling"] > 1.04  # A clearly slower
+
+
+def test_states_of_another_sku_are_refused():
+    with pytest.raises(HdapError, match="rpi4"):
+        Twin(JETSON_NANO).latency_ms(reference_table("resnet18"), nominal("rpi4"))
+
+
+def test_states_round_trip_through_a_frame_and_select_by_id():
+    _, frame = simulate_fleet("rpi4", 20, seed=3)
+    states = DeviceStates.from_frame(frame)
+    assert states.sku == "rpi4" and len(states) == 20
+    again = DeviceStates.from_frame(states.to_frame())
+    for f in LATENT_FIELDS:
+        assert np.array_equal(getattr(states, f), getattr(again, f))
+    picked = select_states(states, ["rpi-00003", "rpi-00001"])
+    assert list(picked.device_id) == ["rpi-00003", "rpi-00001"]
+    with pytest.raises(HdapError, match="nope"):
+        select_states(states, ["nope"])
