@@ -13,7 +13,7 @@ from studio import state as S
 
 st.set_page_config(page_title="HDAP Studio", page_icon=":material/memory:", layout="wide")
 S.init()
-cached.warm_up()
+cached.warm_up_map()
 
 pages = [
     st.Page("views/fleet.py", title="1 Fleet", icon=":material/hub:", default=True,

@@ -20,30 +20,48 @@ def sample_fleets() -> dict[str, str]:
     return _sample_fleets(str(sample_dir()))
 
 
-@st.cache_resource(show_spinner=False)
-def warm_up() -> None:
-    """Once per server: compile UMAP and import the engine's heavy modules in the background.
-
-    The first fleet map otherwise waits for numba to compile UMAP (several
-    seconds); started on the first page view, this overlaps with loading and
-    clustering the fleet. Then torch and XGBoost are imported for the later pages.
-    """
+def _in_background(name: str, work) -> None:
+    import contextlib
     import threading
 
-    def work() -> None:
-        import contextlib
-
-        # A failure here only means the first map is slower; the page reports real errors.
+    def run() -> None:
+        # A failure here only makes a later page slower; pages report real errors.
         with contextlib.suppress(Exception):
-            from hdap_engine.fleet.embedding import warm_up as umap_warm_up
+            work()
 
-            umap_warm_up()
-            import torch  # noqa: F401
-            import xgboost  # noqa: F401
+    threading.Thread(target=run, name=name, daemon=True).start()
 
-            import hdap_engine.study  # noqa: F401
 
-    threading.Thread(target=work, name="hdap-warm-up", daemon=True).start()
+@st.cache_resource(show_spinner=False)
+def warm_up_map() -> None:
+    """Once per server, on the first page view: get UMAP ready in the background.
+
+    Importing UMAP and loading (or, on a new machine, compiling) its numba
+    kernels overlaps with loading and clustering the fleet.
+    """
+
+    def work() -> None:
+        from hdap_engine.fleet.embedding import warm_up
+
+        warm_up()
+
+    _in_background("hdap-warm-up-map", work)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_engine() -> None:
+    """Once per server, after the first fleet map: import PyTorch, XGBoost and the study.
+
+    The model and run pages then open without waiting seconds for imports.
+    Started after the map so that it does not compete with it for the CPU.
+    """
+
+    def work() -> None:
+        import xgboost  # noqa: F401
+
+        import hdap_engine.study  # noqa: F401  (torch, torch-pruning)
+
+    _in_background("hdap-warm-up-engine", work)
 
 
 @st.cache_data(show_spinner=False, ttl=60)

@@ -139,6 +139,7 @@ def main() -> None:
                    "response, never on these two axes."
                    + (f" Showing a stratified sample of {len(emb):,} devices."
                       if len(emb) < fleet.n_devices else ""))
+    cached.warm_up_engine()
 
 
 main()
