@@ -82,9 +82,9 @@ class StudyOptions:
     surrogate_mode: str = "shared"
     round_to: int = 8
     min_ratio: float = 0.1
-    finalists: int = 6  # search finalists re-measured before choosing (hdap, single-device)
-    refine_rounds: int = 2  # search, measure the best candidates, refit: how many times (hdap)
-    refine_batch: int = 12  # candidates measured per refinement round
+    finalists: int = 12  # search finalists re-measured before choosing (hdap, single-device)
+    refine_rounds: int = 3  # search, measure the best candidates, refit: how many times (hdap)
+    refine_batch: int = 24  # candidates measured per refinement round
     seed: int = 0
     sku: str | None = None
     model_weights: str | None = None  # None/random, "pretrained", or a state-dict path
@@ -476,10 +476,12 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
     rounds = opt.refine_rounds if (refine is None and method == "hdap") else (refine or 0)
     measured = 0
     searching = 0.0  # time in the surrogate-driven search itself, without measuring/refitting
+    # Refinement searches only need to find the region worth measuring: half as long.
+    quick = replace(sopt, generations=max(1, opt.generations // 2))
     for _ in range(rounds):
         # Active refinement: the search's favourites lie where the surrogate has seen
         # least; measure them, learn from them, search again from them.
-        res = evolve(ctx.space, target, fitness, sopt, seeds=seeds, progress=tick)
+        res = evolve(ctx.space, target, fitness, quick, seeds=seeds, progress=tick)
         searching += res.seconds
         measured += _measure_more(ctx, res.final_population[:opt.refine_batch])
         _fit_surrogate(ctx)
