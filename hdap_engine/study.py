@@ -48,7 +48,7 @@ from hdap_engine.pruning.budget import format_macs, parse_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.baselines import global_widths, uniform_widths
 from hdap_engine.search.evolution import SearchOptions, evolve
-from hdap_engine.search.objectives import Objective, cluster_dispersion
+from hdap_engine.search.objectives import OBJECTIVES, Objective, cluster_dispersion
 
 BASELINE_METHODS = ("uniform", "global")
 SEARCH_METHODS = ("hdap", "paper", "single-device")
@@ -104,6 +104,11 @@ class StudyOptions:
             raise HdapError(f"samples must be at least 20 to train a surrogate, got {self.samples}")
         if self.repeats < 1 or self.warmup < 0:
             raise HdapError("repeats must be >= 1 and warmup >= 0")
+        if self.objective not in OBJECTIVES:
+            raise HdapError(f"unknown objective {self.objective!r}; choose one of: "
+                            f"{', '.join(OBJECTIVES)}")
+        if self.objective == "slo" and not (self.slo_ms and self.slo_ms > 0):
+            raise HdapError("the slo objective needs a latency target in ms (--slo-ms 25)")
 
     def settings(self) -> dict:
         """JSON-ready settings (the agent token never leaves the process)."""
@@ -291,8 +296,11 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
     progress("cluster", 1, 1)
     timings["cluster"] = time.perf_counter() - t0
 
+    # Settings that can be wrong are checked before anything is measured.
+    clustering.normalise_weights(options.weights)
     space = PruningSpace.for_model(options.model, round_to=options.round_to,
                                    min_ratio=options.min_ratio)
+    parse_budget(options.budget, space)
     backend, backend_notes = make_backend(options, fleet, telemetry_path)
     notes.extend(backend_notes)
     rep_devices, rep_clusters = [], []
