@@ -94,7 +94,10 @@ def run_bench(options: StudyOptions, telemetry, *, methods=METHODS, oracle: bool
         ctx = context_for(method)
         res = optimize(ctx, options.budget, method=method, progress=progress)
         used = ctx.device_measurements if method in ("hdap", "paper", "single-device") else 0
-        rows.append(_row(base_ctx, method, res.widths, res.seconds, used, unpruned_mean))
+        row = _row(base_ctx, method, res.widths, res.seconds if res.search_seconds is None
+                   else res.search_seconds, used, unpruned_mean)
+        row["optimize_s"] = res.seconds  # refinement measurements and refits included
+        rows.append(row)
     out = {"model": options.model, "budget": str(options.budget), "budget_macs": target,
            "backend": base_ctx.backend.name, "measured_source": base_ctx.backend.source,
            "fleet": base_ctx.fleet.source, "n_devices": int(base_ctx.fleet.n_devices),
@@ -166,7 +169,8 @@ def sweep_budgets(space, n: int = 5, *, low: float = 0.15, high: float = 0.8) ->
 
 
 def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=("hdap", "uniform"),
-                  finalists: int | None = None, progress: Progress = _noop) -> dict:
+                  refine: int | None = None, finalists: int | None = None,
+                  progress: Progress = _noop) -> dict:
     """Several budgets searched and validated on a prepared context (nothing re-learned).
 
     Parameters
@@ -177,8 +181,9 @@ def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=("hdap", "un
         Budgets as `parse_budget` reads them.
     methods:
         Methods run at each budget.
-    finalists:
-        As in `optimize` (None: the context's setting).
+    refine, finalists:
+        As in `optimize` (None: the context's settings). ``refine=0`` keeps the
+        surrogate as it is and measures only each budget's finalists.
     progress:
         Called with ("sweep", done, total).
 
@@ -194,7 +199,7 @@ def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=("hdap", "un
     progress("sweep", 0, total)
     for budget in budgets:
         for method in methods:
-            res = optimize(ctx, budget, method=method, finalists=finalists)
+            res = optimize(ctx, budget, method=method, refine=refine, finalists=finalists)
             row = _row(ctx, method, res.widths, res.seconds, 0, unpruned_mean)
             row["budget"] = budget
             row["budget_macs"] = float(res.target_macs)

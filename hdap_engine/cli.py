@@ -162,11 +162,14 @@ class _Bar:
     """A progress bar on stderr: one line per stage, redrawn in place."""
 
     def __init__(self, enabled: bool = True):
+        self.quiet = not enabled
         self.enabled = enabled and sys.stderr.isatty()
         self.stage = None
 
     def __call__(self, stage: str, step: int, total: int) -> None:
-        if not self.enabled:
+        if self.quiet:
+            return
+        if not self.enabled:  # not a terminal: one line per stage, no redrawing
             if stage != self.stage:
                 print(f"[{stage}]", file=sys.stderr, flush=True)
                 self.stage = stage

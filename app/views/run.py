@@ -86,7 +86,9 @@ def _extras(run, fv) -> None:
                                                  telemetry_path=fv.path, progress=reporter)
             if sweep:
                 ours = run.result.method if run.result.method in SEARCH_METHODS else "hdap"
-                run.sweep = sweep_context(ctx, sweep_budgets(ctx.space),
+                # refine=0: the sweep reuses the surrogate as it is (each budget's
+                # finalists are still measured), so five budgets take seconds, not minutes.
+                run.sweep = sweep_context(ctx, sweep_budgets(ctx.space), refine=0,
                                           methods=(ours, "uniform"), progress=reporter)
             seconds = reporter.finish()
             run.seconds += seconds
