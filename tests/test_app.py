@@ -284,6 +284,7 @@ def _small_study(at: AppTest, *, compare=("uniform",), sweep=True) -> AppTest:
     ok(at.switch_page("views/model.py").run())
     ok(at.selectbox(key="model").set_value("resnet56").run())
     ok(at.number_input(key="samples").set_value(40).run())
+    ok(at.number_input(key="refine_rounds").set_value(1).run())
     ok(at.switch_page("views/run.py").run())
     ok(at.multiselect(key="compare_methods").set_value(list(compare)).run())
     if not sweep:

@@ -89,6 +89,10 @@ def test_upload_map_run_and_download_torchscript_in_chromium(samples, tmp_path):
         samples_box.fill("40")
         samples_box.press("Enter")
         settle(page)
+        rounds_box = page.get_by_role("spinbutton", name="Refinement rounds")
+        rounds_box.fill("1")
+        rounds_box.press("Enter")
+        settle(page)
         expect(page.get_by_text("random initialisation").first).to_be_visible()
         shot(page, "2-model")
 

@@ -21,19 +21,22 @@ def ctx(tmp_path):
     telemetry, states = simulate_fleet("jetson-nano", 120, seed=2)
     csv, _ = write_fleet(tmp_path / "fleet", telemetry, states)
     options = StudyOptions(model="resnet56", budget="0.3", samples=24, population=16,
-                           generations=8, finalists=3, k=2, representatives=2)
+                           generations=8, finalists=3, k=2, representatives=2,
+                           refine_rounds=1, refine_batch=8)
     context = prepare(options, csv, store=Store())
     context.telemetry_path = csv
     return context
 
 
-def test_optimize_without_finalists_measures_nothing(ctx):
+def test_optimize_without_refinement_or_finalists_measures_nothing(ctx):
     before = ctx.store.count_measurements()
-    res = optimize(ctx, "0.5", finalists=0)
+    surrogate = ctx.surrogate
+    res = optimize(ctx, "0.5", refine=0, finalists=0)
     assert ctx.store.count_measurements() == before
     assert res.finalists_measured == 0
+    assert ctx.surrogate is surrogate  # not refitted
     assert ctx.space.macs(res.widths) <= res.target_macs
-    with_finalists = optimize(ctx, "0.5")
+    with_finalists = optimize(ctx, "0.5", refine=0)
     assert with_finalists.finalists_measured == 3 * len(ctx.rep_devices)
 
 
@@ -49,7 +52,8 @@ def test_sweep_budgets_are_ascending_and_feasible():
 
 def test_sweep_measures_each_method_at_each_budget(ctx):
     progress = []
-    sweep = sweep_context(ctx, ["0.2", "0.6"], progress=lambda *a: progress.append(a))
+    sweep = sweep_context(ctx, ["0.2", "0.6"], refine=0,
+                          progress=lambda *a: progress.append(a))
     points = sweep["points"]
     assert [(p["method"], p["budget"]) for p in points] == [
         ("hdap", "0.2"), ("uniform", "0.2"), ("hdap", "0.6"), ("uniform", "0.6")]

@@ -193,7 +193,9 @@ def study_options(fv: FleetView, cv: ClusterView):
         weights=user_weights(cv), backend=S.get(S.BACKEND), method=S.get(S.METHOD),
         samples=int(S.get(S.SAMPLES)), repeats=int(S.get(S.REPEATS)), representatives=reps,
         k=k, round_to=int(S.get(S.ROUND_TO)), seed=seed, sku=fv.fleet.sku,
-        model_weights=path, agent_token=S.get(S.AGENT_TOKEN) or None)
+        model_weights=path, agent_token=S.get(S.AGENT_TOKEN) or None,
+        **({} if S.get(S.REFINE_ROUNDS) is None
+           else {"refine_rounds": int(S.get(S.REFINE_ROUNDS))}))
 
 
 # -- progress -----------------------------------------------------------------------------

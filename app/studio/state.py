@@ -44,6 +44,7 @@ ROUND_TO = "round_to"
 SAMPLES = "samples"
 SEED = "seed"
 REPEATS = "repeats"
+REFINE_ROUNDS = "refine_rounds"  # None until the Model page reads the engine's default
 
 # -- run, what-if, history (pages 3-6) ------------------------------------------------------
 COMPARE_METHODS = "compare_methods"  # widget: other methods to compare against
@@ -86,7 +87,8 @@ DEFAULTS = {
 # added by prefix.
 PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, COLOR_BY, MODEL,
               WEIGHTS_MODE, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
-              AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, COMPARE_METHODS, SWEEP_ON,
+              AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,
+              COMPARE_METHODS, SWEEP_ON,
               WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE)
 _PREFIXES = (WEIGHT_PREFIX, WHATIF_WEIGHT_PREFIX)
 

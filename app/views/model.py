@@ -123,7 +123,11 @@ def main() -> None:
             st.caption("The agent backend appears when the fleet has an agent_url column.")
 
     with st.expander("Advanced options"):
-        a = st.columns(5)
+        if S.get(S.REFINE_ROUNDS) is None:
+            from hdap_engine.study import StudyOptions
+
+            S.put(S.REFINE_ROUNDS, StudyOptions().refine_rounds)
+        a = st.columns(6)
         a[0].selectbox("Method", list(parts.METHOD_TEXT), key=S.METHOD,
                        format_func=lambda k: parts.METHOD_TEXT[k])
         a[1].selectbox("Round widths to", [1, 2, 4, 8, 16, 32], key=S.ROUND_TO,
@@ -132,8 +136,12 @@ def main() -> None:
         a[2].number_input("Candidates measured (samples)", min_value=20, max_value=5000, step=20,
                           key=S.SAMPLES,
                           help="Per representative device; they train the surrogate.")
-        a[3].number_input("Timed repeats", min_value=1, max_value=100, step=1, key=S.REPEATS)
-        a[4].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=S.SEED,
+        a[3].number_input("Refinement rounds", min_value=0, max_value=10, step=1,
+                          key=S.REFINE_ROUNDS,
+                          help="HDAP: search, measure the search's favourites, refit the "
+                               "surrogate; this many times before the final search.")
+        a[4].number_input("Timed repeats", min_value=1, max_value=100, step=1, key=S.REPEATS)
+        a[5].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=S.SEED,
                           help="Clustering, sampling, search: same seed, same result.")
 
     st.page_link("views/run.py", label="Next: run", icon=":material/arrow_forward:")
