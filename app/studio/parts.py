@@ -155,6 +155,13 @@ def user_weights(cv: ClusterView) -> dict[int, float] | None:
 
 # -- model and study options --------------------------------------------------------------
 
+def agent_backend_installed() -> bool:
+    """Whether the engine can measure through device agents (its backend module is present)."""
+    import importlib.util
+
+    return importlib.util.find_spec("hdap_engine.latency.agent_backend") is not None
+
+
 def weights_choice() -> tuple[str | None, str]:
     """(model_weights for the engine, label for people) of the model on screen."""
     wf = S.get(S.WEIGHTS_FILE)
