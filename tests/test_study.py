@@ -141,3 +141,12 @@ def test_bad_study_flags_are_one_clear_error(cli, small_fleet, tmp_path, args, m
     assert res.returncode == 2
     assert message in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_representatives_estimate_the_fleet_mean_within_3_percent(small_fleet, tmp_path):
+    from hdap_engine.benchmark import clustering_check
+
+    out = clustering_check(quick_options(model="mobilenet_v1"), small_fleet, candidates=10,
+                           store=Store(tmp_path / "c.sqlite"))
+    assert out["devices_measured"] <= out["k"] * 3
+    assert out["max_abs_error"] < 0.03, out["rows"]
