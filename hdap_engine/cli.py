@@ -411,6 +411,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         _print_table(format_rows(result["rows"]),
                      ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
                       "search s", "device measurements"])
+        if result.get("validation"):
+            print(f"validation: {result['validation']}")
+        for note in result.get("notes", []):
+            print(f"note: {note}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"json: {args.json}")
