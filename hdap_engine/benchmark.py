@@ -92,7 +92,10 @@ def run_bench(options: StudyOptions, telemetry, *, methods=METHODS, oracle: bool
         ctx = context_for(method)
         res = optimize(ctx, options.budget, method=method, progress=progress)
         used = ctx.device_measurements if method in ("hdap", "paper", "single-device") else 0
-        rows.append(_row(base_ctx, method, res.widths, res.seconds, used, unpruned_mean))
+        row = _row(base_ctx, method, res.widths, res.seconds if res.search_seconds is None
+                   else res.search_seconds, used, unpruned_mean)
+        row["optimize_s"] = res.seconds  # refinement measurements and refits included
+        rows.append(row)
     out = {"model": options.model, "budget": str(options.budget), "budget_macs": target,
            "backend": base_ctx.backend.name, "measured_source": base_ctx.backend.source,
            "fleet": base_ctx.fleet.source, "n_devices": int(base_ctx.fleet.n_devices),

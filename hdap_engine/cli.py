@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from hdap_engine.errors import HdapError
 
@@ -105,13 +106,44 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+class _LazyChoices:
+    """Flag choices read from a module only when argparse needs them.
+
+    Building the parser runs every command's ``_register_*``; importing
+    `hdap_engine.study` there loads torch (+2-4 s, +0.6 GB) for every
+    command, `hdap validate` and `hdap cluster` included. Give the flag a
+    ``metavar``: argparse formats the choices at registration otherwise.
+    """
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def _values(self) -> tuple:
+        import importlib
+
+        return tuple(getattr(importlib.import_module(self.module), self.name))
+
+    def __contains__(self, value) -> bool:
+        return value in self._values()
+
+    def __iter__(self):
+        return iter(self._values())
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __getitem__(self, index):
+        return self._values()[index]
+
+
 def _register_prune(sub) -> None:
-    from hdap_engine.study import BASELINE_METHODS
+    BASELINE_METHODS = _LazyChoices("hdap_engine.study", "BASELINE_METHODS")  # noqa: N806
 
     p = sub.add_parser("prune", help="prune a model to a MACs budget with a baseline method")
     p.add_argument("--model", required=True, help="model name (see `hdap models`)")
     _add_budget_flag(p)
-    p.add_argument("--method", choices=BASELINE_METHODS, default="uniform")
+    p.add_argument("--method", choices=BASELINE_METHODS, default="uniform", metavar="METHOD",
+                   help="baseline method: %(choices)s (default %(default)s)")
     p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
     p.add_argument("--weights", default=None, metavar="FILE|pretrained",
                    help="state dict to load (weights_only), or 'pretrained'; default: random "
@@ -306,7 +338,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 def _register_optimize(sub) -> None:
     from hdap_engine.search.objectives import OBJECTIVES
-    from hdap_engine.study import METHODS
+
+    METHODS = _LazyChoices("hdap_engine.study", "METHODS")  # noqa: N806
 
     p = sub.add_parser("optimize", help="prune a model for a fleet: cluster, measure, fit, "
                                         "search, prune, validate, export")
@@ -319,7 +352,8 @@ def _register_optimize(sub) -> None:
     p.add_argument("--weights", type=_weights_flag, default=None, metavar="0=2,3=1",
                    help="cluster weights (normalised; clusters not named get 0); "
                         "default: device shares")
-    p.add_argument("--method", choices=METHODS, default="hdap")
+    p.add_argument("--method", choices=METHODS, default="hdap", metavar="METHOD",
+                   help="%(choices)s (default %(default)s)")
     p.add_argument("--model-weights", default=None, metavar="FILE|pretrained",
                    help="state dict of the model to prune (default: random initialisation)")
     p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
@@ -445,6 +479,115 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _register_agent(sub: argparse._SubParsersAction) -> None:
+    # The agent's flags live in its package so that a device can run
+    # `python -m hdap_engine.agent` without this module's other commands.
+    from hdap_engine.agent.commands import add_agent_parser
+
+    add_agent_parser(sub)
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+def _register_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check a fleet telemetry file (CSV, CSV.gz, Parquet) and summarise it",
+        description="Check a fleet telemetry file against the telemetry contract.",
+    )
+    p.add_argument("file", help="telemetry: CSV, CSV.gz or Parquet, one row per device")
+    p.add_argument("--sku", help="keep only this SKU (required when the file holds several)")
+    p.set_defaults(func=_cmd_validate)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from hdap_engine.fleet.telemetry import load_fleet
+
+    print(load_fleet(args.file, sku=args.sku).summary())
+    return 0
+
+
+def _k_flag(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k must be auto or a whole number, got {text!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"--k must be auto or >= 1, got {k}")
+    return k
+
+
+def _register_cluster(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cluster",
+        help="cluster a fleet's devices and print the cluster profiles",
+        description="Cluster devices by their probe latencies (k chosen automatically unless --k).",
+    )
+    p.add_argument("file", help="telemetry: CSV, CSV.gz or Parquet, one row per device")
+    p.add_argument("--k", type=_k_flag, default=None, metavar="auto|N", help="number of clusters (default: auto)")
+    p.add_argument("--sku", help="keep only this SKU (required when the file holds several)")
+    p.add_argument("--representatives", type=_positive_int, default=3, metavar="R",
+                   help="devices per cluster closest to its centroid (default 3)")
+    p.add_argument("--context", default="", metavar="COL,...",
+                   help="numeric context columns to use as features too")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="assignments.csv", help="write device_id,cluster to this CSV")
+    p.set_defaults(func=_cmd_cluster)
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions, write_assignments
+    from hdap_engine.fleet.telemetry import load_fleet
+
+    if args.out:
+        # Fail before the work, not after it.
+        folder = Path(args.out).resolve().parent
+        if not folder.is_dir():
+            raise HdapError(f"{args.out}: folder {folder} does not exist; create it or choose another --out")
+    fleet = load_fleet(args.file, sku=args.sku)
+    options = ClusteringOptions(
+        k=args.k,
+        representatives=args.representatives,
+        context_features=tuple(c.strip() for c in args.context.split(",") if c.strip()),
+        seed=args.seed,
+    )
+    clustering = Clustering(options).fit(fleet)
+    # Written before printing, so that a closed pipe (| head) cannot lose it.
+    path = write_assignments(clustering, args.out) if args.out else None
+    sku = f", SKU {fleet.sku}" if fleet.sku is not None else ""
+    print(f"{fleet.source}: {fleet.n_devices:,} devices, {len(fleet.probe_columns)} probe columns{sku}")
+    print(clustering.describe())
+    for note in (*fleet.notes, *clustering.notes_):
+        print(f"note: {note}")
+    print()
+    print(_profile_table(clustering.profiles_))
+    if path is not None:
+        print(f"\nwrote {path} ({fleet.n_devices:,} rows: device_id,cluster)")
+    return 0
+
+
+def _profile_table(profiles) -> str:
+    """Cluster profiles as aligned text: probes as x fleet median, context below."""
+    table = profiles.drop(columns=["context"]).copy()
+    table["devices"] = table["devices"].map("{:,}".format)
+    table["share"] = table["share"].map("{:.1%}".format)
+    rel = [c for c in table.columns if c.startswith("rel_")]
+    for c in rel:
+        table[c] = table[c].map("{:.2f}x".format)
+    table = table.rename(columns={c: c[4:] for c in rel})
+    lines = [
+        "probe columns: median latency of the cluster / median of the fleet",
+        table.to_string(index=False),
+    ]
+    if profiles["context"].astype(bool).any():
+        lines += ["", "context (most distinctive first):"]
+        lines += [f"  {row.cluster}: {row.context or '-'}" for row in profiles.itertuples()]
+    return "\n".join(lines)
+
+
 # Each entry adds one subcommand and sets ``func``; commands live next to
 # their flags so that a new command is one function here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -455,6 +598,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_surrogate,
     _register_optimize,
     _register_bench,
+    _register_agent,
+    _register_validate,
+    _register_cluster,
 ]
 
 
@@ -547,6 +693,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `hdap ... | head`: the reader left; say nothing more (Python docs' recipe).
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

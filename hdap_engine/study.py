@@ -83,6 +83,8 @@ class StudyOptions:
     round_to: int = 8
     min_ratio: float = 0.1
     finalists: int = 6  # search finalists re-measured before choosing (hdap, single-device)
+    refine_rounds: int = 2  # search, measure the best candidates, refit: how many times (hdap)
+    refine_batch: int = 12  # candidates measured per refinement round
     seed: int = 0
     sku: str | None = None
     model_weights: str | None = None  # None/random, "pretrained", or a state-dict path
@@ -125,7 +127,8 @@ class StudyContext:
     rep_features: np.ndarray  # probe vector (ms) of each measured device
     dispersion: np.ndarray  # (k,) log spread of devices within each cluster
     samples: np.ndarray | None = None  # widths measured for the surrogate
-    measurements: Measurements | None = None
+    sample_ms: np.ndarray | None = None  # (samples, search devices) median latency
+    measurements: Measurements | None = None  # the first, sampled measurements
     surrogate: Surrogate | None = None
     device_measurements: int = 0  # (device, candidate) pairs the method asked for
     notes: list[str] = field(default_factory=list)
@@ -333,18 +336,42 @@ def measure_and_fit(ctx: StudyContext, *, progress: Progress = _noop) -> None:
     meas = ctx.backend.measure(ctx.space, samples, devices, repeats=opt.repeats,
                                warmup=opt.warmup, store=ctx.store, progress=tick)
     progress("measure", len(samples), len(samples))
-    ctx.samples, ctx.measurements = samples, meas
+    ctx.samples, ctx.sample_ms, ctx.measurements = samples, meas.median_ms, meas
     ctx.device_measurements += samples.shape[0] * len(devices)
     ctx.notes.extend(n for n in meas.notes if n not in ctx.notes)
     ctx.timings["measure"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     progress("fit", 0, 1)
-    mode = "per-cluster" if opt.method == "paper" else opt.surrogate_mode
-    sopt = SurrogateOptions(mode=mode, seed=opt.seed)
-    ctx.surrogate = _cached_surrogate(ctx, samples, meas.median_ms, features, clusters, sopt)
+    _fit_surrogate(ctx)
     progress("fit", 1, 1)
     ctx.timings["fit"] = time.perf_counter() - t0
+
+
+def _fit_surrogate(ctx: StudyContext) -> None:
+    """(Re)train the surrogate on everything measured so far for this context."""
+    opt = ctx.options
+    _, clusters, features = _search_devices(ctx)
+    mode = "per-cluster" if opt.method == "paper" else opt.surrogate_mode
+    # The paper fits gradient boosting alone; the linear base is ours.
+    sopt = SurrogateOptions(mode=mode, seed=opt.seed, linear_base=opt.method != "paper")
+    ctx.surrogate = _cached_surrogate(ctx, ctx.samples, ctx.sample_ms, features, clusters, sopt)
+
+
+def _measure_more(ctx: StudyContext, widths: np.ndarray) -> int:
+    """Measure new candidates on the search devices and add them to the training set."""
+    known = {w.tobytes() for w in ctx.samples}
+    new = np.array([w for w in widths if w.tobytes() not in known])
+    if len(new) == 0:
+        return 0
+    devices, _, _ = _search_devices(ctx)
+    meas = ctx.backend.measure(ctx.space, new, devices, repeats=ctx.options.repeats,
+                               warmup=ctx.options.warmup, store=ctx.store)
+    ctx.samples = np.vstack([ctx.samples, new])
+    ctx.sample_ms = np.vstack([ctx.sample_ms, meas.median_ms])
+    used = len(new) * len(devices)
+    ctx.device_measurements += used
+    return used
 
 
 def _cached_surrogate(ctx: StudyContext, widths, lat, features, clusters,
@@ -402,19 +429,23 @@ class Optimized:
     target_macs: float
     predicted_cluster_ms: np.ndarray | None
     objective: Objective
-    seconds: float
+    seconds: float  # the whole optimisation, refinement measurements and refits included
     history: list[float] = field(default_factory=list)
-    finalists_measured: int = 0
+    finalists_measured: int = 0  # device measurements made while optimising
+    search_seconds: float | None = None  # the surrogate-driven search alone
 
 
 def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
              weights: dict[int, float] | None = None, slo_ms: float | None = None,
              method: str | None = None, progress: Progress = _noop,
-             model: nn.Module | None = None) -> Optimized:
+             model: nn.Module | None = None, refine: int | None = None) -> Optimized:
     """The best candidate for a budget: searched on the surrogate (or a baseline rule).
 
     Changing the budget, objective or weights re-uses everything measured and
     learned in ``ctx``; only the search (and a few finalist measurements) run.
+    ``refine`` rounds (default: the options' ``refine_rounds`` for ``hdap``)
+    measure the search's favourites and refit before the final search; pass 0
+    for the fastest what-if answer.
     """
     opt = ctx.options
     method = method or opt.method
@@ -442,15 +473,27 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
 
     sopt = SearchOptions(population=opt.population, generations=opt.generations, seed=opt.seed)
     seeds = np.stack([uniform_widths(ctx.space, target)])
-    res = evolve(ctx.space, target, fitness, sopt, seeds=seeds, progress=tick)
-    widths = res.widths
+    rounds = opt.refine_rounds if (refine is None and method == "hdap") else (refine or 0)
     measured = 0
+    searching = 0.0  # time in the surrogate-driven search itself, without measuring/refitting
+    for _ in range(rounds):
+        # Active refinement: the search's favourites lie where the surrogate has seen
+        # least; measure them, learn from them, search again from them.
+        res = evolve(ctx.space, target, fitness, sopt, seeds=seeds, progress=tick)
+        searching += res.seconds
+        measured += _measure_more(ctx, res.final_population[:opt.refine_batch])
+        _fit_surrogate(ctx)
+        seeds = np.vstack([seeds[:1], res.final_population[:opt.refine_batch]])
+    res = evolve(ctx.space, target, fitness, sopt, seeds=seeds, progress=tick)
+    searching += res.seconds
+    widths = res.widths
     if method in ("hdap", "single-device") and opt.finalists > 1:
-        widths, measured = _pick_finalist(ctx, res.final_population[:opt.finalists], obj)
-        ctx.device_measurements += measured
+        widths, used = _pick_finalist(ctx, res.final_population[:opt.finalists], obj)
+        ctx.device_measurements += used
+        measured += used
     seconds = time.perf_counter() - t0
     return Optimized(widths, target, predict_clusters(ctx, widths[None])[0], obj, seconds,
-                     res.history, measured)
+                     res.history, measured, searching)
 
 
 def _pick_finalist(ctx: StudyContext, finalists: np.ndarray, obj: Objective) -> \
@@ -574,7 +617,8 @@ def run_study(options: StudyOptions, telemetry, *, out_dir: str | os.PathLike | 
         context=ctx, method=options.method, widths=opt_res.widths,
         target_macs=opt_res.target_macs, predicted_cluster_ms=opt_res.predicted_cluster_ms,
         validation=val, unpruned=unpruned, weights=weights, objective=opt_res.objective,
-        search_seconds=opt_res.seconds,
+        search_seconds=(opt_res.seconds if opt_res.search_seconds is None
+                        else opt_res.search_seconds),
         device_measurements=(ctx.device_measurements if options.method in SEARCH_METHODS
                              else 0),
         search_history=opt_res.history, model=model, kept=kept)
