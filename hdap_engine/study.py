@@ -334,7 +334,8 @@ def measure_and_fit(ctx: StudyContext, *, progress: Progress = _noop) -> None:
     """Measure sampled candidates on the method's devices and train the surrogate."""
     opt = ctx.options
     t0 = time.perf_counter()
-    samples = sample_candidates(ctx.space, opt.samples, seed=opt.seed)
+    samples = sample_candidates(ctx.space, opt.samples, seed=opt.seed,
+                                focus_macs=parse_budget(opt.budget, ctx.space))
     devices, clusters, features = _search_devices(ctx)
 
     def tick(done, total):
@@ -488,8 +489,8 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
     rounds = opt.refine_rounds if (refine is None and method == "hdap") else (refine or 0)
     measured = 0
     searching = 0.0  # time in the surrogate-driven search itself, without measuring/refitting
-    # Refinement searches only need to find the region worth measuring: half as long.
-    quick = replace(sopt, generations=max(1, opt.generations // 2))
+    # Refinement searches only need to find the region worth measuring: a third as long.
+    quick = replace(sopt, generations=max(1, opt.generations // 3))
     for _ in range(rounds):
         # Active refinement: the search's favourites lie where the surrogate has seen
         # least; measure them, learn from them, search again from them.
