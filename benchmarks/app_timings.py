@@ -97,7 +97,7 @@ def one_repeat(*, numba_cold: bool, run: bool, model: str | None) -> dict:
                     expect(page.get_by_text("Budget sweep: MACs vs fleet latency")).to_be_visible()
                     out["run_cold_s"] = time.perf_counter() - t2
                     out["run_label"] = page.locator('[data-testid="stExpander"]').filter(
-                        has_text="Done in").first.inner_text().strip()
+                        has_text="Done in").first.inner_text().strip().splitlines()[-1]
             browser.close()
         return out
 
