@@ -89,6 +89,7 @@ class StudyOptions:
     sku: str | None = None
     model_weights: str | None = None  # None/random, "pretrained", or a state-dict path
     host_threads: int = 1
+    host_clock: str = "auto"  # wall, thread (CPU time of the timing thread), auto
     twin_preset: str | None = None  # for uploaded telemetry without a sidecar
     agent_token: str | None = None
     population: int = 64
@@ -195,7 +196,8 @@ def make_backend(options: StudyOptions, fleet, telemetry_path: str | os.PathLike
     """The backend of ``options`` for ``fleet``, and notes about how it was set up."""
     notes: list[str] = []
     if options.backend == "host":
-        return HostBackend(threads=options.host_threads, seed=options.seed), notes
+        return HostBackend(threads=options.host_threads, seed=options.seed,
+                           clock=options.host_clock), notes
     if options.backend == "agent":
         from hdap_engine.latency.agent_backend import AgentBackend
 
