@@ -273,6 +273,9 @@ def time_models(models: Sequence, x, *, repeats: int, warmup: int,
     return out
 
 
+COMPARISON_SIZE = 24  # up to this many candidates, a measurement is read as a comparison
+
+
 def host_noise_notes(median: np.ndarray, spread: np.ndarray, times) -> list[str]:
     """Outliers and whether the machine's noise hides the differences measured."""
     notes = []
@@ -286,17 +289,23 @@ def host_noise_notes(median: np.ndarray, spread: np.ndarray, times) -> list[str]
     if total and outliers:
         notes.append(f"{outliers} of {total} timed runs were outliers (more than 5 robust "
                      "standard deviations slower than their median); medians ignore them")
-    med = np.sort(median[np.isfinite(median)])
-    if med.size >= 2:
-        gaps = np.diff(med)
-        typical_gap = float(np.median(gaps)) if gaps.size else 0.0
-        typical_spread = float(np.nanmedian(spread))
+    finite = median[np.isfinite(median)]
+    typical_spread = float(np.nanmedian(spread)) if finite.size else 0.0
+    if 2 <= finite.size <= COMPARISON_SIZE:
+        # A comparison (finalists, validation, a benchmark): can it tell them apart?
+        gaps = np.diff(np.sort(finite))
+        typical_gap = float(np.median(gaps))
         if typical_spread > typical_gap:
             notes.append(
-                f"this machine is too noisy to rank neighbouring candidates: the typical "
-                f"spread of one candidate's runs ({typical_spread:.2f} ms) is wider than the "
-                f"typical gap between candidates ({typical_gap:.2f} ms); differences smaller "
-                f"than {typical_spread:.2f} ms are not resolved")
+                f"this machine is too noisy to rank these candidates: the typical spread of "
+                f"one candidate's runs ({typical_spread:.2f} ms) is wider than the typical gap "
+                f"between them ({typical_gap:.2f} ms); differences smaller than "
+                f"{typical_spread:.2f} ms are not resolved")
+    elif finite.size > COMPARISON_SIZE and typical_spread > 0.05 * float(np.median(finite)):
+        # Samples for the surrogate are meant to be dense; only their own noise matters.
+        notes.append(f"runs of one candidate spread by {typical_spread:.2f} ms "
+                     f"({typical_spread / np.median(finite):.0%} of the median latency): "
+                     "expect the surrogate to be no more accurate than that")
     return notes
 
 
