@@ -60,6 +60,7 @@ ORT_MISSING = "onnxruntime not installed"
 # bounds the exported models held in memory (a ResNet-50 is about 100 MB).
 EXPORT_WINDOW = 3
 PROGRESS_EVERY_S = 0.2
+BUSY_POLL_S = 1.0  # between attempts on a busy agent (after the client's own retries)
 
 
 class AgentBackend(Backend):
@@ -163,7 +164,7 @@ class AgentBackend(Backend):
                 f"{fleet.source}: has no {AGENT_URL_COLUMN} column, so the agent backend has no "
                 "device to measure on; collect the telemetry with `hdap agent probe-fleet` (it "
                 "writes the column), add each device's agent URL, or use --backend twin or host")
-        raw = frame[AGENT_URL_COLUMN].astype(str).str.strip()
+        raw = frame[AGENT_URL_COLUMN].fillna("").astype(str).str.strip()
         has = ~raw.str.lower().isin(MISSING_URL)
         if not has.any():
             raise HdapError(
@@ -289,6 +290,11 @@ class AgentBackend(Backend):
                     try:
                         meas = self._measure_one(device, body, fmt, shape, warmup, repeats)
                     except AgentError as exc:
+                        if (isinstance(exc, AgentRejected) and exc.status == 400
+                                and ORT_MISSING not in str(exc)):
+                            # The model or the request is wrong, not the device: every
+                            # device would refuse it the same way.
+                            raise HdapError(f"agent backend: {exc}") from None
                         with self._lock:
                             # Within one call a column is one device and one format:
                             # what this device measured in the call is dropped.
@@ -359,7 +365,7 @@ class AgentBackend(Backend):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise
-                time.sleep(min(1.0, left))
+                time.sleep(min(BUSY_POLL_S, left))
         times = np.asarray(meas.latencies_ms, dtype=np.float64)
         if times.shape != (repeats,) or not (np.isfinite(times).all() and (times > 0).all()):
             raise AgentError(f"agent {client.url} sent {times.size} timings for {repeats} "
