@@ -274,7 +274,10 @@ class Surrogate:
         rows = []
         for c in np.unique(clusters):
             m = clusters == c
-            true_c = np.nanmean(lat[:, m], axis=1)
+            # Mean over the measured devices; NaN where none was (agents that failed).
+            seen = np.isfinite(lat[:, m])
+            with np.errstate(invalid="ignore"):
+                true_c = np.where(seen, lat[:, m], 0).sum(axis=1) / seen.sum(axis=1)
             pred_c = np.exp(mean[:, m]).mean(axis=1)
             for i in range(len(widths)):
                 if np.isfinite(true_c[i]):
