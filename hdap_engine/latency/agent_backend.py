@@ -136,6 +136,7 @@ class AgentBackend(Backend):
         self.measured: Counter[str] = Counter()  # device -> candidates measured by this backend
         self._cluster_of: dict[str, int] = {}
         self._requested: list[str] = []  # every representative, in cluster order
+        self._asked: set[str] = set()  # the representatives measure() was asked for
         self._lock = threading.RLock()
         if clustering is not None:
             self.bind(clustering)
@@ -260,6 +261,16 @@ class AgentBackend(Backend):
         return None
 
     # -- measuring ---------------------------------------------------------------------------
+    def measure(self, space: PruningSpace, widths, devices: Sequence[str], **kwargs) -> \
+            Measurements:
+        """`Backend.measure`, remembering which representatives were asked for."""
+        with self._lock:
+            for device in devices:
+                self._asked.add(device)
+                if device not in self._requested:
+                    self._requested.append(device)
+        return super().measure(space, widths, devices, **kwargs)
+
     def _measure(self, space: PruningSpace, widths: np.ndarray, devices: Sequence[str],
                  repeats: int, warmup: int, progress: Progress | None) -> np.ndarray:
         m, d = len(widths), len(devices)
@@ -268,10 +279,6 @@ class AgentBackend(Backend):
         stop = threading.Event()
         exports = _Exports(self._export, space, widths, d, stop)
         done = np.zeros(d, dtype=np.int64)
-        with self._lock:
-            for device in devices:
-                if device not in self._requested:
-                    self._requested.append(device)
 
         def column(j: int) -> None:
             requested = devices[j]
@@ -397,7 +404,8 @@ class AgentBackend(Backend):
         """Which devices measured, which replaced which, which failed and why (plain data)."""
         with self._lock:
             measured_on = {r: self.measured_device(r) for r in self._requested}
-            used = {d for d in measured_on.values() if d is not None}
+            # Devices whose numbers the study holds: measured now, or served from the store.
+            used = {measured_on[r] for r in self._asked if measured_on[r] is not None}
             used |= {d for d, n in self.measured.items() if n}
             clusters_lost = sorted({self._cluster_of[r] for r in self._requested
                                     if r in self._cluster_of}
