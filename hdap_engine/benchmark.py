@@ -17,8 +17,10 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import numpy as np
+
 from hdap_engine.errors import HdapError
-from hdap_engine.latency.backends import TwinBackend
+from hdap_engine.latency.backends import HostBackend, TwinBackend
 from hdap_engine.latency.store import Store
 from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.search.baselines import uniform_widths
@@ -103,7 +105,33 @@ def run_bench(options: StudyOptions, telemetry, *, methods=METHODS, oracle: bool
            "surrogate": base_ctx.surrogate.report_ if base_ctx.surrogate else None}
     if oracle:
         out["rows"].append(run_oracle(base_ctx, target, unpruned_mean, progress=progress))
+    if isinstance(base_ctx.backend, HostBackend):
+        _interleaved_host_validation(base_ctx, out, progress)
     return out
+
+
+def _interleaved_host_validation(ctx: StudyContext, out: dict, progress: Progress,
+                                 repeats: int = 30) -> None:
+    """Time every method's model and the unpruned one together, interleaved, afresh.
+
+    Validated one by one, methods would be timed minutes apart while the machine's
+    speed drifts; interleaving round by round makes their ratio fair.
+    """
+    widths = np.array([r["widths"] for r in out["rows"]] + [ctx.space.base_widths.tolist()])
+    progress("validate", 0, 1)
+    meas = ctx.backend.measure(ctx.space, widths, ctx.rep_devices[:1], repeats=repeats,
+                               warmup=3, store=None)
+    progress("validate", 1, 1)
+    unpruned = float(meas.median_ms[-1, 0])
+    for i, row in enumerate(out["rows"]):
+        ms = float(meas.median_ms[i, 0])
+        row.update(fleet_mean_ms=ms, p95_ms=float(np.percentile(meas.times_ms[i][0], 95)),
+                   worst_cluster_ms=ms, speedup=unpruned / ms,
+                   spread_ms=float(meas.spread_ms[i, 0]))
+    out["unpruned_mean_ms"] = unpruned
+    out["validation"] = (f"all models timed together on this machine, interleaved, "
+                         f"{repeats} rounds; p95 is over those runs")
+    out["notes"] = meas.notes
 
 
 def run_oracle(ctx: StudyContext, target: float, unpruned_mean: float, *,
@@ -147,6 +175,41 @@ def run_sweep(options: StudyOptions, telemetry, budgets: list[str], *,
             points.append(row)
     return {"model": options.model, "measured_source": ctx.backend.source,
             "unpruned_mean_ms": unpruned_mean, "points": points}
+
+
+def clustering_check(options: StudyOptions, telemetry, *, candidates: int = 10,
+                     store: Store | None = None, progress: Progress = _noop) -> dict:
+    """What clustering buys: representatives' estimate vs every device's ground truth.
+
+    For random candidates, the device-share-weighted mean of each cluster's
+    measured representatives is compared with the twin's mean over every
+    device of the fleet (twin only: only a simulation can measure them all).
+    """
+    from hdap_engine.latency.sampling import sample_candidates
+
+    ctx = prepare(replace(options, method="uniform"), telemetry, store=store, progress=progress)
+    if not isinstance(ctx.backend, TwinBackend):
+        raise HdapError("the clustering check needs the twin backend (ground truth on every "
+                        "device)")
+    widths = sample_candidates(ctx.space, candidates, seed=options.seed + 1)
+    meas = ctx.backend.measure(ctx.space, widths, ctx.rep_devices, repeats=options.repeats,
+                               store=ctx.store)
+    shares = ctx.clustering.weights_
+    rows = []
+    devices = list(ctx.fleet.device_ids)
+    for i, w in enumerate(widths):
+        per_cluster = [meas.median_ms[i, ctx.rep_clusters == c].mean() for c in range(ctx.k)]
+        estimate = float(sum(s * m for s, m in zip(shares, per_cluster, strict=True)))
+        truth = float(ctx.backend.measure_fleet(ctx.space, w, devices,
+                                                repeats=options.repeats).mean())
+        rows.append({"candidate": i, "macs": float(ctx.space.macs(w)), "estimate_ms": estimate,
+                     "fleet_mean_ms": truth, "error": estimate / truth - 1})
+    errors = np.abs([r["error"] for r in rows])
+    return {"model": options.model, "fleet": ctx.fleet.source, "n_devices": ctx.fleet.n_devices,
+            "k": ctx.k, "devices_measured": len(ctx.rep_devices),
+            "reduction": ctx.fleet.n_devices / len(ctx.rep_devices),
+            "max_abs_error": float(errors.max()), "mean_abs_error": float(errors.mean()),
+            "rows": rows}
 
 
 def format_rows(rows: list[dict]) -> list[dict]:

@@ -162,11 +162,14 @@ class _Bar:
     """A progress bar on stderr: one line per stage, redrawn in place."""
 
     def __init__(self, enabled: bool = True):
+        self.quiet = not enabled
         self.enabled = enabled and sys.stderr.isatty()
         self.stage = None
 
     def __call__(self, stage: str, step: int, total: int) -> None:
-        if not self.enabled:
+        if self.quiet:
+            return
+        if not self.enabled:  # not a terminal: one line per stage, no redrawing
             if stage != self.stage:
                 print(f"[{stage}]", file=sys.stderr, flush=True)
                 self.stage = stage
@@ -385,6 +388,24 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     options = _study_options(args, budget=args.macs)
     bar = _Bar(not args.quiet)
+    if args.clustering_check:
+        from hdap_engine.benchmark import clustering_check
+
+        try:
+            result = clustering_check(options, args.telemetry, progress=bar)
+        finally:
+            bar.close()
+        rows = [{"candidate": r["candidate"], "MACs": f"{r['macs'] / 1e9:.3f} G",
+                 "representatives ms": f"{r['estimate_ms']:.3f}",
+                 "all devices ms": f"{r['fleet_mean_ms']:.3f}", "error": f"{r['error']:+.2%}"}
+                for r in result["rows"]]
+        _print_table(rows, ["candidate", "MACs", "representatives ms", "all devices ms", "error"])
+        print(f"{result['devices_measured']} devices measured ({result['k']} clusters) instead of "
+              f"{result['n_devices']:,}: {result['reduction']:.0f}x fewer; largest error "
+              f"{result['max_abs_error']:.2%}, mean {result['mean_abs_error']:.2%}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return 0
     try:
         if args.sweep:
             result = run_sweep(options, args.telemetry, [b.strip() for b in args.sweep.split(",")
@@ -405,6 +426,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         _print_table(format_rows(result["rows"]),
                      ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
                       "search s", "device measurements"])
+        if result.get("validation"):
+            print(f"validation: {result['validation']}")
+        for note in result.get("notes", []):
+            print(f"note: {note}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"json: {args.json}")
@@ -419,6 +444,9 @@ def _register_bench(sub) -> None:
                    help="also search on the twin's ground truth over every device (slow)")
     p.add_argument("--sweep", default=None, metavar="B1,B2,...",
                    help="budget sweep (ours and uniform) for a Pareto curve instead of the table")
+    p.add_argument("--clustering-check", action="store_true",
+                   help="instead: compare the representatives' estimate of the fleet mean with "
+                        "every device's ground truth for random candidates (twin only)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the result as JSON")
     p.set_defaults(func=_cmd_bench)
 

@@ -48,7 +48,7 @@ from hdap_engine.pruning.budget import format_macs, parse_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.baselines import global_widths, uniform_widths
 from hdap_engine.search.evolution import SearchOptions, evolve
-from hdap_engine.search.objectives import Objective, cluster_dispersion
+from hdap_engine.search.objectives import OBJECTIVES, Objective, cluster_dispersion
 
 BASELINE_METHODS = ("uniform", "global")
 SEARCH_METHODS = ("hdap", "paper", "single-device")
@@ -82,9 +82,9 @@ class StudyOptions:
     surrogate_mode: str = "shared"
     round_to: int = 8
     min_ratio: float = 0.1
-    finalists: int = 6  # search finalists re-measured before choosing (hdap, single-device)
-    refine_rounds: int = 2  # search, measure the best candidates, refit: how many times (hdap)
-    refine_batch: int = 12  # candidates measured per refinement round
+    finalists: int = 12  # search finalists re-measured before choosing (hdap, single-device)
+    refine_rounds: int = 3  # search, measure the best candidates, refit: how many times (hdap)
+    refine_batch: int = 24  # candidates measured per refinement round
     seed: int = 0
     sku: str | None = None
     model_weights: str | None = None  # None/random, "pretrained", or a state-dict path
@@ -109,6 +109,11 @@ class StudyOptions:
                             f"generation, got {self.population} and {self.generations}")
         if self.refine_rounds < 0 or self.finalists < 1 or self.refine_batch < 1:
             raise HdapError("refine_rounds must be >= 0, finalists and refine_batch >= 1")
+        if self.objective not in OBJECTIVES:
+            raise HdapError(f"unknown objective {self.objective!r}; choose one of: "
+                            f"{', '.join(OBJECTIVES)}")
+        if self.objective == "slo" and not (self.slo_ms and self.slo_ms > 0):
+            raise HdapError("the slo objective needs a latency target in ms (--slo-ms 25)")
 
     def settings(self) -> dict:
         """JSON-ready settings (the agent token never leaves the process)."""
@@ -301,8 +306,11 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
     progress("cluster", 1, 1)
     timings["cluster"] = time.perf_counter() - t0
 
+    # Settings that can be wrong are checked before anything is measured.
+    clustering.normalise_weights(options.weights)
     space = PruningSpace.for_model(options.model, round_to=options.round_to,
                                    min_ratio=options.min_ratio)
+    parse_budget(options.budget, space)
     backend, backend_notes = make_backend(options, fleet, telemetry_path, clustering)
     notes.extend(backend_notes)
     rep_devices, rep_clusters = [], []
@@ -336,7 +344,8 @@ def measure_and_fit(ctx: StudyContext, *, progress: Progress = _noop) -> None:
     """Measure sampled candidates on the method's devices and train the surrogate."""
     opt = ctx.options
     t0 = time.perf_counter()
-    samples = sample_candidates(ctx.space, opt.samples, seed=opt.seed)
+    samples = sample_candidates(ctx.space, opt.samples, seed=opt.seed,
+                                focus_macs=parse_budget(opt.budget, ctx.space))
     devices, clusters, features = _search_devices(ctx)
 
     def tick(done, total):
@@ -486,10 +495,12 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
     rounds = opt.refine_rounds if (refine is None and method == "hdap") else (refine or 0)
     measured = 0
     searching = 0.0  # time in the surrogate-driven search itself, without measuring/refitting
+    # Refinement searches only need to find the region worth measuring: a third as long.
+    quick = replace(sopt, generations=max(1, opt.generations // 3))
     for _ in range(rounds):
         # Active refinement: the search's favourites lie where the surrogate has seen
         # least; measure them, learn from them, search again from them.
-        res = evolve(ctx.space, target, fitness, sopt, seeds=seeds, progress=tick)
+        res = evolve(ctx.space, target, fitness, quick, seeds=seeds, progress=tick)
         searching += res.seconds
         measured += _measure_more(ctx, res.final_population[:opt.refine_batch])
         _fit_surrogate(ctx)

@@ -29,3 +29,23 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def small_fleet(tmp_path_factory) -> Path:
+    """A simulated 400-device Jetson Nano fleet (telemetry + twin sidecar); returns the CSV."""
+    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+
+    telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)
+    csv_path, _ = write_fleet(tmp_path_factory.mktemp("fleet") / "small", telemetry, states)
+    return csv_path
+
+
+def quick_options(**changes):
+    """Study options small enough for a unit test (ResNet-56, few samples, short search)."""
+    from hdap_engine.study import StudyOptions
+
+    base = dict(model="resnet56", budget="0.5", samples=40, repeats=3, warmup=0,
+                population=16, generations=8, refine_rounds=1, refine_batch=6, finalists=4)
+    base.update(changes)
+    return StudyOptions(**base)

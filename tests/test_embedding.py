@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,24 +77,10 @@ def test_umap_separates_the_clusters_deterministically_and_is_cached():
     embedding.clear_cache()
     second = embed(fleet, clustering, max_points=1500, seed=0)
     pd.testing.assert_frame_equal(first, second)
-    start = time.perf_counter()
     cached = embed(fleet, clustering, max_points=1500, seed=0)
-    assert time.perf_counter() - start < 1.0
     pd.testing.assert_frame_equal(first, cached)
     cached.loc[0, "x"] = 1e9  # callers get copies: the cache is not changed
     assert embed(fleet, clustering, max_points=1500, seed=0).loc[0, "x"] != 1e9
-
-
-@pytest.mark.slow
-def test_umap_of_20000_devices_takes_under_10_s_once_warm():
-    embedding.warm_up()
-    fleet, clustering, _ = _fitted(60_000, seed=4)
-    embedding.clear_cache()
-    start = time.perf_counter()
-    out = embed(fleet, clustering, max_points=20_000, seed=0)
-    elapsed = time.perf_counter() - start
-    assert len(out) == 20_000 and out.attrs["method"] == "umap"
-    assert elapsed < 10.0, f"{elapsed:.1f} s"
 
 
 def test_embedding_refuses_a_clustering_of_another_fleet():

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hdap_engine.cli import main
 from hdap_engine.fleet.probes import (
     PROBE_COLUMNS,
     PROBE_ROWS,
@@ -69,21 +70,20 @@ def test_host_context_describes_the_machine():
     assert isinstance(ctx["cpu_model"], str) and ctx["torch_version"]
 
 
-def test_cli_probe_writes_one_telemetry_row(cli, tmp_path):
+def test_cli_probe_writes_one_telemetry_row(tmp_path, capsys):
     out = tmp_path / "host.csv"
-    res = cli("probe", "--out", str(out), "--repeats", "2", "--warmup", "0", "--threads", "1",
-              "--device-id", "bench-1")
-    assert res.returncode == 0, res.stderr
+    args = ["probe", "--out", str(out), "--repeats", "2", "--warmup", "0", "--threads", "1",
+            "--device-id", "bench-1"]
+    assert main(args) == 0
     df = pd.read_csv(out)
     assert len(df) == 1 and df.loc[0, "device_id"] == "bench-1" and df.loc[0, "sku"] == "host"
     assert set(PROBE_COLUMNS) <= set(df.columns)
     assert {"threads", "cpu_model", "torch_version"} <= set(df.columns)
-    assert "probe_conv3x3_ms" in res.stdout
-    again = cli("probe", "--out", str(out), "--append", "--repeats", "1", "--warmup", "0",
-                "--threads", "1", "--device-id", "bench-1")
-    assert again.returncode == 2 and "bench-1" in again.stderr
+    assert "probe_conv3x3_ms" in capsys.readouterr().out
+    assert main([*args, "--append"]) == 2
+    assert "bench-1" in capsys.readouterr().err
 
 
-def test_cli_probe_refuses_bad_flags(cli):
-    res = cli("probe", "--repeats", "0")
-    assert res.returncode == 2 and res.stderr.startswith("error:")
+def test_cli_probe_refuses_bad_flags(capsys):
+    assert main(["probe", "--repeats", "0"]) == 2
+    assert capsys.readouterr().err.startswith("error:")

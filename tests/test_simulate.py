@@ -11,6 +11,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 from sklearn.preprocessing import StandardScaler
 
+from hdap_engine.cli import main
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.mechanisms import MECHANISMS, mechanism_counts
 from hdap_engine.fleet.probes import PROBE_COLUMNS
@@ -97,14 +98,14 @@ def test_unknown_sku_and_bad_device_count_are_refused():
         simulate_fleet("rpi4", 0)
 
 
-def test_cli_simulate_writes_both_files(cli, tmp_path):
-    res = cli("simulate", "--sku", "rpi4", "--devices", "40", "--seed", "3",
-              "--out", str(tmp_path / "pi"))
-    assert res.returncode == 0, res.stderr
+def test_cli_simulate_writes_both_files(tmp_path, capsys):
+    args = ["simulate", "--sku", "rpi4", "--devices", "40", "--seed", "3",
+            "--out", str(tmp_path / "pi")]
+    assert main(args) == 0
     assert (tmp_path / "pi.csv").exists() and (tmp_path / "pi.twin.parquet").exists()
-    assert "nominal" in res.stdout
-    bad = cli("simulate", "--sku", "nope", "--devices", "4", "--out", str(tmp_path / "x"))
-    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+    assert "nominal" in capsys.readouterr().out
+    assert main(["simulate", "--sku", "nope", "--devices", "4", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.startswith("error:")
 
 
 @pytest.mark.parametrize("sku", sorted(SHIPPED))

@@ -17,9 +17,10 @@ Choosing k (unless the user fixes it), on a sample of at most
    The silhouette is computed too (``scores_``) but is not the default
    criterion: with one far cluster and four near ones it scores k = 2 as
    high as k = 5 (measured on the synthetic fleets of `bench_data`);
-3. mixture components that overlap (two Gaussians covering one elongated
-   cluster, e.g. a drift of varying severity) are merged by classification
-   entropy (`_merge_overlapping`).
+3. mixture components that are one cluster (two Gaussians covering one
+   elongated cluster, e.g. a drift of varying severity) are merged: by
+   classification entropy, or because there is no density dip between
+   them (`_merge_overlapping`).
 
 Telemetry rounded to a coarse resolution (0.01 ms on a 0.05 ms probe) is
 blurred over its rounding interval before step 2, or the mixture would fit
@@ -75,8 +76,13 @@ _FULL_COVARIANCE_DEVICES = 200
 # or quantised devices from an unbounded likelihood.
 _REG_COVAR = 1e-4
 # Mixture components sharing more classification entropy than this (nats
-# per device of the pair) are one cluster; see _merge_overlapping.
-_MERGE_ENTROPY = 0.05
+# per device of the pair), or with no dip between them, are one cluster;
+# see _merge_overlapping.
+_MERGE_ENTROPY = 0.07
+_MERGE_DIP = 0.6
+_DIP_MIN_DEVICES = 200
+_DIP_MAX_SIZE_RATIO = 2.0
+_DIP_MIN_ALIGNMENT = 0.8
 # Rounded telemetry is de-quantised before the mixture is scored, unless
 # the sample has fewer distinct devices than this.
 _DEQUANTIZE_MIN_ROWS = 100
@@ -346,7 +352,7 @@ class Clustering:
             # The smallest k that explains the devices almost as well: a
             # cluster that costs measurements must earn its keep.
             k = min(k for k in loglik if k <= best and loglik[best] - loglik[k] < opts.bic_tolerance)
-            groups = _merge_overlapping(mixtures[k].predict_proba(Xs), opts.k_min)
+            groups = _merge_overlapping(mixtures[k].predict_proba(Xs), Xs, opts.k_min)
             self.merged_ = k - len(groups)
             if self.merged_:
                 # One elongated cluster (a drift of varying severity) takes
@@ -674,15 +680,25 @@ def _kmeans_restarts(X: np.ndarray, k: int, previous: np.ndarray | None, seed: i
     return best
 
 
-def _merge_overlapping(resp: np.ndarray, k_min: int) -> list[list[int]]:
-    """Group mixture components that overlap so much they are one cluster.
+def _merge_overlapping(resp: np.ndarray, X: np.ndarray, k_min: int) -> list[list[int]]:
+    """Group mixture components that are one cluster: overlapping, or no density gap between.
 
-    Merging two components removes the classification entropy between them
-    (Baudry et al., "Combining mixture components for clustering", 2010).
-    Separate clusters share almost no devices (< 0.01 nats per device of
-    the pair, measured; 0.04 for clusters that touch); two Gaussians
-    covering one elongated or curved cluster share many (0.07-0.45). Pairs
-    above `_MERGE_ENTROPY` are merged, the most overlapping first.
+    Two signs, either one merges a pair (the strongest first, then again):
+
+    - classification entropy (Baudry et al., "Combining mixture components
+      for clustering", 2010): merging two Gaussians that cover one cluster
+      removes much entropy (0.07-0.45 nats per device of the pair on our
+      synthetic and twin fleets; 0.045 for one long streak), separate
+      clusters share almost none (< 0.015; up to 0.053 for clusters that
+      touch); above `_MERGE_ENTROPY`, merge;
+    - no dip: devices of the pair projected on the line through the two
+      means; a long streak (a drift of uniformly varying severity) is flat
+      there (density in the middle / at the ends: 0.86-1.9, measured), two
+      clusters have a valley (< 0.4); above `_MERGE_DIP`, merge. Only for
+      groups of similar size (a big cluster's tail looks flat towards any
+      small neighbour), each stretched along the line to the other (two
+      drifts fanning out of the nominal devices are not), and with
+      `_DIP_MIN_DEVICES` devices together.
     """
 
     def entropy(p: np.ndarray) -> float:
@@ -692,20 +708,50 @@ def _merge_overlapping(resp: np.ndarray, k_min: int) -> list[list[int]]:
     groups = [[c] for c in range(resp.shape[1])]
     columns = [resp[:, c] for c in range(resp.shape[1])]
     while len(groups) > k_min:
-        best, pair = 0.0, None
+        labels = np.column_stack(columns).argmax(axis=1)
+        best, pair = 1.0, None
         for a in range(len(groups)):
             for b in range(a + 1, len(groups)):
                 mass = columns[a].sum() + columns[b].sum()
                 gain = entropy(columns[a]) + entropy(columns[b]) - entropy(columns[a] + columns[b])
-                if mass > 0 and gain / mass > best:
-                    best, pair = gain / mass, (a, b)
-        if pair is None or best < _MERGE_ENTROPY:
+                strength = gain / mass / _MERGE_ENTROPY if mass > 0 else 0.0
+                strength = max(strength, _dip_ratio(X, labels, a, b) / _MERGE_DIP)
+                if strength > best:
+                    best, pair = strength, (a, b)
+        if pair is None:
             break
         a, b = pair
         groups[a] = groups[a] + groups[b]
         columns[a] = columns[a] + columns[b]
         del groups[b], columns[b]
     return groups
+
+
+def _dip_ratio(X: np.ndarray, labels: np.ndarray, a: int, b: int) -> float:
+    """Density half-way between two groups relative to the density at their means (0 = gap)."""
+    in_a, in_b = labels == a, labels == b
+    n_a, n_b = int(in_a.sum()), int(in_b.sum())
+    if n_a + n_b < _DIP_MIN_DEVICES or min(n_a, n_b) == 0:
+        return 0.0
+    if max(n_a, n_b) > _DIP_MAX_SIZE_RATIO * min(n_a, n_b):
+        # A streak cut in two gives halves of similar size; a small cluster
+        # next to a big one always looks "flat" from the big one's tail.
+        return 0.0
+    mean_a, mean_b = X[in_a].mean(axis=0), X[in_b].mean(axis=0)
+    d = mean_b - mean_a
+    if not d @ d > 0:
+        return np.inf
+    # Halves of one streak lie along it: each group's main axis points at the
+    # other group. Two drifts fanning out of the nominal devices do not.
+    for members in (X[in_a], X[in_b]):
+        axis = np.linalg.svd(members - members.mean(axis=0), full_matrices=False)[2][0]
+        if abs(axis @ d) / np.sqrt(d @ d) < _DIP_MIN_ALIGNMENT:
+            return 0.0
+    t = (X[in_a | in_b] - mean_a) @ d / (d @ d)  # 0 at mean a, 1 at mean b
+    h, _ = np.histogram(t, bins=10, range=(0.0, 1.0))
+    ends = min(h[:2].mean(), h[-2:].mean())
+    middle = np.convolve(h, np.ones(3) / 3, mode="valid")[1:-1].min()
+    return float(middle / ends) if ends > 0 else 0.0
 
 
 def _gaussians_from_labels(

@@ -21,6 +21,7 @@ import pandas as pd
 
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.mechanisms import draw_context, draw_states
+from hdap_engine.fleet.telemetry import twin_sidecar_path
 from hdap_engine.fleet.twin import DeviceStates, Twin, get_preset
 
 PROBE_RUNS = 20
@@ -65,17 +66,14 @@ def simulate_fleet(sku: str, devices: int, seed: int = 0) -> tuple[pd.DataFrame,
     return telemetry, states.to_frame()
 
 
-def sidecar_path(telemetry_path: str | Path) -> Path:
-    """The twin sidecar of a telemetry file: ``X.csv`` / ``X.csv.gz`` / ``X.parquet`` -> ``X.twin.parquet``."""
-    p = Path(telemetry_path)
-    name = p.name
-    if name.endswith(SIDECAR_SUFFIX):
+def sidecar_path(path: str | Path) -> Path:
+    """The twin sidecar of a telemetry file (``X.csv`` / ``X.csv.gz`` / ``X.parquet`` ->
+    ``X.twin.parquet``, the rule of `telemetry.twin_sidecar_path`); a sidecar path is
+    returned as is."""
+    p = Path(path)
+    if p.name.endswith(SIDECAR_SUFFIX):
         return p
-    for ext in (".csv.gz", ".csv", ".parquet", ".gz"):
-        if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return p.with_name(name + SIDECAR_SUFFIX)
+    return twin_sidecar_path(p)
 
 
 def write_fleet(prefix: str | Path, telemetry: pd.DataFrame, states: pd.DataFrame) -> tuple[Path, Path]:

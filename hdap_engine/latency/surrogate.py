@@ -298,24 +298,22 @@ class Surrogate:
 
     # -- prediction ------------------------------------------------------------------------
     def _predict_log(self, widths, dfeat, clusters) -> tuple[np.ndarray, np.ndarray]:
-        import xgboost as xgb
 
         if not self.boosters_:
             raise HdapError("the surrogate is not trained yet")
         cfeat, _ = candidate_features(self.space, widths)
         n, d = len(cfeat), len(clusters)
         if self.options.mode == "shared":
-            dm = xgb.DMatrix(_design(cfeat, dfeat))
-            preds = np.stack([b.predict(dm) for b in self.boosters_[-1]])  # (E, n*d)
+            x = _design(cfeat, dfeat)
+            preds = np.stack([b.inplace_predict(x) for b in self.boosters_[-1]])  # (E, n*d)
             preds = preds.reshape(len(preds), n, d)
         else:
-            dm = xgb.DMatrix(cfeat)
             members = len(next(iter(self.boosters_.values())))
             preds = np.zeros((members, n, d))
             for c in np.unique(clusters):
                 if int(c) not in self.boosters_:
                     raise HdapError(f"the surrogate has no model for cluster {int(c)}")
-                p = np.stack([b.predict(dm) for b in self.boosters_[int(c)]])
+                p = np.stack([b.inplace_predict(cfeat) for b in self.boosters_[int(c)]])
                 preds[:, :, clusters == c] = p[:, :, None]
         mean, std = preds.mean(axis=0), preds.std(axis=0)
         if self.base_coef_ is not None:
@@ -393,6 +391,7 @@ class Surrogate:
             for raw in ens:
                 b = xgb.Booster()
                 b.load_model(bytearray(base64.b64decode(raw)))
+                b.set_param({"nthread": self.options.threads})
                 boosters.append(b)
             self.boosters_[int(k)] = boosters
         return self

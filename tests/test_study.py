@@ -1,0 +1,152 @@
+"""The study end to end: objectives, search, methods, report, determinism, reuse."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hdap_engine.errors import HdapError
+from hdap_engine.latency.store import Store
+from hdap_engine.pruning.budget import meets_budget, parse_budget
+from hdap_engine.pruning.space import PruningSpace
+from hdap_engine.search.evolution import SearchOptions, evolve
+from hdap_engine.search.objectives import Objective, mixture_quantile
+from hdap_engine.study import optimize, prepare, run_study
+from tests.conftest import quick_options
+
+
+def test_objectives_rank_clusters_as_users_expect():
+    lat = np.array([[10.0, 20.0], [14.0, 14.0]])
+    w = np.array([0.8, 0.2])
+    sigma = np.array([0.05, 0.05])
+    mean = Objective("mean", w, sigma)(lat)
+    worst = Objective("worst", w, sigma)(lat)
+    assert mean[0] < mean[1]  # the big cluster is fast
+    assert worst[0] > worst[1]  # but its small cluster is slow
+    slo = Objective("slo", w, sigma, slo_ms=17.0)(lat)
+    assert slo[0] == pytest.approx(-0.8, abs=0.01) and slo[1] == pytest.approx(-1.0, abs=0.01)
+    p95 = mixture_quantile(lat, w, sigma, 0.95)
+    assert 19 < p95[0] < 22 and 14 < p95[1] < 16
+    with pytest.raises(HdapError, match="slo objective needs"):
+        Objective("slo", w, sigma)
+
+
+def test_search_meets_the_budget_and_is_deterministic():
+    space = PruningSpace.for_model("resnet50")
+    target = parse_budget("1.0G", space)
+
+    def fitness(widths):  # early, high-resolution layers are expensive here
+        table = space.layer_table(widths)
+        return (table.macs() * np.where(table.h_out >= 56, 3.0, 1.0)).sum(axis=1)
+
+    opts = SearchOptions(population=24, generations=15, seed=5)
+    a = evolve(space, target, fitness, opts)
+    b = evolve(space, target, fitness, opts)
+    assert np.array_equal(a.widths, b.widths)
+    assert meets_budget(space.macs(a.widths), target)
+    uniform = fitness(space.widths_from_ratios(np.ones(space.n_groups) * 0.49)[None])[0]
+    assert a.score < uniform
+
+
+@pytest.fixture(scope="module")
+def study(small_fleet, tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("store") / "s.sqlite")
+    out = tmp_path_factory.mktemp("out") / "bundle"
+    return run_study(quick_options(), small_fleet, out_dir=out, store=store), store
+
+
+def test_report_names_source_clusters_and_fleet(study):
+    result, _ = study
+    r = result.report
+    assert r["measured_source"] == "twin (simulated)"
+    assert len(r["clusters"]) == result.context.k
+    for c in r["clusters"]:
+        assert {"cluster", "devices", "weight", "predicted_ms", "measured_ms"} <= set(c)
+        assert c["measured_ms"] > 0 and c["predicted_ms"] > 0
+    f = r["fleet"]
+    assert {"predicted_mean_ms", "measured_mean_ms", "measured_p95_ms", "unpruned_mean_ms",
+            "speedup"} <= set(f)
+    assert f["speedup"] > 1.2  # half the MACs must buy real latency on the twin
+    assert abs(f["predicted_mean_ms"] / f["measured_mean_ms"] - 1) < 0.15
+    on_disk = json.loads((result.bundle / "report.json").read_text())
+    assert on_disk["fleet"] == pytest.approx(f)
+    assert meets_budget(on_disk["macs"], result.target_macs)
+
+
+def test_same_seed_and_inputs_give_the_same_widths(study, small_fleet, tmp_path):
+    first, _ = study
+    again = run_study(quick_options(), small_fleet, store=Store(tmp_path / "fresh.sqlite"),
+                      export=False)
+    assert np.array_equal(first.widths, again.widths)
+
+
+def test_a_second_study_remeasures_nothing_it_already_has(study, small_fleet):
+    _, store = study
+    ctx = prepare(quick_options(budget="0.3"), small_fleet, store=store)
+    assert ctx.measurements.from_store.all()
+    before = store.count_measurements()
+    res = optimize(ctx, "0.3", refine=0)  # what-if: no refinement, only finalists
+    assert meets_budget(ctx.space.macs(res.widths), parse_budget("0.3", ctx.space))
+    assert store.count_measurements() - before <= ctx.options.finalists * len(ctx.rep_devices)
+
+
+def test_cluster_weights_steer_the_search(study):
+    result, _ = study
+    ctx = result.context
+    if ctx.k < 2:
+        pytest.skip("fleet has one cluster")
+    slow = int(np.argmax(result.validation.cluster_measured_ms))
+    res = optimize(ctx, "0.5", weights={slow: 1.0}, refine=0)
+    assert res.objective.weights[slow] == 1.0
+
+
+def test_every_method_runs_on_the_same_budget(small_fleet, tmp_path):
+    from hdap_engine.benchmark import ROW_KEYS, run_bench
+
+    out = run_bench(quick_options(), small_fleet, store=Store(tmp_path / "b.sqlite"))
+    methods = [r["method"] for r in out["rows"]]
+    assert methods == ["hdap", "paper", "single-device", "uniform", "global"]
+    for r in out["rows"]:
+        assert set(ROW_KEYS) <= set(r)
+        assert meets_budget(r["macs"], out["budget_macs"])
+    single = next(r for r in out["rows"] if r["method"] == "single-device")
+    hdap = next(r for r in out["rows"] if r["method"] == "hdap")
+    assert single["device_measurements"] < hdap["device_measurements"]
+
+
+def test_optimize_cli_writes_the_bundle_and_report(cli, small_fleet, tmp_path):
+    out = tmp_path / "D"
+    res = cli("optimize", "--model", "resnet56", "--telemetry", str(small_fleet), "--macs",
+              "0.5", "--samples", "30", "--repeats", "2", "--out", str(out), "--quiet",
+              "--weights", "0=2,1=1")
+    assert res.returncode == 0, res.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["measured_source"] == "twin (simulated)"
+    assert report["weights_source"] == "user"
+    assert "speedup" in res.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--weights", "0=x"], "cluster weights look like"),
+    (["--weights", "99=1"], "no cluster 99"),
+    (["--macs", "9G"], "more than resnet56"),
+    (["--objective", "slo"], "slo objective needs"),
+])
+def test_bad_study_flags_are_one_clear_error(cli, small_fleet, tmp_path, args, message):
+    base = ["optimize", "--model", "resnet56", "--telemetry", str(small_fleet), "--macs", "0.5",
+            "--samples", "20", "--out", str(tmp_path / "x"), "--quiet"]
+    res = cli(*base, *args)
+    assert res.returncode == 2
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_representatives_estimate_the_fleet_mean_within_3_percent(small_fleet, tmp_path):
+    from hdap_engine.benchmark import clustering_check
+
+    out = clustering_check(quick_options(model="mobilenet_v1"), small_fleet, candidates=10,
+                           store=Store(tmp_path / "c.sqlite"))
+    assert out["devices_measured"] <= out["k"] * 3
+    assert out["max_abs_error"] < 0.03, out["rows"]
