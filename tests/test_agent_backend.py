@@ -47,6 +47,7 @@ class FakeNet:
         self.fail_after: dict[str, int] = {}  # url -> requests answered before it goes down
         self.busy_first: dict[str, int] = {}  # url -> busy answers before it measures
         self.no_onnx: set[str] = set()
+        self.wrong_token: set[str] = set()
         self.requests: dict[str, list[tuple[str, bytes]]] = {u: [] for u in speed}
         self.answered: dict[str, list[float]] = {u: [] for u in speed}
         self.in_flight: dict[str, int] = dict.fromkeys(speed, 0)
@@ -77,6 +78,9 @@ class FakeClient:
             if net.busy_first.get(url, 0) > 0:
                 net.busy_first[url] -= 1
                 raise AgentBusy(f"agent {url} stayed busy", url=url, status=409)
+            if url in net.wrong_token:
+                raise AgentRejected(f"agent {url} refused the token on /measure (401: wrong "
+                                    "token)", url=url, status=401)
             if fmt == "onnx" and url in net.no_onnx:
                 raise AgentRejected(f"agent {url} refused POST /measure (400): onnxruntime not "
                                     "installed on this device; send format=torchscript",
@@ -333,6 +337,42 @@ def test_when_no_device_is_left_at_all_the_error_says_why(space, candidates):
         net.fail_after[url] = 0
     with pytest.raises(HdapError, match=r"no device could be measured \(.*connection refused"):
         backend.measure(space, candidates, reps_of(clustering), repeats=2)
+
+
+def test_a_token_no_agent_takes_is_one_error_not_a_walk_through_the_fleet(space, candidates):
+    fleet = make_fleet()
+    clustering = make_clustering(fleet)
+    backend, net = build(fleet, clustering)
+    net.wrong_token |= set(net.speed)
+    with pytest.raises(HdapError, match=r"agent backend: agent .* refused the token"):
+        backend.measure(space, candidates, reps_of(clustering), repeats=2)
+    assert sum(len(r) for r in net.requests.values()) <= len(reps_of(clustering))
+
+
+def test_a_device_that_refuses_a_token_others_take_is_replaced(space, candidates):
+    fleet = make_fleet()
+    clustering = make_clustering(fleet)
+    backend, net = build(fleet, clustering)
+    victim = clustering.representatives_[0][1]
+    net.wrong_token.add(url_of(victim))
+    net.busy_first[url_of(victim)] = 1  # so that the others answer first
+    backend.measure(space, candidates, reps_of(clustering), repeats=2)
+    assert "refused the token" in backend.failed[victim]
+    assert backend.measured_device(victim) == spare_of(clustering, 0)
+
+
+def test_replacements_stop_after_max_replacements(space, candidates):
+    fleet = make_fleet()
+    clustering = make_clustering(fleet, representatives=1)
+    backend, net = build(fleet, clustering, max_replacements=1)
+    rep = clustering.representatives_[0][0]
+    for dev in clustering.ranked_devices(0):
+        net.fail_after[url_of(dev)] = 0
+    backend.measure(space, candidates[:1], reps_of(clustering), repeats=1)
+    assert len(backend.failed) == 2  # the representative and one replacement
+    assert backend.measured_device(rep) is None
+    assert any("1 replacements failed too, so cluster 0 has no device left" in n
+               for n in backend.events)
 
 
 def test_a_busy_agent_is_waited_for_and_a_device_without_onnxruntime_gets_torchscript(

@@ -89,6 +89,9 @@ class AgentBackend(Backend):
     format:
         ``"onnx"`` or ``"torchscript"``. A device without onnxruntime is switched
         to TorchScript when it says so.
+    max_replacements:
+        Devices tried in turn for one representative before its column is given
+        up (a fleet whose agents all went away fails in bounded time).
     client_factory:
         Builds the client of one agent (tests pass fakes).
     """
@@ -100,6 +103,7 @@ class AgentBackend(Backend):
     def __init__(self, urls: Mapping[str, str], token: str | None, *, clustering=None,
                  timeout: float = 30.0, measure_timeout: float = 300.0, retries: int = 2,
                  backoff: float = 0.5, busy_wait_s: float = 60.0, format: str = "onnx",
+                 max_replacements: int = 10,
                  client_factory: Callable[..., AgentClient] = AgentClient):
         if not token:
             raise HdapError(f"the agent backend needs the agents' token: set {TOKEN_ENV} "
@@ -112,6 +116,7 @@ class AgentBackend(Backend):
             raise HdapError("the agent backend needs busy_wait_s >= 0 and measure_timeout > 0")
         self.format = format
         self.busy_wait_s = float(busy_wait_s)
+        self.max_replacements = int(max_replacements)
         self._clients: dict[str, AgentClient] = {}
         for device, url in urls.items():
             try:
@@ -137,6 +142,7 @@ class AgentBackend(Backend):
         self._cluster_of: dict[str, int] = {}
         self._requested: list[str] = []  # every representative, in cluster order
         self._asked: set[str] = set()  # the representatives measure() was asked for
+        self._replacements: Counter[str] = Counter()  # representative -> devices tried
         self._lock = threading.RLock()
         if clustering is not None:
             self.bind(clustering)
@@ -238,9 +244,11 @@ class AgentBackend(Backend):
             return None
         in_use = {self.measured_device(r) for r in self._requested}
         in_use |= set(self.assigned.values())
-        for device in self.clustering.ranked_devices(c):
+        tries = self._replacements[requested]
+        for device in self.clustering.ranked_devices(c) if tries < self.max_replacements else ():
             if (device in self._clients and device not in self.failed and device not in in_use
                     and device != lost):
+                self._replacements[requested] += 1
                 self.assigned[requested] = device
                 self.events.append(
                     f"agent: {who} {reason}; measured on {device} instead, the next closest "
@@ -256,8 +264,11 @@ class AgentBackend(Backend):
         else:
             rest = (f"cluster {c} has no device left to measure on: its latency is missing "
                     "from the measurements that follow")
-        self.events.append(f"agent: {who} {reason}; no other device of cluster {c} has a "
-                           f"working agent, so {rest}")
+        if tries >= self.max_replacements:
+            why = f"{tries} replacements failed too"
+        else:
+            why = f"no other device of cluster {c} has a working agent"
+        self.events.append(f"agent: {who} {reason}; {why}, so {rest}")
         return None
 
     # -- measuring ---------------------------------------------------------------------------
@@ -303,6 +314,11 @@ class AgentBackend(Backend):
                             # device would refuse it the same way.
                             raise HdapError(f"agent backend: {exc}") from None
                         with self._lock:
+                            if (isinstance(exc, AgentRejected) and exc.status == 401
+                                    and not self.runtimes):
+                                # No agent has taken this token yet: it is the token that
+                                # is wrong, not this device.
+                                raise HdapError(f"agent backend: {exc}") from None
                             # Within one call a column is one device and one format:
                             # what this device measured in the call is dropped.
                             self.measured[device] -= kept
@@ -332,18 +348,22 @@ class AgentBackend(Backend):
         errors: list[BaseException] = []
         with ThreadPoolExecutor(max_workers=d, thread_name_prefix="hdap-agent-backend") as pool:
             pending = {pool.submit(column, j) for j in range(d)}
-            while pending:
-                finished, pending = wait(pending, timeout=PROGRESS_EVERY_S,
-                                         return_when=FIRST_COMPLETED)
-                for future in finished:
-                    if future.exception() is not None:
-                        errors.append(future.exception())
-                        stop.set()
-                now = int(done.sum())
-                # Progress is reported from the caller's thread (Streamlit needs that).
-                if progress and now > reported:
-                    reported = now
-                    progress(reported, m * d)
+            try:
+                while pending:
+                    finished, pending = wait(pending, timeout=PROGRESS_EVERY_S,
+                                             return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        if future.exception() is not None:
+                            errors.append(future.exception())
+                            stop.set()
+                    now = int(done.sum())
+                    # Progress is reported from the caller's thread (Streamlit needs that).
+                    if progress and now > reported:
+                        reported = now
+                        progress(reported, m * d)
+            except BaseException:
+                stop.set()  # Ctrl-C or a failing progress callback: no new requests
+                raise
         if errors:
             raise errors[0]
         with self._lock:
