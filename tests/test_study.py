@@ -84,8 +84,14 @@ def test_same_seed_and_inputs_give_the_same_widths(study, small_fleet, tmp_path)
 
 def test_a_second_study_remeasures_nothing_it_already_has(study, small_fleet):
     _, store = study
-    ctx = prepare(quick_options(budget="0.3"), small_fleet, store=store)
+    # Other objective and weights, same budget: every sample comes from the store.
+    ctx = prepare(quick_options(objective="worst", weights={0: 1.0}), small_fleet, store=store)
     assert ctx.measurements.from_store.all()
+    # Another budget adds candidates at that budget and re-measures none of the others.
+    other = prepare(quick_options(budget="0.3"), small_fleet, store=store)
+    known = {w.tobytes() for w in ctx.samples}
+    again = np.array([w.tobytes() in known for w in other.samples])
+    assert other.measurements.from_store[again].all() and (~again).any()
     before = store.count_measurements()
     res = optimize(ctx, "0.3", refine=0)  # what-if: no refinement, only finalists
     assert meets_budget(ctx.space.macs(res.widths), parse_budget("0.3", ctx.space))
