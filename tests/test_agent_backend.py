@@ -48,6 +48,8 @@ class FakeNet:
         self.busy_first: dict[str, int] = {}  # url -> busy answers before it measures
         self.no_onnx: set[str] = set()
         self.wrong_token: set[str] = set()
+        self.delay: dict[str, float] = {}  # url -> seconds per measurement (default 0.01)
+        self.starts: list[tuple[str, int, dict[str, int]]] = []  # url, index, answers so far
         self.requests: dict[str, list[tuple[str, bytes]]] = {u: [] for u in speed}
         self.answered: dict[str, list[float]] = {u: [] for u in speed}
         self.in_flight: dict[str, int] = dict.fromkeys(speed, 0)
@@ -86,9 +88,11 @@ class FakeClient:
                                     "installed on this device; send format=torchscript",
                                     url=url, status=400)
             net.in_flight[url] += 1
+            net.starts.append((url, len(net.answered[url]),
+                               {u: len(a) for u, a in net.answered.items()}))
             net.max_in_flight[url] = max(net.max_in_flight[url], net.in_flight[url])
             net.max_total = max(net.max_total, sum(net.in_flight.values()))
-        time.sleep(0.01)  # long enough for the other devices' requests to overlap
+        time.sleep(net.delay.get(url, 0.01))  # long enough for requests to overlap
         ms = net.latency(url, body)
         with net._lock:
             net.in_flight[url] -= 1
@@ -218,6 +222,25 @@ def test_each_candidate_is_exported_once_and_sent_to_every_representative_at_onc
     assert seen_threads[-1][1:] == (len(candidates) * len(reps), len(candidates) * len(reps))
     assert result.source == "agent (real)" and result.notes == []
     assert backend.details()["used"] == sorted(reps)
+
+
+def test_a_fast_device_runs_only_a_few_candidates_ahead_of_a_slow_one(space):
+    from hdap_engine.latency.agent_backend import EXPORT_WINDOW
+
+    fleet = make_fleet(without_url=[d for d in DEVICES if d not in ("a0", "b0")])
+    clustering = make_clustering(fleet, representatives=1)
+    backend, net = build(fleet, clustering)
+    slow, fast = (url_of(backend.measured_device(clustering.representatives_[c][0]))
+                  for c in (0, 1))
+    net.delay[slow] = 0.05
+    many = sample_candidates(space, 12, seed=2)
+    backend.measure(space, many, reps_of(clustering), repeats=1)
+    # The fast device's candidate i was sent when the slow one had answered `seen`:
+    # it may lead, but by less than the window (bounding the models held in memory).
+    leads = [i - seen[slow] for url, i, seen in net.starts if url == fast]
+    assert len(leads) == 12 and max(leads) >= 1
+    assert max(leads) <= EXPORT_WINDOW
+    assert sorted(k for k, _ in backend.exports) == sorted(widths_key(w) for w in many)
 
 
 def test_a_representative_without_agent_url_is_replaced_by_the_next_closest_with_one(
