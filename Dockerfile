@@ -24,6 +24,9 @@ COPY hdap_engine ./hdap_engine
 COPY app ./app
 COPY .streamlit ./.streamlit
 COPY sample_data ./sample_data
+# Compile UMAP's numba kernels into the image (site-packages caches, readable by the app
+# user): otherwise the first fleet map of every new container compiles them (~30 s).
+RUN python -c "from hdap_engine.fleet.embedding import warm_up; warm_up()"
 # The engine runs from the source tree (PYTHONPATH), next to the app it serves.
 RUN useradd --create-home --uid 10001 hdap \
     && mkdir -p /data && chown hdap:hdap /data

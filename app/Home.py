@@ -1,11 +1,37 @@
-"""HDAP Studio web app: entry page (the full app replaces this first slice)."""
+"""HDAP Studio web app: the entry file (`hdap app` runs it).
+
+The pages follow the user's journey: fleet -> model and budget -> run ->
+what-if -> download -> history. This file sets the session defaults, the
+navigation and the sidebar; it imports nothing heavy so that the first page
+is served at once.
+"""
 
 import streamlit as st
 
-st.set_page_config(page_title="HDAP Studio", layout="wide")
-st.title("HDAP Studio")
-st.write(
-    "Prune one network for a whole fleet of drifted edge devices. "
-    "The fleet, model and run pages are being built; the engine is already usable "
-    "from the command line: `hdap models`, `hdap prune`."
-)
+from studio import cached, parts
+from studio import state as S
+
+st.set_page_config(page_title="HDAP Studio", page_icon=":material/memory:", layout="wide")
+S.init()
+cached.warm_up_map()
+
+pages = [
+    st.Page("views/fleet.py", title="1 Fleet", icon=":material/hub:", default=True,
+            url_path="fleet"),
+    st.Page("views/model.py", title="2 Model and budget", icon=":material/tune:",
+            url_path="model"),
+    st.Page("views/run.py", title="3 Run", icon=":material/play_circle:", url_path="run"),
+    st.Page("views/whatif.py", title="4 What-if", icon=":material/science:", url_path="whatif"),
+    st.Page("views/download.py", title="5 Download", icon=":material/download:",
+            url_path="download"),
+    st.Page("views/history.py", title="6 History", icon=":material/history:",
+            url_path="history"),
+]
+page = st.navigation(pages)
+status = st.sidebar.container()
+try:
+    page.run()
+finally:
+    # Drawn after the page, so it shows what the page just changed (even after st.stop()).
+    with status:
+        parts.sidebar()

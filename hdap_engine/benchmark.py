@@ -163,18 +163,135 @@ def run_sweep(options: StudyOptions, telemetry, budgets: list[str], *,
               store: Store | None = None, progress: Progress = _noop) -> dict:
     """Ours and uniform over several budgets (a Pareto curve of MACs vs fleet latency)."""
     ctx = prepare(replace(options, method="hdap"), telemetry, store=store, progress=progress)
+    return sweep_context(ctx, budgets, progress=progress)
+
+
+def sweep_budgets(space, n: int = 5, *, low: float = 0.15, high: float = 0.8) -> list[str]:
+    """``n`` budgets spread geometrically from ``low`` to ``high`` of the model's MACs.
+
+    The low end is raised to 1.2x the smallest candidate the space allows, so
+    every budget can be met.
+
+    Parameters
+    ----------
+    space:
+        The pruning space.
+    n:
+        Number of budgets (>= 2).
+    low, high:
+        Fractions of the unpruned model's MACs at the ends.
+
+    Returns
+    -------
+    Budgets as fractions of the model (``"0.15"`` ...), ascending.
+    """
+    if n < 2 or not 0 < low < high <= 1:
+        raise HdapError(f"a sweep needs n >= 2 and 0 < low < high <= 1, got n={n}, "
+                        f"low={low}, high={high}")
+    floor = 1.2 * space.min_macs / space.base_macs
+    low = min(max(low, floor), high * 0.9)
+    fractions = np.geomspace(low, high, n)
+    return [f"{f:.4f}" for f in fractions]
+
+
+def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=("hdap", "uniform"),
+                  refine: int | None = None, finalists: int | None = None,
+                  progress: Progress = _noop) -> dict:
+    """Several budgets searched and validated on a prepared context (nothing re-learned).
+
+    Parameters
+    ----------
+    ctx:
+        A context prepared for a search method (its surrogate is reused).
+    budgets:
+        Budgets as `parse_budget` reads them.
+    methods:
+        Methods run at each budget.
+    refine, finalists:
+        As in `optimize` (None: the context's settings). ``refine=0`` keeps the
+        surrogate as it is and measures only each budget's finalists.
+    progress:
+        Called with ("sweep", done, total).
+
+    Returns
+    -------
+    {model, measured_source, unpruned_mean_ms, points: [row + budget]}; rows as `run_bench`'s.
+    """
     unpruned = validate(ctx, ctx.space.base_widths)
     obj = make_objective(ctx, method="hdap")
     unpruned_mean = fleet_metrics(ctx, unpruned, obj.weights, obj)["measured_mean_ms"]
     points = []
+    total = len(budgets) * len(methods)
+    progress("sweep", 0, total)
     for budget in budgets:
-        for method in ("hdap", "uniform"):
-            res = optimize(ctx, budget, method=method)
+        for method in methods:
+            res = optimize(ctx, budget, method=method, refine=refine, finalists=finalists)
             row = _row(ctx, method, res.widths, res.seconds, 0, unpruned_mean)
             row["budget"] = budget
+            row["budget_macs"] = float(res.target_macs)
+            if res.predicted_cluster_ms is not None:
+                row["predicted_mean_ms"] = float(np.sum(res.predicted_cluster_ms
+                                                        * ctx.clustering.weights_))
             points.append(row)
-    return {"model": options.model, "measured_source": ctx.backend.source,
+            progress("sweep", len(points), total)
+    return {"model": ctx.space.model, "measured_source": ctx.backend.source,
             "unpruned_mean_ms": unpruned_mean, "points": points}
+
+
+def compare_context(ctx: StudyContext, budget, methods=("uniform", "global"), *,
+                    widths=None, telemetry_path=None, progress: Progress = _noop) -> dict:
+    """Other methods at the same budget, validated like ours, on a prepared context.
+
+    The baselines (uniform, global) reuse ``ctx``; the paper's method and
+    single-device train their own surrogates on measurements the store
+    mostly holds already.
+
+    Parameters
+    ----------
+    ctx:
+        The prepared context of our study.
+    budget:
+        The budget all methods meet.
+    methods:
+        Methods to compare (any of `METHODS`); ours is added first.
+    widths:
+        Our candidate when it is already chosen (else it is searched again).
+    telemetry_path:
+        The telemetry file, for methods that prepare their own context (twin sidecar).
+    progress:
+        Called with ("compare", done, total).
+
+    Returns
+    -------
+    {budget_macs, measured_source, unpruned_mean_ms, rows}; rows as `run_bench`'s.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise HdapError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    unpruned = validate(ctx, ctx.space.base_widths)
+    obj = make_objective(ctx, method="hdap")
+    unpruned_mean = fleet_metrics(ctx, unpruned, obj.weights, obj)["measured_mean_ms"]
+    wanted = ["hdap"] + [m for m in methods if m != "hdap"]
+    rows = []
+    progress("compare", 0, len(wanted))
+    for i, method in enumerate(wanted):
+        if method == "hdap" and widths is not None:
+            rows.append(_row(ctx, "hdap", np.asarray(widths), 0.0, ctx.device_measurements,
+                             unpruned_mean))
+        else:
+            own = ctx
+            if method in ("paper", "single-device"):
+                own = prepare(replace(ctx.options, method=method), None, store=ctx.store,
+                              fleet=ctx.fleet, clustering=ctx.clustering,
+                              telemetry_path=telemetry_path)
+            res = optimize(own, budget, method=method)
+            used = own.device_measurements if method in ("hdap", "paper", "single-device") \
+                else 0
+            rows.append(_row(ctx, method, res.widths, res.seconds, used, unpruned_mean))
+        progress("compare", i + 1, len(wanted))
+    return {"budget_macs": float(parse_budget(budget, ctx.space)),
+            "measured_source": ctx.backend.source, "unpruned_mean_ms": unpruned_mean,
+            "rows": rows}
 
 
 def clustering_check(options: StudyOptions, telemetry, *, candidates: int = 10,

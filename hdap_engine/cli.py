@@ -235,6 +235,10 @@ def _add_study_flags(p: argparse.ArgumentParser, *, backends=("twin", "host", "a
     p.add_argument("--min-ratio", type=_ratio, default=0.1)
     p.add_argument("--threads", type=_positive_int, default=1,
                    help="PyTorch threads for the host backend (default 1)")
+    p.add_argument("--clock", choices=("auto", "wall", "thread"), default="auto",
+                   help="host backend timer: wall time, or the timing thread's CPU time (robust "
+                        "to other jobs on a shared machine; one thread only); auto = thread "
+                        "with --threads 1")
     p.add_argument("--twin-preset", default=None,
                    help="twin physics for telemetry without a .twin.parquet sidecar "
                         "(jetson-nano, rpi4)")
@@ -261,6 +265,7 @@ def _study_options(args: argparse.Namespace, **extra):
         model=args.model, backend=args.backend, samples=args.samples, repeats=args.repeats,
         k=args.k, representatives=args.representatives, sku=args.sku, seed=args.seed,
         round_to=args.round_to, min_ratio=args.min_ratio, host_threads=args.threads,
+        host_clock=args.clock,
         twin_preset=args.twin_preset, population=args.population,
         generations=args.generations, refine_rounds=args.refine_rounds,
         finalists=args.finalists,

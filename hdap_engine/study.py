@@ -89,6 +89,7 @@ class StudyOptions:
     sku: str | None = None
     model_weights: str | None = None  # None/random, "pretrained", or a state-dict path
     host_threads: int = 1
+    host_clock: str = "auto"  # wall, thread (CPU time of the timing thread), auto
     twin_preset: str | None = None  # for uploaded telemetry without a sidecar
     agent_token: str | None = None
     population: int = 64
@@ -204,7 +205,8 @@ def make_backend(options: StudyOptions, fleet, telemetry_path: str | os.PathLike
     """
     notes: list[str] = []
     if options.backend == "host":
-        return HostBackend(threads=options.host_threads, seed=options.seed), notes
+        return HostBackend(threads=options.host_threads, seed=options.seed,
+                           clock=options.host_clock), notes
     if options.backend == "agent":
         from hdap_engine.latency.agent_backend import AgentBackend
 
@@ -457,17 +459,21 @@ class Optimized:
 def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
              weights: dict[int, float] | None = None, slo_ms: float | None = None,
              method: str | None = None, progress: Progress = _noop,
-             model: nn.Module | None = None, refine: int | None = None) -> Optimized:
+             model: nn.Module | None = None, refine: int | None = None,
+             finalists: int | None = None) -> Optimized:
     """The best candidate for a budget: searched on the surrogate (or a baseline rule).
 
     Changing the budget, objective or weights re-uses everything measured and
     learned in ``ctx``; only the search (and a few finalist measurements) run.
     ``refine`` rounds (default: the options' ``refine_rounds`` for ``hdap``)
     measure the search's favourites and refit before the final search; pass 0
-    for the fastest what-if answer.
+    for the fastest what-if answer. ``finalists`` overrides the options'
+    ``finalists``; with ``refine=0, finalists=0`` nothing is measured at all
+    (what-if analysis in the app).
     """
     opt = ctx.options
     method = method or opt.method
+    finalists = opt.finalists if finalists is None else int(finalists)
     target = parse_budget(budget if budget is not None else opt.budget, ctx.space)
     obj = make_objective(ctx, objective, weights, slo_ms, method=method)
     t0 = time.perf_counter()
@@ -508,8 +514,8 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
     res = evolve(ctx.space, target, fitness, sopt, seeds=seeds, progress=tick)
     searching += res.seconds
     widths = res.widths
-    if method in ("hdap", "single-device") and opt.finalists > 1:
-        widths, used = _pick_finalist(ctx, res.final_population[:opt.finalists], obj)
+    if method in ("hdap", "single-device") and finalists > 1:
+        widths, used = _pick_finalist(ctx, res.final_population[:finalists], obj)
         ctx.device_measurements += used
         measured += used
     seconds = time.perf_counter() - t0

@@ -15,3 +15,48 @@ def home() -> Path:
     path = Path(os.environ.get("HDAP_HOME") or ".hdap").expanduser()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def save_upload(data: bytes, name: str, kind: str) -> Path:
+    """Keep an uploaded file in the workspace, named by its content, and return its path.
+
+    Runs record the path in their settings (plain JSON), and the same upload
+    twice is one file.
+
+    Parameters
+    ----------
+    data:
+        The file's bytes.
+    name:
+        The name the user gave it (kept at the end of the stored name).
+    kind:
+        Sub-folder, e.g. ``"weights"``.
+
+    Returns
+    -------
+    The stored file's path.
+    """
+    import hashlib
+    import re
+
+    digest = hashlib.sha256(data).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name).strip("._") or "upload"
+    folder = home() / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}-{safe}"
+    if not path.is_file():
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+def new_bundle_dir(label: str) -> Path:
+    """A fresh folder path under ``$HDAP_HOME/bundles/`` for one run's export bundle."""
+    import re
+    import time
+    import uuid
+
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "run"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return home() / "bundles" / f"{stamp}-{safe}-{uuid.uuid4().hex[:6]}"

@@ -156,3 +156,12 @@ def test_representatives_estimate_the_fleet_mean_within_3_percent(small_fleet, t
                            store=Store(tmp_path / "c.sqlite"))
     assert out["devices_measured"] <= out["k"] * 3
     assert out["max_abs_error"] < 0.03, out["rows"]
+
+
+def test_more_seeds_than_the_population_still_search():
+    space = PruningSpace.for_model("resnet56")
+    target = parse_budget("0.5", space)
+    seeds = space.random_widths(40, np.random.default_rng(0))
+    res = evolve(space, target, lambda w: space.macs(w) * 0 + w.sum(axis=1),
+                 SearchOptions(population=8, generations=2), seeds=seeds)
+    assert meets_budget(space.macs(res.widths), target)

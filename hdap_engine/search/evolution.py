@@ -88,7 +88,8 @@ def evolve(space: PruningSpace, target_macs: float, fitness: Fitness,
 
     start = [np.ones(g)]  # the uniform direction is always in the first population
     if seeds is not None:
-        start.extend(np.atleast_2d(seeds) / base)
+        # Seeds beyond the population would leave no room: keep the first ones (best first).
+        start.extend((np.atleast_2d(seeds) / base)[:opt.population - 1])
     n_rand = opt.population - len(start)
     rand = np.exp(np.log(rng.uniform(0.3, 1.0, size=(n_rand, 1)))
                   + rng.uniform(0.05, 0.6, size=(n_rand, 1)) * rng.normal(size=(n_rand, g)))

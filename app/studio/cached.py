@@ -1,0 +1,164 @@
+"""Engine calls behind Streamlit's caches.
+
+Heavy modules (torch, scikit-learn, UMAP, XGBoost) are imported inside these
+functions, so the first page is served before any of them loads. Arguments
+with a leading underscore are not hashed: the string key next to them (a
+fleet fingerprint, a clustering key) says what they are.
+
+Cached objects are shared by every session; the app treats them as read-only.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+
+def sample_fleets() -> dict[str, str]:
+    """The shipped sample fleets: name -> telemetry path."""
+    from hdap_engine.fleet.samples import sample_dir
+
+    return _sample_fleets(str(sample_dir()))
+
+
+def _in_background(name: str, work) -> None:
+    import contextlib
+    import threading
+
+    def run() -> None:
+        # A failure here only makes a later page slower; pages report real errors.
+        with contextlib.suppress(Exception):
+            work()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_map() -> None:
+    """Once per server, on the first page view: get UMAP ready in the background.
+
+    Importing UMAP and loading (or, on a new machine, compiling) its numba
+    kernels overlaps with loading and clustering the fleet.
+    """
+
+    def work() -> None:
+        from hdap_engine.fleet.embedding import warm_up
+
+        warm_up()
+
+    _in_background("hdap-warm-up-map", work)
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_engine() -> None:
+    """Once per server, after the first fleet map: import PyTorch, XGBoost and the study.
+
+    The model and run pages then open without waiting seconds for imports.
+    Started after the map so that it does not compete with it for the CPU.
+    """
+
+    def work() -> None:
+        import xgboost  # noqa: F401
+
+        import hdap_engine.study  # noqa: F401  (torch, torch-pruning)
+
+    _in_background("hdap-warm-up-engine", work)
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def _sample_fleets(folder: str) -> dict[str, str]:
+    from hdap_engine.fleet.samples import sample_fleets as listed
+
+    return {s.name: str(s.path) for s in listed(folder)}
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def sample_fleet(path: str):
+    """A shipped sample fleet: (Fleet, fingerprint)."""
+    from hdap_engine.fleet.telemetry import load_fleet
+
+    fleet = load_fleet(path)
+    return fleet, fleet.fingerprint()
+
+
+def clustering_key(fingerprint: str, k: int | None, representatives: int,
+                   context_features: tuple[str, ...], seed: int) -> str:
+    """The text that names one clustering of one fleet."""
+    return f"{fingerprint}|k={k or 'auto'}|r={representatives}|f={','.join(context_features)}" \
+           f"|s={seed}"
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def clustering(_fleet, key: str, k: int | None, representatives: int,
+               context_features: tuple[str, ...], seed: int):
+    """The fleet's clustering (`hdap_engine.fleet.clustering.Clustering`, fitted)."""
+    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+
+    options = ClusteringOptions(k=k, representatives=representatives,
+                                context_features=tuple(context_features), seed=seed)
+    return Clustering(options).fit(_fleet)
+
+
+@st.cache_resource(show_spinner=False, max_entries=16)
+def embedding(_fleet, _clustering, key: str):
+    """The 2-D map of the fleet (`hdap_engine.fleet.embedding.embed`)."""
+    from hdap_engine.fleet.embedding import embed
+
+    return embed(_fleet, _clustering, seed=0)
+
+
+@st.cache_resource(show_spinner=False, max_entries=12)
+def space(model: str, round_to: int = 8):
+    """The pruning space of a model (traced once per process)."""
+    from hdap_engine.pruning.space import PruningSpace
+
+    return PruningSpace.for_model(model, round_to=round_to)
+
+
+@st.cache_data(show_spinner=False)
+def model_names() -> list[str]:
+    from hdap_engine.models.zoo import model_names as names
+
+    return names()
+
+
+@st.cache_data(show_spinner=False)
+def model_description(model: str) -> str:
+    from hdap_engine.models.zoo import get_spec
+
+    return get_spec(model).description
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def checked_weights(model: str, path: str) -> str:
+    """Load user weights into ``model`` once (raises HdapError when they do not fit)."""
+    from hdap_engine.models.zoo import build_model, weights_label
+
+    build_model(model, path)
+    return weights_label(path)
+
+
+@st.cache_resource(show_spinner=False)
+def store(home: str):
+    """The measurement store of the workspace ``home``."""
+    from hdap_engine.latency.store import Store
+
+    return Store()
+
+
+@st.cache_resource(show_spinner=False, max_entries=64)
+def whatif(_ctx, context_key: str, budget: str, weights: tuple[float, ...] | None,
+           objective: str, slo_ms: float | None, method: str):
+    """The surrogate's best candidate for other settings; measures nothing."""
+    from hdap_engine.study import optimize
+
+    user = None if weights is None else dict(enumerate(weights))
+    return optimize(_ctx, budget, objective=objective, weights=user, slo_ms=slo_ms,
+                    method=method, refine=0, finalists=0)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def report_page(_figures, _report, key: str) -> str:
+    """The HTML report of a run (built once per run)."""
+    from hdap_engine.report import report_html
+
+    return report_html(_report, _figures)

@@ -1,0 +1,122 @@
+"""Every session-state key of the app, in one module, with its default.
+
+Pages read and write ``st.session_state`` only through these names. Widget
+values that must survive a page change are listed in `PERSISTENT`: Streamlit
+forgets a widget's value when a page without that widget runs, unless the
+value is re-assigned on every run (`init` does that).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+# -- fleet (page 1) -------------------------------------------------------------------------
+FLEET_CHOICE = "fleet_choice"  # widget: the fleet on screen (a sample name or the upload)
+FLEET_UPLOAD = "fleet_upload"  # widget: the telemetry uploader
+UPLOADED = "uploaded_fleet"  # {"name", "fleet", "fingerprint"} of the last accepted upload
+UPLOAD_SEEN = "upload_seen"  # file id of the last upload handled (reruns do not re-read it)
+UPLOAD_ERROR = "upload_error"  # the engine's message for the last rejected upload
+K_MODE = "k_mode"  # widget: "automatic" or "fixed"
+K_FIXED = "k_fixed"  # widget: k when fixed
+REPRESENTATIVES = "representatives"  # widget: devices measured per cluster
+CONTEXT_FEATURES = "context_features"  # widget: numeric context columns clustered on too
+COLOR_BY = "color_by"  # widget: what colours the fleet map
+WEIGHT_PREFIX = "weight_"  # widgets weight_<cluster>: the cluster weight sliders
+WEIGHTS_FOR = "weights_for"  # the clustering the weight sliders belong to
+
+# -- model and budget (page 2) --------------------------------------------------------------
+MODEL = "model"
+WEIGHTS_MODE = "weights_mode"  # widget: "random" or "upload"
+WEIGHTS_UPLOAD = "weights_upload"  # widget: the state-dict uploader
+WEIGHTS_FILE = "weights_file"  # {"model", "path", "name"} of accepted user weights
+WEIGHTS_SEEN = "weights_seen"
+WEIGHTS_ERROR = "weights_error"
+BUDGET_UNIT = "budget_unit"  # widget: "G MACs" or "% of the model"
+BUDGET_FRACTION = "budget_fraction"  # the budget as a fraction of the model (source of truth)
+BUDGET_G = "budget_g"  # widget: budget slider in G MACs
+BUDGET_PCT = "budget_pct"  # widget: budget slider in % of the model
+OBJECTIVE = "objective"
+SLO_MS = "slo_ms"
+BACKEND = "backend"
+AGENT_TOKEN = "agent_token"
+METHOD = "method"
+ROUND_TO = "round_to"
+SAMPLES = "samples"
+SEED = "seed"
+REPEATS = "repeats"
+REFINE_ROUNDS = "refine_rounds"  # None until the Model page reads the engine's default
+
+# -- run, what-if, history (pages 3-6) ------------------------------------------------------
+COMPARE_METHODS = "compare_methods"  # widget: other methods to compare against
+SWEEP_ON = "sweep_on"  # widget: run a budget sweep for the Pareto chart
+CONTEXT = "study_context"  # the prepared StudyContext (measurements + surrogate)
+CONTEXT_KEY = "study_context_key"  # what it was prepared for (fleet, clustering)
+RUN = "run"  # the latest run: see studio.parts.run_view
+RUN_ERROR = "run_error"
+WHATIF_BUDGET = "whatif_budget"  # widget: what-if budget, fraction of the model
+WHATIF_OBJECTIVE = "whatif_objective"
+WHATIF_WEIGHT_PREFIX = "whatif_weight_"
+WHATIF_FOR = "whatif_for"  # the run the what-if widgets were initialised from
+HISTORY_OPEN = "history_open"
+HISTORY_COMPARE = "history_compare"
+
+DEFAULTS = {
+    K_MODE: "automatic",
+    K_FIXED: 4,
+    REPRESENTATIVES: 3,
+    CONTEXT_FEATURES: [],
+    COLOR_BY: "cluster",
+    MODEL: "resnet50",
+    WEIGHTS_MODE: "random",
+    BUDGET_UNIT: "G MACs",
+    BUDGET_FRACTION: 0.25,
+    OBJECTIVE: "mean",
+    SLO_MS: 20.0,
+    BACKEND: "twin",
+    AGENT_TOKEN: "",
+    METHOD: "hdap",
+    ROUND_TO: 8,
+    SAMPLES: 200,
+    SEED: 0,
+    REPEATS: 5,
+    COMPARE_METHODS: ["uniform", "global"],
+    SWEEP_ON: True,
+}
+
+# Widget values kept across pages (see the module docstring); weight sliders are
+# added by prefix.
+PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, COLOR_BY, MODEL,
+              WEIGHTS_MODE, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
+              AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,
+              COMPARE_METHODS, SWEEP_ON,
+              WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE)
+_PREFIXES = (WEIGHT_PREFIX, WHATIF_WEIGHT_PREFIX)
+
+
+def init() -> None:
+    """Set defaults once per session and keep widget values across page changes."""
+    ss = st.session_state
+    for key, value in DEFAULTS.items():
+        if key not in ss:
+            ss[key] = list(value) if isinstance(value, list) else value
+    for key in list(ss.keys()):
+        if key in PERSISTENT or key.startswith(_PREFIXES):
+            ss[key] = ss[key]
+
+
+def get(key: str, default=None):
+    """The value under ``key`` (or ``default``)."""
+    return st.session_state.get(key, default)
+
+
+def put(key: str, value) -> None:
+    """Store ``value`` under ``key``."""
+    st.session_state[key] = value
+
+
+def weight_key(cluster: int) -> str:
+    return f"{WEIGHT_PREFIX}{int(cluster)}"
+
+
+def whatif_weight_key(cluster: int) -> str:
+    return f"{WHATIF_WEIGHT_PREFIX}{int(cluster)}"

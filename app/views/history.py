@@ -1,0 +1,135 @@
+"""Page 6, History: earlier runs of this workspace; open one, or compare two side by side."""
+
+from datetime import datetime
+from pathlib import Path
+
+import streamlit as st
+
+from hdap_engine.errors import HdapError
+from studio import cached, parts
+from studio import state as S
+
+
+def _label(runs: dict, run_id: int) -> str:
+    r = runs[run_id]
+    when = datetime.fromtimestamp(r["created_at"]).strftime("%Y-%m-%d %H:%M")
+    return f"#{run_id} {r['name']} ({when})"
+
+
+def _table(runs: dict) -> None:
+    rows = []
+    for run_id, r in runs.items():
+        res, s = r["result"], r["settings"]
+        fleet = res.get("fleet") or {}
+        rows.append({"run": run_id, "when": datetime.fromtimestamp(r["created_at"]),
+                     "model": s.get("model"), "method": res.get("method"),
+                     "G MACs": res.get("macs", 0) / 1e9, "fleet": res.get("fleet_source"),
+                     "measured on": res.get("measured_source"),
+                     "fleet mean ms": fleet.get("measured_mean_ms"),
+                     "p95 ms": fleet.get("measured_p95_ms"), "speedup": fleet.get("speedup"),
+                     "objective": res.get("objective"),
+                     "weights": "user-supplied" if s.get("model_weights") else "random"})
+    st.dataframe(rows, hide_index=True, key="history_table", column_config={
+        "G MACs": st.column_config.NumberColumn(format="%.3f"),
+        "fleet mean ms": st.column_config.NumberColumn(format="%.2f"),
+        "p95 ms": st.column_config.NumberColumn(format="%.2f"),
+        "speedup": st.column_config.NumberColumn(format="%.2fx")})
+
+
+def _report_of(r: dict) -> dict:
+    """The run's full report: the bundle's report.json when it is still there."""
+    from hdap_engine.models.zoo import weights_label
+    from hdap_engine.report import read_bundle_report
+
+    res, settings = r["result"], r["settings"]
+    bundle = res.get("bundle")
+    if bundle and (Path(bundle) / "report.json").is_file():
+        try:
+            return read_bundle_report(bundle)
+        except HdapError:
+            pass
+    return {**res, "settings": settings, "model": settings.get("model"),
+            "model_weights": weights_label(settings.get("model_weights"))}
+
+
+def _details(runs: dict, run_id: int, key: str) -> None:
+    """One recorded run: its numbers, charts, settings and files."""
+    from hdap_engine.charts import study_figures
+
+    r = runs[run_id]
+    res, settings = r["result"], r["settings"]
+    report = _report_of(r)
+    parts.fleet_metrics(res)
+    try:
+        space = cached.space(res["model"], int(settings.get("round_to", 8)))
+        base = space.widths_dict(space.base_widths)
+    except HdapError as exc:
+        st.caption(f"widths chart unavailable: {exc}")
+        base = dict(res["widths"])
+    figs = study_figures(report, widths=res["widths"], base_widths=base)
+    parts.show_figure(figs["clusters"], key=f"{key}_clusters")
+    parts.show_figure(figs["widths"], key=f"{key}_widths")
+    with st.expander("Settings"):
+        st.json(settings)
+
+    from hdap_engine.report import DOWNLOADS, bundle_files
+
+    bundle = res.get("bundle")
+    files = {k: p.read_bytes() for k, p in bundle_files(bundle).items()} \
+        if bundle and Path(bundle).is_dir() else {}
+    files["report.html"] = cached.report_page(figs, report, f"history-{key}-{run_id}").encode()
+    cols = st.columns(len(files))
+    for col, (kind, data) in zip(cols, files.items(), strict=True):
+        suffix = {"bundle": "bundle.zip", "report.html": "report.html"}.get(kind, kind)
+        col.download_button(DOWNLOADS[kind][0], data=data, file_name=f"run{run_id}-{suffix}",
+                            key=f"{key}_dl_{kind}", on_click="ignore",
+                            icon=":material/download:")
+    if bundle and not Path(bundle).is_dir():
+        st.caption(f"The bundle {bundle} is no longer on the server; the report is rebuilt "
+                   "from the run's record.")
+
+
+def main() -> None:
+    st.title("History")
+    from hdap_engine.workspace import home
+
+    store = cached.store(str(home()))
+    listed = store.list_runs()
+    if not listed:
+        st.info("No runs recorded in this workspace yet.")
+        return
+    runs = {r["id"]: store.get_run(r["id"]) for r in listed}
+    _table(runs)
+    ids = list(runs)
+    open_tab, compare_tab = st.tabs(["Open one", "Compare two"])
+    with open_tab:
+        if S.get(S.HISTORY_OPEN) not in ids:
+            S.put(S.HISTORY_OPEN, ids[0])
+        st.selectbox("Run", ids, key=S.HISTORY_OPEN, format_func=lambda i: _label(runs, i))
+        _details(runs, S.get(S.HISTORY_OPEN), "open")
+
+    with compare_tab:
+        S.put(S.HISTORY_COMPARE, [i for i in (S.get(S.HISTORY_COMPARE) or []) if i in ids][:2])
+        st.multiselect("Two runs", ids, key=S.HISTORY_COMPARE,
+                       format_func=lambda i: _label(runs, i), max_selections=2)
+        chosen = S.get(S.HISTORY_COMPARE) or []
+        if len(chosen) != 2:
+            st.caption("Pick two runs.")
+            return
+        from hdap_engine.charts import runs_comparison
+
+        parts.show_figure(runs_comparison([(f"#{i}", runs[i]["result"]) for i in chosen]),
+                          key="compare_fleet")
+        a, b = (runs[i]["settings"] for i in chosen)
+        diff = [{"setting": k, f"#{chosen[0]}": str(a.get(k)), f"#{chosen[1]}": str(b.get(k))}
+                for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        st.markdown("**Settings that differ**")
+        st.dataframe(diff or [{"setting": "(none)"}], hide_index=True)
+        cols = st.columns(2)
+        for col, run_id in zip(cols, chosen, strict=True):
+            with col:
+                st.subheader(_label(runs, run_id))
+                _details(runs, run_id, f"cmp{run_id}")
+
+
+main()

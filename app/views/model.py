@@ -1,0 +1,154 @@
+"""Page 2, Model and budget: the network, its weights, the MACs budget, objective and backend."""
+
+import math
+
+import streamlit as st
+
+from hdap_engine.errors import HdapError
+from studio import cached, parts
+from studio import state as S
+
+
+def main() -> None:
+    st.title("Model and budget")
+
+    # -- model --------------------------------------------------------------------------------
+    names = cached.model_names()
+    if S.get(S.MODEL) not in names:
+        S.put(S.MODEL, names[0])
+    left, right = st.columns([1, 1])
+    with left:
+        st.selectbox("Model", names, key=S.MODEL,
+                     format_func=lambda n: f"{n}: {cached.model_description(n)}")
+        try:
+            with st.spinner("Tracing the model's prunable groups..."):
+                space = cached.space(S.get(S.MODEL), int(S.get(S.ROUND_TO)))
+        except HdapError as exc:
+            st.error(str(exc))
+            return
+        base_g = space.base_macs / 1e9
+        st.caption(f"{base_g:.3f} G MACs, {space.base_params / 1e6:.2f} M parameters, "
+                   f"{space.n_groups} prunable groups, input "
+                   f"{'x'.join(map(str, space.input_shape))}")
+
+    with right:
+        st.radio("Model weights", ["random", "upload"], key=S.WEIGHTS_MODE, horizontal=True,
+                 format_func={"random": "random initialisation (seeded)",
+                              "upload": "my trained weights (state dict)"}.get)
+        if S.get(S.WEIGHTS_MODE) == "upload":
+            up = st.file_uploader("State dict (.pt / .pth), loaded with "
+                                  "torch.load(weights_only=True)",
+                                  type=["pt", "pth", "bin"], key=S.WEIGHTS_UPLOAD,
+                                  help="Save one with torch.save(model.state_dict(), path). "
+                                       "No pickled code from a file is ever run.")
+            if up is not None and S.get(S.WEIGHTS_SEEN) != (up.file_id, S.get(S.MODEL)):
+                S.put(S.WEIGHTS_SEEN, (up.file_id, S.get(S.MODEL)))
+                from hdap_engine.workspace import save_upload
+
+                try:
+                    with st.spinner(f"Loading {up.name} into {S.get(S.MODEL)}..."):
+                        path = save_upload(up.getvalue(), up.name, "weights")
+                        cached.checked_weights(S.get(S.MODEL), str(path))
+                    S.put(S.WEIGHTS_FILE, {"model": S.get(S.MODEL), "path": str(path),
+                                           "name": up.name})
+                    S.put(S.WEIGHTS_ERROR, None)
+                except HdapError as exc:
+                    S.put(S.WEIGHTS_ERROR, str(exc))
+            if S.get(S.WEIGHTS_ERROR):
+                st.error(S.get(S.WEIGHTS_ERROR), icon=":material/error:")
+            wf = S.get(S.WEIGHTS_FILE)
+            if wf and wf["model"] != S.get(S.MODEL):
+                st.info(f"{wf['name']} holds weights for {wf['model']}; upload weights for "
+                        f"{S.get(S.MODEL)} or switch back.")
+        parts.weights_badge()
+
+    # -- budget -------------------------------------------------------------------------------
+    st.subheader("Budget")
+    st.caption("The pruned model's multiply-accumulates (MACs). Pruning papers, the HDAP paper "
+               "included, call these FLOPs; the numbers are the same.")
+    min_frac = space.min_macs / space.base_macs
+    frac = min(max(float(S.get(S.BUDGET_FRACTION)), min_frac), 1.0)
+    S.put(S.BUDGET_FRACTION, frac)
+    step_g = 10 ** math.floor(math.log10(base_g / 400))
+    decimals = max(0, -int(math.floor(math.log10(step_g))))
+    min_g = math.ceil(space.min_macs / 1e9 / step_g) * step_g
+    min_pct = math.ceil(min_frac * 1000) / 10
+
+
+    def _from_g():
+        S.put(S.BUDGET_FRACTION, float(S.get(S.BUDGET_G)) * 1e9 / space.base_macs)
+
+
+    def _from_pct():
+        S.put(S.BUDGET_FRACTION, float(S.get(S.BUDGET_PCT)) / 100)
+
+
+    S.put(S.BUDGET_G, min(max(round(frac * base_g, decimals), round(min_g, decimals)),
+                          round(base_g, decimals)))
+    S.put(S.BUDGET_PCT, min(max(round(frac * 100, 1), min_pct), 100.0))
+    b = st.columns([1, 3])
+    b[0].radio("Budget in", ["G MACs", "% of the model"], key=S.BUDGET_UNIT)
+    if S.get(S.BUDGET_UNIT) == "G MACs":
+        b[1].slider("Budget: G MACs (\"GFLOPs\" in pruning papers)", round(min_g, decimals),
+                    round(base_g, decimals), step=step_g, format=f"%.{decimals}f", key=S.BUDGET_G,
+                    on_change=_from_g)
+    else:
+        b[1].slider("Budget: % of the unpruned model's MACs", min_pct, 100.0, step=0.5,
+                    format="%.1f%%", key=S.BUDGET_PCT, on_change=_from_pct)
+    frac = float(S.get(S.BUDGET_FRACTION))
+    b[1].caption(f"= **{frac * base_g:.{decimals}f} G MACs**, {frac:.1%} of {S.get(S.MODEL)} "
+                 f"({base_g:.{decimals}f} G); the smallest candidate this space allows is "
+                 f"{space.min_macs / 1e9:.{decimals}f} G.")
+
+    # -- objective and backend ----------------------------------------------------------------
+    o = st.columns([1, 1])
+    with o[0]:
+        st.selectbox("Objective (minimised over the fleet)", list(parts.OBJECTIVE_TEXT),
+                     key=S.OBJECTIVE, format_func=lambda k: f"{k}: {parts.OBJECTIVE_TEXT[k]}")
+        if S.get(S.OBJECTIVE) == "slo":
+            st.number_input("Latency target (ms)", min_value=0.01, step=1.0, key=S.SLO_MS)
+    with o[1]:
+        fv = parts.current_fleet()
+        backends = ["twin", "host"]
+        has_urls = fv is not None and "agent_url" in fv.fleet.context_columns
+        if has_urls and parts.agent_backend_installed():
+            backends.append("agent")
+        if S.get(S.BACKEND) not in backends:
+            S.put(S.BACKEND, "twin")
+        st.radio("Latency backend (where 'measured' comes from)", backends, key=S.BACKEND,
+                 format_func=parts.BACKEND_TEXT.get)
+        if S.get(S.BACKEND) == "agent":
+            st.text_input("Agent token", type="password", key=S.AGENT_TOKEN,
+                          help="The token the agents were started with (HDAP_AGENT_TOKEN).")
+        elif has_urls:
+            st.caption("The fleet has agent URLs, but this installation has no agent backend "
+                       "(hdap_engine.latency.agent_backend).")
+        else:
+            st.caption("The agent backend appears when the fleet has an agent_url column.")
+
+    with st.expander("Advanced options"):
+        if S.get(S.REFINE_ROUNDS) is None:
+            from hdap_engine.study import StudyOptions
+
+            S.put(S.REFINE_ROUNDS, StudyOptions().refine_rounds)
+        a = st.columns(6)
+        a[0].selectbox("Method", list(parts.METHOD_TEXT), key=S.METHOD,
+                       format_func=lambda k: parts.METHOD_TEXT[k])
+        a[1].selectbox("Round widths to", [1, 2, 4, 8, 16, 32], key=S.ROUND_TO,
+                       help="Every kept width is a multiple of this (hardware likes "
+                            "multiples of 8).")
+        a[2].number_input("Candidates measured (samples)", min_value=20, max_value=5000, step=20,
+                          key=S.SAMPLES,
+                          help="Per representative device; they train the surrogate.")
+        a[3].number_input("Refinement rounds", min_value=0, max_value=10, step=1,
+                          key=S.REFINE_ROUNDS,
+                          help="HDAP: search, measure the search's favourites, refit the "
+                               "surrogate; this many times before the final search.")
+        a[4].number_input("Timed repeats", min_value=1, max_value=100, step=1, key=S.REPEATS)
+        a[5].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=S.SEED,
+                          help="Clustering, sampling, search: same seed, same result.")
+
+    st.page_link("views/run.py", label="Next: run", icon=":material/arrow_forward:")
+
+
+main()

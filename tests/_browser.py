@@ -1,0 +1,91 @@
+"""Driving the app in a real Chromium: start the server, wait for Streamlit, take screenshots.
+
+Shared by the browser test and `benchmarks/app_timings.py`. Chromium is
+Debian's (`/usr/bin/chromium`); Playwright never downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+_SCRIPT_STATE = "document.querySelector('[data-testid=\"stApp\"]')" \
+                "?.getAttribute('data-test-script-state')"
+
+
+def free_port() -> int:
+    """A free TCP port on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    """Return once the server answers its health check."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited with {proc.returncode}")
+        with contextlib.suppress(OSError):
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"the app did not answer within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def app_server(home: Path, env: dict | None = None):
+    """`python -m hdap_engine app --port P` in its own process group; yields (url, proc)."""
+    port = free_port()
+    full_env = {**os.environ, "HDAP_HOME": str(home), "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "hdap_engine", "app", "--port", str(port)],
+                            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        # The CLI starts Streamlit as a child: end the process group we created.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def settle(page, timeout: float = 180_000) -> None:
+    """Wait until Streamlit has finished the script run that the last action started."""
+    with contextlib.suppress(Exception):  # a quick run may be over before we look
+        page.wait_for_function(f"{_SCRIPT_STATE} === 'running'", timeout=1500)
+    page.wait_for_function(f"{_SCRIPT_STATE} !== 'running'", timeout=timeout)
+
+
+def open_page(page, title: str) -> None:
+    """Click a page in the sidebar (a new URL would start a new session) and wait for it."""
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
+    settle(page)
+
+
+def screenshot(page, path: Path) -> None:
+    """The whole page: Streamlit scrolls inside its main block, so the window is
+    stretched to the content's height first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    height = page.evaluate("document.querySelector('[data-testid=\"stMainBlockContainer\"]')"
+                           ".scrollHeight")
+    page.set_viewport_size({"width": size["width"],
+                            "height": max(size["height"], int(height) + 150)})
+    page.wait_for_timeout(700)  # charts re-layout to the new size
+    page.screenshot(path=str(path), full_page=True)
+    page.set_viewport_size(size)

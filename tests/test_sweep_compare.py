@@ -1,0 +1,81 @@
+"""What the app asks of a prepared study: what-if searches, budget sweeps, method comparisons."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hdap_engine.benchmark import compare_context, sweep_budgets, sweep_context
+from hdap_engine.errors import HdapError
+from hdap_engine.latency.store import Store
+from hdap_engine.pruning.space import PruningSpace
+from hdap_engine.study import StudyOptions, optimize, prepare
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+
+    telemetry, states = simulate_fleet("jetson-nano", 120, seed=2)
+    csv, _ = write_fleet(tmp_path / "fleet", telemetry, states)
+    options = StudyOptions(model="resnet56", budget="0.3", samples=24, population=16,
+                           generations=8, finalists=3, k=2, representatives=2,
+                           refine_rounds=1, refine_batch=8)
+    context = prepare(options, csv, store=Store())
+    context.telemetry_path = csv
+    return context
+
+
+def test_optimize_without_refinement_or_finalists_measures_nothing(ctx):
+    before = ctx.store.count_measurements()
+    surrogate = ctx.surrogate
+    res = optimize(ctx, "0.5", refine=0, finalists=0)
+    assert ctx.store.count_measurements() == before
+    assert res.finalists_measured == 0
+    assert ctx.surrogate is surrogate  # not refitted
+    assert ctx.space.macs(res.widths) <= res.target_macs
+    with_finalists = optimize(ctx, "0.5", refine=0)
+    assert with_finalists.finalists_measured == 3 * len(ctx.rep_devices)
+
+
+def test_sweep_budgets_are_ascending_and_feasible():
+    space = PruningSpace.for_model("resnet56")
+    budgets = [float(b) for b in sweep_budgets(space, 5)]
+    assert budgets == sorted(budgets) and len(budgets) == 5
+    assert budgets[0] * space.base_macs >= space.min_macs
+    assert budgets[-1] == pytest.approx(0.8)
+    with pytest.raises(HdapError):
+        sweep_budgets(space, 1)
+
+
+def test_sweep_measures_each_method_at_each_budget(ctx):
+    progress = []
+    sweep = sweep_context(ctx, ["0.2", "0.6"], refine=0,
+                          progress=lambda *a: progress.append(a))
+    points = sweep["points"]
+    assert [(p["method"], p["budget"]) for p in points] == [
+        ("hdap", "0.2"), ("uniform", "0.2"), ("hdap", "0.6"), ("uniform", "0.6")]
+    for p in points:
+        assert p["macs"] <= p["budget_macs"] * (1 + 1e-9)
+        assert p["fleet_mean_ms"] > 0 and np.isfinite(p["speedup"])
+    assert all(p["predicted_mean_ms"] > 0 for p in points)  # the surrogate prices uniform too
+    # More MACs, slower model (measured, same method).
+    assert points[2]["fleet_mean_ms"] > points[0]["fleet_mean_ms"]
+    assert progress[-1] == ("sweep", 4, 4)
+    assert sweep["measured_source"] == "twin (simulated)"
+
+
+def test_compare_puts_ours_first_and_validates_every_method_alike(ctx):
+    ours = optimize(ctx, "0.3").widths
+    out = compare_context(ctx, "0.3", ["uniform", "global", "paper"], widths=ours,
+                          telemetry_path=ctx.telemetry_path)
+    methods = [r["method"] for r in out["rows"]]
+    assert methods == ["hdap", "uniform", "global", "paper"]
+    assert out["rows"][0]["widths"] == [int(x) for x in ours]
+    for r in out["rows"]:
+        assert r["macs"] <= out["budget_macs"] * (1 + 1e-9)
+        assert r["speedup"] == pytest.approx(out["unpruned_mean_ms"] / r["fleet_mean_ms"])
+    with pytest.raises(HdapError, match="unknown method"):
+        compare_context(ctx, "0.3", ["magic"])
