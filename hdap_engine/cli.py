@@ -244,6 +244,15 @@ def _add_study_flags(p: argparse.ArgumentParser, *, backends=("twin", "host", "a
                         "(jetson-nano, rpi4)")
     p.add_argument("--agent-token", default=None,
                    help="bearer token of the agents (default: $HDAP_AGENT_TOKEN)")
+    p.add_argument("--population", type=_positive_int, default=64,
+                   help="search population (default 64; at least 8)")
+    p.add_argument("--generations", type=_positive_int, default=60,
+                   help="search generations (default 60)")
+    p.add_argument("--refine-rounds", type=int, default=2, metavar="N",
+                   help="hdap: rounds of measuring the search's favourites and refitting "
+                        "(default 2; 0 for none)")
+    p.add_argument("--finalists", type=_positive_int, default=6,
+                   help="search finalists measured before one is chosen (default 6; 1 for none)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -257,7 +266,9 @@ def _study_options(args: argparse.Namespace, **extra):
         k=args.k, representatives=args.representatives, sku=args.sku, seed=args.seed,
         round_to=args.round_to, min_ratio=args.min_ratio, host_threads=args.threads,
         host_clock=args.clock,
-        twin_preset=args.twin_preset,
+        twin_preset=args.twin_preset, population=args.population,
+        generations=args.generations, refine_rounds=args.refine_rounds,
+        finalists=args.finalists,
         agent_token=args.agent_token or os.environ.get("HDAP_AGENT_TOKEN"), **extra)
 
 
@@ -334,6 +345,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
              "unpruned ms": f"{c['unpruned_ms']:.2f}"} for c in r["clusters"]]
     _print_table(rows, ["cluster", "devices", "weight", "predicted ms", "measured ms",
                         "unpruned ms"])
+    if r["backend"] == "agent":
+        for c in r["clusters"]:
+            print(f"cluster {c['cluster']} measured on: "
+                  f"{', '.join(c['devices_measured']) or 'no device'}")
     pred = "-" if f["predicted_mean_ms"] is None else f"{f['predicted_mean_ms']:.2f}"
     print(f"fleet: predicted mean {pred} ms, measured mean {f['measured_mean_ms']:.2f} ms, "
           f"p95 {f['measured_p95_ms']:.2f} ms, unpruned {f['unpruned_mean_ms']:.2f} ms, "

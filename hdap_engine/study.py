@@ -105,6 +105,11 @@ class StudyOptions:
             raise HdapError(f"samples must be at least 20 to train a surrogate, got {self.samples}")
         if self.repeats < 1 or self.warmup < 0:
             raise HdapError("repeats must be >= 1 and warmup >= 0")
+        if self.population < 8 or self.generations < 1:
+            raise HdapError(f"the search needs a population of at least 8 and at least one "
+                            f"generation, got {self.population} and {self.generations}")
+        if self.refine_rounds < 0 or self.finalists < 1 or self.refine_batch < 1:
+            raise HdapError("refine_rounds must be >= 0, finalists and refine_batch >= 1")
         if self.objective not in OBJECTIVES:
             raise HdapError(f"unknown objective {self.objective!r}; choose one of: "
                             f"{', '.join(OBJECTIVES)}")
@@ -191,9 +196,13 @@ def load_study_fleet(telemetry, *, sku: str | None = None, name: str | None = No
     return load_fleet(telemetry, sku=sku, name=name)
 
 
-def make_backend(options: StudyOptions, fleet, telemetry_path: str | os.PathLike | None) -> \
-        tuple[Backend, list[str]]:
-    """The backend of ``options`` for ``fleet``, and notes about how it was set up."""
+def make_backend(options: StudyOptions, fleet, telemetry_path: str | os.PathLike | None,
+                 clustering=None) -> tuple[Backend, list[str]]:
+    """The backend of ``options`` for ``fleet``, and notes about how it was set up.
+
+    ``clustering`` lets the agent backend replace a representative that cannot
+    be measured by the next device of its cluster.
+    """
     notes: list[str] = []
     if options.backend == "host":
         return HostBackend(threads=options.host_threads, seed=options.seed,
@@ -201,7 +210,8 @@ def make_backend(options: StudyOptions, fleet, telemetry_path: str | os.PathLike
     if options.backend == "agent":
         from hdap_engine.latency.agent_backend import AgentBackend
 
-        return AgentBackend.from_fleet(fleet, token=options.agent_token), notes
+        return AgentBackend.from_fleet(fleet, token=options.agent_token,
+                                       clustering=clustering), notes
     return _twin_backend(options, fleet, telemetry_path, notes), notes
 
 
@@ -303,7 +313,7 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
     space = PruningSpace.for_model(options.model, round_to=options.round_to,
                                    min_ratio=options.min_ratio)
     parse_budget(options.budget, space)
-    backend, backend_notes = make_backend(options, fleet, telemetry_path)
+    backend, backend_notes = make_backend(options, fleet, telemetry_path, clustering)
     notes.extend(backend_notes)
     rep_devices, rep_clusters = [], []
     for c in range(clustering.k_):
@@ -528,11 +538,24 @@ def _pick_finalist(ctx: StudyContext, finalists: np.ndarray, obj: Objective) -> 
     for c in range(ctx.k):
         m = clusters == c
         if m.any():
-            per_cluster[:, c] = meas.median_ms[:, m].mean(axis=1)
+            per_cluster[:, c] = _nanmean(meas.median_ms[:, m], axis=1)
         else:
             per_cluster[:, c] = meas.median_ms[:, 0]
+    lost = ~np.isfinite(per_cluster)
+    if lost.any():
+        # A cluster whose devices all failed: its surrogate prediction stands in.
+        per_cluster[lost] = predict_clusters(ctx, finalists)[lost]
     scores = obj(per_cluster)
     return finalists[int(np.argmin(scores))], len(finalists) * len(devices)
+
+
+def _nanmean(a: np.ndarray, axis: int | None = None):
+    """Mean over the finite values; NaN (without a warning) where there are none."""
+    a = np.asarray(a, dtype=np.float64)
+    n = np.isfinite(a).sum(axis=axis)
+    total = np.where(np.isfinite(a), a, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
 
 
 def _maybe_predict(ctx: StudyContext, widths) -> np.ndarray | None:
@@ -556,8 +579,8 @@ def validate(ctx: StudyContext, widths, *, every_device: bool = True,
     cs = np.full(k, np.nan)
     for c in range(k):
         m = ctx.rep_clusters == c
-        cm[c] = float(np.nanmean(meas.median_ms[0, m]))
-        cs[c] = float(np.nanmean(meas.spread_ms[0, m]))
+        cm[c] = float(_nanmean(meas.median_ms[0, m]))
+        cs[c] = float(_nanmean(meas.spread_ms[0, m]))
     devices = {d: float(meas.median_ms[0, j]) for j, d in enumerate(ctx.rep_devices)}
     progress("validate", 1, 2)
     fleet_ms = None
@@ -586,10 +609,22 @@ def fleet_metrics(ctx: StudyContext, val: Validation, weights: np.ndarray,
         p95 = float(np.quantile(val.fleet_ms, 0.95))
         basis = "every device of the fleet"
     else:
-        mean = float(np.nansum(val.cluster_measured_ms * shares))
-        p95 = float(mixture_quantile(val.cluster_measured_ms[None], shares,
-                                     ctx.dispersion, 0.95)[0])
+        ok = np.isfinite(val.cluster_measured_ms)
         basis = "cluster representatives, weighted by device share"
+        if not ok.any():
+            mean = p95 = float("nan")
+            basis += " (no cluster was measured)"
+        else:
+            # A cluster with no measured device (agents that failed) is left out, not
+            # counted as zero; the others are weighted by their shares among themselves.
+            w = shares[ok] / shares[ok].sum()
+            mean = float(np.sum(val.cluster_measured_ms[ok] * w))
+            p95 = float(mixture_quantile(val.cluster_measured_ms[ok][None], w,
+                                         ctx.dispersion[ok], 0.95)[0])
+            if not ok.all():
+                basis += (f"; clusters {', '.join(str(c) for c in np.flatnonzero(~ok))} "
+                          f"({shares[~ok].sum():.0%} of devices) were not measured and "
+                          "are left out")
     weighted = float(np.nansum(val.cluster_measured_ms * weights))
     return {"measured_mean_ms": mean, "measured_p95_ms": p95,
             "worst_cluster_ms": float(np.nanmax(val.cluster_measured_ms)),
@@ -687,7 +722,9 @@ def build_report(result: StudyResult) -> dict:
             "measured_spread_ms": float(val.cluster_spread_ms[c]),
             "unpruned_ms": float(base.cluster_measured_ms[c]),
             "representatives": reps,
-            "devices_measured": {d: val.device_measured_ms[d] for d in reps},
+            # The devices whose numbers these are: a failed representative's replacement.
+            "devices_measured": {(ctx.backend.measured_device(d) or d): val.device_measured_ms[d]
+                                 for d in reps if np.isfinite(val.device_measured_ms[d])},
         })
     predicted_mean = None
     if result.predicted_cluster_ms is not None:
@@ -724,6 +761,9 @@ def build_report(result: StudyResult) -> dict:
         "notes": list(dict.fromkeys(ctx.notes + val.notes)),
         "settings": opt.settings(),
     }
+    details = ctx.backend.details()
+    if details is not None:
+        report[ctx.backend.name] = details
     return report
 
 

@@ -126,6 +126,9 @@ class Backend:
             uniq, inverse = np.unique(widths[todo_c], axis=0, return_inverse=True)
             raw = self._measure(space, uniq, [devices[j] for j in todo_d], repeats, warmup,
                                 progress)
+            # Keys again: a backend may have moved a device's column to another device
+            # while measuring (the agent backend replaces failed devices).
+            dkeys = [self.device_key(dev) for dev in devices]
             new_rows = []
             for a, i in enumerate(todo_c):
                 u = int(np.ravel(inverse)[a])
@@ -133,6 +136,8 @@ class Backend:
                     if cached[i, j]:
                         continue
                     t = raw[u, b]
+                    if not np.isfinite(t).all():
+                        continue  # not measured (a device that failed): a later run retries it
                     median[i, j] = float(np.median(t))
                     spread[i, j] = _iqr(t)
                     times[i][j] = [float(x) for x in t]
@@ -150,6 +155,14 @@ class Backend:
     def notes(self, result: Measurements) -> list[str]:
         """What a reader of these measurements should know (noise, fitting error)."""
         return []
+
+    def measured_device(self, device: str) -> str | None:
+        """The device that measures ``device``'s column (another one after a replacement)."""
+        return device
+
+    def details(self) -> dict | None:
+        """Backend-specific facts for the study report (plain data), or None."""
+        return None
 
 
 def _iqr(t) -> float:

@@ -220,9 +220,19 @@ class Surrogate:
         if self.options.mode == "shared":
             if self.options.linear_base:
                 phys = physical_features(self.space, widths)
-                self.base_keys_ = dfeat.copy()
-                self.base_coef_ = np.stack([_nnls(phys, lat[:, j]) for j in range(lat.shape[1])])
-                lat = lat / np.maximum(phys @ self.base_coef_.T, 1e-9)
+                coef = np.stack([_nnls(phys, lat[:, j]) for j in range(lat.shape[1])])
+                # A device with (almost) no measurements (its agent failed) has no base
+                # of its own; `_base` then lends it the nearest measured device's.
+                fitted = (np.isfinite(lat) & (lat > 0)).sum(axis=0) >= 3
+                if not fitted.any():
+                    raise HdapError("the surrogate needs a device with at least 3 measured "
+                                    "candidates; every device's measurements are missing")
+                self.base_keys_ = dfeat[fitted].copy()
+                self.base_coef_ = coef[fitted]
+                if not fitted.all():
+                    near = ((dfeat[:, None, :] - self.base_keys_[None]) ** 2).sum(2).argmin(1)
+                    coef = self.base_coef_[near]
+                lat = lat / np.maximum(phys @ coef.T, 1e-9)
             x, y = _rows(cfeat, lat, dfeat)
             jobs.append((-1, x, y))
         else:
@@ -264,7 +274,10 @@ class Surrogate:
         rows = []
         for c in np.unique(clusters):
             m = clusters == c
-            true_c = np.nanmean(lat[:, m], axis=1)
+            # Mean over the measured devices; NaN where none was (agents that failed).
+            seen = np.isfinite(lat[:, m])
+            with np.errstate(invalid="ignore"):
+                true_c = np.where(seen, lat[:, m], 0).sum(axis=1) / seen.sum(axis=1)
             pred_c = np.exp(mean[:, m]).mean(axis=1)
             for i in range(len(widths)):
                 if np.isfinite(true_c[i]):
