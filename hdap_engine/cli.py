@@ -288,11 +288,13 @@ def _cmd_surrogate(args: argparse.Namespace) -> int:
         bar.close()
     report = ctx.surrogate.report_
     if args.json:
-        print(json.dumps({"model": args.model, "backend": ctx.backend.name,
+        from hdap_engine.jsonable import jsonable
+
+        print(json.dumps(jsonable({"model": args.model, "backend": ctx.backend.name,
                           "measured_source": ctx.backend.source, "mode": report["mode"],
                           "k": ctx.k, "devices_measured": len(ctx.rep_devices),
                           "overall": report["overall"], "per_cluster": report["per_cluster"],
-                          "notes": ctx.notes}))
+                          "notes": ctx.notes})))
         return 0
     o = report["overall"]
     print(f"surrogate ({report['mode']}) for {args.model} on {ctx.fleet.source}, "
@@ -390,6 +392,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hdap_engine.benchmark import format_rows, run_bench, run_sweep
+    from hdap_engine.jsonable import jsonable
 
     options = _study_options(args, budget=args.macs)
     bar = _Bar(not args.quiet)
@@ -409,7 +412,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"{result['n_devices']:,}: {result['reduction']:.0f}x fewer; largest error "
               f"{result['max_abs_error']:.2%}, mean {result['mean_abs_error']:.2%}")
         if args.json:
-            Path(args.json).write_text(json.dumps(result, indent=1))
+            Path(args.json).write_text(json.dumps(jsonable(result), indent=1))
         return 0
     try:
         if args.sweep:
@@ -436,7 +439,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for note in result.get("notes", []):
             print(f"note: {note}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        Path(args.json).write_text(json.dumps(jsonable(result), indent=1))
         print(f"json: {args.json}")
     return 0
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from hdap_engine import __version__
 from hdap_engine.errors import HdapError
+from hdap_engine.jsonable import jsonable
 from hdap_engine.models.zoo import build_model, get_spec
 from hdap_engine.pruning.apply import prune_to_widths
 from hdap_engine.pruning.space import PruningSpace
@@ -145,7 +146,7 @@ def export_bundle(model: nn.Module, space: PruningSpace, widths, out_dir: str | 
             export_onnx(model, example, tmp / "model.onnx")
         if "pt2" in formats:
             export_program(model, example, tmp / "model.pt2")
-        (tmp / "report.json").write_text(json.dumps(_jsonable(full), indent=2))
+        (tmp / "report.json").write_text(json.dumps(jsonable(full), indent=2))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -162,20 +163,6 @@ def export_bundle(model: nn.Module, space: PruningSpace, widths, out_dir: str | 
 def _wanted(name: str, formats) -> bool:
     kind = {"model.pt2": "pt2", "model.ts": "ts", "model.onnx": "onnx"}.get(name)
     return kind is None or kind in formats
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def rebuild_model(widths_doc: dict, weights) -> tuple[nn.Module, PruningSpace, np.ndarray]:

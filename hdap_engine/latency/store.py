@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
+from hdap_engine.jsonable import jsonable
 from hdap_engine.workspace import home
 
 _WRITE_LOCK = threading.Lock()
@@ -151,7 +152,8 @@ class Store:
         with _WRITE_LOCK, closing(self._connect()) as con, con:
             cur = con.execute(
                 "INSERT INTO runs (created_at, name, settings, result) VALUES (?,?,?,?)",
-                (time.time(), name, json.dumps(settings), json.dumps(result)))
+                (time.time(), name, json.dumps(jsonable(settings)),
+                 json.dumps(jsonable(result))))
             return int(cur.lastrowid)
 
     def list_runs(self, limit: int = 200) -> list[dict]:
