@@ -47,7 +47,7 @@ from hdap_engine.pruning.apply import prune_to_widths
 from hdap_engine.pruning.budget import format_macs, parse_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.baselines import global_widths, uniform_widths
-from hdap_engine.search.evolution import SearchOptions, evolve
+from hdap_engine.search.evolution import SearchOptions, diverse_best, evolve
 from hdap_engine.search.objectives import OBJECTIVES, Objective, cluster_dispersion
 
 BASELINE_METHODS = ("uniform", "global")
@@ -508,14 +508,16 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
         # least; measure them, learn from them, search again from them.
         res = evolve(ctx.space, target, fitness, quick, seeds=seeds, progress=tick)
         searching += res.seconds
-        measured += _measure_more(ctx, res.final_population[:opt.refine_batch])
+        favourites = diverse_best(ctx.space, res.final_population, opt.refine_batch)
+        measured += _measure_more(ctx, favourites)
         _fit_surrogate(ctx)
-        seeds = np.vstack([seeds[:1], res.final_population[:opt.refine_batch]])
+        seeds = np.vstack([seeds[:1], favourites])
     res = evolve(ctx.space, target, fitness, sopt, seeds=seeds, progress=tick)
     searching += res.seconds
     widths = res.widths
     if method in ("hdap", "single-device") and finalists > 1:
-        widths, used = _pick_finalist(ctx, res.final_population[:finalists], obj)
+        widths, used = _pick_finalist(
+            ctx, diverse_best(ctx.space, res.final_population, finalists), obj)
         ctx.device_measurements += used
         measured += used
     seconds = time.perf_counter() - t0
@@ -532,7 +534,9 @@ def _pick_finalist(ctx: StudyContext, finalists: np.ndarray, obj: Objective) -> 
     measurement on the same devices the surrogate learned from.
     """
     devices, clusters, _ = _search_devices(ctx)
-    meas = ctx.backend.measure(ctx.space, finalists, devices, repeats=ctx.options.repeats,
+    # Real hardware is noisy and finalists are close: three times the runs for them.
+    repeats = ctx.options.repeats * (3 if ctx.backend.real else 1)
+    meas = ctx.backend.measure(ctx.space, finalists, devices, repeats=repeats,
                                warmup=ctx.options.warmup, store=ctx.store)
     per_cluster = np.zeros((len(finalists), ctx.k))
     for c in range(ctx.k):

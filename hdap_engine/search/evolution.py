@@ -133,3 +133,26 @@ def evolve(space: PruningSpace, target_macs: float, fitness: Fitness,
     return SearchResult(widths=final[0], score=float(final_scores[0]), history=history,
                         evaluations=evaluations, seconds=time.perf_counter() - t0,
                         final_population=final, final_scores=final_scores)
+
+
+def diverse_best(space: PruningSpace, ranked: np.ndarray, k: int,
+                 min_distance: float = 0.03) -> np.ndarray:
+    """Up to ``k`` of ``ranked`` (best first), skipping near-copies of ones already taken.
+
+    A converged population is mostly one candidate and its neighbours; measuring
+    ten neighbours teaches a surrogate less than ten different good candidates.
+    Distance is the mean absolute difference of keep ratios.
+    """
+    ratios = space.ratios(ranked)
+    picked: list[int] = []
+    for i in range(len(ranked)):
+        if len(picked) == k:
+            break
+        if all(np.abs(ratios[i] - ratios[j]).mean() >= min_distance for j in picked):
+            picked.append(i)
+    for i in range(len(ranked)):  # too few distinct ones: fill with the next best
+        if len(picked) == k:
+            break
+        if i not in picked:
+            picked.append(i)
+    return ranked[sorted(picked)]
