@@ -106,38 +106,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-class _LazyChoices:
-    """Flag choices read from a module only when argparse needs them.
-
-    Building the parser runs every command's ``_register_*``; importing
-    `hdap_engine.study` there loads torch (+2-4 s, +0.6 GB) for every
-    command, `hdap validate` and `hdap cluster` included. Give the flag a
-    ``metavar``: argparse formats the choices at registration otherwise.
-    """
-
-    def __init__(self, module: str, name: str):
-        self.module, self.name = module, name
-
-    def _values(self) -> tuple:
-        import importlib
-
-        return tuple(getattr(importlib.import_module(self.module), self.name))
-
-    def __contains__(self, value) -> bool:
-        return value in self._values()
-
-    def __iter__(self):
-        return iter(self._values())
-
-    def __len__(self) -> int:
-        return len(self._values())
-
-    def __getitem__(self, index):
-        return self._values()[index]
-
-
 def _register_prune(sub) -> None:
-    BASELINE_METHODS = _LazyChoices("hdap_engine.study", "BASELINE_METHODS")  # noqa: N806
+    from hdap_engine.options import BASELINE_METHODS
 
     p = sub.add_parser("prune", help="prune a model to a MACs budget with a baseline method")
     p.add_argument("--model", required=True, help="model name (see `hdap models`)")
@@ -214,52 +184,59 @@ def _k_flag(text: str) -> int | None:
     return value
 
 
-def _add_study_flags(p: argparse.ArgumentParser, *, backends=("twin", "host", "agent")) -> None:
+def _add_study_flags(p: argparse.ArgumentParser) -> None:
+    # Every default comes from StudyOptions, so the CLI, the app and the API agree.
+    from hdap_engine.options import BACKENDS
+    from hdap_engine.options import default as d
+
     p.add_argument("--model", required=True, help="model name (see `hdap models`)")
     p.add_argument("--telemetry", required=True, metavar="FILE",
                    help="fleet telemetry (CSV, CSV.gz or Parquet)")
-    p.add_argument("--backend", choices=backends, default="twin",
+    p.add_argument("--backend", choices=BACKENDS, default=d("backend"),
                    help="where latency is measured: twin (simulated), host (this machine), "
                         "agent (devices running `hdap agent serve`)")
-    p.add_argument("--samples", type=_positive_int, default=200,
-                   help="candidates measured on every representative (default 200)")
-    p.add_argument("--repeats", type=_positive_int, default=5,
-                   help="timed runs per measurement (default 5)")
-    p.add_argument("--k", type=_k_flag, default=None, metavar="auto|N",
+    p.add_argument("--samples", type=_positive_int, default=d("samples"),
+                   help="candidates measured on every representative (default %(default)s)")
+    p.add_argument("--repeats", type=_positive_int, default=d("repeats"),
+                   help="timed runs per measurement (default %(default)s)")
+    p.add_argument("--k", type=_k_flag, default=d("k"), metavar="auto|N",
                    help="number of clusters (default auto)")
-    p.add_argument("--representatives", type=_positive_int, default=3,
-                   help="devices measured per cluster (default 3)")
-    p.add_argument("--sku", default=None, help="the SKU to keep when the file has several")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--round-to", type=_positive_int, default=8)
-    p.add_argument("--min-ratio", type=_ratio, default=0.1)
-    p.add_argument("--threads", type=_positive_int, default=1,
-                   help="PyTorch threads for the host backend (default 1)")
-    p.add_argument("--clock", choices=("auto", "wall", "thread"), default="auto",
+    p.add_argument("--representatives", type=_positive_int, default=d("representatives"),
+                   help="devices measured per cluster (default %(default)s)")
+    p.add_argument("--sku", default=d("sku"), help="the SKU to keep when the file has several")
+    p.add_argument("--seed", type=int, default=d("seed"))
+    p.add_argument("--round-to", type=_positive_int, default=d("round_to"),
+                   help="widths are multiples of this (default %(default)s)")
+    p.add_argument("--min-ratio", type=_ratio, default=d("min_ratio"),
+                   help="keep at least this fraction of every group (default %(default)s)")
+    p.add_argument("--threads", type=_positive_int, default=d("host_threads"),
+                   help="PyTorch threads for the host backend (default %(default)s)")
+    p.add_argument("--clock", choices=("auto", "wall", "thread"), default=d("host_clock"),
                    help="host backend timer: wall time, or the timing thread's CPU time (robust "
                         "to other jobs on a shared machine; one thread only); auto = thread "
                         "with --threads 1")
-    p.add_argument("--twin-preset", default=None,
+    p.add_argument("--twin-preset", default=d("twin_preset"),
                    help="twin physics for telemetry without a .twin.parquet sidecar "
                         "(jetson-nano, rpi4)")
     p.add_argument("--agent-token", default=None,
                    help="bearer token of the agents (default: $HDAP_AGENT_TOKEN)")
-    p.add_argument("--population", type=_positive_int, default=64,
-                   help="search population (default 64; at least 8)")
-    p.add_argument("--generations", type=_positive_int, default=60,
-                   help="search generations (default 60)")
-    p.add_argument("--refine-rounds", type=int, default=2, metavar="N",
+    p.add_argument("--population", type=_positive_int, default=d("population"),
+                   help="search population (default %(default)s; at least 8)")
+    p.add_argument("--generations", type=_positive_int, default=d("generations"),
+                   help="search generations (default %(default)s)")
+    p.add_argument("--refine-rounds", type=int, default=d("refine_rounds"), metavar="N",
                    help="hdap: rounds of measuring the search's favourites and refitting "
-                        "(default 2; 0 for none)")
-    p.add_argument("--finalists", type=_positive_int, default=6,
-                   help="search finalists measured before one is chosen (default 6; 1 for none)")
+                        "(default %(default)s; 0 for none)")
+    p.add_argument("--finalists", type=_positive_int, default=d("finalists"),
+                   help="search finalists measured before one is chosen (default %(default)s; "
+                        "1 for none)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _study_options(args: argparse.Namespace, **extra):
     import os
 
-    from hdap_engine.study import StudyOptions
+    from hdap_engine.options import StudyOptions
 
     return StudyOptions(
         model=args.model, backend=args.backend, samples=args.samples, repeats=args.repeats,
@@ -362,9 +339,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def _register_optimize(sub) -> None:
+    from hdap_engine.options import METHODS
     from hdap_engine.search.objectives import OBJECTIVES
-
-    METHODS = _LazyChoices("hdap_engine.study", "METHODS")  # noqa: N806
 
     p = sub.add_parser("optimize", help="prune a model for a fleet: cluster, measure, fit, "
                                         "search, prune, validate, export")

@@ -43,84 +43,26 @@ from hdap_engine.latency.sampling import sample_candidates
 from hdap_engine.latency.store import Store
 from hdap_engine.latency.surrogate import Surrogate, SurrogateOptions
 from hdap_engine.models.zoo import build_model, weights_label
+from hdap_engine.options import (  # noqa: F401  (re-exported: callers import them from here)
+    BACKENDS,
+    BASELINE_METHODS,
+    METHODS,
+    SEARCH_METHODS,
+    STAGES,
+    StudyOptions,
+)
 from hdap_engine.pruning.apply import prune_to_widths
 from hdap_engine.pruning.budget import format_macs, parse_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.baselines import global_widths, uniform_widths
 from hdap_engine.search.evolution import SearchOptions, diverse_best, evolve
-from hdap_engine.search.objectives import OBJECTIVES, Objective, cluster_dispersion
-
-BASELINE_METHODS = ("uniform", "global")
-SEARCH_METHODS = ("hdap", "paper", "single-device")
-METHODS = SEARCH_METHODS + BASELINE_METHODS
-BACKENDS = ("twin", "host", "agent")
-STAGES = ("fleet", "cluster", "measure", "fit", "search", "prune", "validate", "export")
+from hdap_engine.search.objectives import Objective, cluster_dispersion
 
 Progress = Callable[[str, int, int], None]  # (stage, step, total)
 
 
 def _noop(stage: str, step: int, total: int) -> None:
     return None
-
-
-@dataclass(frozen=True)
-class StudyOptions:
-    """Everything that defines a study (plain data: saved with the run)."""
-
-    model: str = "resnet50"
-    budget: str = "0.25"
-    objective: str = "mean"
-    slo_ms: float | None = None
-    weights: dict[int, float] | None = None  # cluster -> weight; None = device shares
-    backend: str = "twin"
-    method: str = "hdap"
-    samples: int = 200  # candidates measured on every representative
-    repeats: int = 5
-    warmup: int = 2
-    representatives: int = 3
-    k: int | None = None  # None: chosen automatically
-    surrogate_mode: str = "shared"
-    round_to: int = 8
-    min_ratio: float = 0.1
-    finalists: int = 12  # search finalists re-measured before choosing (hdap, single-device)
-    refine_rounds: int = 3  # search, measure the best candidates, refit: how many times (hdap)
-    refine_batch: int = 24  # candidates measured per refinement round
-    seed: int = 0
-    sku: str | None = None
-    model_weights: str | None = None  # None/random, "pretrained", or a state-dict path
-    host_threads: int = 1
-    host_clock: str = "auto"  # wall, thread (CPU time of the timing thread), auto
-    twin_preset: str | None = None  # for uploaded telemetry without a sidecar
-    agent_token: str | None = None
-    population: int = 64
-    generations: int = 60
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise HdapError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        if self.backend not in BACKENDS:
-            raise HdapError(f"unknown backend {self.backend!r}; choose one of: "
-                            f"{', '.join(BACKENDS)}")
-        if self.samples < 20:
-            raise HdapError(f"samples must be at least 20 to train a surrogate, got {self.samples}")
-        if self.repeats < 1 or self.warmup < 0:
-            raise HdapError("repeats must be >= 1 and warmup >= 0")
-        if self.population < 8 or self.generations < 1:
-            raise HdapError(f"the search needs a population of at least 8 and at least one "
-                            f"generation, got {self.population} and {self.generations}")
-        if self.refine_rounds < 0 or self.finalists < 1 or self.refine_batch < 1:
-            raise HdapError("refine_rounds must be >= 0, finalists and refine_batch >= 1")
-        if self.objective not in OBJECTIVES:
-            raise HdapError(f"unknown objective {self.objective!r}; choose one of: "
-                            f"{', '.join(OBJECTIVES)}")
-        if self.objective == "slo" and not (self.slo_ms and self.slo_ms > 0):
-            raise HdapError("the slo objective needs a latency target in ms (--slo-ms 25)")
-
-    def settings(self) -> dict:
-        """JSON-ready settings (the agent token never leaves the process)."""
-        d = asdict(self)
-        d.pop("agent_token", None)
-        return d
 
 
 @dataclass
