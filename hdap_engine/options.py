@@ -48,6 +48,9 @@ class StudyOptions:
     agent_token: str | None = None
     population: int = 64
     generations: int = 60
+    restarts: int = 3  # independent final searches; finalists are drawn from all of them
+    polish_rounds: int = 3  # measured local search from the chosen candidate (hdap, single-device)
+    polish_batch: int = 12  # candidates measured per polish round
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -62,6 +65,10 @@ class StudyOptions:
         if self.population < 8 or self.generations < 1:
             raise HdapError(f"the search needs a population of at least 8 and at least one "
                             f"generation, got {self.population} and {self.generations}")
+        if self.polish_rounds < 0 or self.polish_batch < 1:
+            raise HdapError("polish_rounds must be >= 0 and polish_batch >= 1")
+        if self.restarts < 1:
+            raise HdapError(f"restarts must be at least 1, got {self.restarts}")
         if self.refine_rounds < 0 or self.finalists < 1 or self.refine_batch < 1:
             raise HdapError("refine_rounds must be >= 0, finalists and refine_batch >= 1")
         if self.objective not in OBJECTIVES:

@@ -46,6 +46,7 @@ def quick_options(**changes):
     from hdap_engine.study import StudyOptions
 
     base = dict(model="resnet56", budget="0.5", samples=40, repeats=3, warmup=0,
-                population=16, generations=8, refine_rounds=1, refine_batch=6, finalists=4)
+                population=16, generations=8, refine_rounds=1, refine_batch=6, finalists=4, restarts=2,
+                polish_rounds=1, polish_batch=4)
     base.update(changes)
     return StudyOptions(**base)

@@ -37,7 +37,9 @@ def test_optimize_without_refinement_or_finalists_measures_nothing(ctx):
     assert ctx.surrogate is surrogate  # not refitted
     assert ctx.space.macs(res.widths) <= res.target_macs
     with_finalists = optimize(ctx, "0.5", refine=0)
-    assert with_finalists.finalists_measured == 3 * len(ctx.rep_devices)
+    o = ctx.options
+    most = (o.finalists + o.finalists // 2 + o.polish_rounds * o.polish_batch) * len(ctx.rep_devices)
+    assert 0 < with_finalists.finalists_measured <= most
 
 
 def test_sweep_budgets_are_ascending_and_feasible():
