@@ -2,8 +2,8 @@
 
 Prepares a study once (cluster, measure, fit: the part a user waits for once),
 then times what the app's What-if page does when a slider moves: search the
-cached surrogate for the new budget or cluster weights (no refinement, no
-finalist measurements) and validate the candidate with the backend (every
+cached surrogate for the new budget or cluster weights (one search run, no
+refinement, no finalist measurements) and validate the candidate with the backend (every
 device with the twin). Prints each change and the median.
 
     python -m benchmarks.whatif [--model resnet50] [--telemetry sample_data/jetson_nano_fleet.csv]
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, change in changes:
         t = time.perf_counter()
         res = optimize(ctx, change.get("budget", args.budget), weights=change.get("weights"),
-                       refine=0, finalists=0)
+                       refine=0, finalists=0, restarts=1)
         val = validate(ctx, res.widths)
         fm = fleet_metrics(ctx, val, res.objective.weights, res.objective)
         dt = time.perf_counter() - t

@@ -84,6 +84,7 @@ class StudyContext:
     measurements: Measurements | None = None  # the first, sampled measurements
     surrogate: Surrogate | None = None
     device_measurements: int = 0  # (device, candidate) pairs the method asked for
+    batch_drift: float = 1.0  # largest speed ratio between measurement batches (real only)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -321,18 +322,54 @@ def _fit_surrogate(ctx: StudyContext) -> None:
     ctx.surrogate = _cached_surrogate(ctx, ctx.samples, ctx.sample_ms, features, clusters, sopt)
 
 
+ANCHORS = 6  # training candidates re-timed with every later batch on real hardware
+DRIFT_NOTE = "the devices' speed drifted between measurement batches"
+
+
 def _measure_more(ctx: StudyContext, widths: np.ndarray) -> int:
-    """Measure new candidates on the search devices and add them to the training set."""
+    """Measure new candidates on the search devices and add them to the training set.
+
+    On real hardware a later batch is not on the scale of the first: this
+    machine timed the same ResNet-50s 15 % slower seven minutes later, more
+    than the differences the search is after, and a surrogate trained on both
+    batches as they are learns the drift as if it were the architecture's. So
+    a few candidates already in the training set (those nearest in MACs) are
+    timed again in the same interleaved batch, and the new times are divided
+    by each device's median anchor ratio (now / then).
+    """
     known = {w.tobytes() for w in ctx.samples}
     new = np.array([w for w in widths if w.tobytes() not in known])
     if len(new) == 0:
         return 0
     devices, _, _ = _search_devices(ctx)
-    meas = ctx.backend.measure(ctx.space, new, devices, repeats=ctx.options.repeats,
-                               warmup=ctx.options.warmup, store=ctx.store)
+    anchors = np.zeros(0, dtype=np.int64)
+    if ctx.backend.real:
+        gap = np.abs(ctx.space.macs(ctx.samples) - np.median(ctx.space.macs(new)))
+        anchors = np.argsort(gap, kind="stable")[:ANCHORS]
+    batch = np.vstack([ctx.samples[anchors], new])
+    # The search's favourites are close to each other: on noisy real hardware, with the
+    # sampling's runs, their noise is the size of their differences and the next search
+    # chases whichever was timed lucky. Three times the runs, as for finalists.
+    repeats = ctx.options.repeats * (3 if ctx.backend.real else 1)
+    meas = ctx.backend.measure(ctx.space, batch, devices, repeats=repeats,
+                               warmup=ctx.options.warmup, store=ctx.store,
+                               fresh=ctx.backend.real)
+    ms = meas.median_ms[len(anchors):]
+    if len(anchors):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            drift = np.nanmedian(meas.median_ms[:len(anchors)] / ctx.sample_ms[anchors], axis=0)
+        drift = np.where(np.isfinite(drift) & (drift > 0), drift, 1.0)
+        ms = ms / drift
+        worst = float(drift[np.argmax(np.abs(np.log(drift)))])
+        if abs(np.log(worst)) > abs(np.log(ctx.batch_drift)):
+            ctx.batch_drift = worst
+        if abs(ctx.batch_drift - 1) > 0.03:
+            note = (f"{DRIFT_NOTE} (up to {ctx.batch_drift - 1:+.0%}); later batches were "
+                    f"rescaled by {len(anchors)} re-timed candidates")
+            ctx.notes[:] = [n for n in ctx.notes if not n.startswith(DRIFT_NOTE)] + [note]
     ctx.samples = np.vstack([ctx.samples, new])
-    ctx.sample_ms = np.vstack([ctx.sample_ms, meas.median_ms])
-    used = len(new) * len(devices)
+    ctx.sample_ms = np.vstack([ctx.sample_ms, ms])
+    used = len(batch) * len(devices) if ctx.backend.real else len(new) * len(devices)
     ctx.device_measurements += used
     return used
 
@@ -402,7 +439,7 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
              weights: dict[int, float] | None = None, slo_ms: float | None = None,
              method: str | None = None, progress: Progress = _noop,
              model: nn.Module | None = None, refine: int | None = None,
-             finalists: int | None = None) -> Optimized:
+             finalists: int | None = None, restarts: int | None = None) -> Optimized:
     """The best candidate for a budget: searched on the surrogate (or a baseline rule).
 
     Changing the budget, objective or weights re-uses everything measured and
@@ -411,7 +448,8 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
     measure the search's favourites and refit before the final search; pass 0
     for the fastest what-if answer. ``finalists`` overrides the options'
     ``finalists``; with ``refine=0, finalists=0`` nothing is measured at all
-    (what-if analysis in the app).
+    (what-if analysis in the app). ``restarts`` overrides the options' number
+    of independent final searches (1: a third of the search time, for what-if).
     """
     opt = ctx.options
     method = method or opt.method
@@ -460,7 +498,7 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
     # Only the first starts from the refinement's favourites; the others start afresh,
     # so that they can find basins the refinement never looked at.
     runs = []
-    for r in range(opt.restarts):
+    for r in range(opt.restarts if restarts is None else max(1, int(restarts))):
         runs.append(evolve(ctx.space, target, fitness, replace(sopt, seed=opt.seed + 7919 * r),
                            seeds=seeds if r == 0 else seeds[:1], progress=tick))
         searching += runs[-1].seconds
@@ -471,9 +509,9 @@ def optimize(ctx: StudyContext, budget=None, *, objective: str | None = None,
         pool = np.vstack([diverse_best(ctx.space, run.final_population, per_run)
                           for run in runs]
                          + [_best_measured(ctx, target, obj, max(1, finalists // 2))])
-        widths, score, used = _pick_finalist(ctx, np.unique(pool, axis=0), obj)
+        widths, used = _pick_finalist(ctx, np.unique(pool, axis=0), obj)
         if opt.polish_rounds:
-            widths, more = _polish(ctx, widths, score, target, obj, fitness, opt.polish_rounds,
+            widths, more = _polish(ctx, widths, target, obj, fitness, opt.polish_rounds,
                                    opt.polish_batch)
             used += more
         ctx.device_measurements += used
@@ -491,18 +529,30 @@ def _pick_finalist(ctx: StudyContext, finalists: np.ndarray, obj: Objective) -> 
     size of the differences between candidates, so the last word goes to a
     measurement on the same devices the surrogate learned from.
     """
-    devices, _, _ = _search_devices(ctx)
-    # Real hardware is noisy and finalists are close: three times the runs for them.
-    repeats = ctx.options.repeats * (3 if ctx.backend.real else 1)
-    meas = ctx.backend.measure(ctx.space, finalists, devices, repeats=repeats,
-                               warmup=ctx.options.warmup, store=ctx.store)
-    scores = obj(_measured_clusters(ctx, finalists, meas.median_ms))
+    scores = _head_to_head(ctx, finalists, obj)
     best = int(np.argmin(scores))
-    return finalists[best], float(scores[best]), len(finalists) * len(devices)
+    return finalists[best], len(finalists) * len(_search_devices(ctx)[0])
 
 
-def _polish(ctx: StudyContext, widths: np.ndarray, score: float, target: float,
-            obj: Objective, fitness, rounds: int, batch: int) -> tuple[np.ndarray, int]:
+def _head_to_head(ctx: StudyContext, widths: np.ndarray, obj: Objective) -> np.ndarray:
+    """Measured objective of candidates that are compared with each other.
+
+    On real hardware they are all timed now, in one interleaved batch, with
+    three times the runs: their differences are small, and a value from the
+    store was timed minutes earlier on a machine whose speed has drifted since
+    (a winner picked across batches is often just the one timed in a quiet
+    moment). The twin's noise does not drift, so its stored values stand.
+    """
+    devices, _, _ = _search_devices(ctx)
+    real = ctx.backend.real
+    repeats = ctx.options.repeats * (3 if real else 1)
+    meas = ctx.backend.measure(ctx.space, widths, devices, repeats=repeats,
+                               warmup=ctx.options.warmup, store=ctx.store, fresh=real)
+    return obj(_measured_clusters(ctx, widths, meas.median_ms))
+
+
+def _polish(ctx: StudyContext, widths: np.ndarray, target: float, obj: Objective, fitness,
+            rounds: int, batch: int) -> tuple[np.ndarray, int]:
     """Measured local search from the chosen candidate.
 
     Each round mutates the incumbent a few hundred ways (a few groups at a
@@ -514,8 +564,7 @@ def _polish(ctx: StudyContext, widths: np.ndarray, score: float, target: float,
     """
     from hdap_engine.pruning.budget import repair
 
-    devices, _, _ = _search_devices(ctx)
-    repeats = ctx.options.repeats * (3 if ctx.backend.real else 1)
+    n_devices = len(_search_devices(ctx)[0])
     rng = np.random.default_rng(ctx.options.seed + 104729)
     g = ctx.space.n_groups
     used = 0
@@ -531,13 +580,13 @@ def _polish(ctx: StudyContext, widths: np.ndarray, score: float, target: float,
             break
         trial = trial[np.argsort(fitness(trial), kind="stable")[:batch]]
         seen.update(w.tobytes() for w in trial)
-        meas = ctx.backend.measure(ctx.space, trial, devices, repeats=repeats,
-                                   warmup=ctx.options.warmup, store=ctx.store)
-        used += len(trial) * len(devices)
-        scores = obj(_measured_clusters(ctx, trial, meas.median_ms))
+        # The incumbent is timed again with the trials: a move must beat it in the
+        # same batch, not a figure from an earlier one.
+        batch_widths = np.vstack([widths[None], trial])
+        scores = _head_to_head(ctx, batch_widths, obj)
+        used += (len(batch_widths) if ctx.backend.real else len(trial)) * n_devices
         i = int(np.argmin(scores))
-        if scores[i] < score:
-            widths, score = trial[i], float(scores[i])
+        widths = batch_widths[i]
     return widths, used
 
 

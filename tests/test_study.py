@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -167,3 +168,52 @@ def test_more_seeds_than_the_population_still_search():
     res = evolve(space, target, lambda w: space.macs(w) * 0 + w.sum(axis=1),
                  SearchOptions(population=8, generations=2), seeds=seeds)
     assert meets_budget(space.macs(res.widths), target)
+
+
+def _drifting(backend, factor: float):
+    """The same twin, presented as real hardware that now runs ``factor`` times slower."""
+
+    class Drifting(type(backend)):
+        real = True
+
+        def _measure(self, *args):
+            return super()._measure(*args) * factor
+
+    drifting = Drifting.__new__(Drifting)
+    drifting.__dict__.update(backend.__dict__)
+    return drifting
+
+
+def test_later_batches_on_drifting_real_hardware_are_rescaled(small_fleet, tmp_path):
+    from hdap_engine.latency.sampling import sample_candidates
+    from hdap_engine.study import _measure_more
+
+    ctx = prepare(quick_options(refine_rounds=0), small_fleet, store=Store(tmp_path / "s.sqlite"))
+    twin = ctx.backend
+    new = sample_candidates(ctx.space, 8, seed=99)
+    truth = twin.measure(ctx.space, new, ctx.rep_devices, repeats=3, warmup=0).median_ms
+    ctx.backend = _drifting(twin, 1.25)  # the machine got 25 % slower since the samples
+    _measure_more(ctx, new)
+    added = ctx.sample_ms[-len(new):]
+    # Without the anchors the new rows would read 1.25x: a drift the surrogate would
+    # otherwise learn as if it were the architectures'.
+    assert np.median(added / truth) == pytest.approx(1.0, abs=0.05)
+    notes = [n for n in ctx.notes if "drifted between measurement batches" in n]
+    assert len(notes) == 1  # the report says so
+    assert 20 <= int(re.search(r"up to \+(\d+)%", notes[0]).group(1)) <= 30
+
+
+def test_finalists_on_real_hardware_are_timed_afresh_together(small_fleet, tmp_path):
+    from hdap_engine.study import _head_to_head, make_objective
+
+    store = Store(tmp_path / "s.sqlite")
+    ctx = prepare(quick_options(refine_rounds=0), small_fleet, store=store)
+    obj = make_objective(ctx)
+    pair = ctx.samples[:2]
+    before = _head_to_head(ctx, pair, obj)  # twin: stored times are as good as new
+    assert np.array_equal(_head_to_head(ctx, pair, obj), before)
+    twin = ctx.backend
+    ctx.backend = _drifting(twin, 2.0)
+    assert np.allclose(_head_to_head(ctx, pair, obj) / before, 2.0, rtol=0.1)
+    ctx.backend = _drifting(twin, 3.0)  # slower still: timed now, not read from the store
+    assert np.allclose(_head_to_head(ctx, pair, obj) / before, 3.0, rtol=0.1)

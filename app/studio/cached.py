@@ -153,7 +153,7 @@ def whatif(_ctx, context_key: str, budget: str, weights: tuple[float, ...] | Non
 
     user = None if weights is None else dict(enumerate(weights))
     return optimize(_ctx, budget, objective=objective, weights=user, slo_ms=slo_ms,
-                    method=method, refine=0, finalists=0)
+                    method=method, refine=0, finalists=0, restarts=1)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -77,7 +77,7 @@ class Backend:
 
     def measure(self, space: PruningSpace, widths, devices: Sequence[str], *,
                 repeats: int = 10, warmup: int = 3, store: Store | None = None,
-                progress: Progress | None = None) -> Measurements:
+                progress: Progress | None = None, fresh: bool = False) -> Measurements:
         """Latency of every candidate on every device, from the store where possible.
 
         Parameters
@@ -95,6 +95,10 @@ class Backend:
             Where earlier measurements are looked up and new ones written.
         progress:
             Called with (pairs done, pairs to measure).
+        fresh:
+            Measure every pair now, even those in the store (the new times replace
+            the stored ones): for comparing candidates head to head on a real
+            device, whose speed drifts between one batch and the next.
         """
         widths = np.atleast_2d(np.asarray(widths, dtype=np.int64))
         devices = tuple(devices)
@@ -109,7 +113,7 @@ class Backend:
         cached = np.zeros((n, d), dtype=bool)
         wkeys = [widths_key(w) for w in widths]
         dkeys = [self.device_key(dev) for dev in devices]
-        if store is not None:
+        if store is not None and not fresh:
             rows = store.get_measurements(self.name, space.model, space.input_shape, repeats,
                                           [(dk, wk) for dk in dkeys for wk in set(wkeys)])
             for i, wk in enumerate(wkeys):
