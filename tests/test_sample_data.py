@@ -24,3 +24,36 @@ def test_automatic_clusters_recover_the_drift_mechanisms(name, devices):
     truth = dict(zip(states.device_id, states.mechanism, strict=True))
     labels = [truth[d] for d in fleet.device_ids]
     assert adjusted_rand_score(labels, clustering.labels_) >= 0.9
+
+
+def test_equal_mac_candidates_swap_order_between_clusters_representatives():
+    """The problem is real on the shipped fleet: which of two candidates of equal MACs is
+    faster depends on the cluster, as measured (by the twin) on its representatives."""
+    import numpy as np
+
+    from hdap_engine.fleet.twin import Twin, get_preset, select_states
+    from hdap_engine.pruning.budget import repair
+    from hdap_engine.pruning.space import PruningSpace
+
+    fleet = load_fleet(SAMPLES / "jetson_nano_fleet.csv")
+    clustering = Clustering().fit(fleet)
+    states = load_twin_states(SAMPLES / "jetson_nano_fleet.csv")
+    space = PruningSpace.for_model("mobilenet_v1")
+    target = 0.5 * space.macs(space.base_widths)
+    rng = np.random.default_rng(0)
+    cands = np.unique(repair(space, rng.uniform(0.2, 1.0, size=(200, space.n_groups)), target),
+                      axis=0)
+    twin = Twin(get_preset("jetson-nano"))
+    per_cluster = np.stack([
+        twin.expected_ms(space.layer_table(cands),
+                         select_states(states, clustering.representatives_[c])).mean(axis=1)
+        for c in range(clustering.k_)], axis=1)  # (candidates, clusters)
+    log = np.log(per_cluster)
+    best = 0.0
+    for i in range(clustering.k_):
+        for j in range(i + 1, clustering.k_):
+            di = log[:, None, i] - log[None, :, i]  # > 0: a slower than b on cluster i
+            dj = log[:, None, j] - log[None, :, j]
+            best = max(best, float(np.max(np.minimum(di, -dj))))
+    # Some A is at least 3 % slower than some B on one cluster and 3 % faster on another.
+    assert best > np.log(1.03)
