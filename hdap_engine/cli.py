@@ -404,8 +404,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             r["budget"] = p["budget"]
         _print_table(rows, ["budget", "method", "MACs", "fleet mean ms", "p95 ms", "speedup"])
     else:
-        print(f"{args.model} at {args.macs} MACs on {result['fleet']} ({result['n_devices']:,} "
-              f"devices, {result['k']} clusters), measured by {result['measured_source']}; "
+        n, k = result["n_devices"], result["k"]
+        print(f"{args.model} at {args.macs} MACs on {result['fleet']} ({n:,} "
+              f"device{'s' * (n != 1)}, {k} cluster{'s' * (k != 1)}), measured by "
+              f"{result['measured_source']}; "
               f"unpruned fleet mean {result['unpruned_mean_ms']:.2f} ms")
         _print_table(format_rows(result["rows"]),
                      ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
