@@ -357,8 +357,11 @@ def _measure_more(ctx: StudyContext, widths: np.ndarray) -> int:
     ms = meas.median_ms[len(anchors):]
     if len(anchors):
         with np.errstate(invalid="ignore", divide="ignore"):
-            drift = np.nanmedian(meas.median_ms[:len(anchors)] / ctx.sample_ms[anchors], axis=0)
-        drift = np.where(np.isfinite(drift) & (drift > 0), drift, 1.0)
+            ratio = meas.median_ms[:len(anchors)] / ctx.sample_ms[anchors]
+        ok = np.isfinite(ratio) & (ratio > 0)
+        # A device that failed (agent) has no anchors: nothing to rescale there.
+        drift = np.array([np.median(ratio[ok[:, j], j]) if ok[:, j].any() else 1.0
+                          for j in range(ratio.shape[1])])
         ms = ms / drift
         worst = float(drift[np.argmax(np.abs(np.log(drift)))])
         if abs(np.log(worst)) > abs(np.log(ctx.batch_drift)):
