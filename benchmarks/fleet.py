@@ -1,6 +1,6 @@
 """Fleet benchmark: load + validate + cluster a 1M-device file, and the UMAP of 20,000 devices.
 
-Reproduces the figures quoted in the README (section "Benchmark: 1,000,000 devices"):
+Reproduces the figures quoted in the README (section "1,000,000 devices" under "Results"):
 
     python benchmarks/fleet.py                # 1,000,000 devices, 3 repeats
     python benchmarks/fleet.py --devices 200000 --repeats 1
