@@ -275,7 +275,8 @@ def _cmd_surrogate(args: argparse.Namespace) -> int:
         return 0
     o = report["overall"]
     print(f"surrogate ({report['mode']}) for {args.model} on {ctx.fleet.source}, "
-          f"{ctx.backend.source}: {ctx.k} clusters, {len(ctx.rep_devices)} devices measured")
+          f"{ctx.backend.source}: {ctx.k} cluster{'s' * (ctx.k != 1)}, "
+          f"{len(ctx.rep_devices)} device{'s' * (len(ctx.rep_devices) != 1)} measured")
     rows = [{"cluster": "all", "MAPE": f"{o['mape']:.2%}", "within 5%": f"{o['within_5pct']:.1%}",
              "within 10%": f"{o['within_10pct']:.1%}", "train": o["n_train"], "test": o["n_test"]}]
     for c in report["per_cluster"]:
