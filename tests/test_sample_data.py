@@ -1,15 +1,19 @@
-"""The shipped sample fleets: valid telemetry whose clusters are its drift mechanisms."""
+"""The shipped sample fleets: clusters that are their drift mechanisms and prefer different models."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.simulate import load_twin_states
 from hdap_engine.fleet.telemetry import load_fleet
+from hdap_engine.fleet.twin import Twin, get_preset, select_states
+from hdap_engine.pruning.budget import repair
+from hdap_engine.pruning.space import PruningSpace
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 
@@ -29,12 +33,6 @@ def test_automatic_clusters_recover_the_drift_mechanisms(name, devices):
 def test_equal_mac_candidates_swap_order_between_clusters_representatives():
     """The problem is real on the shipped fleet: which of two candidates of equal MACs is
     faster depends on the cluster, as measured (by the twin) on its representatives."""
-    import numpy as np
-
-    from hdap_engine.fleet.twin import Twin, get_preset, select_states
-    from hdap_engine.pruning.budget import repair
-    from hdap_engine.pruning.space import PruningSpace
-
     fleet = load_fleet(SAMPLES / "jetson_nano_fleet.csv")
     clustering = Clustering().fit(fleet)
     states = load_twin_states(SAMPLES / "jetson_nano_fleet.csv")
