@@ -254,6 +254,7 @@ def _study_options(args: argparse.Namespace, **extra):
 def _cmd_surrogate(args: argparse.Namespace) -> int:
     import json
 
+    from hdap_engine.fleet.telemetry import plural
     from hdap_engine.study import prepare
 
     options = _study_options(args, surrogate_mode=args.mode,
@@ -275,8 +276,8 @@ def _cmd_surrogate(args: argparse.Namespace) -> int:
         return 0
     o = report["overall"]
     print(f"surrogate ({report['mode']}) for {args.model} on {ctx.fleet.source}, "
-          f"{ctx.backend.source}: {ctx.k} cluster{'s' * (ctx.k != 1)}, "
-          f"{len(ctx.rep_devices)} device{'s' * (len(ctx.rep_devices) != 1)} measured")
+          f"{ctx.backend.source}: {plural(ctx.k, 'cluster')}, "
+          f"{plural(len(ctx.rep_devices), 'device')} measured")
     rows = [{"cluster": "all", "MAPE": f"{o['mape']:.2%}", "within 5%": f"{o['within_5pct']:.1%}",
              "within 10%": f"{o['within_10pct']:.1%}", "train": o["n_train"], "test": o["n_test"]}]
     for c in report["per_cluster"]:
@@ -369,6 +370,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hdap_engine.benchmark import format_rows, run_bench, run_sweep
+    from hdap_engine.fleet.telemetry import plural
     from hdap_engine.jsonable import jsonable
 
     options = _study_options(args, budget=args.macs)
@@ -405,10 +407,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             r["budget"] = p["budget"]
         _print_table(rows, ["budget", "method", "MACs", "fleet mean ms", "p95 ms", "speedup"])
     else:
-        n, k = result["n_devices"], result["k"]
-        print(f"{args.model} at {args.macs} MACs on {result['fleet']} ({n:,} "
-              f"device{'s' * (n != 1)}, {k} cluster{'s' * (k != 1)}), measured by "
-              f"{result['measured_source']}; "
+        print(f"{args.model} at {args.macs} MACs on {result['fleet']} "
+              f"({plural(result['n_devices'], 'device')}, {plural(result['k'], 'cluster')}), "
+              f"measured by {result['measured_source']}; "
               f"unpruned fleet mean {result['unpruned_mean_ms']:.2f} ms")
         _print_table(format_rows(result["rows"]),
                      ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",

@@ -349,9 +349,8 @@ def _measure_more(ctx: StudyContext, widths: np.ndarray) -> int:
     batch = np.vstack([ctx.samples[anchors], new])
     # The search's favourites are close to each other: on noisy real hardware, with the
     # sampling's runs, their noise is the size of their differences and the next search
-    # chases whichever was timed lucky. Three times the runs, as for finalists.
-    repeats = ctx.options.repeats * (3 if ctx.backend.real else 1)
-    meas = ctx.backend.measure(ctx.space, batch, devices, repeats=repeats,
+    # chases whichever was timed lucky.
+    meas = ctx.backend.measure(ctx.space, batch, devices, repeats=_close_call_repeats(ctx),
                                warmup=ctx.options.warmup, store=ctx.store,
                                fresh=ctx.backend.real)
     ms = meas.median_ms[len(anchors):]
@@ -372,7 +371,7 @@ def _measure_more(ctx: StudyContext, widths: np.ndarray) -> int:
             ctx.notes[:] = [n for n in ctx.notes if not n.startswith(DRIFT_NOTE)] + [note]
     ctx.samples = np.vstack([ctx.samples, new])
     ctx.sample_ms = np.vstack([ctx.sample_ms, ms])
-    used = len(batch) * len(devices) if ctx.backend.real else len(new) * len(devices)
+    used = len(batch) * len(devices)  # anchors are timed again: they count
     ctx.device_measurements += used
     return used
 
@@ -547,11 +546,16 @@ def _head_to_head(ctx: StudyContext, widths: np.ndarray, obj: Objective) -> np.n
     moment). The twin's noise does not drift, so its stored values stand.
     """
     devices, _, _ = _search_devices(ctx)
-    real = ctx.backend.real
-    repeats = ctx.options.repeats * (3 if real else 1)
-    meas = ctx.backend.measure(ctx.space, widths, devices, repeats=repeats,
-                               warmup=ctx.options.warmup, store=ctx.store, fresh=real)
+    meas = ctx.backend.measure(ctx.space, widths, devices, repeats=_close_call_repeats(ctx),
+                               warmup=ctx.options.warmup, store=ctx.store,
+                               fresh=ctx.backend.real)
     return obj(_measured_clusters(ctx, widths, meas.median_ms))
+
+
+def _close_call_repeats(ctx: StudyContext) -> int:
+    """Timed runs for candidates whose differences are small: three times the sampling's
+    on real hardware, whose noise is as large as those differences; the sampling's on the twin."""
+    return ctx.options.repeats * (3 if ctx.backend.real else 1)
 
 
 def _polish(ctx: StudyContext, widths: np.ndarray, target: float, obj: Objective, fitness,

@@ -385,7 +385,7 @@ def _read_csv(data: bytes, label: str, notes: list[str]) -> tuple[pd.DataFrame, 
             "export the telemetry again"
         )
     if skipped:
-        notes.append(f"skipped {_plural(skipped, 'blank or # comment line')} before the header")
+        notes.append(f"skipped {plural(skipped, 'blank or # comment line')} before the header")
     header_text, has_rows = _header_line(body)
     delimiter = _sniff_delimiter(header_text)
     if delimiter == ";":
@@ -593,7 +593,8 @@ class _RowNumbers:
         return f"{self.unit} {int(self.numbers[position])}"
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``1 device``, ``2 devices``, ``5,000 devices``."""
     return f"{n:,} {word}" if n == 1 else f"{n:,} {word}s"
 
 
@@ -672,7 +673,7 @@ def _clean_columns(frame: pd.DataFrame, label: str, notes: list[str]) -> pd.Data
     if drop:
         # A trailing delimiter on every line makes an empty, unnamed column.
         frame = frame.iloc[:, [i for i in range(len(names)) if i not in drop]]
-        notes.append(f"ignored {_plural(len(drop), 'empty unnamed column')}")
+        notes.append(f"ignored {plural(len(drop), 'empty unnamed column')}")
         names = list(frame.columns)
     seen: dict[str, int] = {}
     for n in names:
@@ -755,7 +756,7 @@ def _select_sku(
     values = frame[SKU_COLUMN].astype("string").fillna("").str.strip()
     counts = values.value_counts(sort=True)
     listed = ", ".join(
-        f"{name or '(empty)'}: {_plural(int(n), 'device')}" for name, n in counts.iloc[:6].items()
+        f"{name or '(empty)'}: {plural(int(n), 'device')}" for name, n in counts.iloc[:6].items()
     ) + (f" and {len(counts) - 6} more" if len(counts) > 6 else "")
     if sku is None:
         empty = np.flatnonzero((values == "").to_numpy())
@@ -777,7 +778,7 @@ def _select_sku(
     dropped = int((~keep).sum())
     if dropped:
         others = ", ".join(f"{n or '(empty)'}: {int(k):,}" for n, k in counts.items() if n != sku)
-        notes.append(f"kept SKU {sku}: dropped {_plural(dropped, 'row')} of other SKUs ({others})")
+        notes.append(f"kept SKU {sku}: dropped {plural(dropped, 'row')} of other SKUs ({others})")
         positions = np.flatnonzero(keep)
         frame = frame.iloc[positions].reset_index(drop=True)
         rows = rows.take(positions)
@@ -807,7 +808,7 @@ def _check_ids(frame: pd.DataFrame, rows: _RowNumbers, label: str) -> pd.Series:
         first = str(dup_ids.iloc[0])
         where = np.flatnonzero((ids == first).to_numpy())
         raise HdapError(
-            f"{label}: column device_id has {_plural(n_ids, 'duplicated id')} "
+            f"{label}: column device_id has {plural(n_ids, 'duplicated id')} "
             f"({first!r} at {rows.describe(where)}; {len(positions):,} rows in all); "
             "ids must be unique: remove or rename the duplicates"
         )
@@ -833,25 +834,25 @@ def _check_probe(col: pd.Series, name: str, rows: _RowNumbers, label: str) -> np
                 f"{str(text.iloc[i])[:20]!r} at {rows.one(i)}" for i in bad[:3]
             )
             raise HdapError(
-                f"{label}: column {name} has {_plural(len(bad), 'non-numeric value')} ({examples}"
+                f"{label}: column {name} has {plural(len(bad), 'non-numeric value')} ({examples}"
                 f"{' ...' if len(bad) > 3 else ''}); {what}: fix or remove those rows"
             )
     nan = np.flatnonzero(np.isnan(values))
     if len(nan):
         raise HdapError(
-            f"{label}: column {name} has {_plural(len(nan), 'missing or NaN value')} at "
+            f"{label}: column {name} has {plural(len(nan), 'missing or NaN value')} at "
             f"{rows.describe(nan)}; every device needs every probe: re-measure or remove those rows"
         )
     inf = np.flatnonzero(np.isinf(values))
     if len(inf):
         raise HdapError(
-            f"{label}: column {name} has {_plural(len(inf), 'infinite value')} at "
+            f"{label}: column {name} has {plural(len(inf), 'infinite value')} at "
             f"{rows.describe(inf)}; {what}: fix or remove those rows"
         )
     nonpos = np.flatnonzero(values <= 0)
     if len(nonpos):
         raise HdapError(
-            f"{label}: column {name} has {_plural(len(nonpos), 'non-positive value')} at "
+            f"{label}: column {name} has {plural(len(nonpos), 'non-positive value')} at "
             f"{rows.describe(nonpos)}; probe latencies must be > 0 ms: fix or remove those rows"
         )
     return values
