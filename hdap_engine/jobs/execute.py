@@ -1,0 +1,197 @@
+"""What a job does: ONE entry point from (kind, settings) to the engine, and back.
+
+`execute` is the only place where a job's JSON settings become engine calls
+(`study.prepare` / `run_study`, `benchmark.compare_context`,
+`benchmark.sweep_context`), and `study_options` the only place where they
+become `StudyOptions`: when the options change shape, these two functions
+change and nothing else in the job machinery does.
+
+Settings of every kind::
+
+    {"options": StudyOptions.settings(),      # what defines the study
+     "telemetry": "path/to/fleet.csv",        # read by the worker
+     "fleet_name": "mine.csv" | None,         # the name an upload had (for messages)
+     "upload": false,                         # true: no twin sidecar next to the file
+     "context_features": [],                  # numeric context columns clustered on
+     "compare": ["uniform", "global"],        # kind "study" / "comparison": other methods
+     "sweep": true}                           # kind "study" / "sweep": the budget sweep
+
+The result is plain JSON and enough to draw every chart of the run again in
+a page, without the worker: the bundle's report, the bundle path, widths, the
+comparison and sweep tables, and the surrogate's training set. The surrogate
+itself is saved in the store under ``job:<id>`` (XGBoost's JSON, no pickle),
+so that `rebuild_context` can give the what-if page a working context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from hdap_engine.errors import HdapError
+
+KINDS = ("study", "comparison", "sweep")
+Progress = Callable[[str, int, int], None]
+
+
+def study_options(settings: dict):
+    """The `StudyOptions` of a job's settings (raises HdapError when they are not valid)."""
+    from hdap_engine.options import StudyOptions
+
+    raw = dict(settings.get("options") or {})
+    weights = raw.get("weights")
+    if weights is not None:  # JSON turned the cluster numbers into strings
+        raw["weights"] = {int(k): float(v) for k, v in weights.items()}
+    try:
+        return StudyOptions(**raw)
+    except TypeError as exc:
+        raise HdapError(f"this job's settings do not describe a study ({exc}); "
+                        "start it again from the Run page") from None
+
+
+def surrogate_key(job_id: int) -> str:
+    """Where a job's final surrogate is kept in the store."""
+    return f"job:{int(job_id)}"
+
+
+def _fleet_and_clustering(settings: dict, options):
+    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+    from hdap_engine.fleet.telemetry import load_fleet
+
+    path = settings.get("telemetry")
+    if not path:
+        raise HdapError("this job names no telemetry file; start it again from the Run page")
+    fleet = load_fleet(path, sku=options.sku, name=settings.get("fleet_name"))
+    features = tuple(f for f in settings.get("context_features") or ()
+                     if f in fleet.numeric_context_columns)
+    clustering = None
+    if options.backend != "host":  # the host backend clusters the fleet as one machine
+        clustering = Clustering(ClusteringOptions(
+            k=options.k, representatives=options.representatives,
+            context_features=features, seed=options.seed)).fit(fleet)
+    sidecar_path = None if settings.get("upload") else path
+    return fleet, clustering, sidecar_path
+
+
+def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
+            progress: Progress | None = None, agent_token: str | None = None) -> dict:
+    """Run one job's work with the engine and return its result (plain JSON data).
+
+    Parameters
+    ----------
+    kind:
+        ``study`` (prepare, search, prune, validate, export, record; then the
+        comparison and the sweep the settings ask for), ``comparison`` or ``sweep``
+        (prepare, then only that).
+    settings:
+        As in the module docstring.
+    job_id:
+        The job's id (names its surrogate in the store).
+    store:
+        The measurement store (default: the workspace's).
+    progress:
+        Called with (stage, step, total).
+    agent_token:
+        The device agents' token; never stored with the job.
+
+    Returns
+    -------
+    {"report", "bundle", "run_id", "widths", "base_widths", "comparison", "sweep",
+    "samples", "sample_ms", "surrogate_key"}; missing parts are None.
+    """
+    from dataclasses import replace
+
+    from hdap_engine.benchmark import compare_context, sweep_budgets, sweep_context
+    from hdap_engine.jsonable import jsonable
+    from hdap_engine.latency.store import Store
+    from hdap_engine.report import read_bundle_report
+    from hdap_engine.study import SEARCH_METHODS, prepare, run_study
+    from hdap_engine.workspace import new_bundle_dir
+
+    if kind not in KINDS:
+        raise HdapError(f"unknown job kind {kind!r}; choose one of: {', '.join(KINDS)}")
+    progress = progress or (lambda stage, step, total: None)
+    store = store or Store()
+    options = study_options(settings)
+    if agent_token:
+        options = replace(options, agent_token=agent_token)
+    fleet, clustering, sidecar = _fleet_and_clustering(settings, options)
+    ctx = prepare(options, fleet, store=store, progress=progress, fleet=fleet,
+                  clustering=clustering, telemetry_path=sidecar)
+    out: dict = {"report": None, "bundle": None, "run_id": None, "widths": None,
+                 "base_widths": ctx.space.widths_dict(ctx.space.base_widths),
+                 "comparison": None, "sweep": None, "samples": None, "sample_ms": None,
+                 "surrogate_key": None}
+    widths = None
+    budget = options.budget
+    if kind == "study":
+        result = run_study(options, None, context=ctx, store=store, progress=progress,
+                           out_dir=new_bundle_dir(f"{options.model}-{options.method}"))
+        report = read_bundle_report(result.bundle) if result.bundle else dict(result.report)
+        widths = result.widths
+        budget = report["budget"]
+        out.update(report=report, bundle=str(result.bundle) if result.bundle else None,
+                   run_id=_history_id(store, result.bundle),
+                   widths=ctx.space.widths_dict(result.widths))
+    methods = list(settings.get("compare") or []) if kind in ("study", "comparison") else []
+    if methods:
+        out["comparison"] = compare_context(ctx, budget, methods, widths=widths,
+                                            telemetry_path=sidecar, progress=progress)
+    if kind in ("study", "sweep") and settings.get("sweep") and ctx.surrogate is not None:
+        ours = options.method if options.method in SEARCH_METHODS else "hdap"
+        # refine=0: the sweep reuses the surrogate as it is (each budget's finalists
+        # are still measured), so five budgets take seconds, not minutes.
+        out["sweep"] = sweep_context(ctx, sweep_budgets(ctx.space), refine=0,
+                                     methods=(ours, "uniform"), progress=progress)
+    if ctx.surrogate is not None:
+        key = surrogate_key(job_id)
+        store.put_surrogate(key, {"model": ctx.space.model, "job": int(job_id)},
+                            ctx.surrogate.to_bytes())
+        out.update(samples=ctx.samples, sample_ms=ctx.sample_ms, surrogate_key=key)
+    return jsonable(out)
+
+
+def _history_id(store, bundle) -> int | None:
+    """The history row `run_study` just recorded (found by its bundle: other workers
+    may have recorded runs since)."""
+    if bundle is None:
+        return None
+    for r in store.list_runs(limit=50):
+        full = store.get_run(r["id"])
+        if full and full["result"].get("bundle") == str(bundle):
+            return int(r["id"])
+    return None
+
+
+def rebuild_context(settings: dict, result: dict, *, store=None):
+    """A `StudyContext` equal to the one a finished study job ended with, measuring nothing.
+
+    The fleet is read and clustered again, the backend set up again, and the
+    surrogate and its training set come from the store and the job's result;
+    the what-if page searches on it.
+    """
+    from dataclasses import replace
+
+    import numpy as np
+
+    from hdap_engine.latency.store import Store
+    from hdap_engine.latency.surrogate import Surrogate
+    from hdap_engine.study import prepare
+
+    store = store or Store()
+    options = study_options(settings)
+    fleet, clustering, sidecar = _fleet_and_clustering(settings, options)
+    # A baseline method prepares everything but the measurements and the surrogate,
+    # which the job already made.
+    ctx = prepare(replace(options, method="uniform"), fleet, store=store, fleet=fleet,
+                  clustering=clustering, telemetry_path=sidecar)
+    ctx.options = options
+    key = result.get("surrogate_key")
+    if key:
+        stored = store.get_surrogate(key)
+        if stored is None:
+            raise HdapError(f"the store has lost this run's surrogate ({key}); run it again")
+        ctx.surrogate = Surrogate.from_bytes(ctx.space, stored[1])
+        ctx.samples = np.asarray(result["samples"], dtype=np.int64)
+        ctx.sample_ms = np.asarray([[np.nan if v is None else v for v in row]
+                                    for row in result["sample_ms"]], dtype=np.float64)
+    return ctx
