@@ -8,11 +8,13 @@ is served at once.
 
 import streamlit as st
 
-from studio import cached, parts
+from studio import auth, cached, parts
 from studio import state as S
 
 st.set_page_config(page_title="HDAP Studio", page_icon=":material/memory:", layout="wide")
+auth.require()  # a team server's sign-in (off unless secrets configure it)
 S.init()
+cached.job_runner(cached.workspace())  # runs start in worker processes, queued in the store
 cached.warm_up_map()
 
 pages = [
@@ -35,3 +37,4 @@ finally:
     # Drawn after the page, so it shows what the page just changed (even after st.stop()).
     with status:
         parts.sidebar()
+        auth.sidebar()

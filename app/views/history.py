@@ -16,12 +16,13 @@ def _label(runs: dict, run_id: int) -> str:
     return f"#{run_id} {r['name']} ({when})"
 
 
-def _table(runs: dict) -> None:
+def _table(runs: dict, owners: dict) -> None:
     rows = []
     for run_id, r in runs.items():
         res, s = r["result"], r["settings"]
         fleet = res.get("fleet") or {}
         rows.append({"run": run_id, "when": datetime.fromtimestamp(r["created_at"]),
+                     "by": owners.get(run_id) or "–",
                      "model": s.get("model"), "method": res.get("method"),
                      "G MACs": res.get("macs", 0) / 1e9, "fleet": res.get("fleet_source"),
                      "measured on": res.get("measured_source"),
@@ -98,8 +99,15 @@ def main() -> None:
     if not listed:
         st.info("No runs recorded in this workspace yet.")
         return
+    owners = cached.jobs().owners_of_runs()
+    me = parts.owner()
+    if me is not None and st.toggle("Only my runs", key=S.HISTORY_MINE):
+        listed = [r for r in listed if owners.get(r["id"]) == me]
+        if not listed:
+            st.info(f"No runs by {me} yet.")
+            return
     runs = {r["id"]: store.get_run(r["id"]) for r in listed}
-    _table(runs)
+    _table(runs, owners)
     ids = list(runs)
     open_tab, compare_tab = st.tabs(["Open one", "Compare two"])
     with open_tab:

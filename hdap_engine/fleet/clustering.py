@@ -55,6 +55,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
+from hdap_engine.concurrency import CLUSTER_LOCK, serialised
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.telemetry import AGENT_URL_COLUMN, PROBE_PATTERN, Fleet
 
@@ -206,6 +207,7 @@ class Clustering:
 
     # ------------------------------------------------------------------ fit
 
+    @serialised(CLUSTER_LOCK)  # app sessions call it from their threads at once
     def fit(self, fleet: Fleet) -> Clustering:
         """Cluster the fleet's devices.
 

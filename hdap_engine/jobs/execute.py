@@ -96,7 +96,9 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     Returns
     -------
     {"report", "bundle", "run_id", "widths", "base_widths", "comparison", "sweep",
-    "samples", "sample_ms", "surrogate_key"}; missing parts are None.
+    "samples", "sample_ms", "surrogate_key", "test_points", "measurements"}; missing
+    parts are None. ``measurements`` counts the sampled (device, candidate) pairs
+    served from the store and measured now.
     """
     from dataclasses import replace
 
@@ -120,7 +122,7 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     out: dict = {"report": None, "bundle": None, "run_id": None, "widths": None,
                  "base_widths": ctx.space.widths_dict(ctx.space.base_widths),
                  "comparison": None, "sweep": None, "samples": None, "sample_ms": None,
-                 "surrogate_key": None}
+                 "surrogate_key": None, "test_points": None, "measurements": None}
     widths = None
     budget = options.budget
     if kind == "study":
@@ -146,7 +148,14 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
         key = surrogate_key(job_id)
         store.put_surrogate(key, {"model": ctx.space.model, "job": int(job_id)},
                             ctx.surrogate.to_bytes())
-        out.update(samples=ctx.samples, sample_ms=ctx.sample_ms, surrogate_key=key)
+        tp = ctx.surrogate.test_points_
+        out.update(samples=ctx.samples, sample_ms=ctx.sample_ms, surrogate_key=key,
+                   test_points=None if tp is None else tp.to_dict(orient="list"))
+    if ctx.measurements is not None:
+        # What the sampling found in the store (a re-queued job reuses what it measured).
+        served = int(ctx.measurements.from_store.sum())
+        out["measurements"] = {"from_store": served,
+                               "measured": int(ctx.measurements.from_store.size) - served}
     return jsonable(out)
 
 

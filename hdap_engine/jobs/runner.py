@@ -5,17 +5,21 @@ thread (bookkeeping only; the work is never in a thread) wakes every fraction
 of a second or when asked, and
 
 - starts the oldest queued jobs while fewer than ``max_workers`` run, each in
-  its own process from multiprocessing's *spawn* context;
+  its own fresh interpreter (``python -m hdap_engine.jobs.worker``, started
+  with the standard library's `subprocess`);
 - stops the worker of a job whose cancel was requested (SIGTERM, then SIGKILL);
 - notices a worker that ended without writing its outcome and fails its job.
 
-Why processes from the standard library, one per job: tracing models
+Why one fresh process per job, from the standard library: tracing models
 (torch.fx, Torch-Pruning's hooks) and numba are not safe in several threads
 of one process; a process can be stopped (cancel) without leaving the server
 in an unknown state; and nothing beyond the standard library and the SQLite
-store we already keep is needed. A pool that reuses processes would save the
-import of PyTorch per job (about 2 s) but cannot stop one task without
-stopping the pool.
+store we already keep is needed (no broker, no second service to run). Not
+`multiprocessing`'s spawn context or `ProcessPoolExecutor`: both re-run the
+parent's ``__main__`` in the child, and under Streamlit ``__main__`` is the
+page script (tried: the child re-ran ``app/Home.py`` and failed). A pool that
+reuses processes would also save PyTorch's import per job (about 2 s) but
+cannot stop one task without stopping the pool.
 
 At start the runner marks jobs left ``running`` by a server that is no longer
 alive as ``interrupted``; queued jobs simply start.
@@ -25,10 +29,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import multiprocessing
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -37,6 +42,7 @@ from pathlib import Path
 from hdap_engine.jobs.table import Job, JobTable
 
 ENV_WORKERS = "HDAP_JOB_WORKERS"
+TOKEN_ENV = "HDAP_WORKER_AGENT_TOKEN"
 
 
 def default_workers() -> int:
@@ -89,8 +95,7 @@ class Runner:
         self.max_workers = max_workers or default_workers()
         self.poll = poll
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._ctx = multiprocessing.get_context("spawn")
-        self._procs: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._procs: dict[int, subprocess.Popen] = {}
         self._tokens: dict[int, str] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -167,9 +172,8 @@ class Runner:
         """One round: reap finished workers, stop cancelled ones, start queued jobs."""
         with self._lock:
             for job_id, proc in list(self._procs.items()):
-                if proc.is_alive():
+                if proc.poll() is None:
                     continue
-                proc.join(timeout=0)
                 del self._procs[job_id]
                 self._tokens.pop(job_id, None)
                 job = self.table.get(job_id)
@@ -178,7 +182,7 @@ class Runner:
                         self.table.mark_cancelled(job_id)
                     else:
                         self.table.fail(job_id, f"the worker process ended unexpectedly "
-                                                f"(exit code {proc.exitcode})")
+                                                f"(exit code {proc.returncode})")
             for job_id, proc in list(self._procs.items()):
                 job = self.table.get(job_id)
                 if job is not None and job.cancel_requested:
@@ -195,29 +199,30 @@ class Runner:
 
     def _spawn(self, job: Job) -> None:
         threads = max(1, (os.cpu_count() or 1) // self.max_workers)
-        proc = self._ctx.Process(
-            target=_worker_entry, name=f"hdap-job-{job.id}",
-            args=(job.id, str(self.table.path), self._tokens.get(job.id), os.getpid(), threads))
-        proc.start()
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
+                                             if p)}
+        token = self._tokens.get(job.id)
+        if token:
+            env[TOKEN_ENV] = token  # the environment, not the command line (ps shows that)
+        # Same process group as the server: stopping the server's group stops its workers.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hdap_engine.jobs.worker", str(job.id), str(self.table.path),
+             "--parent", str(os.getpid()), "--threads", str(threads)],
+            env=env, stdin=subprocess.DEVNULL)
         self._procs[job.id] = proc
         self.table.set_worker(job.id, proc.pid)
 
     @staticmethod
-    def _kill(proc) -> None:
+    def _kill(proc: subprocess.Popen) -> None:
         with contextlib.suppress(Exception):
             proc.terminate()
-            proc.join(timeout=3)
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.join(timeout=3)
-
-
-def _worker_entry(job_id: int, db_path: str, token: str | None, parent: int,
-                  threads: int) -> None:
-    # Module-level so that the spawn start method can import it by name.
-    from hdap_engine.jobs.worker import run_job
-
-    run_job(job_id, db_path, token, parent, threads)
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=3)
 
 
 _RUNNERS: dict[str, Runner] = {}

@@ -1,7 +1,7 @@
 """The worker process: runs one job and writes its progress and outcome to the store.
 
-A worker is a fresh interpreter (multiprocessing's *spawn* start method), so
-nothing of the server's threads, locks or half-imported modules is inherited;
+A worker is a fresh interpreter (``python -m hdap_engine.jobs.worker ID DB``),
+so nothing of the server's threads, locks or half-imported modules is inherited;
 PyTorch, Torch-Pruning and numba run single-threaded in the sense that
 matters: one study per process. The worker ends by itself when the server
 that started it is gone (its parent changes), so a killed server leaves no
@@ -68,7 +68,7 @@ def _exit_with_parent(parent: int) -> None:
 
 def run_job(job_id: int, db_path: str, agent_token: str | None = None,
             parent: int | None = None, threads: int | None = None) -> None:
-    """The worker's entry point (the target of the spawned process).
+    """Run one job (the worker process's whole life).
 
     Parameters
     ----------
@@ -109,3 +109,24 @@ def run_job(job_id: int, db_path: str, agent_token: str | None = None,
         table.fail(job_id, f"internal error: {type(exc).__name__}: {exc}", progress.close())
         return
     table.finish(job_id, result, progress.close())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m hdap_engine.jobs.worker JOB_ID DB_PATH [--parent PID] [--threads N]``."""
+    import argparse
+
+    from hdap_engine.jobs.runner import TOKEN_ENV
+
+    p = argparse.ArgumentParser(prog="hdap_engine.jobs.worker")
+    p.add_argument("job_id", type=int)
+    p.add_argument("db_path")
+    p.add_argument("--parent", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    run_job(args.job_id, args.db_path, os.environ.get(TOKEN_ENV) or None, args.parent,
+            args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
