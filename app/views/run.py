@@ -66,11 +66,11 @@ def _progress(job) -> None:
                 f"{runner.max_workers} run at once on this server.",
                 icon=":material/hourglass_top:")
     else:
-        stage = job.stage or "starting"
         frac = min(max(job.step / job.total, 0.0), 1.0) if job.total else 0.0
         st.markdown(f"**Job {job.id} is running**{who} · {parts.elapsed_text(job.seconds)}")
-        st.progress(frac, text=f"{parts.STAGE_TEXT.get(stage, stage)}: "
-                               f"{job.step:,} / {job.total:,}")
+        text = "starting a worker process" if job.stage is None else \
+            f"{parts.STAGE_TEXT.get(job.stage, job.stage)}: {job.step:,} / {job.total:,}"
+        st.progress(frac, text=text)
     for s in job.stages:
         st.caption(f":material/check: {parts.STAGE_TEXT.get(s['stage'], s['stage'])} "
                    f"({s['seconds']:.1f} s)")
