@@ -53,13 +53,15 @@ def _report_of(r: dict) -> dict:
             "model_weights": weights_label(settings.get("model_weights"))}
 
 
-def _details(runs: dict, run_id: int, key: str) -> None:
-    """One recorded run: its numbers, charts, settings and files."""
+def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
+    """One recorded run: who ran it, its numbers, charts, settings and files."""
     from hdap_engine.charts import study_figures
 
     r = runs[run_id]
     res, settings = r["result"], r["settings"]
     report = _report_of(r)
+    if owners.get(run_id):
+        st.caption(f":material/person: Run #{run_id} by {owners[run_id]}")
     parts.fleet_metrics(res)
     try:
         space = cached.space(res["model"], int(settings.get("round_to", 8)))
@@ -114,7 +116,7 @@ def main() -> None:
         if S.get(S.HISTORY_OPEN) not in ids:
             S.put(S.HISTORY_OPEN, ids[0])
         st.selectbox("Run", ids, key=S.HISTORY_OPEN, format_func=lambda i: _label(runs, i))
-        _details(runs, S.get(S.HISTORY_OPEN), "open")
+        _details(runs, S.get(S.HISTORY_OPEN), "open", owners)
 
     with compare_tab:
         S.put(S.HISTORY_COMPARE, [i for i in (S.get(S.HISTORY_COMPARE) or []) if i in ids][:2])
@@ -137,7 +139,7 @@ def main() -> None:
         for col, run_id in zip(cols, chosen, strict=True):
             with col:
                 st.subheader(_label(runs, run_id))
-                _details(runs, run_id, f"cmp{run_id}")
+                _details(runs, run_id, f"cmp{run_id}", owners)
 
 
 main()
