@@ -55,6 +55,7 @@ def test_pages_need_sign_in_and_history_names_who_ran_what(tmp_path):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     samples = tmp_path / "samples"
+    samples.mkdir()
     write_fleet(samples / "jetson_small", *simulate_fleet("jetson-nano", 400, seed=3))
     home = tmp_path / "home"
     port = free_port()
