@@ -90,7 +90,7 @@ def one_load(n: int, *, distinct: bool, quick: bool, workers: int | None,
 
     from hdap_engine.jobs import JobTable
 
-    with tempfile.TemporaryDirectory(prefix="hdap-load-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hdap-load-", ignore_cleanup_errors=True) as tmp:
         home, log = Path(tmp) / "home", Path(tmp) / "server.log"
         env = {"HDAP_APP_DEFAULTS": json.dumps(QUICK)} if quick else {}
         if workers:

@@ -145,3 +145,31 @@ def test_a_study_job_result_rebuilds_its_context_for_what_if_without_measuring(s
     # The same study again: every sampled measurement comes from the store.
     again = execute("study", settings, job_id=8, store=store)
     assert again["measurements"]["measured"] == 0
+
+
+def test_a_slow_backend_stores_each_chunk_as_soon_as_it_is_timed(tmp_path):
+    """A stopped run keeps what it measured: the host backend writes the store chunk by chunk."""
+    from hdap_engine.latency.backends import HostBackend
+    from hdap_engine.latency.sampling import sample_candidates
+    from hdap_engine.latency.store import Store
+    from hdap_engine.pruning.space import PruningSpace
+
+    space = PruningSpace.for_model("resnet56")
+    store = Store(tmp_path / "store.sqlite")
+    backend = HostBackend(batch_models=1, seed=0)
+    assert backend.store_chunk == 4
+    widths = sample_candidates(space, 10, seed=0)
+    seen = []
+
+    def stop_after_first_chunk(done, total):
+        seen.append((done, total, store.count_measurements()))
+        if done == 5:
+            raise KeyboardInterrupt  # the run is stopped while the second chunk is timed
+
+    with pytest.raises(KeyboardInterrupt):
+        backend.measure(space, widths, ["this-host"], repeats=1, warmup=0, store=store,
+                        progress=stop_after_first_chunk)
+    assert store.count_measurements() == 4  # the first chunk survived the stop
+    assert [s[:2] for s in seen] == [(1, 10), (2, 10), (3, 10), (4, 10), (5, 10)]
+    again = backend.measure(space, widths, ["this-host"], repeats=1, warmup=0, store=store)
+    assert int(again.from_store.sum()) == 4 and store.count_measurements() == 10
