@@ -5,9 +5,8 @@ small simulated sample fleet and a quick default study
 (``HDAP_APP_DEFAULTS``), and drives Debian's Chromium through Playwright.
 
 - three sessions click Run at the same moment: all see results, none sees an
-  exception, the server log has no traceback;
-- a job started in a tab that is then closed: its link opened in another
-  browser shows the progress, then the results;
+  exception, the server log has no traceback; one of them closes its tab at once,
+  and the job's link opened in another browser shows the progress, then the results;
 - the server killed (SIGKILL of its process group) mid-job and started again:
   the job shows as interrupted, one click re-queues it, it completes and
   re-uses the measurements made before the kill.
@@ -90,8 +89,11 @@ def _results(page) -> None:
     expect(page.get_by_text("twin (simulated)").first).to_be_visible()
 
 
-def test_three_people_run_the_default_study_at_once_and_all_get_results(samples, tmp_path):
-    from playwright.sync_api import sync_playwright
+def test_three_people_run_at_once_all_get_results_and_a_closed_tab_loses_nothing(samples,
+                                                                                 tmp_path):
+    """Three sessions click Run together; one closes its tab at once, and the job's link
+    opened in another browser shows the progress, then the same results."""
+    from playwright.sync_api import expect, sync_playwright
 
     from hdap_engine.jobs import JobTable
 
@@ -108,44 +110,30 @@ def test_three_people_run_the_default_study_at_once_and_all_get_results(samples,
             settle(page)
         for page in pages:  # a click returns at once: the three runs start together
             page.get_by_role("button", name="Run the study").click()
-        for i, page in enumerate(pages):
+        leaver = pages.pop(0)
+        expect(leaver.get_by_text(re.compile(r"Job \d+ is (running|queued)"))).to_be_visible()
+        job_id = _job_of(leaver)
+        leaver.context.close()  # the tab is gone; the job is not
+
+        other = _chromium(pw)
+        late = _page(other)
+        late.goto(f"{url}/run?job={job_id}")
+        expect(late.get_by_text(f"Job {job_id} is running")).to_be_visible()
+        expect(late.get_by_role("progressbar")).to_be_visible()
+        screenshot(late, ARTIFACTS / "jobs-link-progress.png")
+        for i, page in enumerate([*pages, late]):
             _results(page)
             _no_exception(page)
-            screenshot(page, ARTIFACTS / f"jobs-three-users-{i}.png")
-        jobs = {_job_of(page) for page in pages}
+            screenshot(page, ARTIFACTS / f"jobs-results-{i}.png")
+        jobs = {_job_of(page) for page in [*pages, late]}
+        other.close()
         browser.close()
     # The same settings while one is queued or running: one job, shared.
-    assert len(jobs) == 1, jobs
-    job = JobTable(home / "store.sqlite").get(jobs.pop())
+    assert jobs == {job_id}, jobs
+    job = JobTable(home / "store.sqlite").get(job_id)
     assert job.state == "done", (job.state, job.error)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text and "Exception" not in text, text[-3000:]
-
-
-def test_a_job_outlives_its_tab_and_its_link_shows_progress_then_results(samples, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
-
-    with app_server(tmp_path / "home", _env(samples)) as (url, proc), sync_playwright() as pw:
-        wait_healthy(url, proc)
-        first = _chromium(pw)
-        page = _page(first)
-        page.goto(f"{url}/run")
-        page.get_by_role("button", name="Run the study").click()
-        expect(page.get_by_text(re.compile(r"Job \d+ is (running|queued)"))).to_be_visible()
-        job_id = _job_of(page)
-        first.close()  # the tab and its browser are gone; the job is not
-
-        other = _chromium(pw)
-        page = _page(other)
-        page.goto(f"{url}/run?job={job_id}")
-        expect(page.get_by_text(f"Job {job_id} is running")).to_be_visible()
-        expect(page.get_by_role("progressbar")).to_be_visible()
-        screenshot(page, ARTIFACTS / "jobs-link-progress.png")
-        _results(page)
-        expect(page.get_by_text(f"Job {job_id}").first).to_be_visible()
-        _no_exception(page)
-        screenshot(page, ARTIFACTS / "jobs-link-results.png")
-        other.close()
 
 
 def test_a_killed_server_shows_the_job_interrupted_and_a_requeue_reuses_its_measurements(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -43,6 +44,7 @@ from hdap_engine.jobs.table import Job, JobTable
 
 ENV_WORKERS = "HDAP_JOB_WORKERS"
 TOKEN_ENV = "HDAP_WORKER_AGENT_TOKEN"
+_log = logging.getLogger(__name__)
 
 
 def default_workers() -> int:
@@ -164,6 +166,7 @@ class Runner:
             try:
                 self.dispatch()
             except Exception:  # noqa: BLE001  (a locked database must not end the runner)
+                _log.exception("job runner: a dispatch round failed; retrying in 1 s")
                 time.sleep(1.0)
             self._wake.wait(self.poll)
             self._wake.clear()
