@@ -53,14 +53,6 @@ def _ratio(text: str) -> float:
     return value
 
 
-def _add_budget_flag(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument(
-        "--macs", "--flops", dest="macs", required=required, metavar="BUDGET",
-        help="MACs budget: 1.0G, 500M, or a fraction of the model such as 0.25 or 25%%. "
-             "--flops is the same flag: pruning papers (the HDAP paper included) write "
-             "FLOPs for multiply-accumulates.")
-
-
 # -- hdap models ------------------------------------------------------------------------
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -95,8 +87,9 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from hdap_engine.pruning.budget import format_macs
     from hdap_engine.study import export_result, prune_baseline
 
-    result = prune_baseline(args.model, args.macs, args.method, weights=args.weights,
-                            round_to=args.round_to, min_ratio=args.min_ratio, seed=args.seed)
+    result = prune_baseline(args.model, args.budget, args.method,
+                            model_weights=args.model_weights, round_to=args.round_to,
+                            min_ratio=args.min_ratio, seed=args.seed)
     out = export_result(result, args.out)
     macs = result.space.macs(result.widths)
     print(f"{args.model} pruned with {args.method} to {format_macs(macs)} MACs "
@@ -107,26 +100,21 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _register_prune(sub) -> None:
-    from hdap_engine.options import BASELINE_METHODS
+    from hdap_engine.options import cli_fields
+    from hdap_engine.search.methods import method_names
 
     p = sub.add_parser("prune", help="prune a model to a MACs budget with a baseline method")
-    p.add_argument("--model", required=True, help="model name (see `hdap models`)")
-    _add_budget_flag(p)
-    p.add_argument("--method", choices=BASELINE_METHODS, default="uniform", metavar="METHOD",
+    wanted = ("model", "budget", "model_weights", "round_to", "min_ratio", "seed")
+    _add_option_flags(p, [f for f in cli_fields("", "query") if f.name in wanted],
+                      required=("model", "budget"))
+    baselines = method_names(searches=False)
+    p.add_argument("--method", choices=baselines, default=baselines[0], metavar="METHOD",
                    help="baseline method: %(choices)s (default %(default)s)")
     p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
-    p.add_argument("--weights", default=None, metavar="FILE|pretrained",
-                   help="state dict to load (weights_only), or 'pretrained'; default: random "
-                        "initialisation")
-    p.add_argument("--round-to", type=_positive_int, default=8,
-                   help="widths are multiples of this (default 8)")
-    p.add_argument("--min-ratio", type=_ratio, default=0.1,
-                   help="keep at least this fraction of every group (default 0.1)")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_prune)
 
 
-# -- fleet studies: shared flags --------------------------------------------------------
+# -- fleet studies: flags built from hdap_engine.options ---------------------------------
 
 class _Bar:
     """A progress bar on stderr: one line per stage, redrawn in place."""
@@ -157,7 +145,7 @@ class _Bar:
             print(file=sys.stderr)
 
 
-def _weights_flag(text: str) -> dict[int, float]:
+def _cluster_weights_flag(text: str) -> dict[int, float]:
     """``0=2,3=1`` -> {0: 2.0, 3: 1.0}."""
     out: dict[int, float] = {}
     for part in text.split(","):
@@ -180,73 +168,102 @@ def _weights_flag(text: str) -> dict[int, float]:
 def _k_flag(text: str) -> int | None:
     if text == "auto":
         return None
-    value = _positive_int(text)
-    return value
+    return _positive_int(text)
 
 
-def _add_study_flags(p: argparse.ArgumentParser) -> None:
-    # Every default comes from StudyOptions, so the CLI, the app and the API agree.
-    from hdap_engine.options import BACKENDS
-    from hdap_engine.options import default as d
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
-    p.add_argument("--model", required=True, help="model name (see `hdap models`)")
+
+# How each `parse` name of an option's metadata reads the text of its flag.
+_PARSERS = {"positive_int": _positive_int, "ratio": _ratio, "int": int, "float": _float,
+            "k": _k_flag, "cluster_weights": _cluster_weights_flag, "str": str, None: None}
+
+
+class _OldSpelling(argparse.Action):
+    """Stores the value; an earlier spelling of the flag also prints a note saying so."""
+
+    def __init__(self, *args, old: tuple[str, ...] = (), **kwargs):
+        self.old = old
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.old:
+            print(f"note: {option_string} is now {self.option_strings[0]}; the old spelling "
+                  "still works", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_option_flags(p: argparse.ArgumentParser, option_fields: list,
+                      required: tuple[str, ...] = ()) -> None:
+    """One flag per option field, with its default, help and parser from the field itself."""
+    from dataclasses import MISSING
+
+    from hdap_engine.search.methods import method_names
+
+    # An old spelling two fields once shared ("--weights") goes to the later field:
+    # query fields come last, and `optimize --weights 0=2` meant cluster weights.
+    claimed: dict[str, str] = {}
+    for f in reversed(option_fields):
+        for old in f.metadata.get("old") or ():
+            claimed.setdefault(old, f.name)
+    for f in option_fields:
+        meta = f.metadata
+        default = None if f.default is MISSING else f.default
+        choices = meta.get("choices")
+        if choices == ("<registry>",):
+            choices = method_names()
+        old = tuple(o for o in meta.get("old") or () if claimed.get(o) == f.name)
+        names = [meta["flag"], *(meta.get("aliases") or ()), *old]
+        kwargs = {"dest": f.name, "help": meta.get("help") or None,
+                  "metavar": meta.get("metavar")}
+        if f.name in required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+        if choices:
+            kwargs["choices"] = choices
+        if _PARSERS[meta.get("parse")] is not None:
+            kwargs["type"] = _PARSERS[meta["parse"]]
+        if old:
+            kwargs.update(action=_OldSpelling, old=old)
+            kwargs["help"] = (kwargs["help"] or "") + f" ({', '.join(old)}: old spelling)"
+        p.add_argument(*names, **kwargs)
+
+
+def _add_study_flags(p: argparse.ArgumentParser, *, query: bool = False,
+                     also: tuple[str, ...] = ()) -> None:
+    """The flags of a fleet study; every default comes from `StudyOptions`.
+
+    ``also`` adds the settings ``method`` and ``model_weights``, which only
+    some commands take.
+    """
+    from hdap_engine.options import cli_fields
+
+    top = [f for f in cli_fields("") if f.name not in ("method", "model_weights")
+           or f.name in also]
+    fields = top + cli_fields("clustering", "measurement", "search")
+    if query:
+        fields += cli_fields("query")
+    _add_option_flags(p, fields, required=("model", "budget"))
     p.add_argument("--telemetry", required=True, metavar="FILE",
                    help="fleet telemetry (CSV, CSV.gz or Parquet)")
-    p.add_argument("--backend", choices=BACKENDS, default=d("backend"),
-                   help="where latency is measured: twin (simulated), host (this machine), "
-                        "agent (devices running `hdap agent serve`)")
-    p.add_argument("--samples", type=_positive_int, default=d("samples"),
-                   help="candidates measured on every representative (default %(default)s)")
-    p.add_argument("--repeats", type=_positive_int, default=d("repeats"),
-                   help="timed runs per measurement (default %(default)s)")
-    p.add_argument("--k", type=_k_flag, default=d("k"), metavar="auto|N",
-                   help="number of clusters (default auto)")
-    p.add_argument("--representatives", type=_positive_int, default=d("representatives"),
-                   help="devices measured per cluster (default %(default)s)")
-    p.add_argument("--sku", default=d("sku"), help="the SKU to keep when the file has several")
-    p.add_argument("--seed", type=int, default=d("seed"))
-    p.add_argument("--round-to", type=_positive_int, default=d("round_to"),
-                   help="widths are multiples of this (default %(default)s)")
-    p.add_argument("--min-ratio", type=_ratio, default=d("min_ratio"),
-                   help="keep at least this fraction of every group (default %(default)s)")
-    p.add_argument("--threads", type=_positive_int, default=d("host_threads"),
-                   help="PyTorch threads for the host backend (default %(default)s)")
-    p.add_argument("--clock", choices=("auto", "wall", "thread"), default=d("host_clock"),
-                   help="host backend timer: wall time, or the timing thread's CPU time (robust "
-                        "to other jobs on a shared machine; one thread only); auto = thread "
-                        "with --threads 1")
-    p.add_argument("--twin-preset", default=d("twin_preset"),
-                   help="twin physics for telemetry without a .twin.parquet sidecar "
-                        "(jetson-nano, rpi4)")
-    p.add_argument("--agent-token", default=None,
-                   help="bearer token of the agents (default: $HDAP_AGENT_TOKEN)")
-    p.add_argument("--population", type=_positive_int, default=d("population"),
-                   help="search population (default %(default)s; at least 8)")
-    p.add_argument("--generations", type=_positive_int, default=d("generations"),
-                   help="search generations (default %(default)s)")
-    p.add_argument("--refine-rounds", type=int, default=d("refine_rounds"), metavar="N",
-                   help="hdap: rounds of measuring the search's favourites and refitting "
-                        "(default %(default)s; 0 for none)")
-    p.add_argument("--finalists", type=_positive_int, default=d("finalists"),
-                   help="search finalists measured before one is chosen (default %(default)s; "
-                        "1 for none)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _study_options(args: argparse.Namespace, **extra):
+    """`StudyOptions` from the parsed flags (each flag's dest is its setting's name)."""
     import os
 
-    from hdap_engine.options import StudyOptions
+    from hdap_engine.options import StudyOptions, cli_fields
 
-    return StudyOptions(
-        model=args.model, backend=args.backend, samples=args.samples, repeats=args.repeats,
-        k=args.k, representatives=args.representatives, sku=args.sku, seed=args.seed,
-        round_to=args.round_to, min_ratio=args.min_ratio, host_threads=args.threads,
-        host_clock=args.clock,
-        twin_preset=args.twin_preset, population=args.population,
-        generations=args.generations, refine_rounds=args.refine_rounds,
-        finalists=args.finalists,
-        agent_token=args.agent_token or os.environ.get("HDAP_AGENT_TOKEN"), **extra)
+    names = {f.name for f in cli_fields("", "clustering", "measurement", "search", "query")}
+    settings = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    settings["agent_token"] = settings.get("agent_token") or os.environ.get("HDAP_AGENT_TOKEN")
+    return StudyOptions.of(**settings, **extra)
 
 
 # -- hdap surrogate ---------------------------------------------------------------------
@@ -255,10 +272,11 @@ def _cmd_surrogate(args: argparse.Namespace) -> int:
     import json
 
     from hdap_engine.fleet.telemetry import plural
-    from hdap_engine.study import prepare
+    from hdap_engine.prepare import prepare
 
-    options = _study_options(args, surrogate_mode=args.mode,
-                             method="paper" if args.mode == "per-cluster" else "hdap")
+    # per-cluster is the paper's surrogate; its method fits it that way.
+    method = "paper" if args.mode == "per-cluster" else "hdap"
+    options = _study_options(args, mode=args.mode, method=method)
     bar = _Bar(not args.quiet and not args.json)
     try:
         ctx = prepare(options, args.telemetry, progress=bar)
@@ -272,7 +290,7 @@ def _cmd_surrogate(args: argparse.Namespace) -> int:
                           "measured_source": ctx.backend.source, "mode": report["mode"],
                           "k": ctx.k, "devices_measured": len(ctx.rep_devices),
                           "overall": report["overall"], "per_cluster": report["per_cluster"],
-                          "notes": ctx.notes})))
+                          "notes": list(ctx.notes) + list(ctx.learned.notes)})))
         return 0
     o = report["overall"]
     print(f"surrogate ({report['mode']}) for {args.model} on {ctx.fleet.source}, "
@@ -286,16 +304,18 @@ def _cmd_surrogate(args: argparse.Namespace) -> int:
                      "within 10%": f"{c['within_10pct']:.1%}", "train": c["n_train"],
                      "test": c["n_test"]})
     _print_table(rows, ["cluster", "MAPE", "within 5%", "within 10%", "train", "test"])
-    for note in ctx.notes:
+    for note in dict.fromkeys(list(ctx.notes) + list(ctx.learned.notes)):
         print(f"note: {note}")
     return 0
 
 
 def _register_surrogate(sub) -> None:
+    from hdap_engine.options import SURROGATE_MODES, default
+
     p = sub.add_parser("surrogate", help="measure candidates, train the latency surrogate, "
                                          "report its held-out accuracy")
     _add_study_flags(p)
-    p.add_argument("--mode", choices=("shared", "per-cluster"), default="shared",
+    p.add_argument("--mode", choices=SURROGATE_MODES, default=default("mode"),
                    help="one model across clusters, or one per cluster as in the paper")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_surrogate)
@@ -307,9 +327,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from hdap_engine.pruning.budget import format_macs
     from hdap_engine.study import run_study
 
-    options = _study_options(args, budget=args.macs, objective=args.objective,
-                             slo_ms=args.slo_ms, weights=args.weights, method=args.method,
-                             model_weights=args.model_weights)
+    options = _study_options(args)
     bar = _Bar(not args.quiet)
     try:
         result = run_study(options, args.telemetry, out_dir=args.out, progress=bar)
@@ -326,10 +344,10 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
              "unpruned ms": f"{c['unpruned_ms']:.2f}"} for c in r["clusters"]]
     _print_table(rows, ["cluster", "devices", "weight", "predicted ms", "measured ms",
                         "unpruned ms"])
-    if r["backend"] == "agent":
+    if result.context.backend.replaces_devices:
         for c in r["clusters"]:
             print(f"cluster {c['cluster']} measured on: "
-                  f"{', '.join(c['devices_measured']) or 'no device'}")
+                  f"{', '.join(c['measured_devices_ms']) or 'no device'}")
     pred = "-" if f["predicted_mean_ms"] is None else f"{f['predicted_mean_ms']:.2f}"
     print(f"fleet: predicted mean {pred} ms, measured mean {f['measured_mean_ms']:.2f} ms, "
           f"p95 {f['measured_p95_ms']:.2f} ms, unpruned {f['unpruned_mean_ms']:.2f} ms, "
@@ -341,29 +359,28 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def _register_optimize(sub) -> None:
-    from hdap_engine.options import METHODS
-    from hdap_engine.search.objectives import OBJECTIVES
-
     p = sub.add_parser("optimize", help="prune a model for a fleet: cluster, measure, fit, "
-                                        "search, prune, validate, export")
-    _add_study_flags(p)
-    _add_budget_flag(p)
-    p.add_argument("--objective", choices=OBJECTIVES, default="mean",
-                   help="fleet objective: weighted mean, p95 over devices, worst cluster, or "
-                        "share of devices over --slo-ms")
-    p.add_argument("--slo-ms", type=float, default=None, help="latency target for --objective slo")
-    p.add_argument("--weights", type=_weights_flag, default=None, metavar="0=2,3=1",
-                   help="cluster weights (normalised; clusters not named get 0); "
-                        "default: device shares")
-    p.add_argument("--method", choices=METHODS, default="hdap", metavar="METHOD",
-                   help="%(choices)s (default %(default)s)")
-    p.add_argument("--model-weights", default=None, metavar="FILE|pretrained",
-                   help="state dict of the model to prune (default: random initialisation)")
+                                        "search, prune, verify, export")
+    _add_study_flags(p, query=True, also=("method", "model_weights"))
     p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
     p.set_defaults(func=_cmd_optimize)
 
 
 # -- hdap bench -------------------------------------------------------------------------
+
+def _methods_flag(text: str) -> list[str]:
+    from hdap_engine.search.methods import get_method
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no method given")
+    for name in names:
+        try:
+            get_method(name)
+        except HdapError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return names
+
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
@@ -373,7 +390,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from hdap_engine.fleet.telemetry import plural
     from hdap_engine.jsonable import jsonable
 
-    options = _study_options(args, budget=args.macs)
+    options = _study_options(args)
     bar = _Bar(not args.quiet)
     if args.clustering_check:
         from hdap_engine.benchmark import clustering_check
@@ -398,7 +415,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             result = run_sweep(options, args.telemetry, [b.strip() for b in args.sweep.split(",")
                                                          if b.strip()], progress=bar)
         else:
-            result = run_bench(options, args.telemetry, oracle=args.oracle, progress=bar)
+            result = run_bench(options, args.telemetry, methods=args.methods,
+                               oracle=args.oracle, progress=bar)
     finally:
         bar.close()
     if args.sweep:
@@ -407,7 +425,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             r["budget"] = p["budget"]
         _print_table(rows, ["budget", "method", "MACs", "fleet mean ms", "p95 ms", "speedup"])
     else:
-        print(f"{args.model} at {args.macs} MACs on {result['fleet']} "
+        print(f"{args.model} at {args.budget} MACs on {result['fleet']} "
               f"({plural(result['n_devices'], 'device')}, {plural(result['k'], 'cluster')}), "
               f"measured by {result['measured_source']}; "
               f"unpruned fleet mean {result['unpruned_mean_ms']:.2f} ms")
@@ -415,7 +433,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                      ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
                       "search s", "device measurements"])
         if result.get("validation"):
-            print(f"validation: {result['validation']}")
+            print(f"verification: {result['validation']}")
         for note in result.get("notes", []):
             print(f"note: {note}")
     if args.json:
@@ -425,9 +443,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _register_bench(sub) -> None:
+    from hdap_engine.search.methods import method_names
+
     p = sub.add_parser("bench", help="every method on the same fleet and budget, one table")
-    _add_study_flags(p)
-    _add_budget_flag(p)
+    _add_study_flags(p, query=True, also=("model_weights",))
+    p.add_argument("--methods", type=_methods_flag, default=None, metavar="M1,M2,...",
+                   help=f"methods to compare (default: all of {', '.join(method_names())})")
     p.add_argument("--oracle", action="store_true",
                    help="also search on the twin's ground truth over every device (slow)")
     p.add_argument("--sweep", default=None, metavar="B1,B2,...",

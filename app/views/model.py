@@ -127,13 +127,9 @@ def main() -> None:
             st.caption("The agent backend appears when the fleet has an agent_url column.")
 
     with st.expander("Advanced options"):
-        if S.get(S.REFINE_ROUNDS) is None:
-            from hdap_engine.study import StudyOptions
-
-            S.put(S.REFINE_ROUNDS, StudyOptions().refine_rounds)
         a = st.columns(6)
-        a[0].selectbox("Method", list(parts.METHOD_TEXT), key=S.METHOD,
-                       format_func=lambda k: parts.METHOD_TEXT[k])
+        a[0].selectbox("Method", parts.method_choices(), key=S.METHOD,
+                       format_func=parts.method_text)
         a[1].selectbox("Round widths to", [1, 2, 4, 8, 16, 32], key=S.ROUND_TO,
                        help="Every kept width is a multiple of this (hardware likes "
                             "multiples of 8).")
