@@ -11,12 +11,12 @@ import pytest
 
 from hdap_engine.errors import HdapError
 from hdap_engine.latency.store import Store
+from hdap_engine.options import Query
+from hdap_engine.prepare import prepare
 from hdap_engine.pruning.budget import meets_budget, parse_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.evolution import SearchOptions, evolve
 from hdap_engine.search.objectives import Objective, mixture_quantile
-from hdap_engine.options import Query
-from hdap_engine.prepare import prepare
 from hdap_engine.study import optimize, run_study
 from tests.conftest import quick_options
 

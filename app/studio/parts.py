@@ -162,13 +162,6 @@ def user_weights(cv: ClusterView) -> dict[int, float] | None:
 
 # -- model and study options --------------------------------------------------------------
 
-def agent_backend_installed() -> bool:
-    """Whether the engine can measure through device agents (its backend module is present)."""
-    import importlib.util
-
-    return importlib.util.find_spec("hdap_engine.latency.agent_backend") is not None
-
-
 def weights_choice() -> tuple[str | None, str]:
     """(model_weights for the engine, label for people) of the model on screen."""
     wf = S.get(S.WEIGHTS_FILE)
@@ -293,7 +286,7 @@ def run_view(result, *, fleet_label: str, weights_label: str, seconds: float,
                    comparison=comparison, sweep=sweep, key=uuid.uuid4().hex)
 
 
-def fleet_metrics(report: dict) -> None:
+def fleet_headline(report: dict) -> None:
     """The fleet's headline numbers, each naming where it comes from."""
     fleet = report["fleet"]
     source = report["measured_source"]

@@ -111,7 +111,7 @@ def main() -> None:
         fv = parts.current_fleet()
         backends = ["twin", "host"]
         has_urls = fv is not None and "agent_url" in fv.fleet.context_columns
-        if has_urls and parts.agent_backend_installed():
+        if has_urls:
             backends.append("agent")
         if S.get(S.BACKEND) not in backends:
             S.put(S.BACKEND, "twin")
@@ -120,10 +120,7 @@ def main() -> None:
         if S.get(S.BACKEND) == "agent":
             st.text_input("Agent token", type="password", key=S.AGENT_TOKEN,
                           help="The token the agents were started with (HDAP_AGENT_TOKEN).")
-        elif has_urls:
-            st.caption("The fleet has agent URLs, but this installation has no agent backend "
-                       "(hdap_engine.latency.agent_backend).")
-        else:
+        elif not has_urls:
             st.caption("The agent backend appears when the fleet has an agent_url column.")
 
     with st.expander("Advanced options"):

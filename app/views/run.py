@@ -111,7 +111,7 @@ def _results(run) -> None:
     st.caption(f"{rep.get('model', '')} · {run.fleet_label} · method {rep['method']} · budget "
                f"{rep['budget_macs'] / 1e9:.3f} G MACs, pruned model "
                f"{rep.get('macs', rep['budget_macs']) / 1e9:.3f} G · {run.weights_label}")
-    parts.fleet_metrics(rep)
+    parts.fleet_headline(rep)
     figs = run.figures()
     parts.show_figure(figs["clusters"], key="fig_clusters")
     left, right = st.columns(2)
