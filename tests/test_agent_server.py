@@ -21,13 +21,8 @@ import pytest
 import torch
 
 from hdap_engine.agent import measure as measure_mod
-from hdap_engine.agent.server import (
-    AgentConfig,
-    AgentServer,
-    detect_sku,
-    is_loopback,
-    sku_from_model_string,
-)
+from hdap_engine.agent.config import AgentConfig, detect_sku, is_loopback, sku_from_model_string
+from hdap_engine.agent.server import AgentServer
 from hdap_engine.errors import HdapError
 from tests._agent_fixtures import (
     SHAPE,
