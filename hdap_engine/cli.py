@@ -647,7 +647,7 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     telemetry, states = simulate_fleet(args.sku, args.devices, seed=args.seed)
     csv_path, twin_path = write_fleet(args.out, telemetry, states)

@@ -17,7 +17,7 @@ from hdap_engine.fleet.probes import (
     probe_tables,
     run_probe_suite,
 )
-from hdap_engine.fleet.twin import PRESETS, DeviceStates, Twin
+from hdap_engine.twin import PRESETS, DeviceStates, Twin
 
 
 def test_every_standard_probe_has_a_table_and_a_column():

@@ -167,27 +167,6 @@ def _is_numeric_context(series: pd.Series, name: str) -> bool:
     return pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype)
 
 
-def twin_sidecar_path(path: str | Path) -> Path:
-    """Where a fleet file's twin sidecar lives: ``X.csv[.gz]`` / ``X.parquet`` -> ``X.twin.parquet``.
-
-    Parameters
-    ----------
-    path:
-        The telemetry file.
-
-    Returns
-    -------
-    The sidecar path next to it.
-    """
-    path = Path(path)
-    name = path.name
-    for suffix in (".csv.gz", ".csv", ".parquet", ".pq", ".gz"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return path.with_name(f"{name}.twin.parquet")
-
-
 # --------------------------------------------------------------------------- loading
 
 
@@ -866,6 +845,5 @@ __all__ = [
     "SKU_COLUMN",
     "fleet_from_frame",
     "load_fleet",
-    "twin_sidecar_path",
 ]
 

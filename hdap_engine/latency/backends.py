@@ -362,7 +362,7 @@ class TwinBackend(Backend):
         return f"{self.fleet_key}:{device}"
 
     def _states_for(self, devices: Sequence[str]):
-        from hdap_engine.fleet.twin import select_states
+        from hdap_engine.twin import select_states
 
         return select_states(self.states, devices)
 
