@@ -254,8 +254,8 @@ def _study_options(args: argparse.Namespace, **extra):
 def _cmd_surrogate(args: argparse.Namespace) -> int:
     import json
 
-    from hdap_engine.fleet.telemetry import plural
     from hdap_engine.study import prepare
+    from hdap_engine.wording import plural
 
     options = _study_options(args, surrogate_mode=args.mode,
                              method="paper" if args.mode == "per-cluster" else "hdap")
@@ -370,8 +370,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hdap_engine.benchmark import format_rows, run_bench, run_sweep
-    from hdap_engine.fleet.telemetry import plural
     from hdap_engine.jsonable import jsonable
+    from hdap_engine.wording import plural
 
     options = _study_options(args, budget=args.macs)
     bar = _Bar(not args.quiet)

@@ -56,7 +56,8 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.telemetry import AGENT_URL_COLUMN, PROBE_PATTERN, Fleet
+from hdap_engine.fleet.contract import AGENT_URL_COLUMN, PROBE_PATTERN
+from hdap_engine.fleet.telemetry import Fleet
 
 # Rows per chunk when computing distances, so that 1M devices never need a
 # (n, k, features) temporary.
