@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hdap_engine.errors import HdapError
+from hdap_engine.fleet.probes import PROBE_COLUMNS
 from hdap_engine.pruning.layers import make_table
 from hdap_engine.twin import (
     JETSON_NANO,
@@ -239,3 +240,12 @@ def test_sidecar_of_a_telemetry_file_is_its_stem_dot_twin_parquet(name, sidecar)
 def test_missing_sidecar_is_a_clear_error(tmp_path):
     with pytest.raises(HdapError, match="no twin sidecar.*fleet.twin.parquet"):
         load_twin_states(tmp_path / "fleet.csv")
+
+
+def test_twin_probes_are_positive_and_ordered_sensibly():
+    for sku, preset in PRESETS.items():
+        p = Twin(preset).probe_ms(DeviceStates.nominal(1, sku=sku), noise=False).iloc[0]
+        assert all(p[c] > 0 for c in PROBE_COLUMNS)
+        assert p["probe_copy_large_ms"] > 10 * p["probe_copy_small_ms"]
+        assert p["probe_conv3x3_ms"] > p["probe_conv3x3_small_ms"]
+        assert p["probe_tiny_ms"] < p["probe_conv3x3_ms"]

@@ -87,7 +87,7 @@ def probe_tables() -> dict[str, LayerTable]:
 # --- running the probes for real ---------------------------------------------
 
 
-def _build_layer(r: dict):
+def build_layer(r: dict) -> tuple[object, object]:
     """One layer of a probe as a torch callable of its input, and that input."""
     import torch
     import torch.nn.functional as F
@@ -128,7 +128,7 @@ def _build_op(rows: list[dict]) -> Callable[[], object]:
     Each layer gets its own input of the shape its row gives, so a probe is
     exactly the sum of its rows, as the twin computes it.
     """
-    layers = [_build_layer(r) for r in rows]
+    layers = [build_layer(r) for r in rows]
     if len(layers) == 1:
         fn, x = layers[0]
         return lambda: fn(x)
