@@ -166,9 +166,16 @@ def _cluster_weights_flag(text: str) -> dict[int, float]:
 
 
 def _k_flag(text: str) -> int | None:
-    if text == "auto":
+    """``auto`` -> None (choose k), else a whole number >= 1 (used by the study flags too)."""
+    if text.strip().lower() == "auto":
         return None
-    return _positive_int(text)
+    try:
+        k = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k must be auto or a whole number, got {text!r}") from None
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"--k must be auto or >= 1, got {k}")
+    return k
 
 
 def _float(text: str) -> float:
@@ -271,8 +278,8 @@ def _study_options(args: argparse.Namespace, **extra):
 def _cmd_surrogate(args: argparse.Namespace) -> int:
     import json
 
-    from hdap_engine.fleet.telemetry import plural
     from hdap_engine.prepare import prepare
+    from hdap_engine.wording import plural
 
     # per-cluster is the paper's surrogate; its method fits it that way.
     method = "paper" if args.mode == "per-cluster" else "hdap"
@@ -387,8 +394,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from hdap_engine.benchmark import format_rows, run_bench, run_sweep
-    from hdap_engine.fleet.telemetry import plural
     from hdap_engine.jsonable import jsonable
+    from hdap_engine.wording import plural
 
     options = _study_options(args)
     bar = _Bar(not args.quiet)
@@ -490,24 +497,12 @@ def _register_app(sub) -> None:
 # -- hdap bench-macs --------------------------------------------------------------------
 
 def _cmd_bench_macs(args: argparse.Namespace) -> int:
-    import statistics
-    import time
+    from hdap_engine.pruning.timing import time_analytic_macs
 
-    import numpy as np
-
-    from hdap_engine.pruning.space import PruningSpace
-
-    space = PruningSpace.for_model(args.model)
-    widths = space.random_widths(args.candidates, np.random.default_rng(0))
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        space.macs(widths)
-        times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    print(f"analytic MACs, {args.model} ({space.n_groups} groups, {len(space.layers.names)} "
-          f"layers): {args.candidates / med:,.0f} candidates/s "
-          f"(median of {args.repeats} runs of {args.candidates:,} candidates, {med * 1e3:.1f} ms)")
+    t = time_analytic_macs(args.model, args.candidates, args.repeats)
+    print(f"analytic MACs, {t.model} ({t.n_groups} groups, {t.n_layers} "
+          f"layers): {t.candidates_per_s:,.0f} candidates/s "
+          f"(median of {t.repeats} runs of {t.candidates:,} candidates, {t.median_s * 1e3:.1f} ms)")
     return 0
 
 
@@ -560,18 +555,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _k_flag(text: str) -> int | None:
-    if text.strip().lower() == "auto":
-        return None
-    try:
-        k = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--k must be auto or a whole number, got {text!r}") from None
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"--k must be auto or >= 1, got {k}")
-    return k
-
-
 def _register_cluster(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "cluster",
@@ -591,7 +574,9 @@ def _register_cluster(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
-    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions, write_assignments
+    from hdap_engine.fleet.assignments import write_assignments
+    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+    from hdap_engine.fleet.profiles import profile_table
     from hdap_engine.fleet.telemetry import load_fleet
 
     if args.out:
@@ -615,29 +600,10 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     for note in (*fleet.notes, *clustering.notes_):
         print(f"note: {note}")
     print()
-    print(_profile_table(clustering.profiles_))
+    print(profile_table(clustering.profiles_))
     if path is not None:
         print(f"\nwrote {path} ({fleet.n_devices:,} rows: device_id,cluster)")
     return 0
-
-
-def _profile_table(profiles) -> str:
-    """Cluster profiles as aligned text: probes as x fleet median, context below."""
-    table = profiles.drop(columns=["context"]).copy()
-    table["devices"] = table["devices"].map("{:,}".format)
-    table["share"] = table["share"].map("{:.1%}".format)
-    rel = [c for c in table.columns if c.startswith("rel_")]
-    for c in rel:
-        table[c] = table[c].map("{:.2f}x".format)
-    table = table.rename(columns={c: c[4:] for c in rel})
-    lines = [
-        "probe columns: median latency of the cluster / median of the fleet",
-        table.to_string(index=False),
-    ]
-    if profiles["context"].astype(bool).any():
-        lines += ["", "context (most distinctive first):"]
-        lines += [f"  {row.cluster}: {row.context or '-'}" for row in profiles.itertuples()]
-    return "\n".join(lines)
 
 
 # Each entry adds one subcommand and sets ``func``; commands live next to
@@ -668,7 +634,7 @@ def _register_simulate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     telemetry, states = simulate_fleet(args.sku, args.devices, seed=args.seed)
     csv_path, twin_path = write_fleet(args.out, telemetry, states)
@@ -694,36 +660,16 @@ def _register_probe(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    import socket
-    from pathlib import Path
-
-    import pandas as pd
-
-    from hdap_engine.fleet.probes import host_context, run_probe_suite
+    from hdap_engine.fleet.probes import host_probe_row, write_probe_row
 
     if args.repeats < 1 or args.warmup < 0:
         raise HdapError("--repeats must be at least 1 and --warmup at least 0")
     if args.threads is not None and args.threads < 1:
         raise HdapError("--threads must be at least 1")
-    probes = run_probe_suite(repeats=args.repeats, warmup=args.warmup, threads=args.threads)
-    row = {"device_id": args.device_id or socket.gethostname(), "sku": "host", **probes,
-           **host_context(args.threads)}
-    df = pd.DataFrame([row])
+    row = host_probe_row(device_id=args.device_id, repeats=args.repeats, warmup=args.warmup,
+                         threads=args.threads)
     if args.out:
-        out = Path(args.out)
-        if args.append and out.exists():
-            try:
-                old = pd.read_csv(out)
-            except Exception as exc:
-                raise HdapError(f"cannot append to {out}: {exc}") from None
-            if row["device_id"] in set(old.get("device_id", pd.Series(dtype=str)).astype(str)):
-                raise HdapError(f"{out} already has device_id {row['device_id']!r}; "
-                                "pass another --device-id")
-            df = pd.concat([old, df], ignore_index=True)
-        try:
-            df.to_csv(out, index=False, float_format="%.6g")
-        except OSError as exc:
-            raise HdapError(f"cannot write {out}: {exc}") from None
+        write_probe_row(row, args.out, append=args.append)
     for k, v in row.items():
         print(f"{k:24s} {v:.4g}" if isinstance(v, float) else f"{k:24s} {v}")
     if args.out:

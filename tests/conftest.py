@@ -34,7 +34,7 @@ def cli():
 @pytest.fixture(scope="session")
 def small_fleet(tmp_path_factory) -> Path:
     """A simulated 400-device Jetson Nano fleet (telemetry + twin sidecar); returns the CSV."""
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)
     csv_path, _ = write_fleet(tmp_path_factory.mktemp("fleet") / "small", telemetry, states)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import io
 import json
 import logging
@@ -502,10 +501,6 @@ def test_a_missing_probe_suite_is_a_json_501(monkeypatch):
         agent.stop()
 
 
-PROBES_PRESENT = importlib.util.find_spec("hdap_engine.fleet.probes") is not None
-
-
-@pytest.mark.skipif(not PROBES_PRESENT, reason="hdap_engine.fleet.probes not merged yet")
 def test_the_real_probe_suite_answers_probe():
     agent = start_agent(probe_fn=None, probe_repeats=2, probe_warmup=1)
     try:
@@ -517,7 +512,6 @@ def test_the_real_probe_suite_answers_probe():
         agent.stop()
 
 
-@pytest.mark.skipif(not PROBES_PRESENT, reason="hdap_engine.fleet.probes not merged yet")
 def test_the_probe_suite_imports_without_heavy_dependencies():
     # The agent runs the suite on the device, where pandas & co are absent.
     code = (

@@ -28,7 +28,7 @@ TIMEOUT = 300
 @pytest.fixture(scope="session")
 def sample_folder(tmp_path_factory) -> Path:
     """Two small simulated sample fleets with their twin sidecars."""
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     folder = tmp_path_factory.mktemp("samples")
     for sku, n, name in (("jetson-nano", 400, "jetson_small"), ("rpi4", 200, "rpi_small")):
@@ -46,7 +46,7 @@ def samples(sample_folder, monkeypatch) -> Path:
 @pytest.fixture
 def telemetry_csv() -> bytes:
     """A valid telemetry upload without a sidecar (the twin fits states from its probes)."""
-    from hdap_engine.fleet.simulate import simulate_fleet
+    from hdap_engine.twin.simulate import simulate_fleet
 
     telemetry, _ = simulate_fleet("jetson-nano", 150, seed=11)
     return telemetry.to_csv(index=False).encode()

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def ctx(tmp_path):
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     telemetry, states = simulate_fleet("jetson-nano", 120, seed=2)
     csv, _ = write_fleet(tmp_path / "fleet", telemetry, states)

@@ -165,7 +165,7 @@ class AgentBackend(Backend):
         options:
             Passed to `AgentBackend` (timeout, retries, backoff, format, ...).
         """
-        from hdap_engine.fleet.telemetry import AGENT_URL_COLUMN, ID_COLUMN
+        from hdap_engine.fleet.contract import AGENT_URL_COLUMN, ID_COLUMN
 
         frame = fleet.frame
         if AGENT_URL_COLUMN not in frame.columns:

@@ -366,7 +366,7 @@ class TwinBackend(Backend):
 
     def states_for(self, devices: Sequence[str]):
         """The twin states of ``devices`` (in that order)."""
-        from hdap_engine.fleet.twin import select_states
+        from hdap_engine.twin import select_states
 
         return select_states(self.states, devices)
 

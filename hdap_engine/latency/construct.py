@@ -52,12 +52,12 @@ def make_backend(plan: MeasurementPlan, fleet, telemetry_path: str | os.PathLike
 
 def _twin_backend(plan: MeasurementPlan, fleet, telemetry_path, notes: list[str],
                   seed: int) -> TwinBackend:
-    from hdap_engine.fleet.fit import fit_preset_from_probes, fit_states_from_probes
     from hdap_engine.fleet.probes import STANDARD_PROBES, probe_column
-    from hdap_engine.fleet.telemetry import twin_sidecar_path
-    from hdap_engine.fleet.twin import PRESETS, Twin, get_preset, load_twin_states
+    from hdap_engine.twin import PRESETS, Twin, get_preset, load_twin_states
+    from hdap_engine.twin.fit import fit_preset_from_probes, fit_states_from_probes
+    from hdap_engine.twin.states import sidecar_path
 
-    sidecar = twin_sidecar_path(telemetry_path) if telemetry_path is not None else None
+    sidecar = sidecar_path(telemetry_path) if telemetry_path is not None else None
     if sidecar is not None and sidecar.is_file():
         states = load_twin_states(sidecar)
         known = set(states.device_id.tolist())
