@@ -49,8 +49,8 @@ def test_pages_need_sign_in_and_history_names_who_ran_what(tmp_path):
     import oidc_provider_mock
     from playwright.sync_api import expect, sync_playwright
 
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
     from hdap_engine.jobs import JobTable
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")

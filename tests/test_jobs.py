@@ -123,6 +123,7 @@ def test_cancel_stops_the_worker_process(small_fleet, tmp_path):
 def test_a_study_job_result_rebuilds_its_context_for_what_if_without_measuring(small_fleet,
                                                                              tmp_path):
     from hdap_engine.latency.store import Store
+    from hdap_engine.options import Query
     from hdap_engine.study import optimize
 
     store = Store(tmp_path / "store.sqlite")
@@ -130,16 +131,17 @@ def test_a_study_job_result_rebuilds_its_context_for_what_if_without_measuring(s
     ticks = []
     result = execute("study", settings, job_id=7, store=store,
                      progress=lambda *a: ticks.append(a))
-    assert {s for s, _, _ in ticks} >= {"measure", "fit", "search", "prune", "validate",
+    assert {s for s, _, _ in ticks} >= {"measure", "fit", "search", "prune", "verify",
                                         "export"}
     assert result["report"]["fleet"]["speedup"] > 1.0
     assert result["run_id"] == store.list_runs()[0]["id"]
     assert result["measurements"]["measured"] > 0
     measured = store.count_measurements()
-    ctx = rebuild_context(settings, result, store=store)
+    ctx, learned = rebuild_context(settings, result, store=store)
     assert store.count_measurements() == measured
-    assert ctx.surrogate is not None and len(ctx.samples) == len(result["samples"])
-    what_if = optimize(ctx, "0.4", refine=0, finalists=0, restarts=1)
+    assert learned.surrogate is not None and len(learned.widths) == len(result["samples"])
+    what_if = optimize(ctx, Query(budget="0.4"), plan=ctx.options.search.quick(),
+                       learned=learned)
     assert ctx.space.macs(what_if.widths) <= 0.4 * ctx.space.base_macs * 1.01
     assert store.count_measurements() == measured
     # The same study again: every sampled measurement comes from the store.

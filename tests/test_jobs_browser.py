@@ -42,7 +42,7 @@ WAIT = 240_000  # ms: a quick study on a loaded 2-core machine
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory) -> Path:
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     folder = tmp_path_factory.mktemp("samples")
     telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)

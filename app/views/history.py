@@ -62,7 +62,7 @@ def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
     report = _report_of(r)
     if owners.get(run_id):
         st.caption(f":material/person: Run #{run_id} by {owners[run_id]}")
-    parts.fleet_metrics(res)
+    parts.fleet_headline(res)
     try:
         space = cached.space(res["model"], int(settings.get("round_to", 8)))
         base = space.widths_dict(space.base_widths)

@@ -113,7 +113,7 @@ def _results(run) -> None:
                f"{rep['method']} · budget {rep['budget_macs'] / 1e9:.3f} G MACs, pruned model "
                f"{rep.get('macs', rep['budget_macs']) / 1e9:.3f} G · {run.weights_label} · "
                f"{parts.elapsed_text(run.seconds)}")
-    parts.fleet_metrics(rep)
+    parts.fleet_headline(rep)
     figs = run.figures()
     parts.show_figure(figs["clusters"], key="fig_clusters")
     left, right = st.columns(2)
@@ -132,7 +132,7 @@ def _results(run) -> None:
         st.caption(f":material/info: {note}")
     if "comparison" in figs:
         parts.show_figure(figs["comparison"], key="fig_comparison")
-        st.dataframe([{"method": parts.METHOD_TEXT.get(r["method"], r["method"]),
+        st.dataframe([{"method": parts.method_text(r["method"]),
                        "G MACs": r["macs"] / 1e9, "fleet mean ms": r["fleet_mean_ms"],
                        "p95 ms": r["p95_ms"], "worst cluster ms": r["worst_cluster_ms"],
                        "speedup": r["speedup"], "device measurements": r["device_measurements"]}
@@ -186,8 +186,8 @@ def main() -> None:
         parts.weights_badge()
         c = st.columns([2, 1])
         c[0].multiselect("Also compare with (same budget, measured the same way)",
-                         [m for m in parts.METHOD_TEXT if m != "hdap"], key=S.COMPARE_METHODS,
-                         format_func=lambda m: parts.METHOD_TEXT[m])
+                         [m for m in parts.method_choices() if m != S.get(S.METHOD)],
+                         key=S.COMPARE_METHODS, format_func=parts.method_text)
         c[1].checkbox("Budget sweep for a Pareto chart", key=S.SWEEP_ON,
                       help="Searches and measures five more budgets on the same surrogate.")
         if st.button("Run the study", type="primary", icon=":material/play_arrow:",

@@ -27,19 +27,20 @@ def main() -> None:
     job = cached.jobs().get(run.job_id)
     try:
         with st.spinner("Loading the run's measurements and surrogate from the store..."):
-            ctx = cached.job_context(run.job_id, job.settings, job.result)
+            ctx, learned = cached.job_context(run.job_id, job.settings, job.result)
     except HdapError as exc:
         st.error(str(exc), icon=":material/error:")
         return
 
-    from hdap_engine.study import SEARCH_METHODS
+    from hdap_engine.search.methods import get_method
 
-    method = rep["method"] if rep["method"] in SEARCH_METHODS else ctx.options.method
+    # A baseline run is explored with the method its context was prepared for.
+    method = rep["method"] if get_method(rep["method"]).searches else ctx.options.method
     shares = [float(s) for s in ctx.clustering.weights_]
     space = ctx.space
     min_pct = float(int(space.min_macs / space.base_macs * 1000 + 1)) / 10
     clusters = rep["clusters"]
-    slo_ms = ctx.options.slo_ms
+    slo_ms = ctx.options.query.slo_ms
     run_macs = float(rep.get("macs") or space.macs(space.widths_from_dict(run.widths)))
 
     def _reset():
@@ -77,7 +78,8 @@ def main() -> None:
     objective = S.get(S.WHATIF_OBJECTIVE)
     try:
         with st.spinner("Searching on the surrogate..."):
-            opt = cached.whatif(ctx, run.key, budget, weights, objective, slo_ms, method)
+            opt = cached.whatif(ctx, learned, run.key, budget, weights, objective, slo_ms,
+                                method)
     except HdapError as exc:
         st.error(str(exc), icon=":material/error:")
         return
@@ -98,7 +100,7 @@ def main() -> None:
                 help="surrogate prediction, weighted by device share")
     m[2].metric("Run's measured fleet mean", f"{run.report['fleet']['measured_mean_ms']:.2f} ms",
                 help=f"measured: {run.report['measured_source']}")
-    m[3].metric("Search time", f"{opt.seconds:.1f} s")
+    m[3].metric("Search time", f"{opt.search_s:.1f} s")
 
     parts.show_figure(cluster_bars(shares, {
         f"run, measured ({run.report['measured_source']})":
@@ -115,11 +117,9 @@ def main() -> None:
                "on the run's backend and exports it; the Run page follows it.")
     if st.button("Prune, measure and export this candidate", type="primary",
                  icon=":material/build:", key="whatif_apply"):
-        from dataclasses import replace
-
         user = None if weights is None else dict(enumerate(weights))
-        options = replace(ctx.options, budget=budget, objective=objective, weights=user,
-                          method=method)
+        options = ctx.options.updated(budget=budget, objective=objective, cluster_weights=user,
+                                      method=method)
         settings = {**job.settings, "options": options.settings(), "compare": [],
                     "sweep": False}
         new, _ = cached.job_runner(cached.workspace()).submit(

@@ -1,14 +1,15 @@
 """What a job does: ONE entry point from (kind, settings) to the engine, and back.
 
 `execute` is the only place where a job's JSON settings become engine calls
-(`study.prepare` / `run_study`, `benchmark.compare_context`,
+(`prepare.prepare`, `study.run_study`, `benchmark.compare_context`,
 `benchmark.sweep_context`), and `study_options` the only place where they
-become `StudyOptions`: when the options change shape, these two functions
-change and nothing else in the job machinery does.
+become `StudyOptions` (`StudyOptions.from_settings`: nested sections, or the
+flat settings of earlier versions): when the engine changes shape, these
+functions change and nothing else in the job machinery does.
 
 Settings of every kind::
 
-    {"options": StudyOptions.settings(),      # what defines the study
+    {"options": StudyOptions.settings(),      # what defines the study (nested sections)
      "telemetry": "path/to/fleet.csv",        # read by the worker
      "fleet_name": "mine.csv" | None,         # the name an upload had (for messages)
      "upload": false,                         # true: no twin sidecar next to the file
@@ -20,7 +21,8 @@ The result is plain JSON and enough to draw every chart of the run again in
 a page, without the worker: the bundle's report, the bundle path, widths, the
 comparison and sweep tables, and the surrogate's training set. The surrogate
 itself is saved in the store under ``job:<id>`` (XGBoost's JSON, no pickle),
-so that `rebuild_context` can give the what-if page a working context.
+so that `rebuild_context` can give the what-if page the run's context and
+what it learned.
 """
 
 from __future__ import annotations
@@ -37,15 +39,31 @@ def study_options(settings: dict):
     """The `StudyOptions` of a job's settings (raises HdapError when they are not valid)."""
     from hdap_engine.options import StudyOptions
 
-    raw = dict(settings.get("options") or {})
-    weights = raw.get("weights")
-    if weights is not None:  # JSON turned the cluster numbers into strings
-        raw["weights"] = {int(k): float(v) for k, v in weights.items()}
     try:
-        return StudyOptions(**raw)
+        return StudyOptions.from_settings(dict(settings.get("options") or {}))
     except TypeError as exc:
         raise HdapError(f"this job's settings do not describe a study ({exc}); "
                         "start it again from the Run page") from None
+
+
+class _CountingStore:
+    """The store, counting the measurements it serves and takes: what a job re-used."""
+
+    def __init__(self, store):
+        self._store, self.served, self.stored = store, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def get_measurements(self, *args, **kwargs):
+        rows = self._store.get_measurements(*args, **kwargs)
+        self.served += len(rows)
+        return rows
+
+    def put_measurements(self, *args, **kwargs):
+        n = self._store.put_measurements(*args, **kwargs)
+        self.stored += n
+        return n
 
 
 def surrogate_key(job_id: int) -> str:
@@ -64,9 +82,9 @@ def _fleet_and_clustering(settings: dict, options):
     features = tuple(f for f in settings.get("context_features") or ()
                      if f in fleet.numeric_context_columns)
     clustering = None
-    if options.backend != "host":  # the host backend clusters the fleet as one machine
+    if options.measurement.backend != "host":  # host: the fleet is this machine, one cluster
         clustering = Clustering(ClusteringOptions(
-            k=options.k, representatives=options.representatives,
+            k=options.clustering.k, representatives=options.clustering.representatives,
             context_features=features, seed=options.seed)).fit(fleet)
     sidecar_path = None if settings.get("upload") else path
     return fleet, clustering, sidecar_path
@@ -105,31 +123,34 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     from hdap_engine.benchmark import compare_context, sweep_budgets, sweep_context
     from hdap_engine.jsonable import jsonable
     from hdap_engine.latency.store import Store
+    from hdap_engine.prepare import prepare
     from hdap_engine.report import read_bundle_report
-    from hdap_engine.study import SEARCH_METHODS, prepare, run_study
+    from hdap_engine.study import run_study
     from hdap_engine.workspace import new_bundle_dir
 
     if kind not in KINDS:
         raise HdapError(f"unknown job kind {kind!r}; choose one of: {', '.join(KINDS)}")
     progress = progress or (lambda stage, step, total: None)
-    store = store or Store()
+    store = _CountingStore(store or Store())
     options = study_options(settings)
     if agent_token:
-        options = replace(options, agent_token=agent_token)
+        options = options.updated(agent_token=agent_token)
     fleet, clustering, sidecar = _fleet_and_clustering(settings, options)
     ctx = prepare(options, fleet, store=store, progress=progress, fleet=fleet,
                   clustering=clustering, telemetry_path=sidecar)
+    sampled = {"from_store": store.served, "measured": store.stored}
     out: dict = {"report": None, "bundle": None, "run_id": None, "widths": None,
                  "base_widths": ctx.space.widths_dict(ctx.space.base_widths),
                  "comparison": None, "sweep": None, "samples": None, "sample_ms": None,
-                 "surrogate_key": None, "test_points": None, "measurements": None}
-    widths = None
-    budget = options.budget
+                 "surrogate_key": None, "test_points": None, "learned": None,
+                 "measurements": sampled if ctx.learned is not None else None}
+    widths, learned, used = None, ctx.learned, 0
+    budget = options.query.budget
     if kind == "study":
         result = run_study(options, None, context=ctx, store=store, progress=progress,
                            out_dir=new_bundle_dir(f"{options.model}-{options.method}"))
         report = read_bundle_report(result.bundle) if result.bundle else dict(result.report)
-        widths = result.widths
+        widths, learned, used = result.widths, result.learned, result.device_measurements
         budget = report["budget"]
         out.update(report=report, bundle=str(result.bundle) if result.bundle else None,
                    run_id=_history_id(store, result.bundle),
@@ -137,25 +158,24 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     methods = list(settings.get("compare") or []) if kind in ("study", "comparison") else []
     if methods:
         out["comparison"] = compare_context(ctx, budget, methods, widths=widths,
-                                            telemetry_path=sidecar, progress=progress)
-    if kind in ("study", "sweep") and settings.get("sweep") and ctx.surrogate is not None:
-        ours = options.method if options.method in SEARCH_METHODS else "hdap"
-        # refine=0: the sweep reuses the surrogate as it is (each budget's finalists
-        # are still measured), so five budgets take seconds, not minutes.
-        out["sweep"] = sweep_context(ctx, sweep_budgets(ctx.space), refine=0,
-                                     methods=(ours, "uniform"), progress=progress)
-    if ctx.surrogate is not None:
+                                            device_measurements=used, telemetry_path=sidecar,
+                                            progress=progress)
+    if kind in ("study", "sweep") and settings.get("sweep") and learned is not None:
+        # No refinement: the sweep reuses the surrogate as the run left it (each budget's
+        # finalists are still measured), so five budgets take seconds, not minutes.
+        out["sweep"] = sweep_context(ctx, sweep_budgets(ctx.space),
+                                     plan=replace(ctx.options.search, refine_rounds=0),
+                                     learned=learned, progress=progress)
+    if learned is not None and learned.surrogate is not None:
         key = surrogate_key(job_id)
         store.put_surrogate(key, {"model": ctx.space.model, "job": int(job_id)},
-                            ctx.surrogate.to_bytes())
-        tp = ctx.surrogate.test_points_
-        out.update(samples=ctx.samples, sample_ms=ctx.sample_ms, surrogate_key=key,
-                   test_points=None if tp is None else tp.to_dict(orient="list"))
-    if ctx.measurements is not None:
-        # What the sampling found in the store (a re-queued job reuses what it measured).
-        served = int(ctx.measurements.from_store.sum())
-        out["measurements"] = {"from_store": served,
-                               "measured": int(ctx.measurements.from_store.size) - served}
+                            learned.surrogate.to_bytes())
+        tp = learned.surrogate.test_points_
+        out.update(samples=learned.widths, sample_ms=learned.ms, surrogate_key=key,
+                   test_points=None if tp is None else tp.to_dict(orient="list"),
+                   learned={"device_measurements": int(learned.device_measurements),
+                            "batch_drift": float(learned.batch_drift),
+                            "notes": list(learned.notes)})
     return jsonable(out)
 
 
@@ -172,11 +192,11 @@ def _history_id(store, bundle) -> int | None:
 
 
 def rebuild_context(settings: dict, result: dict, *, store=None):
-    """A `StudyContext` equal to the one a finished study job ended with, measuring nothing.
+    """(`StudyContext`, `Learned`) as a finished study job ended with, measuring nothing.
 
-    The fleet is read and clustered again, the backend set up again, and the
-    surrogate and its training set come from the store and the job's result;
-    the what-if page searches on it.
+    The fleet is read and clustered again, the backend set up again; the
+    surrogate and its training set come from the store and the job's result.
+    The what-if page searches on them.
     """
     from dataclasses import replace
 
@@ -184,23 +204,29 @@ def rebuild_context(settings: dict, result: dict, *, store=None):
 
     from hdap_engine.latency.store import Store
     from hdap_engine.latency.surrogate import Surrogate
-    from hdap_engine.study import prepare
+    from hdap_engine.prepare import prepare
+    from hdap_engine.search.fleet_search import Learned
 
     store = store or Store()
     options = study_options(settings)
     fleet, clustering, sidecar = _fleet_and_clustering(settings, options)
     # A baseline method prepares everything but the measurements and the surrogate,
     # which the job already made.
-    ctx = prepare(replace(options, method="uniform"), fleet, store=store, fleet=fleet,
+    ctx = prepare(options.updated(method="uniform"), fleet, store=store, fleet=fleet,
                   clustering=clustering, telemetry_path=sidecar)
-    ctx.options = options
+    learned = None
     key = result.get("surrogate_key")
     if key:
         stored = store.get_surrogate(key)
         if stored is None:
             raise HdapError(f"the store has lost this run's surrogate ({key}); run it again")
-        ctx.surrogate = Surrogate.from_bytes(ctx.space, stored[1])
-        ctx.samples = np.asarray(result["samples"], dtype=np.int64)
-        ctx.sample_ms = np.asarray([[np.nan if v is None else v for v in row]
-                                    for row in result["sample_ms"]], dtype=np.float64)
-    return ctx
+        extra = result.get("learned") or {}
+        learned = Learned(
+            widths=np.asarray(result["samples"], dtype=np.int64),
+            ms=np.asarray([[np.nan if v is None else v for v in row]
+                           for row in result["sample_ms"]], dtype=np.float64),
+            surrogate=Surrogate.from_bytes(ctx.space, stored[1]),
+            device_measurements=int(extra.get("device_measurements", 0)),
+            batch_drift=float(extra.get("batch_drift", 1.0)),
+            notes=tuple(extra.get("notes") or ()))
+    return replace(ctx, options=options, learned=learned), learned
