@@ -130,7 +130,10 @@ def main() -> None:
 
         parts.show_figure(runs_comparison([(f"#{i}", runs[i]["result"]) for i in chosen]),
                           key="compare_fleet")
-        a, b = (runs[i]["settings"] for i in chosen)
+        from hdap_engine.options import flatten_settings
+
+        # By flat name: the nested sections would only say "query" differs.
+        a, b = (flatten_settings(runs[i]["settings"]) for i in chosen)
         diff = [{"setting": k, f"#{chosen[0]}": str(a.get(k)), f"#{chosen[1]}": str(b.get(k))}
                 for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         st.markdown("**Settings that differ**")
