@@ -139,12 +139,13 @@ class Backend:
             for lo in range(0, len(uniq), chunk):
                 hi = min(len(uniq), lo + chunk)
 
-                def tick(done, total, lo=lo):
-                    if progress:
-                        progress(lo + done, len(uniq))
+                def tick(done, total, lo=lo, hi=hi):
+                    # In candidates over all chunks (a backend may count in pairs).
+                    progress(lo + round(done * (hi - lo) / max(total, 1)), len(uniq))
 
+                one_go = chunk >= len(uniq)  # the backend's own progress, as it reports it
                 raw = self._measure(space, uniq[lo:hi], [devices[j] for j in todo_d], repeats,
-                                    warmup, tick if progress else None)
+                                    warmup, progress if one_go or not progress else tick)
                 # Keys again: a backend may have moved a device's column to another device
                 # while measuring (the agent backend replaces failed devices).
                 dkeys = [self.device_key(dev) for dev in devices]
