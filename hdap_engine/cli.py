@@ -713,6 +713,17 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 COMMANDS += [_register_simulate, _register_probe]
 
 
+def _register_training(sub: argparse._SubParsersAction) -> None:
+    # `hdap train` and `hdap finetune` keep their flags in their package, which
+    # `python -m hdap_engine.finetune` (torchrun's entry point) parses too.
+    from hdap_engine.finetune.commands import add_parsers
+
+    add_parsers(sub)
+
+
+COMMANDS += [_register_training]
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
