@@ -17,7 +17,11 @@ from hdap_engine.accuracy.calibrate import (
     weights_digest,
 )
 from hdap_engine.accuracy.evaluate import Evaluation, evaluate, wilson_interval
+from hdap_engine.accuracy.floor import AccuracyFloor, check_reachable, parse_floor
+from hdap_engine.accuracy.report import accuracy_block, preprocess_block
+from hdap_engine.accuracy.surrogate import AccuracySurrogate
 
-__all__ = ["CalibratedEvaluator", "CalibrationSet", "Evaluation", "calibrated_accuracy",
+__all__ = ["AccuracyFloor", "AccuracySurrogate", "accuracy_block", "check_reachable",
+           "parse_floor", "preprocess_block", "CalibratedEvaluator", "CalibrationSet", "Evaluation", "calibrated_accuracy",
            "calibration_set", "evaluate", "prune_candidate", "recalibrate_bn",
            "weights_digest", "wilson_interval"]
