@@ -224,12 +224,16 @@ def read_state_dict(source: str | os.PathLike | bytes, *, label: str | None = No
         raise
     except Exception as exc:  # torch raises many types for bad files
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        # Only "Unsupported global" means pickled Python objects; a corrupt or foreign
+        # file also fails the weights-only unpickler ("Unsupported operand").
+        if "Unsupported global" in str(exc):
             raise HdapError(
                 f"{label}: the file contains Python objects other than tensors, and "
                 "HDAP never unpickles code from a file; save a plain state dict with "
                 "torch.save(model.state_dict(), path)"
             ) from None
+        if "Unsupported operand" in str(exc) or "Weights only load failed" in first:
+            first = "corrupt or not a PyTorch file"
         raise HdapError(
             f"{label}: not a readable PyTorch weights file ({first}); save one with "
             "torch.save(model.state_dict(), path)"
