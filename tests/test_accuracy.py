@@ -4,6 +4,7 @@ report block."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,17 @@ from hdap_engine.errors import HdapError
 from hdap_engine.models.zoo import build_model
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.baselines import uniform_widths
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One PyTorch thread: on the shared 2-core machine two threads were 10x slower."""
+    from hdap_engine.accuracy.calibrate import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +229,42 @@ def test_report_block_carries_fractions_intervals_and_the_split(digits):
     assert all(v is None or 0 <= v <= 1 for v in
                (block[k] for k in ("unpruned", "pruned", "calibrated", "finetuned")))
     assert not math.isnan(block["unpruned"])
+
+
+def test_guide_samples_at_the_budget_fits_the_surrogate_and_penalises_below_the_floor(
+        probed, space):
+    from hdap_engine.accuracy.guide import AccuracyGuide
+
+    model, calib = probed
+    target = 0.4 * space.base_macs
+    guide = AccuracyGuide.prepare(model, space, calib, target, parse_floor("uniform"),
+                                  samples=8, seed=0)
+    assert guide.threshold == guide.uniform
+    assert len(guide.widths) >= 8 and guide.surrogate.report["n"] == len(guide.widths)
+    assert all(space.macs(w) <= target * 1.0001 for w in guide.widths)
+    pred = guide.predict(guide.widths)
+    scores = guide.penalise(np.ones(len(pred)), guide.widths)
+    assert np.all(scores[pred >= guide.threshold] == 1.0)
+    assert np.all(scores[pred < guide.threshold] > 1.0)
+    # Finalists are judged for real; the fallback always meets the floor.
+    assert guide.meets(guide.uniform_widths[None])[0]
+    best = guide.fallback(lambda w: -space.ratios(w)[:, 0])
+    assert guide.meets(best[None])[0]
+    summary = guide.summary()
+    assert summary["floor"]["kind"] == "uniform" and summary["surrogate"]["folds"] >= 2
+    # The same budget again evaluates nothing: every candidate is in the cache.
+    again = AccuracyGuide.prepare(model, space, calib, target, None, samples=8, seed=0)
+    assert again.evaluator.evaluated == 0 and again.threshold is None
+
+
+def test_guide_refuses_a_floor_no_sampled_candidate_meets(probed, space):
+    from hdap_engine.accuracy.guide import AccuracyGuide
+
+    _, calib = probed
+    demo = build_model("resnet56", ROOT / "sample_data" / "resnet56_digits.pt")
+    # The trained demo cannot keep 0.95 of its calibrated accuracy at 15 % of its MACs.
+    with pytest.raises(HdapError, match=r"no candidate at 15% MACs reaches the floor 0\.95 .* "
+                                        r"the best sampled calibrates to .* use --min-accuracy "
+                                        r"0\.\d\d, 'uniform', or a larger budget"):
+        AccuracyGuide.prepare(demo, space, calib, 0.15 * space.base_macs, parse_floor("0.95"),
+                              samples=6, seed=0, budget_label="15% MACs")
