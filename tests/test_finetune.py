@@ -74,6 +74,16 @@ def student_and_teacher():
 
 
 QUICK = FinetuneOptions(epochs=2, batch_size=32, lr=0.02)
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One thread: on a shared 2-core machine, two threads per process are much slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_distillation_loss_is_cross_entropy_alone_when_kd_weight_is_zero():
@@ -169,7 +179,7 @@ def test_finetune_writes_a_complete_bundle_with_accuracy_before_and_after(
         pruned_bundle, digit_folder, tmp_path, cli):
     out = tmp_path / "tuned"
     res = cli("finetune", str(pruned_bundle) + ".zip", "--data", str(digit_folder),
-              "--epochs", "2", "--batch-size", "32", "--out", str(out))
+              "--epochs", "2", "--batch-size", "32", "--out", str(out), env=ONE_THREAD)
     assert res.returncode == 0, res.stderr
     assert "fine-tuned 2 epochs" in res.stdout and "epoch 2/2" in res.stdout
     from hdap_engine.export import BUNDLE_FILES, load_bundle
@@ -198,7 +208,7 @@ def test_finetune_cli_says_what_to_pass_when_the_bundle_names_no_teacher(tmp_pat
     bundle = tmp_path / "random"
     export_bundle_fast(prune_baseline("resnet56", "0.5", "uniform"), bundle)
     res = cli("finetune", str(bundle), "--data", str(digit_folder), "--epochs", "1",
-              "--out", str(tmp_path / "o"))
+              "--out", str(tmp_path / "o"), env=ONE_THREAD)
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "--model-weights" in res.stderr and "Traceback" not in res.stderr
 
@@ -208,11 +218,12 @@ def test_finetune_refuses_to_overwrite_an_interrupted_run_without_resume(
     out = tmp_path / "o"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"not yet")
-    res = cli("finetune", str(pruned_bundle), "--data", str(digit_folder), "--out", str(out))
+    res = cli("finetune", str(pruned_bundle), "--data", str(digit_folder), "--out", str(out),
+              env=ONE_THREAD)
     assert res.returncode == 2 and "--resume" in res.stderr
     assert (out / "checkpoint.pt").read_bytes() == b"not yet"  # nothing lost
     res = cli("finetune", str(pruned_bundle), "--data", str(digit_folder), "--out", str(out),
-              "--resume")
+              "--resume", env=ONE_THREAD)
     assert res.returncode == 2 and "not a readable checkpoint" in res.stderr
 
 
@@ -250,7 +261,7 @@ def test_torchrun_with_two_processes_ends_with_identical_weights_and_one_process
     assert state_digest(model)[:16] == digests["0"]  # rank 0 exported what both hold
     assert report_two["accuracy"]["finetune"]["processes"] == 2
 
-    one = cli("finetune", *common, "--out", str(tmp_path / "one"))
+    one = cli("finetune", *common, "--out", str(tmp_path / "one"), env=ONE_THREAD)
     assert one.returncode == 0, one.stderr
     report_one = json.loads((tmp_path / "one" / "report.json").read_text())
     a1, a2 = report_one["accuracy"]["finetuned"], report_two["accuracy"]["finetuned"]

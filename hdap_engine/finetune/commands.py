@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from hdap_engine.errors import HdapError
 from hdap_engine.finetune.options import SCRATCH, FinetuneOptions, default
@@ -69,14 +68,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     options = _options(args, SCRATCH)
     world = setup()
     try:
-        t0 = time.perf_counter()
         result = train_model(args.model, args.data, args.out, options=options,
                              val_data=args.val_data, resume=args.resume, world=world,
                              on_epoch=_printer(not args.quiet, world.is_main))
         if world.is_main:
-            acc = result.record["accuracy"]
+            acc, fr = result.record["accuracy"], result.fit
+            resumed = f", resumed after epoch {fr.resumed_at}" if fr.resumed_at else ""
             print(f"{args.model} trained for {options.epochs} epochs on {result.record['n_train']} "
-                  f"images in {time.perf_counter() - t0:.0f} s; held-out top-1 "
+                  f"images in {fr.seconds:.0f} s of training{resumed}; held-out top-1 "
                   f"{acc['top1']:.2%} (95% CI {acc['ci95'][0]:.2%}-{acc['ci95'][1]:.2%}) on "
                   f"{result.record['heldout']}")
             print(f"weights: {result.weights}  (how they were made: {result.weights}.json)")

@@ -100,11 +100,3 @@ def broadcast_buffers(world: World, model: torch.nn.Module) -> None:
         for b in model.buffers():
             dist.broadcast(b.data, src=0)
 
-
-def broadcast_flag(world: World, flag: bool) -> bool:
-    """Rank 0's decision, for every rank (e.g. "stop: interrupted")."""
-    if not world.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=world.device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())

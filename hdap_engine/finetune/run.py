@@ -200,6 +200,7 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     `FinetuneResult`.
     """
     from hdap_engine.accuracy.evaluate import evaluate
+    from hdap_engine.accuracy.report import preprocess_block
     from hdap_engine.data import check_classes
     from hdap_engine.export import export_bundle, rebuild_model
     from hdap_engine.models.zoo import build_model, num_classes_of
@@ -237,47 +238,50 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     path = None
     if world.is_main:
         after = evaluate(student, ld.heldout)
-        accuracy = accuracy_block(report.get("accuracy"), ld, unpruned=unpruned, before=before,
-                                  after=after, fit_result=result, options=options,
-                                  teacher=teacher_file, wall_seconds=wall)
+        accuracy = finetuned_accuracy(report.get("accuracy"), ld, unpruned=unpruned,
+                                      before=before, after=after, fit_result=result,
+                                      options=options, teacher=teacher_file, wall_seconds=wall)
         if export:
             new_report = {k: v for k, v in report.items()
                           if k not in ("files", "created_at", "versions")}
             new_report["accuracy"] = accuracy
-            new_report["preprocess"] = ld.preprocess.as_dict()
+            new_report["preprocess"] = preprocess_block(ld)
             new_report["finetuned_from"] = str(bundle)
             path = export_bundle(student.cpu(), space, widths, out, new_report, kept=kept)
     barrier(world)
     return FinetuneResult(bundle=path, accuracy=accuracy, fit=result, model=student)
 
 
-def accuracy_block(existing: dict | None, ld, *, unpruned, before, after,
-                   fit_result: FitResult, options: FinetuneOptions, teacher: str | None,
-                   wall_seconds: float) -> dict:
-    """The report's ``accuracy`` block after fine-tuning (fractions 0..1, None if unknown).
+def finetuned_accuracy(existing: dict | None, ld, *, unpruned, before, after,
+                       fit_result: FitResult, options: FinetuneOptions, teacher: str | None,
+                       wall_seconds: float) -> dict:
+    """The report's ``accuracy`` block after fine-tuning (`hdap_engine.accuracy.report`).
 
-    Keeps what the study measured (calibrated accuracy, calibration size) and adds
-    the fine-tuned accuracy, its 95 % interval and how it was obtained.
+    What the study measured before (right after pruning, calibrated, the floor, the
+    surrogate) is kept when the held-out set is the same; the bundle's own model,
+    measured here before training, fills ``pruned`` when the study did not.
+    ``finetune`` gains how the model was trained, epoch by epoch.
     """
-    block = dict(existing or {})
-    ci = dict(block.get("ci95") or {})
-    for key, ev in (("unpruned", unpruned), ("pruned", before), ("finetuned", after)):
-        if ev is not None:
-            block[key] = ev.top1
-            ci[key] = list(ev.ci95)
-            if ev.top5 is not None:
-                block[f"{key}_top5"] = ev.top5
-    block.setdefault("calibrated", None)
-    block.setdefault("n_calibration", None)
-    block.update({
-        "dataset": ld.name, "classes": ld.num_classes, "n_heldout": ld.n_heldout,
-        "heldout": ld.describe_heldout(), "metric": "top1", "ci95": ci,
-        "finetune": {"epochs": len(fit_result.history), "seconds": fit_result.seconds,
-                     "wall_seconds": wall_seconds, "processes": fit_result.world_size,
-                     "teacher": None if teacher is None else Path(teacher).name,
-                     "n_train": ld.n_train, "options": options.settings(),
-                     "hflip": fit_result.hflip, "crop_padding": fit_result.crop_padding,
-                     "resumed_at_epoch": fit_result.resumed_at,
-                     "history": [r.__dict__ for r in fit_result.history]},
-    })
+    from hdap_engine.accuracy.report import accuracy_block
+
+    old = dict(existing or {})
+    same = old.get("dataset") == ld.name and old.get("n_heldout") == ld.n_heldout
+    if not same:
+        old = {}
+    block = accuracy_block(
+        ld, unpruned=unpruned, pruned=before if old.get("pruned") is None else old["pruned"],
+        calibrated=old.get("calibrated"), finetuned=after,
+        n_calibration=old.get("n_calibration"), calibrated_on=old.get("calibrated_on") or
+        "heldout", floor=old.get("floor"), surrogate=old.get("surrogate"),
+        finetune={"epochs": len(fit_result.history), "seconds": fit_result.seconds,
+                  "teacher": None if teacher is None else Path(teacher).name})
+    for stage in ("pruned", "calibrated"):  # the study's intervals, not re-measured here
+        if old.get(stage) is not None and (old.get("ci95") or {}).get(stage):
+            block["ci95"][stage] = old["ci95"][stage]
+    block["finetune"].update({
+        "start_top1": before.top1, "wall_seconds": wall_seconds,
+        "processes": fit_result.world_size, "n_train": ld.n_train,
+        "options": options.settings(), "hflip": fit_result.hflip,
+        "crop_padding": fit_result.crop_padding, "resumed_at_epoch": fit_result.resumed_at,
+        "history": [r.__dict__ for r in fit_result.history]})
     return block

@@ -248,48 +248,79 @@ def fit(model: nn.Module, train_set: Dataset, options: FinetuneOptions, *,
 
         trained = DistributedDataParallel(
             model, device_ids=[world.local_rank] if device.type == "cuda" else None)
-    for epoch in range(start, options.epochs):
+    loop = _Loop(trained, model, teacher, loader, sampler, opt, sched, options, world,
+                 val_set, result, path, identity)
+    # The per-epoch seeding must not leak into the caller's random state.
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        for epoch in range(start, options.epochs):
+            record = loop.epoch(epoch)
+            if on_epoch is not None:
+                on_epoch(record)
+    model.eval()
+    return result
+
+
+@dataclass
+class _Loop:
+    """One training run's moving parts, so that an epoch is one method."""
+
+    trained: nn.Module  # what the forward pass goes through (DDP wrapper or the model)
+    model: nn.Module  # the model itself (saved, evaluated)
+    teacher: nn.Module | None
+    loader: DataLoader
+    sampler: DistributedSampler
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    options: FinetuneOptions
+    world: World
+    val_set: Dataset | None
+    result: FitResult
+    path: Path | None
+    identity: dict
+
+    def epoch(self, epoch: int) -> EpochRecord:
+        """Train one epoch (0-based), measure, checkpoint; returns its record."""
+        o, world = self.options, self.world
+        device = torch.device(world.device)
         t0 = time.perf_counter()
-        sampler.set_epoch(epoch)
-        torch.manual_seed(_epoch_seed(options.seed, epoch, world.rank))
-        trained.train()
+        self.sampler.set_epoch(epoch)
+        torch.manual_seed(_epoch_seed(o.seed, epoch, world.rank))
+        self.trained.train()
         loss_sum = hits = seen = 0.0
-        for x, y in loader:
+        for x, y in self.loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = trained(x)
+            logits = self.trained(x)
             with torch.no_grad():
-                t_logits = teacher(x) if options.distills else None
-            loss = distillation_loss(logits, t_logits, y, options)
-            opt.zero_grad(set_to_none=True)
+                t_logits = self.teacher(x) if o.distills else None
+            loss = distillation_loss(logits, t_logits, y, o)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
+            self.opt.step()
+            self.sched.step()
             loss_sum += float(loss.detach()) * len(y)
             hits += float((logits.detach().argmax(1) == y).sum())
             seen += len(y)
-        broadcast_buffers(world, model)
+        broadcast_buffers(world, self.model)
         loss_sum, hits, seen = sum_over_ranks(world, [loss_sum, hits, seen])
         val = None
-        if val_set is not None and len(val_set):
-            h, n = count_correct(model, val_set, world)
+        if self.val_set is not None and len(self.val_set):
+            h, n = count_correct(self.model, self.val_set, world)
             val = h / n
-        result.seconds += time.perf_counter() - t0
-        record = EpochRecord(epoch=epoch + 1, epochs=options.epochs, loss=loss_sum / seen,
+        self.result.seconds += time.perf_counter() - t0
+        record = EpochRecord(epoch=epoch + 1, epochs=o.epochs, loss=loss_sum / seen,
                              train_top1=hits / seen, val_top1=val,
-                             lr=float(opt.param_groups[0]["lr"]), seconds=result.seconds)
-        result.history.append(record)
-        if path is not None and world.is_main:
-            ckpt.save(path, {"epoch": epoch + 1, "model": model.state_dict(),
-                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                             "rng": ckpt.rng_states(),
-                             "history": [asdict(r) for r in result.history],
-                             "seconds": result.seconds, "options": options.settings(),
-                             "identity": identity})
+                             lr=float(self.opt.param_groups[0]["lr"]),
+                             seconds=self.result.seconds)
+        self.result.history.append(record)
+        if self.path is not None and world.is_main:
+            ckpt.save(self.path, {
+                "epoch": epoch + 1, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                "rng": ckpt.rng_states(), "history": [asdict(r) for r in self.result.history],
+                "seconds": self.result.seconds, "options": o.settings(),
+                "identity": self.identity})
         barrier(world)
-        if on_epoch is not None:
-            on_epoch(record)
-    model.eval()
-    return result
+        return record
 
 
 def state_digest(model: nn.Module) -> str:
