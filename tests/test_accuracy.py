@@ -268,3 +268,31 @@ def test_guide_refuses_a_floor_no_sampled_candidate_meets(probed, space):
                                         r"0\.\d\d, 'uniform', or a larger budget"):
         AccuracyGuide.prepare(demo, space, calib, 0.15 * space.base_macs, parse_floor("0.95"),
                               samples=6, seed=0, budget_label="15% MACs")
+
+
+def test_prepared_accuracy_checks_the_floor_first_and_the_classes_against_the_weights(
+        tmp_path):
+    from hdap_engine.accuracy.study import prepare_accuracy
+    from tests.test_data import make_folder
+
+    with pytest.raises(HdapError, match="--min-accuracy '2' is outside"):
+        prepare_accuracy("resnet56", None, DIGITS, min_accuracy="2")
+    five = tmp_path / "five.pt"
+    torch.save(build_model("resnet56", num_classes=5).state_dict(), five)
+    with pytest.raises(HdapError,
+                       match=r"has 3 classes but the weights in five.pt have 5 outputs"):
+        prepare_accuracy("resnet56", str(five), make_folder(tmp_path / "ds"))
+
+
+def test_heldout_figures_of_the_demo_weights_pruned_then_calibrated(space):
+    from hdap_engine.accuracy.study import heldout_figures, prepare_accuracy
+
+    ctx = prepare_accuracy("resnet56", str(ROOT / "sample_data" / "resnet56_digits.pt"),
+                           DIGITS, n_bn=128, n_eval=64)
+    pruned = prune_candidate(ctx.model, space, uniform_widths(space, 0.5 * space.base_macs))
+    figures = heldout_figures(ctx, pruned)
+    assert figures["unpruned"].top1 >= 0.98 and figures["unpruned"].n == ctx.data.n_heldout
+    # Re-estimating batch norm recovers much of what plain pruning loses.
+    assert figures["calibrated"].top1 > figures["pruned"].top1 + 0.05
+    block = accuracy_block(ctx.data, **figures, n_calibration=ctx.calib.n_bn)
+    assert block["calibrated"] == figures["calibrated"].top1
