@@ -188,7 +188,7 @@ def test_an_unreachable_floor_says_which_floor_the_budget_allows():
         check_reachable(pts, pts.threshold(0.99), 0.885, 0.99, "25%")
 
 
-def test_surrogate_learns_a_monotone_accuracy_and_reports_held_out_rank_and_error(space):
+def test_surrogate_learns_accuracy_and_reports_held_out_rank_and_error(space):
     rng = np.random.default_rng(0)
     widths = space.random_widths(40, rng)
     ratios = widths / space.base_widths
