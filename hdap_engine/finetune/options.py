@@ -28,7 +28,7 @@ class FinetuneOptions:
 
     epochs: int = 15
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "cosine"
@@ -37,6 +37,10 @@ class FinetuneOptions:
     ce_weight: float = 0.1
     crop_padding: int | None = None  # None: an eighth of the input size (4 px at 32x32)
     hflip: bool | None = None  # None: not for digits (mirrored digits are other symbols), else yes
+    # Training images on which batch-norm statistics are re-estimated before the first
+    # epoch (adaptive BN): a freshly pruned model's statistics belong to the unpruned
+    # one, and starting from them wastes the first epochs. 0: start from the bundle's.
+    bn_images: int = 512
     seed: int = 0
 
     def __post_init__(self):
@@ -57,6 +61,8 @@ class FinetuneOptions:
             raise HdapError(f"the distillation temperature must be > 0, got {self.temperature}")
         if self.kd_weight < 0 or self.ce_weight < 0 or self.kd_weight + self.ce_weight == 0:
             raise HdapError("kd_weight and ce_weight must be >= 0 and not both 0")
+        if self.bn_images < 0:
+            raise HdapError(f"bn_images must be >= 0, got {self.bn_images}")
         if self.crop_padding is not None and self.crop_padding < 0:
             raise HdapError(f"crop padding must be >= 0, got {self.crop_padding}")
 

@@ -199,9 +199,10 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     -------
     `FinetuneResult`.
     """
+    from hdap_engine.accuracy.calibrate import recalibrate_bn
     from hdap_engine.accuracy.evaluate import evaluate
     from hdap_engine.accuracy.report import preprocess_block
-    from hdap_engine.data import check_classes
+    from hdap_engine.data import check_classes, materialise, stratified_indices
     from hdap_engine.export import export_bundle, rebuild_model
     from hdap_engine.models.zoo import build_model, num_classes_of
 
@@ -227,6 +228,13 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
 
     before = evaluate(student, ld.heldout) if world.is_main else None
     unpruned = evaluate(teacher, ld.heldout) if world.is_main and teacher is not None else None
+    calibrated = None
+    if options.bn_images and not resume:
+        # Every rank re-estimates on the same images, so they start identical.
+        images, _ = materialise(ld.train, stratified_indices(ld.train_labels,
+                                                             options.bn_images, options.seed))
+        recalibrate_bn(student, images)
+        calibrated = evaluate(student, ld.heldout) if world.is_main else None
     started = time.perf_counter()
     result = fit(student, ld.train, options, val_set=ld.heldout, teacher=teacher,
                  hflip=resolve_hflip(options, data), checkpoint=ckpt_path, resume=resume,
@@ -239,7 +247,8 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     if world.is_main:
         after = evaluate(student, ld.heldout)
         accuracy = finetuned_accuracy(report.get("accuracy"), ld, unpruned=unpruned,
-                                      before=before, after=after, fit_result=result,
+                                      before=before, calibrated=calibrated, after=after,
+                                      fit_result=result,
                                       options=options, teacher=teacher_file, wall_seconds=wall)
         if export:
             new_report = {k: v for k, v in report.items()
@@ -252,14 +261,15 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     return FinetuneResult(bundle=path, accuracy=accuracy, fit=result, model=student)
 
 
-def finetuned_accuracy(existing: dict | None, ld, *, unpruned, before, after,
+def finetuned_accuracy(existing: dict | None, ld, *, unpruned, before, after, calibrated=None,
                        fit_result: FitResult, options: FinetuneOptions, teacher: str | None,
                        wall_seconds: float) -> dict:
     """The report's ``accuracy`` block after fine-tuning (`hdap_engine.accuracy.report`).
 
     What the study measured before (right after pruning, calibrated, the floor, the
     surrogate) is kept when the held-out set is the same; the bundle's own model,
-    measured here before training, fills ``pruned`` when the study did not.
+    measured here before training (as it came, and after batch-norm re-estimation),
+    fills ``pruned`` and ``calibrated`` when the study did not.
     ``finetune`` gains how the model was trained, epoch by epoch.
     """
     from hdap_engine.accuracy.report import accuracy_block
@@ -270,8 +280,11 @@ def finetuned_accuracy(existing: dict | None, ld, *, unpruned, before, after,
         old = {}
     block = accuracy_block(
         ld, unpruned=unpruned, pruned=before if old.get("pruned") is None else old["pruned"],
-        calibrated=old.get("calibrated"), finetuned=after,
-        n_calibration=old.get("n_calibration"), calibrated_on=old.get("calibrated_on") or
+        calibrated=calibrated if old.get("calibrated") is None else old["calibrated"],
+        finetuned=after,
+        n_calibration=old.get("n_calibration") or (
+            min(options.bn_images, ld.n_train) if calibrated is not None else None),
+        calibrated_on=old.get("calibrated_on") or
         "heldout", floor=old.get("floor"), surrogate=old.get("surrogate"),
         finetune={"epochs": len(fit_result.history), "seconds": fit_result.seconds,
                   "teacher": None if teacher is None else Path(teacher).name})
@@ -279,7 +292,9 @@ def finetuned_accuracy(existing: dict | None, ld, *, unpruned, before, after,
         if old.get(stage) is not None and (old.get("ci95") or {}).get(stage):
             block["ci95"][stage] = old["ci95"][stage]
     block["finetune"].update({
-        "start_top1": before.top1, "wall_seconds": wall_seconds,
+        "start_top1": before.top1,
+        "bn_reestimated_top1": None if calibrated is None else calibrated.top1,
+        "wall_seconds": wall_seconds,
         "processes": fit_result.world_size, "n_train": ld.n_train,
         "options": options.settings(), "hflip": fit_result.hflip,
         "crop_padding": fit_result.crop_padding, "resumed_at_epoch": fit_result.resumed_at,
