@@ -296,3 +296,13 @@ def test_heldout_figures_of_the_demo_weights_pruned_then_calibrated(space):
     assert figures["calibrated"].top1 > figures["pruned"].top1 + 0.05
     block = accuracy_block(ctx.data, **figures, n_calibration=ctx.calib.n_bn)
     assert block["calibrated"] == figures["calibrated"].top1
+
+
+def test_candidate_block_without_data_is_unknown_and_columns_show_dashes(space):
+    from hdap_engine.accuracy.study import accuracy_columns, candidate_block
+
+    block = candidate_block(None, space, space.base_widths)
+    assert block["status"].startswith("unknown")
+    assert accuracy_columns(block) == {"pruned top-1": "-", "calibrated top-1": "-",
+                                       "fine-tuned top-1": "-"}
+    assert accuracy_columns({"calibrated": 0.9123})["calibrated top-1"] == "91.2%"

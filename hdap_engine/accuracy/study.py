@@ -22,6 +22,9 @@ min_accuracy=None, seed=0, n_bn=256, n_eval=512, samples=24) -> AccuracyContext`
 (``unpruned``, ``pruned``, ``calibrated``); ``pruned_model`` ends BN-recalibrated.
 ``candidate_accuracy(ctx, space, widths) -> dict``: held-out accuracy of one candidate
 (pruned and calibrated) without touching anything else (bench rows).
+``candidate_block(ctx, space, widths, *, floor=None) -> dict``: its report block (a block
+saying accuracy is unknown when ``ctx`` is None).
+``accuracy_columns(block) -> dict``: short strings for terminal tables.
 """
 
 from __future__ import annotations
@@ -170,3 +173,42 @@ def candidate_accuracy(ctx: AccuracyContext, space, widths) -> dict[str, Evaluat
         pruned = prune_candidate(ctx.model, space, widths)
     return heldout_figures(ctx, pruned)
 
+
+
+def candidate_block(ctx: AccuracyContext | None, space, widths, *,
+                    floor: dict | None = None) -> dict:
+    """The ``accuracy`` block of one candidate (bench rows, sweep points).
+
+    Parameters
+    ----------
+    ctx:
+        The study's accuracy context, or None (the block says accuracy is unknown).
+    space:
+        The pruning space.
+    widths:
+        The candidate.
+    floor:
+        The floor the candidate was searched under (``AccuracyGuide.summary()``).
+
+    Returns
+    -------
+    `hdap_engine.accuracy.report.accuracy_block`'s dict.
+    """
+    from hdap_engine.accuracy.report import accuracy_block
+
+    if ctx is None:
+        return accuracy_block(None)
+    figures = candidate_accuracy(ctx, space, widths)
+    return accuracy_block(ctx.data, **figures, n_calibration=ctx.calib.n_bn, floor=floor)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def accuracy_columns(block: dict | None) -> dict[str, str]:
+    """``{"pruned top-1", "calibrated top-1", "fine-tuned top-1"}`` as short strings."""
+    block = block or {}
+    return {"pruned top-1": _pct(block.get("pruned")),
+            "calibrated top-1": _pct(block.get("calibrated")),
+            "fine-tuned top-1": _pct(block.get("finetuned"))}
