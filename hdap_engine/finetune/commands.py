@@ -169,9 +169,9 @@ def add_parsers(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m hdap_engine.finetune BUNDLE ...` (what torchrun starts in every process)."""
-    from hdap_engine.cli import _Parser
+    from hdap_engine.cli.common import Parser
 
-    parser = _Parser(prog="python -m hdap_engine.finetune",
+    parser = Parser(prog="python -m hdap_engine.finetune",
                      description="Fine-tune a pruned bundle (one process or under torchrun).")
     add_finetune_arguments(parser)
     try:
