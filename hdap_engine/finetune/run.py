@@ -170,6 +170,71 @@ def teacher_weights(report: dict, bundle: str | os.PathLike,
                     "not there; pass --model-weights FILE")
 
 
+@dataclass
+class Tuned:
+    """What `finetune_model` measured (held-out `Evaluation`s; None on ranks other than 0)."""
+
+    fit: FitResult
+    before: object | None  # the student as given
+    calibrated: object | None  # after batch-norm re-estimation (None when not done)
+    after: object | None  # after fine-tuning
+    unpruned: object | None  # the teacher
+    wall_seconds: float
+
+
+def finetune_model(student: torch.nn.Module, ld, options: FinetuneOptions = DISTILL, *,
+                   teacher: torch.nn.Module | None = None, checkpoint=None,
+                   resume: bool = False, identity: dict | None = None,
+                   on_epoch: Callable[[EpochRecord], None] | None = None,
+                   world: World | None = None) -> Tuned:
+    """Fine-tune a pruned model in memory and measure it before and after.
+
+    What `finetune_bundle` does between reading and writing a bundle, for callers
+    that hold the models already (a study's chosen model, every row of a bench):
+    batch-norm re-estimation on ``options.bn_images`` training images (not on
+    resume: the checkpoint has the statistics), `fit`, and held-out evaluations.
+
+    Parameters
+    ----------
+    student:
+        The pruned model, trained in place.
+    ld:
+        `hdap_engine.data.LabelledData`: ``train`` for training, ``heldout`` for every
+        figure.
+    options:
+        The recipe.
+    teacher:
+        The unpruned model (needed when the recipe distils).
+
+    Returns
+    -------
+    `Tuned`.
+    """
+    from hdap_engine.accuracy.calibrate import recalibrate_bn
+    from hdap_engine.accuracy.evaluate import evaluate
+    from hdap_engine.data import materialise, stratified_indices
+
+    world = world or setup()
+    before = evaluate(student, ld.heldout) if world.is_main else None
+    unpruned = evaluate(teacher, ld.heldout) if world.is_main and teacher is not None else None
+    calibrated = None
+    if options.bn_images and not resume:
+        # Every rank re-estimates on the same images, so they start identical.
+        images, _ = materialise(ld.train, stratified_indices(ld.train_labels,
+                                                             options.bn_images, options.seed))
+        recalibrate_bn(student, images)
+        calibrated = evaluate(student, ld.heldout) if world.is_main else None
+    started = time.perf_counter()
+    result = fit(student, ld.train, options, val_set=ld.heldout, teacher=teacher,
+                 hflip=resolve_hflip(options, ld.name), checkpoint=checkpoint, resume=resume,
+                 on_epoch=on_epoch, world=world,
+                 identity={**(identity or {}), "data": ld.fingerprint})
+    wall = time.perf_counter() - started
+    after = evaluate(student, ld.heldout) if world.is_main else None
+    return Tuned(fit=result, before=before, calibrated=calibrated, after=after,
+                 unpruned=unpruned, wall_seconds=wall)
+
+
 def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
                     out: str | os.PathLike, *, options: FinetuneOptions = DISTILL,
                     val_data=None, model_weights=None, resume: bool = False,
@@ -199,10 +264,8 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     -------
     `FinetuneResult`.
     """
-    from hdap_engine.accuracy.calibrate import recalibrate_bn
-    from hdap_engine.accuracy.evaluate import evaluate
     from hdap_engine.accuracy.report import preprocess_block
-    from hdap_engine.data import check_classes, materialise, stratified_indices
+    from hdap_engine.data import check_classes
     from hdap_engine.export import export_bundle, rebuild_model
     from hdap_engine.models.zoo import build_model, num_classes_of
 
@@ -226,26 +289,17 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     if teacher is not None:
         check_classes(ld, num_classes_of(teacher, name), weights=Path(teacher_file).name)
 
-    before = evaluate(student, ld.heldout) if world.is_main else None
-    unpruned = evaluate(teacher, ld.heldout) if world.is_main and teacher is not None else None
-    calibrated = None
-    if options.bn_images and not resume:
-        # Every rank re-estimates on the same images, so they start identical.
-        images, _ = materialise(ld.train, stratified_indices(ld.train_labels,
-                                                             options.bn_images, options.seed))
-        recalibrate_bn(student, images)
-        calibrated = evaluate(student, ld.heldout) if world.is_main else None
-    started = time.perf_counter()
-    result = fit(student, ld.train, options, val_set=ld.heldout, teacher=teacher,
-                 hflip=resolve_hflip(options, data), checkpoint=ckpt_path, resume=resume,
-                 on_epoch=on_epoch, world=world,
-                 identity={"bundle_widths": space.widths_dict(widths), "data": ld.fingerprint,
-                           "teacher": None if teacher_file is None else Path(teacher_file).name})
-    wall = time.perf_counter() - started
+    tuned = finetune_model(student, ld, options, teacher=teacher, checkpoint=ckpt_path,
+                           resume=resume, on_epoch=on_epoch, world=world,
+                           identity={"bundle_widths": space.widths_dict(widths),
+                                     "teacher": None if teacher_file is None
+                                     else Path(teacher_file).name})
+    before, calibrated, unpruned = tuned.before, tuned.calibrated, tuned.unpruned
+    result, wall = tuned.fit, tuned.wall_seconds
     accuracy: dict = {}
     path = None
     if world.is_main:
-        after = evaluate(student, ld.heldout)
+        after = tuned.after
         accuracy = finetuned_accuracy(report.get("accuracy"), ld, unpruned=unpruned,
                                       before=before, calibrated=calibrated, after=after,
                                       fit_result=result,
