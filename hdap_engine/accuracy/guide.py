@@ -28,7 +28,9 @@ Public API
 progress=None, cache=None) -> AccuracyGuide``
 ``guide.penalise(scores, widths) -> np.ndarray``; ``guide.predict(widths)``;
 ``guide.evaluate(widths) -> np.ndarray`` (real, cached; added to ``guide.evaluated``);
-``guide.meets(widths) -> np.ndarray[bool]``; ``guide.fallback(score_fn) -> widths``;
+``guide.meets(widths) -> np.ndarray[bool]``; ``guide.first_feasible(ranked, limit=None)``;
+``guide.choose(ranked, score_fn, limit=None) -> widths`` (first feasible, else `fallback`);
+``guide.fallback(score_fn) -> widths``;
 ``guide.summary() -> dict`` (for the report: unpruned, uniform, threshold, floor, surrogate).
 """
 
@@ -172,6 +174,25 @@ class AccuracyGuide:
         if self.threshold is None:
             return np.ones(len(acc), dtype=bool)
         return acc >= self.threshold - 1e-12
+
+    def first_feasible(self, ranked, limit: int | None = None) -> np.ndarray | None:
+        """The first of ``ranked`` (best first) whose real calibrated accuracy meets the floor.
+
+        Candidates are evaluated one at a time, so a good first choice costs one
+        evaluation; ``limit`` caps how many are tried. None when none does.
+        """
+        ranked = np.atleast_2d(np.asarray(ranked, dtype=np.int64))
+        for w in ranked[:limit]:
+            if self.meets(w[None])[0]:
+                return w
+        return None
+
+    def choose(self, ranked, score: Callable[[np.ndarray], np.ndarray],
+               limit: int | None = None) -> np.ndarray:
+        """`first_feasible` of ``ranked``, else the best-scoring evaluated candidate that
+        meets the floor (`fallback`): the search never answers below its floor."""
+        chosen = self.first_feasible(ranked, limit)
+        return chosen if chosen is not None else self.fallback(score)
 
     def fallback(self, score: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """The best-scoring candidate (lowest ``score``) among those evaluated that meet the floor."""

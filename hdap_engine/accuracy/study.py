@@ -65,15 +65,17 @@ class AccuracyContext:
     weights: str = "random initialisation"
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def guide(self, space, target_macs: float, *, progress: Progress | None = None,
-              budget_label: str | None = None):
-        """The `AccuracyGuide` of one budget (evaluations cached in the workspace)."""
+    def guide(self, space, target_macs: float, *, floor: AccuracyFloor | None | str = "",
+              progress: Progress | None = None, budget_label: str | None = None):
+        """The `AccuracyGuide` of one budget and floor (default: the prepared floor);
+        evaluations are cached in the workspace."""
         from hdap_engine.accuracy.guide import AccuracyGuide
 
-        key = (space.model, round(float(target_macs)))
+        floor = self.floor if floor == "" else floor
+        key = (space.model, round(float(target_macs)), None if floor is None else floor.text)
         if key not in self._memo:
             self._memo[key] = AccuracyGuide.prepare(
-                self.model, space, self.calib, target_macs, self.floor,
+                self.model, space, self.calib, target_macs, floor,
                 samples=self.samples, seed=self.seed, progress=progress,
                 budget_label=budget_label)
         return self._memo[key]

@@ -126,10 +126,33 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     print(f"fleet: predicted mean {pred} ms, measured mean {f['measured_mean_ms']:.2f} ms, "
           f"p95 {f['measured_p95_ms']:.2f} ms, unpruned {f['unpruned_mean_ms']:.2f} ms, "
           f"speedup {f['speedup']:.2f}x ({f['basis']})")
+    print(accuracy_line(r.get("accuracy")))
     for note in r["notes"]:
         print(f"note: {note}")
     print(f"bundle: {result.bundle}  (zip: {result.bundle}.zip)")
     return 0
+
+
+def accuracy_line(block: dict | None) -> str:
+    """One line: the held-out accuracies of a report's accuracy block, or that it is unknown."""
+    if not block or block.get("unpruned") is None:
+        return "accuracy: " + ((block or {}).get("status") or "unknown")
+
+    def pct(stage):
+        v = block.get(stage)
+        ci = (block.get("ci95") or {}).get(stage)
+        if v is None:
+            return None
+        return f"{stage} {100 * v:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+                                            if ci else "")
+
+    parts = [p for p in (pct(s) for s in ("unpruned", "pruned", "calibrated", "finetuned")) if p]
+    line = f"accuracy (top-1, {block.get('heldout')}): " + ", ".join(parts)
+    floor = block.get("floor")
+    if floor and floor.get("threshold") is not None:
+        line += (f"; floor {floor['text']} = {100 * floor['threshold']:.1f}% calibrated on "
+                 f"{floor.get('on', 'the calibration split')}")
+    return line
 
 
 def register_optimize(sub) -> None:
@@ -183,15 +206,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         rows = format_rows(result["points"])
         for r, p in zip(rows, result["points"], strict=True):
             r["budget"] = p["budget"]
-        print_table(rows, ["budget", "method", "MACs", "fleet mean ms", "p95 ms", "speedup"])
+        columns = ["budget", "method", "MACs", "fleet mean ms", "p95 ms", "speedup"]
+        if any((p.get("accuracy") or {}).get("dataset") for p in result["points"]):
+            columns += ["calibrated top-1"]
+        print_table(rows, columns)
     else:
         print(f"{args.model} at {args.budget} MACs on {result['fleet']} "
               f"({plural(result['n_devices'], 'device')}, {plural(result['k'], 'cluster')}), "
               f"measured by {result['measured_source']}; "
               f"unpruned fleet mean {result['unpruned_mean_ms']:.2f} ms")
-        print_table(format_rows(result["rows"]),
-                     ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
-                      "search s", "device measurements"])
+        columns = ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
+                   "search s", "device measurements"]
+        if any((r.get("accuracy") or {}).get("dataset") for r in result["rows"]):
+            columns += ["pruned top-1", "calibrated top-1", "fine-tuned top-1"]
+        print_table(format_rows(result["rows"]), columns)
         if result.get("validation"):
             print(f"verification: {result['validation']}")
         for note in result.get("notes", []):
