@@ -212,6 +212,10 @@ class AccuracyPlan:
         help="accuracy floor of the search, after batch-norm re-estimation: a fraction of "
              "the unpruned model's (0.9, 95%%), a drop in points (-2pt), or 'uniform' (at "
              "least the uniform architecture at the same budget); needs --data")
+    finetune_epochs: int = option(
+        0, flag="--finetune-epochs", parse="int", metavar="N",
+        help="fine-tune the exported model by distillation from the unpruned one for N "
+             "epochs on --data (hdap_engine.finetune's recipe; default 0: no fine-tuning)")
     accuracy_samples: int = 24  # candidates evaluated per budget for the accuracy surrogate
     calibration_images: int = 256  # forward passes that re-estimate batch norm
     calibration_eval: int = 512  # images the calibrated top-1 is measured on
@@ -227,6 +231,11 @@ class AccuracyPlan:
                                 "ImageFolder directory, a .zip of one, or 'digits')")
         if self.val_data and not self.data:
             raise HdapError("--val-data needs --data (the images the search calibrates on)")
+        if self.finetune_epochs < 0:
+            raise HdapError(f"--finetune-epochs must be >= 0, got {self.finetune_epochs}")
+        if self.finetune_epochs and not self.data:
+            raise HdapError("--finetune-epochs needs labelled data to train on: give --data "
+                            "(an ImageFolder directory, a .zip of one, or 'digits')")
         if self.accuracy_samples < 4 or self.calibration_images < 2 or \
                 self.calibration_eval < 1:
             raise HdapError("the accuracy surrogate needs at least 4 samples, batch norm at "

@@ -54,7 +54,7 @@ def pruned_bundle(tmp_path_factory) -> Path:
     """The demo weights pruned uniformly to 25 % of their MACs, exported (ts only, fast)."""
     from hdap_engine.study import prune_baseline
 
-    res = prune_baseline("resnet56", "0.25", "uniform", weights=str(DEMO))
+    res = prune_baseline("resnet56", "0.25", "uniform", model_weights=str(DEMO))
     # What `hdap optimize` records; `hdap prune` bundles name only a label.
     res.report["settings"] = {"model": "resnet56", "model_weights": str(DEMO)}
     return export_bundle_fast(res, tmp_path_factory.mktemp("bundle") / "r56_u25")
@@ -271,3 +271,13 @@ def test_torchrun_with_two_processes_ends_with_identical_weights_and_one_process
     noise = 2 * 1.96 * np.sqrt(max(a1 * (1 - a1), 1 / n) / n)
     assert abs(a1 - a2) <= noise + 1 / n, (a1, a2, noise)
     assert a2 > report_two["accuracy"]["pruned"] - noise  # it learnt, not broke
+
+
+def test_finetune_epochs_of_a_study_need_labelled_data():
+    from hdap_engine.options import AccuracyPlan
+
+    with pytest.raises(HdapError, match="--finetune-epochs needs labelled data"):
+        AccuracyPlan(finetune_epochs=3)
+    with pytest.raises(HdapError, match=">= 0"):
+        AccuracyPlan(data="digits", finetune_epochs=-1)
+    assert AccuracyPlan(data="digits", finetune_epochs=3).finetune_epochs == 3

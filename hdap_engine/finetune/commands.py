@@ -50,7 +50,9 @@ def _options(args, base: FinetuneOptions, **extra) -> FinetuneOptions:
                              schedule=args.schedule, seed=args.seed, hflip=args.hflip, **extra)
 
 
-def _printer(enabled: bool, world_main: bool):
+def epoch_printer(enabled: bool, world_main: bool):
+    """An `on_epoch` callback printing one line per epoch (rank 0 only)."""
+
     def show(r) -> None:
         if enabled and world_main:
             val = "-" if r.val_top1 is None else f"{r.val_top1:.2%}"
@@ -70,7 +72,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train_model(args.model, args.data, args.out, options=options,
                              val_data=args.val_data, resume=args.resume, world=world,
-                             on_epoch=_printer(not args.quiet, world.is_main))
+                             on_epoch=epoch_printer(not args.quiet, world.is_main))
         if world.is_main:
             acc, fr = result.record["accuracy"], result.fit
             resumed = f", resumed after epoch {fr.resumed_at}" if fr.resumed_at else ""
@@ -95,7 +97,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         result = finetune_bundle(args.bundle, args.data, args.out, options=options,
                                  val_data=args.val_data, model_weights=args.model_weights,
                                  resume=args.resume, world=world,
-                                 on_epoch=_printer(not args.quiet, world.is_main))
+                                 on_epoch=epoch_printer(not args.quiet, world.is_main))
         if world.distributed:
             # One line per rank: that the processes agree is checkable, not assumed.
             from hdap_engine.finetune.trainer import state_digest

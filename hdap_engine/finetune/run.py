@@ -39,10 +39,10 @@ def resolve_hflip(options: FinetuneOptions, data: str | os.PathLike) -> bool:
     return options.hflip if options.hflip is not None else str(data) != DIGITS
 
 
-def _load(data, model_name: str, val_data, mean=None, std=None):
+def _load(data, model_name: str, val_data, mean=None, std=None, seed: int = 0):
     from hdap_engine.data import load_data
 
-    return load_data(data, model=model_name, val_data=val_data, mean=mean, std=std)
+    return load_data(data, model=model_name, val_data=val_data, mean=mean, std=std, seed=seed)
 
 
 # -- from scratch ---------------------------------------------------------------------------
@@ -284,7 +284,10 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
         teacher_file = teacher_weights(report, bundle, model_weights)
         teacher = build_model(name, teacher_file)
     pre = report.get("preprocess") or {}
-    ld = _load(data, name, val_data, pre.get("mean"), pre.get("std"))
+    # The held-out split of the study that made the bundle (its seed), so that the
+    # figures before and after are on the same images and none of them is trained on.
+    split_seed = (report.get("settings") or {}).get("seed", report.get("seed", 0)) or 0
+    ld = _load(data, name, val_data, pre.get("mean"), pre.get("std"), seed=int(split_seed))
     check_classes(ld, num_classes_of(student, name), weights="the bundle's weights")
     if teacher is not None:
         check_classes(ld, num_classes_of(teacher, name), weights=Path(teacher_file).name)
