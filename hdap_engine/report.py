@@ -279,6 +279,7 @@ def accuracy_report(result) -> dict:
                  "unpruned_calibrated": search.get("unpruned_calibrated"),
                  "uniform_calibrated": search.get("uniform_calibrated"),
                  "evaluated": search.get("evaluated"),
+                 "chosen_calibrated": search.get("chosen_calibrated"),
                  "on": f"{acc.calib.n_eval} calibration images of --data"}
     block = accuracy_block(acc.data, **dict(result.accuracy), n_calibration=acc.calib.n_bn,
                            floor=floor, surrogate=search.get("surrogate"))

@@ -110,7 +110,8 @@ def optimize(ctx: StudyContext, query: Query | None = None, *, method: str | Non
     return Optimized(spec.name, out.widths, target, out.predicted_cluster_ms, obj,
                      out.optimize_s, out.search_s, out.learned.device_measurements,
                      out.learned, out.history,
-                     accuracy=None if guide is None else guide.summary())
+                     accuracy=None if guide is None else
+                     {**guide.summary(), "chosen_calibrated": float(guide.evaluate(out.widths)[0])})
 
 
 def accuracy_guide(ctx: StudyContext, target: float, query: Query, *,
