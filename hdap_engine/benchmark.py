@@ -109,6 +109,13 @@ def run_bench(options: StudyOptions, telemetry, *, methods=None, oracle: bool = 
                    unpruned_mean)
         row["optimize_s"] = res.optimize_s  # refinement measurements and refits included
         row["search_accuracy"] = res.accuracy  # the floor and accuracy surrogate, if any
+        if options.accuracy.finetune_epochs and base_ctx.accuracy is not None:
+            from hdap_engine.finetune.run import finetune_candidate
+
+            # Every method's model through the same recipe: accuracy after fine-tuning.
+            row["accuracy"] = finetune_candidate(
+                base_ctx.accuracy, base_ctx.space, res.widths, row["accuracy"],
+                epochs=options.accuracy.finetune_epochs, seed=options.seed)
         rows.append(row)
         if name == options.method and res.learned is not None:
             surrogate = res.learned.surrogate  # as the study's own search left it

@@ -357,3 +357,45 @@ def finetuned_accuracy(existing: dict | None, ld, *, unpruned, before, after, ca
         "crop_padding": fit_result.crop_padding, "resumed_at_epoch": fit_result.resumed_at,
         "history": [r.__dict__ for r in fit_result.history]})
     return block
+
+
+def finetune_candidate(actx, space, widths, block: dict, *, epochs: int,
+                       seed: int = 0) -> dict:
+    """A bench row's accuracy block with its candidate fine-tuned (the same recipe for all).
+
+    Parameters
+    ----------
+    actx:
+        The study's `hdap_engine.accuracy.study.AccuracyContext` (data, unpruned model).
+    space, widths:
+        The pruning space and the row's candidate.
+    block:
+        The row's accuracy block so far (pruned, calibrated); not modified.
+    epochs:
+        Epochs of distillation.
+    seed:
+        The recipe's seed.
+
+    Returns
+    -------
+    A copy of ``block`` with ``finetuned``, its interval and ``finetune``.
+    """
+    import copy
+
+    from hdap_engine.accuracy.calibrate import prune_candidate
+
+    student = prune_candidate(actx.model, space, widths)
+    # fit() freezes its teacher; the context's model stays as the next row needs it.
+    teacher = copy.deepcopy(actx.model)
+    tuned = finetune_model(student, actx.data, DISTILL.with_changes(epochs=epochs, seed=seed),
+                           teacher=teacher)
+    out = dict(block)
+    out["finetuned"] = tuned.after.top1
+    out["ci95"] = {**(block.get("ci95") or {}), "finetuned": list(tuned.after.ci95)}
+    out["finetune"] = {"epochs": epochs, "seconds": tuned.fit.seconds,
+                       "teacher": getattr(actx, "weights", None),
+                       "history": [r.__dict__ for r in tuned.fit.history]}
+    measured = [s for s in ("unpruned", "pruned", "calibrated", "finetuned")
+                if out.get(s) is not None]
+    out["status"] = "measured: " + ", ".join(measured)
+    return out
