@@ -281,3 +281,24 @@ def test_finetune_epochs_of_a_study_need_labelled_data():
     with pytest.raises(HdapError, match=">= 0"):
         AccuracyPlan(data="digits", finetune_epochs=-1)
     assert AccuracyPlan(data="digits", finetune_epochs=3).finetune_epochs == 3
+
+
+@pytest.mark.slow
+def test_a_bench_row_is_fine_tuned_without_touching_the_studys_unpruned_model(digit_folder):
+    from hdap_engine.accuracy.calibrate import weights_digest
+    from hdap_engine.accuracy.study import candidate_block, prepare_accuracy
+    from hdap_engine.finetune.run import finetune_candidate
+    from hdap_engine.pruning.space import PruningSpace
+    from hdap_engine.search.baselines import uniform_widths
+
+    actx = prepare_accuracy("resnet56", str(DEMO), str(digit_folder))
+    space = PruningSpace.for_model("resnet56")
+    widths = uniform_widths(space, 0.5 * space.base_macs)
+    block = candidate_block(actx, space, widths)
+    digest = weights_digest(actx.model)
+    tuned = finetune_candidate(actx, space, widths, block, epochs=1)
+    assert block.get("finetuned") is None  # the row's block is copied, not changed
+    assert 0 <= tuned["finetuned"] <= 1 and tuned["finetune"]["epochs"] == 1
+    assert tuned["ci95"]["finetuned"][0] <= tuned["finetuned"] <= tuned["ci95"]["finetuned"][1]
+    assert weights_digest(actx.model) == digest
+    assert all(p.requires_grad for p in actx.model.parameters())  # the next row can prune it
