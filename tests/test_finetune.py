@@ -251,7 +251,7 @@ def test_torchrun_with_two_processes_ends_with_identical_weights_and_one_process
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "hdap_engine.finetune", *common, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300)
+        env=env, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     digests = dict(re.findall(r"rank (\d)/2: weights sha256 ([0-9a-f]{16})", two.stdout))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"], two.stdout

@@ -100,8 +100,8 @@ def train_model(model_name: str, data: str | os.PathLike, out: str | os.PathLike
                  identity={"model": model_name, "data": ld.fingerprint})
     record = {}
     path = None
+    ev = evaluate(model, ld.heldout)  # on every rank: see finetune_model
     if world.is_main:
-        ev = evaluate(model, ld.heldout)
         record = {
             "model": model_name, "data": str(data), "classes": list(ld.classes),
             "n_train": ld.n_train, "n_heldout": ld.n_heldout,
@@ -172,7 +172,7 @@ def teacher_weights(report: dict, bundle: str | os.PathLike,
 
 @dataclass
 class Tuned:
-    """What `finetune_model` measured (held-out `Evaluation`s; None on ranks other than 0)."""
+    """What `finetune_model` measured (held-out `Evaluation`s, the same on every rank)."""
 
     fit: FitResult
     before: object | None  # the student as given
@@ -215,22 +215,25 @@ def finetune_model(student: torch.nn.Module, ld, options: FinetuneOptions = DIST
     from hdap_engine.data import materialise, stratified_indices
 
     world = world or setup()
-    before = evaluate(student, ld.heldout) if world.is_main else None
-    unpruned = evaluate(teacher, ld.heldout) if world.is_main and teacher is not None else None
+    # Every rank evaluates (the same model on the same images, so the same figures):
+    # torchmetrics synchronises its counts over the process group when there is one,
+    # and a collective that only rank 0 entered would wait for ever.
+    before = evaluate(student, ld.heldout)
+    unpruned = evaluate(teacher, ld.heldout) if teacher is not None else None
     calibrated = None
     if options.bn_images and not resume:
         # Every rank re-estimates on the same images, so they start identical.
         images, _ = materialise(ld.train, stratified_indices(ld.train_labels,
                                                              options.bn_images, options.seed))
         recalibrate_bn(student, images)
-        calibrated = evaluate(student, ld.heldout) if world.is_main else None
+        calibrated = evaluate(student, ld.heldout)
     started = time.perf_counter()
     result = fit(student, ld.train, options, val_set=ld.heldout, teacher=teacher,
                  hflip=resolve_hflip(options, ld.name), checkpoint=checkpoint, resume=resume,
                  on_epoch=on_epoch, world=world,
                  identity={**(identity or {}), "data": ld.fingerprint})
     wall = time.perf_counter() - started
-    after = evaluate(student, ld.heldout) if world.is_main else None
+    after = evaluate(student, ld.heldout)
     return Tuned(fit=result, before=before, calibrated=calibrated, after=after,
                  unpruned=unpruned, wall_seconds=wall)
 
