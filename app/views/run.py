@@ -112,6 +112,9 @@ def _results(run) -> None:
                f"{rep['budget_macs'] / 1e9:.3f} G MACs, pruned model "
                f"{rep.get('macs', rep['budget_macs']) / 1e9:.3f} G · {run.weights_label}")
     parts.fleet_headline(rep)
+    from hdap_engine.accuracy.report import accuracy_summary
+
+    st.caption(f":material/target: {accuracy_summary(rep.get('accuracy'))}")
     figs = run.figures()
     parts.show_figure(figs["clusters"], key="fig_clusters")
     left, right = st.columns(2)
@@ -141,6 +144,8 @@ def _extra_results(run) -> None:
             "speedup": st.column_config.NumberColumn(format="%.2fx")})
     if "pareto" in figs:
         parts.show_figure(figs["pareto"], key="fig_pareto")
+    if "accuracy_pareto" in figs:
+        parts.show_figure(figs["accuracy_pareto"], key="fig_accuracy_pareto")
 
 
 def main() -> None:

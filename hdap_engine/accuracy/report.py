@@ -15,6 +15,7 @@ n_calibration=None, calibrated_on="heldout", finetune=None, floor=None, surrogat
 -> dict``
     Each accuracy argument is an `Evaluation`, a float, or ``None``.
 ``preprocess_block(data=None) -> dict | None``
+``accuracy_summary(block) -> str``: one line for the CLI and the app.
 ``UNKNOWN``: the status line of a report without data.
 """
 
@@ -106,3 +107,25 @@ def accuracy_block(data=None, *, unpruned=None, pruned=None, calibrated=None, fi
 def preprocess_block(data=None) -> dict | None:
     """The report's ``preprocess`` block (``None`` without data)."""
     return None if data is None else data.preprocess.as_dict()
+
+
+def accuracy_summary(block: dict | None) -> str:
+    """One line: the held-out accuracies of a report's accuracy block, or that it is unknown."""
+    if not block or block.get("unpruned") is None:
+        return "accuracy: " + ((block or {}).get("status") or "unknown")
+
+    def pct(stage):
+        v = block.get(stage)
+        ci = (block.get("ci95") or {}).get(stage)
+        if v is None:
+            return None
+        return f"{stage} {100 * v:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+                                            if ci else "")
+
+    parts = [p for p in (pct(s) for s in ("unpruned", "pruned", "calibrated", "finetuned")) if p]
+    line = f"accuracy (top-1, {block.get('heldout')}): " + ", ".join(parts)
+    floor = block.get("floor")
+    if floor and floor.get("threshold") is not None:
+        line += (f"; floor {floor['text']} = {100 * floor['threshold']:.1f}% calibrated on "
+                 f"{floor.get('on', 'the calibration split')}")
+    return line

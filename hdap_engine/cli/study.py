@@ -130,7 +130,9 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
           f"speedup {f['speedup']:.2f}x ({f['basis']})")
     if options.accuracy.finetune_epochs:
         r = _finetune_result(result.bundle, options, quiet=args.quiet)
-    print(accuracy_line(r.get("accuracy")))
+    from hdap_engine.accuracy.report import accuracy_summary
+
+    print(accuracy_summary(r.get("accuracy")))
     for note in r["notes"]:
         print(f"note: {note}")
     print(f"bundle: {result.bundle}  (zip: {result.bundle}.zip)")
@@ -151,28 +153,6 @@ def _finetune_result(bundle, options, *, quiet: bool) -> dict:
     ft = done.accuracy["finetune"]
     print(f"fine-tuned {ft['epochs']} epochs by distillation in {ft['seconds']:.0f} s")
     return json.loads((Path(done.bundle) / "report.json").read_text())
-
-
-def accuracy_line(block: dict | None) -> str:
-    """One line: the held-out accuracies of a report's accuracy block, or that it is unknown."""
-    if not block or block.get("unpruned") is None:
-        return "accuracy: " + ((block or {}).get("status") or "unknown")
-
-    def pct(stage):
-        v = block.get(stage)
-        ci = (block.get("ci95") or {}).get(stage)
-        if v is None:
-            return None
-        return f"{stage} {100 * v:.1f}%" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
-                                            if ci else "")
-
-    parts = [p for p in (pct(s) for s in ("unpruned", "pruned", "calibrated", "finetuned")) if p]
-    line = f"accuracy (top-1, {block.get('heldout')}): " + ", ".join(parts)
-    floor = block.get("floor")
-    if floor and floor.get("threshold") is not None:
-        line += (f"; floor {floor['text']} = {100 * floor['threshold']:.1f}% calibrated on "
-                 f"{floor.get('on', 'the calibration split')}")
-    return line
 
 
 def register_optimize(sub) -> None:
