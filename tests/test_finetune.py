@@ -201,6 +201,7 @@ def test_finetune_writes_a_complete_bundle_with_accuracy_before_and_after(
     assert sum(p.numel() for p in model.parameters()) == report["params"]
 
 
+@pytest.mark.slow
 def test_finetune_cli_says_what_to_pass_when_the_bundle_names_no_teacher(tmp_path, cli,
                                                                          digit_folder):
     from hdap_engine.study import prune_baseline
@@ -213,6 +214,7 @@ def test_finetune_cli_says_what_to_pass_when_the_bundle_names_no_teacher(tmp_pat
     assert "--model-weights" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow
 def test_finetune_refuses_to_overwrite_an_interrupted_run_without_resume(
         pruned_bundle, digit_folder, tmp_path, cli):
     out = tmp_path / "o"
