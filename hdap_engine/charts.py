@@ -268,6 +268,78 @@ def pareto_chart(sweep: Mapping, *, chosen: Mapping | None = None) -> go.Figure:
     return fig
 
 
+def accuracy_points(rows: Sequence[Mapping]) -> pd.DataFrame:
+    """Rows (bench rows, sweep points) that carry a calibrated held-out accuracy."""
+    out = []
+    for r in rows:
+        acc = (r.get("accuracy") or {}).get("calibrated")
+        if acc is not None and r.get("fleet_mean_ms") is not None:
+            out.append({"method": r["method"], "fleet_mean_ms": r["fleet_mean_ms"],
+                        "calibrated": acc, "macs": r.get("macs"),
+                        "budget": r.get("budget", "")})
+    return pd.DataFrame(out)
+
+
+def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no other point beats on both latency (lower) and accuracy (higher)."""
+    if not len(points):
+        return points
+    pts = points.sort_values(["fleet_mean_ms", "calibrated"], ascending=[True, False])
+    best, keep = -np.inf, []
+    for i, row in pts.iterrows():
+        if row["calibrated"] > best:
+            keep.append(i)
+            best = row["calibrated"]
+    return pts.loc[keep]
+
+
+def accuracy_pareto(rows: Sequence[Mapping], *, measured_source: str = "",
+                    unpruned: Mapping | None = None, chosen: Mapping | None = None
+                    ) -> go.Figure:
+    """Fleet latency vs calibrated accuracy: the trade-off a floor picks from.
+
+    Parameters
+    ----------
+    rows:
+        Bench rows or sweep points, each with ``method``, ``fleet_mean_ms`` and an
+        ``accuracy`` block (rows without a calibrated accuracy are left out).
+    measured_source:
+        Where latency was measured (axis title).
+    unpruned:
+        {"fleet_mean_ms", "accuracy"} of the unpruned model, drawn as a cross.
+    chosen:
+        {"fleet_mean_ms", "accuracy"} of the study's model, drawn as a star.
+
+    Returns
+    -------
+    A scatter figure with the Pareto front as a dotted line.
+    """
+    pts = accuracy_points(rows)
+    fig = go.Figure()
+    for method, sub in (pts.groupby("method", sort=False) if len(pts) else []):
+        fig.add_scatter(x=sub["fleet_mean_ms"], y=100 * sub["calibrated"], mode="markers",
+                        name=_method_label(method), marker=dict(color=_method_color(method),
+                                                                size=10),
+                        text=sub["budget"],
+                        hovertemplate="%{x:.2f} ms<br>%{y:.1f}% calibrated<br>%{text}")
+    front = pareto_front(pts)
+    if len(front) > 1:
+        fig.add_scatter(x=front["fleet_mean_ms"], y=100 * front["calibrated"], mode="lines",
+                        name="Pareto front", line=dict(color="#999", dash="dot"))
+    for point, name, symbol in ((unpruned, "unpruned", "x"), (chosen, "this study's model",
+                                                             "star")):
+        if point and point.get("accuracy") is not None:
+            fig.add_scatter(x=[point["fleet_mean_ms"]], y=[100 * point["accuracy"]],
+                            mode="markers", name=name,
+                            marker=dict(symbol=symbol, size=14, color="#222"))
+    fig.update_layout(**_LAYOUT, height=420,
+                      title="Fleet latency vs accuracy (held out, after batch-norm "
+                            "re-estimation)",
+                      xaxis_title=f"fleet mean latency (ms, measured: {measured_source})",
+                      yaxis_title="top-1 (%)")
+    return fig
+
+
 def method_comparison(comparison: Mapping) -> go.Figure:
     """Fleet mean and p95 latency of each method at the same budget.
 
@@ -354,7 +426,8 @@ def study_figures(report: Mapping, *, widths: Mapping[str, int],
 
     Returns
     -------
-    {"clusters", "widths", and when given "surrogate", "pareto", "comparison"}.
+    {"clusters", "widths", and when given "surrogate", "pareto", "accuracy_pareto" (a sweep
+    with accuracies), "comparison"}.
     """
     source = report.get("measured_source", "")
     figs = {"clusters": cluster_latency(report["clusters"], source)}
@@ -369,6 +442,14 @@ def study_figures(report: Mapping, *, widths: Mapping[str, int],
         if macs is not None and fleet.get("measured_mean_ms") is not None:
             chosen = {"macs": macs, "fleet_mean_ms": fleet["measured_mean_ms"]}
         figs["pareto"] = pareto_chart(sweep, chosen=chosen)
+        if len(accuracy_points(sweep.get("points", []))):
+            acc = (report.get("accuracy") or {})
+            figs["accuracy_pareto"] = accuracy_pareto(
+                sweep["points"], measured_source=source,
+                unpruned={"fleet_mean_ms": fleet.get("unpruned_mean_ms"),
+                          "accuracy": acc.get("unpruned")},
+                chosen={"fleet_mean_ms": fleet.get("measured_mean_ms"),
+                        "accuracy": acc.get("calibrated")})
     if comparison is not None:
         figs["comparison"] = method_comparison(comparison)
     return figs

@@ -172,6 +172,12 @@ def weights_choice() -> tuple[str | None, str]:
     wf = S.get(S.WEIGHTS_FILE)
     if S.get(S.WEIGHTS_MODE) == "upload" and wf and wf["model"] == S.get(S.MODEL):
         return wf["path"], f"user-supplied state dict ({wf['name']})"
+    if S.get(S.WEIGHTS_MODE) == "demo":
+        from hdap_engine.models.demo import demo_label, demo_weights
+
+        path = demo_weights(S.get(S.MODEL))
+        if path is not None:
+            return str(path), demo_label(S.get(S.MODEL)) or "trained demo weights"
     return None, "random initialisation (seeded)"
 
 

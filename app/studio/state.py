@@ -28,7 +28,7 @@ WEIGHTS_FOR = "weights_for"  # the clustering the weight sliders belong to
 
 # -- model and budget (page 2) --------------------------------------------------------------
 MODEL = "model"
-WEIGHTS_MODE = "weights_mode"  # widget: "random" or "upload"
+WEIGHTS_MODE = "weights_mode"  # widget: "random", "demo" (shipped trained weights) or "upload"
 WEIGHTS_UPLOAD = "weights_upload"  # widget: the state-dict uploader
 WEIGHTS_FILE = "weights_file"  # {"model", "path", "name"} of accepted user weights
 WEIGHTS_SEEN = "weights_seen"

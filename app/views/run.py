@@ -114,6 +114,9 @@ def _results(run) -> None:
                f"{rep.get('macs', rep['budget_macs']) / 1e9:.3f} G · {run.weights_label} · "
                f"{parts.elapsed_text(run.seconds)}")
     parts.fleet_headline(rep)
+    from hdap_engine.accuracy.report import accuracy_summary
+
+    st.caption(f":material/target: {accuracy_summary(rep.get('accuracy'))}")
     figs = run.figures()
     parts.show_figure(figs["clusters"], key="fig_clusters")
     left, right = st.columns(2)
@@ -143,6 +146,8 @@ def _results(run) -> None:
             "speedup": st.column_config.NumberColumn(format="%.2fx")})
     if "pareto" in figs:
         parts.show_figure(figs["pareto"], key="fig_pareto")
+    if "accuracy_pareto" in figs:
+        parts.show_figure(figs["accuracy_pareto"], key="fig_accuracy_pareto")
     st.page_link("views/whatif.py", label="Next: what-if (move the budget or the weights)",
                  icon=":material/arrow_forward:")
     st.page_link("views/download.py", label="Download the model and the report",

@@ -33,6 +33,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     fleet.register_cluster,
     fleet.register_simulate,
     fleet.register_probe,
+    tools.register_training,
 ]
 
 
