@@ -441,3 +441,35 @@ def write_rollout(ctx: StudyContext, rollout: Rollout, out_dir, *,
         pd_["variant_list"] = rows
     (out / "rollout.json").write_text(json.dumps(jsonable(doc), indent=1))
     return doc
+
+
+# -- the table every caller shows -----------------------------------------------------------
+
+ROLLOUT_COLUMNS = ["variants", "models", "groups", "fleet mean ms", "p95 ms",
+                   "worst cluster ms", "gain", "verdict"]
+
+
+def rollout_rows(doc: dict) -> list[dict]:
+    """The table of a rollout document (`Rollout.as_dict`): one row of text per K'.
+
+    Parameters
+    ----------
+    doc:
+        ``{"plans": [...]}`` as `Rollout.as_dict` or `write_rollout` returns it.
+
+    Returns
+    -------
+    Rows keyed by `ROLLOUT_COLUMNS`; the verdict says "one model" when the plan
+    ships one model, "within noise" when its gain is below the measurement noise.
+    """
+    rows = []
+    for p in doc["plans"]:
+        verdict = ("one model" if p["models"] == 1 else
+                   "within noise" if p["within_noise"] else "gain")
+        groups = " | ".join(",".join(str(c) for c in g) for g in p["groups"])
+        rows.append({"variants": p["variants"], "models": p["models"], "groups": groups,
+                     "fleet mean ms": f"{p['fleet_mean_ms']:.3f}",
+                     "p95 ms": f"{p['p95_ms']:.3f}",
+                     "worst cluster ms": f"{p['worst_cluster_ms']:.3f}",
+                     "gain": f"{p['gain_vs_one_model']:+.2%}", "verdict": verdict})
+    return rows

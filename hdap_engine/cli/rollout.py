@@ -6,26 +6,7 @@ import argparse
 
 from hdap_engine.cli.common import Bar, positive_int, print_table
 from hdap_engine.cli.flags import add_study_flags, study_options
-
-
-def rollout_rows(doc: dict) -> list[dict]:
-    """The table of a rollout document: one row per K'."""
-    rows = []
-    for p in doc["plans"]:
-        gain = p["gain_vs_one_model"]
-        verdict = ("one model" if p["models"] == 1 else
-                   "within noise" if p["within_noise"] else "gain")
-        groups = " | ".join(",".join(str(c) for c in g) for g in p["groups"])
-        rows.append({"variants": p["variants"], "models": p["models"], "groups": groups,
-                     "fleet mean ms": f"{p['fleet_mean_ms']:.3f}",
-                     "p95 ms": f"{p['p95_ms']:.3f}",
-                     "worst cluster ms": f"{p['worst_cluster_ms']:.3f}",
-                     "gain": f"{gain:+.2%}", "verdict": verdict})
-    return rows
-
-
-ROLLOUT_COLUMNS = ["variants", "models", "groups", "fleet mean ms", "p95 ms",
-                   "worst cluster ms", "gain", "verdict"]
+from hdap_engine.rollout import ROLLOUT_COLUMNS, rollout_rows
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
@@ -34,10 +15,15 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
     from hdap_engine.jsonable import jsonable
     from hdap_engine.prepare import prepare
+    from hdap_engine.pruning.budget import parse_budget
+    from hdap_engine.pruning.space import PruningSpace
     from hdap_engine.rollout import plan_rollout, write_rollout
     from hdap_engine.wording import plural
 
     options = study_options(args)
+    # A budget no candidate can meet is said before the fleet is clustered and measured.
+    parse_budget(options.query.budget, PruningSpace.for_model(
+        options.model, round_to=options.round_to, min_ratio=options.min_ratio))
     bar = Bar(not args.quiet)
     try:
         ctx = prepare(options, args.telemetry, progress=bar)
