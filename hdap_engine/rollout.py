@@ -171,6 +171,24 @@ def _model_name(group: tuple[int, ...], k: int) -> str:
     return ONE_MODEL if len(group) == k else "clusters-" + "-".join(str(c) for c in group)
 
 
+def check_rollout_method(spec) -> None:
+    """Refuse a method that cannot search for a group of clusters (before anything is measured).
+
+    Parameters
+    ----------
+    spec:
+        A registered `hdap_engine.search.methods.Method`.
+    """
+    if not spec.searches:
+        raise HdapError(f"method {spec.name} does not search; a rollout plan searches per "
+                        "group of clusters: plan it with --method hdap")
+    if spec.cluster_weighting != "study":
+        # Its searches ignore the group's cluster weights: every group would get one model.
+        raise HdapError(f"method {spec.name} weighs clusters its own way "
+                        f"({spec.cluster_weighting}), so it cannot search for a group of "
+                        "clusters; plan the rollout with --method hdap")
+
+
 def plan_rollout(ctx: StudyContext, variants: int = 3, *, query: Query | None = None,
                  plan: SearchPlan | None = None, learned: Learned | None = None,
                  progress: Progress = no_progress) -> Rollout:
@@ -201,9 +219,7 @@ def plan_rollout(ctx: StudyContext, variants: int = 3, *, query: Query | None = 
 
     if int(variants) < 1:
         raise HdapError(f"--variants must be at least 1, got {variants}")
-    if ctx.learned is None:
-        raise HdapError("a rollout plan searches per group of clusters; prepare the study with "
-                        "a searching method (hdap, paper, single-device)")
+    check_rollout_method(ctx.options.method_spec)
     t_start = time.perf_counter()
     k = ctx.k
     notes: list[str] = []

@@ -125,3 +125,11 @@ def test_rollout_page_plans_on_the_last_run_and_shows_table_and_chart(samples): 
     assert table["verdict"].iloc[0] == "one model"
     assert any("Measurement noise" in c.value for c in at.caption)
     assert at.get("plotly_chart")
+
+
+def test_a_method_that_ignores_cluster_weights_is_refused_in_one_line(cli, small_fleet, tmp_path):
+    r = cli("rollout", "--model", "resnet56", "--macs", "0.5", "--telemetry", str(small_fleet),
+            "--method", "uniform", "--quiet", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--method hdap" in lines[0], r.stderr

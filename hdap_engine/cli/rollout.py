@@ -17,10 +17,11 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
     from hdap_engine.prepare import prepare
     from hdap_engine.pruning.budget import parse_budget
     from hdap_engine.pruning.space import PruningSpace
-    from hdap_engine.rollout import plan_rollout, write_rollout
+    from hdap_engine.rollout import check_rollout_method, plan_rollout, write_rollout
     from hdap_engine.wording import plural
 
     options = study_options(args)
+    check_rollout_method(options.method_spec)
     # A budget no candidate can meet is said before the fleet is clustered and measured.
     parse_budget(options.query.budget, PruningSpace.for_model(
         options.model, round_to=options.round_to, min_ratio=options.min_ratio))
