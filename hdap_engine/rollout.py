@@ -14,10 +14,12 @@ for the extra rollout work. `plan_rollout` answers it on a prepared study:
 4. one search per group, with the study's objective, budget and search plan,
    the query's cluster weights set to the group's device shares;
 5. verification: every variant measured on every cluster's representatives
-   (with the twin, on every device), each group keeping whichever of its
-   variant and the one model measures better on its own clusters (and a plan
-   that still measures worse than one model on the fleet falls back to it), so
-   a plan is never worse than one model.
+   (with the twin, on every device); each group keeps whichever measures best
+   on its own clusters of the one model, the models of the larger groups it
+   split from, and its own variant (a finer one only when strictly better), and
+   a plan that still measures worse on the fleet than the plan with one variant
+   fewer keeps that plan's models. So a plan is never worse than one model, and
+   more variants are never worse than fewer.
 
 The measurement noise the gains are compared with is the backend's own
 run-to-run spread (interquartile range over median) measured on the one model,
@@ -59,7 +61,8 @@ class RolloutPlan:
 
     ``assignment`` maps every cluster to a variant index; ``variant_models``
     names the model of each variant (``"one-model"`` when a group kept it).
-    ``models`` may be fewer than ``variants`` when groups kept the one model.
+    ``models`` may be fewer than ``variants`` when groups kept a coarser group's model
+    (the one model, or the model of the group they split from).
     """
 
     variants: int  # K' asked for
@@ -72,7 +75,7 @@ class RolloutPlan:
     objective_value: float
     gain_vs_one_model: float  # fraction of the one model's fleet mean saved (0.03 = 3 %)
     within_noise: bool  # the gain is below the measurement noise
-    kept_one_model: tuple[tuple[int, ...], ...] = ()  # groups whose variant measured worse
+    kept_coarser: tuple[tuple[int, ...], ...] = ()  # groups that kept a coarser group's model
     notes: tuple[str, ...] = ()
 
     @property
@@ -117,7 +120,7 @@ class Rollout:
                 "assignment": {str(c): v for c, v in sorted(p.assignment.items())},
                 "variant_models": list(p.variant_models),
                 "groups": [list(g) for g in p.groups],
-                "kept_one_model": [list(g) for g in p.kept_one_model],
+                "kept_coarser": [list(g) for g in p.kept_coarser],
                 "notes": list(p.notes)} for p in self.plans],
             "models": {name: {"clusters": list(m.clusters), "macs": m.macs,
                               "widths": [int(x) for x in m.widths],
@@ -282,7 +285,7 @@ def plan_rollout(ctx: StudyContext, variants: int = 3, *, query: Query | None = 
     noise = _relative_spread(one_val, shares)
     plans = []
     for n, groups in enumerate(plans_groups, start=1):
-        plans.append(_plan(ctx, n, groups, verified, obj, one_fm, noise))
+        plans.append(_plan(ctx, n, groups, verified, obj, one_fm, noise, plans))
     notes.extend(dict.fromkeys(list(one_val.notes)))
     return Rollout(plans=tuple(plans), models=models, cross_ms=cross, regret=regret,
                    noise=noise, measured_source=ctx.backend.source, basis=one_fm["basis"],
@@ -339,41 +342,48 @@ def _combined(val_of_cluster: list[Verification], ctx: StudyContext) -> Verifica
                         cluster_spread_ms=cs, device_measured_ms=devices, fleet_ms=fleet_ms)
 
 
-def _plan(ctx, n, groups, verified, obj, one_fm, noise) -> RolloutPlan:
+def _plan(ctx, n, groups, verified, obj, one_fm, noise, earlier) -> RolloutPlan:
+    """The plan of ``groups``; ``earlier`` holds the plans with fewer variants, in order."""
     k = ctx.k
-    one_val = verified[ONE_MODEL]
+    coarser = [g for p in earlier for g in p.groups]
     chosen: list[str] = []
     kept = []
     for g in groups:
-        name = _model_name(g, k)
-        if name != ONE_MODEL and \
-                _group_score(ctx, verified[name], g, obj) >= _group_score(ctx, one_val, g, obj):
+        # Candidates from the coarsest (the one model) to the group's own variant: a finer
+        # model is taken only when it measures strictly better on the group's clusters, so
+        # a plan is never worse than one model nor than the plan with fewer variants.
+        names = [ONE_MODEL] + [_model_name(a, k) for a in coarser if set(g) <= set(a)]
+        names = list(dict.fromkeys(names + [_model_name(g, k)]))
+        scores = [_group_score(ctx, verified[m], g, obj) for m in names]
+        best = names[int(np.argmin(scores))]
+        if best != names[-1]:
             kept.append(g)
-            name = ONE_MODEL
-        chosen.append(name)
+        chosen.append(best)
     plan_notes = []
-    combined = _combined([verified[chosen[_group_of(groups, c)]] for c in range(k)], ctx)
-    fm = fleet_metrics(ctx, combined, obj)
-    if fm["objective_value"] > one_fm["objective_value"] or \
-            fm["measured_mean_ms"] > one_fm["measured_mean_ms"]:
-        # Groups each better on their own clusters can still lose on a fleet-wide
-        # objective (a p95 over the mixture); then one model it is.
-        plan_notes.append("the variants together measured worse than one model on the fleet; "
-                          "the plan is the one model")
-        chosen = [ONE_MODEL] * len(groups)
-        kept = list(groups) if n > 1 else []
-        fm = one_fm
-    # Variants in order of first appearance; groups that kept the one model share it.
-    variant_models: list[str] = []
-    for name in chosen:
-        if name not in variant_models:
-            variant_models.append(name)
-    assignment = {c: variant_models.index(chosen[_group_of(groups, c)]) for c in range(k)}
+    if len(groups) < n:
+        plan_notes.append(f"the clusters' preferences split into {len(groups)} groups only")
+    per_cluster = [chosen[_group_of(groups, c)] for c in range(k)]
+    fm = fleet_metrics(ctx, _combined([verified[m] for m in per_cluster], ctx), obj)
+    if earlier:
+        prev = earlier[-1]
+        prev_cluster = [prev.variant_models[prev.assignment[c]] for c in range(k)]
+        prev_fm = fleet_metrics(ctx, _combined([verified[m] for m in prev_cluster], ctx), obj)
+        if fm["objective_value"] > prev_fm["objective_value"] or \
+                fm["measured_mean_ms"] > prev_fm["measured_mean_ms"]:
+            # Groups each better on their own clusters can still lose on a fleet-wide
+            # objective (a p95 over the mixture); then the plan with fewer variants stands.
+            plan_notes.append(f"these variants together measured worse on the fleet than the "
+                              f"plan with {prev.variants}; its models are kept")
+            per_cluster, fm = prev_cluster, prev_fm
+            kept = list(groups)
+    # Variants in order of first appearance; groups that kept a coarser model share it.
+    variant_models = list(dict.fromkeys(per_cluster))
+    assignment = {c: variant_models.index(per_cluster[c]) for c in range(k)}
     gain = 1.0 - fm["measured_mean_ms"] / one_fm["measured_mean_ms"]
-    within = bool(n > 1 and gain < noise)
+    within = bool(len(variant_models) > 1 and gain < noise)
     if n > 1 and kept:
-        plan_notes.append(f"{len(kept)} of {len(groups)} groups keep the one model (their "
-                          "variant measured no better on their clusters)")
+        plan_notes.append(f"{len(kept)} of {len(groups)} groups keep a coarser group's model "
+                          "(their own variant measured no better on their clusters)")
     if within:
         plan_notes.append(f"gain {gain:.2%} is below the measurement noise ({noise:.2%}): "
                           "not worth a separate rollout")
@@ -382,7 +392,7 @@ def _plan(ctx, n, groups, verified, obj, one_fm, noise) -> RolloutPlan:
                        fleet_mean_ms=fm["measured_mean_ms"], p95_ms=fm["measured_p95_ms"],
                        worst_cluster_ms=fm["worst_cluster_ms"],
                        objective_value=fm["objective_value"], gain_vs_one_model=gain,
-                       within_noise=within, kept_one_model=tuple(kept), notes=tuple(plan_notes))
+                       within_noise=within, kept_coarser=tuple(kept), notes=tuple(plan_notes))
 
 
 def _group_of(groups, cluster: int) -> int:
