@@ -72,7 +72,7 @@ class RolloutPlan:
     fleet_mean_ms: float
     p95_ms: float
     worst_cluster_ms: float
-    objective_value: float
+    objective_value: float  # the objective measured on the fleet (every device with the twin)
     gain_vs_one_model: float  # fraction of the one model's fleet mean saved (0.03 = 3 %)
     within_noise: bool  # the gain is below the measurement noise
     kept_coarser: tuple[tuple[int, ...], ...] = ()  # groups that kept a coarser group's model
@@ -362,19 +362,23 @@ def _plan(ctx, n, groups, verified, obj, one_fm, noise, earlier) -> RolloutPlan:
     plan_notes = []
     if len(groups) < n:
         plan_notes.append(f"the clusters' preferences split into {len(groups)} groups only")
+    everyone = tuple(range(k))
     per_cluster = [chosen[_group_of(groups, c)] for c in range(k)]
-    fm = fleet_metrics(ctx, _combined([verified[m] for m in per_cluster], ctx), obj)
+    combined = _combined([verified[m] for m in per_cluster], ctx)
+    fm = fleet_metrics(ctx, combined, obj)
+    score = _group_score(ctx, combined, everyone, obj)
     if earlier:
         prev = earlier[-1]
         prev_cluster = [prev.variant_models[prev.assignment[c]] for c in range(k)]
-        prev_fm = fleet_metrics(ctx, _combined([verified[m] for m in prev_cluster], ctx), obj)
-        if fm["objective_value"] > prev_fm["objective_value"] or \
-                fm["measured_mean_ms"] > prev_fm["measured_mean_ms"]:
+        if score > prev.objective_value:
             # Groups each better on their own clusters can still lose on a fleet-wide
             # objective (a p95 over the mixture); then the plan with fewer variants stands.
             plan_notes.append(f"these variants together measured worse on the fleet than the "
                               f"plan with {prev.variants}; its models are kept")
-            per_cluster, fm = prev_cluster, prev_fm
+            per_cluster = prev_cluster
+            combined = _combined([verified[m] for m in per_cluster], ctx)
+            fm = fleet_metrics(ctx, combined, obj)
+            score = _group_score(ctx, combined, everyone, obj)
             kept = list(groups)
     # Variants in order of first appearance; groups that kept a coarser model share it.
     variant_models = list(dict.fromkeys(per_cluster))
@@ -391,7 +395,7 @@ def _plan(ctx, n, groups, verified, obj, one_fm, noise, earlier) -> RolloutPlan:
                        variant_models=tuple(variant_models),
                        fleet_mean_ms=fm["measured_mean_ms"], p95_ms=fm["measured_p95_ms"],
                        worst_cluster_ms=fm["worst_cluster_ms"],
-                       objective_value=fm["objective_value"], gain_vs_one_model=gain,
+                       objective_value=score, gain_vs_one_model=gain,
                        within_noise=within, kept_coarser=tuple(kept), notes=tuple(plan_notes))
 
 
