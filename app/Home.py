@@ -24,6 +24,8 @@ pages = [
             url_path="model"),
     st.Page("views/run.py", title="3 Run", icon=":material/play_circle:", url_path="run"),
     st.Page("views/whatif.py", title="4 What-if", icon=":material/science:", url_path="whatif"),
+    st.Page("views/rollout.py", title="4b Rollout", icon=":material/call_split:",
+            url_path="rollout"),
     st.Page("views/download.py", title="5 Download", icon=":material/download:",
             url_path="download"),
     st.Page("views/history.py", title="6 History", icon=":material/history:",

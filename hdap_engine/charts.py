@@ -453,3 +453,40 @@ def study_figures(report: Mapping, *, widths: Mapping[str, int],
     if comparison is not None:
         figs["comparison"] = method_comparison(comparison)
     return figs
+
+
+def rollout_chart(doc: Mapping) -> go.Figure:
+    """Measured fleet mean (and p95) per number of variants, against the one model.
+
+    Parameters
+    ----------
+    doc:
+        `hdap_engine.rollout.Rollout.as_dict`'s result.
+
+    Returns
+    -------
+    A bar figure with the one model's fleet mean and its noise band.
+    """
+    plans = list(doc.get("plans", []))
+    source = doc.get("measured_source", "")
+    x = [f"{p['variants']} variant{'s' if p['variants'] != 1 else ''}" for p in plans]
+    fig = go.Figure()
+    fig.add_bar(name="fleet mean", x=x, y=[p["fleet_mean_ms"] for p in plans],
+                marker_color=SERIES_COLORS["measured"],
+                text=[f"{p['gain_vs_one_model']:+.1%}" for p in plans], textposition="outside")
+    fig.add_bar(name="p95 over devices", x=x, y=[p["p95_ms"] for p in plans],
+                marker_color="#CCCCCC")
+    if plans:
+        one = plans[0]["fleet_mean_ms"]
+        noise = float(doc.get("noise") or 0.0)
+        if noise > 0:
+            fig.add_hrect(y0=one * (1 - noise), y1=one, line_width=0, fillcolor="#999",
+                          opacity=0.15, annotation_text="within measurement noise",
+                          annotation_position="bottom left")
+        fig.add_hline(y=one, line=dict(color="#555", dash="dot"),
+                      annotation_text="one model, fleet mean", annotation_position="top left")
+    fig.update_layout(**_LAYOUT, barmode="group", height=420,
+                      title="Rollout plans: one model per group of clusters "
+                            "(gain over one model on the bars)",
+                      yaxis_title=f"latency (ms, measured: {source})")
+    return fig

@@ -61,6 +61,8 @@ WHATIF_FOR = "whatif_for"  # the run the what-if widgets were initialised from
 HISTORY_OPEN = "history_open"
 HISTORY_COMPARE = "history_compare"
 HISTORY_MINE = "history_mine"  # widget: only my runs (when sign-in is on)
+ROLLOUT_VARIANTS = "rollout_variants"  # widget: the most variants to plan (Rollout page)
+ROLLOUT = "rollout"  # {"for": the run's key, "doc": Rollout.as_dict()} of the last plan
 
 # Study settings start at the engine's defaults (`hdap_engine.options`), as the CLI's
 # flags do; the others are the app's own (layout, what is shown).
