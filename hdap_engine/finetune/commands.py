@@ -11,24 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hdap_engine.cli.common import positive_int
 from hdap_engine.errors import HdapError
 from hdap_engine.finetune.options import SCRATCH, FinetuneOptions, default
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _add_recipe_flags(p: argparse.ArgumentParser, base: FinetuneOptions) -> None:
-    p.add_argument("--epochs", type=_positive_int, default=base.epochs,
+    p.add_argument("--epochs", type=positive_int, default=base.epochs,
                    help="epochs (default %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=base.batch_size,
+    p.add_argument("--batch-size", type=positive_int, default=base.batch_size,
                    help="global batch size, split over torchrun processes (default %(default)s)")
     p.add_argument("--lr", type=float, default=base.lr,
                    help="peak learning rate of SGD with momentum (default %(default)s)")
