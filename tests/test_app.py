@@ -293,13 +293,14 @@ def _small_study(at: AppTest, *, compare=("uniform",), sweep=True) -> AppTest:
     return wait_for_job(at)
 
 
-def wait_for_job(at: AppTest, timeout: float = TIMEOUT) -> AppTest:
-    """The study runs as a job in a worker process: wait for it to end, then redraw the page."""
+def wait_for_job(at: AppTest, timeout: float = TIMEOUT, job_id: int | None = None) -> AppTest:
+    """The study (or ``job_id``) runs as a job in a worker process: wait for it to end, then
+    redraw the page."""
     import time
 
     from hdap_engine.jobs import JobTable
 
-    job_id = at.session_state["job"]
+    job_id = at.session_state["job"] if job_id is None else job_id
     t0 = time.perf_counter()
     while JobTable().get(job_id).active:
         assert time.perf_counter() - t0 < timeout, f"job {job_id} did not end"

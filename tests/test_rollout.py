@@ -106,7 +106,14 @@ def test_an_impossible_budget_is_one_clear_line(cli, small_fleet, tmp_path):
 
 # -- the Rollout page -------------------------------------------------------------------------
 
-from tests.test_app import _small_study, ok, sample_folder, samples, start  # noqa: E402, F401
+from tests.test_app import (  # noqa: E402, F401
+    _small_study,
+    ok,
+    sample_folder,
+    samples,
+    start,
+    wait_for_job,
+)
 
 
 @pytest.mark.app
@@ -122,6 +129,10 @@ def test_rollout_page_plans_on_the_last_run_and_shows_table_and_chart(samples): 
     ok(at.switch_page("views/rollout.py").run())
     ok(at.number_input(key="rollout_variants").set_value(2).run())
     ok(at.button(key="rollout_button").click().run())
+    job_id = at.session_state["rollout_job"]["job"]
+    shown = [m.value for m in at.markdown] + [i.value for i in at.info]
+    assert any(f"Job {job_id}" in v for v in shown), shown  # the page follows it as a job
+    wait_for_job(at, job_id=job_id)
     table = at.dataframe[0].value
     assert list(table["variants"]) == [1, 2]
     assert table["verdict"].iloc[0] == "one model"
@@ -135,3 +146,15 @@ def test_a_method_that_ignores_cluster_weights_is_refused_in_one_line(cli, small
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "--method hdap" in lines[0], r.stderr
+
+
+def test_a_rollout_job_on_a_job_that_is_not_a_finished_study_says_so(tmp_path):
+    from hdap_engine.errors import HdapError
+    from hdap_engine.jobs import execute
+    from hdap_engine.latency.store import Store
+
+    store = Store(tmp_path / "store.sqlite")
+    with pytest.raises(HdapError, match="job 7 is not a finished study"):
+        execute("rollout", {"rollout": {"job": 7, "variants": 2}}, store=store)
+    with pytest.raises(HdapError, match="names no study job"):
+        execute("rollout", {"rollout": {}}, store=store)

@@ -241,6 +241,48 @@ def elapsed_text(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+# -- jobs -------------------------------------------------------------------------------
+
+def job_progress(job) -> None:
+    """A running or queued job: stage, counts, finished stages, Cancel."""
+    runner = cached.job_runner(cached.workspace())
+    table = cached.jobs()
+    who = f" · started by {job.owner}" if job.owner else ""
+    if job.state == "queued":
+        ahead = [j for j in table.queued() if j.id < job.id]
+        st.info(f"Job {job.id} is queued{who}: {len(ahead)} job(s) ahead of it, "
+                f"{runner.max_workers} run at once on this server.",
+                icon=":material/hourglass_top:")
+    else:
+        frac = min(max(job.step / job.total, 0.0), 1.0) if job.total else 0.0
+        st.markdown(f"**Job {job.id} is running**{who} · {elapsed_text(job.seconds)}")
+        text = "starting a worker process" if job.stage is None else \
+            f"{STAGE_TEXT.get(job.stage, job.stage)}: {job.step:,} / {job.total:,}"
+        st.progress(frac, text=text)
+    for s in job.stages:
+        st.caption(f":material/check: {STAGE_TEXT.get(s['stage'], s['stage'])} "
+                   f"({s['seconds']:.1f} s)")
+    if job.cancel_requested:
+        st.caption("Cancelling...")
+    elif st.button("Cancel", icon=":material/stop_circle:", key="cancel_job"):
+        runner.cancel(job.id)
+
+
+def job_ended(job) -> None:
+    """A job that did not finish: why, and what to do."""
+    runner = cached.job_runner(cached.workspace())
+    if job.state == "failed":
+        st.error(f"Job {job.id} stopped: {job.error}", icon=":material/error:")
+    elif job.state == "cancelled":
+        st.warning(f"Job {job.id} was cancelled ({job.error}).", icon=":material/stop_circle:")
+    elif job.state == "interrupted":
+        st.warning(f"Job {job.id} was interrupted: {job.error}.", icon=":material/restart_alt:")
+    if job.state in ("interrupted", "cancelled", "failed") and st.button(
+            "Re-queue this job", icon=":material/replay:", key="requeue_job"):
+        runner.requeue(job.id)
+        st.rerun()
+
+
 @dataclass
 class RunView:
     """A finished study job on screen: everything comes from the job's record in the store."""

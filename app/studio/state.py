@@ -62,7 +62,7 @@ HISTORY_OPEN = "history_open"
 HISTORY_COMPARE = "history_compare"
 HISTORY_MINE = "history_mine"  # widget: only my runs (when sign-in is on)
 ROLLOUT_VARIANTS = "rollout_variants"  # widget: the most variants to plan (Rollout page)
-ROLLOUT = "rollout"  # {"for": the run's key, "doc": Rollout.as_dict()} of the last plan
+ROLLOUT_JOB = "rollout_job"  # {"for": the run's key, "job": id of its planning job}
 
 # Study settings start at the engine's defaults (`hdap_engine.options`), as the CLI's
 # flags do; the others are the app's own (layout, what is shown).

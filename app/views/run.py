@@ -55,53 +55,13 @@ def _start(fv, cv) -> None:
                  icon=":material/info:")
 
 
-def _progress(job) -> None:
-    """A running or queued job: stage, counts, finished stages, Cancel."""
-    runner = cached.job_runner(cached.workspace())
-    table = cached.jobs()
-    who = f" · started by {job.owner}" if job.owner else ""
-    if job.state == "queued":
-        ahead = [j for j in table.queued() if j.id < job.id]
-        st.info(f"Job {job.id} is queued{who}: {len(ahead)} job(s) ahead of it, "
-                f"{runner.max_workers} run at once on this server.",
-                icon=":material/hourglass_top:")
-    else:
-        frac = min(max(job.step / job.total, 0.0), 1.0) if job.total else 0.0
-        st.markdown(f"**Job {job.id} is running**{who} · {parts.elapsed_text(job.seconds)}")
-        text = "starting a worker process" if job.stage is None else \
-            f"{parts.STAGE_TEXT.get(job.stage, job.stage)}: {job.step:,} / {job.total:,}"
-        st.progress(frac, text=text)
-    for s in job.stages:
-        st.caption(f":material/check: {parts.STAGE_TEXT.get(s['stage'], s['stage'])} "
-                   f"({s['seconds']:.1f} s)")
-    if job.cancel_requested:
-        st.caption("Cancelling...")
-    elif st.button("Cancel", icon=":material/stop_circle:", key="cancel_job"):
-        runner.cancel(job.id)
-
-
 @st.fragment(run_every=POLL_SECONDS)
 def _follow(job_id: int) -> None:
     """Polls the store while the job is queued or running; the whole page redraws when it ends."""
     job = cached.jobs().get(job_id)
     if job is None or not job.active:
         st.rerun(scope="app")
-    _progress(job)
-
-
-def _ended(job) -> None:
-    """A job that did not finish: why, and what to do."""
-    runner = cached.job_runner(cached.workspace())
-    if job.state == "failed":
-        st.error(f"Job {job.id} stopped: {job.error}", icon=":material/error:")
-    elif job.state == "cancelled":
-        st.warning(f"Job {job.id} was cancelled ({job.error}).", icon=":material/stop_circle:")
-    elif job.state == "interrupted":
-        st.warning(f"Job {job.id} was interrupted: {job.error}.", icon=":material/restart_alt:")
-    if job.state in ("interrupted", "cancelled", "failed") and st.button(
-            "Re-queue this job", icon=":material/replay:", key="requeue_job"):
-        runner.requeue(job.id)
-        st.rerun()
+    parts.job_progress(job)
 
 
 def _results(run) -> None:
@@ -163,7 +123,7 @@ def _show(job_id: int) -> None:
         _follow(job_id)
         return
     if job.state != "done":
-        _ended(job)
+        parts.job_ended(job)
         return
     run = S.get(S.RUN)
     if run is None or run.job_id != job.id:

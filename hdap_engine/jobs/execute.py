@@ -17,6 +17,9 @@ Settings of every kind::
      "compare": ["uniform", "global"],        # kind "study" / "comparison": other methods
      "sweep": true}                           # kind "study" / "sweep": the budget sweep
 
+A ``rollout`` job plans variants on a finished study job, re-using what it
+measured: its settings are ``{"rollout": {"job": STUDY_JOB_ID, "variants": K}}``.
+
 The result is plain JSON and enough to draw every chart of the run again in
 a page, without the worker: the bundle's report, the bundle path, widths, the
 comparison and sweep tables, and the surrogate's training set. The surrogate
@@ -31,7 +34,7 @@ from collections.abc import Callable
 
 from hdap_engine.errors import HdapError
 
-KINDS = ("study", "comparison", "sweep")
+KINDS = ("study", "comparison", "sweep", "rollout")
 Progress = Callable[[str, int, int], None]
 
 
@@ -99,7 +102,7 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     kind:
         ``study`` (prepare, search, prune, validate, export, record; then the
         comparison and the sweep the settings ask for), ``comparison`` or ``sweep``
-        (prepare, then only that).
+        (prepare, then only that), ``rollout`` (plan variants on a finished study job).
     settings:
         As in the module docstring.
     job_id:
@@ -131,6 +134,8 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     if kind not in KINDS:
         raise HdapError(f"unknown job kind {kind!r}; choose one of: {', '.join(KINDS)}")
     progress = progress or (lambda stage, step, total: None)
+    if kind == "rollout":
+        return _rollout(settings, store or Store(), progress, agent_token)
     store = _CountingStore(store or Store())
     options = study_options(settings)
     if agent_token:
@@ -179,6 +184,28 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     return jsonable(out)
 
 
+def _rollout(settings: dict, store, progress: Progress, agent_token: str | None) -> dict:
+    """Plan a rollout on a finished study job: ``{"rollout": Rollout.as_dict(), "of_job": ID}``."""
+    from hdap_engine.jobs.table import JobTable
+    from hdap_engine.jsonable import jsonable
+    from hdap_engine.rollout import plan_rollout
+
+    spec = settings.get("rollout") or {}
+    try:
+        source_id, variants = int(spec["job"]), int(spec.get("variants", 3))
+    except (KeyError, TypeError, ValueError):
+        raise HdapError("this rollout job names no study job to plan on; start it again from "
+                        "the Rollout page") from None
+    source = JobTable(store.path).get(source_id)
+    if source is None or source.state != "done" or source.kind != "study":
+        raise HdapError(f"job {source_id} is not a finished study, so there is nothing to plan "
+                        "a rollout on; run the study again from the Run page")
+    ctx, learned = rebuild_context(source.settings, source.result, store=store,
+                                   agent_token=agent_token)
+    rollout = plan_rollout(ctx, variants, learned=learned, progress=progress)
+    return jsonable({"rollout": rollout.as_dict(), "of_job": source_id})
+
+
 def _history_id(store, bundle) -> int | None:
     """The history row `run_study` just recorded (found by its bundle: other workers
     may have recorded runs since)."""
@@ -191,7 +218,8 @@ def _history_id(store, bundle) -> int | None:
     return None
 
 
-def rebuild_context(settings: dict, result: dict, *, store=None):
+def rebuild_context(settings: dict, result: dict, *, store=None,
+                    agent_token: str | None = None):
     """(`StudyContext`, `Learned`) as a finished study job ended with, measuring nothing.
 
     The fleet is read and clustered again, the backend set up again; the
@@ -209,6 +237,8 @@ def rebuild_context(settings: dict, result: dict, *, store=None):
 
     store = store or Store()
     options = study_options(settings)
+    if agent_token:
+        options = options.updated(agent_token=agent_token)
     fleet, clustering, sidecar = _fleet_and_clustering(settings, options)
     # A baseline method prepares everything but the measurements and the surrogate,
     # which the job already made.
