@@ -25,6 +25,8 @@ min_accuracy=None, seed=0, n_bn=256, n_eval=512, samples=24) -> AccuracyContext`
 ``candidate_block(ctx, space, widths, *, floor=None) -> dict``: its report block (a block
 saying accuracy is unknown when ``ctx`` is None).
 ``accuracy_columns(block) -> dict``: short strings for terminal tables.
+``check_data(model_name, model_weights, data, *, val_data=None, seed=0) -> dict``: the
+dataset read and checked as a study would, summed up (the app checks an upload with it).
 """
 
 from __future__ import annotations
@@ -117,22 +119,60 @@ def prepare_accuracy(model_name: str, model_weights, data, *, val_data=None, mea
     -------
     `AccuracyContext`.
     """
-    from hdap_engine.models.zoo import build_model, num_classes_of, weights_label
+    from hdap_engine.models.zoo import weights_label
 
     floor = parse_floor(min_accuracy)  # a bad floor fails before any work
-    model = build_model(model_name, model_weights, seed=seed)
-    labelled = load_data(data, model=model_name, val_data=val_data, mean=mean, std=std,
-                         seed=seed)
+    model, labelled = _checked(model_name, model_weights, data, val_data=val_data, mean=mean,
+                               std=std, seed=seed)
     label = weights_label(model_weights)
-    named = (f"the weights in {Path(model_weights).name}"
-             if isinstance(model_weights, (str, Path)) and model_weights not in ("random",
-                                                                                "pretrained")
-             else f"the model ({label})")
-    check_classes(labelled, num_classes_of(model, model_name), weights=named)
     calib = calibration_set(labelled, n_bn=n_bn, n_eval=n_eval, seed=seed)
     return AccuracyContext(data=labelled, calib=calib, model=model,
                            model_key=f"{model_name}:{weights_digest(model)}", floor=floor,
                            samples=samples, seed=seed, weights=label)
+
+
+def _checked(model_name: str, model_weights, data, *, val_data=None, mean=None, std=None,
+             seed: int = 0):
+    """(unpruned model, `LabelledData`): the data read for the model, its classes checked
+    against the weights' classifier (the weights decide the number of classes)."""
+    from hdap_engine.models.zoo import build_model, num_classes_of, weights_label
+
+    model = build_model(model_name, model_weights, seed=seed)
+    labelled = load_data(data, model=model_name, val_data=val_data, mean=mean, std=std,
+                         seed=seed)
+    named = (f"the weights in {Path(model_weights).name}"
+             if isinstance(model_weights, (str, Path)) and model_weights not in ("random",
+                                                                                "pretrained")
+             else f"the model ({weights_label(model_weights)})")
+    check_classes(labelled, num_classes_of(model, model_name), weights=named)
+    return model, labelled
+
+
+def check_data(model_name: str, model_weights, data, *, val_data=None, seed: int = 0) -> dict:
+    """Read labelled data as a study would and check it against the model; sum it up.
+
+    Everything a study refuses is refused here, with the same message (a bad or
+    unsafe zip, no class folders, one class, no readable images, a class count that
+    differs from the weights' classifier), so a page can check an upload before any
+    job is queued.
+
+    Parameters
+    ----------
+    model_name, model_weights:
+        The zoo model and its weights (they decide the number of classes).
+    data, val_data:
+        As `hdap_engine.data.load_data` takes them.
+    seed:
+        Seed of the held-out split.
+
+    Returns
+    -------
+    ``{dataset, classes, class_names, n_train, n_heldout, heldout, skipped, notes}``.
+    """
+    _, ld = _checked(model_name, model_weights, data, val_data=val_data, seed=seed)
+    return {"dataset": ld.name, "classes": ld.num_classes, "class_names": list(ld.classes),
+            "n_train": ld.n_train, "n_heldout": ld.n_heldout, "heldout": ld.describe_heldout(),
+            "skipped": int(ld.skipped), "notes": list(ld.notes)}
 
 
 def heldout_figures(ctx: AccuracyContext, pruned_model: nn.Module, *,

@@ -2,7 +2,7 @@
 
 `execute` is the only place where a job's JSON settings become engine calls
 (`prepare.prepare`, `study.run_study`, `benchmark.compare_context`,
-`benchmark.sweep_context`), and `study_options` the only place where they
+`benchmark.sweep_context`, `finetune.run.finetune_bundle`), and `study_options` the only place where they
 become `StudyOptions` (`StudyOptions.from_settings`: nested sections, or the
 flat settings of earlier versions): when the engine changes shape, these
 functions change and nothing else in the job machinery does.
@@ -20,6 +20,25 @@ Settings of every kind::
 A ``rollout`` job plans variants on a finished study job, re-using what it
 measured: its settings are ``{"rollout": {"job": STUDY_JOB_ID, "variants": K}}``.
 
+A ``finetune`` job fine-tunes an export bundle by distillation from the unpruned
+model (`hdap_engine.finetune`'s recipe) into a new bundle::
+
+    {"finetune": {"bundle": "path/to/bundle",   # the pruned model (a study's bundle)
+                  "data": "digits" | "x.zip",   # training images (AccuracyPlan.data)
+                  "val_data": None,             # held-out images (default: the split)
+                  "epochs": 5,                  # FinetuneOptions.epochs
+                  "seed": 0,
+                  "of_job": STUDY_JOB_ID}}      # where the bundle came from (for pages)
+
+Its result is ``{"bundle", "report", "accuracy", "history", "of_job"}``: the new
+bundle, its report.json, the report's accuracy block and one row per epoch. A
+study whose options ask for ``finetune_epochs`` fine-tunes its bundle in place
+the same way (as ``hdap optimize --finetune-epochs`` does).
+
+While a job trains, ``partial`` (see `execute`) gets ``{"history": [...],
+"epochs": N}`` after every epoch, so a page draws the loss and held-out accuracy
+live; the progress callback gets ``("finetune", epoch, epochs)``.
+
 The result is plain JSON and enough to draw every chart of the run again in
 a page, without the worker: the bundle's report, the bundle path, widths, the
 comparison and sweep tables, and the surrogate's training set. The surrogate
@@ -34,8 +53,9 @@ from collections.abc import Callable
 
 from hdap_engine.errors import HdapError
 
-KINDS = ("study", "comparison", "sweep", "rollout")
+KINDS = ("study", "comparison", "sweep", "rollout", "finetune")
 Progress = Callable[[str, int, int], None]
+Partial = Callable[[dict], None]
 
 
 def study_options(settings: dict):
@@ -94,7 +114,8 @@ def _fleet_and_clustering(settings: dict, options):
 
 
 def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
-            progress: Progress | None = None, agent_token: str | None = None) -> dict:
+            progress: Progress | None = None, agent_token: str | None = None,
+            partial: Partial | None = None) -> dict:
     """Run one job's work with the engine and return its result (plain JSON data).
 
     Parameters
@@ -102,7 +123,8 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     kind:
         ``study`` (prepare, search, prune, validate, export, record; then the
         comparison and the sweep the settings ask for), ``comparison`` or ``sweep``
-        (prepare, then only that), ``rollout`` (plan variants on a finished study job).
+        (prepare, then only that), ``rollout`` (plan variants on a finished study job),
+        ``finetune`` (fine-tune a bundle into a new one).
     settings:
         As in the module docstring.
     job_id:
@@ -113,13 +135,17 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
         Called with (stage, step, total).
     agent_token:
         The device agents' token; never stored with the job.
+    partial:
+        Called with what the job has produced so far (a fine-tune's epochs), for pages
+        that draw it while the job runs.
 
     Returns
     -------
     {"report", "bundle", "run_id", "widths", "base_widths", "comparison", "sweep",
     "samples", "sample_ms", "surrogate_key", "test_points", "measurements"}; missing
     parts are None. ``measurements`` counts the sampled (device, candidate) pairs
-    served from the store and measured now.
+    served from the store and measured now. A ``rollout`` or ``finetune`` job returns
+    its own result (module docstring).
     """
     from dataclasses import replace
 
@@ -134,12 +160,20 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     if kind not in KINDS:
         raise HdapError(f"unknown job kind {kind!r}; choose one of: {', '.join(KINDS)}")
     progress = progress or (lambda stage, step, total: None)
+    partial = partial or (lambda data: None)
     if kind == "rollout":
         return _rollout(settings, store or Store(), progress, agent_token)
+    if kind == "finetune":
+        return _finetune(settings, progress, partial)
     store = _CountingStore(store or Store())
     options = study_options(settings)
     if agent_token:
         options = options.updated(agent_token=agent_token)
+    if kind == "study" and options.accuracy.finetune_epochs and not options.model_weights:
+        # Refused before the study, not after it: distillation needs a trained teacher.
+        raise HdapError("fine-tuning distils from the unpruned model's trained weights, and "
+                        "this study's weights are random; choose trained weights on the Model "
+                        "page, or set the fine-tune epochs to 0")
     fleet, clustering, sidecar = _fleet_and_clustering(settings, options)
     ctx = prepare(options, fleet, store=store, progress=progress, fleet=fleet,
                   clustering=clustering, telemetry_path=sidecar)
@@ -154,6 +188,10 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     if kind == "study":
         result = run_study(options, None, context=ctx, store=store, progress=progress,
                            out_dir=new_bundle_dir(f"{options.model}-{options.method}"))
+        if result.bundle and options.accuracy.finetune_epochs:
+            acc = options.accuracy
+            _tune(result.bundle, result.bundle, acc.data, acc.val_data, acc.finetune_epochs,
+                  options.seed, progress, partial, model_weights=options.model_weights)
         report = read_bundle_report(result.bundle) if result.bundle else dict(result.report)
         widths, learned, used = result.widths, result.learned, result.device_measurements
         budget = report["budget"]
@@ -204,6 +242,57 @@ def _rollout(settings: dict, store, progress: Progress, agent_token: str | None)
                                    agent_token=agent_token)
     rollout = plan_rollout(ctx, variants, learned=learned, progress=progress)
     return jsonable({"rollout": rollout.as_dict(), "of_job": source_id})
+
+
+def _tune(bundle, out, data, val_data, epochs: int, seed: int, progress: Progress,
+          partial: Partial, *, model_weights=None):
+    """`finetune_bundle` with the job's progress: ("finetune", epoch, epochs), and the
+    epochs so far as the job's partial result after each one."""
+    from dataclasses import asdict
+
+    from hdap_engine.finetune.options import DISTILL
+    from hdap_engine.finetune.run import finetune_bundle
+
+    recipe = DISTILL.with_changes(epochs=int(epochs), seed=int(seed))
+    history: list[dict] = []
+
+    def on_epoch(record) -> None:
+        history.append(asdict(record))
+        partial({"history": list(history), "epochs": recipe.epochs})
+        progress("finetune", record.epoch, record.epochs)
+
+    # Stage "finetune" from the start: the held-out figures and batch-norm
+    # re-estimation before the first epoch belong to it.
+    progress("finetune", 0, recipe.epochs)
+    return finetune_bundle(bundle, data, out, options=recipe, val_data=val_data,
+                           model_weights=model_weights, on_epoch=on_epoch)
+
+
+def _finetune(settings: dict, progress: Progress, partial: Partial) -> dict:
+    """Fine-tune a bundle into a new one: ``{"bundle", "report", "accuracy", "history",
+    "of_job"}``."""
+    from hdap_engine.jsonable import jsonable
+    from hdap_engine.report import read_bundle_report
+    from hdap_engine.workspace import new_bundle_dir
+
+    spec = settings.get("finetune") or {}
+    bundle, data = spec.get("bundle"), spec.get("data")
+    if not bundle or not data:
+        raise HdapError("this fine-tune job names no bundle or no labelled data; start it "
+                        "again from the Fine-tune page")
+    try:
+        epochs, seed = int(spec.get("epochs", 1)), int(spec.get("seed", 0))
+    except (TypeError, ValueError):
+        raise HdapError(f"this fine-tune job's epochs ({spec.get('epochs')!r}) are not a "
+                        "whole number; start it again from the Fine-tune page") from None
+    model = read_bundle_report(bundle).get("model") or "model"
+    done = _tune(bundle, new_bundle_dir(f"{model}-finetuned"), data, spec.get("val_data"),
+                 epochs, seed, progress, partial, model_weights=spec.get("model_weights"))
+    report = read_bundle_report(done.bundle)
+    return jsonable({"bundle": str(done.bundle), "report": report,
+                     "accuracy": done.accuracy,
+                     "history": done.accuracy.get("finetune", {}).get("history") or [],
+                     "of_job": spec.get("of_job")})
 
 
 def _history_id(store, bundle) -> int | None:

@@ -2,8 +2,10 @@
 
 A job is plain data (`Job`): who started it, what kind of work, its settings
 as JSON, its state, its progress (stage, step, total, finished stages), its
-timings, and once it ends its result (JSON: the report, the bundle path, what
-the charts need) or its error message. The page that follows a job only
+timings, what it has produced so far (``partial``: JSON a page can draw while
+the job runs, e.g. a fine-tune's loss and accuracy epoch by epoch), and once it
+ends its result (JSON: the report, the bundle path, what the charts need) or its
+error message. The page that follows a job only
 reads this table, so a reload, another tab or another teammate sees the same
 thing, and nothing about a job lives only in a process that may die.
 
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker_pid INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
     result TEXT,
+    partial TEXT,
     error TEXT,
     created_at REAL NOT NULL,
     started_at REAL,
@@ -85,6 +88,7 @@ class Job:
     worker_pid: int | None = None
     attempts: int = 0
     result: dict | None = None
+    partial: dict | None = None  # what it has produced so far (`JobTable.partial`)
     error: str | None = None
     created_at: float = 0.0
     started_at: float | None = None
@@ -110,7 +114,8 @@ def dedupe_key(kind: str, settings: dict) -> str:
 
 
 _COLUMNS = ("id", "owner", "kind", "settings", "state", "stage", "step", "total", "stages",
-            "cancel_requested", "runner", "worker_pid", "attempts", "result", "error",
+            "cancel_requested", "runner", "worker_pid", "attempts", "result", "partial",
+            "error",
             "created_at", "started_at", "ended_at", "updated_at")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 
@@ -120,6 +125,7 @@ def _job(row) -> Job:
     d["settings"] = json.loads(d["settings"])
     d["stages"] = json.loads(d["stages"])
     d["result"] = None if d["result"] is None else json.loads(d["result"])
+    d["partial"] = None if d["partial"] is None else json.loads(d["partial"])
     d["cancel_requested"] = bool(d["cancel_requested"])
     return Job(**d)
 
@@ -142,6 +148,7 @@ class JobTable:
         self.retries = retries
         self._write(lambda con: (con.execute("PRAGMA journal_mode=WAL"),
                                  con.executescript(SCHEMA)))
+        self._write(_add_partial_column)
 
     # -- plumbing --------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -249,7 +256,7 @@ class JobTable:
     def _update(self, job_id: int, where: str = "", **values) -> bool:
         values["updated_at"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in values)
-        args = tuple(json.dumps(jsonable(v)) if k in ("result", "stages") else v
+        args = tuple(json.dumps(jsonable(v)) if k in ("result", "stages", "partial") else v
                      for k, v in values.items())
         sql = f"UPDATE jobs SET {cols} WHERE id = ?" + (f" AND {where}" if where else "")
         return self._write(lambda con: con.execute(sql, (*args, int(job_id))).rowcount) > 0
@@ -258,7 +265,7 @@ class JobTable:
         """Queued -> running for ``runner``; False when someone else took it or it was cancelled."""
         return self._update(job_id, "state = 'queued'", state="running", runner=runner,
                             started_at=time.time(), ended_at=None, stage=None, step=0,
-                            total=0, stages=[], error=None)
+                            total=0, stages=[], error=None, partial=None)
 
     def set_worker(self, job_id: int, pid: int) -> None:
         self._write(lambda con: con.execute(
@@ -271,6 +278,10 @@ class JobTable:
         if stages is not None:
             values["stages"] = stages
         self._update(job_id, "state = 'running'", **values)
+
+    def partial(self, job_id: int, data: dict) -> None:
+        """What a running job has produced so far (replaces the last; a page draws it live)."""
+        self._update(job_id, "state = 'running'", partial=data)
 
     def finish(self, job_id: int, result: dict, stages: list[dict] | None = None) -> bool:
         values = {"state": "done", "result": result, "ended_at": time.time()}
@@ -314,6 +325,17 @@ class JobTable:
         if twin:
             return self.get(twin[0][0])
         self._update(job_id, f"state IN ({', '.join(repr(s) for s in ENDED)})",
-                     state="queued", cancel_requested=0, error=None, result=None,
+                     state="queued", cancel_requested=0, error=None, result=None, partial=None,
                      ended_at=None, worker_pid=None, runner=None)
         return self.get(job_id)
+
+
+def _add_partial_column(con: sqlite3.Connection) -> None:
+    """Stores made before jobs had ``partial`` get the column (nothing else changes)."""
+    have = {row[1] for row in con.execute("PRAGMA table_info(jobs)")}
+    if "partial" not in have:
+        try:
+            con.execute("ALTER TABLE jobs ADD COLUMN partial TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it a moment ago
+            if "duplicate column" not in str(exc):
+                raise

@@ -1,5 +1,9 @@
 """The worker process: runs one job and writes its progress and outcome to the store.
 
+Progress (stage, step, total) and what the job has produced so far (its
+``partial`` result: a fine-tune's epochs) go to the job's row as they come, so a
+page that polls the row draws them while the job runs.
+
 A worker is a fresh interpreter (``python -m hdap_engine.jobs.worker ID DB``),
 so nothing of the server's threads, locks or half-imported modules is inherited;
 PyTorch, Torch-Pruning and numba run single-threaded in the sense that
@@ -100,7 +104,8 @@ def run_job(job_id: int, db_path: str, agent_token: str | None = None,
     progress = StoreProgress(table, job_id)
     try:
         result = execute(job.kind, job.settings, job_id=job_id, store=Store(db_path),
-                         progress=progress, agent_token=agent_token)
+                         progress=progress, agent_token=agent_token,
+                         partial=lambda data: table.partial(job_id, data))
     except HdapError as exc:
         table.fail(job_id, str(exc), progress.close())
         return
