@@ -1,9 +1,9 @@
 """HDAP Studio web app: the entry file (`hdap app` runs it).
 
 The pages follow the user's journey: fleet -> model and budget -> run ->
-what-if -> download -> history. This file sets the session defaults, the
-navigation and the sidebar; it imports nothing heavy so that the first page
-is served at once.
+what-if -> rollout -> fine-tune -> download -> history. This file sets the
+session defaults, the navigation and the sidebar; it imports nothing heavy so
+that the first page is served at once.
 """
 
 import streamlit as st
@@ -26,6 +26,8 @@ pages = [
     st.Page("views/whatif.py", title="4 What-if", icon=":material/science:", url_path="whatif"),
     st.Page("views/rollout.py", title="4b Rollout", icon=":material/call_split:",
             url_path="rollout"),
+    st.Page("views/finetune.py", title="4c Fine-tune", icon=":material/model_training:",
+            url_path="finetune"),
     st.Page("views/download.py", title="5 Download", icon=":material/download:",
             url_path="download"),
     st.Page("views/history.py", title="6 History", icon=":material/history:",

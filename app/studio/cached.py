@@ -137,6 +137,20 @@ def checked_weights(model: str, path: str) -> str:
     return weights_label(path)
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def checked_data(model: str, weights: str | None, data: str) -> tuple[dict | None, str | None]:
+    """Labelled data read and checked for ``model`` with ``weights`` once: (summary, None),
+    or (None, the engine's message). A refusal is kept too, so a bad zip is not read again
+    on every rerun."""
+    from hdap_engine.accuracy.study import check_data
+    from hdap_engine.errors import HdapError
+
+    try:
+        return check_data(model, weights, data), None
+    except HdapError as exc:
+        return None, str(exc)
+
+
 @st.cache_resource(show_spinner=False)
 def store(home: str):
     """The measurement store of the workspace ``home``."""

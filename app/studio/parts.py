@@ -29,6 +29,9 @@ STAGE_TEXT = {
     "export": "exporting TorchScript, ONNX and torch.export",
     "compare": "pruning and measuring the other methods",
     "sweep": "budget sweep (searches and measurements)",
+    "data": "reading the labelled data",
+    "accuracy": "measuring accuracy (batch-norm re-estimation, held-out images)",
+    "finetune": "fine-tuning by distillation from the unpruned model (epochs)",
 }
 OBJECTIVE_TEXT = {
     "mean": "weighted mean latency over clusters",
@@ -193,6 +196,85 @@ def weights_badge() -> None:
         st.success(f"Model weights: **{label}**", icon=":material/upload_file:")
 
 
+def data_choice() -> tuple[str | None, str]:
+    """(data for the engine, label for people) of the Model page's labelled-data choice."""
+    mode = S.get(S.DATA_MODE)
+    if mode == "digits":
+        from hdap_engine.data import DIGITS
+
+        return DIGITS, "digits (built in: scikit-learn's 8x8 digits, 10 classes)"
+    df = S.get(S.DATA_FILE)
+    if mode == "upload" and df:
+        return df["path"], f"uploaded {df['name']}"
+    return None, "none: accuracy unknown"
+
+
+def data_name(data: str | None) -> str:
+    """Labelled data as people know it: uploads are kept as data/<digest>-<their name>."""
+    if not data:
+        return "none"
+    from pathlib import Path
+
+    path = Path(data)
+    if path.parent.name == "data" and "-" in path.name:
+        return path.name.partition("-")[2]
+    return str(data)
+
+
+def data_check(data: str | None = None) -> tuple[dict | None, str | None]:
+    """(summary, None) when the data fits the model and weights on screen, else (None, why).
+
+    The engine's own reader checks it (`hdap_engine.accuracy.study.check_data`), cached.
+    """
+    data = data_choice()[0] if data is None else data
+    if data is None:
+        return None, None
+    weights, _ = weights_choice()
+    return cached.checked_data(S.get(S.MODEL), weights, data)
+
+
+def accept_data_upload(name: str, raw: bytes) -> str | None:
+    """Check an uploaded dataset zip; on success it becomes the labelled data.
+
+    Returns the engine's message when the zip is refused; the data chosen
+    before stays as it was.
+    """
+    from pathlib import Path
+
+    from hdap_engine.workspace import save_upload
+
+    # Kept in the workspace: jobs run in worker processes, which read the zip.
+    path = save_upload(bytes(raw), name, "data")
+    _, error = data_check(str(path))
+    if error is not None:
+        # The engine names the stored copy; the user knows the file by its own name.
+        error = error.replace(str(path), name).replace(path.name, name)
+        if (S.get(S.DATA_FILE) or {}).get("path") != str(path):
+            Path(path).unlink(missing_ok=True)
+        S.put(S.DATA_ERROR, error)
+        return error
+    S.put(S.DATA_FILE, {"path": str(path), "name": name})
+    S.put(S.DATA_ERROR, None)
+    return None
+
+
+def min_accuracy() -> str | None:
+    """The accuracy floor for the engine (``min_accuracy``), None without data or floor."""
+    if data_choice()[0] is None or S.get(S.FLOOR_MODE) == "none":
+        return None
+    if S.get(S.FLOOR_MODE) == "uniform":
+        return "uniform"
+    return f"{float(S.get(S.FLOOR_FRACTION)):g}"
+
+
+def finetune_epochs() -> int:
+    """Epochs the study fine-tunes its model: 0 without data or without trained weights
+    (distillation needs a trained teacher)."""
+    if data_choice()[0] is None or weights_choice()[0] is None:
+        return 0
+    return int(S.get(S.FINETUNE_EPOCHS) or 0)
+
+
 def budget_text() -> str:
     """The budget as the engine reads it: a fraction of the model."""
     return f"{float(S.get(S.BUDGET_FRACTION)):.6f}"
@@ -212,7 +294,8 @@ def study_options(fv: FleetView, cv: ClusterView):
         samples=int(S.get(S.SAMPLES)), repeats=int(S.get(S.REPEATS)), representatives=reps,
         k=k, round_to=int(S.get(S.ROUND_TO)), seed=seed, sku=fv.fleet.sku,
         model_weights=path, agent_token=S.get(S.AGENT_TOKEN) or None,
-        refine_rounds=int(S.get(S.REFINE_ROUNDS)))
+        refine_rounds=int(S.get(S.REFINE_ROUNDS)), data=data_choice()[0],
+        min_accuracy=min_accuracy(), finetune_epochs=finetune_epochs())
 
 
 # -- jobs: the settings of a run, and a finished job on screen -----------------------------
@@ -281,6 +364,22 @@ def job_ended(job) -> None:
             "Re-queue this job", icon=":material/replay:", key="requeue_job"):
         runner.requeue(job.id)
         st.rerun()
+
+
+def finetune_job(run):
+    """The fine-tune job of a finished run: this session's, else the newest in the table
+    (so another tab or a reload finds it), else None."""
+    table = cached.jobs()
+    mine = S.get(S.FINETUNE_JOB)
+    if mine and mine["for"] == run.key:
+        job = table.get(mine["job"])
+        if job is not None:
+            return job
+    for job in table.list(limit=200):
+        spec = (job.settings or {}).get("finetune") or {}
+        if job.kind == "finetune" and spec.get("of_job") == run.job_id:
+            return job
+    return None
 
 
 @dataclass
@@ -379,7 +478,9 @@ def sidebar() -> None:
         if choice:
             st.markdown(f"**Fleet:** {choice.removeprefix(UPLOAD_PREFIX)}")
         _, label = weights_choice()
+        _, data_label = data_choice()
         st.markdown(f"**Model:** {S.get(S.MODEL)}  \n**Weights:** {label}  \n"
+                    f"**Labelled data:** {data_label.partition(' (')[0]}  \n"
                     f"**Budget:** {float(S.get(S.BUDGET_FRACTION)):.0%} of the model's MACs  \n"
                     f"**Backend:** {S.get(S.BACKEND)}")
         run = S.get(S.RUN)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from hdap_engine.finetune.options import default as finetune_default
 from hdap_engine.options import default
 
 # -- fleet (page 1) -------------------------------------------------------------------------
@@ -33,6 +34,14 @@ WEIGHTS_UPLOAD = "weights_upload"  # widget: the state-dict uploader
 WEIGHTS_FILE = "weights_file"  # {"model", "path", "name"} of accepted user weights
 WEIGHTS_SEEN = "weights_seen"
 WEIGHTS_ERROR = "weights_error"
+DATA_MODE = "data_mode"  # widget: "none" (accuracy unknown), "digits" (built in) or "upload"
+DATA_UPLOAD = "data_upload"  # widget: the dataset zip uploader (an ImageFolder inside)
+DATA_FILE = "data_file"  # {"path", "name"} of the last accepted dataset zip
+DATA_SEEN = "data_seen"  # (file id, model, weights) of the last zip checked
+DATA_ERROR = "data_error"  # the engine's message for the last refused zip
+FLOOR_MODE = "floor_mode"  # widget: accuracy floor "none", "fraction" or "uniform"
+FLOOR_FRACTION = "floor_fraction"  # widget: the floor as a fraction of the unpruned model's
+FINETUNE_EPOCHS = "finetune_epochs"  # widget: epochs the study fine-tunes its model (0: none)
 BUDGET_UNIT = "budget_unit"  # widget: "G MACs" or "% of the model"
 BUDGET_FRACTION = "budget_fraction"  # the budget as a fraction of the model (source of truth)
 BUDGET_G = "budget_g"  # widget: budget slider in G MACs
@@ -63,6 +72,8 @@ HISTORY_COMPARE = "history_compare"
 HISTORY_MINE = "history_mine"  # widget: only my runs (when sign-in is on)
 ROLLOUT_VARIANTS = "rollout_variants"  # widget: the most variants to plan (Rollout page)
 ROLLOUT_JOB = "rollout_job"  # {"for": the run's key, "job": id of its planning job}
+FINETUNE_RUN_EPOCHS = "finetune_run_epochs"  # widget: epochs on the Fine-tune page
+FINETUNE_JOB = "finetune_job"  # {"for": the run's key, "job": id of its fine-tune job}
 
 # Study settings start at the engine's defaults (`hdap_engine.options`), as the CLI's
 # flags do; the others are the app's own (layout, what is shown).
@@ -74,6 +85,11 @@ DEFAULTS = {
     COLOR_BY: "cluster",
     MODEL: default("model"),
     WEIGHTS_MODE: "random",
+    DATA_MODE: "none",
+    FLOOR_MODE: "none",
+    FLOOR_FRACTION: 0.9,  # the paper's rule: 0.9 of the unpruned model's accuracy
+    FINETUNE_EPOCHS: default("finetune_epochs"),
+    FINETUNE_RUN_EPOCHS: finetune_default("epochs"),
     BUDGET_UNIT: "G MACs",
     BUDGET_FRACTION: float(default("budget")),
     OBJECTIVE: default("objective"),
@@ -93,7 +109,8 @@ DEFAULTS = {
 # Widget values kept across pages (see the module docstring); weight sliders are
 # added by prefix.
 PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, COLOR_BY, MODEL,
-              WEIGHTS_MODE, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
+              WEIGHTS_MODE, DATA_MODE, FLOOR_MODE, FLOOR_FRACTION, FINETUNE_EPOCHS,
+              FINETUNE_RUN_EPOCHS, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
               AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,
               COMPARE_METHODS, SWEEP_ON,
               WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE, HISTORY_MINE)

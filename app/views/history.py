@@ -16,11 +16,20 @@ def _label(runs: dict, run_id: int) -> str:
     return f"#{run_id} {r['name']} ({when})"
 
 
+def _top1(accuracy: dict | None) -> float | None:
+    """Held-out top-1 of the exported model in %: fine-tuned when it was, else calibrated;
+    None when accuracy is unknown (no labelled data)."""
+    acc = accuracy or {}
+    value = acc.get("finetuned") if acc.get("finetuned") is not None else acc.get("calibrated")
+    return None if value is None else 100 * float(value)
+
+
 def _table(runs: dict, owners: dict) -> None:
     rows = []
     for run_id, r in runs.items():
         res, s = r["result"], r["settings"]
         fleet = res.get("fleet") or {}
+        data = (s.get("accuracy") or {}).get("data")
         rows.append({"run": run_id, "when": datetime.fromtimestamp(r["created_at"]),
                      "by": owners.get(run_id) or "–",
                      "model": s.get("model"), "method": res.get("method"),
@@ -28,13 +37,19 @@ def _table(runs: dict, owners: dict) -> None:
                      "measured on": res.get("measured_source"),
                      "fleet mean ms": fleet.get("measured_mean_ms"),
                      "p95 ms": fleet.get("measured_p95_ms"), "speedup": fleet.get("speedup"),
+                     "top-1": _top1(res.get("accuracy")),
+                     "labelled data": parts.data_name(data),
                      "objective": res.get("objective"),
                      "weights": "user-supplied" if s.get("model_weights") else "random"})
     st.dataframe(rows, hide_index=True, key="history_table", column_config={
         "G MACs": st.column_config.NumberColumn(format="%.3f"),
         "fleet mean ms": st.column_config.NumberColumn(format="%.2f"),
         "p95 ms": st.column_config.NumberColumn(format="%.2f"),
-        "speedup": st.column_config.NumberColumn(format="%.2fx")})
+        "speedup": st.column_config.NumberColumn(format="%.2fx"),
+        "top-1": st.column_config.NumberColumn(
+            format="%.1f%%", help="held-out top-1 of the exported model (fine-tuned when it "
+                                  "was, else after batch-norm re-estimation); empty: unknown, "
+                                  "no labelled data")})
 
 
 def _report_of(r: dict) -> dict:
@@ -63,6 +78,9 @@ def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
     if owners.get(run_id):
         st.caption(f":material/person: Run #{run_id} by {owners[run_id]}")
     parts.fleet_headline(res)
+    from hdap_engine.accuracy.report import accuracy_summary
+
+    st.caption(f":material/target: {accuracy_summary(report.get('accuracy'))}")
     try:
         space = cached.space(res["model"], int(settings.get("round_to", 8)))
         base = space.widths_dict(space.base_widths)

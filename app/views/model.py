@@ -1,4 +1,10 @@
-"""Page 2, Model and budget: the network, its weights, the MACs budget, objective and backend."""
+"""Page 2, Model and budget: the network, its weights, labelled data, the budget, objective, backend.
+
+The labelled data (none, the built-in digits, or an uploaded ImageFolder zip) is
+checked here by the engine's own reader against the model's weights, so a job
+is never queued with data it would refuse; with data, every run reports
+accuracy next to latency.
+"""
 
 import math
 
@@ -7,6 +13,86 @@ import streamlit as st
 from hdap_engine.errors import HdapError
 from studio import cached, parts
 from studio import state as S
+
+DATA_TEXT = {"none": "none: accuracy unknown",
+             "digits": "digits (built in: scikit-learn's 1,797 8x8 digits, 10 classes)",
+             "upload": "my labelled images (a .zip of an ImageFolder)"}
+FLOOR_TEXT = {"none": "none (latency only)",
+              "fraction": "a fraction of the unpruned model's accuracy",
+              "uniform": "at least the uniform architecture's (same budget)"}
+
+
+def _weights_changed() -> None:
+    """The demo weights were trained on digits: with them, the default demo shows accuracy."""
+    if S.get(S.WEIGHTS_MODE) == "demo" and S.get(S.DATA_MODE) == "none":
+        S.put(S.DATA_MODE, "digits")
+
+
+def _labelled_data() -> None:
+    """Labelled images for accuracy: the choice, the upload and its check, floor, epochs."""
+    st.subheader("Labelled data and accuracy")
+    left, right = st.columns([1, 1])
+    with left:
+        st.radio("Labelled data", list(DATA_TEXT), key=S.DATA_MODE,
+                 format_func=DATA_TEXT.get,
+                 help="Images with labels measure the pruned model's accuracy: right after "
+                      "pruning, after batch-norm re-estimation, after fine-tuning. Without "
+                      "them, latency is measured and accuracy stays unknown.")
+        if S.get(S.DATA_MODE) == "upload":
+            up = st.file_uploader(
+                "Dataset zip (up to 1 GB): one folder per class holding that class's images "
+                "(PNG, JPEG, BMP, WebP)", type=["zip"], key=S.DATA_UPLOAD,
+                help="Class folders are read in alphabetical order, which must be the order "
+                     "of the weights' outputs. Members with '..' or absolute paths and links "
+                     "are refused before anything is written.")
+            weights, _ = parts.weights_choice()
+            seen = None if up is None else (up.file_id, S.get(S.MODEL), weights)
+            if up is not None and S.get(S.DATA_SEEN) != seen:
+                S.put(S.DATA_SEEN, seen)
+                with st.spinner(f"Reading {up.name} for {S.get(S.MODEL)}..."):
+                    parts.accept_data_upload(up.name, up.getvalue())
+            if S.get(S.DATA_ERROR):
+                st.error(S.get(S.DATA_ERROR), icon=":material/error:")
+        data, label = parts.data_choice()
+        if data is None and S.get(S.DATA_MODE) == "upload":
+            st.info("No dataset accepted yet: upload a zip, or choose digits.")
+        elif data is not None:
+            with st.spinner("Checking the labelled data against the model..."):
+                summary, problem = parts.data_check()
+            if problem:
+                st.error(problem, icon=":material/error:")
+            else:
+                st.caption(f":material/dataset: {label}: {summary['classes']} classes, "
+                           f"{summary['n_train']:,} images to calibrate and fine-tune on; "
+                           f"accuracy measured on {summary['heldout']}.")
+                for note in summary["notes"]:
+                    st.caption(f":material/info: {note}")
+        if data is None:
+            st.caption("Accuracy is unknown without labelled data: no page can tell whether "
+                       "the pruned model is usable.")
+    with right:
+        if data is None:
+            return
+        st.radio("Accuracy floor of the search (after batch-norm re-estimation)",
+                 list(FLOOR_TEXT), key=S.FLOOR_MODE, format_func=FLOOR_TEXT.get,
+                 help="Candidates predicted below the floor are penalised; the finalists and "
+                      "the final choice are evaluated for real and must meet it. Each budget "
+                      "evaluates about 26 candidates on the data (minutes, cached).")
+        if S.get(S.FLOOR_MODE) == "fraction":
+            st.number_input("Floor: fraction of the unpruned model's calibrated accuracy",
+                            min_value=0.05, max_value=1.0, step=0.01, format="%.2f",
+                            key=S.FLOOR_FRACTION,
+                            help="The HDAP paper's code uses 0.9.")
+        if parts.weights_choice()[0] is None:
+            st.caption("Fine-tuning distils from the unpruned model, which needs trained "
+                       "weights: choose the demo weights or upload yours to fine-tune.")
+        else:
+            st.number_input("Fine-tune epochs in the study (0: none; the Fine-tune page "
+                            "can do it afterwards)", min_value=0, max_value=200, step=1,
+                            key=S.FINETUNE_EPOCHS,
+                            help="Distillation from the unpruned model on the data, after "
+                                 "the study exports its model (hdap_engine.finetune's "
+                                 "recipe).")
 
 
 def main() -> None:
@@ -33,7 +119,7 @@ def main() -> None:
 
     with right:
         st.radio("Model weights", ["random", "demo", "upload"], key=S.WEIGHTS_MODE,
-                 horizontal=True,
+                 horizontal=True, on_change=_weights_changed,
                  format_func={"random": "random initialisation (seeded)",
                               "demo": "trained demo weights (digits)",
                               "upload": "my trained weights (state dict)"}.get)
@@ -68,6 +154,8 @@ def main() -> None:
                 st.info(f"{wf['name']} holds weights for {wf['model']}; upload weights for "
                         f"{S.get(S.MODEL)} or switch back.")
         parts.weights_badge()
+
+    _labelled_data()
 
     # -- budget -------------------------------------------------------------------------------
     st.subheader("Budget")

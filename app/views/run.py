@@ -45,6 +45,10 @@ def _start(fv, cv) -> None:
         S.put(S.RUN_ERROR, "this fleet has no file the server can read; upload it again on "
                            "the Fleet page")
         return
+    _, problem = parts.data_check()
+    if problem:  # the worker would refuse it after the fleet work; say so now
+        S.put(S.RUN_ERROR, f"{problem} (labelled data, Model page)")
+        return
     job, created = cached.job_runner(cached.workspace()).submit(
         "study", parts.job_settings(fv, cv, options), owner=parts.owner(),
         agent_token=S.get(S.AGENT_TOKEN) or None)
@@ -64,6 +68,10 @@ def _follow(job_id: int) -> None:
     parts.job_progress(job)
 
 
+def _pct(value) -> float | None:
+    return None if value is None else 100 * float(value)
+
+
 def _results(run) -> None:
     """The study's numbers and charts."""
     rep = run.report
@@ -77,6 +85,9 @@ def _results(run) -> None:
     from hdap_engine.accuracy.report import accuracy_summary
 
     st.caption(f":material/target: {accuracy_summary(rep.get('accuracy'))}")
+    if (rep.get("accuracy") or {}).get("unpruned") is None:
+        st.caption("Choose labelled data on the Model page to measure accuracy: until it is "
+                   "known, nothing says the pruned model is usable.")
     figs = run.figures()
     parts.show_figure(figs["clusters"], key="fig_clusters")
     left, right = st.columns(2)
@@ -95,21 +106,33 @@ def _results(run) -> None:
         st.caption(f":material/info: {note}")
     if "comparison" in figs:
         parts.show_figure(figs["comparison"], key="fig_comparison")
+        rows = run.comparison["rows"]
+        # Accuracy columns only when some row measured one (with labelled data).
+        stages = [s for s in ("pruned", "calibrated", "finetuned")
+                  if any((r.get("accuracy") or {}).get(s) is not None for r in rows)]
+        acc_cols = {s: f"{'fine-tuned' if s == 'finetuned' else s} top-1" for s in stages}
         st.dataframe([{"method": parts.method_text(r["method"]),
                        "G MACs": r["macs"] / 1e9, "fleet mean ms": r["fleet_mean_ms"],
                        "p95 ms": r["p95_ms"], "worst cluster ms": r["worst_cluster_ms"],
-                       "speedup": r["speedup"], "device measurements": r["device_measurements"]}
-                      for r in run.comparison["rows"]], hide_index=True, column_config={
+                       "speedup": r["speedup"],
+                       **{col: _pct((r.get("accuracy") or {}).get(s))
+                          for s, col in acc_cols.items()},
+                       "device measurements": r["device_measurements"]}
+                      for r in rows], hide_index=True, key="comparison_table", column_config={
             "G MACs": st.column_config.NumberColumn(format="%.3f"),
             **{c: st.column_config.NumberColumn(format="%.2f")
                for c in ("fleet mean ms", "p95 ms", "worst cluster ms")},
-            "speedup": st.column_config.NumberColumn(format="%.2fx")})
+            "speedup": st.column_config.NumberColumn(format="%.2fx"),
+            **{col: st.column_config.NumberColumn(format="%.1f%%", help="held-out top-1")
+               for col in acc_cols.values()}})
     if "pareto" in figs:
         parts.show_figure(figs["pareto"], key="fig_pareto")
     if "accuracy_pareto" in figs:
         parts.show_figure(figs["accuracy_pareto"], key="fig_accuracy_pareto")
     st.page_link("views/whatif.py", label="Next: what-if (move the budget or the weights)",
                  icon=":material/arrow_forward:")
+    st.page_link("views/finetune.py", label="Fine-tune the pruned model (distillation)",
+                 icon=":material/model_training:")
     st.page_link("views/download.py", label="Download the model and the report",
                  icon=":material/download:")
 
@@ -147,7 +170,11 @@ def main() -> None:
             f"**{S.get(S.OBJECTIVE)}**, weights "
             f"**{'yours' if parts.user_weights(cv) else 'device shares'}**, backend "
             f"**{S.get(S.BACKEND)}**, method **{S.get(S.METHOD)}**, {S.get(S.SAMPLES)} "
-            "candidates measured per representative.")
+            "candidates measured per representative; labelled data "
+            f"**{parts.data_choice()[1]}**"
+            + (f", accuracy floor **{parts.min_accuracy()}**" if parts.min_accuracy() else "")
+            + (f", then **{parts.finetune_epochs()}** fine-tune epochs"
+               if parts.finetune_epochs() else "") + ".")
         parts.weights_badge()
         c = st.columns([2, 1])
         c[0].multiselect("Also compare with (same budget, measured the same way)",

@@ -1,0 +1,139 @@
+"""Page 4c, Fine-tune: the last run's pruned model learns from the unpruned one, as a job.
+
+Fine-tuning runs in a worker process (`hdap_engine.jobs`, kind ``finetune``:
+`hdap_engine.finetune.run.finetune_bundle`, distillation from the unpruned
+model on the labelled data). The worker writes every finished epoch into the
+job's row (its partial result), so this page draws the loss and held-out
+accuracy while it trains; the result is a new bundle, offered on the Download
+page next to the pruned one.
+"""
+
+import streamlit as st
+
+from studio import cached, parts
+from studio import state as S
+
+POLL_SECONDS = 1.0
+
+
+def _chart(history: list, epochs: int | None, key: str, start_top1=None) -> None:
+    from hdap_engine.charts import finetune_chart
+
+    parts.show_figure(finetune_chart(history, epochs=epochs, start_top1=start_top1), key=key)
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _follow(job_id: int) -> None:
+    """Polls the store while the job trains: progress per epoch and the live chart."""
+    job = cached.jobs().get(job_id)
+    if job is None or not job.active:
+        st.rerun(scope="app")
+    parts.job_progress(job)
+    live = job.partial or {}
+    history = live.get("history") or []
+    if history:
+        last = history[-1]
+        top = "" if last.get("val_top1") is None else \
+            f", held-out top-1 {100 * last['val_top1']:.1f}%"
+        st.caption(f"Epoch {last['epoch']} of {last['epochs']}: loss {last['loss']:.3f}{top} "
+                   f"({last['seconds']:.0f} s of training so far)")
+    else:
+        st.caption("Measuring the model before training and re-estimating its batch-norm "
+                   "statistics; the chart starts after the first epoch.")
+    _chart(history, live.get("epochs") or job.total or None, key="fig_finetune_live")
+
+
+def _run_data(run) -> tuple[str | None, str]:
+    """The labelled data to fine-tune on: the run's own, else the Model page's choice."""
+    from hdap_engine.options import flatten_settings
+
+    data = flatten_settings((run.settings or {}).get("options") or {}).get("data")
+    if data:
+        return data, f"the run's labelled data ({parts.data_name(data)})"
+    data, label = parts.data_choice()
+    return data, f"the Model page's labelled data ({label})"
+
+
+def _start(run, data: str, epochs: int) -> None:
+    from hdap_engine.options import flatten_settings
+
+    opts = flatten_settings((run.settings or {}).get("options") or {})
+    spec = {"bundle": run.bundle, "data": data, "val_data": opts.get("val_data"),
+            "epochs": int(epochs), "seed": int(opts.get("seed") or 0), "of_job": run.job_id}
+    job, created = cached.job_runner(cached.workspace()).submit(
+        "finetune", {"finetune": spec}, owner=parts.owner())
+    S.put(S.FINETUNE_JOB, {"for": run.key, "job": job.id})
+    if not created:
+        st.toast(f"The same fine-tune is already {job.state} as job {job.id}: showing it.",
+                 icon=":material/info:")
+
+
+def _done(job) -> None:
+    from hdap_engine.accuracy.report import accuracy_summary
+
+    res = job.result
+    acc = res["accuracy"]
+    ft = acc.get("finetune") or {}
+    st.success(f"Fine-tuned {ft.get('epochs')} epochs by distillation in "
+               f"{parts.elapsed_text(ft.get('wall_seconds') or ft.get('seconds'))} "
+               f"(job {job.id}): held-out top-1 **{100 * acc['finetuned']:.1f}%**.",
+               icon=":material/model_training:")
+    c = st.columns(4)
+    for col, (label, stage) in zip(c, (("Unpruned", "unpruned"), ("Pruned", "pruned"),
+                                       ("Batch-norm re-estimated", "calibrated"),
+                                       ("Fine-tuned", "finetuned")), strict=True):
+        value = acc.get(stage)
+        col.metric(f"{label} top-1", "–" if value is None else f"{100 * value:.1f}%",
+                   help=f"held-out: {acc.get('heldout')}")
+    st.caption(f":material/target: {accuracy_summary(acc)}")
+    _chart(res.get("history") or [], ft.get("epochs"), key="fig_finetune_done",
+           start_top1=ft.get("bn_reestimated_top1"))
+    st.caption(f"New bundle on the server: `{res['bundle']}`.")
+    st.page_link("views/download.py", label="Download the fine-tuned model",
+                 icon=":material/download:")
+
+
+def main() -> None:
+    st.title("Fine-tune")
+    run = S.get(S.RUN)
+    if run is None or run.bundle is None:
+        st.info("Run a study first: its pruned model is what is fine-tuned here.")
+        st.page_link("views/run.py", label="Go to the Run page", icon=":material/play_circle:")
+        return
+    rep = run.report
+    macs = rep.get("macs", rep["budget_macs"])
+    st.markdown(f"**{rep.get('model', '')}** pruned by **{rep['method']}** to "
+                f"**{macs / 1e9:.3f} G MACs** (job {run.job_id}, {run.weights_label}).")
+    if (rep.get("settings") or {}).get("model_weights") in (None, "random", "pretrained"):
+        st.warning("This run pruned randomly initialised weights: there is no trained "
+                   "unpruned model to distil from. Choose trained weights (the demo weights "
+                   "or yours) on the Model page and run again.", icon=":material/casino:")
+        return
+    data, where = _run_data(run)
+    if data is None:
+        st.info("Fine-tuning needs labelled images: choose labelled data on the Model page.")
+        st.page_link("views/model.py", label="Go to the Model page", icon=":material/tune:")
+        return
+    st.caption(f"On {where}. The pruned model (student) learns from the unpruned one (teacher): batch-norm "
+               "statistics re-estimated first, then 0.9 x distillation + 0.1 x cross-entropy, "
+               "SGD with a cosine schedule (`hdap_engine.finetune`'s recipe, as `hdap "
+               "finetune`). Every accuracy is measured on the held-out images.")
+    st.number_input("Epochs", min_value=1, max_value=200, step=1, key=S.FINETUNE_RUN_EPOCHS)
+    if st.button("Fine-tune", type="primary", icon=":material/model_training:",
+                 key="finetune_button"):
+        _start(run, data, int(S.get(S.FINETUNE_RUN_EPOCHS)))
+    st.caption("Fine-tuning runs as a job on the server: you can leave this page; the loss "
+               "and accuracy of every epoch appear here while it trains.")
+    job = parts.finetune_job(run)
+    if job is None:
+        return
+    if job.active:
+        _follow(job.id)
+        return
+    if job.state != "done":
+        parts.job_ended(job)
+        return
+    _done(job)
+
+
+main()
