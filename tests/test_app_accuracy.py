@@ -123,6 +123,7 @@ def test_a_bad_dataset_zip_is_one_error_line_and_the_accepted_data_stays(
     assert not at.error
     assert at.session_state["data_file"]["name"] == "mine.zip"
     assert "uploaded mine.zip: 10 classes, 30 images to calibrate" in _captions(at)
+    assert "10 images held out of mine.zip" in _captions(at)  # not the stored copy's path
 
     for name, data, why in (
             ("broken.zip", b"PK\x03\x04 not really a zip", "broken.zip: not a zip archive"),

@@ -221,6 +221,15 @@ def data_name(data: str | None) -> str:
     return str(data)
 
 
+def accuracy_line(block: dict | None) -> str:
+    """The engine's one-line accuracy summary, naming an upload as its user knows it."""
+    from hdap_engine.accuracy.report import accuracy_summary
+
+    line = accuracy_summary(block)
+    data = (block or {}).get("dataset")
+    return line.replace(data, data_name(data)) if data else line
+
+
 def data_check(data: str | None = None) -> tuple[dict | None, str | None]:
     """(summary, None) when the data fits the model and weights on screen, else (None, why).
 

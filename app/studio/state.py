@@ -134,15 +134,27 @@ def _defaults() -> dict:
     return {**DEFAULTS, **{k: v for k, v in extra.items() if k in PERSISTENT}}
 
 
+# A copy of every persistent value under a key no widget has. Re-assigning a widget's
+# value on every run is not enough with Streamlit 1.67: after a fragment's reruns and its
+# st.rerun(scope="app") (the Run page following a job), a page change still dropped the
+# Model page's values (weights, data and budget came back as defaults). Keys that belong
+# to no widget are never dropped, so the copy brings them back.
+_KEPT = "_kept_"
+
+
 def init() -> None:
     """Set defaults once per session and keep widget values across page changes."""
     ss = st.session_state
+    for kept in [k for k in ss.keys() if k.startswith(_KEPT)]:
+        if kept[len(_KEPT):] not in ss:
+            ss[kept[len(_KEPT):]] = ss[kept]
     for key, value in _defaults().items():
         if key not in ss:
             ss[key] = list(value) if isinstance(value, list) else value
     for key in list(ss.keys()):
         if key in PERSISTENT or key.startswith(_PREFIXES):
             ss[key] = ss[key]
+            ss[_KEPT + key] = ss[key]
 
 
 def get(key: str, default=None):

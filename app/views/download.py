@@ -45,15 +45,13 @@ def _finetuned(run, stem: str) -> None:
         st.page_link("views/finetune.py", label="Go to the Fine-tune page",
                      icon=":material/model_training:")
         return
-    from hdap_engine.accuracy.report import accuracy_summary
-
     res = job.result
     acc = res["accuracy"]
     epochs = (acc.get("finetune") or {}).get("epochs")
     st.success(f"**Fine-tuned** {epochs} epochs by distillation (job {job.id}): held-out "
-               f"top-1 **{100 * acc['finetuned']:.1f}%** on {acc.get('heldout')}.",
+               f"top-1 **{100 * acc['finetuned']:.1f}%** on {acc.get('n_heldout')} images.",
                icon=":material/model_training:")
-    st.caption(f":material/target: {accuracy_summary(acc)}")
+    st.caption(f":material/target: {parts.accuracy_line(acc)}")
     _buttons(res["bundle"], res["report"], run.figures(), f"{run.key}-ft{job.id}",
              f"{stem}-finetuned", "dl_ft_")
 
@@ -67,8 +65,6 @@ def main() -> None:
         st.page_link("views/run.py", label="Go to the Run page", icon=":material/play_circle:")
         return
 
-    from hdap_engine.accuracy.report import accuracy_summary
-
     rep = run.report
     model = rep.get("model", "model")
     macs = rep.get("macs", rep["budget_macs"])
@@ -78,7 +74,7 @@ def main() -> None:
                 f"for {run.fleet_label}; fleet mean {rep['fleet']['measured_mean_ms']:.2f} ms "
                 f"measured on {rep['measured_source']}, {rep['fleet']['speedup']:.2f}x faster "
                 "than unpruned.")
-    st.caption(f":material/target: {accuracy_summary(rep.get('accuracy'))}")
+    st.caption(f":material/target: {parts.accuracy_line(rep.get('accuracy'))}")
     if run.weights_label.startswith("random"):
         st.warning("Weights: **random initialisation**. The files hold the pruned architecture "
                    "with untrained weights; fine-tune it, or upload trained weights on the "

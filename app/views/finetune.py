@@ -69,8 +69,6 @@ def _start(run, data: str, epochs: int) -> None:
 
 
 def _done(job) -> None:
-    from hdap_engine.accuracy.report import accuracy_summary
-
     res = job.result
     acc = res["accuracy"]
     ft = acc.get("finetune") or {}
@@ -84,8 +82,8 @@ def _done(job) -> None:
                                        ("Fine-tuned", "finetuned")), strict=True):
         value = acc.get(stage)
         col.metric(f"{label} top-1", "–" if value is None else f"{100 * value:.1f}%",
-                   help=f"held-out: {acc.get('heldout')}")
-    st.caption(f":material/target: {accuracy_summary(acc)}")
+                   help=f"on {acc.get('n_heldout')} held-out images")
+    st.caption(f":material/target: {parts.accuracy_line(acc)}")
     _chart(res.get("history") or [], ft.get("epochs"), key="fig_finetune_done",
            start_top1=ft.get("bn_reestimated_top1"))
     st.caption(f"New bundle on the server: `{res['bundle']}`.")

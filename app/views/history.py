@@ -78,9 +78,7 @@ def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
     if owners.get(run_id):
         st.caption(f":material/person: Run #{run_id} by {owners[run_id]}")
     parts.fleet_headline(res)
-    from hdap_engine.accuracy.report import accuracy_summary
-
-    st.caption(f":material/target: {accuracy_summary(report.get('accuracy'))}")
+    st.caption(f":material/target: {parts.accuracy_line(report.get('accuracy'))}")
     try:
         space = cached.space(res["model"], int(settings.get("round_to", 8)))
         base = space.widths_dict(space.base_widths)

@@ -64,7 +64,8 @@ def _labelled_data() -> None:
             else:
                 st.caption(f":material/dataset: {label}: {summary['classes']} classes, "
                            f"{summary['n_train']:,} images to calibrate and fine-tune on; "
-                           f"accuracy measured on {summary['heldout']}.")
+                           "accuracy measured on "
+                           f"{summary['heldout'].replace(data, parts.data_name(data))}.")
                 for note in summary["notes"]:
                     st.caption(f":material/info: {note}")
         if data is None:

@@ -82,9 +82,7 @@ def _results(run) -> None:
                f"{rep.get('macs', rep['budget_macs']) / 1e9:.3f} G · {run.weights_label} · "
                f"{parts.elapsed_text(run.seconds)}")
     parts.fleet_headline(rep)
-    from hdap_engine.accuracy.report import accuracy_summary
-
-    st.caption(f":material/target: {accuracy_summary(rep.get('accuracy'))}")
+    st.caption(f":material/target: {parts.accuracy_line(rep.get('accuracy'))}")
     if (rep.get("accuracy") or {}).get("unpruned") is None:
         st.caption("Choose labelled data on the Model page to measure accuracy: until it is "
                    "known, nothing says the pruned model is usable.")
