@@ -25,7 +25,7 @@ import gzip
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -202,9 +202,11 @@ def load_fleet(
     Parameters
     ----------
     source:
-        A path to a CSV, CSV.gz or Parquet file, or the file's content (bytes
-        or a binary file-like object, e.g. an upload). The format is detected
-        from the content.
+        A path to a CSV, CSV.gz or Parquet file (or a glob of Parquet files),
+        or the file's content (bytes or a binary file-like object, e.g. an
+        upload). The format is detected from the content; raw runs (columns
+        ``device_id, probe, latency_ms``) are aggregated to one row per
+        device (`hdap_engine.fleet.longformat`).
     sku:
         Keep only this SKU's devices (required when the file holds several).
     name:
@@ -220,6 +222,13 @@ def load_fleet(
         For anything wrong with the file, with one line naming the file, the
         column and rows, and what to do.
     """
+    # Raw runs (long format), globs of Parquet files and wide Parquet files too
+    # large for pandas are read out of core by DuckDB (fleet/longformat.py).
+    from hdap_engine.fleet import longformat
+
+    routed = longformat.route(source, sku=sku, name=name)
+    if routed is not None:
+        return routed
     label, data = _read_source(source, name)
     notes: list[str] = []
     data = _unwrap_gzip(data, label)
@@ -229,6 +238,10 @@ def load_fleet(
         rows = _RowNumbers("data row", np.arange(len(frame)) + 1)
     else:
         frame, rows = _read_csv(data, label, notes)
+    if longformat.is_long_format(frame.columns):
+        # An upload of raw runs: aggregated in memory, same rules as a file.
+        routed = longformat.aggregate_frame(frame, sku=sku, source=label)
+        return replace(routed, notes=tuple(notes) + routed.notes)
     return _validate(frame, rows=rows, sku=sku, source=label, notes=notes)
 
 
