@@ -427,7 +427,7 @@ def _aggregate(
         if r[3]:
             example = _run(con, f"""SELECT any_value({raw_lat}) FROM {src}
                                    WHERE {probe} = {_literal(r[0])} AND {raw_lat} IS NOT NULL AND {lat} IS NULL""",
-                           label).fetchone()[0]
+                           label).fetchall()[0][0]
             raise HdapError(
                 f"{label}: column latency_ms has {plural(r[3], 'non-numeric value')} (e.g. "
                 f"{str(example)[:20]!r}, probe {r[0]}); latencies are numbers in ms: fix or remove those rows"
@@ -437,7 +437,7 @@ def _aggregate(
         if r[5] is not None and not np.isfinite(r[5]) or r[4] is not None and np.isinf(r[4]):
             n, device = _run(con, f"""SELECT count(*), any_value({dev}) FROM {src}
                                      WHERE {probe} = {_literal(r[0])} AND NOT isfinite({lat})""",
-                             label).fetchone()
+                             label).fetchall()[0]
             raise HdapError(
                 f"{label}: column latency_ms has {plural(n, 'infinite or NaN value')} (e.g. device "
                 f"{device!r}, probe {r[0]}); latencies must be finite numbers in ms: fix or remove those rows"
@@ -446,7 +446,7 @@ def _aggregate(
         if r[4] is not None and r[4] <= 0:
             n, device, value = _run(con, f"""SELECT count(*), arg_min({dev}, {lat}), min({lat}) FROM {src}
                                             WHERE {probe} = {_literal(r[0])} AND {lat} <= 0""",
-                                    label).fetchone()
+                                    label).fetchall()[0]
             raise HdapError(
                 f"{label}: column latency_ms has {plural(n, 'zero or negative value')} (e.g. device "
                 f"{device!r}, probe {r[0]}: {value:g} ms); latencies must be > 0 ms: fix or remove those rows"
@@ -472,7 +472,7 @@ def _aggregate(
             ts = f"TRY_CAST({ts} AS TIMESTAMP)"
             bad = _run(con, f"""SELECT count(*), any_value({_quote(TIMESTAMP_COLUMN)}) FROM {src}
                                WHERE {_quote(TIMESTAMP_COLUMN)} IS NOT NULL AND trim({_quote(TIMESTAMP_COLUMN)}) <> ''
-                                 AND {ts} IS NULL""", label).fetchone()
+                                 AND {ts} IS NULL""", label).fetchall()[0]
             if bad[0]:
                 raise HdapError(
                     f"{label}: column timestamp has {plural(bad[0], 'value')} that "
@@ -523,7 +523,7 @@ def _aggregate(
     no_id = table.column(ID_COLUMN).is_null().to_numpy(zero_copy_only=False) | (
         pc.utf8_trim_whitespace(table.column(ID_COLUMN).fill_null("")).to_numpy(zero_copy_only=False) == "")
     if no_id.any():
-        rows = _run(con, f"SELECT count(*) FROM {src} WHERE {dev} IS NULL OR trim({dev}) = ''", label).fetchone()[0]
+        rows = _run(con, f"SELECT count(*) FROM {src} WHERE {dev} IS NULL OR trim({dev}) = ''", label).fetchall()[0][0]
         raise HdapError(
             f"{label}: column device_id is empty in {plural(rows, 'row')}; every run needs the "
             "id of the device it ran on: fill them in or remove those rows"
@@ -651,8 +651,11 @@ def _probe_name(raw: str) -> str | None:
 def _column(table, name: str, index: np.ndarray):
     import pyarrow as pa
 
-    col = table.column(name).take(pa.array(index))
-    return col.to_pandas()
+    col = table.column(name).take(pa.array(index)).to_pandas()
+    if pd.api.types.is_datetime64_any_dtype(col.dtype) and getattr(col.dtype, "tz", None) is None:
+        # One resolution whatever the source (Parquet ms, pandas ns, DuckDB us).
+        col = col.astype("datetime64[us]")
+    return col
 
 
 def _examples(ids, mask: np.ndarray) -> str:
@@ -715,7 +718,7 @@ def read_wide_parquet(
         row = _run(con, f"""SELECT count(*), count(*) FILTER (WHERE {_quote(ID_COLUMN)} IS NULL
                                  OR trim(CAST({_quote(ID_COLUMN)} AS VARCHAR)) = ''),
                                  count(DISTINCT trim(CAST({_quote(ID_COLUMN)} AS VARCHAR))), {checks}
-                          FROM {src}""", label).fetchone()
+                          FROM {src}""", label).fetchall()[0]
         n, no_id, distinct, bad = row[0], row[1], row[2], row[3:]
         if no_id or distinct != n or any(bad):
             # Only the offending rows are read, with their positions, and checked by
