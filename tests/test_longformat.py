@@ -244,3 +244,19 @@ def test_cli_validate_and_cluster_accept_runs(tmp_path, capsys):
     assert cli.main(["validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: bad.csv: column latency_ms has 1 zero or negative")
+
+
+def test_huge_fleets_refine_on_a_sample_and_smaller_ones_cluster_as_before():
+    from hdap_engine.fleet.clustering import ClusteringOptions
+    from hdap_engine.fleet.telemetry import fleet_from_frame
+
+    frame, truth = synthetic_fleet(6000, seed=4, nominal=LONG_PROBES_MS)
+    fleet = fleet_from_frame(frame)
+    before = Clustering(ClusteringOptions()).fit(fleet)
+    # The threshold lowered so a small fleet takes the ten-million-device path.
+    sampled = Clustering(ClusteringOptions(sample_fit_above=5000, fit_sample=2000)).fit(fleet)
+    assert sampled.k_ == before.k_ == 5
+    assert adjusted_rand_score(truth, sampled.labels_) > 0.99
+    assert "every device assigned to the nearest" in sampled.describe()
+    assert "every device assigned" not in before.describe()
+    np.testing.assert_array_equal(sampled.assign(fleet), sampled.labels_)

@@ -25,9 +25,9 @@ The aggregated frame then passes the same contract checks as a wide file
 (`fleet_from_frame`), so the SKU rules are the same.
 
 Wide (one-row-per-device) Parquet files with more rows than
-`LongFormatOptions.wide_rows_via_duckdb` are read through DuckDB too: the
-contract's checks on probes and ids run as SQL over the file, and only the
-columns are fetched, never the file's bytes plus a copy.
+`LongFormatOptions.wide_rows_via_duckdb` (or a glob of wide files) are
+read through DuckDB too: the columns stream into Arrow and then pandas,
+never the file's bytes plus a copy; the contract's checks are the usual ones.
 
 `route` is what `load_fleet` calls first: it looks at a path's columns (a
 Parquet footer, a CSV header) and returns a `Fleet` when this module should
@@ -672,9 +672,11 @@ def read_wide_parquet(
 ) -> Fleet:
     """Read one-row-per-device Parquet too large for the in-memory reader.
 
-    The contract's checks on ids and probes run as SQL over the files, then
-    the columns are fetched once; when a check fails, the message names the
-    data rows as the in-memory reader does.
+    DuckDB streams the files into one Arrow table in file order, which is
+    handed to pandas column by column (freeing each as it goes): no copy of
+    the file's bytes, no second table. The contract's checks are the in-memory
+    reader's own, so every message is the one a small file gets (rows are
+    "data rows" counted across the files in name order).
 
     Parameters
     ----------
@@ -697,73 +699,17 @@ def read_wide_parquet(
     label = name or Path(files[0]).name
     con = _connect(options)
     try:
-        src = _source_sql(files, False, row_numbers=False)
-        schema = {r[0]: r[1] for r in _run(con, f"DESCRIBE SELECT * FROM {src}", label).fetchall()}
-        columns = list(schema)
-        if ID_COLUMN not in columns:
-            raise HdapError(telemetry._missing_id_message(label, columns))
-        probes = [c for c in columns if PROBE_PATTERN.match(c)]
-        if len(probes) < telemetry.MIN_PROBES:
-            raise HdapError(telemetry._too_few_probes_message(label, columns, probes))
-        numeric = ("DOUBLE", "FLOAT", "REAL", "INTEGER", "BIGINT", "SMALLINT", "TINYINT", "HUGEINT",
-                   "UBIGINT", "UINTEGER", "USMALLINT", "UTINYINT")
-        odd = [c for c in probes if not schema[c].upper().startswith((*numeric, "DECIMAL"))]
-        if odd:
-            # Text or booleans in a probe column: the in-memory reader words it exactly.
-            return _fallback(files, sku, label)
-        checks = ", ".join(
-            f"count(*) FILTER (WHERE {_quote(c)} IS NULL OR NOT isfinite({_quote(c)}) "
-            f"OR {_quote(c)} <= 0)" for c in probes
-        )
-        row = _run(con, f"""SELECT count(*), count(*) FILTER (WHERE {_quote(ID_COLUMN)} IS NULL
-                                 OR trim(CAST({_quote(ID_COLUMN)} AS VARCHAR)) = ''),
-                                 count(DISTINCT trim(CAST({_quote(ID_COLUMN)} AS VARCHAR))), {checks}
-                          FROM {src}""", label).fetchall()[0]
-        n, no_id, distinct, bad = row[0], row[1], row[2], row[3:]
-        if no_id or distinct != n or any(bad):
-            # Only the offending rows are read, with their positions, and checked by
-            # the in-memory rules, so the message is the one a small file gets.
-            return _wide_error(con, files, label, probes)
-        fetched = _run(con, f"SELECT * FROM {src}", label).to_arrow_table()
+        # Row order matters here: messages name data rows.
+        con.execute("SET preserve_insertion_order = true")
+        fetched = _run(con, f"SELECT * FROM {_source_sql(files, False, row_numbers=False)}",
+                       label).to_arrow_table()
     finally:
         con.close()
-    frame = fetched.to_pandas()
+    frame = fetched.to_pandas(self_destruct=True, split_blocks=True)
     del fetched
-    frame[ID_COLUMN] = frame[ID_COLUMN].astype("str").str.strip()
-    # The checks above hold for every row: the contract's remaining rules
-    # (SKU, column names, notes) run on the frame without copying probes.
+    frame.columns = [str(c) for c in frame.columns]
     return telemetry._validate(frame, rows=telemetry._RowNumbers("data row", np.arange(len(frame)) + 1),
                                sku=sku, source=label, notes=[])
-
-
-def _fallback(files: Sequence[str], sku: str | None, label: str) -> Fleet:
-    from hdap_engine.fleet import telemetry
-
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    return telemetry.fleet_from_frame(frame, sku=sku, source=label)
-
-
-def _wide_error(con, files: Sequence[str], label: str, probes: list[str]) -> Fleet:
-    from hdap_engine.fleet import telemetry
-
-    src = _source_sql(files, False, row_numbers=True)
-    rank = " ".join(f"WHEN {_literal(f)} THEN {i}" for i, f in enumerate(files))
-    bad = " OR ".join(f"{_quote(c)} IS NULL OR NOT isfinite({_quote(c)}) OR {_quote(c)} <= 0" for c in probes)
-    idc = f"trim(CAST({_quote(ID_COLUMN)} AS VARCHAR))"
-    rows = _run(con, f"""
-        WITH t AS (SELECT *, (CASE filename {rank} ELSE 0 END) AS __file FROM {src}),
-             d AS (SELECT {idc} AS i FROM t GROUP BY 1 HAVING count(*) > 1 LIMIT 1000)
-        SELECT * EXCLUDE (filename) FROM t
-        WHERE {_quote(ID_COLUMN)} IS NULL OR {idc} = '' OR {idc} IN (SELECT i FROM d) OR {bad}
-        ORDER BY __file, file_row_number LIMIT 100000""", label).to_arrow_table().to_pandas()
-    # Positions in the files: data row = rows of earlier files + row in file + 1.
-    import pyarrow.parquet as pq
-
-    offsets = np.cumsum([0] + [pq.read_metadata(f).num_rows for f in files])
-    numbers = offsets[rows["__file"].to_numpy()] + rows["file_row_number"].to_numpy() + 1
-    frame = rows.drop(columns=["__file", "file_row_number"]).reset_index(drop=True)
-    telemetry._validate(frame, rows=telemetry._RowNumbers("data row", numbers), sku=None, source=label, notes=[])
-    raise HdapError(f"{label}: fails the telemetry checks; check the file")  # pragma: no cover
 
 
 def _first_line(exc: BaseException) -> str:
