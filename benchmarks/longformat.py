@@ -63,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     from sklearn.metrics import adjusted_rand_score
 
-    from hdap_engine.fleet.bench_data import LONG_PROBES_MS, MECHANISMS, synthetic_fleet, write_fleet, write_runs
+    from hdap_engine.fleet.bench_data import (
+        LONG_PROBES_MS,
+        MECHANISMS,
+        synthetic_fleet,
+        write_fleet,
+        write_runs,
+    )
 
     folder = Path(args.dir)
     wide = folder / f"hdap_wide7_{args.devices}.parquet"
