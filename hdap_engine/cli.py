@@ -215,6 +215,10 @@ def _add_study_flags(p: argparse.ArgumentParser) -> None:
                    help="host backend timer: wall time, or the timing thread's CPU time (robust "
                         "to other jobs on a shared machine; one thread only); auto = thread "
                         "with --threads 1")
+    p.add_argument("--runtime", choices=("torch", "torchscript", "onnxruntime"),
+                   default=d("host_runtime"),
+                   help="host backend: what runs the model (default %(default)s; onnxruntime "
+                        "as the device agent runs it)")
     p.add_argument("--twin-preset", default=d("twin_preset"),
                    help="twin physics for telemetry without a .twin.parquet sidecar "
                         "(jetson-nano, rpi4)")
@@ -242,7 +246,7 @@ def _study_options(args: argparse.Namespace, **extra):
         model=args.model, backend=args.backend, samples=args.samples, repeats=args.repeats,
         k=args.k, representatives=args.representatives, sku=args.sku, seed=args.seed,
         round_to=args.round_to, min_ratio=args.min_ratio, host_threads=args.threads,
-        host_clock=args.clock,
+        host_clock=args.clock, host_runtime=args.runtime,
         twin_preset=args.twin_preset, population=args.population,
         generations=args.generations, refine_rounds=args.refine_rounds,
         finalists=args.finalists,
@@ -398,7 +402,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             result = run_sweep(options, args.telemetry, [b.strip() for b in args.sweep.split(",")
                                                          if b.strip()], progress=bar)
         else:
-            result = run_bench(options, args.telemetry, oracle=args.oracle, progress=bar)
+            result = run_bench(options, args.telemetry, methods=args.methods, oracle=args.oracle,
+                               progress=bar)
     finally:
         bar.close()
     if args.sweep:
@@ -424,12 +429,28 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods_flag(text: str) -> tuple[str, ...]:
+    from hdap_engine.options import METHODS
+
+    names = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}" if unknown
+            else "no methods given")
+    return names
+
+
 def _register_bench(sub) -> None:
+    from hdap_engine.options import METHODS
+
     p = sub.add_parser("bench", help="every method on the same fleet and budget, one table")
     _add_study_flags(p)
     _add_budget_flag(p)
     p.add_argument("--oracle", action="store_true",
                    help="also search on the twin's ground truth over every device (slow)")
+    p.add_argument("--methods", type=_methods_flag, default=METHODS, metavar="M1,M2,...",
+                   help=f"methods to compare (default all: {','.join(METHODS)})")
     p.add_argument("--sweep", default=None, metavar="B1,B2,...",
                    help="budget sweep (ours and uniform) for a Pareto curve instead of the table")
     p.add_argument("--clustering-check", action="store_true",

@@ -44,6 +44,7 @@ class StudyOptions:
     model_weights: str | None = None  # None/random, "pretrained", or a state-dict path
     host_threads: int = 1
     host_clock: str = "auto"  # wall, thread (CPU time of the timing thread), auto
+    host_runtime: str = "torch"  # torch, torchscript, onnxruntime (latency/runtimes.py)
     twin_preset: str | None = None  # for uploaded telemetry without a sidecar
     agent_token: str | None = None
     population: int = 64
@@ -58,6 +59,9 @@ class StudyOptions:
         if self.backend not in BACKENDS:
             raise HdapError(f"unknown backend {self.backend!r}; choose one of: "
                             f"{', '.join(BACKENDS)}")
+        if self.host_runtime not in ("torch", "torchscript", "onnxruntime"):
+            raise HdapError(f"unknown runtime {self.host_runtime!r}; choose one of: "
+                            "torch, torchscript, onnxruntime")
         if self.samples < 20:
             raise HdapError(f"samples must be at least 20 to train a surrogate, got {self.samples}")
         if self.repeats < 1 or self.warmup < 0:

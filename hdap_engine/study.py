@@ -149,7 +149,7 @@ def make_backend(options: StudyOptions, fleet, telemetry_path: str | os.PathLike
     notes: list[str] = []
     if options.backend == "host":
         return HostBackend(threads=options.host_threads, seed=options.seed,
-                           clock=options.host_clock), notes
+                           clock=options.host_clock, runtime=options.host_runtime), notes
     if options.backend == "agent":
         from hdap_engine.latency.agent_backend import AgentBackend
 

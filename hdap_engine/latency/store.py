@@ -3,7 +3,10 @@
 One file, ``$HDAP_HOME/store.sqlite``, holds
 
 - ``measurements``: one row per (backend, device, model, widths, input shape,
-  repeats) with the median, the spread and the raw times;
+  repeats) with the median, the spread and the raw times. The device key
+  carries how it was measured; for the host that includes the runtime
+  (``...:runtime=onnxruntime``), and a key without one is eager ``torch``, so
+  rows stored before runtimes existed stay valid (`runtime_of`);
 - ``surrogates``: trained latency models (XGBoost's own JSON format, never a
   pickle) keyed by what they were trained on;
 - ``runs``: the history of studies with their settings and results.
@@ -61,6 +64,22 @@ CREATE TABLE IF NOT EXISTS runs (
 def widths_key(widths: Iterable[int]) -> str:
     """The text form of a candidate used as a key: ``64,64,256,...``."""
     return ",".join(str(int(w)) for w in widths)
+
+
+def runtime_of(device_key: str) -> str:
+    """The runtime a stored measurement ran in: ``...:runtime=NAME``, else ``torch``.
+
+    Parameters
+    ----------
+    device_key:
+        A measurement's device key.
+
+    Returns
+    -------
+    The runtime name.
+    """
+    marker = ":runtime="
+    return device_key.rsplit(marker, 1)[1] if marker in device_key else "torch"
 
 
 def shape_key(shape: Iterable[int]) -> str:
