@@ -640,6 +640,67 @@ def _profile_table(profiles) -> str:
     return "\n".join(lines)
 
 
+def _register_drift(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "drift",
+        help="compare two telemetry snapshots: devices new, gone and moved between clusters",
+        description="Match devices by device_id, assign NEW's devices to OLD's clusters, cluster NEW "
+                    "afresh, and report moves, shifted clusters and clusters only in NEW.",
+    )
+    p.add_argument("old", help="the snapshot the deployed model was optimised for")
+    p.add_argument("new", help="the latest snapshot (same probe suite)")
+    p.add_argument("--k", type=_k_flag, default=None, metavar="auto|N", help="clusters (default: auto)")
+    p.add_argument("--sku", help="keep only this SKU in both snapshots")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="OUT", help="write the report as JSON")
+    p.add_argument("--html", metavar="OUT", help="write the Sankey of the moves as HTML")
+    p.set_defaults(func=_cmd_drift)
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    import json
+
+    from hdap_engine.fleet.clustering import ClusteringOptions
+    from hdap_engine.fleet.drift import DriftOptions, compare
+    from hdap_engine.fleet.telemetry import load_fleet, plural
+    from hdap_engine.jsonable import jsonable
+
+    old = load_fleet(args.old, sku=args.sku)
+    new = load_fleet(args.new, sku=args.sku)
+    report = compare(old, new, DriftOptions(clustering=ClusteringOptions(k=args.k, seed=args.seed)))
+    d = report.to_dict()
+    print(f"{old.source} -> {new.source}: {d['devices_matched']:,} devices in both, "
+          f"{plural(d['devices_new'], 'new device')}, {plural(d['devices_gone'], 'device')} gone, "
+          f"{plural(d['devices_moved'], 'device')} moved ({d['share_moved']:.1%} of those in both)")
+    print(f"clusters of {old.source}: {report.old_clustering.describe()}")
+    if d["moves"]:
+        _print_table([{"from": m["from"], "to": m["to"], "devices": f"{m['devices']:,}"}
+                      for m in d["moves"][:12]], ["from", "to", "devices"])
+    rows = [{"cluster": c["cluster"], "share then": f"{c['old_share']:.1%}",
+             "share now": f"{c['new_share']:.1%}",
+             "probes shifted (median now / then)": ", ".join(
+                 f"{p} {c['probes'][p]:+.1%}" for p in c["shifted_probes"]) or "-",
+             "shifted": "yes" if c["shifted"] else ""} for c in d["clusters"]]
+    print()
+    _print_table(rows, ["cluster", "share then", "share now", "probes shifted (median now / then)",
+                        "shifted"])
+    for c in d["clusters_only_in_new"]:
+        print(f"only in {new.source}: {c['devices']:,} devices ({c['share']:.1%}), "
+              f"{c['distance']:.1f} radii from cluster {c['nearest_old']}")
+    for note in (*old.notes, *new.notes, *d["notes"]):
+        print(f"note: {note}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(jsonable(d), indent=1))
+        print(f"json: {args.json}")
+    if args.html:
+        from hdap_engine.charts import drift_sankey
+
+        drift_sankey(report.flows, report.old_clustering.k_, old_label=old.source,
+                     new_label=new.source).write_html(args.html, include_plotlyjs=True)
+        print(f"sankey: {args.html}")
+    return 0
+
+
 # Each entry adds one subcommand and sets ``func``; commands live next to
 # their flags so that a new command is one function here.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -653,6 +714,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _register_agent,
     _register_validate,
     _register_cluster,
+    _register_drift,
 ]
 
 
