@@ -26,8 +26,9 @@ import torch
 import torchvision
 
 from hdap_engine.agent.client import AgentClient
+from hdap_engine.agent.config import AgentConfig
 from hdap_engine.agent.measure import measure_model
-from hdap_engine.agent.server import AgentConfig, AgentServer
+from hdap_engine.agent.server import AgentServer
 
 TOKEN = "benchmark-token-0123456789"
 

@@ -17,7 +17,10 @@ import time
 
 import numpy as np
 
-from hdap_engine.study import StudyOptions, fleet_metrics, optimize, prepare, validate
+from hdap_engine.options import Query, StudyOptions
+from hdap_engine.prepare import prepare
+from hdap_engine.study import optimize
+from hdap_engine.verify import fleet_metrics, verify_candidate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,22 +31,22 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
-    ctx = prepare(StudyOptions(model=args.model, budget=args.budget), args.telemetry)
+    ctx = prepare(StudyOptions.of(model=args.model, budget=args.budget), args.telemetry)
     print(f"prepared {args.model} on {ctx.fleet.source} ({ctx.k} clusters) in "
           f"{time.perf_counter() - t0:.1f} s (cached measurements and surrogate are reused)")
     k = ctx.k
     changes = [("budget 0.8G", {"budget": "0.8G"}), ("budget 1.2G", {"budget": "1.2G"}),
                ("budget 1.5G", {"budget": "1.5G"}),
-               ("weights: slowest cluster x4", {"weights": {c: (4.0 if c == k - 1 else 1.0)
-                                                           for c in range(k)}}),
-               ("weights: cluster 0 only", {"weights": {0: 1.0}})]
+               ("weights: slowest cluster x4",
+                {"cluster_weights": {c: (4.0 if c == k - 1 else 1.0) for c in range(k)}}),
+               ("weights: cluster 0 only", {"cluster_weights": {0: 1.0}})]
     times = []
     for label, change in changes:
         t = time.perf_counter()
-        res = optimize(ctx, change.get("budget", args.budget), weights=change.get("weights"),
-                       refine=0, finalists=0, restarts=1)
-        val = validate(ctx, res.widths)
-        fm = fleet_metrics(ctx, val, res.objective.weights, res.objective)
+        query = Query(budget=change.get("budget", args.budget),
+                      cluster_weights=change.get("cluster_weights"))
+        res = optimize(ctx, query, plan=ctx.options.search.quick())
+        fm = fleet_metrics(ctx, verify_candidate(ctx, res.widths), res.objective)
         dt = time.perf_counter() - t
         times.append(dt)
         print(f"{label:30s} {dt:5.1f} s   fleet mean {fm['measured_mean_ms']:.2f} ms "

@@ -1,4 +1,4 @@
-"""Every method on the same fleet and budget, validated the same way: `hdap bench`.
+"""Every method on the same fleet and budget, verified the same way: `hdap bench`.
 
 Rows hold what a deployment engineer compares: MACs, fleet mean and p95
 latency, the worst cluster, speedup over the unpruned model measured the same
@@ -22,21 +22,14 @@ import numpy as np
 from hdap_engine.errors import HdapError
 from hdap_engine.latency.backends import HostBackend, TwinBackend
 from hdap_engine.latency.store import Store
+from hdap_engine.options import StudyOptions
+from hdap_engine.prepare import Progress, StudyContext, no_progress, prepare
 from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.search.baselines import uniform_widths
 from hdap_engine.search.evolution import SearchOptions, evolve
-from hdap_engine.study import (
-    METHODS,
-    Progress,
-    StudyContext,
-    StudyOptions,
-    _noop,
-    fleet_metrics,
-    make_objective,
-    optimize,
-    prepare,
-    validate,
-)
+from hdap_engine.search.methods import check_methods, get_method, method_names
+from hdap_engine.study import optimize
+from hdap_engine.verify import fleet_metrics, verify_candidate
 
 ROW_KEYS = ("method", "macs", "fleet_mean_ms", "p95_ms", "worst_cluster_ms", "speedup",
             "search_s", "device_measurements")
@@ -44,9 +37,9 @@ ROW_KEYS = ("method", "macs", "fleet_mean_ms", "p95_ms", "worst_cluster_ms", "sp
 
 def _row(ctx: StudyContext, method: str, widths, search_s: float, measurements: int,
          unpruned_mean: float) -> dict:
-    val = validate(ctx, widths)
-    obj = make_objective(ctx, method="hdap")
-    fm = fleet_metrics(ctx, val, obj.weights, obj)
+    val = verify_candidate(ctx, widths)
+    obj = ctx.fleet_objective()
+    fm = fleet_metrics(ctx, val, obj)
     return {
         "method": method,
         "macs": float(ctx.space.macs(widths)),
@@ -61,56 +54,68 @@ def _row(ctx: StudyContext, method: str, widths, search_s: float, measurements: 
     }
 
 
-def run_bench(options: StudyOptions, telemetry, *, methods=METHODS, oracle: bool = False,
-              store: Store | None = None, progress: Progress = _noop) -> dict:
-    """Run ``methods`` (and optionally the oracle) on one fleet; returns {rows, ...}."""
-    store = store or Store()
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise HdapError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    contexts: dict[str, StudyContext] = {}
+def _unpruned_mean(ctx: StudyContext) -> float:
+    unpruned = verify_candidate(ctx, ctx.space.base_widths)
+    return fleet_metrics(ctx, unpruned, ctx.fleet_objective())["measured_mean_ms"]
 
-    def context_for(method: str) -> StudyContext:
-        # Search methods each train their own surrogate on their own devices; the
-        # baselines only need a context to be validated in.
-        family = method if method in ("hdap", "paper", "single-device") else "hdap"
+
+def run_bench(options: StudyOptions, telemetry, *, methods=None, oracle: bool = False,
+              store: Store | None = None, progress: Progress = no_progress) -> dict:
+    """Run ``methods`` (default: every registered one) and optionally the oracle on one fleet.
+
+    Every method is searched in its own prepared study (methods of one family
+    share it) and verified in the study of ``options.method``; the store
+    shares measurements, so nothing is measured twice.
+
+    Returns
+    -------
+    {model, budget, budget_macs, backend, measured_source, fleet, n_devices, k,
+    unpruned_mean_ms, rows, surrogate}; one row per method (`ROW_KEYS` and more).
+    """
+    store = store or Store()
+    methods = check_methods(method_names() if methods is None else methods)
+    contexts: dict[tuple, StudyContext] = {}
+
+    def context_for(name: str) -> StudyContext:
+        spec = get_method(name)
+        family = spec.context_family
         if family not in contexts:
-            contexts[family] = prepare(replace(options, method=family), telemetry,
-                                       store=store, progress=progress,
-                                       fleet=next(iter(contexts.values())).fleet
-                                       if contexts else None,
-                                       clustering=next(iter(contexts.values())).clustering
-                                       if contexts else None,
+            first = next(iter(contexts.values()), None)
+            contexts[family] = prepare(options.updated(method=name), telemetry, store=store,
+                                       progress=progress,
+                                       fleet=first.fleet if first else None,
+                                       clustering=first.clustering if first else None,
                                        telemetry_path=telemetry)
         return contexts[family]
 
-    base_ctx = context_for("hdap")
-    unpruned = validate(base_ctx, base_ctx.space.base_widths)
-    obj = make_objective(base_ctx, method="hdap")
-    unpruned_mean = fleet_metrics(base_ctx, unpruned, obj.weights, obj)["measured_mean_ms"]
-    target = parse_budget(options.budget, base_ctx.space)
+    base_ctx = context_for(options.method)
+    unpruned_mean = _unpruned_mean(base_ctx)
+    target = parse_budget(options.query.budget, base_ctx.space)
     rows = []
-    for method in methods:
-        ctx = context_for(method)
-        res = optimize(ctx, options.budget, method=method, progress=progress)
-        used = ctx.device_measurements if method in ("hdap", "paper", "single-device") else 0
-        row = _row(base_ctx, method, res.widths, res.seconds if res.search_seconds is None
-                   else res.search_seconds, used, unpruned_mean)
-        row["optimize_s"] = res.seconds  # refinement measurements and refits included
+    surrogate = base_ctx.surrogate
+    for name in methods:
+        spec = get_method(name)
+        ctx = base_ctx if not spec.searches else context_for(name)
+        res = optimize(ctx, method=name, progress=progress)
+        row = _row(base_ctx, name, res.widths, res.search_s, res.device_measurements,
+                   unpruned_mean)
+        row["optimize_s"] = res.optimize_s  # refinement measurements and refits included
         rows.append(row)
-    out = {"model": options.model, "budget": str(options.budget), "budget_macs": target,
+        if name == options.method and res.learned is not None:
+            surrogate = res.learned.surrogate  # as the study's own search left it
+    out = {"model": options.model, "budget": str(options.query.budget), "budget_macs": target,
            "backend": base_ctx.backend.name, "measured_source": base_ctx.backend.source,
            "fleet": base_ctx.fleet.source, "n_devices": int(base_ctx.fleet.n_devices),
            "k": base_ctx.k, "unpruned_mean_ms": unpruned_mean, "rows": rows,
-           "surrogate": base_ctx.surrogate.report_ if base_ctx.surrogate else None}
+           "surrogate": surrogate.report_ if surrogate is not None else None}
     if oracle:
         out["rows"].append(run_oracle(base_ctx, target, unpruned_mean, progress=progress))
     if isinstance(base_ctx.backend, HostBackend):
-        _interleaved_host_validation(base_ctx, out, progress)
+        _interleaved_host_verification(base_ctx, out, progress)
     return out
 
 
-def _interleaved_host_validation(ctx: StudyContext, out: dict, progress: Progress,
+def _interleaved_host_verification(ctx: StudyContext, out: dict, progress: Progress,
                                  repeats: int = 30) -> None:
     """Time every method's model and the unpruned one together, interleaved, afresh.
 
@@ -118,10 +123,10 @@ def _interleaved_host_validation(ctx: StudyContext, out: dict, progress: Progres
     speed drifts; interleaving round by round makes their ratio fair.
     """
     widths = np.array([r["widths"] for r in out["rows"]] + [ctx.space.base_widths.tolist()])
-    progress("validate", 0, 1)
-    meas = ctx.backend.measure(ctx.space, widths, ctx.rep_devices[:1], repeats=repeats,
+    progress("verify", 0, 1)
+    meas = ctx.backend.measure(ctx.space, widths, list(ctx.rep_devices[:1]), repeats=repeats,
                                warmup=3, store=None)
-    progress("validate", 1, 1)
+    progress("verify", 1, 1)
     unpruned = float(meas.median_ms[-1, 0])
     for i, row in enumerate(out["rows"]):
         ms = float(meas.median_ms[i, 0])
@@ -135,12 +140,12 @@ def _interleaved_host_validation(ctx: StudyContext, out: dict, progress: Progres
 
 
 def run_oracle(ctx: StudyContext, target: float, unpruned_mean: float, *,
-               progress: Progress = _noop) -> dict:
+               progress: Progress = no_progress) -> dict:
     """The search on the twin's noiseless ground truth, averaged over every device."""
     if not isinstance(ctx.backend, TwinBackend):
         raise HdapError("the oracle needs the twin backend: it reads every device's latent state")
     devices = list(ctx.fleet.device_ids)
-    states = ctx.backend._states_for(devices)
+    states = ctx.backend.states_for(devices)
     twin = ctx.backend.twin
 
     def fitness(widths):
@@ -149,20 +154,21 @@ def run_oracle(ctx: StudyContext, target: float, unpruned_mean: float, *,
     def tick(gen, total):
         progress("oracle", gen, total)
 
-    opt = ctx.options
+    plan = ctx.options.search
     t0 = time.perf_counter()
     res = evolve(ctx.space, target, fitness,
-                 SearchOptions(population=opt.population, generations=opt.generations,
-                               seed=opt.seed),
+                 SearchOptions(population=plan.population, generations=plan.generations,
+                               seed=ctx.options.seed),
                  seeds=uniform_widths(ctx.space, target)[None], progress=tick)
     return _row(ctx, "oracle", res.widths, time.perf_counter() - t0, len(devices) * res.evaluations,
                 unpruned_mean)
 
 
 def run_sweep(options: StudyOptions, telemetry, budgets: list[str], *,
-              store: Store | None = None, progress: Progress = _noop) -> dict:
+              store: Store | None = None, progress: Progress = no_progress) -> dict:
     """Ours and uniform over several budgets (a Pareto curve of MACs vs fleet latency)."""
-    ctx = prepare(replace(options, method="hdap"), telemetry, store=store, progress=progress)
+    ours = options.method if options.method_spec.searches else method_names(searches=True)[0]
+    ctx = prepare(options.updated(method=ours), telemetry, store=store, progress=progress)
     return sweep_context(ctx, budgets, progress=progress)
 
 
@@ -194,10 +200,9 @@ def sweep_budgets(space, n: int = 5, *, low: float = 0.15, high: float = 0.8) ->
     return [f"{f:.4f}" for f in fractions]
 
 
-def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=("hdap", "uniform"),
-                  refine: int | None = None, finalists: int | None = None,
-                  progress: Progress = _noop) -> dict:
-    """Several budgets searched and validated on a prepared context (nothing re-learned).
+def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=None, plan=None,
+                  learned=None, progress: Progress = no_progress) -> dict:
+    """Several budgets searched and verified on a prepared context (nothing re-learned).
 
     Parameters
     ----------
@@ -206,10 +211,14 @@ def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=("hdap", "un
     budgets:
         Budgets as `parse_budget` reads them.
     methods:
-        Methods run at each budget.
-    refine, finalists:
-        As in `optimize` (None: the context's settings). ``refine=0`` keeps the
-        surrogate as it is and measures only each budget's finalists.
+        Methods run at each budget (default: the context's method and uniform).
+    plan:
+        The search plan (default: the context's). With ``refine_rounds=0`` the
+        surrogate stays as it is and only each budget's finalists are measured.
+    learned:
+        What a run on this context already measured and learned (default: the
+        context's samples). Each budget's search starts from what the previous
+        one learned.
     progress:
         Called with ("sweep", done, total).
 
@@ -217,16 +226,20 @@ def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=("hdap", "un
     -------
     {model, measured_source, unpruned_mean_ms, points: [row + budget]}; rows as `run_bench`'s.
     """
-    unpruned = validate(ctx, ctx.space.base_widths)
-    obj = make_objective(ctx, method="hdap")
-    unpruned_mean = fleet_metrics(ctx, unpruned, obj.weights, obj)["measured_mean_ms"]
+    methods = check_methods(dict.fromkeys(methods or (ctx.options.method, "uniform")))
+    unpruned_mean = _unpruned_mean(ctx)
+    learned = learned or ctx.learned
     points = []
     total = len(budgets) * len(methods)
     progress("sweep", 0, total)
     for budget in budgets:
-        for method in methods:
-            res = optimize(ctx, budget, method=method, refine=refine, finalists=finalists)
-            row = _row(ctx, method, res.widths, res.seconds, 0, unpruned_mean)
+        query = replace(ctx.options.query, budget=budget)
+        for name in methods:
+            res = optimize(ctx, query, method=name, plan=plan, learned=learned)
+            if get_method(name).searches:
+                learned = res.learned
+            row = _row(ctx, name, res.widths, res.search_s, 0, unpruned_mean)
+            row["optimize_s"] = res.optimize_s
             row["budget"] = budget
             row["budget_macs"] = float(res.target_macs)
             if res.predicted_cluster_ms is not None:
@@ -239,12 +252,13 @@ def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=("hdap", "un
 
 
 def compare_context(ctx: StudyContext, budget, methods=("uniform", "global"), *,
-                    widths=None, telemetry_path=None, progress: Progress = _noop) -> dict:
-    """Other methods at the same budget, validated like ours, on a prepared context.
+                    widths=None, device_measurements: int = 0, telemetry_path=None,
+                    progress: Progress = no_progress) -> dict:
+    """Other methods at the same budget, verified like ours, on a prepared context.
 
-    The baselines (uniform, global) reuse ``ctx``; the paper's method and
-    single-device train their own surrogates on measurements the store
-    mostly holds already.
+    Methods of the context's family (and the baselines) reuse ``ctx``; other
+    searching methods (the paper's, single-device) train their own surrogates
+    on measurements the store mostly holds already.
 
     Parameters
     ----------
@@ -253,9 +267,10 @@ def compare_context(ctx: StudyContext, budget, methods=("uniform", "global"), *,
     budget:
         The budget all methods meet.
     methods:
-        Methods to compare (any of `METHODS`); ours is added first.
-    widths:
-        Our candidate when it is already chosen (else it is searched again).
+        Methods to compare (registered names); ours (the context's) is added first.
+    widths, device_measurements:
+        Our candidate when it is already chosen, and what it took to choose it
+        (else it is searched again).
     telemetry_path:
         The telemetry file, for methods that prepare their own context (twin sidecar).
     progress:
@@ -265,29 +280,26 @@ def compare_context(ctx: StudyContext, budget, methods=("uniform", "global"), *,
     -------
     {budget_macs, measured_source, unpruned_mean_ms, rows}; rows as `run_bench`'s.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise HdapError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    unpruned = validate(ctx, ctx.space.base_widths)
-    obj = make_objective(ctx, method="hdap")
-    unpruned_mean = fleet_metrics(ctx, unpruned, obj.weights, obj)["measured_mean_ms"]
-    wanted = ["hdap"] + [m for m in methods if m != "hdap"]
+    ours = ctx.options.method
+    wanted = check_methods([ours] + [m for m in methods if m != ours])
+    unpruned_mean = _unpruned_mean(ctx)
+    query = replace(ctx.options.query, budget=str(budget))
     rows = []
     progress("compare", 0, len(wanted))
-    for i, method in enumerate(wanted):
-        if method == "hdap" and widths is not None:
-            rows.append(_row(ctx, "hdap", np.asarray(widths), 0.0, ctx.device_measurements,
+    for i, name in enumerate(wanted):
+        spec = get_method(name)
+        if name == ours and widths is not None:
+            rows.append(_row(ctx, name, np.asarray(widths), 0.0, device_measurements,
                              unpruned_mean))
         else:
             own = ctx
-            if method in ("paper", "single-device"):
-                own = prepare(replace(ctx.options, method=method), None, store=ctx.store,
+            if spec.searches and spec.context_family != ctx.options.method_spec.context_family:
+                own = prepare(ctx.options.updated(method=name), None, store=ctx.store,
                               fleet=ctx.fleet, clustering=ctx.clustering,
                               telemetry_path=telemetry_path)
-            res = optimize(own, budget, method=method)
-            used = own.device_measurements if method in ("hdap", "paper", "single-device") \
-                else 0
-            rows.append(_row(ctx, method, res.widths, res.seconds, used, unpruned_mean))
+            res = optimize(own, query, method=name)
+            rows.append(_row(ctx, name, res.widths, res.search_s, res.device_measurements,
+                             unpruned_mean))
         progress("compare", i + 1, len(wanted))
     return {"budget_macs": float(parse_budget(budget, ctx.space)),
             "measured_source": ctx.backend.source, "unpruned_mean_ms": unpruned_mean,
@@ -295,7 +307,7 @@ def compare_context(ctx: StudyContext, budget, methods=("uniform", "global"), *,
 
 
 def clustering_check(options: StudyOptions, telemetry, *, candidates: int = 10,
-                     store: Store | None = None, progress: Progress = _noop) -> dict:
+                     store: Store | None = None, progress: Progress = no_progress) -> dict:
     """What clustering buys: representatives' estimate vs every device's ground truth.
 
     For random candidates, the device-share-weighted mean of each cluster's
@@ -304,12 +316,13 @@ def clustering_check(options: StudyOptions, telemetry, *, candidates: int = 10,
     """
     from hdap_engine.latency.sampling import sample_candidates
 
-    ctx = prepare(replace(options, method="uniform"), telemetry, store=store, progress=progress)
+    ctx = prepare(options.updated(method="uniform"), telemetry, store=store, progress=progress)
     if not isinstance(ctx.backend, TwinBackend):
         raise HdapError("the clustering check needs the twin backend (ground truth on every "
                         "device)")
     widths = sample_candidates(ctx.space, candidates, seed=options.seed + 1)
-    meas = ctx.backend.measure(ctx.space, widths, ctx.rep_devices, repeats=options.repeats,
+    repeats = options.measurement.repeats
+    meas = ctx.backend.measure(ctx.space, widths, list(ctx.rep_devices), repeats=repeats,
                                store=ctx.store)
     shares = ctx.clustering.weights_
     rows = []
@@ -318,7 +331,7 @@ def clustering_check(options: StudyOptions, telemetry, *, candidates: int = 10,
         per_cluster = [meas.median_ms[i, ctx.rep_clusters == c].mean() for c in range(ctx.k)]
         estimate = float(sum(s * m for s, m in zip(shares, per_cluster, strict=True)))
         truth = float(ctx.backend.measure_fleet(ctx.space, w, devices,
-                                                repeats=options.repeats).mean())
+                                                repeats=repeats).mean())
         rows.append({"candidate": i, "macs": float(ctx.space.macs(w)), "estimate_ms": estimate,
                      "fleet_mean_ms": truth, "error": estimate / truth - 1})
     errors = np.abs([r["error"] for r in rows])

@@ -19,12 +19,12 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from hdap_engine.search.methods import style
+
 # One colour per cluster everywhere (map, bars, scatter); Plotly's qualitative set.
 CLUSTER_COLORS = px.colors.qualitative.Plotly + px.colors.qualitative.D3
 SERIES_COLORS = {"predicted": "#636EFA", "measured": "#EF553B", "unpruned": "#B6B6B6",
                  "pruned": "#EF553B", "what-if": "#00CC96"}
-METHOD_COLORS = {"hdap": "#EF553B", "paper": "#AB63FA", "single-device": "#FFA15A",
-                 "uniform": "#636EFA", "global": "#19D3F3", "oracle": "#00CC96"}
 # Above this many points the map is drawn with WebGL (SVG gets slow); below, SVG
 # works everywhere, including browsers without GPU acceleration.
 SVG_POINTS = 6000
@@ -251,7 +251,7 @@ def pareto_chart(sweep: Mapping, *, chosen: Mapping | None = None) -> go.Figure:
             sub = sub.sort_values("macs")
             fig.add_scatter(x=sub["macs"] / 1e9, y=sub["fleet_mean_ms"], mode="lines+markers",
                             name=_method_label(method),
-                            line=dict(color=METHOD_COLORS.get(method)),
+                            line=dict(color=_method_color(method)),
                             customdata=np.stack([sub["p95_ms"], sub["speedup"]], axis=1),
                             hovertemplate="%{x:.3f} G MACs<br>mean %{y:.2f} ms<br>p95 "
                                           "%{customdata[0]:.2f} ms<br>%{customdata[1]:.2f}x")
@@ -285,7 +285,7 @@ def method_comparison(comparison: Mapping) -> go.Figure:
     labels = [_method_label(r["method"]) for r in rows]
     fig = go.Figure()
     fig.add_bar(name="fleet mean", x=labels, y=[r["fleet_mean_ms"] for r in rows],
-                marker_color=[METHOD_COLORS.get(r["method"], "#888") for r in rows],
+                marker_color=[_method_color(r["method"]) for r in rows],
                 text=[f"{r['speedup']:.2f}x" for r in rows], textposition="outside")
     fig.add_bar(name="p95 over devices", x=labels, y=[r["p95_ms"] for r in rows],
                 marker_color="#CCCCCC")
@@ -323,9 +323,11 @@ def runs_comparison(runs: Sequence[tuple[str, Mapping]]) -> go.Figure:
 
 
 def _method_label(method: str) -> str:
-    return {"hdap": "HDAP (ours)", "paper": "HDAP paper", "single-device": "single device",
-            "uniform": "uniform", "global": "global magnitude", "oracle": "oracle"}.get(
-                method, method)
+    return style(method)[0]
+
+
+def _method_color(method: str) -> str:
+    return style(method)[1]
 
 
 def study_figures(report: Mapping, *, widths: Mapping[str, int],

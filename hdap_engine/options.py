@@ -1,71 +1,159 @@
-"""What defines a study: methods, backends, stages and `StudyOptions`.
+"""What defines a study: nested frozen option dataclasses, the one source of defaults.
 
-Plain data with no heavy imports, so that the command line can build its
-flags (and their defaults) from here without loading torch.
+A study's settings fall into sections, one per step of the method:
+
+- `ClusteringPlan`   how devices are grouped (k, representatives per cluster);
+- `MeasurementPlan`  where and how latency is measured (backend, samples, runs);
+- `SurrogatePlan`    how the latency surrogate is fitted;
+- `SearchPlan`       how hard the search works (population, refinement, finalists, polish);
+- `Query`            what is asked of a prepared study (budget, objective, cluster
+                     weights, SLO): changing only the query re-uses every measurement.
+
+`StudyOptions` holds the sections plus what is pruned (model, model weights,
+pruning granularity), the method and the seed. Every field carries its
+command-line flag and help in its metadata: the CLI builds its flags from here
+(`cli_fields`), the app reads its widget defaults from here, so the three
+never disagree. Plain data with no heavy imports, so that the command line can
+build its parser without loading torch.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any
 
 from hdap_engine.errors import HdapError
+from hdap_engine.search.methods import get_method, method_names
 from hdap_engine.search.objectives import OBJECTIVES
 
-BASELINE_METHODS = ("uniform", "global")
-SEARCH_METHODS = ("hdap", "paper", "single-device")
-METHODS = SEARCH_METHODS + BASELINE_METHODS
 BACKENDS = ("twin", "host", "agent")
-STAGES = ("fleet", "cluster", "measure", "fit", "search", "prune", "validate", "export")
+HOST_CLOCKS = ("auto", "wall", "thread")
+# What runs the model on the host (hdap_engine/latency/runtimes.py, kept import-free here).
+HOST_RUNTIMES = ("torch", "torchscript", "onnxruntime")
+SURROGATE_MODES = ("shared", "per-cluster")
+
+
+def option(default: Any = MISSING, *, flag: str | None = None, help: str = "",
+           parse: str | None = None, choices: tuple | None = None, metavar: str | None = None,
+           default_factory: Any = MISSING, aliases: tuple[str, ...] = (),
+           old: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with its command-line flag.
+
+    ``parse`` names how the CLI reads the text (``positive_int``, ``ratio``,
+    ``int``, ``float``, ``k``, ``cluster_weights``, ``str``); ``choices`` are
+    offered as they are (or, for ``method``, read from the registry when the
+    parser is built). ``aliases`` are other spellings of the same flag;
+    ``old`` are earlier spellings the CLI still accepts, with a note saying so.
+    """
+    meta = {"flag": flag, "help": help, "parse": parse, "choices": choices,
+            "metavar": metavar, "aliases": aliases, "old": old}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass(frozen=True)
-class StudyOptions:
-    """Everything that defines a study (plain data: saved with the run)."""
+class ClusteringPlan:
+    """How devices are grouped by hardware response."""
 
-    model: str = "resnet50"
-    budget: str = "0.25"
-    objective: str = "mean"
-    slo_ms: float | None = None
-    weights: dict[int, float] | None = None  # cluster -> weight; None = device shares
-    backend: str = "twin"
-    method: str = "hdap"
-    samples: int = 200  # candidates measured on every representative
-    repeats: int = 5
-    warmup: int = 2
-    representatives: int = 3
-    k: int | None = None  # None: chosen automatically
-    surrogate_mode: str = "shared"
-    round_to: int = 8
-    min_ratio: float = 0.1
-    finalists: int = 12  # search finalists re-measured before choosing (hdap, single-device)
-    refine_rounds: int = 3  # search, measure the best candidates, refit: how many times (hdap)
-    refine_batch: int = 24  # candidates measured per refinement round
-    seed: int = 0
-    sku: str | None = None
-    model_weights: str | None = None  # None/random, "pretrained", or a state-dict path
-    host_threads: int = 1
-    host_clock: str = "auto"  # wall, thread (CPU time of the timing thread), auto
-    host_runtime: str = "torch"  # torch, torchscript, onnxruntime (latency/runtimes.py)
-    twin_preset: str | None = None  # for uploaded telemetry without a sidecar
-    agent_token: str | None = None
-    population: int = 64
-    generations: int = 60
-    restarts: int = 3  # independent final searches; finalists are drawn from all of them
-    polish_rounds: int = 3  # measured local search from the chosen candidate (hdap, single-device)
-    polish_batch: int = 12  # candidates measured per polish round
+    k: int | None = option(None, flag="--k", parse="k", metavar="auto|N",
+                           help="number of clusters (default auto)")
+    representatives: int = option(3, flag="--representatives", parse="positive_int",
+                                  help="devices measured per cluster (default %(default)s)")
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise HdapError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.k is not None and self.k < 1:
+            raise HdapError(f"k must be at least 1 (or automatic), got {self.k}")
+        if self.representatives < 1:
+            raise HdapError(f"representatives must be at least 1, got {self.representatives}")
+
+
+@dataclass(frozen=True)
+class MeasurementPlan:
+    """Where latency comes from and how each measurement is taken."""
+
+    backend: str = option("twin", flag="--backend", choices=BACKENDS,
+                          help="where latency is measured: twin (simulated), host (this "
+                               "machine), agent (devices running `hdap agent serve`)")
+    samples: int = option(200, flag="--samples", parse="positive_int",
+                          help="candidates measured on every representative (default "
+                               "%(default)s)")
+    repeats: int = option(5, flag="--repeats", parse="positive_int",
+                          help="timed runs per measurement (default %(default)s)")
+    warmup: int = 2
+    host_threads: int = option(1, flag="--threads", parse="positive_int",
+                               help="PyTorch threads for the host backend (default "
+                                    "%(default)s)")
+    host_clock: str = option("auto", flag="--clock", choices=HOST_CLOCKS,
+                             help="host backend timer: wall time, or the timing thread's CPU "
+                                  "time (robust to other jobs on a shared machine; one thread "
+                                  "only); auto = thread with --threads 1")
+    host_runtime: str = option("torch", flag="--runtime", choices=HOST_RUNTIMES,
+                               help="host backend: what runs the model (default %(default)s; "
+                                    "onnxruntime as the device agent runs it)")
+    twin_preset: str | None = option(None, flag="--twin-preset",
+                                     help="twin physics for telemetry without a .twin.parquet "
+                                          "sidecar (jetson-nano, rpi4)")
+    # Never saved with a run (see `StudyOptions.settings`); the CLI falls back to
+    # $HDAP_AGENT_TOKEN.
+    agent_token: str | None = option(None, flag="--agent-token",
+                                     help="bearer token of the agents (default: "
+                                          "$HDAP_AGENT_TOKEN)")
+
+    def __post_init__(self):
         if self.backend not in BACKENDS:
             raise HdapError(f"unknown backend {self.backend!r}; choose one of: "
                             f"{', '.join(BACKENDS)}")
-        if self.host_runtime not in ("torch", "torchscript", "onnxruntime"):
-            raise HdapError(f"unknown runtime {self.host_runtime!r}; choose one of: "
-                            "torch, torchscript, onnxruntime")
         if self.samples < 20:
-            raise HdapError(f"samples must be at least 20 to train a surrogate, got {self.samples}")
+            raise HdapError(f"samples must be at least 20 to train a surrogate, got "
+                            f"{self.samples}")
         if self.repeats < 1 or self.warmup < 0:
             raise HdapError("repeats must be >= 1 and warmup >= 0")
+        if self.host_runtime not in HOST_RUNTIMES:
+            raise HdapError(f"unknown runtime {self.host_runtime!r}; choose one of: "
+                            f"{', '.join(HOST_RUNTIMES)}")
+        if self.host_clock not in HOST_CLOCKS:
+            raise HdapError(f"unknown host clock {self.host_clock!r}; choose one of: "
+                            f"{', '.join(HOST_CLOCKS)}")
+
+
+@dataclass(frozen=True)
+class SurrogatePlan:
+    """How the latency surrogate is fitted (a method may override the mode)."""
+
+    mode: str = option("shared", choices=SURROGATE_MODES,
+                       help="one model across clusters, or one per cluster as in the paper")
+
+    def __post_init__(self):
+        if self.mode not in SURROGATE_MODES:
+            raise HdapError(f"unknown surrogate mode {self.mode!r}; choose one of: "
+                            f"{', '.join(SURROGATE_MODES)}")
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How hard the search works; which steps run is the method's business."""
+
+    population: int = option(64, flag="--population", parse="positive_int",
+                             help="search population (default %(default)s; at least 8)")
+    generations: int = option(60, flag="--generations", parse="positive_int",
+                              help="search generations (default %(default)s)")
+    # search, measure the best candidates, refit: how many times (methods that refine)
+    refine_rounds: int = option(3, flag="--refine-rounds", parse="int", metavar="N",
+                                help="rounds of measuring the search's favourites and "
+                                     "refitting, for methods that refine (default "
+                                     "%(default)s; 0 for none)")
+    refine_batch: int = 24  # candidates measured per refinement round
+    # independent final searches; finalists are drawn from all of them
+    restarts: int = 3
+    # search finalists re-measured before choosing (methods that measure finalists)
+    finalists: int = option(12, flag="--finalists", parse="positive_int",
+                            help="search finalists measured before one is chosen (default "
+                                 "%(default)s; 1 for none)")
+    polish_rounds: int = 3  # measured local search from the chosen candidate
+    polish_batch: int = 12  # candidates measured per polish round
+
+    def __post_init__(self):
         if self.population < 8 or self.generations < 1:
             raise HdapError(f"the search needs a population of at least 8 and at least one "
                             f"generation, got {self.population} and {self.generations}")
@@ -73,21 +161,181 @@ class StudyOptions:
             raise HdapError("polish_rounds must be >= 0 and polish_batch >= 1")
         if self.restarts < 1:
             raise HdapError(f"restarts must be at least 1, got {self.restarts}")
-        if self.refine_rounds < 0 or self.finalists < 1 or self.refine_batch < 1:
-            raise HdapError("refine_rounds must be >= 0, finalists and refine_batch >= 1")
+        if self.refine_rounds < 0 or self.finalists < 0 or self.refine_batch < 1:
+            raise HdapError("refine_rounds must be >= 0, finalists >= 0 and refine_batch >= 1")
+
+    def quick(self) -> SearchPlan:
+        """The plan of a what-if answer: one search on the surrogate, nothing measured."""
+        return replace(self, refine_rounds=0, finalists=0, restarts=1)
+
+
+@dataclass(frozen=True)
+class Query:
+    """What is asked of a prepared study: any change here re-uses every measurement."""
+
+    budget: str = option("0.25", flag="--macs", parse="str", metavar="BUDGET",
+                         aliases=("--flops",),
+                         help="MACs budget: 1.0G, 500M, or a fraction of the model such as "
+                              "0.25 or 25%%. --flops is the same flag: pruning papers (the "
+                              "HDAP paper included) write FLOPs for multiply-accumulates.")
+    objective: str = option("mean", flag="--objective", choices=OBJECTIVES,
+                            help="fleet objective: weighted mean, p95 over devices, worst "
+                                 "cluster, or share of devices over --slo-ms")
+    slo_ms: float | None = option(None, flag="--slo-ms", parse="float",
+                                  help="latency target for --objective slo")
+    # cluster -> weight; None = device shares
+    cluster_weights: dict[int, float] | None = option(
+        None, flag="--cluster-weights", parse="cluster_weights", metavar="0=2,3=1",
+        old=("--weights",),
+        help="cluster weights (normalised; clusters not named get 0); default: device shares")
+
+    def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise HdapError(f"unknown objective {self.objective!r}; choose one of: "
                             f"{', '.join(OBJECTIVES)}")
         if self.objective == "slo" and not (self.slo_ms and self.slo_ms > 0):
             raise HdapError("the slo objective needs a latency target in ms (--slo-ms 25)")
 
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Everything that defines a study (plain data: saved with the run)."""
+
+    model: str = option("resnet50", flag="--model", parse="str",
+                        help="model name (see `hdap models`)")
+    # None/random, "pretrained", or a state-dict path
+    model_weights: str | None = option(None, flag="--model-weights", metavar="FILE|pretrained",
+                                       old=("--weights",),
+                                       help="state dict of the model to prune (default: "
+                                            "random initialisation)")
+    method: str = option("hdap", flag="--method", choices=("<registry>",), metavar="METHOD",
+                         help="%(choices)s (default %(default)s)")
+    round_to: int = option(8, flag="--round-to", parse="positive_int",
+                           help="widths are multiples of this (default %(default)s)")
+    min_ratio: float = option(0.1, flag="--min-ratio", parse="ratio",
+                              help="keep at least this fraction of every group (default "
+                                   "%(default)s)")
+    seed: int = option(0, flag="--seed", parse="int")
+    sku: str | None = option(None, flag="--sku",
+                             help="the SKU to keep when the file has several")
+    clustering: ClusteringPlan = option(default_factory=ClusteringPlan)
+    measurement: MeasurementPlan = option(default_factory=MeasurementPlan)
+    surrogate: SurrogatePlan = option(default_factory=SurrogatePlan)
+    search: SearchPlan = option(default_factory=SearchPlan)
+    query: Query = option(default_factory=Query)
+
+    def __post_init__(self):
+        if self.method not in method_names():
+            raise HdapError(f"unknown method {self.method!r}; choose one of: "
+                            f"{', '.join(method_names())}")
+
+    @property
+    def method_spec(self):
+        """The registered `Method` of ``method``."""
+        return get_method(self.method)
+
+    # -- flat access: one name per setting across the sections ---------------------------
+
+    @classmethod
+    def of(cls, **settings) -> StudyOptions:
+        """Options from flat names (``samples=40, budget="0.5"``), each found in its section."""
+        return cls().updated(**settings)
+
+    def updated(self, **changes) -> StudyOptions:
+        """A copy with flat-named settings changed (sections are found by field name)."""
+        top: dict[str, Any] = {}
+        sections: dict[str, dict[str, Any]] = {}
+        for name, value in changes.items():
+            section = _SECTION_OF.get(name)
+            if section is None:
+                raise HdapError(f"unknown study setting {name!r}")
+            if section == "":
+                top[name] = value
+            else:
+                sections.setdefault(section, {})[name] = value
+        for section, values in sections.items():
+            top[section] = replace(getattr(self, section), **values)
+        return replace(self, **top)
+
+    def flat(self, *, keep_token: bool = False) -> dict:
+        """Every setting by its flat name (without the agent token unless asked)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if is_dataclass(value):
+                out.update({g.name: getattr(value, g.name) for g in fields(value)})
+            else:
+                out[f.name] = value
+        if not keep_token:
+            out.pop("agent_token", None)
+        return out
+
     def settings(self) -> dict:
-        """JSON-ready settings (the agent token never leaves the process)."""
+        """JSON-ready settings, nested by section (the agent token never leaves the process)."""
         d = asdict(self)
-        d.pop("agent_token", None)
+        d["measurement"].pop("agent_token", None)
         return d
+
+    @classmethod
+    def from_settings(cls, settings: dict) -> StudyOptions:
+        """Options from `settings` output, or the flat settings earlier runs were saved with."""
+        flat: dict[str, Any] = {}
+        for key, value in settings.items():
+            if key in _SECTIONS and isinstance(value, dict):
+                flat.update(value)
+            else:
+                flat[_LEGACY.get(key, key)] = value
+        if isinstance(flat.get("cluster_weights"), dict):
+            flat["cluster_weights"] = {int(c): float(w)
+                                       for c, w in flat["cluster_weights"].items()}
+        known = {k: v for k, v in flat.items() if k in _SECTION_OF}
+        return cls.of(**known)
+
+
+_SECTIONS = tuple(f.name for f in fields(StudyOptions) if f.default_factory is not MISSING)
+_SECTION_OF: dict[str, str] = {f.name: "" for f in fields(StudyOptions)
+                               if f.name not in _SECTIONS}
+for _section in _SECTIONS:
+    _cls = {f.name: f for f in fields(StudyOptions)}[_section].default_factory
+    for _f in fields(_cls):
+        assert _f.name not in _SECTION_OF, f"setting {_f.name} is in two sections"
+        _SECTION_OF[_f.name] = _section
+# Names that settings saved by earlier versions used.
+_LEGACY = {"weights": "cluster_weights", "surrogate_mode": "mode"}
+
+# What a what-if run may change on a prepared study without measuring anew.
+WHAT_IF_SETTINGS = ("budget", "objective", "slo_ms", "cluster_weights", "finalists",
+                    "model_weights")
+
+
+def flatten_settings(settings: dict) -> dict:
+    """Saved settings (nested, or the flat form of earlier runs) by flat name."""
+    try:
+        return StudyOptions.from_settings(settings).flat()
+    except HdapError:
+        return dict(settings)
+
+
+def cli_fields(*sections: str) -> list:
+    """The fields (dataclass `Field`) of ``sections`` that have a command-line flag.
+
+    ``""`` names `StudyOptions`'s own fields; the others are section names
+    (``"clustering"``, ``"measurement"``, ``"search"``, ``"query"``...).
+    """
+    out = []
+    for section in sections:
+        cls = StudyOptions if section == "" else \
+            {f.name: f for f in fields(StudyOptions)}[section].default_factory
+        out.extend(f for f in fields(cls) if f.metadata.get("flag"))
+    return out
 
 
 def default(name: str):
-    """The default of one `StudyOptions` field (the CLI's flag defaults come from here)."""
-    return next(f.default for f in fields(StudyOptions) if f.name == name)
+    """The default of one setting, by its flat name (the app's widget defaults come from here)."""
+    section = _SECTION_OF.get(name)
+    if section is None:
+        raise KeyError(name)
+    base = StudyOptions()
+    obj = base if section == "" else getattr(base, section)
+    value = getattr(obj, name)
+    return value if not is_dataclass(value) else asdict(value)

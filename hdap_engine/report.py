@@ -61,7 +61,8 @@ def summary_rows(report: Mapping) -> list[tuple[str, str]]:
         rows.append(("pruned model MACs", f"{format_macs(report['macs'])}{share}"))
     rows += [
         ("objective", str(report.get("objective_label", report.get("objective", "?")))),
-        ("cluster weights", str(report.get("weights_source", "?"))),
+        ("cluster weights", str(report.get("cluster_weights_source")
+                                 or report.get("weights_source", "?"))),
         ("fleet", f"{report.get('fleet_source', '?')}: {report.get('n_devices', '?')} devices, "
                   f"{report.get('k', '?')} clusters"),
         ("measured on", str(report.get("measured_source", "?"))),
@@ -174,3 +175,100 @@ table{border-collapse:collapse}th,td{padding:.25em .7em;text-align:left;vertical
 table.kv th{color:#555;font-weight:600}table.grid th,table.grid td{border:1px solid #ddd}
 .meta,.caption{color:#666}pre{background:#f6f6f6;padding:1em;overflow:auto}
 """
+
+
+# -- report.json of a study -----------------------------------------------------------------
+
+def build_report(result) -> dict:
+    """The report.json content of a study (plain data).
+
+    Parameters
+    ----------
+    result:
+        A `hdap_engine.study.StudyResult`.
+    """
+    import numpy as np
+
+    from hdap_engine.models.zoo import weights_label
+    from hdap_engine.verify import fleet_metrics
+
+    ctx = result.context
+    val, base = result.verification, result.unpruned
+    fm = fleet_metrics(ctx, val, result.objective)
+    fb = fleet_metrics(ctx, base, result.objective)
+    clusters = []
+    profiles = ctx.clustering.profiles_
+    for c in range(ctx.k):
+        reps = [d for d, cc in zip(ctx.rep_devices, ctx.rep_clusters, strict=True) if cc == c]
+        clusters.append({
+            "cluster": c,
+            "devices": int(profiles.loc[profiles["cluster"] == c, "devices"].iloc[0]),
+            "share": float(ctx.clustering.weights_[c]),
+            "weight": float(result.cluster_weights[c]),
+            "predicted_ms": None if result.predicted_cluster_ms is None
+            else float(result.predicted_cluster_ms[c]),
+            "measured_ms": float(val.cluster_measured_ms[c]),
+            "measured_spread_ms": float(val.cluster_spread_ms[c]),
+            "unpruned_ms": float(base.cluster_measured_ms[c]),
+            "representatives": reps,
+            # The devices whose numbers these are: a failed representative's replacement.
+            "measured_devices_ms": {(ctx.backend.measured_device(d) or d):
+                                    val.device_measured_ms[d]
+                                    for d in reps if np.isfinite(val.device_measured_ms[d])},
+        })
+    predicted_mean = None
+    if result.predicted_cluster_ms is not None:
+        predicted_mean = float(np.sum(result.predicted_cluster_ms * ctx.clustering.weights_))
+    opt = ctx.options
+    surrogate = result.surrogate
+    notes = list(ctx.notes) + list(result.learned.notes if result.learned else ()) + val.notes
+    report = {
+        "method": result.method,
+        "budget": str(opt.query.budget),
+        "budget_macs": result.target_macs,
+        "objective": result.objective.kind,
+        "objective_label": result.objective.label,
+        "cluster_weights_source": "user" if opt.query.cluster_weights else "device shares",
+        "backend": ctx.backend.name,
+        "measured_source": ctx.backend.source,
+        "fleet_source": ctx.fleet.source,
+        "n_devices": int(ctx.fleet.n_devices),
+        "k": ctx.k,
+        "model_weights": weights_label(opt.model_weights),
+        "seed": opt.seed,
+        "clusters": clusters,
+        "fleet": {
+            "predicted_mean_ms": predicted_mean,
+            "measured_mean_ms": fm["measured_mean_ms"],
+            "measured_p95_ms": fm["measured_p95_ms"],
+            "worst_cluster_ms": fm["worst_cluster_ms"],
+            "unpruned_mean_ms": fb["measured_mean_ms"],
+            "unpruned_p95_ms": fb["measured_p95_ms"],
+            "speedup": fb["measured_mean_ms"] / fm["measured_mean_ms"],
+            "basis": fm["basis"],
+        },
+        "search_s": result.search_s,
+        "optimize_s": result.optimize_s,
+        "device_measurements": result.device_measurements,
+        "surrogate": None if surrogate is None else surrogate.report_,
+        "notes": list(dict.fromkeys(notes)),
+        "settings": opt.settings(),
+    }
+    details = ctx.backend.details()
+    if details is not None:
+        report[ctx.backend.name] = details
+    return report
+
+
+def history_entry(result) -> dict:
+    """What the run history keeps of a study (the store's runs table)."""
+    r = result.report
+    space = result.context.space
+    return {k: r[k] for k in ("method", "budget", "budget_macs", "objective", "backend",
+                              "measured_source", "fleet_source", "clusters", "fleet",
+                              "search_s", "device_measurements", "notes")} | {
+        "widths": space.widths_dict(result.widths),
+        "macs": float(space.macs(result.widths)),
+        "model": space.model,
+        "bundle": str(result.bundle) if result.bundle else None,
+    }

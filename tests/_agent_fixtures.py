@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 
 import torch
 
-from hdap_engine.agent.server import AgentConfig, AgentServer
+from hdap_engine.agent.config import AgentConfig
+from hdap_engine.agent.server import AgentServer
 
 TOKEN = "test-token-0123456789abcdef"
 SHAPE = (1, 3, 16, 16)

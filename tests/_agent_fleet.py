@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from hdap_engine.agent.server import AgentConfig, AgentServer
+from hdap_engine.agent.config import AgentConfig
+from hdap_engine.agent.server import AgentServer
 from tests._agent_fixtures import TOKEN
 
 

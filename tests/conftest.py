@@ -34,7 +34,7 @@ def cli():
 @pytest.fixture(scope="session")
 def small_fleet(tmp_path_factory) -> Path:
     """A simulated 400-device Jetson Nano fleet (telemetry + twin sidecar); returns the CSV."""
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)
     csv_path, _ = write_fleet(tmp_path_factory.mktemp("fleet") / "small", telemetry, states)
@@ -43,10 +43,10 @@ def small_fleet(tmp_path_factory) -> Path:
 
 def quick_options(**changes):
     """Study options small enough for a unit test (ResNet-56, few samples, short search)."""
-    from hdap_engine.study import StudyOptions
+    from hdap_engine.options import StudyOptions
 
     base = dict(model="resnet56", budget="0.5", samples=40, repeats=3, warmup=0,
-                population=16, generations=8, refine_rounds=1, refine_batch=6, finalists=4, restarts=2,
-                polish_rounds=1, polish_batch=4)
+                population=16, generations=8, refine_rounds=1, refine_batch=6, finalists=4,
+                restarts=2, polish_rounds=1, polish_batch=4)
     base.update(changes)
-    return StudyOptions(**base)
+    return StudyOptions.of(**base)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import io
 import json
 import logging
@@ -21,13 +20,8 @@ import pytest
 import torch
 
 from hdap_engine.agent import measure as measure_mod
-from hdap_engine.agent.server import (
-    AgentConfig,
-    AgentServer,
-    detect_sku,
-    is_loopback,
-    sku_from_model_string,
-)
+from hdap_engine.agent.config import AgentConfig, detect_sku, is_loopback, sku_from_model_string
+from hdap_engine.agent.server import AgentServer
 from hdap_engine.errors import HdapError
 from tests._agent_fixtures import (
     SHAPE,
@@ -311,7 +305,7 @@ def test_torchscript_zip_bomb_is_refused_before_loading(agent):
 
 
 def test_onnx_with_external_data_is_refused(agent, monkeypatch):
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper
 
     weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
@@ -507,10 +501,6 @@ def test_a_missing_probe_suite_is_a_json_501(monkeypatch):
         agent.stop()
 
 
-PROBES_PRESENT = importlib.util.find_spec("hdap_engine.fleet.probes") is not None
-
-
-@pytest.mark.skipif(not PROBES_PRESENT, reason="hdap_engine.fleet.probes not merged yet")
 def test_the_real_probe_suite_answers_probe():
     agent = start_agent(probe_fn=None, probe_repeats=2, probe_warmup=1)
     try:
@@ -522,7 +512,6 @@ def test_the_real_probe_suite_answers_probe():
         agent.stop()
 
 
-@pytest.mark.skipif(not PROBES_PRESENT, reason="hdap_engine.fleet.probes not merged yet")
 def test_the_probe_suite_imports_without_heavy_dependencies():
     # The agent runs the suite on the device, where pandas & co are absent.
     code = (

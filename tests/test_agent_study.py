@@ -19,7 +19,8 @@ from hdap_engine.cli import main
 from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
 from hdap_engine.fleet.telemetry import load_fleet
 from hdap_engine.latency import agent_backend
-from hdap_engine.study import StudyOptions, run_study
+from hdap_engine.options import StudyOptions
+from hdap_engine.study import run_study
 from tests._agent_fixtures import TOKEN
 from tests._agent_fleet import start_fleet, stop_fleet
 from tests.conftest import run_cli
@@ -62,7 +63,7 @@ def ranked(telemetry: str, representatives: int) -> tuple[list[str], list[str]]:
 
 def assert_latencies_are_the_agents(report: dict, agents) -> None:
     for cluster in report["clusters"]:
-        measured = cluster["devices_measured"]
+        measured = cluster["measured_devices_ms"]
         assert measured, "no device measured"
         for device, ms in measured.items():
             assert any(ms == pytest.approx(m, rel=1e-9) for m in agents[device].medians), \
@@ -85,7 +86,7 @@ def test_cli_study_with_the_agent_backend_measures_on_the_representatives_agents
     report = json.loads((out / "report.json").read_text())
     assert report["backend"] == "agent" and report["measured_source"] == "agent (real)"
     assert report["clusters"][0]["representatives"] == reps
-    assert list(report["clusters"][0]["devices_measured"]) == reps
+    assert list(report["clusters"][0]["measured_devices_ms"]) == reps
     assert_latencies_are_the_agents(report, agents)
     assert report["agent"]["used"] == sorted(reps)
     assert report["agent"]["failed"] == {} and report["agent"]["substituted"] == {}
@@ -118,7 +119,7 @@ def test_an_agent_stopped_mid_study_is_replaced_by_the_next_closest_and_the_repo
     assert list(report["agent"]["failed"]) == [victim]
     assert "connection refused" in report["agent"]["failed"][victim]
     assert report["agent"]["used"] == sorted([spare, reps[1]])
-    assert list(report["clusters"][0]["devices_measured"]) == [spare, reps[1]]
+    assert list(report["clusters"][0]["measured_devices_ms"]) == [spare, reps[1]]
     assert_latencies_are_the_agents(report, agents)
     note = (f"agent: representative {victim} of cluster 0 failed: agent {agents[victim].url} "
             f"is unavailable")
@@ -135,23 +136,23 @@ def test_an_agent_stopped_mid_study_without_a_spare_leaves_the_cluster_its_other
     reps, _ = ranked(telemetry, 3)
     victim, others = reps[0], reps[1:]
     agents[victim].stop_after = 5
-    options = StudyOptions(model="resnet56", budget="0.5", backend="agent", samples=20,
-                           repeats=2, k=1, representatives=3, population=16, generations=10,
-                           refine_rounds=1, refine_batch=4, finalists=2, agent_token=TOKEN)
+    options = StudyOptions.of(model="resnet56", budget="0.5", backend="agent", samples=20,
+                              repeats=2, k=1, representatives=3, population=16, generations=10,
+                              refine_rounds=1, refine_batch=4, finalists=2, agent_token=TOKEN)
     result = run_study(options, telemetry, record=False)
     report = result.report
     assert agents[victim].stopped.is_set()
     assert report["agent"]["measured_on"] == {victim: None, **{d: d for d in others}}
     assert report["agent"]["substituted"] == {} and list(report["agent"]["failed"]) == [victim]
-    assert list(report["clusters"][0]["devices_measured"]) == others
+    assert list(report["clusters"][0]["measured_devices_ms"]) == others
     assert_latencies_are_the_agents(report, agents)
     assert any(f"no other device of cluster 0 has a working agent, so cluster 0 continues with "
                f"its other representatives ({', '.join(others)})" in n for n in report["notes"])
     assert np.isfinite(report["fleet"]["measured_mean_ms"])
     assert np.isfinite(report["fleet"]["speedup"])
     # The surrogate learned from the two devices left (the victim's column is empty).
-    assert np.isnan(result.context.sample_ms[:, 0]).all()
-    assert np.isfinite(result.context.sample_ms[:, 1:]).all()
+    assert np.isnan(result.learned.ms[:, 0]).all()
+    assert np.isfinite(result.learned.ms[:, 1:]).all()
 
 
 # -- a cluster that loses every device (fake agents: the study's own NaN handling) ---------------
@@ -221,15 +222,15 @@ def test_a_study_whose_cluster_loses_every_agent_completes_on_the_other_cluster(
         if stage == "search":
             net.down |= fast
 
-    options = StudyOptions(model="resnet56", budget="0.5", backend="agent", samples=20,
-                           repeats=2, k=2, representatives=2, population=16, generations=5,
-                           refine_rounds=1, refine_batch=4, finalists=3, agent_token=TOKEN)
+    options = StudyOptions.of(model="resnet56", budget="0.5", backend="agent", samples=20,
+                              repeats=2, k=2, representatives=2, population=16, generations=5,
+                              refine_rounds=1, refine_batch=4, finalists=3, agent_token=TOKEN)
     result = run_study(options, str(telemetry), record=False, progress=progress)
     report = result.report
     lost = next(c for c in report["clusters"] if c["representatives"][0].startswith("c0"))
     kept = next(c for c in report["clusters"] if c["representatives"][0].startswith("c1"))
-    assert lost["devices_measured"] == {} and np.isnan(lost["measured_ms"])
-    assert len(kept["devices_measured"]) == 2 and np.isfinite(kept["measured_ms"])
+    assert lost["measured_devices_ms"] == {} and np.isnan(lost["measured_ms"])
+    assert len(kept["measured_devices_ms"]) == 2 and np.isfinite(kept["measured_ms"])
     assert report["agent"]["clusters_without_device"] == [lost["cluster"]]
     assert sorted(report["agent"]["failed"]) == sorted(
         d for d in (r["device_id"] for r in rows) if d.startswith("c0"))

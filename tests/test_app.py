@@ -6,7 +6,6 @@ ones so that every test is quick; one test opens the shipped samples.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import zipfile
@@ -28,7 +27,7 @@ TIMEOUT = 300
 @pytest.fixture(scope="session")
 def sample_folder(tmp_path_factory) -> Path:
     """Two small simulated sample fleets with their twin sidecars."""
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     folder = tmp_path_factory.mktemp("samples")
     for sku, n, name in (("jetson-nano", 400, "jetson_small"), ("rpi4", 200, "rpi_small")):
@@ -46,7 +45,7 @@ def samples(sample_folder, monkeypatch) -> Path:
 @pytest.fixture
 def telemetry_csv() -> bytes:
     """A valid telemetry upload without a sidecar (the twin fits states from its probes)."""
-    from hdap_engine.fleet.simulate import simulate_fleet
+    from hdap_engine.twin.simulate import simulate_fleet
 
     telemetry, _ = simulate_fleet("jetson-nano", 150, seed=11)
     return telemetry.to_csv(index=False).encode()
@@ -274,11 +273,6 @@ def test_agent_backend_is_offered_only_when_the_fleet_has_agent_urls(samples, te
         ("agents.csv", frame.to_csv(index=False).encode(), "text/csv")).run())
     ok(at.switch_page("views/model.py").run())
     offered = [o.split(":")[0] for o in at.radio(key="backend").options]
-    if importlib.util.find_spec("hdap_engine.latency.agent_backend") is None:
-        # The agent backend is not installed yet: never offered, and the page says why.
-        assert offered == ["twin", "host"]
-        assert any("no agent backend" in c.value for c in at.caption)
-        return
     assert offered == ["twin", "host", "agent"]
     ok(at.radio(key="backend").set_value("agent").run())
     assert at.text_input(key="agent_token") is not None

@@ -35,7 +35,7 @@ def shot(page, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory) -> Path:
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     folder = tmp_path_factory.mktemp("samples")
     telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)
@@ -47,8 +47,8 @@ def test_upload_map_run_and_download_torchscript_in_chromium(samples, tmp_path):
     import torch
     from playwright.sync_api import expect, sync_playwright
 
-    from hdap_engine.fleet.simulate import simulate_fleet
     from hdap_engine.models.zoo import get_spec
+    from hdap_engine.twin.simulate import simulate_fleet
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")

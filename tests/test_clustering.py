@@ -12,6 +12,7 @@ from hdap_engine.errors import HdapError
 from hdap_engine.fleet.bench_data import MECHANISMS, synthetic_fleet, write_fleet
 from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
 from hdap_engine.fleet.telemetry import fleet_from_frame, load_fleet
+from hdap_engine.search.objectives import cluster_weights
 
 
 def _fleet(n, seed=0, **kw):
@@ -51,58 +52,6 @@ def test_auto_k_recovers_mechanisms_of_varying_severity(seed):
     clustering = Clustering(ClusteringOptions(seed=seed)).fit(fleet)
     assert clustering.k_ == len(MECHANISMS)
     assert adjusted_rand_score(truth, clustering.labels_) >= 0.9
-
-
-def test_overlapping_mixture_components_are_merged():
-    from sklearn.mixture import GaussianMixture
-
-    from hdap_engine.fleet.clustering import _merge_overlapping
-
-    rng = np.random.default_rng(0)
-    # One uniform streak, which two Gaussians cover, and a blob far away.
-    streak = np.column_stack([rng.uniform(0, 10, 3000), rng.normal(0, 0.2, 3000)])
-    blob = rng.normal([5, 8], 0.3, size=(1000, 2))
-    X = np.vstack([streak, blob])
-    gm = GaussianMixture(3, random_state=0).fit(X)
-    groups = _merge_overlapping(gm.predict_proba(X), X, k_min=1)
-    assert len(groups) == 2
-    blob_component = int(np.bincount(gm.predict(blob)).argmax())
-    assert [blob_component] in groups
-    # Separate blobs stay apart.
-    blobs = np.vstack([rng.normal(c, 0.3, size=(800, 2)) for c in ([0, 0], [4, 0], [0, 4])])
-    gm = GaussianMixture(3, random_state=0).fit(blobs)
-    assert len(_merge_overlapping(gm.predict_proba(blobs), blobs, k_min=1)) == 3
-
-
-def _one_hot(labels):
-    return np.eye(labels.max() + 1)[labels]
-
-
-def test_a_streak_cut_in_two_is_merged_even_without_overlap():
-    from hdap_engine.fleet.clustering import _merge_overlapping
-
-    rng = np.random.default_rng(1)
-    # Hard responsibilities carry no entropy: only the missing density dip
-    # along the streak can tell that its halves are one cluster.
-    streak = np.column_stack([rng.uniform(0, 40, 2000), rng.normal(0, 0.3, 2000)])
-    blob = rng.normal([20, 10], 0.3, size=(600, 2))
-    X = np.vstack([streak, blob])
-    labels = np.r_[(streak[:, 0] > 17).astype(int), np.full(600, 2)]  # uneven cut
-    assert _merge_overlapping(_one_hot(labels), X, k_min=1) == [[0, 1], [2]]
-
-
-def test_drifts_fanning_out_of_the_nominal_devices_stay_apart():
-    from hdap_engine.fleet.clustering import _merge_overlapping
-
-    rng = np.random.default_rng(2)
-    nominal = rng.normal(0, 0.3, size=(3000, 2))
-    angle = np.deg2rad(40)
-    rotate = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    drift_a = np.column_stack([rng.uniform(1, 6, 700), rng.normal(0, 0.3, 700)])
-    drift_b = drift_a @ rotate.T
-    X = np.vstack([nominal, drift_a, drift_b])
-    labels = np.repeat([0, 1, 2], [3000, 700, 700])
-    assert len(_merge_overlapping(_one_hot(labels), X, k_min=1)) == 3
 
 
 def test_auto_k_recovers_mechanisms_on_a_large_fleet_with_mini_batch():
@@ -231,31 +180,6 @@ def test_assign_refuses_devices_without_the_probe_columns(fitted_2000):
     )
     with pytest.raises(HdapError, match="other.csv: lacks column"):
         fitted_2000.assign(other)
-
-
-def test_user_weights_are_normalised(fitted_2000):
-    k = fitted_2000.k_
-    np.testing.assert_allclose(fitted_2000.normalise_weights(), fitted_2000.weights_)
-    w = fitted_2000.normalise_weights({c: 2.0 for c in range(k)})
-    np.testing.assert_allclose(w, np.full(k, 1 / k))
-    w = fitted_2000.normalise_weights({0: 3, 1: 1})
-    np.testing.assert_allclose(w[:2], [0.75, 0.25])
-    assert w[2:].sum() == 0  # clusters left out get no weight
-
-
-@pytest.mark.parametrize(
-    "weights,message",
-    [
-        ({0: -1.0, 1: 2.0}, "weight of cluster 0 is -1.0"),
-        ({0: 0.0, 1: 0.0}, "all zero"),
-        ({0: float("nan")}, "must be finite"),
-        ({17: 1.0}, "no cluster 17"),
-        ({0: "heavy"}, "not a number"),
-    ],
-)
-def test_bad_user_weights_are_refused(fitted_2000, weights, message):
-    with pytest.raises(HdapError, match=message):
-        fitted_2000.normalise_weights(weights)
 
 
 def test_fixed_k_is_honoured(fleet_2000):
@@ -388,3 +312,28 @@ def test_clusters_survive_a_round_trip_through_a_file(tmp_path):
     direct = Clustering().fit(fleet_from_frame(frame))
     loaded = Clustering().fit(load_fleet(write_fleet(frame, tmp_path / "f.csv")))
     np.testing.assert_array_equal(direct.labels_, loaded.labels_)
+
+
+def test_user_cluster_weights_are_normalised(fitted_2000):
+    shares, k = fitted_2000.weights_, fitted_2000.k_
+    np.testing.assert_allclose(cluster_weights(shares), shares)
+    w = cluster_weights(shares, {c: 2.0 for c in range(k)})
+    np.testing.assert_allclose(w, np.full(k, 1 / k))
+    w = cluster_weights(shares, {0: 3, 1: 1})
+    np.testing.assert_allclose(w[:2], [0.75, 0.25])
+    assert w[2:].sum() == 0  # clusters left out get no weight
+
+
+@pytest.mark.parametrize(
+    "weights,message",
+    [
+        ({0: -1.0, 1: 2.0}, "weight of cluster 0 is -1.0"),
+        ({0: 0.0, 1: 0.0}, "all zero"),
+        ({0: float("nan")}, "must be finite"),
+        ({17: 1.0}, "no cluster 17"),
+        ({0: "heavy"}, "not a number"),
+    ],
+)
+def test_bad_user_cluster_weights_are_refused(fitted_2000, weights, message):
+    with pytest.raises(HdapError, match=message):
+        cluster_weights(fitted_2000.weights_, weights)

@@ -12,10 +12,9 @@ import pytest
 from hdap_engine import charts, cli
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.drift import compare
-from hdap_engine.fleet.mechanisms import draw_states
-from hdap_engine.fleet.simulate import simulate_fleet
 from hdap_engine.fleet.telemetry import fleet_from_frame
-from hdap_engine.fleet.twin import LATENT_FIELDS, DeviceStates, Twin, get_preset
+from hdap_engine.twin import LATENT_FIELDS, DeviceStates, Twin, get_preset, simulate_fleet
+from hdap_engine.twin.mechanisms import draw_states
 
 SKU = "jetson-nano"
 

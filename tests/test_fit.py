@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.calibration import reference_table
-from hdap_engine.fleet.fit import (
+from hdap_engine.fleet.probes import PROBE_COLUMNS, STANDARD_PROBES
+from hdap_engine.twin import (
+    PRESETS,
+    DeviceStates,
+    Twin,
     fit_preset_from_probes,
     fit_states_from_probes,
+    generic_cpu_preset,
     preset_probe_error,
+    simulate_fleet,
 )
-from hdap_engine.fleet.probes import PROBE_COLUMNS, STANDARD_PROBES
-from hdap_engine.fleet.simulate import simulate_fleet
-from hdap_engine.fleet.twin import PRESETS, DeviceStates, Twin, generic_cpu_preset
+from hdap_engine.twin.calibration import reference_table
 
 
 @pytest.mark.parametrize("sku", sorted(PRESETS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hdap_engine.fleet.realism import MAPE_MAX, SPEARMAN_MIN, run_realism
+from hdap_engine.twin.realism import MAPE_MAX, SPEARMAN_MIN, run_realism
 
 
 @pytest.mark.slow

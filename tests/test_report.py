@@ -20,7 +20,7 @@ def _report(k: int = 3, predicted: bool = True) -> dict:
                  "representatives": [f"d{c}a", f"d{c}b"]} for c in range(k)]
     return {"model": "resnet56", "method": "hdap", "budget": "0.25", "budget_macs": 3.2e7,
             "macs": 3.1e7, "base_macs": 1.27e8, "objective": "mean",
-            "objective_label": "weighted mean latency", "weights_source": "device shares",
+            "objective_label": "weighted mean latency", "cluster_weights_source": "device shares",
             "measured_source": "twin (simulated)", "fleet_source": "f.csv", "n_devices": 60,
             "k": k, "model_weights": "random initialisation", "clusters": clusters,
             "fleet": {"predicted_mean_ms": 5.5, "measured_mean_ms": 5.6, "measured_p95_ms": 7.0,

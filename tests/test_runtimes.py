@@ -48,4 +48,4 @@ def test_an_unknown_runtime_is_one_clear_line():
     with pytest.raises(HdapError, match="unknown runtime 'tflite'; choose one of: torch, torchscript, onnxruntime"):
         HostBackend(runtime="tflite")
     with pytest.raises(HdapError, match="unknown runtime"):
-        StudyOptions(host_runtime="tflite")
+        StudyOptions.of(host_runtime="tflite")

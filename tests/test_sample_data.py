@@ -9,11 +9,10 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from hdap_engine.fleet.clustering import Clustering
-from hdap_engine.fleet.simulate import load_twin_states
 from hdap_engine.fleet.telemetry import load_fleet
-from hdap_engine.fleet.twin import Twin, get_preset, select_states
 from hdap_engine.pruning.budget import repair
 from hdap_engine.pruning.space import PruningSpace
+from hdap_engine.twin import Twin, get_preset, load_twin_states, select_states
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 

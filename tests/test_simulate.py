@@ -13,15 +13,15 @@ from sklearn.preprocessing import StandardScaler
 
 from hdap_engine.cli import main
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.mechanisms import MECHANISMS, mechanism_counts
 from hdap_engine.fleet.probes import PROBE_COLUMNS
-from hdap_engine.fleet.simulate import (
+from hdap_engine.twin import (
+    LATENT_FIELDS,
+    MECHANISMS,
     load_twin_states,
-    sidecar_path,
+    mechanism_counts,
     simulate_fleet,
     write_fleet,
 )
-from hdap_engine.fleet.twin import LATENT_FIELDS
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 SHIPPED = {"jetson-nano": ("jetson_nano_fleet", 5000), "rpi4": ("rpi4_fleet", 2000)}
@@ -66,13 +66,6 @@ def test_context_columns_follow_the_mechanisms():
     assert share_5w["power_saving"] > 0.8 and share_5w["nominal"] < 0.1
 
 
-def test_sidecar_naming():
-    assert sidecar_path("a/x.csv") == Path("a/x.twin.parquet")
-    assert sidecar_path("a/x.csv.gz") == Path("a/x.twin.parquet")
-    assert sidecar_path("x.parquet") == Path("x.twin.parquet")
-    assert sidecar_path("x.twin.parquet") == Path("x.twin.parquet")
-
-
 def test_written_fleet_round_trips_with_its_sidecar(tmp_path):
     tel, states = simulate_fleet("jetson-nano", 50, seed=1)
     csv, side = write_fleet(tmp_path / "fleet.csv", tel, states)
@@ -84,11 +77,6 @@ def test_written_fleet_round_trips_with_its_sidecar(tmp_path):
     # gzip telemetry finds the same sidecar
     tel.to_csv(tmp_path / "fleet.csv.gz", index=False)
     assert len(load_twin_states(tmp_path / "fleet.csv.gz")) == 50
-
-
-def test_missing_sidecar_is_a_clear_error(tmp_path):
-    with pytest.raises(HdapError, match="no twin sidecar.*fleet.twin.parquet"):
-        load_twin_states(tmp_path / "fleet.csv")
 
 
 def test_unknown_sku_and_bad_device_count_are_refused():

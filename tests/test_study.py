@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from hdap_engine.errors import HdapError
 from hdap_engine.latency.store import Store
+from hdap_engine.options import Query
+from hdap_engine.prepare import prepare
 from hdap_engine.pruning.budget import meets_budget, parse_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.evolution import SearchOptions, evolve
 from hdap_engine.search.objectives import Objective, mixture_quantile
-from hdap_engine.study import optimize, prepare, run_study
+from hdap_engine.study import optimize, run_study
 from tests.conftest import quick_options
 
 
@@ -86,29 +89,52 @@ def test_same_seed_and_inputs_give_the_same_widths(study, small_fleet, tmp_path)
 def test_a_second_study_remeasures_nothing_it_already_has(study, small_fleet):
     _, store = study
     # Other objective and weights, same budget: every sample comes from the store.
-    ctx = prepare(quick_options(objective="worst", weights={0: 1.0}), small_fleet, store=store)
-    assert ctx.measurements.from_store.all()
+    before = store.count_measurements()
+    ctx = prepare(quick_options(objective="worst", cluster_weights={0: 1.0}), small_fleet,
+                  store=store)
+    assert store.count_measurements() == before
     # Another budget adds candidates at that budget and re-measures none of the others.
     other = prepare(quick_options(budget="0.3"), small_fleet, store=store)
-    known = {w.tobytes() for w in ctx.samples}
-    again = np.array([w.tobytes() in known for w in other.samples])
-    assert other.measurements.from_store[again].all() and (~again).any()
+    known = {w.tobytes() for w in ctx.learned.widths}
+    new = sum(w.tobytes() not in known for w in other.learned.widths)
+    assert 0 < new
+    assert store.count_measurements() - before == new * len(ctx.rep_devices)
     before = store.count_measurements()
-    res = optimize(ctx, "0.3", refine=0)  # what-if: no refinement, only finalists
+    plan = replace(ctx.options.search, refine_rounds=0)
+    res = optimize(ctx, Query(budget="0.3"), plan=plan)  # what-if: only finalists measured
     assert meets_budget(ctx.space.macs(res.widths), parse_budget("0.3", ctx.space))
-    o = ctx.options
+    o = ctx.options.search
     allowed = (o.finalists + o.finalists // 2 + o.polish_rounds * o.polish_batch)
     assert store.count_measurements() - before <= allowed * len(ctx.rep_devices)
 
 
-def test_cluster_weights_steer_the_search(study):
+def test_a_prepared_study_answers_a_query_the_same_way_twice(study):
     result, _ = study
     ctx = result.context
-    if ctx.k < 2:
-        pytest.skip("fleet has one cluster")
-    slow = int(np.argmax(result.validation.cluster_measured_ms))
-    res = optimize(ctx, "0.5", weights={slow: 1.0}, refine=0)
-    assert res.objective.weights[slow] == 1.0
+    learned = ctx.learned
+    first = optimize(ctx)
+    second = optimize(ctx)
+    # Nothing accumulates in the context: same candidate, same count, same surrogate.
+    assert ctx.learned is learned
+    assert np.array_equal(first.widths, second.widths)
+    assert first.device_measurements == second.device_measurements
+    assert len(first.learned.widths) > len(learned.widths)  # the run refined its own copy
+
+
+def test_different_cluster_weights_choose_different_candidates(small_fleet, tmp_path):
+    # One fleet, one budget: all weight on one cluster or on another must lead the search
+    # to candidates that are each faster on the cluster they were weighted for.
+    ctx = prepare(quick_options(model="mobilenet_v1", budget="0.3", k=2, samples=60),
+                  small_fleet, store=Store(tmp_path / "w.sqlite"))
+    assert ctx.k == 2
+    plan = ctx.options.search.quick()
+    picks = [optimize(ctx, Query(budget="0.3", cluster_weights={c: 1.0}), plan=plan)
+             for c in (0, 1)]
+    assert not np.array_equal(picks[0].widths, picks[1].widths)
+    search = ctx.fleet_search()
+    both = np.stack([p.widths for p in picks])
+    predicted = search.predict_clusters(ctx.surrogate, both)
+    assert predicted[0, 0] <= predicted[1, 0] and predicted[1, 1] <= predicted[0, 1]
 
 
 def test_every_method_runs_on_the_same_budget(small_fleet, tmp_path):
@@ -129,17 +155,17 @@ def test_optimize_cli_writes_the_bundle_and_report(cli, small_fleet, tmp_path):
     out = tmp_path / "D"
     res = cli("optimize", "--model", "resnet56", "--telemetry", str(small_fleet), "--macs",
               "0.5", "--samples", "30", "--repeats", "2", "--out", str(out), "--quiet",
-              "--weights", "0=2,1=1")
+              "--cluster-weights", "0=2,1=1")
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["measured_source"] == "twin (simulated)"
-    assert report["weights_source"] == "user"
+    assert report["cluster_weights_source"] == "user"
     assert "speedup" in res.stdout
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--weights", "0=x"], "cluster weights look like"),
-    (["--weights", "99=1"], "no cluster 99"),
+    (["--cluster-weights", "0=x"], "cluster weights look like"),
+    (["--cluster-weights", "99=1"], "no cluster 99"),
     (["--macs", "9G"], "more than resnet56"),
     (["--objective", "slo"], "slo objective needs"),
 ])
@@ -186,34 +212,38 @@ def _drifting(backend, factor: float):
 
 def test_later_batches_on_drifting_real_hardware_are_rescaled(small_fleet, tmp_path):
     from hdap_engine.latency.sampling import sample_candidates
-    from hdap_engine.study import _measure_more
 
     ctx = prepare(quick_options(refine_rounds=0), small_fleet, store=Store(tmp_path / "s.sqlite"))
     twin = ctx.backend
     new = sample_candidates(ctx.space, 8, seed=99)
-    truth = twin.measure(ctx.space, new, ctx.rep_devices, repeats=3, warmup=0).median_ms
-    ctx.backend = _drifting(twin, 1.25)  # the machine got 25 % slower since the samples
-    _measure_more(ctx, new)
-    added = ctx.sample_ms[-len(new):]
+    truth = twin.measure(ctx.space, new, list(ctx.rep_devices), repeats=3, warmup=0).median_ms
+    # The machine got 25 % slower since the samples were measured.
+    drifting = replace(ctx, backend=_drifting(twin, 1.25))
+    learned, used = drifting.fleet_search().measure_more(ctx.learned, new)
+    added = learned.ms[-len(new):]
     # Without the anchors the new rows would read 1.25x: a drift the surrogate would
     # otherwise learn as if it were the architectures'.
     assert np.median(added / truth) == pytest.approx(1.0, abs=0.05)
-    notes = [n for n in ctx.notes if "drifted between measurement batches" in n]
+    assert used > len(new) * len(ctx.rep_devices)  # the re-timed anchors count
+    notes = [n for n in learned.notes if "drifted between measurement batches" in n]
     assert len(notes) == 1  # the report says so
     assert 20 <= int(re.search(r"up to \+(\d+)%", notes[0]).group(1)) <= 30
+    assert len(ctx.learned.widths) == 40  # the context's own samples are as they were
 
 
 def test_finalists_on_real_hardware_are_timed_afresh_together(small_fleet, tmp_path):
-    from hdap_engine.study import _head_to_head, make_objective
-
     store = Store(tmp_path / "s.sqlite")
     ctx = prepare(quick_options(refine_rounds=0), small_fleet, store=store)
-    obj = make_objective(ctx)
-    pair = ctx.samples[:2]
-    before = _head_to_head(ctx, pair, obj)  # twin: stored times are as good as new
-    assert np.array_equal(_head_to_head(ctx, pair, obj), before)
+    pair = ctx.learned.widths[:2]
+
+    def head_to_head(c):
+        return c.fleet_search().head_to_head(ctx.learned, pair)
+
+    before = head_to_head(ctx)  # twin: stored times are as good as new
+    assert np.array_equal(head_to_head(ctx), before)
     twin = ctx.backend
-    ctx.backend = _drifting(twin, 2.0)
-    assert np.allclose(_head_to_head(ctx, pair, obj) / before, 2.0, rtol=0.1)
-    ctx.backend = _drifting(twin, 3.0)  # slower still: timed now, not read from the store
-    assert np.allclose(_head_to_head(ctx, pair, obj) / before, 3.0, rtol=0.1)
+    assert np.allclose(head_to_head(replace(ctx, backend=_drifting(twin, 2.0))) / before, 2.0,
+                       rtol=0.1)
+    # Slower still: timed now, not read from the store.
+    assert np.allclose(head_to_head(replace(ctx, backend=_drifting(twin, 3.0))) / before, 3.0,
+                       rtol=0.1)

@@ -2,44 +2,47 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from hdap_engine.benchmark import compare_context, sweep_budgets, sweep_context
 from hdap_engine.errors import HdapError
 from hdap_engine.latency.store import Store
+from hdap_engine.options import Query, StudyOptions
+from hdap_engine.prepare import prepare
 from hdap_engine.pruning.space import PruningSpace
-from hdap_engine.study import StudyOptions, optimize, prepare
+from hdap_engine.study import optimize
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def ctx(tmp_path):
-    from hdap_engine.fleet.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     telemetry, states = simulate_fleet("jetson-nano", 120, seed=2)
     csv, _ = write_fleet(tmp_path / "fleet", telemetry, states)
-    options = StudyOptions(model="resnet56", budget="0.3", samples=24, population=16,
-                           generations=8, finalists=3, k=2, representatives=2,
-                           refine_rounds=1, refine_batch=8)
-    context = prepare(options, csv, store=Store())
-    context.telemetry_path = csv
-    return context
+    options = StudyOptions.of(model="resnet56", budget="0.3", samples=24, population=16,
+                              generations=8, finalists=3, k=2, representatives=2,
+                              refine_rounds=1, refine_batch=8)
+    return prepare(options, csv, store=Store()), csv
 
 
 def test_optimize_without_refinement_or_finalists_measures_nothing(ctx):
+    ctx, _ = ctx
     before = ctx.store.count_measurements()
-    surrogate = ctx.surrogate
-    res = optimize(ctx, "0.5", refine=0, finalists=0)
+    res = optimize(ctx, Query(budget="0.5"), plan=ctx.options.search.quick())
     assert ctx.store.count_measurements() == before
-    assert res.finalists_measured == 0
-    assert ctx.surrogate is surrogate  # not refitted
+    assert res.device_measurements == ctx.device_measurements  # the sampling's, no more
+    assert res.learned.surrogate is ctx.surrogate  # not refitted
     assert ctx.space.macs(res.widths) <= res.target_macs
-    with_finalists = optimize(ctx, "0.5", refine=0)
-    o = ctx.options
+    with_finalists = optimize(ctx, Query(budget="0.5"),
+                              plan=replace(ctx.options.search, refine_rounds=0))
+    o = ctx.options.search
     most = (o.finalists + o.finalists // 2 + o.polish_rounds * o.polish_batch) * len(ctx.rep_devices)
-    assert 0 < with_finalists.finalists_measured <= most
+    assert 0 < with_finalists.device_measurements - ctx.device_measurements <= most
 
 
 def test_sweep_budgets_are_ascending_and_feasible():
@@ -53,8 +56,9 @@ def test_sweep_budgets_are_ascending_and_feasible():
 
 
 def test_sweep_measures_each_method_at_each_budget(ctx):
+    ctx, _ = ctx
     progress = []
-    sweep = sweep_context(ctx, ["0.2", "0.6"], refine=0,
+    sweep = sweep_context(ctx, ["0.2", "0.6"], plan=replace(ctx.options.search, refine_rounds=0),
                           progress=lambda *a: progress.append(a))
     points = sweep["points"]
     assert [(p["method"], p["budget"]) for p in points] == [
@@ -69,10 +73,11 @@ def test_sweep_measures_each_method_at_each_budget(ctx):
     assert sweep["measured_source"] == "twin (simulated)"
 
 
-def test_compare_puts_ours_first_and_validates_every_method_alike(ctx):
-    ours = optimize(ctx, "0.3").widths
+def test_compare_puts_ours_first_and_verifies_every_method_alike(ctx):
+    ctx, csv = ctx
+    ours = optimize(ctx).widths
     out = compare_context(ctx, "0.3", ["uniform", "global", "paper"], widths=ours,
-                          telemetry_path=ctx.telemetry_path)
+                          telemetry_path=csv)
     methods = [r["method"] for r in out["rows"]]
     assert methods == ["hdap", "uniform", "global", "paper"]
     assert out["rows"][0]["widths"] == [int(x) for x in ours]

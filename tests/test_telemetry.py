@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,7 +13,7 @@ import pytest
 from hdap_engine import cli
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.bench_data import synthetic_fleet, write_fleet
-from hdap_engine.fleet.telemetry import Fleet, fleet_from_frame, load_fleet, twin_sidecar_path
+from hdap_engine.fleet.telemetry import Fleet, fleet_from_frame, load_fleet
 
 HEADER = b"device_id,probe_conv_ms,probe_copy_ms\n"
 GOOD = HEADER + b"d1,2.5,3.1\nd2,2.6,3.0\nd3,2.4,3.3\n"
@@ -307,15 +306,6 @@ def test_fingerprint_changes_with_content():
     b = fleet_from_frame(frame.assign(probe_launch_ms=frame["probe_launch_ms"] * 1.01))
     assert a.fingerprint() == fleet_from_frame(frame).fingerprint()
     assert a.fingerprint() != b.fingerprint()
-
-
-@pytest.mark.parametrize(
-    "name,sidecar",
-    [("fleet.csv", "fleet.twin.parquet"), ("fleet.csv.gz", "fleet.twin.parquet"),
-     ("a/b/nano.parquet", "a/b/nano.twin.parquet"), ("X.CSV", "X.twin.parquet")],
-)
-def test_twin_sidecar_path(name, sidecar):
-    assert twin_sidecar_path(name) == Path(sidecar)
 
 
 @pytest.mark.slow

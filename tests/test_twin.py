@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.calibration import (
-    PUBLISHED_MS,
-    mobilenet_v1_rows,
-    reference_table,
-    resnet_rows,
-    stack_tables,
-)
-from hdap_engine.fleet.mechanisms import mechanisms_for
-from hdap_engine.fleet.simulate import simulate_fleet
-from hdap_engine.fleet.twin import (
+from hdap_engine.fleet.probes import PROBE_COLUMNS
+from hdap_engine.pruning.layers import make_table
+from hdap_engine.twin import (
     JETSON_NANO,
     LATENT_FIELDS,
     PRESETS,
     RPI4,
     DeviceStates,
     Twin,
+    load_twin_states,
+    mechanisms_for,
     select_states,
+    sidecar_path,
+    simulate_fleet,
 )
-from hdap_engine.pruning.layers import make_table
+from hdap_engine.twin.calibration import (
+    PUBLISHED_MS,
+    mobilenet_v1_rows,
+    reference_table,
+    resnet_rows,
+    stack_tables,
+)
 
 
 def nominal(sku: str, n: int = 1) -> DeviceStates:
@@ -221,3 +225,27 @@ def test_states_round_trip_through_a_frame_and_select_by_id():
     assert list(picked.device_id) == ["rpi-00003", "rpi-00001"]
     with pytest.raises(HdapError, match="nope"):
         select_states(states, ["nope"])
+
+
+@pytest.mark.parametrize(
+    "name,sidecar",
+    [("fleet.csv", "fleet.twin.parquet"), ("fleet.csv.gz", "fleet.twin.parquet"),
+     ("a/b/nano.parquet", "a/b/nano.twin.parquet"), ("X.CSV", "X.twin.parquet"),
+     ("a/x.twin.parquet", "a/x.twin.parquet")],
+)
+def test_sidecar_of_a_telemetry_file_is_its_stem_dot_twin_parquet(name, sidecar):
+    assert sidecar_path(name) == Path(sidecar)
+
+
+def test_missing_sidecar_is_a_clear_error(tmp_path):
+    with pytest.raises(HdapError, match="no twin sidecar.*fleet.twin.parquet"):
+        load_twin_states(tmp_path / "fleet.csv")
+
+
+def test_twin_probes_are_positive_and_ordered_sensibly():
+    for sku, preset in PRESETS.items():
+        p = Twin(preset).probe_ms(DeviceStates.nominal(1, sku=sku), noise=False).iloc[0]
+        assert all(p[c] > 0 for c in PROBE_COLUMNS)
+        assert p["probe_copy_large_ms"] > 10 * p["probe_copy_small_ms"]
+        assert p["probe_conv3x3_ms"] > p["probe_conv3x3_small_ms"]
+        assert p["probe_tiny_ms"] < p["probe_conv3x3_ms"]

@@ -146,14 +146,21 @@ def store(home: str):
 
 
 @st.cache_resource(show_spinner=False, max_entries=64)
-def whatif(_ctx, context_key: str, budget: str, weights: tuple[float, ...] | None,
-           objective: str, slo_ms: float | None, method: str):
-    """The surrogate's best candidate for other settings; measures nothing."""
+def whatif(_ctx, _learned, context_key: str, budget: str,
+           weights: tuple[float, ...] | None, objective: str, slo_ms: float | None,
+           method: str):
+    """The surrogate's best candidate for other settings; measures nothing.
+
+    ``context_key`` (the run's key) stands for the context and what the run
+    learned, which Streamlit cannot hash.
+    """
+    from hdap_engine.options import Query
     from hdap_engine.study import optimize
 
     user = None if weights is None else dict(enumerate(weights))
-    return optimize(_ctx, budget, objective=objective, weights=user, slo_ms=slo_ms,
-                    method=method, refine=0, finalists=0, restarts=1)
+    query = Query(budget=budget, objective=objective, cluster_weights=user, slo_ms=slo_ms)
+    return optimize(_ctx, query, method=method, plan=_ctx.options.search.quick(),
+                    learned=_learned)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -26,7 +26,7 @@ STAGE_TEXT = {
     "fit": "training the latency surrogate",
     "search": "searching widths on the surrogate (generations)",
     "prune": "pruning the model with Torch-Pruning",
-    "validate": "measuring the pruned and the unpruned model per cluster",
+    "verify": "measuring the pruned and the unpruned model per cluster",
     "export": "exporting TorchScript, ONNX and torch.export",
     "compare": "pruning and measuring the other methods",
     "sweep": "budget sweep (searches and measurements)",
@@ -42,13 +42,20 @@ BACKEND_TEXT = {
     "host": "host: this machine, real PyTorch timings (the fleet becomes one cluster)",
     "agent": "agent: real devices running the HDAP agent (uses the agent_url column)",
 }
-METHOD_TEXT = {
-    "hdap": "HDAP (ours): shared surrogate, weighted fleet objective",
-    "paper": "HDAP paper: one surrogate per cluster, plain mean",
-    "single-device": "single device: tuned for one lab device",
-    "uniform": "uniform: the same keep ratio everywhere",
-    "global": "global magnitude ranking (Torch-Pruning)",
-}
+
+
+def method_text(name: str) -> str:
+    """A method's one-line description from the engine's registry."""
+    from hdap_engine.search.methods import get_method
+
+    return get_method(name).description
+
+
+def method_choices(*, searches: bool | None = None) -> list[str]:
+    """Registered method names (only searching or baseline ones)."""
+    from hdap_engine.search.methods import method_names
+
+    return list(method_names(searches=searches))
 
 
 # -- the fleet on screen ------------------------------------------------------------------
@@ -155,13 +162,6 @@ def user_weights(cv: ClusterView) -> dict[int, float] | None:
 
 # -- model and study options --------------------------------------------------------------
 
-def agent_backend_installed() -> bool:
-    """Whether the engine can measure through device agents (its backend module is present)."""
-    import importlib.util
-
-    return importlib.util.find_spec("hdap_engine.latency.agent_backend") is not None
-
-
 def weights_choice() -> tuple[str | None, str]:
     """(model_weights for the engine, label for people) of the model on screen."""
     wf = S.get(S.WEIGHTS_FILE)
@@ -189,20 +189,19 @@ def budget_text() -> str:
 
 def study_options(fv: FleetView, cv: ClusterView):
     """The `StudyOptions` of the widgets (raises HdapError for an impossible combination)."""
-    from hdap_engine.study import StudyOptions
+    from hdap_engine.options import StudyOptions
 
     path, _ = weights_choice()
     k, reps, _, seed = clustering_request()
     objective = S.get(S.OBJECTIVE)
-    return StudyOptions(
+    return StudyOptions.of(
         model=S.get(S.MODEL), budget=budget_text(), objective=objective,
         slo_ms=float(S.get(S.SLO_MS)) if objective == "slo" else None,
-        weights=user_weights(cv), backend=S.get(S.BACKEND), method=S.get(S.METHOD),
+        cluster_weights=user_weights(cv), backend=S.get(S.BACKEND), method=S.get(S.METHOD),
         samples=int(S.get(S.SAMPLES)), repeats=int(S.get(S.REPEATS)), representatives=reps,
         k=k, round_to=int(S.get(S.ROUND_TO)), seed=seed, sku=fv.fleet.sku,
         model_weights=path, agent_token=S.get(S.AGENT_TOKEN) or None,
-        **({} if S.get(S.REFINE_ROUNDS) is None
-           else {"refine_rounds": int(S.get(S.REFINE_ROUNDS))}))
+        refine_rounds=int(S.get(S.REFINE_ROUNDS)))
 
 
 # -- progress -----------------------------------------------------------------------------
@@ -279,7 +278,7 @@ def run_view(result, *, fleet_label: str, weights_label: str, seconds: float,
 
     ctx = result.context
     report = read_bundle_report(result.bundle) if result.bundle else dict(result.report)
-    sur = ctx.surrogate
+    sur = result.surrogate
     return RunView(result=result, report=report, widths=ctx.space.widths_dict(result.widths),
                    base_widths=ctx.space.widths_dict(ctx.space.base_widths),
                    test_points=None if sur is None else sur.test_points_,
@@ -287,7 +286,7 @@ def run_view(result, *, fleet_label: str, weights_label: str, seconds: float,
                    comparison=comparison, sweep=sweep, key=uuid.uuid4().hex)
 
 
-def fleet_metrics(report: dict) -> None:
+def fleet_headline(report: dict) -> None:
     """The fleet's headline numbers, each naming where it comes from."""
     fleet = report["fleet"]
     source = report["measured_source"]

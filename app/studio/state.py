@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from hdap_engine.options import default
+
 # -- fleet (page 1) -------------------------------------------------------------------------
 FLEET_CHOICE = "fleet_choice"  # widget: the fleet on screen (a sample name or the upload)
 FLEET_UPLOAD = "fleet_upload"  # widget: the telemetry uploader
@@ -44,7 +46,7 @@ ROUND_TO = "round_to"
 SAMPLES = "samples"
 SEED = "seed"
 REPEATS = "repeats"
-REFINE_ROUNDS = "refine_rounds"  # None until the Model page reads the engine's default
+REFINE_ROUNDS = "refine_rounds"
 
 # -- run, what-if, history (pages 3-6) ------------------------------------------------------
 COMPARE_METHODS = "compare_methods"  # widget: other methods to compare against
@@ -60,25 +62,28 @@ WHATIF_FOR = "whatif_for"  # the run the what-if widgets were initialised from
 HISTORY_OPEN = "history_open"
 HISTORY_COMPARE = "history_compare"
 
+# Study settings start at the engine's defaults (`hdap_engine.options`), as the CLI's
+# flags do; the others are the app's own (layout, what is shown).
 DEFAULTS = {
     K_MODE: "automatic",
-    K_FIXED: 4,
-    REPRESENTATIVES: 3,
+    K_FIXED: 4,  # the fixed-k slider's starting point (the engine's default is automatic)
+    REPRESENTATIVES: default("representatives"),
     CONTEXT_FEATURES: [],
     COLOR_BY: "cluster",
-    MODEL: "resnet50",
+    MODEL: default("model"),
     WEIGHTS_MODE: "random",
     BUDGET_UNIT: "G MACs",
-    BUDGET_FRACTION: 0.25,
-    OBJECTIVE: "mean",
-    SLO_MS: 20.0,
-    BACKEND: "twin",
+    BUDGET_FRACTION: float(default("budget")),
+    OBJECTIVE: default("objective"),
+    SLO_MS: 20.0,  # the SLO input's starting point (the engine has no default target)
+    BACKEND: default("backend"),
     AGENT_TOKEN: "",
-    METHOD: "hdap",
-    ROUND_TO: 8,
-    SAMPLES: 200,
-    SEED: 0,
-    REPEATS: 5,
+    METHOD: default("method"),
+    ROUND_TO: default("round_to"),
+    SAMPLES: default("samples"),
+    SEED: default("seed"),
+    REPEATS: default("repeats"),
+    REFINE_ROUNDS: default("refine_rounds"),
     COMPARE_METHODS: ["uniform", "global"],
     SWEEP_ON: True,
 }

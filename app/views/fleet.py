@@ -3,6 +3,7 @@
 import streamlit as st
 
 from hdap_engine.errors import HdapError
+from hdap_engine.search.objectives import cluster_weights
 from studio import cached, parts
 from studio import state as S
 
@@ -118,7 +119,7 @@ def main() -> None:
     st.button("Reset to device shares", on_click=parts.sync_weight_sliders, args=(cv,),
               kwargs={"reset": True}, icon=":material/restart_alt:")
     try:
-        normalised = cl.normalise_weights(parts.user_weights(cv))
+        normalised = cluster_weights(cl.weights_, parts.user_weights(cv))
         st.caption("Normalised weights: " + ", ".join(f"cluster {i}: {w:.1%}"
                                                        for i, w in enumerate(normalised))
                    + (" (device shares)" if parts.user_weights(cv) is None else " (yours)"))

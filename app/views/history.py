@@ -59,7 +59,7 @@ def _details(runs: dict, run_id: int, key: str) -> None:
     r = runs[run_id]
     res, settings = r["result"], r["settings"]
     report = _report_of(r)
-    parts.fleet_metrics(res)
+    parts.fleet_headline(res)
     try:
         space = cached.space(res["model"], int(settings.get("round_to", 8)))
         base = space.widths_dict(space.base_widths)

@@ -111,7 +111,7 @@ def main() -> None:
         fv = parts.current_fleet()
         backends = ["twin", "host"]
         has_urls = fv is not None and "agent_url" in fv.fleet.context_columns
-        if has_urls and parts.agent_backend_installed():
+        if has_urls:
             backends.append("agent")
         if S.get(S.BACKEND) not in backends:
             S.put(S.BACKEND, "twin")
@@ -120,20 +120,13 @@ def main() -> None:
         if S.get(S.BACKEND) == "agent":
             st.text_input("Agent token", type="password", key=S.AGENT_TOKEN,
                           help="The token the agents were started with (HDAP_AGENT_TOKEN).")
-        elif has_urls:
-            st.caption("The fleet has agent URLs, but this installation has no agent backend "
-                       "(hdap_engine.latency.agent_backend).")
-        else:
+        elif not has_urls:
             st.caption("The agent backend appears when the fleet has an agent_url column.")
 
     with st.expander("Advanced options"):
-        if S.get(S.REFINE_ROUNDS) is None:
-            from hdap_engine.study import StudyOptions
-
-            S.put(S.REFINE_ROUNDS, StudyOptions().refine_rounds)
         a = st.columns(6)
-        a[0].selectbox("Method", list(parts.METHOD_TEXT), key=S.METHOD,
-                       format_func=lambda k: parts.METHOD_TEXT[k])
+        a[0].selectbox("Method", parts.method_choices(), key=S.METHOD,
+                       format_func=parts.method_text)
         a[1].selectbox("Round widths to", [1, 2, 4, 8, 16, 32], key=S.ROUND_TO,
                        help="Every kept width is a multiple of this (hardware likes "
                             "multiples of 8).")

@@ -29,8 +29,9 @@ def _context_for(options, clustering_key: str):
 
 def _run(fv, cv, weights_label: str) -> None:
     """Prepare (or reuse), optimise, prune, validate and export; the result goes to state."""
+    from hdap_engine.prepare import prepare
     from hdap_engine.pruning.budget import format_macs
-    from hdap_engine.study import prepare, run_study
+    from hdap_engine.study import run_study
     from hdap_engine.workspace import home, new_bundle_dir
 
     S.put(S.RUN_ERROR, None)
@@ -41,9 +42,10 @@ def _run(fv, cv, weights_label: str) -> None:
             store = cached.store(str(home()))
             ctx = _context_for(options, cv.key)
             if ctx is None:
-                status.write(f"Preparing: {cv.clustering.k_ * options.representatives} "
-                             f"representative devices x {options.samples} candidates on the "
-                             f"{options.backend} backend (measurements already in the store "
+                m = options.measurement
+                status.write(f"Preparing: {cv.clustering.k_ * options.clustering.representatives} "
+                             f"representative devices x {m.samples} candidates on the "
+                             f"{m.backend} backend (measurements already in the store "
                              "are reused).")
                 ctx = prepare(options, fv.fleet, store=store, progress=reporter,
                               fleet=fv.fleet, clustering=cv.clustering, telemetry_path=fv.path)
@@ -58,7 +60,7 @@ def _run(fv, cv, weights_label: str) -> None:
             S.put(S.RUN, parts.run_view(result, fleet_label=fv.label,
                                         weights_label=weights_label, seconds=seconds))
             status.update(label=f"Done in {seconds:.0f} s: {options.model} at "
-                                f"{format_macs(result.validation.macs)} MACs",
+                                f"{format_macs(result.verification.macs)} MACs",
                           state="complete", expanded=False)
         except HdapError as exc:
             S.put(S.RUN_ERROR, str(exc))
@@ -68,11 +70,10 @@ def _run(fv, cv, weights_label: str) -> None:
 def _extras(run, fv) -> None:
     """The comparison with other methods and the budget sweep, on the run's context."""
     from hdap_engine.benchmark import compare_context, sweep_budgets, sweep_context
-    from hdap_engine.study import SEARCH_METHODS
 
     ctx = run.result.context
     methods = S.get(S.COMPARE_METHODS) or []
-    sweep = bool(S.get(S.SWEEP_ON)) and ctx.surrogate is not None
+    sweep = bool(S.get(S.SWEEP_ON)) and run.result.surrogate is not None
     if not methods and not sweep:
         return
     what = " and ".join(x for x in ("comparing methods" if methods else "",
@@ -81,15 +82,19 @@ def _extras(run, fv) -> None:
         reporter = parts.StageReporter(status)
         try:
             if methods:
-                run.comparison = compare_context(ctx, run.report["budget"], methods,
-                                                 widths=run.result.widths,
-                                                 telemetry_path=fv.path, progress=reporter)
+                run.comparison = compare_context(
+                    ctx, run.report["budget"], methods, widths=run.result.widths,
+                    device_measurements=run.result.device_measurements,
+                    telemetry_path=fv.path, progress=reporter)
             if sweep:
-                ours = run.result.method if run.result.method in SEARCH_METHODS else "hdap"
-                # refine=0: the sweep reuses the surrogate as it is (each budget's
-                # finalists are still measured), so five budgets take seconds, not minutes.
-                run.sweep = sweep_context(ctx, sweep_budgets(ctx.space), refine=0,
-                                          methods=(ours, "uniform"), progress=reporter)
+                from dataclasses import replace
+
+                # No refinement: the sweep reuses the surrogate as the run left it (each
+                # budget's finalists are still measured), so five budgets take seconds.
+                run.sweep = sweep_context(
+                    ctx, sweep_budgets(ctx.space),
+                    plan=replace(ctx.options.search, refine_rounds=0),
+                    learned=run.result.learned, progress=reporter)
             seconds = reporter.finish()
             run.seconds += seconds
             status.update(label=f"{what.capitalize()}: done in {seconds:.0f} s",
@@ -106,7 +111,7 @@ def _results(run) -> None:
     st.caption(f"{rep.get('model', '')} · {run.fleet_label} · method {rep['method']} · budget "
                f"{rep['budget_macs'] / 1e9:.3f} G MACs, pruned model "
                f"{rep.get('macs', rep['budget_macs']) / 1e9:.3f} G · {run.weights_label}")
-    parts.fleet_metrics(rep)
+    parts.fleet_headline(rep)
     figs = run.figures()
     parts.show_figure(figs["clusters"], key="fig_clusters")
     left, right = st.columns(2)
@@ -125,7 +130,7 @@ def _extra_results(run) -> None:
     figs = run.figures()
     if "comparison" in figs:
         parts.show_figure(figs["comparison"], key="fig_comparison")
-        st.dataframe([{"method": parts.METHOD_TEXT.get(r["method"], r["method"]),
+        st.dataframe([{"method": parts.method_text(r["method"]),
                        "G MACs": r["macs"] / 1e9, "fleet mean ms": r["fleet_mean_ms"],
                        "p95 ms": r["p95_ms"], "worst cluster ms": r["worst_cluster_ms"],
                        "speedup": r["speedup"], "device measurements": r["device_measurements"]}
@@ -157,8 +162,8 @@ def main() -> None:
     parts.weights_badge()
     c = st.columns([2, 1])
     c[0].multiselect("Also compare with (same budget, measured the same way)",
-                     [m for m in parts.METHOD_TEXT if m != "hdap"], key=S.COMPARE_METHODS,
-                     format_func=lambda m: parts.METHOD_TEXT[m])
+                     [m for m in parts.method_choices() if m != S.get(S.METHOD)],
+                     key=S.COMPARE_METHODS, format_func=parts.method_text)
     c[1].checkbox("Budget sweep for a Pareto chart", key=S.SWEEP_ON,
                   help="Searches and measures five more budgets on the same surrogate.")
     go = st.button("Run the study", type="primary", icon=":material/play_arrow:",

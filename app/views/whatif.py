@@ -26,9 +26,10 @@ def main() -> None:
                 "HDAP (or the paper's method, or single-device) to explore what-ifs.")
         return
 
-    from hdap_engine.study import SEARCH_METHODS
+    from hdap_engine.search.methods import get_method
 
-    method = result.method if result.method in SEARCH_METHODS else ctx.options.method
+    # A baseline run is explored with the method its context was prepared for.
+    method = result.method if get_method(result.method).searches else ctx.options.method
     shares = [float(s) for s in ctx.clustering.weights_]
     space = ctx.space
     min_pct = float(int(space.min_macs / space.base_macs * 1000 + 1)) / 10
@@ -37,7 +38,7 @@ def main() -> None:
     def _reset():
         S.put(S.WHATIF_BUDGET, round(result.target_macs / space.base_macs * 100, 1))
         S.put(S.WHATIF_OBJECTIVE, result.objective.kind)
-        for c, w in enumerate(result.weights):
+        for c, w in enumerate(result.cluster_weights):
             S.put(S.whatif_weight_key(c), round(float(w), 3))
         S.put(S.WHATIF_FOR, run.key)
 
@@ -69,7 +70,7 @@ def main() -> None:
     objective = S.get(S.WHATIF_OBJECTIVE)
     try:
         with st.spinner("Searching on the surrogate..."):
-            opt = cached.whatif(ctx, run.key, budget, weights, objective,
+            opt = cached.whatif(ctx, result.learned, run.key, budget, weights, objective,
                                 result.objective.slo_ms, method)
     except HdapError as exc:
         st.error(str(exc), icon=":material/error:")
@@ -83,7 +84,7 @@ def main() -> None:
     fleet_pred = sum(p * s for p, s in zip(pred, shares, strict=True))
     m = st.columns(4)
     m[0].metric("What-if MACs", f"{space.macs(opt.widths) / 1e9:.3f} G",
-                delta=f"{(space.macs(opt.widths) - result.validation.macs) / 1e9:+.3f} G vs run")
+                delta=f"{(space.macs(opt.widths) - result.verification.macs) / 1e9:+.3f} G vs run")
     m[1].metric("Predicted fleet mean", f"{fleet_pred:.2f} ms",
                 delta=None if study_pred is None else
                 f"{fleet_pred - sum(p * s for p, s in zip(study_pred, shares, strict=True)):+.2f} "
@@ -91,11 +92,11 @@ def main() -> None:
                 help="surrogate prediction, weighted by device share")
     m[2].metric("Run's measured fleet mean", f"{run.report['fleet']['measured_mean_ms']:.2f} ms",
                 help=f"measured: {run.report['measured_source']}")
-    m[3].metric("Search time", f"{opt.seconds:.1f} s")
+    m[3].metric("Search time", f"{opt.search_s:.1f} s")
 
     parts.show_figure(cluster_bars(shares, {
         f"run, measured ({run.report['measured_source']})":
-            [float(x) for x in result.validation.cluster_measured_ms],
+            [float(x) for x in result.verification.cluster_measured_ms],
         "run, predicted": study_pred or [None] * ctx.k,
         "what-if, predicted": pred,
     }, title="Latency per cluster: the run against the what-if candidate"), key="fig_whatif")
@@ -108,8 +109,6 @@ def main() -> None:
                "and exports it; it becomes the run on the Run and Download pages.")
     if st.button("Prune, measure and export this candidate", type="primary",
                  icon=":material/build:", key="whatif_apply"):
-        from dataclasses import replace
-
         from hdap_engine.study import run_study
         from hdap_engine.workspace import home, new_bundle_dir
 
@@ -117,9 +116,10 @@ def main() -> None:
         with st.status("Pruning, measuring and exporting...", expanded=True) as status:
             reporter = parts.StageReporter(status)
             try:
-                options = replace(ctx.options, budget=budget, objective=objective, weights=user,
-                                  method=method)
-                new = run_study(options, None, context=ctx, store=cached.store(str(home())),
+                options = ctx.options.updated(budget=budget, objective=objective,
+                                              cluster_weights=user, method=method)
+                new = run_study(options, None, context=ctx, learned=result.learned,
+                                store=cached.store(str(home())),
                                 out_dir=new_bundle_dir(f"{space.model}-whatif"), progress=reporter)
                 seconds = reporter.finish()
                 S.put(S.RUN, parts.run_view(new, fleet_label=run.fleet_label,

@@ -118,7 +118,8 @@ def _token(args: argparse.Namespace) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hdap_engine.agent.server import AgentConfig, serve
+    from hdap_engine.agent.config import AgentConfig
+    from hdap_engine.agent.server import serve
 
     config = AgentConfig(
         token=_token(args) or "",

@@ -1,6 +1,6 @@
 """Synthetic fleet telemetry for benchmarks and tests, without the device twin.
 
-The twin (``hdap_engine.fleet.twin``) simulates devices from physics; this
+The twin (``hdap_engine.twin``) simulates devices from physics; this
 module is deliberately simpler and independent of it: devices are log-normal
 blobs around a nominal probe profile, one blob per drift mechanism, each
 mechanism scaling a *different* subset of probes (some only one or two). It

@@ -6,32 +6,17 @@ standardised, plus any numeric context columns the user asks for
 (standardised). k-means groups them. Large fleets are clustered with
 mini-batch k-means started from the centroids found on a sample.
 
-Choosing k (unless the user fixes it), on a sample of at most
-`auto_sample` devices:
-
-1. k-means for k = k_min..k_max, each k the best of k-means++ starts and of
-   the (k-1)-solution grown by one centre (small clusters next to a big one
-   are missed by k-means++ alone);
-2. each solution starts a full-covariance Gaussian mixture; the smallest k
-   whose log-likelihood is within `bic_tolerance` of the best-BIC k wins.
-   The silhouette is computed too (``scores_``) but is not the default
-   criterion: with one far cluster and four near ones it scores k = 2 as
-   high as k = 5 (measured on the synthetic fleets of `bench_data`);
-3. mixture components that are one cluster (two Gaussians covering one
-   elongated cluster, e.g. a drift of varying severity) are merged: by
-   classification entropy, or because there is no density dip between
-   them (`_merge_overlapping`).
-
-Telemetry rounded to a coarse resolution (0.01 ms on a 0.05 ms probe) is
-blurred over its rounding interval before step 2, or the mixture would fit
-the rounding lattice.
+Unless the user fixes k, it is chosen on a sample of at most `auto_sample`
+devices by `hdap_engine.fleet.choose_k` (k-means restarts, the BIC of a
+Gaussian mixture, merging overlapping components).
 
 Cluster ids are 0..k-1 ordered by size (0 = largest), so they are stable and
 readable. Each cluster gets a weight (its share of devices by default), its
 devices ranked by distance to the centroid (the first `representatives` are
 measured; the next ones replace a representative that fails) and a profile
-for people (size, share, median probes relative to the fleet median,
-dominant context values).
+for people (`hdap_engine.fleet.profiles`: size, share, median probes relative
+to the fleet median, dominant context values). `hdap_engine.fleet.assignments`
+writes the ``device_id,cluster`` CSV.
 
 Degenerate fleets (one device, all devices identical) give one cluster and a
 note, never a crash.
@@ -39,10 +24,7 @@ note, never a crash.
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -50,44 +32,24 @@ import pandas as pd
 # Imported here, not lazily: threadpool_limits only reaches thread pools of
 # libraries already loaded, and sklearn loads OpenMP.
 from sklearn.cluster import KMeans, MiniBatchKMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
-from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.telemetry import AGENT_URL_COLUMN, PROBE_PATTERN, Fleet
+from hdap_engine.fleet.choose_k import (
+    DEQUANTIZE_MIN_ROWS,
+    choose_k,
+    count_distinct,
+    dequantize,
+    grown_centers,
+    means_by_label,
+)
+from hdap_engine.fleet.contract import AGENT_URL_COLUMN, PROBE_PATTERN
+from hdap_engine.fleet.profiles import cluster_profiles
+from hdap_engine.fleet.telemetry import Fleet
 
 # Rows per chunk when computing distances, so that 1M devices never need a
 # (n, k, features) temporary.
 _CHUNK = 65_536
-# Categorical context columns with more distinct values than this (serial
-# numbers, URLs) say nothing about a cluster; the profile skips them.
-_MAX_CATEGORIES = 50
-# Context worth naming in a profile: a value at least 10 points more common
-# than in the fleet, or a numeric median half a fleet standard deviation away.
-_MIN_LIFT = 0.10
-_MIN_SHIFT = 0.5
-# Below this many (sampled) devices automatic k uses the silhouette; below
-# _FULL_COVARIANCE_DEVICES the mixture has diagonal covariances.
-_BIC_MIN_DEVICES = 30
-_FULL_COVARIANCE_DEVICES = 200
-# Variance floor of the mixture (scaled units): keeps a cluster of identical
-# or quantised devices from an unbounded likelihood.
-_REG_COVAR = 1e-4
-# Mixture components sharing more classification entropy than this (nats
-# per device of the pair), or with no dip between them, are one cluster;
-# see _merge_overlapping.
-_MERGE_ENTROPY = 0.07
-_MERGE_DIP = 0.6
-_DIP_MIN_DEVICES = 200
-_DIP_MAX_SIZE_RATIO = 2.0
-_DIP_MIN_ALIGNMENT = 0.8
-# Rounded telemetry is de-quantised before the mixture is scored, unless
-# the sample has fewer distinct devices than this.
-_DEQUANTIZE_MIN_ROWS = 100
-# Extra k-means starts grown from the (k-1)-cluster solution.
-_GROW_TRIES = 2
 
 
 @dataclass(frozen=True)
@@ -247,7 +209,7 @@ class Clustering:
         rng = np.random.default_rng(opts.seed)
         sample = np.sort(rng.choice(n, opts.auto_sample, replace=False)) if n > opts.auto_sample else None
         Xs = X[sample] if sample is not None else X
-        distinct_sample = _count_distinct(Xs, limit=opts.k_max + 1)
+        distinct_sample = count_distinct(Xs, limit=opts.k_max + 1)
 
         self.scores_: dict[int, float] = {}
         self.bic_: dict[int, float] = {}
@@ -261,7 +223,7 @@ class Clustering:
                     f"{fleet.source}: cannot make {k} clusters from {n:,} devices; "
                     "use a smaller k or auto"
                 )
-            distinct = distinct_sample if distinct_sample >= k else _count_distinct(X, limit=k)
+            distinct = distinct_sample if distinct_sample >= k else count_distinct(X, limit=k)
             if distinct < k:
                 raise HdapError(
                     f"{fleet.source}: cannot make {k} clusters: the fleet has only {distinct} "
@@ -271,13 +233,13 @@ class Clustering:
                 # Grow k-means from 2 to k clusters on the sample, as auto k does,
                 # so that a fixed k finds small clusters as reliably.
                 with threadpool_limits(1):
-                    init = _grown_centers(Xs, k, opts.seed)
+                    init = grown_centers(Xs, k, opts.seed)
         else:
             # Scores are computed on a de-quantised copy of the sample: telemetry
             # rounded to 0.01 ms would otherwise give the mixture point masses.
             raw_s = raw[sample] if sample is not None else raw
-            if _count_distinct(Xs, limit=_DEQUANTIZE_MIN_ROWS) >= _DEQUANTIZE_MIN_ROWS:
-                Xd = (_dequantize(raw_s, len(self.probe_columns_), rng) - center) / scale
+            if count_distinct(Xs, limit=DEQUANTIZE_MIN_ROWS) >= DEQUANTIZE_MIN_ROWS:
+                Xd = (dequantize(raw_s, len(self.probe_columns_), rng) - center) / scale
             else:
                 # A few distinct devices repeated are point clusters, not rounding.
                 Xd = Xs
@@ -285,7 +247,10 @@ class Clustering:
             # busy machine OpenMP spinning makes them several times slower
             # (measured: 1.3 s single-threaded vs 3-8 s with 2 threads).
             with threadpool_limits(1):
-                k, init = self._choose_k(Xd, distinct_sample, notes, opts)
+                choice = choose_k(Xd, distinct_sample, notes, opts)
+            k, init = choice.k, choice.init
+            self.scores_, self.bic_, self.merged_ = choice.scores, choice.bic, choice.merged
+            self.criterion_ = choice.criterion
             if k == 1 and n > 1 and distinct_sample > 1:
                 notes.append("too few distinct devices to choose k: one cluster")
 
@@ -294,7 +259,7 @@ class Clustering:
             labels = np.zeros(n, dtype=np.int64)
             if n == 1:
                 notes.append("one device: one cluster")
-            elif distinct_sample == 1 and _count_distinct(X, limit=2) == 1:
+            elif distinct_sample == 1 and count_distinct(X, limit=2) == 1:
                 notes.append("all devices have identical features: one cluster")
         else:
             with threadpool_limits(1):
@@ -303,82 +268,6 @@ class Clustering:
         self._set_clusters(fleet, X, labels, notes)
         self.notes_ = tuple(notes)
         return self
-
-    def _choose_k(
-        self, Xs: np.ndarray, distinct: int, notes: list[str], opts: ClusteringOptions
-    ) -> tuple[int, np.ndarray | None]:
-        # Silhouette needs 2 <= k <= samples - 1, and k-means cannot find more
-        # clusters than distinct points.
-        k_hi = min(opts.k_max, distinct, len(Xs) - 1)
-        if k_hi < opts.k_min:
-            return 1, None
-        criterion = opts.criterion
-        if criterion == "bic" and len(Xs) < _BIC_MIN_DEVICES:
-            criterion = "silhouette"
-            notes.append(f"fewer than {_BIC_MIN_DEVICES} devices: k chosen by silhouette")
-        # A full covariance per cluster needs tens of devices per cluster;
-        # smaller fleets get a diagonal one (measured: both recover 5
-        # unequal clusters from 40 devices up, full only from 200).
-        covariance = "full" if len(Xs) >= _FULL_COVARIANCE_DEVICES else "diag"
-        self.criterion_ = criterion
-        rng = np.random.default_rng(opts.seed + 1)
-        sub = (
-            np.sort(rng.choice(len(Xs), opts.silhouette_sample, replace=False))
-            if len(Xs) > opts.silhouette_sample
-            else np.arange(len(Xs))
-        )
-        centers: dict[int, np.ndarray] = {}
-        loglik: dict[int, float] = {}
-        mixtures: dict[int, GaussianMixture] = {}
-        previous = None
-        for k in range(opts.k_min, k_hi + 1):
-            km = _kmeans_restarts(Xs, k, previous, opts.seed)
-            previous = km.cluster_centers_
-            if len(np.unique(km.labels_)) < k:
-                break  # fewer distinct points than k: larger k cannot do better
-            centers[k] = km.cluster_centers_
-            labels = km.labels_[sub]
-            if len(np.unique(labels)) >= 2:
-                self.scores_[k] = float(silhouette_score(Xs[sub], labels))
-            if criterion == "bic":
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    weights, means, precisions = _gaussians_from_labels(Xs, km.labels_, k, covariance)
-                    # Started from the k-means partition ("random" only skips
-                    # sklearn's own k-means run; every start value is given).
-                    gm = GaussianMixture(
-                        n_components=k,
-                        covariance_type=covariance,
-                        init_params="random",
-                        weights_init=weights,
-                        means_init=means,
-                        precisions_init=precisions,
-                        reg_covar=_REG_COVAR,
-                        random_state=opts.seed,
-                    ).fit(Xs)
-                self.bic_[k] = float(gm.bic(Xs))
-                loglik[k] = float(gm.score(Xs))
-                mixtures[k] = gm
-        if criterion == "bic" and self.bic_:
-            best = min(self.bic_, key=self.bic_.get)
-            # The smallest k that explains the devices almost as well: a
-            # cluster that costs measurements must earn its keep.
-            k = min(k for k in loglik if k <= best and loglik[best] - loglik[k] < opts.bic_tolerance)
-            groups = _merge_overlapping(mixtures[k].predict_proba(Xs), Xs, opts.k_min)
-            self.merged_ = k - len(groups)
-            if self.merged_:
-                # One elongated cluster (a drift of varying severity) takes
-                # two Gaussians; k-means restarts from the merged groups.
-                resp = mixtures[k].predict_proba(Xs)
-                merged = np.column_stack([resp[:, g].sum(axis=1) for g in groups])
-                labels = merged.argmax(axis=1)
-                return len(groups), _means_by_label(Xs, labels, len(groups))
-            return k, centers[k]
-        if not self.scores_:
-            return 1, None
-        best_score = max(self.scores_.values())
-        k = min(k for k, s in self.scores_.items() if s >= best_score - opts.silhouette_tolerance)
-        return k, centers[k]
 
     def _final_fit(
         self, X: np.ndarray, k: int, init: np.ndarray | None, opts: ClusteringOptions
@@ -418,7 +307,7 @@ class Clustering:
         k_found = int(labels.max()) + 1
         # Centroids are the cluster means, and labels are re-drawn as the
         # nearest centroid, so that assign() on the fitted fleet gives labels_.
-        means = _means_by_label(X, labels, k_found)
+        means = means_by_label(X, labels, k_found)
         if k_found > 1:
             labels = _nearest(X, means)
         counts = np.bincount(labels, minlength=k_found)
@@ -442,7 +331,7 @@ class Clustering:
         dist = _own_distance(X, self.centroids_, self.labels_)
         # The id column itself (no copy): a million ids as a numpy str array
         # cost more than the rest of this step.
-        self._ids = fleet.frame["device_id"]
+        self.device_ids_ = fleet.frame["device_id"]
         self._ranked: dict[int, np.ndarray] = {}
         by_label = np.argsort(self.labels_, kind="stable")
         bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -452,10 +341,13 @@ class Clustering:
             self._ranked[c] = members[np.lexsort((members, dist[members]))]
         r = self.options.representatives
         self.representatives_ = {c: self._id_list(self._ranked[c][:r]) for c in range(self.k_)}
-        self.profiles_ = self._profiles(fleet)
+        self.profiles_ = cluster_profiles(
+            fleet, labels=self.labels_, members=self._members, weights=self.weights_,
+            representatives=self.representatives_, probe_columns=self.probe_columns_,
+        )
 
     def _id_list(self, positions: np.ndarray) -> list[str]:
-        return [str(i) for i in self._ids.iloc[positions]]
+        return [str(i) for i in self.device_ids_.iloc[positions]]
 
     # ------------------------------------------------------------------ results
 
@@ -480,7 +372,7 @@ class Clustering:
     def assignments(self) -> pd.DataFrame:
         """The fitted fleet's ``device_id, cluster`` table, in fleet order."""
         self._check_fitted()
-        return pd.DataFrame({"device_id": self._ids.to_numpy(), "cluster": self.labels_})
+        return pd.DataFrame({"device_id": self.device_ids_.to_numpy(), "cluster": self.labels_})
 
     def describe(self) -> str:
         """How k was reached, in one line for people."""
@@ -496,9 +388,9 @@ class Clustering:
             how = f"chosen by {what} over k = {tried[0]}..{tried[-1]}"
             if self.merged_:
                 how += f", {self.merged_} overlapping component(s) merged"
-            if len(self._ids) > o.auto_sample:
+            if len(self.device_ids_) > o.auto_sample:
                 how += f" on {o.auto_sample:,} sampled devices"
-        if len(self._ids) > o.sample_fit_above and self.k_ > 1:
+        if len(self.device_ids_) > o.sample_fit_above and self.k_ > 1:
             how += f"; centres refined on {o.fit_sample:,} sampled devices, every device assigned to the nearest"
         return f"k = {self.k_} ({how})"
 
@@ -532,44 +424,6 @@ class Clustering:
         int64 array of cluster ids, shape (n_devices,).
         """
         return _nearest(self.transform(fleet), self.centroids_)
-
-    def normalise_weights(self, user: dict[int, float] | None = None) -> np.ndarray:
-        """Cluster weights summing to 1: the device shares, or the user's weights normalised.
-
-        Clusters missing from `user` get weight 0 (the user chose which clusters
-        matter); give every cluster to keep them all.
-
-        Parameters
-        ----------
-        user:
-            Cluster id -> non-negative weight, or None for the device shares.
-
-        Returns
-        -------
-        float64 array of shape (k,).
-        """
-        self._check_fitted()
-        if user is None:
-            return self.weights_.copy()
-        w = np.zeros(self.k_)
-        for cluster, value in dict(user).items():
-            try:
-                c = int(cluster)
-            except (TypeError, ValueError):
-                raise HdapError(f"cluster weights: {cluster!r} is not a cluster id (0..{self.k_ - 1})") from None
-            if not 0 <= c < self.k_ or c != cluster:
-                raise HdapError(f"cluster weights: no cluster {cluster!r}; clusters are 0..{self.k_ - 1}")
-            try:
-                v = float(value)
-            except (TypeError, ValueError):
-                raise HdapError(f"cluster weights: weight of cluster {c} is not a number ({value!r})") from None
-            if not np.isfinite(v) or v < 0:
-                raise HdapError(f"cluster weights: weight of cluster {c} is {value!r}; weights must be finite and >= 0")
-            w[c] = v
-        total = w.sum()
-        if total <= 0:
-            raise HdapError("cluster weights are all zero; give at least one cluster a positive weight")
-        return w / total
 
     # ------------------------------------------------------------------ helpers
 
@@ -619,279 +473,6 @@ class Clustering:
             parts.append(values[:, None])
         return np.hstack(parts) if len(parts) > 1 else parts[0]
 
-    def _profiles(self, fleet: Fleet) -> pd.DataFrame:
-        probes = fleet.probes()
-        fleet_median = np.median(probes, axis=0)
-        medians = np.array([np.median(probes[m], axis=0) for m in self._members])
-        rel = pd.DataFrame(
-            medians / fleet_median,
-            columns=[f"rel_{PROBE_PATTERN.match(c).group(1)}" for c in self.probe_columns_],
-        )
-        table = pd.DataFrame(
-            {
-                "cluster": np.arange(self.k_),
-                "devices": np.bincount(self.labels_, minlength=self.k_),
-                "share": self.weights_,
-            }
-        )
-        table = pd.concat([table, rel.round(3)], axis=1)
-        table["context"] = self._context_text(fleet)
-        table["representatives"] = [", ".join(self.representatives_[c]) for c in range(self.k_)]
-        return table
-
-    def _context_text(self, fleet: Fleet) -> list[str]:
-        """Per cluster, the context that sets it apart, most distinctive first."""
-        parts: list[list[tuple[float, str]]] = [[] for _ in range(self.k_)]
-        labels = self.labels_
-        for c in fleet.categorical_context_columns:
-            if c == AGENT_URL_COLUMN:
-                continue
-            codes, values = pd.factorize(fleet.frame[c], use_na_sentinel=False)
-            if len(values) > _MAX_CATEGORIES:
-                continue
-            names = ["(missing)" if pd.isna(v) else str(v) for v in values]
-            counts = np.bincount(labels * len(values) + codes, minlength=self.k_ * len(values))
-            counts = counts.reshape(self.k_, len(values)).astype(float)
-            fleet_share = counts.sum(axis=0) / counts.sum()
-            shares = counts / counts.sum(axis=1, keepdims=True)
-            for cl in range(self.k_):
-                # The value most over-represented in the cluster, if notably so.
-                top = int(np.argmax(shares[cl] - fleet_share))
-                lift = shares[cl, top] - fleet_share[top]
-                if lift >= _MIN_LIFT:
-                    parts[cl].append(
-                        (lift, f"{shares[cl, top]:.0%} {c}={names[top]} (fleet {fleet_share[top]:.0%})")
-                    )
-        for c in fleet.numeric_context_columns:
-            values = fleet.frame[c].to_numpy(dtype=np.float64, na_value=np.nan)
-            fleet_med = np.nanmedian(values) if np.isfinite(values).any() else np.nan
-            spread = np.nanstd(values) if np.isfinite(values).any() else np.nan
-            if not np.isfinite(fleet_med) or not spread > 0:
-                continue
-            for cl, members in enumerate(self._members):
-                own = values[members]
-                m = np.nanmedian(own) if np.isfinite(own).any() else np.nan
-                shift = abs(m - fleet_med) / spread
-                if np.isfinite(m) and shift >= _MIN_SHIFT:
-                    parts[cl].append((shift / 2, f"{c} median {m:.3g} (fleet {fleet_med:.3g})"))
-        has_context = any(c != AGENT_URL_COLUMN for c in fleet.context_columns)
-        return [
-            "; ".join(text for _, text in sorted(p, key=lambda t: -t[0])[:3])
-            or ("like the fleet" if has_context else "")
-            for p in parts
-        ]
-
-
-def _kmeans_restarts(X: np.ndarray, k: int, previous: np.ndarray | None, seed: int):
-    """The best of several k-means runs: k-means++ starts, and the (k-1)-solution plus one more centre.
-
-    With clusters of very unequal size, k-means++ often seeds the big cluster
-    twice and leaves two small ones merged; growing the previous solution by
-    one D^2-sampled centre reaches the right partition from the other side.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        best = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(X)
-        if previous is None or len(previous) != k - 1:
-            return best
-        rng = np.random.default_rng([seed, k])
-        d2 = np.min(((X[:, None, :] - previous[None, :, :]) ** 2).sum(axis=2), axis=1)
-        if not d2.sum() > 0:
-            return best
-        for _ in range(_GROW_TRIES):
-            new = X[rng.choice(len(X), p=d2 / d2.sum())]
-            km = KMeans(n_clusters=k, init=np.vstack([previous, new]), n_init=1).fit(X)
-            if km.inertia_ < best.inertia_ * (1 - 1e-9):
-                best = km
-    return best
-
-
-def _merge_overlapping(resp: np.ndarray, X: np.ndarray, k_min: int) -> list[list[int]]:
-    """Group mixture components that are one cluster: overlapping, or no density gap between.
-
-    Two signs, either one merges a pair (the strongest first, then again):
-
-    - classification entropy (Baudry et al., "Combining mixture components
-      for clustering", 2010): merging two Gaussians that cover one cluster
-      removes much entropy (0.07-0.45 nats per device of the pair on our
-      synthetic and twin fleets; 0.045 for one long streak), separate
-      clusters share almost none (< 0.015; up to 0.053 for clusters that
-      touch); above `_MERGE_ENTROPY`, merge;
-    - no dip: devices of the pair projected on the line through the two
-      means; a long streak (a drift of uniformly varying severity) is flat
-      there (density in the middle / at the ends: 0.86-1.9, measured), two
-      clusters have a valley (< 0.4); above `_MERGE_DIP`, merge. Only for
-      groups of similar size (a big cluster's tail looks flat towards any
-      small neighbour), each stretched along the line to the other (two
-      drifts fanning out of the nominal devices are not), and with
-      `_DIP_MIN_DEVICES` devices together.
-    """
-
-    def entropy(p: np.ndarray) -> float:
-        p = p[p > 1e-12]
-        return float(-(p * np.log(p)).sum())
-
-    groups = [[c] for c in range(resp.shape[1])]
-    columns = [resp[:, c] for c in range(resp.shape[1])]
-    while len(groups) > k_min:
-        labels = np.column_stack(columns).argmax(axis=1)
-        best, pair = 1.0, None
-        for a in range(len(groups)):
-            for b in range(a + 1, len(groups)):
-                mass = columns[a].sum() + columns[b].sum()
-                gain = entropy(columns[a]) + entropy(columns[b]) - entropy(columns[a] + columns[b])
-                strength = gain / mass / _MERGE_ENTROPY if mass > 0 else 0.0
-                strength = max(strength, _dip_ratio(X, labels, a, b) / _MERGE_DIP)
-                if strength > best:
-                    best, pair = strength, (a, b)
-        if pair is None:
-            break
-        a, b = pair
-        groups[a] = groups[a] + groups[b]
-        columns[a] = columns[a] + columns[b]
-        del groups[b], columns[b]
-    return groups
-
-
-def _dip_ratio(X: np.ndarray, labels: np.ndarray, a: int, b: int) -> float:
-    """Density half-way between two groups relative to the density at their means (0 = gap)."""
-    in_a, in_b = labels == a, labels == b
-    n_a, n_b = int(in_a.sum()), int(in_b.sum())
-    if n_a + n_b < _DIP_MIN_DEVICES or min(n_a, n_b) == 0:
-        return 0.0
-    if max(n_a, n_b) > _DIP_MAX_SIZE_RATIO * min(n_a, n_b):
-        # A streak cut in two gives halves of similar size; a small cluster
-        # next to a big one always looks "flat" from the big one's tail.
-        return 0.0
-    mean_a, mean_b = X[in_a].mean(axis=0), X[in_b].mean(axis=0)
-    d = mean_b - mean_a
-    if not d @ d > 0:
-        return np.inf
-    # Halves of one streak lie along it: each group's main axis points at the
-    # other group. Two drifts fanning out of the nominal devices do not.
-    for members in (X[in_a], X[in_b]):
-        axis = np.linalg.svd(members - members.mean(axis=0), full_matrices=False)[2][0]
-        if abs(axis @ d) / np.sqrt(d @ d) < _DIP_MIN_ALIGNMENT:
-            return 0.0
-    t = (X[in_a | in_b] - mean_a) @ d / (d @ d)  # 0 at mean a, 1 at mean b
-    h, _ = np.histogram(t, bins=10, range=(0.0, 1.0))
-    ends = min(h[:2].mean(), h[-2:].mean())
-    middle = np.convolve(h, np.ones(3) / 3, mode="valid")[1:-1].min()
-    return float(middle / ends) if ends > 0 else 0.0
-
-
-def _gaussians_from_labels(
-    X: np.ndarray, labels: np.ndarray, k: int, covariance: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Weights, means and precisions ("full" matrices or "diag" vectors) of a partition's groups."""
-    d = X.shape[1]
-    weights = np.bincount(labels, minlength=k) / len(X)
-    means = np.zeros((k, d))
-    precisions = np.zeros((k, d, d)) if covariance == "full" else np.zeros((k, d))
-    for c in range(k):
-        members = X[labels == c]
-        means[c] = members.mean(axis=0)
-        diff = members - means[c]
-        if covariance == "full":
-            cov = diff.T @ diff / len(members) + _REG_COVAR * np.eye(d)
-            precisions[c] = np.linalg.inv(cov)
-        else:
-            precisions[c] = 1.0 / ((diff**2).mean(axis=0) + _REG_COVAR)
-    return weights, means, precisions
-
-
-def _dequantize(raw: np.ndarray, n_probes: int, rng: np.random.Generator) -> np.ndarray:
-    """Blur quantised values over about their rounding interval.
-
-    Probe columns are log latencies: they are de-quantised in ms, where the
-    rounding happened. Columns whose values are mostly distinct are left as
-    they are.
-    """
-    out = raw.copy()
-    for j in range(raw.shape[1]):
-        values = np.exp(raw[:, j]) if j < n_probes else raw[:, j]
-        unique = np.unique(values)
-        if len(unique) < 2 or len(unique) >= 0.5 * len(values):
-            continue
-        step = float(np.median(np.diff(unique)))
-        # Gaussian rather than uniform jitter: a cluster whose values all fall
-        # in one rounding bin becomes a Gaussian, not a box that a mixture
-        # would split; at sigma = step / 2 a run of bins blends smoothly.
-        jittered = values + rng.normal(0.0, step / 2, size=len(values))
-        if j < n_probes:
-            jittered = np.log(np.maximum(jittered, unique[0] / 2))
-        out[:, j] = jittered
-    return out
-
-
-def write_assignments(clustering: Clustering, path: str | Path) -> Path:
-    """Write ``device_id,cluster`` for every device of the fitted fleet as CSV.
-
-    Parameters
-    ----------
-    clustering:
-        A fitted `Clustering`.
-    path:
-        The CSV file to write (its folder must exist).
-
-    Returns
-    -------
-    The path written.
-    """
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-
-    path = Path(path)
-    table = pa.table(
-        {"device_id": pa.Array.from_pandas(clustering._ids), "cluster": clustering.labels_}
-    )
-    try:
-        with open(path, "wb") as sink:
-            # pyarrow quotes the header; write a plain one. Ids that need
-            # quotes (a comma inside) get them.
-            sink.write(b"device_id,cluster\n")
-            body = io.BytesIO()
-            try:
-                pacsv.write_csv(table, body, pacsv.WriteOptions(include_header=False, quoting_style="none"))
-            except pa.ArrowInvalid:
-                body = io.BytesIO()
-                pacsv.write_csv(table, body, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
-            sink.write(body.getbuffer())
-    except (OSError, pa.ArrowException) as exc:
-        reason = getattr(exc, "strerror", None) or _first_line(exc)
-        raise HdapError(f"{path}: cannot write the assignments ({reason}); check the folder exists and is writable") from None
-    return path
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:160] if lines else type(exc).__name__
-
-
-def _count_distinct(X: np.ndarray, limit: int) -> int:
-    """Number of distinct rows, counted up to `limit` (cheap when rows differ)."""
-    if len(X) == 0:
-        return 0
-    first = X[: min(len(X), 4 * limit)]
-    if len(np.unique(first, axis=0)) >= limit:
-        return limit
-    hashed = pd.util.hash_pandas_object(pd.DataFrame(X), index=False)
-    return min(limit, int(hashed.nunique()))
-
-
-def _means_by_label(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    counts = np.maximum(np.bincount(labels, minlength=k), 1)
-    sums = np.column_stack([np.bincount(labels, weights=X[:, j], minlength=k) for j in range(X.shape[1])])
-    return sums / counts[:, None]
-
-
-def _grown_centers(X: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k-means centres for a fixed k, grown from 2 clusters like the automatic choice."""
-    previous = None
-    for j in range(2, k + 1):
-        previous = _kmeans_restarts(X, j, previous, seed).cluster_centers_
-    return previous
-
 
 def _nearest(X: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     out = np.empty(len(X), dtype=np.int64)
@@ -911,4 +492,4 @@ def _own_distance(X: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> n
     return out
 
 
-__all__ = ["Clustering", "ClusteringOptions", "write_assignments"]
+__all__ = ["Clustering", "ClusteringOptions"]

@@ -32,7 +32,8 @@ import pandas as pd
 
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
-from hdap_engine.fleet.telemetry import ID_COLUMN, PROBE_PATTERN, Fleet
+from hdap_engine.fleet.contract import ID_COLUMN, PROBE_PATTERN
+from hdap_engine.fleet.telemetry import Fleet
 
 
 @dataclass(frozen=True)

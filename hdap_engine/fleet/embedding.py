@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from hdap_engine.fleet.clustering import Clustering
-from hdap_engine.fleet.telemetry import ID_COLUMN, Fleet
+from hdap_engine.fleet.contract import ID_COLUMN
+from hdap_engine.fleet.telemetry import Fleet
 
 N_NEIGHBORS = 15
 # Each cluster gets at least this many points in the sample (or all it has).

@@ -23,7 +23,7 @@ says how many (and of which probes). Broken input is refused with one line:
 a probe name that is not one, latencies that are not positive finite
 numbers, a device listed with no runs, a device whose runs name two SKUs.
 The aggregated frame then passes the same contract checks as a wide file
-(`fleet_from_frame`), so the SKU rules are the same.
+(`contract.check_telemetry`), so the SKU rules are the same.
 
 Wide (one-row-per-device) Parquet files with more rows than
 `LongFormatOptions.wide_rows_via_duckdb` (or a glob of wide files) are
@@ -31,7 +31,7 @@ read through DuckDB too: the columns stream into Arrow and then pandas,
 never the file's bytes plus a copy; the contract's checks are the usual ones.
 
 `route` is what `load_fleet` calls first: it looks at a path's columns (a
-Parquet footer, a CSV header) and returns a `Fleet` when this module should
+Parquet footer, a CSV header) and returns the checked table when this module should
 read it, or None to leave the file to the pandas reader.
 """
 
@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from hdap_engine.errors import HdapError
+from hdap_engine.fleet.contract import CheckedTelemetry, RowNumbers, check_telemetry
 from hdap_engine.fleet.outofcore import (
     LATENCY_COLUMN,
     LONG_COLUMNS,
@@ -59,7 +60,6 @@ from hdap_engine.fleet.outofcore import (
     is_long_format,
 )
 from hdap_engine.fleet.runs import aggregate_frame, read_runs
-from hdap_engine.fleet.telemetry import Fleet
 
 _PARQUET_MAGIC = b"PAR1"
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -70,7 +70,7 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 def route(
     source: object, *, sku: str | None = None, name: str | None = None,
     options: LongFormatOptions | None = None,
-) -> Fleet | None:
+) -> tuple[str, CheckedTelemetry] | None:
     """Read `source` here when it is raw runs, a glob, or a large wide Parquet file.
 
     Parameters
@@ -86,7 +86,8 @@ def route(
 
     Returns
     -------
-    The `Fleet`, or None when the pandas reader should read the file.
+    (label, the checked one-row-per-device table), or None when the pandas
+    reader should read the file; `load_fleet` makes the `Fleet`.
     """
     if not isinstance(source, str | Path):
         return None
@@ -108,8 +109,8 @@ def route(
         label = name or text
         columns = _parquet_columns(files[0], label)
         if is_long_format(columns):
-            return read_runs(files, sku=sku, name=label, options=options)
-        return read_wide_parquet(files, sku=sku, name=label, options=options)
+            return label, read_runs(files, sku=sku, name=label, options=options)
+        return label, read_wide_parquet(files, sku=sku, name=label, options=options)
     if path.is_dir():
         parts = sorted(path.glob("*.parquet"))
         if parts:
@@ -132,13 +133,13 @@ def route(
         except Exception:  # corrupt: the pandas reader names the problem
             return None
         if is_long_format(columns):
-            return read_runs([str(path)], sku=sku, name=label, options=options)
+            return label, read_runs([str(path)], sku=sku, name=label, options=options)
         if meta.num_rows > options.wide_rows_via_duckdb:
-            return read_wide_parquet([str(path)], sku=sku, name=label, options=options)
+            return label, read_wide_parquet([str(path)], sku=sku, name=label, options=options)
         return None
     header = _csv_header(path, head)
     if header is not None and is_long_format(header):
-        return read_runs([str(path)], sku=sku, name=label, options=options, csv=True)
+        return label, read_runs([str(path)], sku=sku, name=label, options=options, csv=True)
     return None
 
 
@@ -176,7 +177,7 @@ def _parquet_columns(path: str, label: str) -> list[str]:
 def read_wide_parquet(
     files: Sequence[str], *, sku: str | None = None, name: str | None = None,
     options: LongFormatOptions | None = None,
-) -> Fleet:
+) -> CheckedTelemetry:
     """Read one-row-per-device Parquet too large for the in-memory reader.
 
     DuckDB streams the files into one Arrow table in file order, which is
@@ -198,10 +199,8 @@ def read_wide_parquet(
 
     Returns
     -------
-    The validated `Fleet`.
+    The checked table (`CheckedTelemetry`).
     """
-    from hdap_engine.fleet import telemetry
-
     options = options or LongFormatOptions()
     label = name or Path(files[0]).name
     con = _connect(options)
@@ -215,8 +214,8 @@ def read_wide_parquet(
     frame = fetched.to_pandas(self_destruct=True, split_blocks=True)
     del fetched
     frame.columns = [str(c) for c in frame.columns]
-    return telemetry._validate(frame, rows=telemetry._RowNumbers("data row", np.arange(len(frame)) + 1),
-                               sku=sku, source=label, notes=[])
+    return check_telemetry(frame, rows=RowNumbers("data row", np.arange(len(frame)) + 1),
+                           sku=sku, source=label, notes=[])
 
 
 

@@ -32,9 +32,11 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
+from hdap_engine.errors import HdapError
 from hdap_engine.pruning.layers import LayerTable, make_table
 
 _BURST_S = 5e-4  # a probe shorter than this is repeated back to back within one timing
@@ -85,7 +87,7 @@ def probe_tables() -> dict[str, LayerTable]:
 # --- running the probes for real ---------------------------------------------
 
 
-def _build_layer(r: dict):
+def build_layer(r: dict) -> tuple[object, object]:
     """One layer of a probe as a torch callable of its input, and that input."""
     import torch
     import torch.nn.functional as F
@@ -126,7 +128,7 @@ def _build_op(rows: list[dict]) -> Callable[[], object]:
     Each layer gets its own input of the shape its row gives, so a probe is
     exactly the sum of its rows, as the twin computes it.
     """
-    layers = [_build_layer(r) for r in rows]
+    layers = [build_layer(r) for r in rows]
     if len(layers) == 1:
         fn, x = layers[0]
         return lambda: fn(x)
@@ -332,3 +334,63 @@ def _cache_sizes_kb() -> dict[str, float]:
         if top > 2:
             out["llc_kb"] = sizes[top]
     return out
+
+
+def host_probe_row(*, device_id: str | None = None, repeats: int = 20, warmup: int = 3,
+                   threads: int | None = None) -> dict[str, object]:
+    """One telemetry row for this machine (sku ``host``): the probe suite and the host's context.
+
+    Parameters
+    ----------
+    device_id:
+        The row's device id (None: this machine's hostname).
+    repeats, warmup, threads:
+        As in `run_probe_suite`.
+
+    Returns
+    -------
+    dict
+        ``device_id``, ``sku``, the ``probe_<name>_ms`` columns and `host_context`'s columns.
+    """
+    import socket
+
+    probes = run_probe_suite(repeats=repeats, warmup=warmup, threads=threads)
+    return {"device_id": device_id or socket.gethostname(), "sku": "host", **probes,
+            **host_context(threads)}
+
+
+def write_probe_row(row: dict[str, object], path: str | Path, *, append: bool = False) -> None:
+    """Write a telemetry row as CSV, or add it to the rows already in ``path``.
+
+    Parameters
+    ----------
+    row:
+        One device's telemetry (e.g. `host_probe_row`).
+    path:
+        The CSV file.
+    append:
+        Keep the rows already in ``path`` (when it exists) and add this one;
+        a device id that is already there is refused.
+
+    Raises
+    ------
+    HdapError
+        When the file cannot be read or written, or already has the device id.
+    """
+    import pandas as pd
+
+    out = Path(path)
+    df = pd.DataFrame([row])
+    if append and out.exists():
+        try:
+            old = pd.read_csv(out)
+        except Exception as exc:
+            raise HdapError(f"cannot append to {out}: {exc}") from None
+        if row["device_id"] in set(old.get("device_id", pd.Series(dtype=str)).astype(str)):
+            raise HdapError(f"{out} already has device_id {row['device_id']!r}; "
+                            "pass another --device-id")
+        df = pd.concat([old, df], ignore_index=True)
+    try:
+        df.to_csv(out, index=False, float_format="%.6g")
+    except OSError as exc:
+        raise HdapError(f"cannot write {out}: {exc}") from None

@@ -8,7 +8,7 @@ interquartile range / median over its probes), and each context column at
 its latest value (by ``timestamp``, else the last row in file order).
 Devices with too few runs or an unstable probe are left out, and a note
 says how many, of which probe. Broken runs are refused with one line. The
-result then passes the wide contract's own checks (`fleet_from_frame`), so
+result then passes the wide contract's own checks (`contract.check_telemetry`), so
 the SKU rules are the same. See `hdap_engine.fleet.longformat` for how
 files reach this module.
 """
@@ -16,13 +16,13 @@ files reach this module.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from hdap_engine.errors import HdapError
+from hdap_engine.fleet.contract import CheckedTelemetry, RowNumbers, check_telemetry
 from hdap_engine.fleet.outofcore import (
     EXAMPLES,
     ID_COLUMN,
@@ -41,13 +41,13 @@ from hdap_engine.fleet.outofcore import (
     _run,
     _source_sql,
 )
-from hdap_engine.fleet.telemetry import Fleet, fleet_from_frame, plural
+from hdap_engine.wording import plural
 
 
 def read_runs(
     files: Sequence[str], *, sku: str | None = None, name: str | None = None,
     options: LongFormatOptions | None = None, csv: bool = False,
-) -> Fleet:
+) -> CheckedTelemetry:
     """Aggregate raw timed runs to one row per device and validate the result.
 
     Parameters
@@ -65,7 +65,7 @@ def read_runs(
 
     Returns
     -------
-    The validated `Fleet`; its notes say how many runs were read and which
+    The checked one-row-per-device table (`CheckedTelemetry`); its notes say how many runs were read and which
     devices were left out.
     """
     options = options or LongFormatOptions()
@@ -81,8 +81,8 @@ def read_runs(
 
 def aggregate_frame(
     frame: pd.DataFrame, *, sku: str | None = None, source: str = "<frame>",
-    options: LongFormatOptions | None = None,
-) -> Fleet:
+    options: LongFormatOptions | None = None, notes: Sequence[str] = (),
+) -> CheckedTelemetry:
     """Aggregate raw runs already in memory (an upload) like `read_runs`.
 
     Parameters
@@ -95,10 +95,12 @@ def aggregate_frame(
         Name shown in messages.
     options:
         `LongFormatOptions`; defaults when None.
+    notes:
+        What the reader noted (delimiter, skipped lines), kept first.
 
     Returns
     -------
-    The validated `Fleet`.
+    The checked one-row-per-device table (`CheckedTelemetry`).
     """
     options = options or LongFormatOptions()
     frame = frame.copy(deep=False)
@@ -108,7 +110,8 @@ def aggregate_frame(
     try:
         con.register("runs_frame", frame)
         schema = {r[0]: r[1] for r in _run(con, "DESCRIBE SELECT * FROM runs_frame", source).fetchall()}
-        return _aggregate(con, "runs_frame", schema, [], False, sku=sku, label=source, options=options)
+        return _aggregate(con, "runs_frame", schema, [], False, sku=sku, label=source, options=options,
+                          reader_notes=notes)
     finally:
         con.close()
 
@@ -132,8 +135,8 @@ def _latency_sql(schema: dict[str, str]) -> str:
 
 def _aggregate(
     con, src: str, schema: dict[str, str], files: Sequence[str], csv: bool, *,
-    sku: str | None, label: str, options: LongFormatOptions,
-) -> Fleet:
+    sku: str | None, label: str, options: LongFormatOptions, reader_notes: Sequence[str] = (),
+) -> CheckedTelemetry:
     dup = [c for c in schema if c.startswith("__") and c != "__row"]
     if dup:
         raise HdapError(f"{label}: column {dup[0]} has a reserved name; rename it")
@@ -320,7 +323,7 @@ def _aggregate(
     few = runs < options.min_runs
     unstable = ~few & (spread > options.max_spread)
     keep = ~few & ~unstable
-    notes = [f"raw runs: {runs_total:,} runs of {plural(len(names), 'probe')} on "
+    notes = [*reader_notes, f"raw runs: {runs_total:,} runs of {plural(len(names), 'probe')} on "
              f"{plural(n_all, 'device')}, aggregated to one row per device (median per probe)"]
     if few.any():
         by_probe = ", ".join(f"{n} {int((c < options.min_runs)[few].sum()):,}"
@@ -361,8 +364,8 @@ def _aggregate(
     frame = pd.DataFrame(out)
     # Devices in a stable order (DuckDB's groups come back in any order).
     frame = frame.sort_values(ID_COLUMN, kind="stable", ignore_index=True)
-    fleet = fleet_from_frame(frame, sku=sku, source=label)
-    return replace(fleet, notes=tuple(notes) + fleet.notes)
+    return check_telemetry(frame, rows=RowNumbers("data row", np.arange(len(frame)) + 1), sku=sku,
+                           source=label, notes=notes)
 
 
 def _list_quantiles(column) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

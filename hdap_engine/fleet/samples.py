@@ -45,7 +45,7 @@ def sample_fleets(folder: str | os.PathLike | None = None) -> list[SampleFleet]:
     -------
     Sample fleets sorted by name (empty when the folder is missing).
     """
-    from hdap_engine.fleet.telemetry import twin_sidecar_path
+    from hdap_engine.twin.states import sidecar_path
 
     root = Path(folder) if folder is not None else sample_dir()
     if not root.is_dir():
@@ -55,7 +55,7 @@ def sample_fleets(folder: str | os.PathLike | None = None) -> list[SampleFleet]:
         name = path.name
         if name.endswith(".twin.parquet") or not name.lower().endswith(_TELEMETRY_SUFFIXES):
             continue
-        sidecar = twin_sidecar_path(path)
+        sidecar = sidecar_path(path)
         if sidecar.is_file():
             stem = name
             for suffix in _TELEMETRY_SUFFIXES:

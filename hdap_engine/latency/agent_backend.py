@@ -49,7 +49,7 @@ from hdap_engine.agent.client import (
 )
 from hdap_engine.agent.protocol import FORMATS, TOKEN_ENV
 from hdap_engine.errors import HdapError
-from hdap_engine.latency.backends import Backend, Measurements, Progress
+from hdap_engine.latency.backends import Backend, Measurements, Tick
 from hdap_engine.pruning.space import PruningSpace
 
 # How a missing URL looks once a CSV or Parquet cell went through pandas as text.
@@ -99,6 +99,8 @@ class AgentBackend(Backend):
     name = "agent"
     source = "agent (real)"
     real = True
+
+    replaces_devices = True
 
     def __init__(self, urls: Mapping[str, str], token: str | None, *, clustering=None,
                  timeout: float = 30.0, measure_timeout: float = 300.0, retries: int = 2,
@@ -163,7 +165,7 @@ class AgentBackend(Backend):
         options:
             Passed to `AgentBackend` (timeout, retries, backoff, format, ...).
         """
-        from hdap_engine.fleet.telemetry import AGENT_URL_COLUMN, ID_COLUMN
+        from hdap_engine.fleet.contract import AGENT_URL_COLUMN, ID_COLUMN
 
         frame = fleet.frame
         if AGENT_URL_COLUMN not in frame.columns:
@@ -283,7 +285,7 @@ class AgentBackend(Backend):
         return super().measure(space, widths, devices, **kwargs)
 
     def _measure(self, space: PruningSpace, widths: np.ndarray, devices: Sequence[str],
-                 repeats: int, warmup: int, progress: Progress | None) -> np.ndarray:
+                 repeats: int, warmup: int, progress: Tick | None) -> np.ndarray:
         m, d = len(widths), len(devices)
         out = np.full((m, d, repeats), np.nan)
         shape = (1, *space.input_shape)

@@ -27,7 +27,7 @@ from hdap_engine.errors import HdapError
 from hdap_engine.latency.store import Store, widths_key
 from hdap_engine.pruning.space import PruningSpace
 
-Progress = Callable[[int, int], None]  # (done, total)
+Tick = Callable[[int, int], None]  # (done, total)
 
 
 @dataclass
@@ -65,19 +65,22 @@ class Backend:
     name = "backend"
     source = "unknown"
     real = False
+    # True where a representative that fails may be replaced by another device of its
+    # cluster: reports then name the devices that were actually measured.
+    replaces_devices = False
 
     def device_key(self, device: str) -> str:
         """The store's key for a device (unique across fleets and machines)."""
         return device
 
     def _measure(self, space: PruningSpace, widths: np.ndarray, devices: Sequence[str],
-                 repeats: int, warmup: int, progress: Progress | None) -> np.ndarray:
+                 repeats: int, warmup: int, progress: Tick | None) -> np.ndarray:
         """Raw times (M, D, repeats) in ms of every candidate on every device."""
         raise NotImplementedError
 
     def measure(self, space: PruningSpace, widths, devices: Sequence[str], *,
                 repeats: int = 10, warmup: int = 3, store: Store | None = None,
-                progress: Progress | None = None, fresh: bool = False) -> Measurements:
+                progress: Tick | None = None, fresh: bool = False) -> Measurements:
         """Latency of every candidate on every device, from the store where possible.
 
         Parameters
@@ -374,18 +377,19 @@ class TwinBackend(Backend):
     def device_key(self, device: str) -> str:
         return f"{self.fleet_key}:{device}"
 
-    def _states_for(self, devices: Sequence[str]):
-        from hdap_engine.fleet.twin import select_states
+    def states_for(self, devices: Sequence[str]):
+        """The twin states of ``devices`` (in that order)."""
+        from hdap_engine.twin import select_states
 
         return select_states(self.states, devices)
 
     def expected_ms(self, space: PruningSpace, widths, devices: Sequence[str]) -> np.ndarray:
         """Noiseless latency (N, D): the twin's ground truth."""
         table = space.layer_table(np.atleast_2d(widths))
-        return self.twin.latency_ms(table, self._states_for(devices), noise=False)
+        return self.twin.latency_ms(table, self.states_for(devices), noise=False)
 
     def _measure(self, space, widths, devices, repeats, warmup, progress):
-        states = self._states_for(devices)
+        states = self.states_for(devices)
         expected = self.expected_ms(space, widths, devices)  # (M, D)
         sigma = self.twin.noise_sigma(states)[None, :, None]  # (1, D, 1)
         z = np.empty((*expected.shape, repeats))
@@ -405,7 +409,7 @@ class TwinBackend(Backend):
         Not stored: thousands of devices are simulated in milliseconds.
         """
         widths = np.asarray(widths, dtype=np.int64)
-        states = self._states_for(devices)
+        states = self.states_for(devices)
         expected = self.expected_ms(space, widths[None], devices)[0]
         seed = zlib.crc32(f"{self.seed}|{self.fleet_key}|{space.model}|{widths_key(widths)}"
                           .encode())

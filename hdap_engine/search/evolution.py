@@ -24,6 +24,7 @@ from hdap_engine.pruning.budget import repair
 from hdap_engine.pruning.space import PruningSpace
 
 Fitness = Callable[[np.ndarray], np.ndarray]  # (P, G) widths -> (P,) scores to minimise
+GenerationTick = Callable[[int, int], None]  # (generation, generations)
 
 
 @dataclass(frozen=True)
@@ -60,9 +61,23 @@ class SearchResult:
     final_scores: np.ndarray | None = None
 
 
+def mutate(space: PruningSpace, ratios: np.ndarray, target_macs: float,
+           rng: np.random.Generator, *, rate: float, scale: float) -> np.ndarray:
+    """The search's one mutation operator: keep ratios (P, G) -> widths meeting the budget.
+
+    Each group is mutated with probability ``rate`` by a log-normal factor of
+    sigma ``scale``; the result is clipped to (0.02, 1] and repaired to the
+    budget. The evolutionary loop and the measured polish both use it.
+    """
+    n, g = ratios.shape
+    hit = rng.uniform(size=(n, g)) < rate
+    ratios = ratios * np.exp(np.where(hit, rng.normal(0, scale, size=(n, g)), 0.0))
+    return repair(space, np.clip(ratios, 0.02, 1.0), target_macs)
+
+
 def evolve(space: PruningSpace, target_macs: float, fitness: Fitness,
            options: SearchOptions | None = None, *, seeds: np.ndarray | None = None,
-           progress: Callable[[int, int], None] | None = None) -> SearchResult:
+           progress: GenerationTick | None = None) -> SearchResult:
     """Minimise ``fitness`` over candidates that meet ``target_macs``.
 
     Parameters
@@ -110,10 +125,8 @@ def evolve(space: PruningSpace, target_macs: float, fitness: Fitness,
         pb = pop[winners[:, 1]] / base
         mask = rng.uniform(size=(n_child, g)) < opt.crossover
         child = np.where(mask, pb, pa)
-        mutate = rng.uniform(size=(n_child, g)) < opt.mutation_rate
-        child = child * np.exp(np.where(mutate, rng.normal(0, opt.mutation_scale,
-                                                          size=(n_child, g)), 0.0))
-        child = repair(space, np.clip(child, 0.02, 1.0), target_macs)
+        child = mutate(space, child, target_macs, rng, rate=opt.mutation_rate,
+                       scale=opt.mutation_scale)
         child_scores = np.asarray(fitness(child), dtype=np.float64)
         evaluations += len(child)
         pop = np.vstack([elite, child])

@@ -113,3 +113,49 @@ def cluster_dispersion(probes_ms: np.ndarray, labels: np.ndarray, k: int) -> np.
 def device_quantile(device_ms: np.ndarray, q: float = 0.95) -> float:
     """Quantile over devices of measured latencies (validation on every device)."""
     return float(np.quantile(np.asarray(device_ms, dtype=np.float64), q))
+
+
+def cluster_weights(shares: np.ndarray, user: dict[int, float] | None = None) -> np.ndarray:
+    """Cluster weights summing to 1: the device shares, or the user's weights normalised.
+
+    Clusters missing from ``user`` get weight 0 (the user chose which clusters
+    matter); give every cluster to keep them all.
+
+    Parameters
+    ----------
+    shares:
+        (k,) device share of every cluster (the default weights).
+    user:
+        Cluster id -> non-negative weight, or None for the device shares.
+
+    Returns
+    -------
+    float64 array of shape (k,).
+    """
+    shares = np.asarray(shares, dtype=np.float64)
+    k = len(shares)
+    if user is None:
+        return shares.copy()
+    w = np.zeros(k)
+    for cluster, value in dict(user).items():
+        try:
+            c = int(cluster)
+        except (TypeError, ValueError):
+            raise HdapError(f"cluster weights: {cluster!r} is not a cluster id "
+                            f"(0..{k - 1})") from None
+        if not 0 <= c < k or c != cluster:
+            raise HdapError(f"cluster weights: no cluster {cluster!r}; clusters are 0..{k - 1}")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise HdapError(f"cluster weights: weight of cluster {c} is not a number "
+                            f"({value!r})") from None
+        if not np.isfinite(v) or v < 0:
+            raise HdapError(f"cluster weights: weight of cluster {c} is {value!r}; weights "
+                            "must be finite and >= 0")
+        w[c] = v
+    total = w.sum()
+    if total <= 0:
+        raise HdapError("cluster weights are all zero; give at least one cluster a positive "
+                        "weight")
+    return w / total

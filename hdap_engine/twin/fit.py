@@ -23,7 +23,9 @@ import pandas as pd
 
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.probes import PROBE_ROWS, STANDARD_PROBES, probe_column, probe_tables
-from hdap_engine.fleet.twin import DeviceStates, SkuPreset, Twin, generic_cpu_preset, get_preset
+from hdap_engine.twin.physics import Twin
+from hdap_engine.twin.presets import SkuPreset, generic_cpu_preset, get_preset
+from hdap_engine.twin.states import DeviceStates
 
 # Latent fields fitted per device (log scale) and their bounds. compute_share
 # is not separable from clock_scale with probes alone, so it stays at 1 and

@@ -5,7 +5,7 @@ tables (same conventions: conv / bn / act / add / pool rows in execution order,
 batch 1, 224x224) let the twin be calibrated and tested on its own, and let
 candidates with channels moved around be built without a model.
 
-``python -m hdap_engine.fleet.calibration`` prints the nominal latency of
+``python -m hdap_engine.twin.calibration`` prints the nominal latency of
 ResNet-50, ResNet-18 and MobileNetV1 on every preset next to the published
 figure each preset is calibrated against; with ``--speed`` it times the twin
 on 150 layers x 100 candidates x 5,000 devices.
@@ -160,7 +160,9 @@ PUBLISHED_MS = {
 
 def nominal_report() -> list[dict]:
     """Nominal (noiseless) latency of each reference network on each preset."""
-    from hdap_engine.fleet.twin import PRESETS, DeviceStates, Twin
+    from hdap_engine.twin.physics import Twin
+    from hdap_engine.twin.presets import PRESETS
+    from hdap_engine.twin.states import DeviceStates
 
     out = []
     for sku, preset in PRESETS.items():
@@ -182,8 +184,10 @@ def twin_speed(layers: int = 150, candidates: int = 100, devices: int = 5000,
     import time
     from dataclasses import replace
 
-    from hdap_engine.fleet.simulate import simulate_fleet
-    from hdap_engine.fleet.twin import PRESETS, DeviceStates, Twin
+    from hdap_engine.twin.physics import Twin
+    from hdap_engine.twin.presets import PRESETS
+    from hdap_engine.twin.simulate import simulate_fleet
+    from hdap_engine.twin.states import DeviceStates
 
     base = make_table(resnet_rows(50)[:layers], n_candidates=candidates)
     scale = np.random.default_rng(0).uniform(0.3, 1.0, (candidates, 1))

@@ -1,15 +1,14 @@
 """Simulated fleets: telemetry rows from the twin, plus the latent state behind them.
 
 `simulate_fleet` draws each device's drift mechanism and latent state
-(`hdap_engine.fleet.mechanisms`), "runs" the standard probe suite on it with
+(`hdap_engine.twin.mechanisms`), "runs" the standard probe suite on it with
 the twin (median of 20 noisy runs, like `hdap probe`), and adds context
-columns correlated with the mechanism. The telemetry follows the contract in
-DESIGN.md (``device_id``, ``sku``, ``probe_<name>_ms``, context); the latent
-state goes to a sidecar file so the twin can later "measure" every device of
-the fleet: the ground truth that cluster-based estimates are judged against.
-
-Sidecar naming: the sidecar of ``X.csv``, ``X.csv.gz`` or ``X.parquet`` is
-``X.twin.parquet``.
+columns correlated with the mechanism. The telemetry follows the telemetry
+contract (``device_id``, ``sku``, ``probe_<name>_ms``, context; see
+`hdap_engine.fleet.contract`); the latent state goes to a sidecar file
+(`hdap_engine.twin.states.sidecar_path`) so the twin can later "measure" every
+device of the fleet: the ground truth that cluster-based estimates are judged
+against.
 """
 
 from __future__ import annotations
@@ -20,15 +19,13 @@ import numpy as np
 import pandas as pd
 
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.mechanisms import draw_context, draw_states
-from hdap_engine.fleet.telemetry import twin_sidecar_path
-from hdap_engine.fleet.twin import DeviceStates, Twin, get_preset
+from hdap_engine.twin.mechanisms import draw_context, draw_states
+from hdap_engine.twin.physics import Twin
+from hdap_engine.twin.presets import get_preset
+from hdap_engine.twin.states import save_twin_states
 
 PROBE_RUNS = 20
 """Noisy runs per probe whose median becomes the telemetry value (as `hdap probe`)."""
-
-SIDECAR_SUFFIX = ".twin.parquet"
-
 
 def simulate_fleet(sku: str, devices: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Telemetry and latent states of a simulated fleet of one SKU.
@@ -66,16 +63,6 @@ def simulate_fleet(sku: str, devices: int, seed: int = 0) -> tuple[pd.DataFrame,
     return telemetry, states.to_frame()
 
 
-def sidecar_path(path: str | Path) -> Path:
-    """The twin sidecar of a telemetry file (``X.csv`` / ``X.csv.gz`` / ``X.parquet`` ->
-    ``X.twin.parquet``, the rule of `telemetry.twin_sidecar_path`); a sidecar path is
-    returned as is."""
-    p = Path(path)
-    if p.name.endswith(SIDECAR_SUFFIX):
-        return p
-    return twin_sidecar_path(p)
-
-
 def write_fleet(prefix: str | Path, telemetry: pd.DataFrame, states: pd.DataFrame) -> tuple[Path, Path]:
     """Write ``PREFIX.csv`` and ``PREFIX.twin.parquet``; returns both paths.
 
@@ -87,36 +74,6 @@ def write_fleet(prefix: str | Path, telemetry: pd.DataFrame, states: pd.DataFram
     if prefix.parent and not prefix.parent.exists():
         raise HdapError(f"output folder {prefix.parent} does not exist; create it or pick another --out")
     csv_path = prefix.with_name(prefix.name + ".csv")
-    twin_path = sidecar_path(csv_path)
     telemetry.to_csv(csv_path, index=False, float_format="%.6g")
-    states.to_parquet(twin_path, index=False)
+    twin_path = save_twin_states(states, csv_path)
     return csv_path, twin_path
-
-
-def load_twin_states(path: str | Path) -> DeviceStates:
-    """Latent device states from a sidecar (or from the telemetry file it belongs to).
-
-    Parameters
-    ----------
-    path:
-        ``X.twin.parquet`` itself, or the telemetry file ``X.csv`` /
-        ``X.csv.gz`` / ``X.parquet`` whose sidecar should be read.
-
-    Returns
-    -------
-    DeviceStates
-    """
-    side = sidecar_path(path)
-    if not side.exists():
-        raise HdapError(
-            f"no twin sidecar for {path}: expected {side}. Only simulated fleets carry one; "
-            "for uploaded telemetry fit states from the probes instead"
-        )
-    try:
-        df = pd.read_parquet(side)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise HdapError(f"cannot read twin sidecar {side}: {exc}") from None
-    if df["device_id"].duplicated().any() if "device_id" in df.columns else False:
-        dup = df.loc[df["device_id"].duplicated(), "device_id"].head(3).tolist()
-        raise HdapError(f"twin sidecar {side} repeats device ids, e.g. {dup}")
-    return DeviceStates.from_frame(df)

@@ -3,7 +3,7 @@
 Every device gets silicon-bin variation (a few per cent of clock, memory and
 overhead). On top of that each device is either healthy (``nominal``) or
 affected by one named mechanism with a severity in [0, 1]. A mechanism moves
-*specific* latent parameters of the twin (`hdap_engine.fleet.twin.LATENT_FIELDS`),
+*specific* latent parameters of the twin (`hdap_engine.twin.states.LATENT_FIELDS`),
 interpolated geometrically from its mild to its severe end, so that:
 
 - different mechanisms bind different bottlenecks (compute clock, compute
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.twin import LATENT_FIELDS, DeviceStates
+from hdap_engine.twin.states import LATENT_FIELDS, DeviceStates
 
 MECHANISMS = ("nominal", "thermal_throttling", "power_saving", "background_load",
               "battery_ageing")

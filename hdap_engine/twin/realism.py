@@ -9,7 +9,7 @@ threads, warm-up, interleaved repeats, median), with probe rounds alternating
 with timing rounds so both see the same machine. The check passes when the
 ranks agree (Spearman >= 0.8) and the times do too (MAPE < 15 %).
 
-    python -m hdap_engine.fleet.realism --model resnet18 --candidates 30
+    python -m hdap_engine.twin.realism --model resnet18 --candidates 30
 """
 
 from __future__ import annotations
@@ -103,12 +103,13 @@ def run_realism(model: str = "resnet18", candidates: int = 30, *, threads: int =
     """
     import torch
 
-    from hdap_engine.fleet.fit import fit_preset_from_probes
     from hdap_engine.fleet.probes import ProbeSession, host_context, timer
-    from hdap_engine.fleet.twin import DeviceStates, Twin
     from hdap_engine.models.zoo import build_model, get_spec
     from hdap_engine.pruning.apply import prune_to_widths
     from hdap_engine.pruning.space import PruningSpace
+    from hdap_engine.twin.fit import fit_preset_from_probes
+    from hdap_engine.twin.physics import Twin
+    from hdap_engine.twin.states import DeviceStates
 
     if candidates < 3:
         raise HdapError("the realism check needs at least 3 candidates")
@@ -165,7 +166,7 @@ def run_realism(model: str = "resnet18", candidates: int = 30, *, threads: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hdap_engine.fleet.realism",
+    ap = argparse.ArgumentParser(prog="python -m hdap_engine.twin.realism",
                                  description="Twin fitted to this machine's probes vs real timings.")
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--candidates", type=int, default=30)

@@ -1,0 +1,134 @@
+"""Fleet commands: `hdap validate`, `hdap cluster`, `hdap simulate`, `hdap probe`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hdap_engine.cli.common import positive_int
+from hdap_engine.cli.flags import k_flag
+from hdap_engine.errors import HdapError
+
+
+def register_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "validate",
+        help="check a fleet telemetry file (CSV, CSV.gz, Parquet) and summarise it",
+        description="Check a fleet telemetry file against the telemetry contract.",
+    )
+    p.add_argument("file", help="telemetry: CSV, CSV.gz or Parquet, one row per device")
+    p.add_argument("--sku", help="keep only this SKU (required when the file holds several)")
+    p.set_defaults(func=_cmd_validate)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from hdap_engine.fleet.telemetry import load_fleet
+
+    print(load_fleet(args.file, sku=args.sku).summary())
+    return 0
+
+
+def register_cluster(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "cluster",
+        help="cluster a fleet's devices and print the cluster profiles",
+        description="Cluster devices by their probe latencies (k chosen automatically unless --k).",
+    )
+    p.add_argument("file", help="telemetry: CSV, CSV.gz or Parquet, one row per device")
+    p.add_argument("--k", type=k_flag, default=None, metavar="auto|N", help="number of clusters (default: auto)")
+    p.add_argument("--sku", help="keep only this SKU (required when the file holds several)")
+    p.add_argument("--representatives", type=positive_int, default=3, metavar="R",
+                   help="devices per cluster closest to its centroid (default 3)")
+    p.add_argument("--context", default="", metavar="COL,...",
+                   help="numeric context columns to use as features too")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="assignments.csv", help="write device_id,cluster to this CSV")
+    p.set_defaults(func=_cmd_cluster)
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from hdap_engine.fleet.assignments import write_assignments
+    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+    from hdap_engine.fleet.profiles import profile_table
+    from hdap_engine.fleet.telemetry import load_fleet
+
+    if args.out:
+        # Fail before the work, not after it.
+        folder = Path(args.out).resolve().parent
+        if not folder.is_dir():
+            raise HdapError(f"{args.out}: folder {folder} does not exist; create it or choose another --out")
+    fleet = load_fleet(args.file, sku=args.sku)
+    options = ClusteringOptions(
+        k=args.k,
+        representatives=args.representatives,
+        context_features=tuple(c.strip() for c in args.context.split(",") if c.strip()),
+        seed=args.seed,
+    )
+    clustering = Clustering(options).fit(fleet)
+    # Written before printing, so that a closed pipe (| head) cannot lose it.
+    path = write_assignments(clustering, args.out) if args.out else None
+    sku = f", SKU {fleet.sku}" if fleet.sku is not None else ""
+    print(f"{fleet.source}: {fleet.n_devices:,} devices, {len(fleet.probe_columns)} probe columns{sku}")
+    print(clustering.describe())
+    for note in (*fleet.notes, *clustering.notes_):
+        print(f"note: {note}")
+    print()
+    print(profile_table(clustering.profiles_))
+    if path is not None:
+        print(f"\nwrote {path} ({fleet.n_devices:,} rows: device_id,cluster)")
+    return 0
+
+
+def register_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("simulate", help="simulate a drifted fleet with the device twin",
+                       description="Write PREFIX.csv (telemetry) and PREFIX.twin.parquet "
+                                   "(each device's latent state and drift mechanism).")
+    p.add_argument("--sku", default="jetson-nano", help="device preset (jetson-nano, rpi4)")
+    p.add_argument("--devices", type=int, default=5000, help="number of devices")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--out", required=True, help="output prefix, e.g. sample_data/jetson_nano_fleet")
+    p.set_defaults(func=_cmd_simulate)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
+
+    telemetry, states = simulate_fleet(args.sku, args.devices, seed=args.seed)
+    csv_path, twin_path = write_fleet(args.out, telemetry, states)
+    counts = states["mechanism"].value_counts()
+    print(f"wrote {csv_path} ({len(telemetry)} devices, sku {args.sku}, seed {args.seed})")
+    print(f"wrote {twin_path} (latent state per device)")
+    for name, c in counts.items():
+        print(f"  {name:20s} {c:6d}  ({c / len(states):.0%})")
+    return 0
+
+
+def register_probe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("probe", help="run the standard probe suite on this machine",
+                       description="Time the standard probes with PyTorch here and write one "
+                                   "telemetry row (sku 'host').")
+    p.add_argument("--out", help="CSV file to write (default: print only)")
+    p.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
+    p.add_argument("--device-id", help="device id (default: this machine's hostname)")
+    p.add_argument("--repeats", type=int, default=20, help="timed repeats per probe (median)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    p.set_defaults(func=_cmd_probe)
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from hdap_engine.fleet.probes import host_probe_row, write_probe_row
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise HdapError("--repeats must be at least 1 and --warmup at least 0")
+    if args.threads is not None and args.threads < 1:
+        raise HdapError("--threads must be at least 1")
+    row = host_probe_row(device_id=args.device_id, repeats=args.repeats, warmup=args.warmup,
+                         threads=args.threads)
+    if args.out:
+        write_probe_row(row, args.out, append=args.append)
+    for k, v in row.items():
+        print(f"{k:24s} {v:.4g}" if isinstance(v, float) else f"{k:24s} {v}")
+    if args.out:
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,64 @@
+"""Fitting the latency surrogate on what was measured, once per training set.
+
+`SurrogateTrainer` is what the search calls to (re)fit the surrogate after
+it measured more candidates: the store keeps every surrogate under a hash of
+exactly what it was trained on, so the same measurements never train twice
+(a what-if run, a second study, or a teammate's run of the same fleet loads it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from hdap_engine.latency.store import Store
+from hdap_engine.latency.surrogate import Surrogate, SurrogateOptions
+from hdap_engine.pruning.space import PruningSpace
+
+
+@dataclass(frozen=True)
+class SurrogateTrainer:
+    """Fits (or loads) the surrogate of one space and set of devices.
+
+    Parameters
+    ----------
+    space:
+        The pruning space.
+    store:
+        Where trained surrogates are kept.
+    backend_name:
+        The backend the latencies come from (part of the key).
+    features:
+        (D, p) probe vector of every measured device.
+    clusters:
+        (D,) cluster of every measured device.
+    options:
+        `SurrogateOptions`.
+    """
+
+    space: PruningSpace
+    store: Store
+    backend_name: str
+    features: np.ndarray
+    clusters: np.ndarray
+    options: SurrogateOptions
+
+    def fit(self, widths: np.ndarray, latency_ms: np.ndarray) -> Surrogate:
+        """Train on (widths, latency_ms), or load the surrogate already trained on them."""
+        key_src = (self.backend_name + self.space.model + str(self.space.round_to)
+                   + str(sorted(asdict(self.options).items()))).encode()
+        h = hashlib.sha256(key_src + np.asarray(widths).tobytes()
+                           + np.nan_to_num(latency_ms).tobytes()
+                           + np.log(self.features).tobytes()
+                           + np.asarray(self.clusters).tobytes())
+        key = f"{self.space.model}:{h.hexdigest()[:24]}"
+        stored = self.store.get_surrogate(key)
+        if stored is not None:
+            return Surrogate.from_bytes(self.space, stored[1])
+        sur = Surrogate(self.space, self.options).fit(widths, latency_ms, self.features,
+                                                      self.clusters)
+        self.store.put_surrogate(key, {"model": self.space.model, "report": sur.report_,
+                                       "training_hash": sur.training_hash_}, sur.to_bytes())
+        return sur
