@@ -1,0 +1,65 @@
+"""After the first model ships: is re-optimising worth it, and would a few variants pay off?"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from conftest import quick_options
+
+from hdap_engine.errors import HdapError
+from hdap_engine.lifecycle.reoptimise import read_deployed, reoptimise_check
+from hdap_engine.lifecycle.rollout import plan_rollout, write_rollout
+from hdap_engine.study import export_result, prune_baseline, run_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def deployed(small_fleet, tmp_path_factory):
+    """An hdap bundle optimised for the small fleet (OLD), and a uniform one of the same budget."""
+    out = tmp_path_factory.mktemp("bundles")
+    options = quick_options()
+    run_study(options, small_fleet, out_dir=out / "hdap")
+    export_result(prune_baseline("resnet56", options.query.budget, "uniform"), out / "uniform")
+    # The uniform bundle records the study's settings so that the check re-optimises alike.
+    report = json.loads((out / "hdap" / "report.json").read_text())
+    uniform = json.loads((out / "uniform" / "report.json").read_text())
+    uniform["settings"] = report["settings"]
+    (out / "uniform" / "report.json").write_text(json.dumps(uniform))
+    return out
+
+
+def test_no_reoptimise_when_the_deployed_model_is_still_the_best(deployed, small_fleet):
+    r = reoptimise_check(deployed / "hdap", small_fleet)
+    assert r["recommend_reoptimise"] is False and r["gap"] <= 0.03
+    assert r["deployed_objective_ms"] > 0 and r["reoptimised_objective_ms"] > 0
+
+
+def test_reoptimise_when_the_gap_is_large(deployed, small_fleet):
+    r = reoptimise_check(deployed / "uniform", small_fleet)
+    assert r["recommend_reoptimise"] is True and r["gap"] > 0.03
+    assert r["deployed_objective_ms"] > r["reoptimised_objective_ms"]
+    assert reoptimise_check(deployed / "uniform", small_fleet, threshold=0.9)["recommend_reoptimise"] is False
+
+
+def test_a_folder_that_is_not_a_bundle_is_one_clear_line(tmp_path):
+    with pytest.raises(HdapError, match="not a bundle folder .report.json is missing."):
+        read_deployed(tmp_path)
+
+
+def test_rollout_is_never_worse_than_one_model(small_fleet, tmp_path):
+    result = plan_rollout(quick_options(), small_fleet, variants=3)
+    plans = result["plans"]
+    assert [p["variants"] for p in plans] == [1, 2, 3]
+    one = plans[0]["fleet_mean_ms"]
+    for p in plans:
+        assert p["fleet_mean_ms"] <= one + 1e-9 and p["gain_vs_one_model"] >= 0
+        assert sorted(p["assignment"]) == list(range(result["k"]))
+    path = write_rollout(result, tmp_path / "rollout", bundles=False)
+    doc = json.loads((path / "rollout.json").read_text())
+    assert [set(p) >= {"variants", "fleet_mean_ms", "p95_ms", "gain_vs_one_model", "assignment"}
+            for p in doc["plans"]] == [True] * 3
+    devices = pd.read_csv(path / "devices_3_variants.csv")
+    assert len(devices) == 400 and set(devices.columns) == {"device_id", "cluster", "variant"}
