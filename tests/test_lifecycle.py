@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from conftest import quick_options
 
+from hdap_engine import cli
 from hdap_engine.errors import HdapError
 from hdap_engine.lifecycle.reoptimise import read_deployed, reoptimise_check
 from hdap_engine.lifecycle.rollout import plan_rollout, write_rollout
@@ -63,3 +64,21 @@ def test_rollout_is_never_worse_than_one_model(small_fleet, tmp_path):
             for p in doc["plans"]] == [True] * 3
     devices = pd.read_csv(path / "devices_3_variants.csv")
     assert len(devices) == 400 and set(devices.columns) == {"device_id", "cluster", "variant"}
+
+
+def test_cli_drift_with_a_bundle_says_whether_to_reoptimise(deployed, small_fleet, tmp_path, capsys):
+    out = tmp_path / "drift.json"
+    assert cli.main(["drift", str(small_fleet), str(small_fleet), "--bundle", str(deployed / "uniform"),
+                     "--json", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "re-optimise" in text and "0 devices moved" in text
+    d = json.loads(out.read_text())
+    assert d["recommend_reoptimise"] is True and d["deployed_objective_ms"] > d["reoptimised_objective_ms"]
+    assert cli.main(["drift", str(small_fleet), str(small_fleet), "--bundle", str(tmp_path / "none")]) == 2
+    assert "no such bundle folder" in capsys.readouterr().err
+
+
+def test_cli_rollout_refuses_zero_variants(small_fleet, capsys):
+    assert cli.main(["rollout", "--model", "resnet56", "--macs", "0.5", "--telemetry", str(small_fleet),
+                     "--variants", "0", "--out", "x"]) == 2
+    assert capsys.readouterr().err.startswith("error: argument --variants")

@@ -49,3 +49,12 @@ def test_an_unknown_runtime_is_one_clear_line():
         HostBackend(runtime="tflite")
     with pytest.raises(HdapError, match="unknown runtime"):
         StudyOptions.of(host_runtime="tflite")
+
+
+def test_the_runtime_flag_reaches_the_study_options():
+    from hdap_engine.cli import build_parser
+    from hdap_engine.cli.flags import study_options
+
+    args = build_parser().parse_args(["bench", "--model", "resnet56", "--macs", "0.5", "--telemetry", "x.csv",
+                                      "--backend", "host", "--runtime", "onnxruntime"])
+    assert study_options(args).measurement.host_runtime == "onnxruntime"
