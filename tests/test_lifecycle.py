@@ -82,3 +82,12 @@ def test_cli_rollout_refuses_zero_variants(small_fleet, capsys):
     assert cli.main(["rollout", "--model", "resnet56", "--macs", "0.5", "--telemetry", str(small_fleet),
                      "--variants", "0", "--out", "x"]) == 2
     assert capsys.readouterr().err.startswith("error: argument --variants")
+
+
+def test_a_baseline_bundle_is_checked_against_its_own_budget(deployed):
+    options, widths, report = read_deployed(deployed / "uniform")
+    assert options.model == "resnet56" and len(widths) > 0
+    plain = deployed.parent / "plain_uniform"
+    export_result(prune_baseline("resnet56", "0.4", "uniform"), plain)
+    options, widths, report = read_deployed(plain)
+    assert float(options.query.budget) == pytest.approx(report["budget_macs"])

@@ -56,6 +56,10 @@ def read_deployed(bundle: str | Path) -> tuple[StudyOptions, np.ndarray, dict]:
         options = options.updated(model=model)
     space = PruningSpace.for_model(model).with_options(round_to=doc.get("round_to", 8))
     widths = space.widths_from_dict({g["name"]: g["width"] for g in doc["groups"]})
+    if not settings:
+        # A baseline bundle (`hdap prune`) records no study: re-optimise to its own budget.
+        budget = report.get("budget_macs") or float(space.macs(widths))
+        options = options.updated(budget=f"{float(budget):.0f}")
     return options, np.asarray(widths, dtype=np.int64), report
 
 
