@@ -8,11 +8,13 @@ is served at once.
 
 import streamlit as st
 
-from studio import cached, parts
+from studio import auth, cached, parts
 from studio import state as S
 
 st.set_page_config(page_title="HDAP Studio", page_icon=":material/memory:", layout="wide")
+auth.require()  # a team server's sign-in (off unless secrets configure it)
 S.init()
+cached.job_runner(cached.workspace())  # runs start in worker processes, queued in the store
 cached.warm_up_map()
 
 pages = [
@@ -22,6 +24,8 @@ pages = [
             url_path="model"),
     st.Page("views/run.py", title="3 Run", icon=":material/play_circle:", url_path="run"),
     st.Page("views/whatif.py", title="4 What-if", icon=":material/science:", url_path="whatif"),
+    st.Page("views/rollout.py", title="4b Rollout", icon=":material/call_split:",
+            url_path="rollout"),
     st.Page("views/download.py", title="5 Download", icon=":material/download:",
             url_path="download"),
     st.Page("views/history.py", title="6 History", icon=":material/history:",
@@ -35,3 +39,4 @@ finally:
     # Drawn after the page, so it shows what the page just changed (even after st.stop()).
     with status:
         parts.sidebar()
+        auth.sidebar()

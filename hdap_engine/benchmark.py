@@ -51,7 +51,15 @@ def _row(ctx: StudyContext, method: str, widths, search_s: float, measurements: 
         "device_measurements": int(measurements),
         "cluster_ms": [float(x) for x in val.cluster_measured_ms],
         "widths": [int(x) for x in widths],
+        "accuracy": _accuracy(ctx, widths),
     }
+
+
+def _accuracy(ctx: StudyContext, widths) -> dict:
+    """The row's accuracy block: held-out top-1 pruned and calibrated (unknown without data)."""
+    from hdap_engine.accuracy.study import candidate_block
+
+    return candidate_block(ctx.accuracy, ctx.space, np.asarray(widths))
 
 
 def _unpruned_mean(ctx: StudyContext) -> float:
@@ -100,6 +108,14 @@ def run_bench(options: StudyOptions, telemetry, *, methods=None, oracle: bool = 
         row = _row(base_ctx, name, res.widths, res.search_s, res.device_measurements,
                    unpruned_mean)
         row["optimize_s"] = res.optimize_s  # refinement measurements and refits included
+        row["search_accuracy"] = res.accuracy  # the floor and accuracy surrogate, if any
+        if options.accuracy.finetune_epochs and base_ctx.accuracy is not None:
+            from hdap_engine.finetune.run import finetune_candidate
+
+            # Every method's model through the same recipe: accuracy after fine-tuning.
+            row["accuracy"] = finetune_candidate(
+                base_ctx.accuracy, base_ctx.space, res.widths, row["accuracy"],
+                epochs=options.accuracy.finetune_epochs, seed=options.seed)
         rows.append(row)
         if name == options.method and res.learned is not None:
             surrogate = res.learned.surrogate  # as the study's own search left it
@@ -240,6 +256,7 @@ def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=None, plan=N
                 learned = res.learned
             row = _row(ctx, name, res.widths, res.search_s, 0, unpruned_mean)
             row["optimize_s"] = res.optimize_s
+            row["search_accuracy"] = res.accuracy
             row["budget"] = budget
             row["budget_macs"] = float(res.target_macs)
             if res.predicted_cluster_ms is not None:
@@ -344,6 +361,8 @@ def clustering_check(options: StudyOptions, telemetry, *, candidates: int = 10,
 
 def format_rows(rows: list[dict]) -> list[dict]:
     """Rows as short strings for a terminal table."""
+    from hdap_engine.accuracy.study import accuracy_columns
+
     out = []
     for r in rows:
         out.append({
@@ -355,6 +374,7 @@ def format_rows(rows: list[dict]) -> list[dict]:
             "speedup": f"{r['speedup']:.2f}x",
             "search s": f"{r['search_s']:.1f}",
             "device measurements": f"{r['device_measurements']:,}",
+            **accuracy_columns(r.get("accuracy")),
         })
     return out
 

@@ -268,6 +268,78 @@ def pareto_chart(sweep: Mapping, *, chosen: Mapping | None = None) -> go.Figure:
     return fig
 
 
+def accuracy_points(rows: Sequence[Mapping]) -> pd.DataFrame:
+    """Rows (bench rows, sweep points) that carry a calibrated held-out accuracy."""
+    out = []
+    for r in rows:
+        acc = (r.get("accuracy") or {}).get("calibrated")
+        if acc is not None and r.get("fleet_mean_ms") is not None:
+            out.append({"method": r["method"], "fleet_mean_ms": r["fleet_mean_ms"],
+                        "calibrated": acc, "macs": r.get("macs"),
+                        "budget": r.get("budget", "")})
+    return pd.DataFrame(out)
+
+
+def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
+    """The points no other point beats on both latency (lower) and accuracy (higher)."""
+    if not len(points):
+        return points
+    pts = points.sort_values(["fleet_mean_ms", "calibrated"], ascending=[True, False])
+    best, keep = -np.inf, []
+    for i, row in pts.iterrows():
+        if row["calibrated"] > best:
+            keep.append(i)
+            best = row["calibrated"]
+    return pts.loc[keep]
+
+
+def accuracy_pareto(rows: Sequence[Mapping], *, measured_source: str = "",
+                    unpruned: Mapping | None = None, chosen: Mapping | None = None
+                    ) -> go.Figure:
+    """Fleet latency vs calibrated accuracy: the trade-off a floor picks from.
+
+    Parameters
+    ----------
+    rows:
+        Bench rows or sweep points, each with ``method``, ``fleet_mean_ms`` and an
+        ``accuracy`` block (rows without a calibrated accuracy are left out).
+    measured_source:
+        Where latency was measured (axis title).
+    unpruned:
+        {"fleet_mean_ms", "accuracy"} of the unpruned model, drawn as a cross.
+    chosen:
+        {"fleet_mean_ms", "accuracy"} of the study's model, drawn as a star.
+
+    Returns
+    -------
+    A scatter figure with the Pareto front as a dotted line.
+    """
+    pts = accuracy_points(rows)
+    fig = go.Figure()
+    for method, sub in (pts.groupby("method", sort=False) if len(pts) else []):
+        fig.add_scatter(x=sub["fleet_mean_ms"], y=100 * sub["calibrated"], mode="markers",
+                        name=_method_label(method), marker=dict(color=_method_color(method),
+                                                                size=10),
+                        text=sub["budget"],
+                        hovertemplate="%{x:.2f} ms<br>%{y:.1f}% calibrated<br>%{text}")
+    front = pareto_front(pts)
+    if len(front) > 1:
+        fig.add_scatter(x=front["fleet_mean_ms"], y=100 * front["calibrated"], mode="lines",
+                        name="Pareto front", line=dict(color="#999", dash="dot"))
+    for point, name, symbol in ((unpruned, "unpruned", "x"), (chosen, "this study's model",
+                                                             "star")):
+        if point and point.get("accuracy") is not None:
+            fig.add_scatter(x=[point["fleet_mean_ms"]], y=[100 * point["accuracy"]],
+                            mode="markers", name=name,
+                            marker=dict(symbol=symbol, size=14, color="#222"))
+    fig.update_layout(**_LAYOUT, height=420,
+                      title="Fleet latency vs accuracy (held out, after batch-norm "
+                            "re-estimation)",
+                      xaxis_title=f"fleet mean latency (ms, measured: {measured_source})",
+                      yaxis_title="top-1 (%)")
+    return fig
+
+
 def method_comparison(comparison: Mapping) -> go.Figure:
     """Fleet mean and p95 latency of each method at the same budget.
 
@@ -354,7 +426,8 @@ def study_figures(report: Mapping, *, widths: Mapping[str, int],
 
     Returns
     -------
-    {"clusters", "widths", and when given "surrogate", "pareto", "comparison"}.
+    {"clusters", "widths", and when given "surrogate", "pareto", "accuracy_pareto" (a sweep
+    with accuracies), "comparison"}.
     """
     source = report.get("measured_source", "")
     figs = {"clusters": cluster_latency(report["clusters"], source)}
@@ -369,6 +442,14 @@ def study_figures(report: Mapping, *, widths: Mapping[str, int],
         if macs is not None and fleet.get("measured_mean_ms") is not None:
             chosen = {"macs": macs, "fleet_mean_ms": fleet["measured_mean_ms"]}
         figs["pareto"] = pareto_chart(sweep, chosen=chosen)
+        if len(accuracy_points(sweep.get("points", []))):
+            acc = (report.get("accuracy") or {})
+            figs["accuracy_pareto"] = accuracy_pareto(
+                sweep["points"], measured_source=source,
+                unpruned={"fleet_mean_ms": fleet.get("unpruned_mean_ms"),
+                          "accuracy": acc.get("unpruned")},
+                chosen={"fleet_mean_ms": fleet.get("measured_mean_ms"),
+                        "accuracy": acc.get("calibrated")})
     if comparison is not None:
         figs["comparison"] = method_comparison(comparison)
     return figs
@@ -421,3 +502,40 @@ def _with_alpha(color: str, alpha: float) -> str:
     color = color.lstrip("#")
     r, g, b = (int(color[i:i + 2], 16) for i in (0, 2, 4))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def rollout_chart(doc: Mapping) -> go.Figure:
+    """Measured fleet mean (and p95) per number of variants, against the one model.
+
+    Parameters
+    ----------
+    doc:
+        `hdap_engine.rollout.Rollout.as_dict`'s result.
+
+    Returns
+    -------
+    A bar figure with the one model's fleet mean and its noise band.
+    """
+    plans = list(doc.get("plans", []))
+    source = doc.get("measured_source", "")
+    x = [f"{p['variants']} variant{'s' if p['variants'] != 1 else ''}" for p in plans]
+    fig = go.Figure()
+    fig.add_bar(name="fleet mean", x=x, y=[p["fleet_mean_ms"] for p in plans],
+                marker_color=SERIES_COLORS["measured"],
+                text=[f"{p['gain_vs_one_model']:+.1%}" for p in plans], textposition="outside")
+    fig.add_bar(name="p95 over devices", x=x, y=[p["p95_ms"] for p in plans],
+                marker_color="#CCCCCC")
+    if plans:
+        one = plans[0]["fleet_mean_ms"]
+        noise = float(doc.get("noise") or 0.0)
+        if noise > 0:
+            fig.add_hrect(y0=one * (1 - noise), y1=one, line_width=0, fillcolor="#999",
+                          opacity=0.15, annotation_text="within measurement noise",
+                          annotation_position="bottom left")
+        fig.add_hline(y=one, line=dict(color="#555", dash="dot"),
+                      annotation_text="one model, fleet mean", annotation_position="top left")
+    fig.update_layout(**_LAYOUT, barmode="group", height=420,
+                      title="Rollout plans: one model per group of clusters "
+                            "(gain over one model on the bars)",
+                      yaxis_title=f"latency (ms, measured: {source})")
+    return fig

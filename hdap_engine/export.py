@@ -186,8 +186,8 @@ def rebuild_model(widths_doc: dict, weights) -> tuple[nn.Module, PruningSpace, n
     return model.eval(), space, widths
 
 
-def load_bundle(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Rebuild the pruned model of a bundle folder or zip; returns (model, report)."""
+def read_bundle_files(path: str | os.PathLike) -> dict[str, bytes]:
+    """The raw widths.json, weights.pt and report.json of a bundle folder or zip."""
     p = Path(path)
     if p.is_dir():
         read = {n: (p / n).read_bytes() for n in ("widths.json", "weights.pt", "report.json")
@@ -205,6 +205,13 @@ def load_bundle(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     for needed in ("widths.json", "weights.pt"):
         if needed not in read:
             raise HdapError(f"{p}: the bundle has no {needed}; export it again")
+    return read
+
+
+def load_bundle(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Rebuild the pruned model of a bundle folder or zip; returns (model, report)."""
+    p = Path(path)
+    read = read_bundle_files(p)
     try:
         doc = json.loads(read["widths.json"])
     except ValueError as exc:

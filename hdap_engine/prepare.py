@@ -56,6 +56,7 @@ class StudyContext:
     rep_features: np.ndarray  # probe vector (ms) of each representative
     dispersion: np.ndarray  # (k,) log spread of devices within each cluster
     learned: Learned | None = None  # the sampled measurements and their surrogate
+    accuracy: object | None = None  # hdap_engine.accuracy.study.AccuracyContext (with --data)
     notes: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -210,10 +211,27 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
         rep_features=probes[[index[d] for d in rep_devices]],
         dispersion=cluster_dispersion(probes, clustering.labels_, clustering.k_),
         notes=tuple(notes), timings=timings)
+    if options.accuracy.data:
+        ctx = replace(ctx, accuracy=prepare_study_accuracy(options, progress=progress))
     if options.method_spec.searches:
         learned = measure_samples(ctx, progress=progress)
         ctx = replace(ctx, learned=learned)
     return ctx
+
+
+def prepare_study_accuracy(options: StudyOptions, *, progress: Progress = no_progress):
+    """The study's labelled data, calibration set and floor (`prepare_accuracy`)."""
+    from hdap_engine.accuracy.study import prepare_accuracy
+
+    acc = options.accuracy
+    progress("data", 0, 1)
+    out = prepare_accuracy(options.model, options.model_weights, acc.data,
+                           val_data=acc.val_data, mean=acc.mean, std=acc.std,
+                           min_accuracy=acc.min_accuracy, seed=options.seed,
+                           n_bn=acc.calibration_images, n_eval=acc.calibration_eval,
+                           samples=acc.accuracy_samples)
+    progress("data", 1, 1)
+    return out
 
 
 def measure_samples(ctx: StudyContext, *, progress: Progress = no_progress) -> Learned:

@@ -254,10 +254,36 @@ def build_report(result) -> dict:
         "notes": list(dict.fromkeys(notes)),
         "settings": opt.settings(),
     }
+    report.update(accuracy_report(result))
     details = ctx.backend.details()
     if details is not None:
         report[ctx.backend.name] = details
     return report
+
+
+def accuracy_report(result) -> dict:
+    """``{"accuracy": ..., "preprocess": ...}`` of a study (accuracy unknown without --data).
+
+    Held-out figures come from ``result.accuracy`` (stage -> `Evaluation`); the
+    search's floor, threshold and accuracy surrogate from ``result.search_accuracy``.
+    """
+    from hdap_engine.accuracy.report import accuracy_block, preprocess_block
+
+    acc = result.context.accuracy
+    if acc is None:
+        return {"accuracy": accuracy_block(None), "preprocess": None}
+    search = result.search_accuracy or {}
+    floor = None
+    if search.get("floor"):
+        floor = {**search["floor"], "threshold": search.get("threshold"),
+                 "unpruned_calibrated": search.get("unpruned_calibrated"),
+                 "uniform_calibrated": search.get("uniform_calibrated"),
+                 "evaluated": search.get("evaluated"),
+                 "chosen_calibrated": search.get("chosen_calibrated"),
+                 "on": f"{acc.calib.n_eval} calibration images of --data"}
+    block = accuracy_block(acc.data, **dict(result.accuracy), n_calibration=acc.calib.n_bn,
+                           floor=floor, surrogate=search.get("surrogate"))
+    return {"accuracy": block, "preprocess": preprocess_block(acc.data)}
 
 
 def history_entry(result) -> dict:
@@ -266,7 +292,7 @@ def history_entry(result) -> dict:
     space = result.context.space
     return {k: r[k] for k in ("method", "budget", "budget_macs", "objective", "backend",
                               "measured_source", "fleet_source", "clusters", "fleet",
-                              "search_s", "device_measurements", "notes")} | {
+                              "search_s", "device_measurements", "notes", "accuracy")} | {
         "widths": space.widths_dict(result.widths),
         "macs": float(space.macs(result.widths)),
         "model": space.model,

@@ -55,6 +55,7 @@ class Optimized:
     device_measurements: int  # pairs measured for this answer, the sampling included
     learned: Learned | None = None  # what the method measured and learned, this run included
     history: list[float] = field(default_factory=list)
+    accuracy: dict | None = None  # the accuracy guide's summary (floor, surrogate) with --data
 
 
 def optimize(ctx: StudyContext, query: Query | None = None, *, method: str | None = None,
@@ -103,10 +104,30 @@ def optimize(ctx: StudyContext, query: Query | None = None, *, method: str | Non
     if learned is None or spec.context_family != opt.method_spec.context_family:
         raise HdapError(f"method {spec.name} needs its own measurements; prepare the study "
                         "with it")
-    out = ctx.fleet_search(query, spec, plan).run(target, learned, progress=progress)
+    guide = accuracy_guide(ctx, target, query, progress=progress)
+    out = ctx.fleet_search(query, spec, plan).run(target, learned, progress=progress,
+                                                  accuracy=guide)
     return Optimized(spec.name, out.widths, target, out.predicted_cluster_ms, obj,
                      out.optimize_s, out.search_s, out.learned.device_measurements,
-                     out.learned, out.history)
+                     out.learned, out.history,
+                     accuracy=None if guide is None else
+                     {**guide.summary(), "chosen_calibrated": float(guide.evaluate(out.widths)[0])})
+
+
+def accuracy_guide(ctx: StudyContext, target: float, query: Query, *,
+                   progress: Progress = no_progress):
+    """The accuracy floor's guide for a searching method at ``target`` (None without a floor).
+
+    The floor is read from the options (a what-if run may change it); its
+    calibrated accuracies are cached, so the same budget again evaluates nothing.
+    """
+    if ctx.accuracy is None or not ctx.options.accuracy.min_accuracy:
+        return None
+    from hdap_engine.accuracy.floor import parse_floor
+
+    return ctx.accuracy.guide(ctx.space, target, floor=parse_floor(
+        ctx.options.accuracy.min_accuracy), progress=progress,
+        budget_label=f"{query.budget} MACs")
 
 
 @dataclass
@@ -126,6 +147,8 @@ class StudyResult:
     device_measurements: int
     learned: Learned | None = None
     search_history: list[float] = field(default_factory=list)
+    accuracy: dict = field(default_factory=dict)  # held-out Evaluations by stage, with --data
+    search_accuracy: dict | None = None  # the search's floor and accuracy surrogate
     model: nn.Module | None = None
     kept: dict[str, list[int]] | None = None
     bundle: Path | None = None
@@ -172,6 +195,12 @@ def run_study(options: StudyOptions, telemetry, *, out_dir: str | os.PathLike | 
     progress("prune", 0, 1)
     kept = prune_to_widths(model, ctx.space, chosen.widths)
     progress("prune", 1, 1)
+    figures = {}
+    if ctx.accuracy is not None:
+        from hdap_engine.accuracy.study import heldout_figures
+
+        # The pruned model's batch norms are re-estimated here: that is what is exported.
+        figures = heldout_figures(ctx.accuracy, model, progress=progress)
     result = StudyResult(
         context=ctx, method=chosen.method, widths=chosen.widths, target_macs=chosen.target_macs,
         predicted_cluster_ms=chosen.predicted_cluster_ms,
@@ -179,7 +208,8 @@ def run_study(options: StudyOptions, telemetry, *, out_dir: str | os.PathLike | 
         unpruned=verify_candidate(ctx, ctx.space.base_widths, progress=progress),
         objective=chosen.objective, search_s=chosen.search_s, optimize_s=chosen.optimize_s,
         device_measurements=chosen.device_measurements, learned=chosen.learned,
-        search_history=chosen.history, model=model, kept=kept)
+        search_history=chosen.history, accuracy=figures, search_accuracy=chosen.accuracy,
+        model=model, kept=kept)
     result.report = build_report(result)
     if export and out_dir is not None:
         progress("export", 0, 1)

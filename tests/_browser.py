@@ -44,16 +44,24 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> Non
 
 
 @contextlib.contextmanager
-def app_server(home: Path, env: dict | None = None):
-    """`python -m hdap_engine app --port P` in its own process group; yields (url, proc)."""
-    port = free_port()
+def app_server(home: Path, env: dict | None = None, *, port: int | None = None,
+               log: Path | None = None, host: str = "127.0.0.1"):
+    """`python -m hdap_engine app --port P` in its own process group; yields (url, proc).
+
+    ``log``: a file that gets the server's output (its log, tracebacks included).
+    """
+    port = port or free_port()
     full_env = {**os.environ, "HDAP_HOME": str(home), "PYTHONPATH": str(ROOT), **(env or {})}
+    out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "hdap_engine", "app", "--port", str(port)],
-                            cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+                            cwd=ROOT, env=full_env, stdout=out,
+                            stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        yield f"http://127.0.0.1:{port}", proc
+        yield f"http://{host}:{port}", proc
     finally:
+        if log is not None:
+            out.close()
         # The CLI starts Streamlit as a child: end the process group we created.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
@@ -62,6 +70,13 @@ def app_server(home: Path, env: dict | None = None):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def kill_server(proc: subprocess.Popen) -> None:
+    """SIGKILL the server's whole process group (server, Streamlit and job workers): a crash."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def settle(page, timeout: float = 180_000) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
 from conftest import quick_options
 
 from hdap_engine import cli
 from hdap_engine.errors import HdapError
 from hdap_engine.lifecycle.reoptimise import read_deployed, reoptimise_check
-from hdap_engine.lifecycle.rollout import plan_rollout, write_rollout
 from hdap_engine.study import export_result, prune_baseline, run_study
 
 pytestmark = pytest.mark.slow
@@ -50,22 +48,6 @@ def test_a_folder_that_is_not_a_bundle_is_one_clear_line(tmp_path):
         read_deployed(tmp_path)
 
 
-def test_rollout_is_never_worse_than_one_model(small_fleet, tmp_path):
-    result = plan_rollout(quick_options(), small_fleet, variants=3)
-    plans = result["plans"]
-    assert [p["variants"] for p in plans] == [1, 2, 3]
-    one = plans[0]["fleet_mean_ms"]
-    for p in plans:
-        assert p["fleet_mean_ms"] <= one + 1e-9 and p["gain_vs_one_model"] >= 0
-        assert sorted(p["assignment"]) == list(range(result["k"]))
-    path = write_rollout(result, tmp_path / "rollout", bundles=False)
-    doc = json.loads((path / "rollout.json").read_text())
-    assert [set(p) >= {"variants", "fleet_mean_ms", "p95_ms", "gain_vs_one_model", "assignment"}
-            for p in doc["plans"]] == [True] * 3
-    devices = pd.read_csv(path / "devices_3_variants.csv")
-    assert len(devices) == 400 and set(devices.columns) == {"device_id", "cluster", "variant"}
-
-
 def test_cli_drift_with_a_bundle_says_whether_to_reoptimise(deployed, small_fleet, tmp_path, capsys):
     out = tmp_path / "drift.json"
     assert cli.main(["drift", str(small_fleet), str(small_fleet), "--bundle", str(deployed / "uniform"),
@@ -76,12 +58,6 @@ def test_cli_drift_with_a_bundle_says_whether_to_reoptimise(deployed, small_flee
     assert d["recommend_reoptimise"] is True and d["deployed_objective_ms"] > d["reoptimised_objective_ms"]
     assert cli.main(["drift", str(small_fleet), str(small_fleet), "--bundle", str(tmp_path / "none")]) == 2
     assert "no such bundle folder" in capsys.readouterr().err
-
-
-def test_cli_rollout_refuses_zero_variants(small_fleet, capsys):
-    assert cli.main(["rollout", "--model", "resnet56", "--macs", "0.5", "--telemetry", str(small_fleet),
-                     "--variants", "0", "--out", "x"]) == 2
-    assert capsys.readouterr().err.startswith("error: argument --variants")
 
 
 def test_a_baseline_bundle_is_checked_against_its_own_budget(deployed):

@@ -169,3 +169,43 @@ def report_page(_figures, _report, key: str) -> str:
     from hdap_engine.report import report_html
 
     return report_html(_report, _figures)
+
+
+def workspace() -> str:
+    """The workspace folder of this server (``HDAP_HOME``)."""
+    from hdap_engine.workspace import home
+
+    return str(home())
+
+
+@st.cache_resource(show_spinner=False)
+def job_runner(home: str):
+    """The server's job runner for the workspace ``home`` (started on the first page view).
+
+    Starting it marks jobs that a stopped server left running as interrupted
+    and starts the queued ones.
+    """
+    from pathlib import Path
+
+    from hdap_engine.jobs import runner
+
+    return runner(Path(home) / "store.sqlite")
+
+
+def jobs():
+    """The job table of this workspace (a cheap handle; every read is fresh)."""
+    from hdap_engine.jobs import JobTable
+    from hdap_engine.workspace import home
+
+    return JobTable(home() / "store.sqlite")
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def job_context(job_id: int, _settings: dict, _result: dict):
+    """(`StudyContext`, `Learned`) a finished study job ended with, rebuilt once per server.
+
+    Nothing is measured: measurements and the surrogate come from the store.
+    """
+    from hdap_engine.jobs import rebuild_context
+
+    return rebuild_context(_settings, _result)

@@ -8,8 +8,7 @@ engine arguments; every computation is a call into `hdap_engine` (through
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import streamlit as st
 
@@ -68,6 +67,7 @@ class FleetView:
     label: str
     path: str | None  # the telemetry file (None for uploads: no twin sidecar)
     fingerprint: str
+    file: str | None = None  # where a worker process reads the telemetry (uploads are saved)
 
 
 def fleet_choices() -> list[str]:
@@ -93,7 +93,12 @@ def accept_upload(name: str, data: bytes) -> str | None:
     except HdapError as exc:
         S.put(S.UPLOAD_ERROR, str(exc))
         return str(exc)
-    S.put(S.UPLOADED, {"name": name, "fleet": fleet, "fingerprint": fleet.fingerprint()})
+    from hdap_engine.workspace import save_upload
+
+    # Kept in the workspace: jobs run in worker processes, which read the file.
+    saved = save_upload(bytes(data), name, "telemetry")
+    S.put(S.UPLOADED, {"name": name, "fleet": fleet, "fingerprint": fleet.fingerprint(),
+                       "file": str(saved)})
     S.put(S.UPLOAD_ERROR, None)
     S.put(S.FLEET_CHOICE, UPLOAD_PREFIX + name)
     return None
@@ -110,10 +115,10 @@ def current_fleet() -> FleetView | None:
         S.put(S.FLEET_CHOICE, choice)
     if choice.startswith(UPLOAD_PREFIX):
         up = S.get(S.UPLOADED)
-        return FleetView(up["fleet"], up["name"], None, up["fingerprint"])
+        return FleetView(up["fleet"], up["name"], None, up["fingerprint"], up.get("file"))
     path = cached.sample_fleets()[choice]
     fleet, fp = cached.sample_fleet(path)
-    return FleetView(fleet, os.path.basename(path), path, fp)
+    return FleetView(fleet, os.path.basename(path), path, fp, path)
 
 
 @dataclass
@@ -167,6 +172,12 @@ def weights_choice() -> tuple[str | None, str]:
     wf = S.get(S.WEIGHTS_FILE)
     if S.get(S.WEIGHTS_MODE) == "upload" and wf and wf["model"] == S.get(S.MODEL):
         return wf["path"], f"user-supplied state dict ({wf['name']})"
+    if S.get(S.WEIGHTS_MODE) == "demo":
+        from hdap_engine.models.demo import demo_label, demo_weights
+
+        path = demo_weights(S.get(S.MODEL))
+        if path is not None:
+            return str(path), demo_label(S.get(S.MODEL)) or "trained demo weights"
     return None, "random initialisation (seeded)"
 
 
@@ -204,62 +215,96 @@ def study_options(fv: FleetView, cv: ClusterView):
         refine_rounds=int(S.get(S.REFINE_ROUNDS)))
 
 
-# -- progress -----------------------------------------------------------------------------
+# -- jobs: the settings of a run, and a finished job on screen -----------------------------
 
-@dataclass
-class StageReporter:
-    """An engine progress callback drawn as a bar and one line per finished stage."""
-
-    container: object
-    min_interval: float = 0.15
-    _stage: str | None = None
-    _started: float = 0.0
-    _last: float = 0.0
-    _bar: object = None
-    _t0: float = field(default_factory=time.perf_counter)
-
-    def __call__(self, stage: str, step: int, total: int) -> None:
-        now = time.perf_counter()
-        if stage != self._stage:
-            if self._stage is not None:
-                self.container.write(f":material/check: {STAGE_TEXT.get(self._stage, self._stage)}"
-                                     f" ({now - self._started:.1f} s)")
-            self._stage, self._started, self._last = stage, now, 0.0
-            if self._bar is None:
-                self._bar = self.container.progress(0.0)
-        elif now - self._last < self.min_interval and step < total:
-            return
-        self._last = now
-        frac = min(max(step / total, 0.0), 1.0) if total else 1.0
-        self._bar.progress(frac, text=f"{STAGE_TEXT.get(stage, stage)}: {step:,} / {total:,}")
-
-    def finish(self) -> float:
-        """Close the last stage; returns the seconds since the reporter started."""
-        now = time.perf_counter()
-        if self._stage is not None:
-            self.container.write(f":material/check: {STAGE_TEXT.get(self._stage, self._stage)} "
-                                 f"({now - self._started:.1f} s)")
-            self._stage = None
-        return now - self._t0
+def job_settings(fv: FleetView, cv: ClusterView, options, *, compare=None,
+                 sweep: bool | None = None) -> dict:
+    """The job settings (`hdap_engine.jobs.execute`) of the study on screen."""
+    _, _, features, _ = clustering_request()
+    return {"options": options.settings(), "telemetry": fv.file, "upload": fv.path is None,
+            "fleet_name": fv.label if fv.path is None else None, "fleet_label": fv.label,
+            "context_features": [f for f in features if f in fv.fleet.numeric_context_columns],
+            "compare": list(S.get(S.COMPARE_METHODS) or []) if compare is None else compare,
+            "sweep": bool(S.get(S.SWEEP_ON)) if sweep is None else sweep}
 
 
-# -- a run --------------------------------------------------------------------------------
+def owner() -> str | None:
+    """Who is signed in (None when the server asks nobody to sign in)."""
+    from studio import auth
+
+    return auth.user_name()
+
+
+def elapsed_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "waiting"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+def job_progress(job) -> None:
+    """A running or queued job: stage, counts, finished stages, Cancel."""
+    runner = cached.job_runner(cached.workspace())
+    table = cached.jobs()
+    who = f" · started by {job.owner}" if job.owner else ""
+    if job.state == "queued":
+        ahead = [j for j in table.queued() if j.id < job.id]
+        st.info(f"Job {job.id} is queued{who}: {len(ahead)} job(s) ahead of it, "
+                f"{runner.max_workers} run at once on this server.",
+                icon=":material/hourglass_top:")
+    else:
+        frac = min(max(job.step / job.total, 0.0), 1.0) if job.total else 0.0
+        st.markdown(f"**Job {job.id} is running**{who} · {elapsed_text(job.seconds)}")
+        text = "starting a worker process" if job.stage is None else \
+            f"{STAGE_TEXT.get(job.stage, job.stage)}: {job.step:,} / {job.total:,}"
+        st.progress(frac, text=text)
+    for s in job.stages:
+        st.caption(f":material/check: {STAGE_TEXT.get(s['stage'], s['stage'])} "
+                   f"({s['seconds']:.1f} s)")
+    if job.cancel_requested:
+        st.caption("Cancelling...")
+    elif st.button("Cancel", icon=":material/stop_circle:", key="cancel_job"):
+        runner.cancel(job.id)
+
+
+def job_ended(job) -> None:
+    """A job that did not finish: why, and what to do."""
+    runner = cached.job_runner(cached.workspace())
+    if job.state == "failed":
+        st.error(f"Job {job.id} stopped: {job.error}", icon=":material/error:")
+    elif job.state == "cancelled":
+        st.warning(f"Job {job.id} was cancelled ({job.error}).", icon=":material/stop_circle:")
+    elif job.state == "interrupted":
+        st.warning(f"Job {job.id} was interrupted: {job.error}.", icon=":material/restart_alt:")
+    if job.state in ("interrupted", "cancelled", "failed") and st.button(
+            "Re-queue this job", icon=":material/replay:", key="requeue_job"):
+        runner.requeue(job.id)
+        st.rerun()
+
 
 @dataclass
 class RunView:
-    """The latest run on screen: the engine's result and what the charts need."""
+    """A finished study job on screen: everything comes from the job's record in the store."""
 
-    result: object  # hdap_engine.study.StudyResult
+    job_id: int
     report: dict  # report.json of the bundle (MACs, widths added at export)
     widths: dict
     base_widths: dict
-    test_points: object  # DataFrame or None
+    test_points: object  # {column: values} or None
+    settings: dict
     fleet_label: str
     weights_label: str
     seconds: float
+    bundle: str | None = None
     comparison: dict | None = None
     sweep: dict | None = None
-    key: str = ""
+    owner: str | None = None
+    measurements: dict | None = None
+
+    @property
+    def key(self) -> str:
+        return f"job{self.job_id}"
 
     def figures(self) -> dict:
         from hdap_engine.charts import study_figures
@@ -269,21 +314,18 @@ class RunView:
                              comparison=self.comparison)
 
 
-def run_view(result, *, fleet_label: str, weights_label: str, seconds: float,
-             comparison=None, sweep=None) -> RunView:
-    """Collect what the result pages show about ``result``."""
-    import uuid
-
-    from hdap_engine.report import read_bundle_report
-
-    ctx = result.context
-    report = read_bundle_report(result.bundle) if result.bundle else dict(result.report)
-    sur = result.surrogate
-    return RunView(result=result, report=report, widths=ctx.space.widths_dict(result.widths),
-                   base_widths=ctx.space.widths_dict(ctx.space.base_widths),
-                   test_points=None if sur is None else sur.test_points_,
-                   fleet_label=fleet_label, weights_label=weights_label, seconds=seconds,
-                   comparison=comparison, sweep=sweep, key=uuid.uuid4().hex)
+def run_view(job) -> RunView:
+    """The results of a finished study job (`hdap_engine.jobs.Job`), as the pages draw them."""
+    res = job.result or {}
+    report = res["report"]
+    return RunView(job_id=job.id, report=report, widths=res["widths"],
+                   base_widths=res["base_widths"], test_points=res.get("test_points"),
+                   settings=job.settings,
+                   fleet_label=job.settings.get("fleet_label") or report.get("fleet_source", ""),
+                   weights_label=report.get("model_weights", ""), seconds=job.seconds or 0.0,
+                   bundle=res.get("bundle"), comparison=res.get("comparison"),
+                   sweep=res.get("sweep"), owner=job.owner,
+                   measurements=res.get("measurements"))
 
 
 def fleet_headline(report: dict) -> None:

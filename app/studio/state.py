@@ -28,7 +28,7 @@ WEIGHTS_FOR = "weights_for"  # the clustering the weight sliders belong to
 
 # -- model and budget (page 2) --------------------------------------------------------------
 MODEL = "model"
-WEIGHTS_MODE = "weights_mode"  # widget: "random" or "upload"
+WEIGHTS_MODE = "weights_mode"  # widget: "random", "demo" (shipped trained weights) or "upload"
 WEIGHTS_UPLOAD = "weights_upload"  # widget: the state-dict uploader
 WEIGHTS_FILE = "weights_file"  # {"model", "path", "name"} of accepted user weights
 WEIGHTS_SEEN = "weights_seen"
@@ -51,9 +51,8 @@ REFINE_ROUNDS = "refine_rounds"
 # -- run, what-if, history (pages 3-6) ------------------------------------------------------
 COMPARE_METHODS = "compare_methods"  # widget: other methods to compare against
 SWEEP_ON = "sweep_on"  # widget: run a budget sweep for the Pareto chart
-CONTEXT = "study_context"  # the prepared StudyContext (measurements + surrogate)
-CONTEXT_KEY = "study_context_key"  # what it was prepared for (fleet, clustering)
-RUN = "run"  # the latest run: see studio.parts.run_view
+JOB = "job"  # the id of the job on the Run page (also the link's ?job=)
+RUN = "run"  # the finished job on screen: see studio.parts.run_view
 RUN_ERROR = "run_error"
 WHATIF_BUDGET = "whatif_budget"  # widget: what-if budget, fraction of the model
 WHATIF_OBJECTIVE = "whatif_objective"
@@ -61,6 +60,9 @@ WHATIF_WEIGHT_PREFIX = "whatif_weight_"
 WHATIF_FOR = "whatif_for"  # the run the what-if widgets were initialised from
 HISTORY_OPEN = "history_open"
 HISTORY_COMPARE = "history_compare"
+HISTORY_MINE = "history_mine"  # widget: only my runs (when sign-in is on)
+ROLLOUT_VARIANTS = "rollout_variants"  # widget: the most variants to plan (Rollout page)
+ROLLOUT_JOB = "rollout_job"  # {"for": the run's key, "job": id of its planning job}
 
 # Study settings start at the engine's defaults (`hdap_engine.options`), as the CLI's
 # flags do; the others are the app's own (layout, what is shown).
@@ -94,14 +96,31 @@ PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, 
               WEIGHTS_MODE, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
               AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,
               COMPARE_METHODS, SWEEP_ON,
-              WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE)
+              WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE, HISTORY_MINE)
 _PREFIXES = (WEIGHT_PREFIX, WHATIF_WEIGHT_PREFIX)
+
+
+# A test or demo server can start from other defaults, e.g. a quick study:
+# HDAP_APP_DEFAULTS='{"model": "resnet56", "samples": 40, "refine_rounds": 1}'
+ENV_DEFAULTS = "HDAP_APP_DEFAULTS"
+
+
+def _defaults() -> dict:
+    import json
+    import os
+
+    raw = os.environ.get(ENV_DEFAULTS, "").strip()
+    try:
+        extra = json.loads(raw) if raw else {}
+    except ValueError:
+        extra = {}  # a mistyped variable must not stop the app; the defaults stand
+    return {**DEFAULTS, **{k: v for k, v in extra.items() if k in PERSISTENT}}
 
 
 def init() -> None:
     """Set defaults once per session and keep widget values across page changes."""
     ss = st.session_state
-    for key, value in DEFAULTS.items():
+    for key, value in _defaults().items():
         if key not in ss:
             ss[key] = list(value) if isinstance(value, list) else value
     for key in list(ss.keys()):

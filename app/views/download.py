@@ -13,7 +13,7 @@ MIMES = {"bundle": "application/zip", "model.ts": "application/octet-stream",
 def main() -> None:
     st.title("Download")
     run = S.get(S.RUN)
-    if run is None or run.result.bundle is None:
+    if run is None or run.bundle is None:
         st.info("Run a study first; its pruned model and report appear here. Bundles of "
                 "earlier runs are on the History page.")
         st.page_link("views/run.py", label="Go to the Run page", icon=":material/play_circle:")
@@ -37,7 +37,7 @@ def main() -> None:
         st.success(f"Weights: **{run.weights_label}**, pruned with magnitude importance "
                    "(fine-tune before deployment).", icon=":material/upload_file:")
 
-    files = {kind: path.read_bytes() for kind, path in bundle_files(run.result.bundle).items()}
+    files = {kind: path.read_bytes() for kind, path in bundle_files(run.bundle).items()}
     files["report.html"] = cached.report_page(run.figures(), rep, run.key).encode()
     names = {"bundle": f"{stem}-bundle.zip", "model.ts": f"{stem}.ts",
              "model.onnx": f"{stem}.onnx", "report.json": f"{stem}-report.json",
@@ -49,7 +49,7 @@ def main() -> None:
                              key=f"dl_{kind}", on_click="ignore", icon=":material/download:",
                              width="stretch")
         right.markdown(f"{description} · {len(data) / 1e6:.2f} MB")
-    st.caption(f"Bundle folder on the server: `{run.result.bundle}`. "
+    st.caption(f"Bundle folder on the server: `{run.bundle}`. "
                "`hdap_engine.export.load_bundle` rebuilds the pruned model from the zip.")
 
 

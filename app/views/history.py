@@ -16,12 +16,13 @@ def _label(runs: dict, run_id: int) -> str:
     return f"#{run_id} {r['name']} ({when})"
 
 
-def _table(runs: dict) -> None:
+def _table(runs: dict, owners: dict) -> None:
     rows = []
     for run_id, r in runs.items():
         res, s = r["result"], r["settings"]
         fleet = res.get("fleet") or {}
         rows.append({"run": run_id, "when": datetime.fromtimestamp(r["created_at"]),
+                     "by": owners.get(run_id) or "–",
                      "model": s.get("model"), "method": res.get("method"),
                      "G MACs": res.get("macs", 0) / 1e9, "fleet": res.get("fleet_source"),
                      "measured on": res.get("measured_source"),
@@ -52,13 +53,15 @@ def _report_of(r: dict) -> dict:
             "model_weights": weights_label(settings.get("model_weights"))}
 
 
-def _details(runs: dict, run_id: int, key: str) -> None:
-    """One recorded run: its numbers, charts, settings and files."""
+def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
+    """One recorded run: who ran it, its numbers, charts, settings and files."""
     from hdap_engine.charts import study_figures
 
     r = runs[run_id]
     res, settings = r["result"], r["settings"]
     report = _report_of(r)
+    if owners.get(run_id):
+        st.caption(f":material/person: Run #{run_id} by {owners[run_id]}")
     parts.fleet_headline(res)
     try:
         space = cached.space(res["model"], int(settings.get("round_to", 8)))
@@ -98,15 +101,22 @@ def main() -> None:
     if not listed:
         st.info("No runs recorded in this workspace yet.")
         return
+    owners = cached.jobs().owners_of_runs()
+    me = parts.owner()
+    if me is not None and st.toggle("Only my runs", key=S.HISTORY_MINE):
+        listed = [r for r in listed if owners.get(r["id"]) == me]
+        if not listed:
+            st.info(f"No runs by {me} yet.")
+            return
     runs = {r["id"]: store.get_run(r["id"]) for r in listed}
-    _table(runs)
+    _table(runs, owners)
     ids = list(runs)
     open_tab, compare_tab = st.tabs(["Open one", "Compare two"])
     with open_tab:
         if S.get(S.HISTORY_OPEN) not in ids:
             S.put(S.HISTORY_OPEN, ids[0])
         st.selectbox("Run", ids, key=S.HISTORY_OPEN, format_func=lambda i: _label(runs, i))
-        _details(runs, S.get(S.HISTORY_OPEN), "open")
+        _details(runs, S.get(S.HISTORY_OPEN), "open", owners)
 
     with compare_tab:
         S.put(S.HISTORY_COMPARE, [i for i in (S.get(S.HISTORY_COMPARE) or []) if i in ids][:2])
@@ -120,7 +130,10 @@ def main() -> None:
 
         parts.show_figure(runs_comparison([(f"#{i}", runs[i]["result"]) for i in chosen]),
                           key="compare_fleet")
-        a, b = (runs[i]["settings"] for i in chosen)
+        from hdap_engine.options import flatten_settings
+
+        # By flat name: the nested sections would only say "query" differs.
+        a, b = (flatten_settings(runs[i]["settings"]) for i in chosen)
         diff = [{"setting": k, f"#{chosen[0]}": str(a.get(k)), f"#{chosen[1]}": str(b.get(k))}
                 for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         st.markdown("**Settings that differ**")
@@ -129,7 +142,7 @@ def main() -> None:
         for col, run_id in zip(cols, chosen, strict=True):
             with col:
                 st.subheader(_label(runs, run_id))
-                _details(runs, run_id, f"cmp{run_id}")
+                _details(runs, run_id, f"cmp{run_id}", owners)
 
 
 main()

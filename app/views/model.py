@@ -32,9 +32,16 @@ def main() -> None:
                    f"{'x'.join(map(str, space.input_shape))}")
 
     with right:
-        st.radio("Model weights", ["random", "upload"], key=S.WEIGHTS_MODE, horizontal=True,
+        st.radio("Model weights", ["random", "demo", "upload"], key=S.WEIGHTS_MODE,
+                 horizontal=True,
                  format_func={"random": "random initialisation (seeded)",
+                              "demo": "trained demo weights (digits)",
                               "upload": "my trained weights (state dict)"}.get)
+        from hdap_engine.models.demo import demo_weights
+
+        if S.get(S.WEIGHTS_MODE) == "demo" and demo_weights(S.get(S.MODEL)) is None:
+            st.info(f"Demo weights are shipped for resnet56 only (trained on digits); "
+                    f"{S.get(S.MODEL)} stays randomly initialised.")
         if S.get(S.WEIGHTS_MODE) == "upload":
             up = st.file_uploader("State dict (.pt / .pth), loaded with "
                                   "torch.load(weights_only=True)",

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from hdap_engine.cli import fleet, lifecycle, study, tools
+from hdap_engine.cli import fleet, lifecycle, rollout, study, tools
 from hdap_engine.cli.common import Parser
 from hdap_engine.errors import HdapError
 
@@ -28,13 +28,14 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     study.register_surrogate,
     study.register_optimize,
     study.register_bench,
+    rollout.register_rollout,
     tools.register_agent,
     fleet.register_validate,
     fleet.register_cluster,
     fleet.register_simulate,
     fleet.register_probe,
     lifecycle.register_drift,
-    lifecycle.register_rollout,
+    tools.register_training,
 ]
 
 

@@ -124,7 +124,7 @@ def add_study_flags(p: argparse.ArgumentParser, *, query: bool = False,
            or f.name in also]
     fields = top + cli_fields("clustering", "measurement", "search")
     if query:
-        fields += cli_fields("query")
+        fields += cli_fields("query", "accuracy")
     add_option_flags(p, fields, required=("model", "budget"))
     p.add_argument("--telemetry", required=True, metavar="FILE",
                    help="fleet telemetry (CSV, CSV.gz or Parquet)")
@@ -137,7 +137,8 @@ def study_options(args: argparse.Namespace, **extra):
 
     from hdap_engine.options import StudyOptions, cli_fields
 
-    names = {f.name for f in cli_fields("", "clustering", "measurement", "search", "query")}
+    names = {f.name for f in cli_fields("", "clustering", "measurement", "search", "query",
+                                        "accuracy")}
     settings = {n: getattr(args, n) for n in names if hasattr(args, n)}
     settings["agent_token"] = settings.get("agent_token") or os.environ.get("HDAP_AGENT_TOKEN")
     return StudyOptions.of(**settings, **extra)

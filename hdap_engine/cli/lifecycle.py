@@ -1,4 +1,7 @@
-"""After the first model ships: `hdap drift` (snapshots, optionally a deployed bundle) and `hdap rollout`."""
+"""After the first model ships: `hdap drift` (snapshots, optionally a deployed bundle).
+
+`hdap rollout` (variants per group of clusters) is `hdap_engine.cli.rollout`.
+"""
 
 from __future__ import annotations
 
@@ -105,49 +108,4 @@ def _cmd_drift(args: argparse.Namespace) -> int:
         drift_sankey(report.flows, report.old_clustering.k_, old_label=old.source,
                      new_label=new.source).write_html(args.html, include_plotlyjs=True)
         print(f"sankey: {args.html}")
-    return 0
-
-
-def register_rollout(sub: argparse._SubParsersAction) -> None:
-    from hdap_engine.cli.common import positive_int
-    from hdap_engine.cli.flags import add_study_flags
-
-    p = sub.add_parser("rollout", help="plans with 1..K model variants, one per group of clusters, "
-                                       "each measured; never worse than one model")
-    add_study_flags(p, query=True, also=("model_weights",))
-    p.add_argument("--variants", type=positive_int, default=3, metavar="K",
-                   help="the most variants to consider (default %(default)s)")
-    p.add_argument("--out", required=True, metavar="DIR",
-                   help="folder for rollout.json, the device CSVs and one bundle per variant")
-    p.add_argument("--json", metavar="OUT", help="also write rollout.json here")
-    p.set_defaults(func=_cmd_rollout)
-
-
-def _cmd_rollout(args: argparse.Namespace) -> int:
-    from hdap_engine.cli.common import Bar
-    from hdap_engine.cli.flags import study_options
-    from hdap_engine.lifecycle.rollout import plan_rollout, recommended, write_rollout
-
-    options = study_options(args)
-    bar = Bar(not args.quiet)
-    try:
-        result = plan_rollout(options, args.telemetry, variants=args.variants, progress=bar)
-        best = recommended(result)
-        out = write_rollout(result, args.out)
-    finally:
-        bar.close()
-    print(f"{options.model} at {options.query.budget} MACs, {result['k']} clusters, measured by "
-          f"{result['measured_source']}; noise (typical spread / latency) {result['noise']:.1%}")
-    rows = [{"variants": p["variants"], "groups": " | ".join(",".join(map(str, g)) for g in p["groups"]),
-             "fleet mean ms": f"{p['fleet_mean_ms']:.2f}", "p95 ms": f"{p['p95_ms']:.2f}",
-             "worst cluster ms": f"{p['worst_cluster_ms']:.2f}",
-             "gain vs one model": f"{p['gain_vs_one_model']:+.1%}",
-             "note": "one model kept (variants were slower)" if p["fell_back"]
-             else "gain within the noise" if p["within_noise"] else ""}
-            for p in result["plans"]]
-    print_table(rows, ["variants", "groups", "fleet mean ms", "p95 ms", "worst cluster ms",
-                       "gain vs one model", "note"])
-    print(f"recommended: {best['variants']} variant(s); wrote {out}/rollout.json")
-    if args.json:
-        Path(args.json).write_text((out / "rollout.json").read_text())
     return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from hdap_engine.cli.common import Bar, print_table
 from hdap_engine.cli.flags import add_option_flags, add_study_flags, methods_flag, study_options
@@ -126,10 +128,31 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     print(f"fleet: predicted mean {pred} ms, measured mean {f['measured_mean_ms']:.2f} ms, "
           f"p95 {f['measured_p95_ms']:.2f} ms, unpruned {f['unpruned_mean_ms']:.2f} ms, "
           f"speedup {f['speedup']:.2f}x ({f['basis']})")
+    if options.accuracy.finetune_epochs:
+        r = _finetune_result(result.bundle, options, quiet=args.quiet)
+    from hdap_engine.accuracy.report import accuracy_summary
+
+    print(accuracy_summary(r.get("accuracy")))
     for note in r["notes"]:
         print(f"note: {note}")
     print(f"bundle: {result.bundle}  (zip: {result.bundle}.zip)")
     return 0
+
+
+def _finetune_result(bundle, options, *, quiet: bool) -> dict:
+    """Fine-tune a study's bundle in place (`hdap_engine.finetune`); returns its new report."""
+    from hdap_engine.finetune.commands import epoch_printer
+    from hdap_engine.finetune.options import DISTILL
+    from hdap_engine.finetune.run import finetune_bundle
+
+    acc = options.accuracy
+    recipe = DISTILL.with_changes(epochs=acc.finetune_epochs, seed=options.seed)
+    done = finetune_bundle(bundle, acc.data, bundle, options=recipe, val_data=acc.val_data,
+                           model_weights=options.model_weights,
+                           on_epoch=epoch_printer(not quiet, True))
+    ft = done.accuracy["finetune"]
+    print(f"fine-tuned {ft['epochs']} epochs by distillation in {ft['seconds']:.0f} s")
+    return json.loads((Path(done.bundle) / "report.json").read_text())
 
 
 def register_optimize(sub) -> None:
@@ -183,15 +206,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         rows = format_rows(result["points"])
         for r, p in zip(rows, result["points"], strict=True):
             r["budget"] = p["budget"]
-        print_table(rows, ["budget", "method", "MACs", "fleet mean ms", "p95 ms", "speedup"])
+        columns = ["budget", "method", "MACs", "fleet mean ms", "p95 ms", "speedup"]
+        if any((p.get("accuracy") or {}).get("dataset") for p in result["points"]):
+            columns += ["calibrated top-1"]
+        print_table(rows, columns)
     else:
         print(f"{args.model} at {args.budget} MACs on {result['fleet']} "
               f"({plural(result['n_devices'], 'device')}, {plural(result['k'], 'cluster')}), "
               f"measured by {result['measured_source']}; "
               f"unpruned fleet mean {result['unpruned_mean_ms']:.2f} ms")
-        print_table(format_rows(result["rows"]),
-                     ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
-                      "search s", "device measurements"])
+        columns = ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
+                   "search s", "device measurements"]
+        if any((r.get("accuracy") or {}).get("dataset") for r in result["rows"]):
+            columns += ["pruned top-1", "calibrated top-1", "fine-tuned top-1"]
+        print_table(format_rows(result["rows"]), columns)
         if result.get("validation"):
             print(f"verification: {result['validation']}")
         for note in result.get("notes", []):

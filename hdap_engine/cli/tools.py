@@ -89,3 +89,11 @@ def register_agent(sub: argparse._SubParsersAction) -> None:
     from hdap_engine.agent.commands import add_agent_parser
 
     add_agent_parser(sub)
+
+
+def register_training(sub: argparse._SubParsersAction) -> None:
+    # `hdap train` and `hdap finetune` keep their flags in their package, which
+    # `python -m hdap_engine.finetune` (torchrun's entry point) parses too.
+    from hdap_engine.finetune.commands import add_parsers
+
+    add_parsers(sub)

@@ -34,6 +34,7 @@ import pandas as pd
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
+from hdap_engine.concurrency import CLUSTER_LOCK, serialised
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.choose_k import (
     DEQUANTIZE_MIN_ROWS,
@@ -180,6 +181,7 @@ class Clustering:
 
     # ------------------------------------------------------------------ fit
 
+    @serialised(CLUSTER_LOCK)  # app sessions call it from their threads at once
     def fit(self, fleet: Fleet) -> Clustering:
         """Cluster the fleet's devices.
 

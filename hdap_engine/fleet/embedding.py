@@ -26,6 +26,7 @@ from collections import OrderedDict
 import numpy as np
 import pandas as pd
 
+from hdap_engine.concurrency import UMAP_LOCK, serialised
 from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.contract import ID_COLUMN
 from hdap_engine.fleet.telemetry import Fleet
@@ -217,6 +218,7 @@ def _enable_numba_cache() -> None:
         _numba_cache_on = True
 
 
+@serialised(UMAP_LOCK)  # sessions of the app call it from their threads at once
 def _umap(features: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.neighbors import NearestNeighbors
     from umap import UMAP

@@ -63,6 +63,7 @@ class Backend:
     """Base class: store lookups and bookkeeping; subclasses time candidates."""
 
     name = "backend"
+    store_chunk: int | None = None  # candidates timed and stored at a time (None: all at once)
     source = "unknown"
     real = False
     # True where a representative that fails may be replaced by another device of its
@@ -131,27 +132,42 @@ class Backend:
         if todo_c.size:
             # Unique candidates only: a population may hold duplicates.
             uniq, inverse = np.unique(widths[todo_c], axis=0, return_inverse=True)
-            raw = self._measure(space, uniq, [devices[j] for j in todo_d], repeats, warmup,
-                                progress)
-            # Keys again: a backend may have moved a device's column to another device
-            # while measuring (the agent backend replaces failed devices).
-            dkeys = [self.device_key(dev) for dev in devices]
-            new_rows = []
-            for a, i in enumerate(todo_c):
-                u = int(np.ravel(inverse)[a])
-                for b, j in enumerate(todo_d):
-                    if cached[i, j]:
+            inverse = np.ravel(inverse)
+            # Slow backends store every chunk as soon as it is timed: a run stopped in the
+            # middle (a killed server, a cancelled job) keeps what it had measured.
+            chunk = self.store_chunk or len(uniq)
+            for lo in range(0, len(uniq), chunk):
+                hi = min(len(uniq), lo + chunk)
+
+                def tick(done, total, lo=lo, hi=hi):
+                    # In candidates over all chunks (a backend may count in pairs).
+                    progress(lo + round(done * (hi - lo) / max(total, 1)), len(uniq))
+
+                one_go = chunk >= len(uniq)  # the backend's own progress, as it reports it
+                raw = self._measure(space, uniq[lo:hi], [devices[j] for j in todo_d], repeats,
+                                    warmup, progress if one_go or not progress else tick)
+                # Keys again: a backend may have moved a device's column to another device
+                # while measuring (the agent backend replaces failed devices).
+                dkeys = [self.device_key(dev) for dev in devices]
+                new_rows = []
+                for a, i in enumerate(todo_c):
+                    u = int(inverse[a])
+                    if not lo <= u < hi:
                         continue
-                    t = raw[u, b]
-                    if not np.isfinite(t).all():
-                        continue  # not measured (a device that failed): a later run retries it
-                    median[i, j] = float(np.median(t))
-                    spread[i, j] = _iqr(t)
-                    times[i][j] = [float(x) for x in t]
-                    new_rows.append((dkeys[j], wkeys[i], median[i, j], spread[i, j], times[i][j]))
-            if store is not None:
-                store.put_measurements(self.name, space.model, space.input_shape, repeats,
-                                       new_rows)
+                    for b, j in enumerate(todo_d):
+                        if cached[i, j]:
+                            continue
+                        t = raw[u - lo, b]
+                        if not np.isfinite(t).all():
+                            continue  # not measured (a device that failed): a later run retries
+                        median[i, j] = float(np.median(t))
+                        spread[i, j] = _iqr(t)
+                        times[i][j] = [float(x) for x in t]
+                        new_rows.append((dkeys[j], wkeys[i], median[i, j], spread[i, j],
+                                         times[i][j]))
+                if store is not None:
+                    store.put_measurements(self.name, space.model, space.input_shape, repeats,
+                                           new_rows)
         result = Measurements(
             backend=self.name, source=self.source, model=space.model, devices=devices,
             widths=widths, median_ms=median, spread_ms=spread, times_ms=times,
@@ -233,6 +249,7 @@ class HostBackend(Backend):
                             "--clock wall")
         self.threads = int(threads)
         self.batch_models = int(batch_models)
+        self.store_chunk = 4 * self.batch_models
         self.seed = int(seed)
         self.clock = ("thread" if threads == 1 else "wall") if clock == "auto" else clock
         self.source = (f"host (real, {self.runtime}, "

@@ -42,7 +42,7 @@ class ModelSpec:
     num_classes: int
     classifier: str  # module name of the output layer; never pruned
     description: str
-    builder: Callable[[], nn.Module]
+    builder: Callable[..., nn.Module]  # builder(num_classes=...) -> model
     torchvision_weights: str | None = None  # e.g. "ResNet50_Weights.IMAGENET1K_V1"
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
@@ -56,9 +56,13 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 def register(name: str, *, input_shape, num_classes: int, classifier: str, description: str,
              torchvision_weights: str | None = None):
-    """Decorator: register a zero-argument builder under ``name``."""
+    """Decorator: register a builder under ``name``.
 
-    def wrap(builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    The builder takes one optional keyword, ``num_classes`` (default: the
+    registered count), so that weights with another classifier size build.
+    """
+
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         _REGISTRY[name] = ModelSpec(
@@ -71,11 +75,11 @@ def register(name: str, *, input_shape, num_classes: int, classifier: str, descr
     return wrap
 
 
-def _tv(name: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
+def _tv(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 1000) -> nn.Module:
         import torchvision
 
-        return getattr(torchvision.models, name)(weights=None)
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
 
     return build
 
@@ -96,14 +100,14 @@ register("vgg16_bn", input_shape=(3, 224, 224), num_classes=1000, classifier="cl
 
 @register("mobilenet_v1", input_shape=(3, 224, 224), num_classes=1000, classifier="fc",
           description="MobileNetV1 (Howard et al. 2017), ImageNet 224x224")
-def _mobilenet_v1() -> nn.Module:
-    return MobileNetV1(num_classes=1000)
+def _mobilenet_v1(num_classes: int = 1000) -> nn.Module:
+    return MobileNetV1(num_classes=num_classes)
 
 
 @register("resnet56", input_shape=(3, 32, 32), num_classes=10, classifier="fc",
           description="ResNet-56 for CIFAR-10 (He et al. 2016), 32x32")
-def _resnet56_builder() -> nn.Module:
-    return _resnet56(num_classes=10)
+def _resnet56_builder(num_classes: int = 10) -> nn.Module:
+    return _resnet56(num_classes=num_classes)
 
 
 def model_names() -> list[str]:
@@ -122,7 +126,7 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def build_model(name: str, weights: str | os.PathLike | bytes | None = None, *,
-                seed: int = 0) -> nn.Module:
+                seed: int = 0, num_classes: int | None = None) -> nn.Module:
     """Build a model in eval mode.
 
     Parameters
@@ -132,27 +136,60 @@ def build_model(name: str, weights: str | os.PathLike | bytes | None = None, *,
     weights:
         ``None`` or ``"random"``: random initialisation from ``seed``.
         ``"pretrained"``: torchvision's weights when available (see module doc).
-        A path or raw bytes: a state dict saved with ``torch.save``.
+        A path or raw bytes: a state dict saved with ``torch.save``; its
+        classifier decides the number of classes (a state dict whose classifier
+        has 5 outputs builds a 5-class model).
     seed:
         Seed of the random initialisation, so the same call builds the same model.
+    num_classes:
+        Classes of a randomly initialised model (default: the registered count).
+        Ignored when a state dict is given: the weights decide.
 
     Returns
     -------
     The model, on the CPU, in eval mode.
     """
     spec = get_spec(name)
+    state = None
+    if weights is not None and weights not in (RANDOM, PRETRAINED):
+        state = read_state_dict(weights)
+        num_classes = classes_in_state_dict(state, spec)
+    classes = int(num_classes or spec.num_classes)
+    if classes < 1:
+        raise HdapError(f"{name}: the number of classes must be at least 1, got {classes}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = spec.builder()
-    if weights is None or weights == RANDOM:
-        pass
+        model = spec.builder(num_classes=classes)
+    if state is not None:
+        load_weights(model, state, model_name=name, label=_weights_name(weights))
     elif weights == PRETRAINED:
         state = _pretrained_state_dict(spec)
         if state is not None:
             model.load_state_dict(state)
-    else:
-        load_weights(model, weights, model_name=name)
     return model.eval()
+
+
+def classes_in_state_dict(state: dict, spec: ModelSpec) -> int:
+    """How many classes a state dict's classifier has (its output rows).
+
+    Falls back to the registered count when the classifier's weight is not in
+    the state dict (the strict load then names what is missing).
+    """
+    weight = state.get(f"{spec.classifier}.weight")
+    if isinstance(weight, torch.Tensor) and weight.ndim >= 1 and weight.shape[0] >= 1:
+        return int(weight.shape[0])
+    return spec.num_classes
+
+
+def num_classes_of(model: nn.Module, name: str) -> int:
+    """The number of classes of a built model (its classifier's outputs)."""
+    head = model.get_submodule(get_spec(name).classifier)
+    return int(head.out_features if isinstance(head, nn.Linear) else head.out_channels)
+
+
+def _weights_name(source) -> str:
+    return ("uploaded weights" if isinstance(source, (bytes, bytearray))
+            else Path(source).name)
 
 
 def weights_label(weights) -> str:
@@ -187,12 +224,16 @@ def read_state_dict(source: str | os.PathLike | bytes, *, label: str | None = No
         raise
     except Exception as exc:  # torch raises many types for bad files
         first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        # Only "Unsupported global" means pickled Python objects; a corrupt or foreign
+        # file also fails the weights-only unpickler ("Unsupported operand").
+        if "Unsupported global" in str(exc):
             raise HdapError(
                 f"{label}: the file contains Python objects other than tensors, and "
                 "HDAP never unpickles code from a file; save a plain state dict with "
                 "torch.save(model.state_dict(), path)"
             ) from None
+        if "Unsupported operand" in str(exc) or "Weights only load failed" in first:
+            first = "corrupt or not a PyTorch file"
         raise HdapError(
             f"{label}: not a readable PyTorch weights file ({first}); save one with "
             "torch.save(model.state_dict(), path)"
@@ -216,10 +257,13 @@ def read_state_dict(source: str | os.PathLike | bytes, *, label: str | None = No
 
 def load_weights(model: nn.Module, source, *, model_name: str = "model",
                  label: str | None = None) -> None:
-    """Load a user state dict into ``model`` strictly, with a clear message on mismatch."""
-    state = read_state_dict(source, label=label)
-    label = label or ("uploaded weights" if isinstance(source, (bytes, bytearray))
-                      else Path(source).name)
+    """Load a user state dict (a file, bytes, or an already-read dict) into ``model``
+    strictly, with a clear message on mismatch."""
+    if isinstance(source, dict):
+        state, label = source, label or "weights"
+    else:
+        state = read_state_dict(source, label=label)
+        label = label or _weights_name(source)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

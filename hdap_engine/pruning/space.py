@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hdap_engine.concurrency import TRACE_LOCK
 from hdap_engine.errors import HdapError
 from hdap_engine.models.zoo import get_spec
 from hdap_engine.pruning.layers import LayerTable
@@ -99,8 +100,10 @@ class PruningSpace:
     # -- construction -------------------------------------------------------------------
     @classmethod
     def for_model(cls, name: str, *, round_to: int = 8, min_ratio: float = 0.1) -> PruningSpace:
-        """The space of a registered model (traced once per process)."""
-        return _traced_space(name).with_options(round_to=round_to, min_ratio=min_ratio)
+        """The space of a registered model (traced once per process, one thread at a time)."""
+        with TRACE_LOCK:  # tracing is not thread-safe; the cache look-up is cheap
+            traced = _traced_space(name)
+        return traced.with_options(round_to=round_to, min_ratio=min_ratio)
 
     def with_options(self, *, round_to: int | None = None,
                      min_ratio: float | None = None) -> PruningSpace:

@@ -140,14 +140,22 @@ class FleetSearch:
     # -- the run ----------------------------------------------------------------------
 
     def run(self, target_macs: float, learned: Learned, *,
-            progress: Progress | None = None) -> SearchOutcome:
-        """The best candidate for ``target_macs``, starting from what ``learned`` holds."""
+            progress: Progress | None = None, accuracy=None) -> SearchOutcome:
+        """The best candidate for ``target_macs``, starting from what ``learned`` holds.
+
+        ``accuracy`` (an `hdap_engine.accuracy.guide.AccuracyGuide`) keeps the
+        search above its accuracy floor: the surrogate's scores of candidates
+        predicted below it are penalised, and the candidate chosen (finalist,
+        polish move, or the search's best) is the best one whose calibrated
+        accuracy, evaluated for real, meets the floor.
+        """
         t0 = time.perf_counter()
         plan = self.plan
         state = _State(learned)
 
         def fitness(w):
-            return self.objective(self.predict_clusters(state.surrogate, w))
+            scores = self.objective(self.predict_clusters(state.surrogate, w))
+            return scores if accuracy is None else accuracy.penalise(scores, w)
 
         def tick(gen, total):
             if progress is not None:
@@ -188,12 +196,17 @@ class FleetSearch:
                               for run in runs]
                              + [self._best_measured(state, target_macs,
                                                     max(1, plan.finalists // 2))])
-            widths, used = self._pick_finalist(state, np.unique(pool, axis=0))
+            widths, used = self._pick_finalist(state, np.unique(pool, axis=0), accuracy,
+                                               fitness)
             if plan.polish_rounds:
-                widths, more = self._polish(state, widths, target_macs, fitness)
+                widths, more = self._polish(state, widths, target_macs, fitness, accuracy)
                 used += more
             state.device_measurements += used
             measured += used
+        elif accuracy is not None:
+            # No finalists measured: the search's own ranking, checked for real.
+            widths = accuracy.choose(best_run.final_population, fitness, limit=plan.finalists
+                                     or 6)
         return SearchOutcome(
             widths=widths,
             predicted_cluster_ms=self.predict_clusters(state.surrogate, widths[None])[0],
@@ -285,19 +298,25 @@ class FleetSearch:
                                     store=self.store, fresh=self.backend.real)
         return self.objective(self.measured_clusters(state.surrogate, widths, meas.median_ms))
 
-    def _pick_finalist(self, state: _State, finalists: np.ndarray) -> tuple[np.ndarray, int]:
+    def _pick_finalist(self, state: _State, finalists: np.ndarray, accuracy=None,
+                       fitness=None) -> tuple[np.ndarray, int]:
         """Measure the search's best few candidates and keep the best measured one.
 
         The surrogate is accurate to a few per cent; near the optimum that is the
         size of the differences between candidates, so the last word goes to a
-        measurement on the same devices the surrogate learned from.
+        measurement on the same devices the surrogate learned from. With an
+        accuracy floor, the fastest measured finalist that keeps it.
         """
         scores = self._head_to_head(state, finalists)
+        used = len(finalists) * len(self.devices)
+        if accuracy is not None:
+            ranked = finalists[np.argsort(scores, kind="stable")]
+            return accuracy.choose(ranked, fitness), used
         best = int(np.argmin(scores))
-        return finalists[best], len(finalists) * len(self.devices)
+        return finalists[best], used
 
     def _polish(self, state: _State, widths: np.ndarray, target: float,
-                fitness) -> tuple[np.ndarray, int]:
+                fitness, accuracy=None) -> tuple[np.ndarray, int]:
         """Measured local search from the chosen candidate.
 
         Each round mutates the incumbent a few hundred ways (a few groups at a
@@ -327,7 +346,13 @@ class FleetSearch:
             batch_widths = np.vstack([widths[None], trial])
             scores = self._head_to_head(state, batch_widths)
             used += (len(batch_widths) if self.backend.real else len(trial)) * len(self.devices)
-            widths = batch_widths[int(np.argmin(scores))]
+            if accuracy is None:
+                widths = batch_widths[int(np.argmin(scores))]
+            else:
+                # Move to the fastest measured trial that keeps the floor (the incumbent,
+                # first when it is fastest, already does).
+                widths = accuracy.choose(batch_widths[np.argsort(scores, kind="stable")],
+                                         fitness)
         return widths, used
 
     def measured_clusters(self, surrogate, widths: np.ndarray, ms: np.ndarray) -> np.ndarray:

@@ -1,0 +1,99 @@
+"""Page 4b, Rollout: would a few model variants, one per group of clusters, beat one model?
+
+Runs on the last run's fleet, model, budget and objective, re-using its
+measurements and surrogate; every plan is measured on the run's backend.
+The bundles of every variant come from `hdap rollout` (named on the page).
+"""
+
+import json
+
+import streamlit as st
+
+from studio import cached, parts
+from studio import state as S
+
+POLL_SECONDS = 1.0
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def _follow(job_id: int) -> None:
+    """Polls the store while the planning job runs; the whole page redraws when it ends."""
+    job = cached.jobs().get(job_id)
+    if job is None or not job.active:
+        st.rerun(scope="app")
+    parts.job_progress(job)
+
+
+def _start(run, variants: int) -> None:
+    """Queue the planning job (or open the equal one already queued, running or done)."""
+    job, created = cached.job_runner(cached.workspace()).submit(
+        "rollout", {"rollout": {"job": run.job_id, "variants": int(variants)}},
+        owner=parts.owner(), agent_token=S.get(S.AGENT_TOKEN) or None)
+    S.put(S.ROLLOUT_JOB, {"for": run.key, "job": job.id})
+    if not created:
+        st.toast(f"The same plan is already {job.state} as job {job.id}: showing it.",
+                 icon=":material/info:")
+
+
+def main() -> None:
+    st.title("Rollout")
+    run = S.get(S.RUN)
+    if run is None:
+        st.info("Run a study first: the rollout plans start from its measurements and surrogate.")
+        st.page_link("views/run.py", label="Go to the Run page", icon=":material/play_circle:")
+        return
+    rep = run.report
+    if not rep.get("surrogate"):
+        st.info(f"The last run used the {rep['method']} method, which trains no "
+                "surrogate. Run HDAP (or the paper's method) to plan a rollout.")
+        return
+    k = int(rep["k"])
+    st.caption(f"{run.fleet_label}, {rep.get('model', '')} at {rep['budget']} MACs, objective "
+               f"{rep['objective']}, {k} clusters, measured by {rep['measured_source']}. "
+               "Clusters whose best candidates run alike on each other share a variant; each "
+               "group's model is searched with the same budget and objective, and a group "
+               "keeps the one model when its variant measures no better.")
+    if k < 2:
+        st.info("This fleet has one cluster: one model is the only plan.")
+        return
+    if S.get(S.ROLLOUT_VARIANTS) is None:
+        S.put(S.ROLLOUT_VARIANTS, min(3, k))
+    st.number_input("Most variants", 1, k, step=1, key=S.ROLLOUT_VARIANTS)
+    if st.button("Plan the rollout", type="primary", icon=":material/call_split:",
+                 key="rollout_button"):
+        _start(run, int(S.get(S.ROLLOUT_VARIANTS)))
+    st.caption("Planning runs as a job on the server, re-using the run's measurements and "
+               "surrogate; every plan's models are measured on the run's backend.")
+    mine = S.get(S.ROLLOUT_JOB)
+    if not mine or mine["for"] != run.key:
+        return
+    job = cached.jobs().get(mine["job"])
+    if job is None:
+        st.error(f"There is no job {mine['job']} in this workspace.", icon=":material/error:")
+        return
+    if job.active:
+        _follow(job.id)
+        return
+    if job.state != "done":
+        parts.job_ended(job)
+        return
+    from hdap_engine.charts import rollout_chart
+    from hdap_engine.rollout import rollout_rows
+
+    doc = job.result["rollout"]
+    st.dataframe(rollout_rows(doc), hide_index=True, width="stretch")
+    st.caption(f"Measurement noise {doc['noise']:.2%} (the backend's run-to-run spread); a gain "
+               f"below it is marked within noise. Fleet figures: {doc['basis']}.")
+    for p in doc["plans"]:
+        for note in p["notes"]:
+            st.caption(f"{p['variants']} variants: {note}")
+    parts.show_figure(rollout_chart(doc), key="fig_rollout")
+    st.download_button("Download rollout.json", json.dumps(doc, indent=1),
+                       file_name="rollout.json", mime="application/json",
+                       icon=":material/download:")
+    st.caption("For one bundle per variant and a device-id CSV per variant: `hdap rollout "
+               f"--model {rep.get('model', 'MODEL')} --macs {rep['budget']} --telemetry FILE "
+               f"--variants {len(doc['plans'])} --out DIR`.")
+
+
+main()

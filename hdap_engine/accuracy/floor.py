@@ -1,0 +1,158 @@
+"""Accuracy floors: how much calibrated accuracy a candidate must keep.
+
+Accepted forms of ``--min-accuracy`` (all relative to the *unpruned* model's
+calibrated accuracy, measured the same way, so the comparison is like with like):
+
+- ``0.9``: a fraction in (0, 1] of the unpruned accuracy (the HDAP paper's rule);
+- ``95%``: the same as a percentage (0.95);
+- ``-2pt``: at most 2 percentage points below the unpruned accuracy;
+- ``uniform``: at least the calibrated accuracy of the uniform architecture at
+  the same budget (never less accurate than the baseline everyone uses).
+
+Anything else, or a fraction outside (0, 1], is one `HdapError`. When no
+sampled candidate meets the floor at the budget, `check_reachable` says which
+floor the budget allows (the best sampled candidate's) instead of running an
+empty search.
+
+Public API
+----------
+``parse_floor(text) -> AccuracyFloor | None`` (``None`` / ``""`` / ``"none"``: no floor)
+``AccuracyFloor(kind, value, text)``: ``.threshold(unpruned, uniform=None) -> float``,
+``.describe() -> str``, ``.as_dict()``
+``check_reachable(floor, threshold, best, unpruned, budget_label) -> None``
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from hdap_engine.errors import HdapError
+
+KINDS = ("fraction", "points", "uniform")
+_FORMS = ("use a fraction of the unpruned model's accuracy in (0, 1] (e.g. 0.9), a "
+          "percentage (95%), a drop in points (-2pt) or 'uniform'")
+
+
+@dataclass(frozen=True)
+class AccuracyFloor:
+    """A parsed floor.
+
+    ``kind`` is ``"fraction"`` (``value`` in (0, 1]), ``"points"`` (``value``: the
+    allowed drop as a fraction, 0.02 for ``-2pt``) or ``"uniform"`` (``value`` None).
+    """
+
+    kind: str
+    value: float | None
+    text: str
+
+    def threshold(self, unpruned: float, uniform: float | None = None) -> float:
+        """The calibrated accuracy a candidate needs.
+
+        Parameters
+        ----------
+        unpruned:
+            Calibrated top-1 of the unpruned model.
+        uniform:
+            Calibrated top-1 of the uniform architecture at the budget (needed
+            for ``uniform``).
+
+        Returns
+        -------
+        A fraction.
+        """
+        if self.kind == "fraction":
+            return float(self.value) * float(unpruned)
+        if self.kind == "points":
+            return float(unpruned) - float(self.value)
+        if uniform is None:
+            raise ValueError("the 'uniform' floor needs the uniform architecture's accuracy")
+        return float(uniform)
+
+    def describe(self) -> str:
+        if self.kind == "fraction":
+            return f"{self.value:g} of the unpruned model's calibrated accuracy"
+        if self.kind == "points":
+            return f"at most {100 * self.value:g} points below the unpruned model's"
+        return "at least the uniform architecture's calibrated accuracy at the budget"
+
+    def as_dict(self) -> dict:
+        return {"text": self.text, "kind": self.kind, "value": self.value,
+                "rule": self.describe()}
+
+
+def parse_floor(text) -> AccuracyFloor | None:
+    """Parse ``--min-accuracy``.
+
+    Parameters
+    ----------
+    text:
+        ``"0.9"``, ``"95%"``, ``"-2pt"``, ``"uniform"``, a float, or ``None`` /
+        ``""`` / ``"none"`` for no floor.
+
+    Returns
+    -------
+    `AccuracyFloor`, or ``None`` for no floor.
+    """
+    if text is None:
+        return None
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        raw = repr(float(text))
+    else:
+        raw = str(text).strip()
+    s = raw.lower().replace(" ", "")
+    if s in ("", "none", "off"):
+        return None
+    if s == "uniform":
+        return AccuracyFloor("uniform", None, raw)
+    m = re.fullmatch(r"-(\d+(?:\.\d+)?)(?:pt|pts|point|points|pp)", s)
+    if m:
+        drop = float(m.group(1))
+        if not 0 < drop <= 100:
+            raise HdapError(f"--min-accuracy {raw!r}: a drop must be more than 0 and at most "
+                            f"100 points; {_FORMS}")
+        return AccuracyFloor("points", drop / 100.0, raw)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?|\.\d+)%", s)
+    if m:
+        value = float(m.group(1)) / 100.0
+    else:
+        try:
+            value = float(s)
+        except ValueError:
+            raise HdapError(f"--min-accuracy {raw!r} is not an accepted floor; {_FORMS}") from None
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise HdapError(f"--min-accuracy {raw!r} is outside (0, 1]; {_FORMS}")
+    return AccuracyFloor("fraction", value, raw)
+
+
+def check_reachable(floor: AccuracyFloor, threshold: float, best: float, unpruned: float,
+                    budget_label: str) -> None:
+    """Refuse a floor that no sampled candidate meets, naming the floor the budget allows.
+
+    Parameters
+    ----------
+    floor:
+        The parsed floor.
+    threshold:
+        Its calibrated accuracy (`AccuracyFloor.threshold`).
+    best:
+        The best calibrated accuracy among the candidates sampled at the budget.
+    unpruned:
+        The unpruned model's calibrated accuracy.
+    budget_label:
+        The budget as the user wrote it (for the message).
+    """
+    if best >= threshold:
+        return
+    frac = best / unpruned if unpruned > 0 else 0.0
+    if floor.kind == "points":
+        drop = math.ceil(100 * (unpruned - best) * 10) / 10
+        allowed = f"--min-accuracy -{drop:g}pt"
+    else:
+        allowed = f"--min-accuracy {math.floor(frac * 100) / 100:.2f}"
+    raise HdapError(
+        f"no candidate at {budget_label} reaches the floor {floor.text} "
+        f"({100 * threshold:.1f}% calibrated; {floor.describe()}); the best sampled calibrates "
+        f"to {100 * best:.1f}% ({frac:.2f} of the unpruned {100 * unpruned:.1f}%): use "
+        f"{allowed}, 'uniform', or a larger budget")

@@ -1,0 +1,61 @@
+"""`hdap rollout`: would K' model variants, one per group of clusters, beat one model?"""
+
+from __future__ import annotations
+
+import argparse
+
+from hdap_engine.cli.common import Bar, positive_int, print_table
+from hdap_engine.cli.flags import add_study_flags, study_options
+from hdap_engine.rollout import ROLLOUT_COLUMNS, rollout_rows
+
+
+def _cmd_rollout(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from hdap_engine.jsonable import jsonable
+    from hdap_engine.prepare import prepare
+    from hdap_engine.pruning.budget import parse_budget
+    from hdap_engine.pruning.space import PruningSpace
+    from hdap_engine.rollout import check_rollout_method, plan_rollout, write_rollout
+    from hdap_engine.wording import plural
+
+    options = study_options(args)
+    check_rollout_method(options.method_spec)
+    # A budget no candidate can meet is said before the fleet is clustered and measured.
+    parse_budget(options.query.budget, PruningSpace.for_model(
+        options.model, round_to=options.round_to, min_ratio=options.min_ratio))
+    bar = Bar(not args.quiet)
+    try:
+        ctx = prepare(options, args.telemetry, progress=bar)
+        rollout = plan_rollout(ctx, args.variants, progress=bar)
+        doc = write_rollout(ctx, rollout, args.out, progress=bar)
+    finally:
+        bar.close()
+    print(f"rollout of {args.model} at {args.budget} MACs on {ctx.fleet.source} "
+          f"({plural(ctx.fleet.n_devices, 'device')}, {plural(ctx.k, 'cluster')}), "
+          f"objective {options.query.objective}, measured by {rollout.measured_source} "
+          f"({rollout.basis}); measurement noise {rollout.noise:.2%}")
+    print_table(rollout_rows(doc), ROLLOUT_COLUMNS)
+    for p in doc["plans"]:
+        for note in p["notes"]:
+            print(f"note: {p['variants']} variants: {note}")
+    for note in doc["notes"]:
+        print(f"note: {note}")
+    print(f"rollout: {Path(args.out) / 'rollout.json'}  ({rollout.seconds:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(jsonable(doc), indent=1))
+        print(f"json: {args.json}")
+    return 0
+
+
+def register_rollout(sub) -> None:
+    p = sub.add_parser("rollout", help="K' model variants, one per group of clusters, "
+                                       "against one model for the fleet")
+    add_study_flags(p, query=True, also=("method", "model_weights"))
+    p.add_argument("--variants", type=positive_int, default=3, metavar="K",
+                   help="plans for 1..K variants (default %(default)s; capped at the clusters)")
+    p.add_argument("--json", default=None, metavar="OUT", help="also write the plans as JSON")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the bundles, device CSVs and rollout.json")
+    p.set_defaults(func=_cmd_rollout)

@@ -1,0 +1,12 @@
+"""Fine-tuning: knowledge distillation from the unpruned model, one process or torchrun.
+
+- `options`: the recipe (`FinetuneOptions`, a frozen dataclass; `SCRATCH` for training
+  from scratch).
+- `trainer`: the loop (`fit`), the loss (`distillation_loss`), the augmentation.
+- `checkpoint`: per-epoch checkpoints that make `--resume` exact.
+- `distributed`: torchrun's process group (Gloo on CPU, NCCL on CUDA) and the few
+  collectives the loop needs.
+- `run`: `train_model` (the demo weights) and `finetune_bundle` (a bundle in, a
+  fine-tuned bundle out).
+- `commands`: `hdap train`, `hdap finetune`, ``python -m hdap_engine.finetune``.
+"""
