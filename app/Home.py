@@ -1,7 +1,7 @@
 """HDAP Studio web app: the entry file (`hdap app` runs it).
 
 The pages follow the user's journey: fleet -> model and budget -> run ->
-what-if -> download -> history. This file sets the session defaults, the
+what-if (rollout, drift) -> download -> history. This file sets the session defaults, the
 navigation and the sidebar; it imports nothing heavy so that the first page
 is served at once.
 """
@@ -26,6 +26,8 @@ pages = [
     st.Page("views/whatif.py", title="4 What-if", icon=":material/science:", url_path="whatif"),
     st.Page("views/rollout.py", title="4b Rollout", icon=":material/call_split:",
             url_path="rollout"),
+    st.Page("views/drift.py", title="4c Drift", icon=":material/trending_up:",
+            url_path="drift"),
     st.Page("views/download.py", title="5 Download", icon=":material/download:",
             url_path="download"),
     st.Page("views/history.py", title="6 History", icon=":material/history:",

@@ -86,22 +86,29 @@ def accept_upload(name: str, data: bytes) -> str | None:
     screen is then left as it was.
     """
     from hdap_engine.errors import HdapError
-    from hdap_engine.fleet.telemetry import load_fleet
 
     try:
-        fleet = load_fleet(data, name=name)
+        fleet, saved = read_telemetry_upload(name, data)
     except HdapError as exc:
         S.put(S.UPLOAD_ERROR, str(exc))
         return str(exc)
-    from hdap_engine.workspace import save_upload
-
-    # Kept in the workspace: jobs run in worker processes, which read the file.
-    saved = save_upload(bytes(data), name, "telemetry")
     S.put(S.UPLOADED, {"name": name, "fleet": fleet, "fingerprint": fleet.fingerprint(),
                        "file": str(saved)})
     S.put(S.UPLOAD_ERROR, None)
     S.put(S.FLEET_CHOICE, UPLOAD_PREFIX + name)
     return None
+
+
+def read_telemetry_upload(name: str, data: bytes):
+    """(`Fleet`, saved path) of uploaded telemetry; raises HdapError when it is refused.
+
+    Kept in the workspace: jobs run in worker processes, which read the file.
+    """
+    from hdap_engine.fleet.telemetry import load_fleet
+    from hdap_engine.workspace import save_upload
+
+    fleet = load_fleet(data, name=name)
+    return fleet, str(save_upload(bytes(data), name, "telemetry"))
 
 
 def current_fleet() -> FleetView | None:

@@ -19,6 +19,8 @@ Settings of every kind::
 
 A ``rollout`` job plans variants on a finished study job, re-using what it
 measured: its settings are ``{"rollout": {"job": STUDY_JOB_ID, "variants": K}}``.
+A ``reoptimise`` job checks a deployed bundle against a later snapshot:
+``{"reoptimise": {"bundle": DIR, "telemetry": NEW, "threshold": 0.03}}``.
 
 The result is plain JSON and enough to draw every chart of the run again in
 a page, without the worker: the bundle's report, the bundle path, widths, the
@@ -34,7 +36,7 @@ from collections.abc import Callable
 
 from hdap_engine.errors import HdapError
 
-KINDS = ("study", "comparison", "sweep", "rollout")
+KINDS = ("study", "comparison", "sweep", "rollout", "reoptimise")
 Progress = Callable[[str, int, int], None]
 
 
@@ -102,7 +104,8 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     kind:
         ``study`` (prepare, search, prune, validate, export, record; then the
         comparison and the sweep the settings ask for), ``comparison`` or ``sweep``
-        (prepare, then only that), ``rollout`` (plan variants on a finished study job).
+        (prepare, then only that), ``rollout`` (plan variants on a finished study job),
+        ``reoptimise`` (a deployed bundle against a model re-optimised for a snapshot).
     settings:
         As in the module docstring.
     job_id:
@@ -136,6 +139,8 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     progress = progress or (lambda stage, step, total: None)
     if kind == "rollout":
         return _rollout(settings, store or Store(), progress, agent_token)
+    if kind == "reoptimise":
+        return _reoptimise(settings, store or Store(), progress, agent_token)
     store = _CountingStore(store or Store())
     options = study_options(settings)
     if agent_token:
@@ -204,6 +209,24 @@ def _rollout(settings: dict, store, progress: Progress, agent_token: str | None)
                                    agent_token=agent_token)
     rollout = plan_rollout(ctx, variants, learned=learned, progress=progress)
     return jsonable({"rollout": rollout.as_dict(), "of_job": source_id})
+
+
+def _reoptimise(settings: dict, store, progress: Progress, agent_token: str | None) -> dict:
+    """`reoptimise_check` of a bundle on a snapshot: ``{"reoptimise": its result}``."""
+    from hdap_engine.jsonable import jsonable
+    from hdap_engine.lifecycle.reoptimise import DEFAULT_THRESHOLD, read_deployed, reoptimise_check
+
+    spec = settings.get("reoptimise") or {}
+    bundle, telemetry = spec.get("bundle"), spec.get("telemetry")
+    if not bundle or not telemetry:
+        raise HdapError("this check names no bundle or no snapshot; start it again from the "
+                        "Drift page")
+    options = read_deployed(bundle)[0]
+    if agent_token:
+        options = options.updated(agent_token=agent_token)
+    result = reoptimise_check(bundle, telemetry, options=options, store=store, progress=progress,
+                              threshold=float(spec.get("threshold", DEFAULT_THRESHOLD)))
+    return jsonable({"reoptimise": result})
 
 
 def _history_id(store, bundle) -> int | None:
