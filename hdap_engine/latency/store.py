@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
+from hdap_engine import database
 from hdap_engine.jsonable import jsonable
 from hdap_engine.workspace import home
-
-_WRITE_LOCK = threading.Lock()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
@@ -96,18 +94,11 @@ class Store:
     """
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else home() / "store.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as con, con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+        self.path = database.initialise(
+            Path(path) if path is not None else home() / "store.sqlite", SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        # A connection per call: sqlite3 connections must not cross threads, and
-        # Streamlit serves every session on its own thread.
-        con = sqlite3.connect(self.path, timeout=30.0)
-        con.execute("PRAGMA busy_timeout=30000")
-        return con
+        return database.connect(self.path)
 
     # -- measurements ----------------------------------------------------------------------
     def get_measurements(self, backend: str, model: str, input_shape, repeats: int,
@@ -142,9 +133,8 @@ class Store:
                 for d, w, med, spr, times in rows]
         if not data:
             return 0
-        with _WRITE_LOCK, closing(self._connect()) as con, con:
-            con.executemany(
-                "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", data)
+        database.write(self.path, lambda con: con.executemany(
+            "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", data))
         return len(data)
 
     def count_measurements(self, backend: str | None = None) -> int:
@@ -156,9 +146,9 @@ class Store:
 
     # -- surrogates ------------------------------------------------------------------------
     def put_surrogate(self, key: str, meta: dict, blob: bytes) -> None:
-        with _WRITE_LOCK, closing(self._connect()) as con, con:
-            con.execute("INSERT OR REPLACE INTO surrogates VALUES (?,?,?,?)",
-                        (key, json.dumps(meta), sqlite3.Binary(blob), time.time()))
+        row = (key, json.dumps(meta), sqlite3.Binary(blob), time.time())
+        database.write(self.path, lambda con: con.execute(
+            "INSERT OR REPLACE INTO surrogates VALUES (?,?,?,?)", row))
 
     def get_surrogate(self, key: str) -> tuple[dict, bytes] | None:
         with closing(self._connect()) as con:
@@ -168,12 +158,10 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------
     def add_run(self, name: str, settings: dict, result: dict) -> int:
-        with _WRITE_LOCK, closing(self._connect()) as con, con:
-            cur = con.execute(
-                "INSERT INTO runs (created_at, name, settings, result) VALUES (?,?,?,?)",
-                (time.time(), name, json.dumps(jsonable(settings)),
-                 json.dumps(jsonable(result))))
-            return int(cur.lastrowid)
+        row = (time.time(), name, json.dumps(jsonable(settings)), json.dumps(jsonable(result)))
+        return database.write(self.path, lambda con: int(con.execute(
+            "INSERT INTO runs (created_at, name, settings, result) VALUES (?,?,?,?)",
+            row).lastrowid))
 
     def list_runs(self, limit: int = 200) -> list[dict]:
         """Newest first: id, created_at, name, settings (results are fetched with get_run)."""
