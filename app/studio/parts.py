@@ -275,6 +275,51 @@ def job_progress(job) -> None:
         runner.cancel(job.id)
 
 
+POLL_SECONDS = 1.0  # how often a page re-reads a running job's record
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def follow_job(job_id: int) -> None:
+    """Polls the store while the job is queued or running; the whole page redraws when it ends."""
+    job = cached.jobs().get(job_id)
+    if job is None or not job.active:
+        st.rerun(scope="app")
+    job_progress(job)
+
+
+def finished_job(job_id: int):
+    """The job once it is done; until then its live progress, or why it ended (returns None)."""
+    job = cached.jobs().get(job_id)
+    if job is None:
+        st.error(f"There is no job {job_id} in this workspace.", icon=":material/error:")
+        return None
+    if job.active:
+        follow_job(job_id)
+        return None
+    if job.state != "done":
+        job_ended(job)
+        return None
+    return job
+
+
+def run_with_surrogate(purpose: str):
+    """The last run when it trained a surrogate; otherwise says why and where to go (None).
+
+    ``purpose`` ends the sentences, e.g. "to plan a rollout".
+    """
+    run = S.get(S.RUN)
+    if run is None:
+        st.info(f"Run a study first {purpose}: this page starts from its measurements and "
+                "surrogate.")
+        st.page_link("views/run.py", label="Go to the Run page", icon=":material/play_circle:")
+        return None
+    if not run.report.get("surrogate"):
+        st.info(f"The last run used the {run.report['method']} method, which trains no "
+                f"surrogate. Run a method that searches (HDAP, for one) {purpose}.")
+        return None
+    return run
+
+
 def job_ended(job) -> None:
     """A job that did not finish: why, and what to do."""
     runner = cached.job_runner(cached.workspace())

@@ -16,7 +16,6 @@ from hdap_engine.errors import HdapError
 from studio import cached, parts
 from studio import state as S
 
-POLL_SECONDS = 1.0
 UPLOAD = "upload a snapshot"
 
 
@@ -94,15 +93,6 @@ def _clusters(d: dict) -> None:
         st.caption(f":material/info: {note}")
 
 
-@st.fragment(run_every=POLL_SECONDS)
-def _follow(job_id: int) -> None:
-    """Polls the store while the check runs; the whole page redraws when it ends."""
-    job = cached.jobs().get(job_id)
-    if job is None or not job.active:
-        st.rerun(scope="app")
-    parts.job_progress(job)
-
-
 def _deployed(run, old: parts.FleetView, new: parts.FleetView) -> None:
     """The last run's bundle on NEW against a model re-optimised for NEW (a job)."""
     from hdap_engine.lifecycle.reoptimise import DEFAULT_THRESHOLD
@@ -141,14 +131,8 @@ def _deployed(run, old: parts.FleetView, new: parts.FleetView) -> None:
     mine = S.get(S.DRIFT_JOB)
     if not mine or mine["for"] != [run.bundle, new.file]:
         return
-    job = cached.jobs().get(mine["job"])
+    job = parts.finished_job(mine["job"])
     if job is None:
-        return
-    if job.active:
-        _follow(job.id)
-        return
-    if job.state != "done":
-        parts.job_ended(job)
         return
     r = job.result["reoptimise"]
     c = st.columns(3)
