@@ -1,7 +1,7 @@
 """HDAP Studio web app: the entry file (`hdap app` runs it).
 
 The pages follow the user's journey: fleet -> model and budget -> run ->
-what-if -> rollout -> fine-tune -> download -> history. This file sets the
+what-if (rollout, drift) -> fine-tune -> download -> history. This file sets the
 session defaults, the navigation and the sidebar; it imports nothing heavy so
 that the first page is served at once.
 """
@@ -26,7 +26,9 @@ pages = [
     st.Page("views/whatif.py", title="4 What-if", icon=":material/science:", url_path="whatif"),
     st.Page("views/rollout.py", title="4b Rollout", icon=":material/call_split:",
             url_path="rollout"),
-    st.Page("views/finetune.py", title="4c Fine-tune", icon=":material/model_training:",
+    st.Page("views/drift.py", title="4c Drift", icon=":material/trending_up:",
+            url_path="drift"),
+    st.Page("views/finetune.py", title="4d Fine-tune", icon=":material/model_training:",
             url_path="finetune"),
     st.Page("views/download.py", title="5 Download", icon=":material/download:",
             url_path="download"),

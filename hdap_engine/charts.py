@@ -455,6 +455,55 @@ def study_figures(report: Mapping, *, widths: Mapping[str, int],
     return figs
 
 
+def drift_sankey(flows: Sequence[Mapping], k_old: int, *, old_label: str = "OLD",
+                 new_label: str = "NEW", title: str | None = None) -> go.Figure:
+    """Devices' clusters in OLD (left) and in NEW assigned to OLD's clusters (right).
+
+    Parameters
+    ----------
+    flows:
+        ``{"from", "to", "devices"}`` for every pair, stays included
+        (`DriftReport.flows`).
+    k_old:
+        Number of OLD clusters.
+    old_label, new_label:
+        Names of the two snapshots.
+    title:
+        Figure title; default says how many devices moved.
+
+    Returns
+    -------
+    A Plotly Sankey: grey links are devices that stayed, coloured ones moved.
+    """
+    labels = [f"{old_label} cluster {c}" for c in range(k_old)] + [
+        f"{new_label} cluster {c}" for c in range(k_old)]
+    colors = [CLUSTER_COLORS[c % len(CLUSTER_COLORS)] for c in range(k_old)] * 2
+    src, dst, value, link_colors = [], [], [], []
+    for f in flows:
+        src.append(int(f["from"]))
+        dst.append(k_old + int(f["to"]))
+        value.append(int(f["devices"]))
+        moved = int(f["from"]) != int(f["to"])
+        link_colors.append(_with_alpha(CLUSTER_COLORS[int(f["to"]) % len(CLUSTER_COLORS)], 0.6)
+                           if moved else "rgba(180,180,180,0.35)")
+    moved_total = sum(v for f, v in zip(flows, value, strict=True) if int(f["from"]) != int(f["to"]))
+    fig = go.Figure(go.Sankey(
+        node=dict(label=labels, color=colors, pad=14, thickness=16),
+        link=dict(source=src, target=dst, value=value, color=link_colors,
+                  hovertemplate="%{source.label} -> %{target.label}: %{value:,} devices<extra></extra>"),
+    ))
+    fig.update_layout(**_LAYOUT, height=420,
+                      title=title or f"Devices moved between clusters: {moved_total:,} "
+                                     f"(grey: stayed)")
+    return fig
+
+
+def _with_alpha(color: str, alpha: float) -> str:
+    color = color.lstrip("#")
+    r, g, b = (int(color[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
 def rollout_chart(doc: Mapping) -> go.Figure:
     """Measured fleet mean (and p95) per number of variants, against the one model.
 

@@ -28,6 +28,8 @@ from hdap_engine.search.objectives import OBJECTIVES
 
 BACKENDS = ("twin", "host", "agent")
 HOST_CLOCKS = ("auto", "wall", "thread")
+# What runs the model on the host (hdap_engine/latency/runtimes.py, kept import-free here).
+HOST_RUNTIMES = ("torch", "torchscript", "onnxruntime")
 SURROGATE_MODES = ("shared", "per-cluster")
 
 
@@ -86,6 +88,9 @@ class MeasurementPlan:
                              help="host backend timer: wall time, or the timing thread's CPU "
                                   "time (robust to other jobs on a shared machine; one thread "
                                   "only); auto = thread with --threads 1")
+    host_runtime: str = option("torch", flag="--runtime", choices=HOST_RUNTIMES,
+                               help="host backend: what runs the model (default %(default)s; "
+                                    "onnxruntime as the device agent runs it)")
     twin_preset: str | None = option(None, flag="--twin-preset",
                                      help="twin physics for telemetry without a .twin.parquet "
                                           "sidecar (jetson-nano, rpi4)")
@@ -104,6 +109,9 @@ class MeasurementPlan:
                             f"{self.samples}")
         if self.repeats < 1 or self.warmup < 0:
             raise HdapError("repeats must be >= 1 and warmup >= 0")
+        if self.host_runtime not in HOST_RUNTIMES:
+            raise HdapError(f"unknown runtime {self.host_runtime!r}; choose one of: "
+                            f"{', '.join(HOST_RUNTIMES)}")
         if self.host_clock not in HOST_CLOCKS:
             raise HdapError(f"unknown host clock {self.host_clock!r}; choose one of: "
                             f"{', '.join(HOST_CLOCKS)}")

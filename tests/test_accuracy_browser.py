@@ -103,7 +103,7 @@ def test_upload_labelled_digits_see_accuracy_fine_tune_live_and_download_the_res
         screenshot(page, ARTIFACTS / "accuracy-2-results.png")
 
         # 4c Fine-tune: progress per epoch and the epochs drawn while the job trains.
-        open_page(page, "4c Fine-tune")
+        open_page(page, "4d Fine-tune")
         # The Model page's choices outlive the Run page's job (they once came back as
         # defaults after a job's fragment reruns): the sidebar still names them.
         sidebar = page.locator('[data-testid="stSidebarUserContent"]')

@@ -124,7 +124,13 @@ def test_rollout_page_points_to_the_run_page_before_any_run(samples):  # noqa: F
 
 @pytest.mark.app
 @pytest.mark.slow
-def test_rollout_page_plans_on_the_last_run_and_shows_table_and_chart(samples):  # noqa: F811
+def test_rollout_and_drift_pages_plan_and_check_on_the_last_run(samples):  # noqa: F811
+    """One small study serves both pages that build on it (a study is the slow part)."""
+    import pandas as pd
+
+    from hdap_engine.twin.simulate import later_snapshot
+    from hdap_engine.twin.states import load_twin_states
+
     at = _small_study(start(), compare=(), sweep=False)
     ok(at.switch_page("views/rollout.py").run())
     ok(at.number_input(key="rollout_variants").set_value(2).run())
@@ -138,6 +144,27 @@ def test_rollout_page_plans_on_the_last_run_and_shows_table_and_chart(samples): 
     assert table["verdict"].iloc[0] == "one model"
     assert any("Measurement noise" in c.value for c in at.caption)
     assert at.get("plotly_chart")
+
+    # Drift: the run's fleet probed again after 15 % of it started throttling, uploaded
+    # without a sidecar (as a user's snapshot is); the deployed model is checked as a job.
+    old = load_twin_states(samples / "jetson_small.csv").to_frame()
+    later, _, changed = later_snapshot(old, 0.15, "thermal_throttling", seed=4)
+    ok(at.switch_page("views/drift.py").run())
+    ok(at.selectbox(key="drift_new_choice").set_value("upload a snapshot").run())
+    ok(at.file_uploader(key="drift_upload").set_value(
+        ("later.csv", later.to_csv(index=False).encode(), "text/csv")).run())
+    ok(at.run())
+    assert at.selectbox(key="drift_new_choice").value == "uploaded: later.csv"
+    moved = int(next(m.value for m in at.metric if m.label == "Moved between clusters"))
+    assert abs(moved - len(changed)) <= 0.1 * len(changed)
+    ok(at.button(key="drift_check_button").click().run())
+    wait_for_job(at, job_id=at.session_state["drift_job"]["job"])
+    labels = [m.label for m in at.metric]
+    assert "Deployed model" in labels and "Re-optimised for NEW" in labels
+    verdict = [s.value for s in at.success] + [w.value for w in at.warning]
+    assert any(v.startswith(("Keep the deployed model", "Re-optimise:")) for v in verdict)
+    assert pd.notna(float(next(m.value for m in at.metric if m.label == "Deployed model")
+                           .removesuffix(" ms")))
 
 
 def test_a_method_that_ignores_cluster_weights_is_refused_in_one_line(cli, small_fleet, tmp_path):

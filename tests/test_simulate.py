@@ -108,6 +108,31 @@ def test_shipped_sample_fleet_is_what_the_readme_command_regenerates(sku):
     assert list(side.mechanism) == list(states["mechanism"])
 
 
+def test_the_shipped_later_snapshot_is_what_its_readme_command_regenerates():
+    from hdap_engine.twin.simulate import later_snapshot
+
+    old = load_twin_states(SAMPLES / "jetson_nano_fleet.csv").to_frame()
+    tel, states, changed = later_snapshot(old, 0.12, "thermal_throttling", seed=1)
+    shipped = pd.read_csv(SAMPLES / "jetson_nano_fleet_later.csv")
+    pd.testing.assert_frame_equal(shipped[["device_id", "sku"]], tel[["device_id", "sku"]])
+    assert np.allclose(shipped[list(PROBE_COLUMNS)], tel[list(PROBE_COLUMNS)], rtol=1e-5)
+    assert len(changed) == 600 and set(states.loc[states["device_id"].isin(changed),
+                                                  "mechanism"]) == {"thermal_throttling"}
+    # Only the changed devices changed mechanism.
+    assert (states["mechanism"] != old["mechanism"]).sum() == 600
+
+
+def test_a_later_snapshot_refuses_an_unknown_mechanism_and_too_large_a_share():
+    from hdap_engine.errors import HdapError
+    from hdap_engine.twin.simulate import later_snapshot
+
+    old = load_twin_states(SAMPLES / "rpi4_fleet.csv").to_frame()
+    with pytest.raises(HdapError, match="not a drift mechanism of rpi4; choose one of"):
+        later_snapshot(old, 0.1, "sunspots")
+    with pytest.raises(HdapError, match="nominal ones; ask for at most"):
+        later_snapshot(old, 0.99, "thermal_throttling")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sku", sorted(SHIPPED))
 def test_kmeans_on_probes_recovers_the_mechanisms_of_the_sample_fleets(sku):

@@ -223,3 +223,12 @@ def job_context(job_id: int, _settings: dict, _result: dict):
     from hdap_engine.jobs import rebuild_context
 
     return rebuild_context(_settings, _result)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def drift(_old, _new, key: str, k: int | None, seed: int):
+    """Two snapshots compared (`hdap_engine.fleet.drift.compare`); ``key`` names the pair."""
+    from hdap_engine.fleet.clustering import ClusteringOptions
+    from hdap_engine.fleet.drift import DriftOptions, compare
+
+    return compare(_old, _new, DriftOptions(clustering=ClusteringOptions(k=k, seed=seed)))

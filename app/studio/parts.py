@@ -89,22 +89,29 @@ def accept_upload(name: str, data: bytes) -> str | None:
     screen is then left as it was.
     """
     from hdap_engine.errors import HdapError
-    from hdap_engine.fleet.telemetry import load_fleet
 
     try:
-        fleet = load_fleet(data, name=name)
+        fleet, saved = read_telemetry_upload(name, data)
     except HdapError as exc:
         S.put(S.UPLOAD_ERROR, str(exc))
         return str(exc)
-    from hdap_engine.workspace import save_upload
-
-    # Kept in the workspace: jobs run in worker processes, which read the file.
-    saved = save_upload(bytes(data), name, "telemetry")
     S.put(S.UPLOADED, {"name": name, "fleet": fleet, "fingerprint": fleet.fingerprint(),
                        "file": str(saved)})
     S.put(S.UPLOAD_ERROR, None)
     S.put(S.FLEET_CHOICE, UPLOAD_PREFIX + name)
     return None
+
+
+def read_telemetry_upload(name: str, data: bytes):
+    """(`Fleet`, saved path) of uploaded telemetry; raises HdapError when it is refused.
+
+    Kept in the workspace: jobs run in worker processes, which read the file.
+    """
+    from hdap_engine.fleet.telemetry import load_fleet
+    from hdap_engine.workspace import save_upload
+
+    fleet = load_fleet(data, name=name)
+    return fleet, str(save_upload(bytes(data), name, "telemetry"))
 
 
 def current_fleet() -> FleetView | None:
@@ -358,6 +365,60 @@ def job_progress(job) -> None:
         st.caption("Cancelling...")
     elif st.button("Cancel", icon=":material/stop_circle:", key="cancel_job"):
         runner.cancel(job.id)
+
+
+POLL_SECONDS = 1.0  # how often a page re-reads a running job's record
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def follow_job(job_id: int, partial=None) -> None:
+    """Polls the store while the job is queued or running; the whole page redraws when it ends.
+
+    ``partial(job)``, when given, draws what the job has produced so far under its
+    progress (the Fine-tune page's live chart).
+    """
+    job = cached.jobs().get(job_id)
+    if job is None or not job.active:
+        st.rerun(scope="app")
+    job_progress(job)
+    if partial is not None:
+        partial(job)
+
+
+def finished_job(job_id: int, partial=None):
+    """The job once it is done; until then its live progress, or why it ended (returns None).
+
+    ``partial``: as `follow_job` takes it.
+    """
+    job = cached.jobs().get(job_id)
+    if job is None:
+        st.error(f"There is no job {job_id} in this workspace.", icon=":material/error:")
+        return None
+    if job.active:
+        follow_job(job_id, partial)
+        return None
+    if job.state != "done":
+        job_ended(job)
+        return None
+    return job
+
+
+def run_with_surrogate(purpose: str):
+    """The last run when it trained a surrogate; otherwise says why and where to go (None).
+
+    ``purpose`` ends the sentences, e.g. "to plan a rollout".
+    """
+    run = S.get(S.RUN)
+    if run is None:
+        st.info(f"Run a study first {purpose}: this page starts from its measurements and "
+                "surrogate.")
+        st.page_link("views/run.py", label="Go to the Run page", icon=":material/play_circle:")
+        return None
+    if not run.report.get("surrogate"):
+        st.info(f"The last run used the {run.report['method']} method, which trains no "
+                f"surrogate. Run a method that searches (HDAP, for one) {purpose}.")
+        return None
+    return run
 
 
 def job_ended(job) -> None:

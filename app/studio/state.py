@@ -74,6 +74,13 @@ ROLLOUT_VARIANTS = "rollout_variants"  # widget: the most variants to plan (Roll
 ROLLOUT_JOB = "rollout_job"  # {"for": the run's key, "job": id of its planning job}
 FINETUNE_RUN_EPOCHS = "finetune_run_epochs"  # widget: epochs on the Fine-tune page
 FINETUNE_JOB = "finetune_job"  # {"for": the run's key, "job": id of its fine-tune job}
+DRIFT_NEW_CHOICE = "drift_new_choice"  # widget: the later snapshot (a sample name or the upload)
+DRIFT_UPLOAD = "drift_upload"  # widget: the later snapshot's uploader
+DRIFT_UPLOADED = "drift_uploaded"  # {"name", "fleet", "fingerprint", "file", "select"} of that upload
+DRIFT_UPLOAD_SEEN = "drift_upload_seen"
+DRIFT_UPLOAD_ERROR = "drift_upload_error"
+DRIFT_THRESHOLD = "drift_threshold"  # widget: re-optimise above this gap (percent)
+DRIFT_JOB = "drift_job"  # {"for": (bundle, snapshot file), "job": id of the re-optimise check}
 
 # Study settings start at the engine's defaults (`hdap_engine.options`), as the CLI's
 # flags do; the others are the app's own (layout, what is shown).
@@ -113,7 +120,8 @@ PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, 
               FINETUNE_RUN_EPOCHS, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
               AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,
               COMPARE_METHODS, SWEEP_ON,
-              WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE, HISTORY_MINE)
+              WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE, HISTORY_MINE,
+              DRIFT_NEW_CHOICE, DRIFT_THRESHOLD)
 _PREFIXES = (WEIGHT_PREFIX, WHATIF_WEIGHT_PREFIX)
 
 

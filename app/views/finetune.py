@@ -1,4 +1,4 @@
-"""Page 4c, Fine-tune: the last run's pruned model learns from the unpruned one, as a job.
+"""Page 4d, Fine-tune: the last run's pruned model learns from the unpruned one, as a job.
 
 Fine-tuning runs in a worker process (`hdap_engine.jobs`, kind ``finetune``:
 `hdap_engine.finetune.run.finetune_bundle`, distillation from the unpruned
@@ -13,8 +13,6 @@ import streamlit as st
 from studio import cached, parts
 from studio import state as S
 
-POLL_SECONDS = 1.0
-
 
 def _chart(history: list, epochs: int | None, key: str, start_top1=None) -> None:
     from hdap_engine.charts import finetune_chart
@@ -22,13 +20,8 @@ def _chart(history: list, epochs: int | None, key: str, start_top1=None) -> None
     parts.show_figure(finetune_chart(history, epochs=epochs, start_top1=start_top1), key=key)
 
 
-@st.fragment(run_every=POLL_SECONDS)
-def _follow(job_id: int) -> None:
-    """Polls the store while the job trains: progress per epoch and the live chart."""
-    job = cached.jobs().get(job_id)
-    if job is None or not job.active:
-        st.rerun(scope="app")
-    parts.job_progress(job)
+def _live(job) -> None:
+    """The epochs a running fine-tune has written to its job's row so far."""
     live = job.partial or {}
     history = live.get("history") or []
     if history:
@@ -123,15 +116,10 @@ def main() -> None:
     st.caption("Fine-tuning runs as a job on the server: you can leave this page; the loss "
                "and accuracy of every epoch appear here while it trains.")
     job = parts.finetune_job(run)
-    if job is None:
-        return
-    if job.active:
-        _follow(job.id)
-        return
-    if job.state != "done":
-        parts.job_ended(job)
-        return
-    _done(job)
+    if job is not None:
+        job = parts.finished_job(job.id, partial=_live)
+    if job is not None:
+        _done(job)
 
 
 main()

@@ -12,17 +12,6 @@ import streamlit as st
 from studio import cached, parts
 from studio import state as S
 
-POLL_SECONDS = 1.0
-
-
-@st.fragment(run_every=POLL_SECONDS)
-def _follow(job_id: int) -> None:
-    """Polls the store while the planning job runs; the whole page redraws when it ends."""
-    job = cached.jobs().get(job_id)
-    if job is None or not job.active:
-        st.rerun(scope="app")
-    parts.job_progress(job)
-
 
 def _start(run, variants: int) -> None:
     """Queue the planning job (or open the equal one already queued, running or done)."""
@@ -37,16 +26,10 @@ def _start(run, variants: int) -> None:
 
 def main() -> None:
     st.title("Rollout")
-    run = S.get(S.RUN)
+    run = parts.run_with_surrogate("to plan a rollout")
     if run is None:
-        st.info("Run a study first: the rollout plans start from its measurements and surrogate.")
-        st.page_link("views/run.py", label="Go to the Run page", icon=":material/play_circle:")
         return
     rep = run.report
-    if not rep.get("surrogate"):
-        st.info(f"The last run used the {rep['method']} method, which trains no "
-                "surrogate. Run HDAP (or the paper's method) to plan a rollout.")
-        return
     k = int(rep["k"])
     st.caption(f"{run.fleet_label}, {rep.get('model', '')} at {rep['budget']} MACs, objective "
                f"{rep['objective']}, {k} clusters, measured by {rep['measured_source']}. "
@@ -67,15 +50,8 @@ def main() -> None:
     mine = S.get(S.ROLLOUT_JOB)
     if not mine or mine["for"] != run.key:
         return
-    job = cached.jobs().get(mine["job"])
+    job = parts.finished_job(mine["job"])
     if job is None:
-        st.error(f"There is no job {mine['job']} in this workspace.", icon=":material/error:")
-        return
-    if job.active:
-        _follow(job.id)
-        return
-    if job.state != "done":
-        parts.job_ended(job)
         return
     from hdap_engine.charts import rollout_chart
     from hdap_engine.rollout import rollout_rows

@@ -12,8 +12,6 @@ from hdap_engine.errors import HdapError
 from studio import cached, parts
 from studio import state as S
 
-POLL_SECONDS = 1.0
-
 
 def _job_id() -> int | None:
     """The job on screen: the link's ``?job=``, else this session's last one."""
@@ -57,15 +55,6 @@ def _start(fv, cv) -> None:
     if not created:
         st.toast(f"The same study is already {job.state} as job {job.id}: showing it.",
                  icon=":material/info:")
-
-
-@st.fragment(run_every=POLL_SECONDS)
-def _follow(job_id: int) -> None:
-    """Polls the store while the job is queued or running; the whole page redraws when it ends."""
-    job = cached.jobs().get(job_id)
-    if job is None or not job.active:
-        st.rerun(scope="app")
-    parts.job_progress(job)
 
 
 def _pct(value) -> float | None:
@@ -136,15 +125,8 @@ def _results(run) -> None:
 
 
 def _show(job_id: int) -> None:
-    job = cached.jobs().get(job_id)
+    job = parts.finished_job(job_id)
     if job is None:
-        st.error(f"There is no job {job_id} in this workspace.", icon=":material/error:")
-        return
-    if job.active:
-        _follow(job_id)
-        return
-    if job.state != "done":
-        parts.job_ended(job)
         return
     run = S.get(S.RUN)
     if run is None or run.job_id != job.id:

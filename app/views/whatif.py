@@ -14,16 +14,10 @@ from studio import state as S
 
 def main() -> None:
     st.title("What-if")
-    run = S.get(S.RUN)
+    run = parts.run_with_surrogate("to explore what-ifs")
     if run is None:
-        st.info("Run a study first: the what-if search reuses its measurements and surrogate.")
-        st.page_link("views/run.py", label="Go to the Run page", icon=":material/play_circle:")
         return
     rep = run.report
-    if not rep.get("surrogate"):
-        st.info(f"The last run used the {rep['method']} method, which trains no surrogate. Run "
-                "HDAP (or the paper's method, or single-device) to explore what-ifs.")
-        return
     job = cached.jobs().get(run.job_id)
     try:
         with st.spinner("Loading the run's measurements and surrogate from the store..."):

@@ -3,8 +3,8 @@
 One table, ``calibrated_accuracy``, in ``$HDAP_HOME/store.sqlite`` (the file
 the measurement store uses, so one workspace is one file to share), keyed by
 the model (name and weights digest), the calibration set's fingerprint (the
-dataset, its preprocessing and the split) and the candidate's widths. The same
-WAL mode and short write transactions as `hdap_engine.latency.store`.
+dataset, its preprocessing and the split) and the candidate's widths. Opened
+and written like every table of that file (`hdap_engine.database`).
 
 Public API
 ----------
@@ -15,15 +15,13 @@ Public API
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
+from hdap_engine import database
 from hdap_engine.workspace import home
-
-_WRITE_LOCK = threading.Lock()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calibrated_accuracy (
@@ -48,16 +46,11 @@ class AccuracyCache:
     """
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else home() / "store.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as con, con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+        self.path = database.initialise(
+            Path(path) if path is not None else home() / "store.sqlite", SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, timeout=30.0)
-        con.execute("PRAGMA busy_timeout=30000")
-        return con
+        return database.connect(self.path)
 
     def get(self, model_key: str, data_key: str, widths_keys: Iterable[str]) -> dict[str, float]:
         """Stored accuracies of the given candidates; missing ones are absent."""
@@ -80,9 +73,8 @@ class AccuracyCache:
         data = [(model_key, data_key, w, float(t), int(n_eval), now) for w, t in values.items()]
         if not data:
             return 0
-        with _WRITE_LOCK, closing(self._connect()) as con, con:
-            con.executemany("INSERT OR REPLACE INTO calibrated_accuracy VALUES (?,?,?,?,?,?)",
-                            data)
+        database.write(self.path, lambda con: con.executemany(
+            "INSERT OR REPLACE INTO calibrated_accuracy VALUES (?,?,?,?,?,?)", data))
         return len(data)
 
     def count(self) -> int:

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from hdap_engine.cli import fleet, rollout, study, tools
+from hdap_engine.cli import fleet, lifecycle, rollout, study, tools
 from hdap_engine.cli.common import Parser
 from hdap_engine.errors import HdapError
 
@@ -34,6 +34,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     fleet.register_cluster,
     fleet.register_simulate,
     fleet.register_probe,
+    lifecycle.register_drift,
     tools.register_training,
 ]
 

@@ -82,17 +82,38 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
 def register_simulate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("simulate", help="simulate a drifted fleet with the device twin",
                        description="Write PREFIX.csv (telemetry) and PREFIX.twin.parquet "
-                                   "(each device's latent state and drift mechanism).")
+                                   "(each device's latent state and drift mechanism). With "
+                                   "--later-of, the same fleet probed again after a share of "
+                                   "its nominal devices took on a drift mechanism (a snapshot "
+                                   "for `hdap drift`).")
     p.add_argument("--sku", default="jetson-nano", help="device preset (jetson-nano, rpi4)")
     p.add_argument("--devices", type=int, default=5000, help="number of devices")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--out", required=True, help="output prefix, e.g. sample_data/jetson_nano_fleet")
+    p.add_argument("--later-of", metavar="FLEET.csv",
+                   help="a simulated fleet (with its twin sidecar) to probe again later; "
+                        "--sku and --devices then come from it")
+    p.add_argument("--changed", type=float, default=0.15, metavar="SHARE",
+                   help="with --later-of: share of all devices that drift (default %(default)s)")
+    p.add_argument("--mechanism", default="thermal_throttling",
+                   help="with --later-of: the mechanism they take on (default %(default)s)")
     p.set_defaults(func=_cmd_simulate)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
+    from hdap_engine.twin.simulate import later_snapshot, simulate_fleet, write_fleet
 
+    if args.later_of:
+        from hdap_engine.twin.states import load_twin_states
+
+        old = load_twin_states(args.later_of).to_frame()
+        telemetry, states, changed = later_snapshot(old, args.changed, args.mechanism,
+                                                    seed=args.seed)
+        csv_path, twin_path = write_fleet(args.out, telemetry, states)
+        print(f"wrote {csv_path}: {args.later_of} probed again, {len(changed):,} of "
+              f"{len(telemetry):,} devices now {args.mechanism} (seed {args.seed})")
+        print(f"wrote {twin_path} (latent state per device; the changed ones are the truth)")
+        return 0
     telemetry, states = simulate_fleet(args.sku, args.devices, seed=args.seed)
     csv_path, twin_path = write_fleet(args.out, telemetry, states)
     counts = states["mechanism"].value_counts()

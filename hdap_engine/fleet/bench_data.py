@@ -10,6 +10,8 @@ clustering tests recover (the true mechanism of every device is returned).
 Command line (writes CSV, CSV.gz or Parquet by the file name)::
 
     python -m hdap_engine.fleet.bench_data --devices 1000000 --out /tmp/big.csv
+    # raw timed runs (long format): 1M devices x 7 probes x 5 runs
+    python -m hdap_engine.fleet.bench_data --devices 1000000 --probes 7 --runs 5 --out /tmp/runs.parquet
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ MECHANISMS: dict[str, dict[str, float]] = {
         "probe_linear_ms": 1.5,
         "probe_memcopy_ms": 1.3,
         "probe_launch_ms": 1.2,
+        "probe_maxpool_ms": 1.4,
     },
     "thermal_throttling": {"probe_conv3x3_ms": 1.3, "probe_conv1x1_ms": 1.25},
     "background_load": {"probe_launch_ms": 1.8, "probe_memcopy_ms": 1.2},
@@ -51,6 +54,10 @@ MECHANISMS: dict[str, dict[str, float]] = {
 }
 
 DEFAULT_SHARES: tuple[float, ...] = (0.55, 0.15, 0.12, 0.10, 0.08)
+
+# A seventh probe for the long-format benchmark (1M devices x 7 probes x 5
+# runs): pooling, slowed by power saving only.
+LONG_PROBES_MS: dict[str, float] = {**NOMINAL_PROBES_MS, "probe_maxpool_ms": 0.6}
 
 
 def synthetic_fleet(
@@ -61,6 +68,7 @@ def synthetic_fleet(
     spread: float = 0.03,
     severity: tuple[float, float] | None = None,
     sku: str | None = "edge-a",
+    nominal: dict[str, float] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Make a synthetic fleet: one log-normal blob of devices per drift mechanism.
 
@@ -82,6 +90,9 @@ def synthetic_fleet(
         drift of varying severity is.
     sku:
         Value of the ``sku`` column, or None for no ``sku`` column.
+    nominal:
+        Probe column -> nominal latency (ms); default `NOMINAL_PROBES_MS`.
+        Probes a mechanism does not name are not slowed by it.
 
     Returns
     -------
@@ -100,16 +111,17 @@ def synthetic_fleet(
     counts[np.argsort(-(p * n_devices - counts))[: n_devices - counts.sum()]] += 1
     mechanism = rng.permutation(np.repeat(np.arange(len(names)), counts))
 
-    probe_names = list(NOMINAL_PROBES_MS)
+    nominal_ms = NOMINAL_PROBES_MS if nominal is None else nominal
+    probe_names = list(nominal_ms)
     factors = np.array(
         [[MECHANISMS[m].get(c, 1.0) for c in probe_names] for m in names], dtype=float
     )
-    nominal = np.array([NOMINAL_PROBES_MS[c] for c in probe_names])
+    base = np.array([nominal_ms[c] for c in probe_names])
     noise = rng.normal(0.0, spread, size=(n_devices, len(probe_names)))
     power = np.ones((n_devices, 1))
     if severity is not None:
         power = rng.uniform(severity[0], severity[1], size=(n_devices, 1))
-    probes = nominal * factors[mechanism] ** power * np.exp(noise)
+    probes = base * factors[mechanism] ** power * np.exp(noise)
 
     frame = pd.DataFrame({"device_id": _device_ids(n_devices)})
     if sku is not None:
@@ -166,6 +178,129 @@ def write_fleet(frame: pd.DataFrame, out: str | Path) -> Path:
     return out
 
 
+def write_runs(
+    frame: pd.DataFrame,
+    out: str | Path,
+    *,
+    runs: int = 5,
+    run_noise: float = 0.02,
+    seed: int = 0,
+    chunk_devices: int = 100_000,
+    parts: int = 1,
+) -> Path:
+    """Write a fleet as raw timed runs (long format): one row per device, probe and run.
+
+    Every run of a device times each probe at the device's latency (the
+    frame's ``probe_<name>_ms``) times log-normal run-to-run noise, so the
+    per-device median of the runs estimates the frame's row. Context is what
+    a fleet's telemetry pipeline logs with each run: ``timestamp`` (one per
+    run of the suite), ``sku``, ``firmware`` (the last run of 10 % of the
+    devices already has the next version: "latest" must pick it) and
+    ``ambient_c`` (varies per run).
+
+    Parameters
+    ----------
+    frame:
+        One row per device, as from `synthetic_fleet`.
+    out:
+        ``.parquet`` or ``.csv`` file, or a folder (then `parts` Parquet
+        files ``part-NNN.parquet`` in it, for a glob).
+    runs:
+        Timed runs of the whole probe suite per device.
+    run_noise:
+        Log-normal sigma of one run (0.02 = about 2 %).
+    seed:
+        Random seed.
+    chunk_devices:
+        Devices generated at a time (bounds the memory used).
+    parts:
+        Number of files when `out` is a folder.
+
+    Returns
+    -------
+    The file or folder written.
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    probe_cols = [c for c in frame.columns if c.startswith("probe_") and c.endswith("_ms")]
+    names = np.array([c[len("probe_") : -len("_ms")] for c in probe_cols])
+    rng = np.random.default_rng([seed, 7])
+    n = len(frame)
+    folder = not out.name.lower().endswith((".parquet", ".csv"))
+    if folder:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    start = np.datetime64("2026-11-01T00:00:00", "s")
+    writer = None
+    part_bounds = np.linspace(0, n, max(1, parts) + 1).astype(int) if folder else np.array([0, n])
+    try:
+        for p in range(len(part_bounds) - 1):
+            target = out / f"part-{p:03d}.parquet" if folder else out
+            for lo in range(part_bounds[p], part_bounds[p + 1], chunk_devices):
+                hi = min(lo + chunk_devices, part_bounds[p + 1])
+                chunk = frame.iloc[lo:hi]
+                m = hi - lo
+                probes = chunk[probe_cols].to_numpy(dtype=np.float64)  # (m, P)
+                # Rows ordered as a pipeline logs them: run by run, device, probe.
+                noise = np.exp(rng.normal(0.0, run_noise, size=(runs, m, len(probe_cols))))
+                latency = (probes[None, :, :] * noise).reshape(-1)
+                ids = np.asarray(chunk["device_id"], dtype=object)
+                run_of_row = np.repeat(np.arange(runs), m * len(probe_cols))
+                device_of_row = np.tile(np.repeat(np.arange(m), len(probe_cols)), runs)
+                # One timestamp per run of the suite: run r about r hours after the first.
+                t0 = rng.integers(0, 3600, size=m)
+                stamp = start + (t0[device_of_row] + 3600 * run_of_row).astype("timedelta64[s]")
+                firmware = np.asarray(chunk["firmware"], dtype=object)
+                upgraded = rng.random(m) < 0.10
+                fw_row = np.where(
+                    (run_of_row == runs - 1) & upgraded[device_of_row], "1.6.0", firmware[device_of_row]
+                )
+                ambient = chunk["ambient_c"].to_numpy(dtype=np.float64)
+                # Ambient temperature is logged once per run of the suite.
+                amb_run = ambient[None, :] + rng.normal(0.0, 1.0, size=(runs, m))
+                amb_row = np.round(amb_run[run_of_row, device_of_row], 1)
+                columns = {
+                    "device_id": pa.array(ids[device_of_row], pa.string()),
+                    "probe": pa.DictionaryArray.from_arrays(
+                        pa.array(np.tile(np.arange(len(names)), m * runs), pa.int32()), pa.array(names)
+                    ),
+                    "latency_ms": pa.array(np.round(latency, 5)),
+                    "timestamp": pa.array(stamp),
+                }
+                if "sku" in chunk.columns:
+                    columns["sku"] = pa.DictionaryArray.from_arrays(
+                        pa.array(np.zeros(len(latency), dtype=np.int32)),
+                        pa.array([str(chunk["sku"].iloc[0])]),
+                    )
+                columns["firmware"] = pa.array(fw_row, pa.string())
+                columns["ambient_c"] = pa.array(amb_row)
+                table = pa.table(columns)
+                if target.name.lower().endswith(".csv"):
+                    table = table.cast(
+                        pa.schema([pa.field(f.name, pa.string() if pa.types.is_dictionary(f.type) else f.type)
+                                   for f in table.schema])
+                    )
+                    options = pacsv.WriteOptions(quoting_style="none", include_header=writer is None)
+                    if writer is None:
+                        writer = open(target, "wb")
+                    pacsv.write_csv(table, writer, options)
+                else:
+                    if writer is None:
+                        writer = pq.ParquetWriter(target, table.schema)
+                    writer.write_table(table)
+            if folder and writer is not None:
+                writer.close()
+                writer = None
+    finally:
+        if writer is not None:
+            writer.close()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: write a synthetic fleet file (and optionally its true mechanisms)."""
     parser = argparse.ArgumentParser(
@@ -177,19 +312,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--spread", type=float, default=0.03)
     parser.add_argument("--labels", help="also write device_id,mechanism to this CSV")
+    parser.add_argument("--probes", type=int, choices=(6, 7), default=6,
+                        help="probe columns: 6 (default) or 7 (adds probe_maxpool_ms)")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="write raw timed runs (long format), this many per device and probe")
+    parser.add_argument("--parts", type=int, default=1,
+                        help="with --runs and a folder as --out: number of Parquet files")
     args = parser.parse_args(argv)
     if args.devices < 1:
         parser.error("--devices must be >= 1")
-    frame, mechanism = synthetic_fleet(args.devices, seed=args.seed, spread=args.spread)
+    nominal = LONG_PROBES_MS if args.probes == 7 else NOMINAL_PROBES_MS
+    frame, mechanism = synthetic_fleet(args.devices, seed=args.seed, spread=args.spread, nominal=nominal)
     try:
-        path = write_fleet(frame, args.out)
+        if args.runs > 0:
+            path = write_runs(frame, args.out, runs=args.runs, seed=args.seed, parts=args.parts)
+        else:
+            path = write_fleet(frame, args.out)
     except ValueError as exc:
         parser.error(str(exc))
     if args.labels:
         names = np.array(list(MECHANISMS))
         labels = pd.DataFrame({"device_id": frame["device_id"], "mechanism": names[mechanism]})
         write_fleet(labels, args.labels)
-    print(f"wrote {path} ({len(frame):,} devices, {path.stat().st_size / 1e6:.1f} MB)")
+    size = sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
+    print(f"wrote {path} ({len(frame):,} devices, {size / 1e6:.1f} MB)")
     return 0
 
 

@@ -163,9 +163,11 @@ def load_fleet(
     Parameters
     ----------
     source:
-        A path to a CSV, CSV.gz or Parquet file, or the file's content (bytes
-        or a binary file-like object, e.g. an upload). The format is detected
-        from the content.
+        A path to a CSV, CSV.gz or Parquet file (or a glob of Parquet files),
+        or the file's content (bytes or a binary file-like object, e.g. an
+        upload). The format is detected from the content; raw runs (columns
+        ``device_id, probe, latency_ms``) are aggregated to one row per
+        device (`hdap_engine.fleet.longformat`).
     sku:
         Keep only this SKU's devices (required when the file holds several).
     name:
@@ -181,7 +183,17 @@ def load_fleet(
         For anything wrong with the file, with one line naming the file, the
         column and rows, and what to do.
     """
+    # Raw runs (long format), globs of Parquet files and wide Parquet files too
+    # large for pandas are read out of core by DuckDB (fleet/longformat.py).
+    from hdap_engine.fleet import longformat
+
+    routed = longformat.route(source, sku=sku, name=name)
+    if routed is not None:
+        return _fleet(routed[1], routed[0])
     label, frame, rows, notes = read_telemetry(source, name)
+    if longformat.is_long_format(frame.columns):
+        # An upload of raw runs: aggregated in memory, same rules as a file.
+        return _fleet(longformat.aggregate_frame(frame, sku=sku, source=label, notes=notes), label)
     return _fleet(check_telemetry(frame, rows=rows, sku=sku, source=label, notes=notes), label)
 
 

@@ -19,6 +19,8 @@ Settings of every kind::
 
 A ``rollout`` job plans variants on a finished study job, re-using what it
 measured: its settings are ``{"rollout": {"job": STUDY_JOB_ID, "variants": K}}``.
+A ``reoptimise`` job checks a deployed bundle against a later snapshot:
+``{"reoptimise": {"bundle": DIR, "telemetry": NEW, "threshold": 0.03}}``.
 
 A ``finetune`` job fine-tunes an export bundle by distillation from the unpruned
 model (`hdap_engine.finetune`'s recipe) into a new bundle::
@@ -53,7 +55,7 @@ from collections.abc import Callable
 
 from hdap_engine.errors import HdapError
 
-KINDS = ("study", "comparison", "sweep", "rollout", "finetune")
+KINDS = ("study", "comparison", "sweep", "rollout", "reoptimise", "finetune")
 Progress = Callable[[str, int, int], None]
 Partial = Callable[[dict], None]
 
@@ -124,6 +126,7 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
         ``study`` (prepare, search, prune, validate, export, record; then the
         comparison and the sweep the settings ask for), ``comparison`` or ``sweep``
         (prepare, then only that), ``rollout`` (plan variants on a finished study job),
+        ``reoptimise`` (a deployed bundle against a model re-optimised for a snapshot),
         ``finetune`` (fine-tune a bundle into a new one).
     settings:
         As in the module docstring.
@@ -163,6 +166,8 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     partial = partial or (lambda data: None)
     if kind == "rollout":
         return _rollout(settings, store or Store(), progress, agent_token)
+    if kind == "reoptimise":
+        return _reoptimise(settings, store or Store(), progress, agent_token)
     if kind == "finetune":
         return _finetune(settings, progress, partial)
     store = _CountingStore(store or Store())
@@ -293,6 +298,24 @@ def _finetune(settings: dict, progress: Progress, partial: Partial) -> dict:
                      "accuracy": done.accuracy,
                      "history": done.accuracy.get("finetune", {}).get("history") or [],
                      "of_job": spec.get("of_job")})
+
+
+def _reoptimise(settings: dict, store, progress: Progress, agent_token: str | None) -> dict:
+    """`reoptimise_check` of a bundle on a snapshot: ``{"reoptimise": its result}``."""
+    from hdap_engine.jsonable import jsonable
+    from hdap_engine.lifecycle.reoptimise import DEFAULT_THRESHOLD, read_deployed, reoptimise_check
+
+    spec = settings.get("reoptimise") or {}
+    bundle, telemetry = spec.get("bundle"), spec.get("telemetry")
+    if not bundle or not telemetry:
+        raise HdapError("this check names no bundle or no snapshot; start it again from the "
+                        "Drift page")
+    options = read_deployed(bundle)[0]
+    if agent_token:
+        options = options.updated(agent_token=agent_token)
+    result = reoptimise_check(bundle, telemetry, options=options, store=store, progress=progress,
+                              threshold=float(spec.get("threshold", DEFAULT_THRESHOLD)))
+    return jsonable({"reoptimise": result})
 
 
 def _history_id(store, bundle) -> int | None:

@@ -27,11 +27,11 @@ import json
 import sqlite3
 import time
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from hdap_engine import database
 from hdap_engine.jsonable import jsonable
 from hdap_engine.workspace import home
 
@@ -142,40 +142,18 @@ class JobTable:
         How many times a write that found the database busy is tried again.
     """
 
-    def __init__(self, path: str | Path | None = None, *, retries: int = 8):
-        self.path = Path(path) if path is not None else home() / "store.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path | None = None, *, retries: int = database.RETRIES):
         self.retries = retries
-        self._write(lambda con: (con.execute("PRAGMA journal_mode=WAL"),
-                                 con.executescript(SCHEMA)))
+        self.path = Path(path) if path is not None else home() / "store.sqlite"
+        database.initialise(self.path, SCHEMA)
         self._write(_add_partial_column)
 
-    # -- plumbing --------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        # One connection per call: connections must not cross threads (Streamlit
-        # sessions) and are cheap next to the work they record.
-        con = sqlite3.connect(self.path, timeout=10.0)
-        con.execute("PRAGMA busy_timeout=10000")
-        return con
-
+    # -- plumbing (`hdap_engine.database`: WAL, one writer, retries while busy) ---------------
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` in one transaction; retry while SQLite says the database is busy."""
-        pause = 0.05
-        for attempt in range(self.retries + 1):
-            try:
-                with closing(self._connect()) as con, con:
-                    return work(con)
-            except sqlite3.OperationalError as exc:
-                busy = "locked" in str(exc) or "busy" in str(exc)
-                if not busy or attempt == self.retries:
-                    raise
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
-        raise AssertionError("unreachable")
+        return database.write(self.path, work, retries=self.retries)
 
     def _read(self, sql: str, args: tuple = ()) -> list:
-        with closing(self._connect()) as con:
-            return con.execute(sql, args).fetchall()
+        return database.read(self.path, sql, args)
 
     # -- creating and reading --------------------------------------------------------------
     def submit(self, kind: str, settings: dict, *, owner: str | None = None) -> tuple[Job, bool]:
@@ -190,9 +168,6 @@ class JobTable:
         now = time.time()
 
         def work(con):
-            # BEGIN IMMEDIATE: the look-up and the insert are one decision, so two
-            # sessions clicking at the same moment cannot both insert.
-            con.execute("BEGIN IMMEDIATE")
             row = con.execute("SELECT id FROM jobs WHERE dedupe_key = ? AND state IN "
                               "('queued', 'running') ORDER BY id LIMIT 1", (key,)).fetchone()
             if row is not None:
@@ -203,22 +178,10 @@ class JobTable:
                 (owner, kind, json.dumps(settings), key, now, now))
             return int(cur.lastrowid), True
 
-        with closing(self._connect()) as con:
-            con.isolation_level = None  # transactions by hand (BEGIN IMMEDIATE above)
-            pause = 0.05
-            for attempt in range(self.retries + 1):
-                try:
-                    job_id, created = work(con)
-                    con.execute("COMMIT")
-                    break
-                except sqlite3.OperationalError as exc:
-                    if con.in_transaction:
-                        con.execute("ROLLBACK")
-                    if ("locked" not in str(exc) and "busy" not in str(exc)) \
-                            or attempt == self.retries:
-                        raise
-                    time.sleep(pause)
-                    pause = min(pause * 2, 2.0)
+        # Immediate: the look-up and the insert are one decision, so two sessions (or two
+        # servers on one workspace) clicking at the same moment cannot both insert.
+        job_id, created = database.write(self.path, work, retries=self.retries,
+                                         immediate=True)
         return self.get(job_id), created
 
     def get(self, job_id: int) -> Job | None:

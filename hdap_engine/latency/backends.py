@@ -225,6 +225,10 @@ class HostBackend(Backend):
         wall time (here runs of one model spread by 12 ms around 30 ms) but
         not thread time. ``"auto"`` (default) is thread with one thread, wall
         otherwise (other threads' work is invisible to a thread clock).
+    runtime:
+        What runs the model: ``torch`` (eager, default), ``torchscript``
+        (traced and frozen) or ``onnxruntime`` (exported to ONNX, ONNX
+        Runtime on the CPU); see `hdap_engine.latency.runtimes`.
     """
 
     name = "host"
@@ -232,7 +236,10 @@ class HostBackend(Backend):
     real = True
 
     def __init__(self, threads: int = 1, batch_models: int = 12, seed: int = 0,
-                 clock: str = "auto"):
+                 clock: str = "auto", runtime: str = "torch"):
+        from hdap_engine.latency.runtimes import check_runtime
+
+        self.runtime = check_runtime(runtime)
         if threads < 1:
             raise HdapError(f"threads must be >= 1, got {threads}")
         if clock not in ("auto", "wall", "thread"):
@@ -245,15 +252,20 @@ class HostBackend(Backend):
         self.store_chunk = 4 * self.batch_models
         self.seed = int(seed)
         self.clock = ("thread" if threads == 1 else "wall") if clock == "auto" else clock
-        self.source = f"host (real, {'thread CPU' if self.clock == 'thread' else 'wall'} time)"
+        self.source = (f"host (real, {self.runtime}, "
+                       f"{'thread CPU' if self.clock == 'thread' else 'wall'} time)")
 
     def device_key(self, device: str) -> str:
         # Every device of a host run *is* this machine; the key says which and how.
-        return f"{host_device_id()}:threads={self.threads}:clock={self.clock}"
+        # The runtime is part of it; eager torch keeps the key it had before
+        # runtimes existed, so earlier measurements stay valid as torch.
+        key = f"{host_device_id()}:threads={self.threads}:clock={self.clock}"
+        return key if self.runtime == "torch" else f"{key}:runtime={self.runtime}"
 
     def _measure(self, space, widths, devices, repeats, warmup, progress):
         import torch
 
+        from hdap_engine.latency.runtimes import prepare
         from hdap_engine.models.zoo import build_model, get_spec
         from hdap_engine.pruning.apply import prune_to_widths
 
@@ -273,7 +285,8 @@ class HostBackend(Backend):
                     # Which channels survive does not change the time; the shape does.
                     prune_to_widths(model, space, widths[i], importance="first")
                     models.append(model.eval())
-                out[idx, 0, :] = time_models(models, x, repeats=repeats, warmup=warmup, rng=rng,
+                runnables = prepare(models, x, self.runtime, threads=self.threads)
+                out[idx, 0, :] = time_models(runnables, x, repeats=repeats, warmup=warmup, rng=rng,
                                              clock=self.clock)
                 done += len(idx)
                 if progress:

@@ -41,7 +41,8 @@ def make_backend(plan: MeasurementPlan, fleet, telemetry_path: str | os.PathLike
     """
     notes: list[str] = []
     if plan.backend == "host":
-        return HostBackend(threads=plan.host_threads, seed=seed, clock=plan.host_clock), notes
+        return HostBackend(threads=plan.host_threads, seed=seed, clock=plan.host_clock,
+                           runtime=plan.host_runtime), notes
     if plan.backend == "agent":
         from hdap_engine.latency.agent_backend import AgentBackend
 

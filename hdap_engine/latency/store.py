@@ -3,7 +3,10 @@
 One file, ``$HDAP_HOME/store.sqlite``, holds
 
 - ``measurements``: one row per (backend, device, model, widths, input shape,
-  repeats) with the median, the spread and the raw times;
+  repeats) with the median, the spread and the raw times. The device key
+  carries how it was measured; for the host that includes the runtime
+  (``...:runtime=onnxruntime``), and a key without one is eager ``torch``, so
+  rows stored before runtimes existed stay valid (`runtime_of`);
 - ``surrogates``: trained latency models (XGBoost's own JSON format, never a
   pickle) keyed by what they were trained on;
 - ``runs``: the history of studies with their settings and results.
@@ -17,16 +20,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
+from hdap_engine import database
 from hdap_engine.jsonable import jsonable
 from hdap_engine.workspace import home
-
-_WRITE_LOCK = threading.Lock()
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
@@ -63,6 +64,22 @@ def widths_key(widths: Iterable[int]) -> str:
     return ",".join(str(int(w)) for w in widths)
 
 
+def runtime_of(device_key: str) -> str:
+    """The runtime a stored measurement ran in: ``...:runtime=NAME``, else ``torch``.
+
+    Parameters
+    ----------
+    device_key:
+        A measurement's device key.
+
+    Returns
+    -------
+    The runtime name.
+    """
+    marker = ":runtime="
+    return device_key.rsplit(marker, 1)[1] if marker in device_key else "torch"
+
+
 def shape_key(shape: Iterable[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
@@ -77,18 +94,11 @@ class Store:
     """
 
     def __init__(self, path: str | Path | None = None):
-        self.path = Path(path) if path is not None else home() / "store.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as con, con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(SCHEMA)
+        self.path = database.initialise(
+            Path(path) if path is not None else home() / "store.sqlite", SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
-        # A connection per call: sqlite3 connections must not cross threads, and
-        # Streamlit serves every session on its own thread.
-        con = sqlite3.connect(self.path, timeout=30.0)
-        con.execute("PRAGMA busy_timeout=30000")
-        return con
+        return database.connect(self.path)
 
     # -- measurements ----------------------------------------------------------------------
     def get_measurements(self, backend: str, model: str, input_shape, repeats: int,
@@ -123,9 +133,8 @@ class Store:
                 for d, w, med, spr, times in rows]
         if not data:
             return 0
-        with _WRITE_LOCK, closing(self._connect()) as con, con:
-            con.executemany(
-                "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", data)
+        database.write(self.path, lambda con: con.executemany(
+            "INSERT OR REPLACE INTO measurements VALUES (?,?,?,?,?,?,?,?,?,?)", data))
         return len(data)
 
     def count_measurements(self, backend: str | None = None) -> int:
@@ -137,9 +146,9 @@ class Store:
 
     # -- surrogates ------------------------------------------------------------------------
     def put_surrogate(self, key: str, meta: dict, blob: bytes) -> None:
-        with _WRITE_LOCK, closing(self._connect()) as con, con:
-            con.execute("INSERT OR REPLACE INTO surrogates VALUES (?,?,?,?)",
-                        (key, json.dumps(meta), sqlite3.Binary(blob), time.time()))
+        row = (key, json.dumps(meta), sqlite3.Binary(blob), time.time())
+        database.write(self.path, lambda con: con.execute(
+            "INSERT OR REPLACE INTO surrogates VALUES (?,?,?,?)", row))
 
     def get_surrogate(self, key: str) -> tuple[dict, bytes] | None:
         with closing(self._connect()) as con:
@@ -149,12 +158,10 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------
     def add_run(self, name: str, settings: dict, result: dict) -> int:
-        with _WRITE_LOCK, closing(self._connect()) as con, con:
-            cur = con.execute(
-                "INSERT INTO runs (created_at, name, settings, result) VALUES (?,?,?,?)",
-                (time.time(), name, json.dumps(jsonable(settings)),
-                 json.dumps(jsonable(result))))
-            return int(cur.lastrowid)
+        row = (time.time(), name, json.dumps(jsonable(settings)), json.dumps(jsonable(result)))
+        return database.write(self.path, lambda con: int(con.execute(
+            "INSERT INTO runs (created_at, name, settings, result) VALUES (?,?,?,?)",
+            row).lastrowid))
 
     def list_runs(self, limit: int = 200) -> list[dict]:
         """Newest first: id, created_at, name, settings (results are fetched with get_run)."""
