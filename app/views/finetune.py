@@ -15,7 +15,7 @@ from studio import state as S
 
 
 def _chart(history: list, epochs: int | None, key: str, start_top1=None) -> None:
-    from hdap_engine.charts import finetune_chart
+    from hdap_engine.finetune.chart import finetune_chart
 
     parts.show_figure(finetune_chart(history, epochs=epochs, start_top1=start_top1), key=key)
 
