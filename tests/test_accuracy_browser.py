@@ -149,5 +149,13 @@ def test_upload_labelled_digits_see_accuracy_fine_tune_live_and_download_the_res
 
     model, _ = load_bundle(saved)  # the download rebuilds the fine-tuned model
     assert sum(p.numel() for p in model.parameters()) == report["params"]
+    from hdap_engine.jobs import JobTable
+
+    # The comparison table's top-1 columns come from these rows (the grid is a canvas).
+    study = next(j for j in JobTable(tmp_path / "home" / "store.sqlite").list()
+                 if j.kind == "study")
+    rows = study.result["comparison"]["rows"]
+    assert [r["method"] for r in rows] == ["hdap", "uniform"]
+    assert all(0 <= r["accuracy"]["calibrated"] <= 1 for r in rows)
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]

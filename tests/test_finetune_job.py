@@ -121,3 +121,32 @@ def test_the_job_table_keeps_a_running_jobs_partial_result_and_upgrades_old_stor
     table.partial(job.id, {"history": [{"epoch": 1}], "epochs": 3})
     assert table.get(job.id).partial == {"history": [{"epoch": 1}], "epochs": 3}
     JobTable(db)  # a second opening finds the column there
+
+
+@pytest.mark.slow
+def test_a_study_job_with_data_and_finetune_epochs_reports_accuracy_everywhere(
+        small_fleet, digit_folder):
+    """The Model page's data, floor-free, with fine-tune epochs: the study job measures
+    accuracy, fine-tunes its own bundle in place and the comparison rows carry top-1."""
+    from pathlib import Path
+
+    from hdap_engine.export import BUNDLE_FILES
+    from hdap_engine.jobs import execute
+    from tests.conftest import quick_options
+
+    options = quick_options(data=str(digit_folder), finetune_epochs=1, model_weights=str(DEMO),
+                            samples=20)
+    stages, partials = set(), []
+    result = execute("study", {"options": options.settings(), "telemetry": str(small_fleet),
+                               "compare": ["uniform"]},
+                     progress=lambda stage, step, total: stages.add(stage),
+                     partial=partials.append)
+    acc = result["report"]["accuracy"]
+    assert {"data", "accuracy", "finetune"} <= stages
+    assert len(partials) == 1 and acc["finetune"]["epochs"] == 1
+    for stage in ("unpruned", "pruned", "calibrated", "finetuned"):
+        assert 0 <= acc[stage] <= 1, stage
+    assert [r["method"] for r in result["comparison"]["rows"]] == ["hdap", "uniform"]
+    assert all(0 <= r["accuracy"]["calibrated"] <= 1 for r in result["comparison"]["rows"])
+    # Fine-tuned in place: a complete bundle, no checkpoint left behind.
+    assert sorted(p.name for p in Path(result["bundle"]).iterdir()) == sorted(BUNDLE_FILES)

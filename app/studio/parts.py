@@ -556,5 +556,10 @@ def sidebar() -> None:
         run = S.get(S.RUN)
         if run is not None:
             f = run.report["fleet"]
+            acc = run.report.get("accuracy") or {}
+            top1 = acc.get("finetuned") if acc.get("finetuned") is not None \
+                else acc.get("calibrated")
             st.markdown(f"**Last run:** {f['measured_mean_ms']:.2f} ms fleet mean, "
-                        f"{f['speedup']:.2f}x ({run.report['measured_source']})")
+                        f"{f['speedup']:.2f}x ({run.report['measured_source']}); "
+                        + ("accuracy unknown" if top1 is None
+                           else f"{100 * top1:.1f}% top-1 held out"))
