@@ -20,11 +20,15 @@ $(STAMP): requirements.txt pyproject.toml
 run: setup
 	$(BIN)/hdap app --port $(PORT)
 
+# Two pytest workers, a test file each at a time (module fixtures are built once): on a
+# 2-core machine most tests wait on subprocesses, servers and browsers, so two run at once.
+TEST_WORKERS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow and not browser"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not browser"
 
 bench: setup
 	$(BIN)/hdap bench-macs

@@ -169,13 +169,16 @@ def test_optimize_cli_writes_the_bundle_and_report(cli, small_fleet, tmp_path):
     (["--macs", "9G"], "more than resnet56"),
     (["--objective", "slo"], "slo objective needs"),
 ])
-def test_bad_study_flags_are_one_clear_error(cli, small_fleet, tmp_path, args, message):
+def test_bad_study_flags_are_one_clear_error(small_fleet, tmp_path, capsys, args, message):
+    from hdap_engine import cli
+
     base = ["optimize", "--model", "resnet56", "--telemetry", str(small_fleet), "--macs", "0.5",
             "--samples", "20", "--out", str(tmp_path / "x"), "--quiet"]
-    res = cli(*base, *args)
-    assert res.returncode == 2
-    assert message in res.stderr and "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert cli.main([*base, *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
 
 
 def test_representatives_estimate_the_fleet_mean_within_3_percent(small_fleet, tmp_path):
