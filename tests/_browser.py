@@ -104,3 +104,13 @@ def screenshot(page, path: Path) -> None:
     page.wait_for_timeout(700)  # charts re-layout to the new size
     page.screenshot(path=str(path), full_page=True)
     page.set_viewport_size(size)
+
+
+def small_sample_fleet(folder: Path) -> Path:
+    """``folder`` holding one sample fleet for a browser test: 400 simulated Jetson devices
+    (``jetson_small.csv`` and its twin sidecar); returns the folder (for HDAP_SAMPLE_DATA)."""
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
+
+    telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)
+    write_fleet(folder / "jetson_small", telemetry, states)
+    return folder

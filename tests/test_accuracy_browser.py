@@ -26,6 +26,7 @@ from tests._browser import (
     open_page,
     screenshot,
     settle,
+    small_sample_fleet,
     wait_healthy,
 )
 from tests.test_finetune import write_digit_folder
@@ -40,12 +41,7 @@ WAIT = 240_000  # ms: a small study on a loaded 2-core machine
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory) -> Path:
-    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
-
-    folder = tmp_path_factory.mktemp("samples")
-    telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)
-    write_fleet(folder / "jetson_small", telemetry, states)
-    return folder
+    return small_sample_fleet(tmp_path_factory.mktemp("samples"))
 
 
 def _digits_zip(tmp_path: Path) -> Path:

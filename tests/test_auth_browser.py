@@ -23,6 +23,7 @@ from tests._browser import (
     free_port,
     screenshot,
     settle,
+    small_sample_fleet,
     wait_healthy,
 )
 from tests.test_jobs_browser import QUICK, WAIT, _results
@@ -50,13 +51,12 @@ def test_pages_need_sign_in_and_history_names_who_ran_what(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     from hdap_engine.jobs import JobTable
-    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     samples = tmp_path / "samples"
     samples.mkdir()
-    write_fleet(samples / "jetson_small", *simulate_fleet("jetson-nano", 400, seed=3))
+    small_sample_fleet(samples)
     home = tmp_path / "home"
     port = free_port()
     with oidc_provider_mock.run_server_in_thread() as idp:

@@ -21,6 +21,7 @@ from tests._browser import (
     open_page,
     screenshot,
     settle,
+    small_sample_fleet,
     wait_healthy,
 )
 
@@ -35,12 +36,7 @@ def shot(page, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory) -> Path:
-    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
-
-    folder = tmp_path_factory.mktemp("samples")
-    telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)
-    write_fleet(folder / "jetson_small", telemetry, states)
-    return folder
+    return small_sample_fleet(tmp_path_factory.mktemp("samples"))
 
 
 def test_upload_map_run_and_download_torchscript_in_chromium(samples, tmp_path):

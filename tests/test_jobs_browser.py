@@ -29,6 +29,7 @@ from tests._browser import (
     kill_server,
     screenshot,
     settle,
+    small_sample_fleet,
     wait_healthy,
 )
 
@@ -42,12 +43,7 @@ WAIT = 240_000  # ms: a quick study on a loaded 2-core machine
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory) -> Path:
-    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
-
-    folder = tmp_path_factory.mktemp("samples")
-    telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)
-    write_fleet(folder / "jetson_small", telemetry, states)
-    return folder
+    return small_sample_fleet(tmp_path_factory.mktemp("samples"))
 
 
 def _env(samples: Path, **extra) -> dict:
