@@ -25,6 +25,17 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
 
 
+def write_json(path, doc) -> None:
+    """Write ``doc`` to ``path`` as strict JSON (numpy values made plain), what every
+    ``--json OUT`` flag writes."""
+    import json
+    from pathlib import Path
+
+    from hdap_engine.jsonable import jsonable
+
+    Path(path).write_text(json.dumps(jsonable(doc), indent=1))
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -6,10 +6,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from hdap_engine.cli.common import print_table
+from hdap_engine.cli.common import print_table, write_json
 from hdap_engine.cli.flags import k_flag
 
 
@@ -52,7 +51,6 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     from hdap_engine.fleet.clustering import ClusteringOptions
     from hdap_engine.fleet.drift import DriftOptions, compare
     from hdap_engine.fleet.telemetry import load_fleet
-    from hdap_engine.jsonable import jsonable
     from hdap_engine.wording import plural
 
     if args.bundle and not Path(args.bundle).is_dir():
@@ -100,7 +98,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     for note in (*old.notes, *new.notes, *d["notes"]):
         print(f"note: {note}")
     if args.json:
-        Path(args.json).write_text(json.dumps(jsonable(d), indent=1))
+        write_json(args.json, d)
         print(f"json: {args.json}")
     if args.html:
         from hdap_engine.charts import drift_sankey

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from hdap_engine.cli.common import Bar, positive_int, print_table
+from hdap_engine.cli.common import Bar, positive_int, print_table, write_json
 from hdap_engine.cli.flags import add_study_flags, study_options
 from hdap_engine.rollout import ROLLOUT_COLUMNS, rollout_rows
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    from hdap_engine.jsonable import jsonable
     from hdap_engine.prepare import prepare
     from hdap_engine.pruning.budget import parse_budget
     from hdap_engine.pruning.space import PruningSpace
@@ -44,7 +42,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     print(f"rollout: {Path(args.out) / 'rollout.json'}  ({rollout.seconds:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(jsonable(doc), indent=1))
+        write_json(args.json, doc)
         print(f"json: {args.json}")
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hdap_engine.cli.common import Bar, print_table
+from hdap_engine.cli.common import Bar, print_table, write_json
 from hdap_engine.cli.flags import add_option_flags, add_study_flags, methods_flag, study_options
 
 # -- hdap prune -------------------------------------------------------------------------
@@ -166,11 +166,8 @@ def register_optimize(sub) -> None:
 # -- hdap bench -------------------------------------------------------------------------
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
 
     from hdap_engine.benchmark import format_rows, run_bench, run_sweep
-    from hdap_engine.jsonable import jsonable
     from hdap_engine.wording import plural
 
     options = study_options(args)
@@ -191,7 +188,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"{result['n_devices']:,}: {result['reduction']:.0f}x fewer; largest error "
               f"{result['max_abs_error']:.2%}, mean {result['mean_abs_error']:.2%}")
         if args.json:
-            Path(args.json).write_text(json.dumps(jsonable(result), indent=1))
+            write_json(args.json, result)
         return 0
     try:
         if args.sweep:
@@ -225,7 +222,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for note in result.get("notes", []):
             print(f"note: {note}")
     if args.json:
-        Path(args.json).write_text(json.dumps(jsonable(result), indent=1))
+        write_json(args.json, result)
         print(f"json: {args.json}")
     return 0
 
