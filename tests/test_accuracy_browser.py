@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from tests._browser import (
+    ARTIFACTS,
     CHROMIUM,
     LAUNCH_ARGS,
-    ROOT,
     app_server,
     open_page,
     screenshot,
@@ -33,7 +33,6 @@ from tests.test_finetune import write_digit_folder
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
 SMALL = {"model": "resnet56", "samples": 20, "refine_rounds": 1, "representatives": 1,
          "compare_methods": ["uniform"], "sweep_on": False}
 WAIT = 240_000  # ms: a small study on a loaded 2-core machine

@@ -16,9 +16,9 @@ from urllib.parse import quote
 import pytest
 
 from tests._browser import (
+    ARTIFACTS,
     CHROMIUM,
     LAUNCH_ARGS,
-    ROOT,
     app_server,
     free_port,
     screenshot,
@@ -30,7 +30,6 @@ from tests.test_jobs_browser import QUICK, WAIT, _results
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
 ALICE = "alice@example.com"
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests._browser import (
+    ARTIFACTS,
     CHROMIUM,
     LAUNCH_ARGS,
-    ROOT,
     app_server,
     open_page,
     screenshot,
@@ -27,7 +27,6 @@ from tests._browser import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
 
 
 def shot(page, name: str) -> None:

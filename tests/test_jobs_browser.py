@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from tests._browser import (
+    ARTIFACTS,
     CHROMIUM,
     LAUNCH_ARGS,
-    ROOT,
     app_server,
     kill_server,
     screenshot,
@@ -35,7 +35,6 @@ from tests._browser import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
 QUICK = {"model": "resnet56", "samples": 40, "refine_rounds": 1, "compare_methods": [],
          "sweep_on": False}
 WAIT = 240_000  # ms: a quick study on a loaded 2-core machine
