@@ -79,6 +79,23 @@ def _alive(runner: str | None) -> bool:
     return True
 
 
+
+def available_cores() -> int:
+    """The cores this server may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when set.
+
+    A server started with ``OMP_NUM_THREADS=1`` (a shared host, or a test run with several
+    servers at once) asked for one thread per process; its workers must not take more.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        cap = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        cap = 0
+    return max(1, min(cores, cap) if cap > 0 else cores)
+
 class Runner:
     """Starts and watches the workers of one workspace's jobs.
 
@@ -201,7 +218,7 @@ class Runner:
                     self._spawn(job)
 
     def _spawn(self, job: Job) -> None:
-        threads = max(1, (os.cpu_count() or 1) // self.max_workers)
+        threads = max(1, available_cores() // self.max_workers)
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
