@@ -169,6 +169,28 @@ class SearchPlan:
         return replace(self, refine_rounds=0, finalists=0, restarts=1)
 
 
+# How hard the search works, by name: the app's "Search effort" choice. `standard` is the
+# defaults above; `quick` is a demo's or a test's study (seconds on the twin instead of
+# half a minute); `thorough` searches longer for a model that ships. The refinement rounds
+# are their own setting and not part of an effort.
+SEARCH_EFFORTS: dict[str, dict[str, int]] = {
+    "quick": {"population": 16, "generations": 10, "refine_batch": 8, "restarts": 1,
+              "finalists": 4, "polish_rounds": 1, "polish_batch": 4},
+    "standard": {},
+    "thorough": {"population": 96, "generations": 90, "restarts": 4, "finalists": 16,
+                 "polish_rounds": 4},
+}
+
+
+def search_effort(name: str) -> dict[str, int]:
+    """The `SearchPlan` settings of a named effort (`SEARCH_EFFORTS`)."""
+    try:
+        return dict(SEARCH_EFFORTS[name])
+    except KeyError:
+        raise HdapError(f"unknown search effort {name!r}; choose one of: "
+                        f"{', '.join(SEARCH_EFFORTS)}") from None
+
+
 @dataclass(frozen=True)
 class Query:
     """What is asked of a prepared study: any change here re-uses every measurement."""
