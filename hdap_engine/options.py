@@ -145,12 +145,17 @@ class SearchPlan:
                                      "%(default)s; 0 for none)")
     refine_batch: int = 24  # candidates measured per refinement round
     # independent final searches; finalists are drawn from all of them
-    restarts: int = 3
+    restarts: int = option(3, flag="--restarts", parse="positive_int", metavar="N",
+                           help="independent final searches the finalists are drawn from "
+                                "(default %(default)s)")
     # search finalists re-measured before choosing (methods that measure finalists)
     finalists: int = option(12, flag="--finalists", parse="positive_int",
                             help="search finalists measured before one is chosen (default "
                                  "%(default)s; 1 for none)")
-    polish_rounds: int = 3  # measured local search from the chosen candidate
+    polish_rounds: int = option(3, flag="--polish-rounds", parse="int", metavar="N",
+                                help="rounds of measured local search from the chosen "
+                                     "candidate, for methods that measure finalists (default "
+                                     "%(default)s; 0 for none)")
     polish_batch: int = 12  # candidates measured per polish round
 
     def __post_init__(self):
