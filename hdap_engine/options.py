@@ -251,7 +251,10 @@ class AccuracyPlan:
         0, flag="--finetune-epochs", parse="int", metavar="N",
         help="fine-tune the exported model by distillation from the unpruned one for N "
              "epochs on --data (hdap_engine.finetune's recipe; default 0: no fine-tuning)")
-    accuracy_samples: int = 24  # candidates evaluated per budget for the accuracy surrogate
+    accuracy_samples: int = option(
+        24, flag="--accuracy-samples", parse="positive_int", metavar="N",
+        help="candidates pruned and calibrated per budget to train the accuracy surrogate "
+             "(default %(default)s; at least 4)")
     calibration_images: int = 256  # forward passes that re-estimate batch norm
     calibration_eval: int = 512  # images the calibrated top-1 is measured on
 
