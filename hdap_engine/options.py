@@ -145,12 +145,17 @@ class SearchPlan:
                                      "%(default)s; 0 for none)")
     refine_batch: int = 24  # candidates measured per refinement round
     # independent final searches; finalists are drawn from all of them
-    restarts: int = 3
+    restarts: int = option(3, flag="--restarts", parse="positive_int", metavar="N",
+                           help="independent final searches the finalists are drawn from "
+                                "(default %(default)s)")
     # search finalists re-measured before choosing (methods that measure finalists)
     finalists: int = option(12, flag="--finalists", parse="positive_int",
                             help="search finalists measured before one is chosen (default "
                                  "%(default)s; 1 for none)")
-    polish_rounds: int = 3  # measured local search from the chosen candidate
+    polish_rounds: int = option(3, flag="--polish-rounds", parse="int", metavar="N",
+                                help="rounds of measured local search from the chosen "
+                                     "candidate, for methods that measure finalists (default "
+                                     "%(default)s; 0 for none)")
     polish_batch: int = 12  # candidates measured per polish round
 
     def __post_init__(self):
@@ -167,6 +172,28 @@ class SearchPlan:
     def quick(self) -> SearchPlan:
         """The plan of a what-if answer: one search on the surrogate, nothing measured."""
         return replace(self, refine_rounds=0, finalists=0, restarts=1)
+
+
+# How hard the search works, by name: the app's "Search effort" choice. `standard` is the
+# defaults above; `quick` is a demo's or a test's study (seconds on the twin instead of
+# half a minute); `thorough` searches longer for a model that ships. The refinement rounds
+# are their own setting and not part of an effort.
+SEARCH_EFFORTS: dict[str, dict[str, int]] = {
+    "quick": {"population": 16, "generations": 10, "refine_batch": 8, "restarts": 1,
+              "finalists": 4, "polish_rounds": 1, "polish_batch": 4},
+    "standard": {},
+    "thorough": {"population": 96, "generations": 90, "restarts": 4, "finalists": 16,
+                 "polish_rounds": 4},
+}
+
+
+def search_effort(name: str) -> dict[str, int]:
+    """The `SearchPlan` settings of a named effort (`SEARCH_EFFORTS`)."""
+    try:
+        return dict(SEARCH_EFFORTS[name])
+    except KeyError:
+        raise HdapError(f"unknown search effort {name!r}; choose one of: "
+                        f"{', '.join(SEARCH_EFFORTS)}") from None
 
 
 @dataclass(frozen=True)
@@ -224,7 +251,10 @@ class AccuracyPlan:
         0, flag="--finetune-epochs", parse="int", metavar="N",
         help="fine-tune the exported model by distillation from the unpruned one for N "
              "epochs on --data (hdap_engine.finetune's recipe; default 0: no fine-tuning)")
-    accuracy_samples: int = 24  # candidates evaluated per budget for the accuracy surrogate
+    accuracy_samples: int = option(
+        24, flag="--accuracy-samples", parse="positive_int", metavar="N",
+        help="candidates pruned and calibrated per budget to train the accuracy surrogate "
+             "(default %(default)s; at least 4)")
     calibration_images: int = 256  # forward passes that re-estimate batch norm
     calibration_eval: int = 512  # images the calibrated top-1 is measured on
 

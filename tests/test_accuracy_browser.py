@@ -34,7 +34,8 @@ from tests.test_finetune import write_digit_folder
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SMALL = {"model": "resnet56", "samples": 20, "refine_rounds": 1, "representatives": 1,
-         "compare_methods": ["uniform"], "sweep_on": False}
+         "compare_methods": ["uniform"], "sweep_on": False,
+         "search_effort": "quick"}
 WAIT = 240_000  # ms: a small study on a loaded 2-core machine
 
 

@@ -63,7 +63,9 @@ def test_cli_optimize_prints_accuracy_and_a_floor_the_budget_cannot_meet_is_one_
         cli, small_fleet, tmp_path):
     common = ["optimize", "--model", "resnet56", "--model-weights", DEMO, "--data", "digits",
               "--telemetry", str(small_fleet), "--samples", "20", "--population", "8",
-              "--generations", "2", "--refine-rounds", "0", "--finalists", "2", "--quiet"]
+              "--generations", "2", "--refine-rounds", "0", "--finalists", "2",
+              "--restarts", "1", "--polish-rounds", "0", "--accuracy-samples", "8",
+              "--quiet"]
     bad = cli(*common, "--macs", "0.15", "--min-accuracy", "0.99", "--out",
               str(tmp_path / "x"))
     assert bad.returncode == 2, bad.stderr

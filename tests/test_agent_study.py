@@ -30,7 +30,7 @@ SCALES = {"dev-a": 1.0, "dev-b": 1.1, "dev-c": 1.3}
 # A small, quick study: resnet56 on 32x32 inputs, few samples, a short search.
 SMALL = ["--model", "resnet56", "--macs", "0.5", "--samples", "20", "--repeats", "2",
          "--k", "1", "--population", "16", "--generations", "10", "--refine-rounds", "0",
-         "--finalists", "2", "--quiet"]
+         "--finalists", "2", "--restarts", "1", "--polish-rounds", "0", "--quiet"]
 
 
 @pytest.fixture
@@ -138,7 +138,8 @@ def test_an_agent_stopped_mid_study_without_a_spare_leaves_the_cluster_its_other
     agents[victim].stop_after = 5
     options = StudyOptions.of(model="resnet56", budget="0.5", backend="agent", samples=20,
                               repeats=2, k=1, representatives=3, population=16, generations=10,
-                              refine_rounds=1, refine_batch=4, finalists=2, agent_token=TOKEN)
+                              refine_rounds=1, refine_batch=4, finalists=2, restarts=1,
+                              polish_rounds=0, agent_token=TOKEN)
     result = run_study(options, telemetry, record=False)
     report = result.report
     assert agents[victim].stopped.is_set()

@@ -285,6 +285,7 @@ def _small_study(at: AppTest, *, compare=("uniform",), sweep=True) -> AppTest:
     ok(at.selectbox(key="model").set_value("resnet56").run())
     ok(at.number_input(key="samples").set_value(40).run())
     ok(at.number_input(key="refine_rounds").set_value(1).run())
+    ok(at.selectbox(key="search_effort").set_value("quick").run())
     ok(at.switch_page("views/run.py").run())
     ok(at.multiselect(key="compare_methods").set_value(list(compare)).run())
     if not sweep:
@@ -306,6 +307,29 @@ def wait_for_job(at: AppTest, timeout: float = TIMEOUT, job_id: int | None = Non
         assert time.perf_counter() - t0 < timeout, f"job {job_id} did not end"
         time.sleep(0.3)
     return ok(at.run())
+
+
+def test_search_effort_sets_the_search_plan_of_the_job(samples):
+    from hdap_engine.jobs import JobTable
+    from hdap_engine.options import SEARCH_EFFORTS, SearchPlan
+
+    at = start()
+    ok(at.switch_page("views/model.py").run())
+    assert at.selectbox(key="search_effort").value == "standard"
+    ok(at.selectbox(key="search_effort").set_value("thorough").run())
+    ok(at.switch_page("views/run.py").run())
+    assert any("**thorough** search" in m.value for m in at.markdown)
+    ok(at.button(key="run_button").click().run())
+    table = JobTable()
+    job_id = at.session_state["job"]
+    try:
+        search = table.get(job_id).settings["options"]["search"]
+    finally:  # the settings are what this test is about, not the study
+        table.request_cancel(job_id)
+        wait_for_job(at)
+    assert search == {**vars(SearchPlan()), "refine_rounds": search["refine_rounds"],
+                      **SEARCH_EFFORTS["thorough"]}
+    assert search["population"] > SearchPlan().population
 
 
 @pytest.mark.slow

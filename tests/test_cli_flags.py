@@ -39,3 +39,16 @@ def test_the_new_spellings_say_nothing(capsys):
                   "--out", "d", "--cluster-weights", "1=1", "--model-weights", "w.pt")
     assert args.cluster_weights == {1: 1.0} and args.model_weights == "w.pt"
     assert capsys.readouterr().err == ""
+
+
+def test_every_search_effort_is_a_valid_plan_and_an_unknown_one_is_one_error():
+    from hdap_engine.errors import HdapError
+    from hdap_engine.options import SEARCH_EFFORTS, search_effort
+
+    populations = [StudyOptions.of(**search_effort(name)).search.population
+                   for name in ("quick", "standard", "thorough")]
+    assert populations == sorted(populations) and len(set(populations)) == 3
+    assert search_effort("standard") == {} and list(SEARCH_EFFORTS) == ["quick", "standard",
+                                                                          "thorough"]
+    with pytest.raises(HdapError, match="unknown search effort 'magic'; choose one of: quick"):
+        search_effort("magic")

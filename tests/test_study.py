@@ -154,8 +154,9 @@ def test_every_method_runs_on_the_same_budget(small_fleet, tmp_path):
 def test_optimize_cli_writes_the_bundle_and_report(cli, small_fleet, tmp_path):
     out = tmp_path / "D"
     res = cli("optimize", "--model", "resnet56", "--telemetry", str(small_fleet), "--macs",
-              "0.5", "--samples", "30", "--repeats", "2", "--out", str(out), "--quiet",
-              "--cluster-weights", "0=2,1=1")
+              "0.5", "--samples", "30", "--repeats", "2", "--population", "16",
+              "--generations", "8", "--restarts", "1", "--polish-rounds", "1", "--out",
+              str(out), "--quiet", "--cluster-weights", "0=2,1=1")
     assert res.returncode == 0, res.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["measured_source"] == "twin (simulated)"

@@ -298,7 +298,7 @@ def budget_text() -> str:
 
 def study_options(fv: FleetView, cv: ClusterView):
     """The `StudyOptions` of the widgets (raises HdapError for an impossible combination)."""
-    from hdap_engine.options import StudyOptions
+    from hdap_engine.options import StudyOptions, search_effort
 
     path, _ = weights_choice()
     k, reps, _, seed = clustering_request()
@@ -311,7 +311,8 @@ def study_options(fv: FleetView, cv: ClusterView):
         k=k, round_to=int(S.get(S.ROUND_TO)), seed=seed, sku=fv.fleet.sku,
         model_weights=path, agent_token=S.get(S.AGENT_TOKEN) or None,
         refine_rounds=int(S.get(S.REFINE_ROUNDS)), data=data_choice()[0],
-        min_accuracy=min_accuracy(), finetune_epochs=finetune_epochs())
+        min_accuracy=min_accuracy(), finetune_epochs=finetune_epochs(),
+        **search_effort(S.get(S.SEARCH_EFFORT)))
 
 
 # -- jobs: the settings of a run, and a finished job on screen -----------------------------

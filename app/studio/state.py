@@ -56,6 +56,7 @@ SAMPLES = "samples"
 SEED = "seed"
 REPEATS = "repeats"
 REFINE_ROUNDS = "refine_rounds"
+SEARCH_EFFORT = "search_effort"  # widget: a name of hdap_engine.options.SEARCH_EFFORTS
 
 # -- run, what-if, history (pages 3-6) ------------------------------------------------------
 COMPARE_METHODS = "compare_methods"  # widget: other methods to compare against
@@ -109,6 +110,7 @@ DEFAULTS = {
     SEED: default("seed"),
     REPEATS: default("repeats"),
     REFINE_ROUNDS: default("refine_rounds"),
+    SEARCH_EFFORT: "standard",
     COMPARE_METHODS: ["uniform", "global"],
     SWEEP_ON: True,
 }
@@ -119,6 +121,7 @@ PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, 
               WEIGHTS_MODE, DATA_MODE, FLOOR_MODE, FLOOR_FRACTION, FINETUNE_EPOCHS,
               FINETUNE_RUN_EPOCHS, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
               AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,
+              SEARCH_EFFORT,
               COMPARE_METHODS, SWEEP_ON,
               WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE, HISTORY_MINE,
               DRIFT_NEW_CHOICE, DRIFT_THRESHOLD)
@@ -126,7 +129,8 @@ _PREFIXES = (WEIGHT_PREFIX, WHATIF_WEIGHT_PREFIX)
 
 
 # A test or demo server can start from other defaults, e.g. a quick study:
-# HDAP_APP_DEFAULTS='{"model": "resnet56", "samples": 40, "refine_rounds": 1}'
+# HDAP_APP_DEFAULTS='{"model": "resnet56", "samples": 40, "refine_rounds": 1,
+#                     "search_effort": "quick"}'
 ENV_DEFAULTS = "HDAP_APP_DEFAULTS"
 
 

@@ -11,6 +11,7 @@ import math
 import streamlit as st
 
 from hdap_engine.errors import HdapError
+from hdap_engine.options import SEARCH_EFFORTS
 from studio import cached, parts
 from studio import state as S
 
@@ -220,7 +221,7 @@ def main() -> None:
             st.caption("The agent backend appears when the fleet has an agent_url column.")
 
     with st.expander("Advanced options"):
-        a = st.columns(6)
+        a = st.columns(7)
         a[0].selectbox("Method", parts.method_choices(), key=S.METHOD,
                        format_func=parts.method_text)
         a[1].selectbox("Round widths to", [1, 2, 4, 8, 16, 32], key=S.ROUND_TO,
@@ -236,6 +237,10 @@ def main() -> None:
         a[4].number_input("Timed repeats", min_value=1, max_value=100, step=1, key=S.REPEATS)
         a[5].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=S.SEED,
                           help="Clustering, sampling, search: same seed, same result.")
+        a[6].selectbox("Search effort", list(SEARCH_EFFORTS), key=S.SEARCH_EFFORT,
+                       help="How long the search looks (population, generations, restarts, "
+                            "finalists, polish). Quick: a demo's answer in seconds; "
+                            "thorough: for the model that ships.")
 
     st.page_link("views/run.py", label="Next: run", icon=":material/arrow_forward:")
 

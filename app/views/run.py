@@ -150,7 +150,8 @@ def main() -> None:
             f"**{S.get(S.OBJECTIVE)}**, weights "
             f"**{'yours' if parts.user_weights(cv) else 'device shares'}**, backend "
             f"**{S.get(S.BACKEND)}**, method **{S.get(S.METHOD)}**, {S.get(S.SAMPLES)} "
-            "candidates measured per representative; labelled data "
+            f"candidates measured per representative, **{S.get(S.SEARCH_EFFORT)}** search; "
+            "labelled data "
             f"**{parts.data_choice()[1]}**"
             + (f", accuracy floor **{parts.min_accuracy()}**" if parts.min_accuracy() else "")
             + (f", then **{parts.finetune_epochs()}** fine-tune epochs"
