@@ -59,3 +59,15 @@ def quick_options(**changes):
                 restarts=2, polish_rounds=1, polish_batch=4)
     base.update(changes)
     return StudyOptions.of(**base)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with slow or browser tests first (stable otherwise).
+
+    `make test` hands whole files to three workers in collection order; a long file that
+    starts last leaves two workers idle while it runs, so the long ones start first and the
+    quick files fill the gaps at the end.
+    """
+    heavy = {item.path for item in items
+             if item.get_closest_marker("slow") or item.get_closest_marker("browser")}
+    items.sort(key=lambda item: item.path not in heavy)
