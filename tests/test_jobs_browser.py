@@ -45,8 +45,9 @@ def samples(tmp_path_factory) -> Path:
     return small_sample_fleet(tmp_path_factory.mktemp("samples"))
 
 
-def _env(samples: Path, **extra) -> dict:
-    return {"HDAP_SAMPLE_DATA": str(samples), "HDAP_APP_DEFAULTS": json.dumps(QUICK), **extra}
+def _env(samples: Path, defaults: dict | None = None, **extra) -> dict:
+    return {"HDAP_SAMPLE_DATA": str(samples),
+            "HDAP_APP_DEFAULTS": json.dumps({**QUICK, **(defaults or {})}), **extra}
 
 
 def _chromium(pw):
@@ -140,9 +141,11 @@ def test_a_killed_server_shows_the_job_interrupted_and_a_requeue_reuses_its_meas
 
     home = tmp_path / "home"
     table = JobTable(home / "store.sqlite")
+    # A quick search: the kill comes right after the measuring, the rest is not the point.
+    env = _env(samples, {"search_effort": "quick"})
     with sync_playwright() as pw:
         browser = _chromium(pw)
-        with app_server(home, _env(samples)) as (url, proc):
+        with app_server(home, env) as (url, proc):
             wait_healthy(url, proc)
             page = _page(browser)
             page.goto(f"{url}/run")
@@ -163,7 +166,7 @@ def test_a_killed_server_shows_the_job_interrupted_and_a_requeue_reuses_its_meas
         assert before > 0
         assert table.get(job_id).state == "running"  # nobody was left to say otherwise
 
-        with app_server(home, _env(samples)) as (url, proc):
+        with app_server(home, env) as (url, proc):
             wait_healthy(url, proc)
             page = _page(browser)
             page.goto(f"{url}/run?job={job_id}")
