@@ -13,9 +13,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # `make test` runs three pytest workers on two cores, and each starts servers, agents and
 # job workers of its own. With PyTorch's default of one OpenMP thread per core, every
-# parallel region waits at a barrier for a thread that another process has descheduled: a
-# study through three agents took 68 s alone and 474 s in the full run. One thread per
-# process (inherited by every subprocess) lets the processes share the cores instead.
+# parallel region waits at a barrier for a thread that another process has descheduled
+# (measured on a 2-core AMD EPYC: the whole suite took 1859 s with PyTorch's default
+# threads and 1369 s with one). One thread per process, inherited by every subprocess,
+# lets the processes share the cores instead.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 if "torch" in sys.modules:
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

@@ -175,3 +175,18 @@ def test_a_slow_backend_stores_each_chunk_as_soon_as_it_is_timed(tmp_path):
     assert [s[:2] for s in seen] == [(1, 10), (2, 10), (3, 10), (4, 10), (5, 10)]
     again = backend.measure(space, widths, ["this-host"], repeats=1, warmup=0, store=store)
     assert int(again.from_store.sum()) == 4 and store.count_measurements() == 10
+
+
+def test_job_workers_take_no_more_threads_than_omp_num_threads_allows(monkeypatch):
+    import os
+
+    from hdap_engine.jobs.runner import available_cores
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert available_cores() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))
+    assert available_cores() == cores
+    for unset in ("", "many", "0"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert available_cores() == cores

@@ -79,7 +79,6 @@ def _alive(runner: str | None) -> bool:
     return True
 
 
-
 def available_cores() -> int:
     """The cores this server may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when set.
 
@@ -95,6 +94,7 @@ def available_cores() -> int:
     except ValueError:
         cap = 0
     return max(1, min(cores, cap) if cap > 0 else cores)
+
 
 class Runner:
     """Starts and watches the workers of one workspace's jobs.
