@@ -237,6 +237,8 @@ def main() -> None:
         a[4].number_input("Timed repeats", min_value=1, max_value=100, step=1, key=S.REPEATS)
         a[5].number_input("Seed", min_value=0, max_value=2**31 - 1, step=1, key=S.SEED,
                           help="Clustering, sampling, search: same seed, same result.")
+        if S.get(S.SEARCH_EFFORT) not in SEARCH_EFFORTS:  # a mistyped HDAP_APP_DEFAULTS
+            S.put(S.SEARCH_EFFORT, "standard")
         a[6].selectbox("Search effort", list(SEARCH_EFFORTS), key=S.SEARCH_EFFORT,
                        help="How long the search looks (population, generations, restarts, "
                             "finalists, polish). Quick: a demo's answer in seconds; "
