@@ -180,13 +180,15 @@ def test_a_slow_backend_stores_each_chunk_as_soon_as_it_is_timed(tmp_path):
 def test_job_workers_take_no_more_threads_than_omp_num_threads_allows(monkeypatch):
     import os
 
-    from hdap_engine.jobs.runner import available_cores
+    from hdap_engine.jobs.runner import available_cores, worker_threads
 
     cores = len(os.sched_getaffinity(0))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert available_cores() == 1
-    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))
     assert available_cores() == cores
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert worker_threads(1) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores + 8))
+    assert worker_threads(1) == cores
     for unset in ("", "many", "0"):
         monkeypatch.setenv("OMP_NUM_THREADS", unset)
-        assert available_cores() == cores
+        assert worker_threads(1) == cores
+        assert worker_threads(cores + 1) == 1

@@ -47,6 +47,14 @@ TOKEN_ENV = "HDAP_WORKER_AGENT_TOKEN"
 _log = logging.getLogger(__name__)
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """``$HDAP_JOB_WORKERS``, else one per two cores (at least one)."""
     value = os.environ.get(ENV_WORKERS, "").strip()
@@ -57,7 +65,7 @@ def default_workers() -> int:
             n = 0
         if n >= 1:
             return n
-    return max(1, (os.cpu_count() or 2) // 2)
+    return max(1, available_cores() // 2)
 
 
 def _alive(runner: str | None) -> bool:
@@ -79,21 +87,19 @@ def _alive(runner: str | None) -> bool:
     return True
 
 
-def available_cores() -> int:
-    """The cores this server may use: its CPU affinity, capped by ``OMP_NUM_THREADS`` when set.
+def worker_threads(workers: int) -> int:
+    """PyTorch threads for each of ``workers`` job workers: the cores shared out, capped by
+    ``OMP_NUM_THREADS`` when set.
 
     A server started with ``OMP_NUM_THREADS=1`` (a shared host, or a test run with several
     servers at once) asked for one thread per process; its workers must not take more.
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
+    threads = max(1, available_cores() // max(1, workers))
     try:
         cap = int(os.environ.get("OMP_NUM_THREADS", ""))
     except ValueError:
         cap = 0
-    return max(1, min(cores, cap) if cap > 0 else cores)
+    return min(threads, cap) if cap > 0 else threads
 
 
 class Runner:
@@ -218,7 +224,7 @@ class Runner:
                     self._spawn(job)
 
     def _spawn(self, job: Job) -> None:
-        threads = max(1, available_cores() // self.max_workers)
+        threads = worker_threads(self.max_workers)
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ,
                "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH"))
