@@ -9,6 +9,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from hdap_engine import cli
 from hdap_engine.errors import HdapError
+from hdap_engine.fleet import longformat
 from hdap_engine.fleet.bench_data import LONG_PROBES_MS, synthetic_fleet, write_fleet, write_runs
 from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.longformat import (
@@ -213,6 +214,19 @@ def test_large_wide_parquet_read_through_duckdb_is_the_same_fleet(tmp_path):
     via = read_wide_parquet([path])  # the checked table load_fleet makes a Fleet of
     pd.testing.assert_frame_equal(via.frame, direct.frame, check_dtype=False)
     assert via.probe_columns == direct.probe_columns and via.sku == direct.sku
+
+
+def test_wide_parquet_streamed_in_many_batches_keeps_the_file_order(tmp_path, monkeypatch):
+    # Ten-million-device files come from DuckDB a batch at a time; batches must
+    # join in file order, or the rows named in messages would be wrong.
+    monkeypatch.setattr(longformat, "_BATCH_ROWS", 37)
+    wide = _wide(500)
+    path = _write(wide, tmp_path / "wide.parquet")
+    via = read_wide_parquet([path])
+    pd.testing.assert_frame_equal(via.frame, load_fleet(path).frame, check_dtype=False)
+    bad = wide.assign(probe_linear_ms=wide["probe_linear_ms"].where(wide.index != 433, -1.0))
+    with pytest.raises(HdapError, match="non-positive value at data row 434;"):
+        read_wide_parquet([_write(bad, tmp_path / "bad.parquet")])
 
 
 @pytest.mark.parametrize("change, fragment", [

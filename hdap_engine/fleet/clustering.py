@@ -200,16 +200,26 @@ class Clustering:
         self.context_features_ = self._check_context_features(fleet)
         self.feature_names_ = self.probe_columns_ + self.context_features_
         raw = self._raw_features(fleet, notes, fitting=True)
-        center = raw.mean(axis=0)
-        scale = raw.std(axis=0)
+        # Column by column: the fleet-sized temporaries of a whole-array
+        # mean and std are one column, not all of them.
+        center = np.array([raw[:, j].mean() for j in range(raw.shape[1])])
+        scale = np.array([raw[:, j].std() for j in range(raw.shape[1])])
         # A constant feature carries no information; scale 1 keeps it at 0.
         scale[~(scale > 1e-12)] = 1.0
         self._center, self._scale = center, scale
-        X = (raw - center) / scale
-        n = len(X)
+        n = len(raw)
 
         rng = np.random.default_rng(opts.seed)
         sample = np.sort(rng.choice(n, opts.auto_sample, replace=False)) if n > opts.auto_sample else None
+        # Auto k scores a de-quantised copy of the sample's raw features.
+        raw_s = None
+        if opts.k is None:
+            raw_s = raw[sample] if sample is not None else raw.copy()
+        # Scaled in place: the fleet's features are in memory once.
+        X = raw
+        X -= center
+        X /= scale
+        del raw
         Xs = X[sample] if sample is not None else X
         distinct_sample = count_distinct(Xs, limit=opts.k_max + 1)
 
@@ -239,7 +249,6 @@ class Clustering:
         else:
             # Scores are computed on a de-quantised copy of the sample: telemetry
             # rounded to 0.01 ms would otherwise give the mixture point masses.
-            raw_s = raw[sample] if sample is not None else raw
             if count_distinct(Xs, limit=DEQUANTIZE_MIN_ROWS) >= DEQUANTIZE_MIN_ROWS:
                 Xd = (dequantize(raw_s, len(self.probe_columns_), rng) - center) / scale
             else:
@@ -256,7 +265,7 @@ class Clustering:
             if k == 1 and n > 1 and distinct_sample > 1:
                 notes.append("too few distinct devices to choose k: one cluster")
 
-        del raw
+        del raw_s
         if k == 1:
             labels = np.zeros(n, dtype=np.int64)
             if n == 1:

@@ -44,6 +44,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.contract import CheckedTelemetry, RowNumbers, check_telemetry
@@ -207,16 +209,51 @@ def read_wide_parquet(
     try:
         # Row order matters here: messages name data rows.
         con.execute("SET preserve_insertion_order = true")
-        fetched = _run(con, f"SELECT * FROM {_source_sql(files, False, row_numbers=False)}",
-                       label).to_arrow_table()
+        relation = _run(con, f"SELECT * FROM {_source_sql(files, False, row_numbers=False)}", label)
+        frame = _stream_to_pandas(relation.to_arrow_reader(_BATCH_ROWS), label)
     finally:
         con.close()
-    frame = fetched.to_pandas(self_destruct=True, split_blocks=True)
-    del fetched
     frame.columns = [str(c) for c in frame.columns]
-    return check_telemetry(frame, rows=RowNumbers("data row", np.arange(len(frame)) + 1),
-                           sku=sku, source=label, notes=[])
+    checked = check_telemetry(frame, rows=RowNumbers("data row", np.arange(len(frame)) + 1),
+                              sku=sku, source=label, notes=[])
+    del frame
+    # What the conversion and the checks freed stays in Arrow's allocator,
+    # where numpy cannot reuse it: hand it back before the clustering allocates.
+    pa.default_memory_pool().release_unused()
+    return checked
 
+
+# Rows per batch fetched from DuckDB: large enough that the per-batch work is
+# negligible, small enough that one batch in flight is a few dozen MB.
+_BATCH_ROWS = 1_000_000
+
+
+def _stream_to_pandas(reader, label: str) -> pd.DataFrame:
+    """DuckDB's result as one pandas frame, fetched a batch at a time.
+
+    Every column of a batch is copied into Arrow's own memory before the next
+    batch comes: an Arrow array that still points into a DuckDB batch keeps
+    the whole batch alive, every column of it, so a frame built from DuckDB's
+    arrays directly cost almost twice its size (measured, 10,000,000 devices:
+    2.5 GB resident for a 1.4 GB frame; 1.75 GB with the copies).
+    """
+    import duckdb
+
+    names = reader.schema.names
+    types = [pa.large_string() if pa.types.is_string(f.type) else f.type for f in reader.schema]
+    parts: dict[str, list] = {n: [] for n in names}
+    try:
+        for batch in reader:
+            index = pa.array(np.arange(batch.num_rows))
+            for n, column in zip(names, batch.columns, strict=True):
+                if pa.types.is_string(column.type):
+                    column = column.cast(pa.large_string())  # pandas' str type; saves a copy later
+                parts[n].append(column.take(index))
+    except duckdb.Error as exc:
+        raise HdapError(f"{label}: cannot be read ({_first_line(exc)}); check the file") from None
+    table = pa.table({n: pa.chunked_array(parts[n], type=t) for n, t in zip(names, types, strict=True)})
+    del parts
+    return table.to_pandas(self_destruct=True, split_blocks=True)
 
 
 __all__ = [
