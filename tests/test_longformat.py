@@ -227,6 +227,18 @@ def test_wide_parquet_streamed_in_many_batches_keeps_the_file_order(tmp_path, mo
     bad = wide.assign(probe_linear_ms=wide["probe_linear_ms"].where(wide.index != 433, -1.0))
     with pytest.raises(HdapError, match="non-positive value at data row 434;"):
         read_wide_parquet([_write(bad, tmp_path / "bad.parquet")])
+    # A glob of wide parts: the files in name order, rows counted across them.
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(bad)), 3)):
+        bad.iloc[part].to_parquet(folder / f"part-{i}.parquet", index=False)
+    with pytest.raises(HdapError, match="non-positive value at data row 434;"):
+        load_fleet(str(folder / "*.parquet"))
+    good = tmp_path / "good"
+    good.mkdir()
+    for i, part in enumerate(np.array_split(np.arange(len(wide)), 3)):
+        wide.iloc[part].to_parquet(good / f"part-{i}.parquet", index=False)
+    pd.testing.assert_frame_equal(load_fleet(str(good / "*.parquet")).frame, via.frame)
 
 
 @pytest.mark.parametrize("change, fragment", [
