@@ -27,8 +27,8 @@ The aggregated frame then passes the same contract checks as a wide file
 
 Wide (one-row-per-device) Parquet files with more rows than
 `LongFormatOptions.wide_rows_via_duckdb` (or a glob of wide files) are
-read through DuckDB too: the columns stream into Arrow and then pandas,
-never the file's bytes plus a copy; the contract's checks are the usual ones.
+read through DuckDB too: the rows stream into Arrow a batch at a time and
+then into pandas, never the file's bytes plus a copy; the contract's checks are the usual ones.
 
 `route` is what `load_fleet` calls first: it looks at a path's columns (a
 Parquet footer, a CSV header) and returns the checked table when this module should
@@ -182,9 +182,10 @@ def read_wide_parquet(
 ) -> CheckedTelemetry:
     """Read one-row-per-device Parquet too large for the in-memory reader.
 
-    DuckDB streams the files into one Arrow table in file order, which is
-    handed to pandas column by column (freeing each as it goes): no copy of
-    the file's bytes, no second table. The contract's checks are the in-memory
+    DuckDB streams the files in file order, a batch of rows at a time; each
+    batch is copied into Arrow's memory as it comes (`_stream_to_pandas`) and
+    the table is handed to pandas column by column (freeing each as it goes):
+    no copy of the file's bytes, no second table. The contract's checks are the in-memory
     reader's own, so every message is the one a small file gets (rows are
     "data rows" counted across the files in name order).
 
