@@ -16,6 +16,7 @@ from hdap_engine.fleet.longformat import (
     LongFormatOptions,
     aggregate_frame,
     is_long_format,
+    read_runs,
     read_wide_parquet,
 )
 from hdap_engine.fleet.telemetry import load_fleet
@@ -239,6 +240,19 @@ def test_wide_parquet_streamed_in_many_batches_keeps_the_file_order(tmp_path, mo
     for i, part in enumerate(np.array_split(np.arange(len(wide)), 3)):
         wide.iloc[part].to_parquet(good / f"part-{i}.parquet", index=False)
     pd.testing.assert_frame_equal(load_fleet(str(good / "*.parquet")).frame, via.frame)
+
+
+def test_running_out_of_duckdbs_memory_limit_is_one_clear_line(tmp_path):
+    # DuckDB runs a query when its rows are fetched: the limit is hit there,
+    # not where the SQL is given, and must still be the one line.
+    wide = _wide(300)
+    runs = _write(_runs(wide), tmp_path / "runs.parquet")
+    small = LongFormatOptions(memory_limit="1KB")
+    for read in (lambda: read_runs([runs], options=small),
+                 lambda: read_wide_parquet([_write(wide, tmp_path / "wide.parquet")], options=small)):
+        with pytest.raises(HdapError, match=r"DuckDB ran out of its memory limit reading the file; "
+                                            r"raise the limit \(LongFormatOptions.memory_limit\)"):
+            read()
 
 
 @pytest.mark.parametrize("change, fragment", [

@@ -56,6 +56,7 @@ from hdap_engine.fleet.outofcore import (
     TIMESTAMP_COLUMN,
     LongFormatOptions,
     _connect,
+    _duckdb_errors,
     _first_line,
     _run,
     _source_sql,
@@ -210,8 +211,9 @@ def read_wide_parquet(
     try:
         # Row order matters here: messages name data rows.
         con.execute("SET preserve_insertion_order = true")
-        relation = _run(con, f"SELECT * FROM {_source_sql(files, False, row_numbers=False)}", label)
-        frame = _stream_to_pandas(relation.to_arrow_reader(_BATCH_ROWS), label)
+        with _duckdb_errors(label):
+            relation = _run(con, f"SELECT * FROM {_source_sql(files, False, row_numbers=False)}", label)
+            frame = _stream_to_pandas(relation.to_arrow_reader(_BATCH_ROWS))
     finally:
         con.close()
     frame.columns = [str(c) for c in frame.columns]
@@ -231,7 +233,7 @@ def read_wide_parquet(
 _BATCH_ROWS = 1_000_000
 
 
-def _stream_to_pandas(reader, label: str) -> pd.DataFrame:
+def _stream_to_pandas(reader) -> pd.DataFrame:
     """DuckDB's result as one pandas frame, fetched a batch at a time.
 
     Every column of a batch is copied into Arrow's own memory before the next
@@ -240,20 +242,15 @@ def _stream_to_pandas(reader, label: str) -> pd.DataFrame:
     arrays directly cost almost twice its size (measured, 10,000,000 devices:
     2.5 GB resident for a 1.4 GB frame; 1.75 GB with the copies).
     """
-    import duckdb
-
     names = reader.schema.names
     types = [pa.large_string() if pa.types.is_string(f.type) else f.type for f in reader.schema]
     parts: dict[str, list] = {n: [] for n in names}
-    try:
-        for batch in reader:
-            index = pa.array(np.arange(batch.num_rows))
-            for n, column in zip(names, batch.columns, strict=True):
-                if pa.types.is_string(column.type):
-                    column = column.cast(pa.large_string())  # pandas' str type; saves a copy later
-                parts[n].append(column.take(index))
-    except duckdb.Error as exc:
-        raise HdapError(f"{label}: cannot be read ({_first_line(exc)}); check the file") from None
+    for batch in reader:
+        index = pa.array(np.arange(batch.num_rows))
+        for n, column in zip(names, batch.columns, strict=True):
+            if pa.types.is_string(column.type):
+                column = column.cast(pa.large_string())  # pandas' str type; saves a copy later
+            parts[n].append(column.take(index))
     table = pa.table({n: pa.chunked_array(parts[n], type=t) for n, t in zip(names, types, strict=True)})
     del parts
     return table.to_pandas(self_destruct=True, split_blocks=True)

@@ -8,10 +8,11 @@ than memory streams through.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from hdap_engine.errors import HdapError
@@ -123,18 +124,30 @@ def _source_sql(files: Sequence[str], csv: bool, *, row_numbers: bool) -> str:
     return f"read_parquet({listed}{extra})"
 
 
-def _run(con, sql: str, label: str):
+@contextlib.contextmanager
+def _duckdb_errors(label: str) -> Iterator[None]:
+    """DuckDB's errors as one line naming the file.
+
+    Around the whole read, not just the SQL: a relation runs when its rows are
+    fetched, so that is where a file that cannot be read or the memory limit
+    shows up.
+    """
     import duckdb
 
     try:
-        return con.sql(sql)
+        yield
     except duckdb.OutOfMemoryException:
         raise HdapError(
-            f"{label}: DuckDB ran out of its memory limit aggregating the runs; raise the limit "
+            f"{label}: DuckDB ran out of its memory limit reading the file; raise the limit "
             "(LongFormatOptions.memory_limit) or give fewer files at a time"
         ) from None
     except duckdb.Error as exc:
         raise HdapError(f"{label}: cannot be read ({_first_line(exc)}); check the file") from None
+
+
+def _run(con, sql: str, label: str):
+    with _duckdb_errors(label):
+        return con.sql(sql)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -36,6 +36,7 @@ from hdap_engine.fleet.outofcore import (
     WIDE_PROBE,
     LongFormatOptions,
     _connect,
+    _duckdb_errors,
     _literal,
     _quote,
     _run,
@@ -72,9 +73,10 @@ def read_runs(
     label = name or Path(files[0]).name
     con = _connect(options)
     try:
-        src = _source_sql(files, csv, row_numbers=False)
-        schema = {r[0]: r[1] for r in _run(con, f"DESCRIBE SELECT * FROM {src}", label).fetchall()}
-        return _aggregate(con, src, schema, files, csv, sku=sku, label=label, options=options)
+        with _duckdb_errors(label):
+            src = _source_sql(files, csv, row_numbers=False)
+            schema = {r[0]: r[1] for r in _run(con, f"DESCRIBE SELECT * FROM {src}", label).fetchall()}
+            return _aggregate(con, src, schema, files, csv, sku=sku, label=label, options=options)
     finally:
         con.close()
 
@@ -109,9 +111,10 @@ def aggregate_frame(
     con = _connect(options)
     try:
         con.register("runs_frame", frame)
-        schema = {r[0]: r[1] for r in _run(con, "DESCRIBE SELECT * FROM runs_frame", source).fetchall()}
-        return _aggregate(con, "runs_frame", schema, [], False, sku=sku, label=source, options=options,
-                          reader_notes=notes)
+        with _duckdb_errors(source):
+            schema = {r[0]: r[1] for r in _run(con, "DESCRIBE SELECT * FROM runs_frame", source).fetchall()}
+            return _aggregate(con, "runs_frame", schema, [], False, sku=sku, label=source,
+                              options=options, reader_notes=notes)
     finally:
         con.close()
 
