@@ -18,9 +18,9 @@ import time
 import numpy as np
 
 from hdap_engine.options import Query, StudyOptions
-from hdap_engine.prepare import prepare
-from hdap_engine.study import optimize
-from hdap_engine.verify import fleet_metrics, verify_candidate
+from hdap_engine.study.prepare import prepare
+from hdap_engine.study.run import optimize
+from hdap_engine.study.verify import fleet_metrics, verify_candidate
 
 
 def main(argv: list[str] | None = None) -> int:

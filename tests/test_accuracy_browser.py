@@ -141,7 +141,7 @@ def test_upload_labelled_digits_see_accuracy_fine_tune_live_and_download_the_res
     acc = report["accuracy"]
     assert acc["finetune"]["epochs"] == 2 and acc["classes"] == 10 and acc["n_heldout"] == 16
     assert 0 <= acc["finetuned"] <= 1 and acc["unpruned"] is not None
-    from hdap_engine.export import load_bundle
+    from hdap_engine.export.reading import load_bundle
 
     model, _ = load_bundle(saved)  # the download rebuilds the fine-tuned model
     assert sum(p.numel() for p in model.parameters()) == report["params"]

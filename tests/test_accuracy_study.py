@@ -29,7 +29,7 @@ def test_accuracy_settings_are_checked_before_any_work(settings, message):
 
 
 def test_without_data_the_report_says_accuracy_is_unknown(small_fleet):
-    from hdap_engine.study import run_study
+    from hdap_engine.study.run import run_study
 
     result = run_study(quick_options(**SMALL), small_fleet, export=False, record=False)
     acc = result.report["accuracy"]
@@ -40,7 +40,7 @@ def test_without_data_the_report_says_accuracy_is_unknown(small_fleet):
 @pytest.mark.slow
 def test_the_uniform_floor_keeps_the_search_at_least_as_accurate_as_uniform(small_fleet,
                                                                             tmp_path):
-    from hdap_engine.study import run_study
+    from hdap_engine.study.run import run_study
 
     options = quick_options(model_weights=DEMO, data="digits", min_accuracy="uniform",
                             budget="0.3", **SMALL)
@@ -78,7 +78,7 @@ def test_cli_optimize_prints_accuracy_and_a_floor_the_budget_cannot_meet_is_one_
 
 
 def test_accuracy_pareto_keeps_the_points_nothing_beats():
-    from hdap_engine.charts import accuracy_pareto, accuracy_points, pareto_front
+    from hdap_engine.report.charts import accuracy_pareto, accuracy_points, pareto_front
 
     rows = [{"method": "hdap", "fleet_mean_ms": 2.0, "accuracy": {"calibrated": 0.6}},
             {"method": "uniform", "fleet_mean_ms": 2.5, "accuracy": {"calibrated": 0.5}},

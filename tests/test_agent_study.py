@@ -20,7 +20,7 @@ from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
 from hdap_engine.fleet.telemetry import load_fleet
 from hdap_engine.latency import agent_backend
 from hdap_engine.options import StudyOptions
-from hdap_engine.study import run_study
+from hdap_engine.study.run import run_study
 from tests._agent_fixtures import TOKEN
 from tests._agent_fleet import start_fleet, stop_fleet
 from tests.conftest import run_cli

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdap_engine import charts, cli
+from hdap_engine import cli
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.drift import compare
 from hdap_engine.fleet.telemetry import fleet_from_frame
+from hdap_engine.report import charts
 from hdap_engine.twin import LATENT_FIELDS, DeviceStates, Twin, get_preset, simulate_fleet
 from hdap_engine.twin.mechanisms import draw_states
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from hdap_engine.errors import HdapError
-from hdap_engine.export import load_bundle
+from hdap_engine.export.reading import load_bundle
 from hdap_engine.models.zoo import get_spec
-from hdap_engine.study import export_result, prune_baseline
+from hdap_engine.pruning.baseline import export_result, prune_baseline
 
 REPORT_KEYS = {"model", "method", "budget", "macs", "params", "base_macs", "base_params",
                "widths", "created_at", "versions"}
@@ -55,7 +55,7 @@ def test_bundle_round_trip_resnet56(tmp_path):
 
 
 def test_a_failed_export_keeps_the_earlier_bundle(tmp_path, monkeypatch):
-    import hdap_engine.export as export
+    import hdap_engine.export.bundle as export
 
     good = export_result(prune_baseline("resnet56", "0.5", "uniform"), tmp_path / "b")
     before = (good / "report.json").read_text()

@@ -52,7 +52,7 @@ def small_data(digit_folder):
 @pytest.fixture(scope="module")
 def pruned_bundle(tmp_path_factory) -> Path:
     """The demo weights pruned uniformly to 25 % of their MACs, exported (ts only, fast)."""
-    from hdap_engine.study import prune_baseline
+    from hdap_engine.pruning.baseline import prune_baseline
 
     res = prune_baseline("resnet56", "0.25", "uniform", model_weights=str(DEMO))
     # What `hdap optimize` records; `hdap prune` bundles name only a label.
@@ -182,7 +182,8 @@ def test_finetune_writes_a_complete_bundle_with_accuracy_before_and_after(
               "--epochs", "2", "--batch-size", "32", "--out", str(out), env=ONE_THREAD)
     assert res.returncode == 0, res.stderr
     assert "fine-tuned 2 epochs" in res.stdout and "epoch 2/2" in res.stdout
-    from hdap_engine.export import BUNDLE_FILES, load_bundle
+    from hdap_engine.export.bundle import BUNDLE_FILES
+    from hdap_engine.export.reading import load_bundle
 
     assert sorted(p.name for p in out.iterdir()) == sorted(BUNDLE_FILES)  # no checkpoint left
     assert (tmp_path / "tuned.zip").is_file()
@@ -204,7 +205,7 @@ def test_finetune_writes_a_complete_bundle_with_accuracy_before_and_after(
 @pytest.mark.slow
 def test_finetune_cli_says_what_to_pass_when_the_bundle_names_no_teacher(tmp_path, cli,
                                                                          digit_folder):
-    from hdap_engine.study import prune_baseline
+    from hdap_engine.pruning.baseline import prune_baseline
 
     bundle = tmp_path / "random"
     export_bundle_fast(prune_baseline("resnet56", "0.5", "uniform"), bundle)
@@ -230,7 +231,7 @@ def test_finetune_refuses_to_overwrite_an_interrupted_run_without_resume(
 
 
 def export_bundle_fast(result, out: Path) -> Path:
-    from hdap_engine.export import export_bundle
+    from hdap_engine.export.bundle import export_bundle
 
     return export_bundle(result.model, result.space, result.widths, out, result.report,
                          kept=result.kept, formats=("ts",))
@@ -244,7 +245,7 @@ def test_torchrun_with_two_processes_ends_with_identical_weights_and_one_process
     import subprocess
     import sys
 
-    from hdap_engine.export import load_bundle
+    from hdap_engine.export.reading import load_bundle
     from hdap_engine.finetune.trainer import state_digest
 
     data = write_digit_folder(tmp_path / "digits", 30)

@@ -25,7 +25,7 @@ def digit_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pruned_bundle(tmp_path_factory):
-    from hdap_engine.study import prune_baseline
+    from hdap_engine.pruning.baseline import prune_baseline
 
     res = prune_baseline("resnet56", "0.25", "uniform", model_weights=str(DEMO))
     res.report["settings"] = {"model": "resnet56", "model_weights": str(DEMO)}
@@ -43,7 +43,8 @@ def _one_thread():
 @pytest.mark.slow
 def test_a_finetune_job_writes_a_new_bundle_and_reports_every_epoch_as_it_goes(
         pruned_bundle, digit_folder):
-    from hdap_engine.export import BUNDLE_FILES, load_bundle
+    from hdap_engine.export.bundle import BUNDLE_FILES
+    from hdap_engine.export.reading import load_bundle
     from hdap_engine.jobs import execute
 
     seen, partials = [], []
@@ -130,7 +131,7 @@ def test_a_study_job_with_data_and_finetune_epochs_reports_accuracy_everywhere(
     accuracy, fine-tunes its own bundle in place and the comparison rows carry top-1."""
     from pathlib import Path
 
-    from hdap_engine.export import BUNDLE_FILES
+    from hdap_engine.export.bundle import BUNDLE_FILES
     from hdap_engine.jobs import execute
     from tests.conftest import quick_options
 

@@ -124,7 +124,7 @@ def test_a_study_job_result_rebuilds_its_context_for_what_if_without_measuring(s
                                                                              tmp_path):
     from hdap_engine.latency.store import Store
     from hdap_engine.options import Query
-    from hdap_engine.study import optimize
+    from hdap_engine.study.run import optimize
 
     store = Store(tmp_path / "store.sqlite")
     settings = _settings(small_fleet)

@@ -10,7 +10,8 @@ from conftest import quick_options
 from hdap_engine import cli
 from hdap_engine.errors import HdapError
 from hdap_engine.lifecycle.reoptimise import read_deployed, reoptimise_check
-from hdap_engine.study import export_result, prune_baseline, run_study
+from hdap_engine.pruning.baseline import export_result, prune_baseline
+from hdap_engine.study.run import run_study
 
 pytestmark = pytest.mark.slow
 

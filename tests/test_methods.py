@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hdap_engine.benchmark import format_rows, run_bench
 from hdap_engine.errors import HdapError
 from hdap_engine.latency.store import Store
 from hdap_engine.pruning.budget import meets_budget, repair
@@ -21,6 +20,7 @@ from hdap_engine.search.methods import (
     style,
     unregister_method,
 )
+from hdap_engine.study.compare import format_rows, run_bench
 from tests.conftest import quick_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_a_registered_method_gets_a_row_in_the_bench_table(toy, small_fleet, tmp
 
 
 def test_a_toy_method_is_drawn_with_its_own_label_and_colour(toy):
-    from hdap_engine.charts import method_comparison
+    from hdap_engine.report.charts import method_comparison
 
     rows = [{"method": m, "fleet_mean_ms": 2.0, "p95_ms": 3.0, "speedup": 1.5, "macs": 1e8}
             for m in ("uniform", "toy-deep")]

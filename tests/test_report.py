@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hdap_engine import charts
 from hdap_engine.errors import HdapError
-from hdap_engine.report import bundle_files, read_bundle_report, report_html, summary_rows
+from hdap_engine.export.reading import bundle_files, read_bundle_report
+from hdap_engine.report import charts
+from hdap_engine.report.page import report_html, summary_rows
 
 
 def _report(k: int = 3, predicted: bool = True) -> dict:
@@ -152,7 +153,7 @@ def test_sample_fleets_are_telemetry_files_with_a_twin_sidecar(tmp_path, monkeyp
 
 
 def test_uploads_are_stored_by_content_and_bundle_folders_are_fresh():
-    from hdap_engine.workspace import home, new_bundle_dir, save_upload
+    from hdap_engine.infra.workspace import home, new_bundle_dir, save_upload
 
     a = save_upload(b"weights", "../../my model.pt", "weights")
     assert a.parent == home() / "weights" and a.name.endswith("-my_model.pt")

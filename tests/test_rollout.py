@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hdap_engine.latency.store import Store
-from hdap_engine.prepare import prepare
-from hdap_engine.rollout import ONE_MODEL, group_clusters, plan_rollout, write_rollout
+from hdap_engine.lifecycle.rollout import ONE_MODEL, group_clusters, plan_rollout, write_rollout
+from hdap_engine.study.prepare import prepare
 from tests.conftest import quick_options
 
 

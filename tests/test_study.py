@@ -12,12 +12,12 @@ import pytest
 from hdap_engine.errors import HdapError
 from hdap_engine.latency.store import Store
 from hdap_engine.options import Query
-from hdap_engine.prepare import prepare
 from hdap_engine.pruning.budget import meets_budget, parse_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.evolution import SearchOptions, evolve
 from hdap_engine.search.objectives import Objective, mixture_quantile
-from hdap_engine.study import optimize, run_study
+from hdap_engine.study.prepare import prepare
+from hdap_engine.study.run import optimize, run_study
 from tests.conftest import quick_options
 
 
@@ -138,7 +138,7 @@ def test_different_cluster_weights_choose_different_candidates(small_fleet, tmp_
 
 
 def test_every_method_runs_on_the_same_budget(small_fleet, tmp_path):
-    from hdap_engine.benchmark import ROW_KEYS, run_bench
+    from hdap_engine.study.compare import ROW_KEYS, run_bench
 
     out = run_bench(quick_options(), small_fleet, store=Store(tmp_path / "b.sqlite"))
     methods = [r["method"] for r in out["rows"]]
@@ -183,7 +183,7 @@ def test_bad_study_flags_are_one_clear_error(small_fleet, tmp_path, capsys, args
 
 
 def test_representatives_estimate_the_fleet_mean_within_3_percent(small_fleet, tmp_path):
-    from hdap_engine.benchmark import clustering_check
+    from hdap_engine.study.compare import clustering_check
 
     out = clustering_check(quick_options(model="mobilenet_v1"), small_fleet, candidates=10,
                            store=Store(tmp_path / "c.sqlite"))

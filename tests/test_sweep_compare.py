@@ -7,13 +7,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from hdap_engine.benchmark import compare_context, sweep_budgets, sweep_context
 from hdap_engine.errors import HdapError
 from hdap_engine.latency.store import Store
 from hdap_engine.options import Query, StudyOptions
-from hdap_engine.prepare import prepare
 from hdap_engine.pruning.space import PruningSpace
-from hdap_engine.study import optimize
+from hdap_engine.study.compare import compare_context, sweep_budgets, sweep_context
+from hdap_engine.study.prepare import prepare
+from hdap_engine.study.run import optimize
 
 pytestmark = pytest.mark.slow
 

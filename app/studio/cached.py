@@ -59,7 +59,7 @@ def warm_up_engine() -> None:
     def work() -> None:
         import xgboost  # noqa: F401
 
-        import hdap_engine.study  # noqa: F401  (torch, torch-pruning)
+        import hdap_engine.study.run  # noqa: F401  (torch, torch-pruning)
 
     _in_background("hdap-warm-up-engine", work)
 
@@ -169,7 +169,7 @@ def whatif(_ctx, _learned, context_key: str, budget: str,
     learned, which Streamlit cannot hash.
     """
     from hdap_engine.options import Query
-    from hdap_engine.study import optimize
+    from hdap_engine.study.run import optimize
 
     user = None if weights is None else dict(enumerate(weights))
     query = Query(budget=budget, objective=objective, cluster_weights=user, slo_ms=slo_ms)
@@ -180,14 +180,14 @@ def whatif(_ctx, _learned, context_key: str, budget: str,
 @st.cache_data(show_spinner=False, max_entries=32)
 def report_page(_figures, _report, key: str) -> str:
     """The HTML report of a run (built once per run)."""
-    from hdap_engine.report import report_html
+    from hdap_engine.report.page import report_html
 
     return report_html(_report, _figures)
 
 
 def workspace() -> str:
     """The workspace folder of this server (``HDAP_HOME``)."""
-    from hdap_engine.workspace import home
+    from hdap_engine.infra.workspace import home
 
     return str(home())
 
@@ -208,8 +208,8 @@ def job_runner(home: str):
 
 def jobs():
     """The job table of this workspace (a cheap handle; every read is fresh)."""
+    from hdap_engine.infra.workspace import home
     from hdap_engine.jobs import JobTable
-    from hdap_engine.workspace import home
 
     return JobTable(home() / "store.sqlite")
 

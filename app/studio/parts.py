@@ -108,7 +108,7 @@ def read_telemetry_upload(name: str, data: bytes):
     Kept in the workspace: jobs run in worker processes, which read the file.
     """
     from hdap_engine.fleet.telemetry import load_fleet
-    from hdap_engine.workspace import save_upload
+    from hdap_engine.infra.workspace import save_upload
 
     fleet = load_fleet(data, name=name)
     return fleet, str(save_upload(bytes(data), name, "telemetry"))
@@ -257,7 +257,7 @@ def accept_data_upload(name: str, raw: bytes) -> str | None:
     """
     from pathlib import Path
 
-    from hdap_engine.workspace import save_upload
+    from hdap_engine.infra.workspace import save_upload
 
     # Kept in the workspace: jobs run in worker processes, which read the zip.
     path = save_upload(bytes(raw), name, "data")
@@ -477,7 +477,7 @@ class RunView:
         return f"job{self.job_id}"
 
     def figures(self) -> dict:
-        from hdap_engine.charts import study_figures
+        from hdap_engine.report.charts import study_figures
 
         return study_figures(self.report, widths=self.widths, base_widths=self.base_widths,
                              test_points=self.test_points, sweep=self.sweep,

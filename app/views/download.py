@@ -16,7 +16,7 @@ MIMES = {"bundle": "application/zip", "model.ts": "application/octet-stream",
 
 def _buttons(bundle: str, report: dict, figures: dict, key: str, stem: str, prefix: str) -> None:
     """One download button per file of ``bundle``, and the report as one HTML page."""
-    from hdap_engine.report import DOWNLOADS, bundle_files
+    from hdap_engine.export.reading import DOWNLOADS, bundle_files
 
     files = {kind: path.read_bytes() for kind, path in bundle_files(bundle).items()}
     files["report.html"] = cached.report_page(figures, report, key).encode()

@@ -173,7 +173,7 @@ def main() -> None:
         return
     d = report.to_dict()
     _summary(d, old.label, new.label)
-    from hdap_engine.charts import drift_sankey
+    from hdap_engine.report.charts import drift_sankey
 
     parts.show_figure(drift_sankey(report.flows, report.old_clustering.k_,
                                    old_label=old.label, new_label=new.label), key="fig_drift")

@@ -132,7 +132,7 @@ def main() -> None:
         with st.spinner("Drawing the fleet map (UMAP; the first one in a new server takes a "
                         "few seconds more)..."):
             emb = cached.embedding(fleet, cl, cv.key)
-        from hdap_engine.charts import fleet_map
+        from hdap_engine.report.charts import fleet_map
 
         parts.show_figure(fleet_map(emb, color=S.get(S.COLOR_BY), hover=context[:6]),
                           key="fleet_map")

@@ -54,8 +54,8 @@ def _table(runs: dict, owners: dict) -> None:
 
 def _report_of(r: dict) -> dict:
     """The run's full report: the bundle's report.json when it is still there."""
+    from hdap_engine.export.reading import read_bundle_report
     from hdap_engine.models.zoo import weights_label
-    from hdap_engine.report import read_bundle_report
 
     res, settings = r["result"], r["settings"]
     bundle = res.get("bundle")
@@ -70,7 +70,7 @@ def _report_of(r: dict) -> dict:
 
 def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
     """One recorded run: who ran it, its numbers, charts, settings and files."""
-    from hdap_engine.charts import study_figures
+    from hdap_engine.report.charts import study_figures
 
     r = runs[run_id]
     res, settings = r["result"], r["settings"]
@@ -91,7 +91,7 @@ def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
     with st.expander("Settings"):
         st.json(settings)
 
-    from hdap_engine.report import DOWNLOADS, bundle_files
+    from hdap_engine.export.reading import DOWNLOADS, bundle_files
 
     bundle = res.get("bundle")
     files = {k: p.read_bytes() for k, p in bundle_files(bundle).items()} \
@@ -110,7 +110,7 @@ def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
 
 def main() -> None:
     st.title("History")
-    from hdap_engine.workspace import home
+    from hdap_engine.infra.workspace import home
 
     store = cached.store(str(home()))
     listed = store.list_runs()
@@ -142,7 +142,7 @@ def main() -> None:
         if len(chosen) != 2:
             st.caption("Pick two runs.")
             return
-        from hdap_engine.charts import runs_comparison
+        from hdap_engine.report.charts import runs_comparison
 
         parts.show_figure(runs_comparison([(f"#{i}", runs[i]["result"]) for i in chosen]),
                           key="compare_fleet")

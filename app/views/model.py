@@ -138,7 +138,7 @@ def main() -> None:
                                        "No pickled code from a file is ever run.")
             if up is not None and S.get(S.WEIGHTS_SEEN) != (up.file_id, S.get(S.MODEL)):
                 S.put(S.WEIGHTS_SEEN, (up.file_id, S.get(S.MODEL)))
-                from hdap_engine.workspace import save_upload
+                from hdap_engine.infra.workspace import save_upload
 
                 try:
                     with st.spinner(f"Loading {up.name} into {S.get(S.MODEL)}..."):

@@ -53,8 +53,8 @@ def main() -> None:
     job = parts.finished_job(mine["job"])
     if job is None:
         return
-    from hdap_engine.charts import rollout_chart
-    from hdap_engine.rollout import rollout_rows
+    from hdap_engine.lifecycle.rollout import rollout_rows
+    from hdap_engine.report.charts import rollout_chart
 
     doc = job.result["rollout"]
     st.dataframe(rollout_rows(doc), hide_index=True, width="stretch")

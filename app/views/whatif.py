@@ -78,7 +78,7 @@ def main() -> None:
         st.error(str(exc), icon=":material/error:")
         return
 
-    from hdap_engine.charts import cluster_bars, widths_chart
+    from hdap_engine.report.charts import cluster_bars, widths_chart
 
     pred = [float(x) for x in opt.predicted_cluster_ms]
     study_pred = None if clusters[0].get("predicted_ms") is None else \

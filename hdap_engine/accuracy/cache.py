@@ -4,7 +4,7 @@ One table, ``calibrated_accuracy``, in ``$HDAP_HOME/store.sqlite`` (the file
 the measurement store uses, so one workspace is one file to share), keyed by
 the model (name and weights digest), the calibration set's fingerprint (the
 dataset, its preprocessing and the split) and the candidate's widths. Opened
-and written like every table of that file (`hdap_engine.database`).
+and written like every table of that file (`hdap_engine.infra.database`).
 
 Public API
 ----------
@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
-from hdap_engine import database
-from hdap_engine.workspace import home
+from hdap_engine.infra import database
+from hdap_engine.infra.workspace import home
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calibrated_accuracy (

@@ -38,17 +38,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hdap_engine.accuracy.calibrate import CalibratedEvaluator, CalibrationSet
 from hdap_engine.accuracy.floor import AccuracyFloor, check_reachable
 from hdap_engine.accuracy.surrogate import AccuracySurrogate
+from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.pruning.budget import format_macs, repair
 from hdap_engine.pruning.space import PruningSpace
 
+if TYPE_CHECKING:  # the study's types, without importing the study
+    from hdap_engine.options import Query
+    from hdap_engine.study.prepare import StudyContext
+
 PENALTY = 50.0  # 1 point below the floor weighs like 50 % more latency
-Progress = Callable[[str, int, int], None]
 
 
 def budget_candidates(space: PruningSpace, target_macs: float, n: int,
@@ -214,3 +219,20 @@ class AccuracyGuide:
             "n_eval": self.evaluator.calib.n_eval,
             "surrogate": self.surrogate.report,
         }
+
+
+def accuracy_guide(ctx: StudyContext, target: float, query: Query, *,
+                   progress: Progress = no_progress):
+    """The accuracy floor's guide for a searching method at ``target`` (None without a floor).
+
+    The floor is read from the options (a what-if run may change it); its
+    calibrated accuracies are cached, so the same budget again evaluates nothing.
+    """
+    if ctx.accuracy is None or not ctx.options.accuracy.min_accuracy:
+        return None
+    from hdap_engine.accuracy.floor import parse_floor
+
+    return ctx.accuracy.guide(ctx.space, target, floor=parse_floor(
+        ctx.options.accuracy.min_accuracy), progress=progress,
+        budget_label=f"{query.budget} MACs")
+

@@ -49,8 +49,7 @@ from hdap_engine.accuracy.calibrate import (
 from hdap_engine.accuracy.evaluate import Evaluation, evaluate
 from hdap_engine.accuracy.floor import AccuracyFloor, parse_floor
 from hdap_engine.data.datasets import LabelledData, check_classes, load_data
-
-Progress = Callable[[str, int, int], None]
+from hdap_engine.infra.progress import Progress
 
 
 @dataclass(frozen=True)

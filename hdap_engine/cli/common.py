@@ -31,7 +31,7 @@ def write_json(path, doc) -> None:
     import json
     from pathlib import Path
 
-    from hdap_engine.jsonable import jsonable
+    from hdap_engine.infra.jsonable import jsonable
 
     Path(path).write_text(json.dumps(jsonable(doc), indent=1))
 

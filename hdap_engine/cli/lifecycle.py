@@ -51,7 +51,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
     from hdap_engine.fleet.clustering import ClusteringOptions
     from hdap_engine.fleet.drift import DriftOptions, compare
     from hdap_engine.fleet.telemetry import load_fleet
-    from hdap_engine.wording import plural
+    from hdap_engine.infra.wording import plural
 
     if args.bundle and not Path(args.bundle).is_dir():
         from hdap_engine.errors import HdapError
@@ -101,7 +101,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
         write_json(args.json, d)
         print(f"json: {args.json}")
     if args.html:
-        from hdap_engine.charts import drift_sankey
+        from hdap_engine.report.charts import drift_sankey
 
         drift_sankey(report.flows, report.old_clustering.k_, old_label=old.source,
                      new_label=new.source).write_html(args.html, include_plotlyjs=True)

@@ -6,17 +6,17 @@ import argparse
 
 from hdap_engine.cli.common import Bar, positive_int, print_table, write_json
 from hdap_engine.cli.flags import add_study_flags, study_options
-from hdap_engine.rollout import ROLLOUT_COLUMNS, rollout_rows
+from hdap_engine.lifecycle.rollout import ROLLOUT_COLUMNS, rollout_rows
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hdap_engine.prepare import prepare
+    from hdap_engine.infra.wording import plural
+    from hdap_engine.lifecycle.rollout import check_rollout_method, plan_rollout, write_rollout
     from hdap_engine.pruning.budget import parse_budget
     from hdap_engine.pruning.space import PruningSpace
-    from hdap_engine.rollout import check_rollout_method, plan_rollout, write_rollout
-    from hdap_engine.wording import plural
+    from hdap_engine.study.prepare import prepare
 
     options = study_options(args)
     check_rollout_method(options.method_spec)

@@ -12,8 +12,8 @@ from hdap_engine.cli.flags import add_option_flags, add_study_flags, methods_fla
 # -- hdap prune -------------------------------------------------------------------------
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    from hdap_engine.pruning.baseline import export_result, prune_baseline
     from hdap_engine.pruning.budget import format_macs
-    from hdap_engine.study import export_result, prune_baseline
 
     result = prune_baseline(args.model, args.budget, args.method,
                             model_weights=args.model_weights, round_to=args.round_to,
@@ -47,8 +47,8 @@ def register_prune(sub) -> None:
 def _cmd_surrogate(args: argparse.Namespace) -> int:
     import json
 
-    from hdap_engine.prepare import prepare
-    from hdap_engine.wording import plural
+    from hdap_engine.infra.wording import plural
+    from hdap_engine.study.prepare import prepare
 
     # per-cluster is the paper's surrogate; its method fits it that way.
     method = "paper" if args.mode == "per-cluster" else "hdap"
@@ -60,7 +60,7 @@ def _cmd_surrogate(args: argparse.Namespace) -> int:
         bar.close()
     report = ctx.surrogate.report_
     if args.json:
-        from hdap_engine.jsonable import jsonable
+        from hdap_engine.infra.jsonable import jsonable
 
         print(json.dumps(jsonable({"model": args.model, "backend": ctx.backend.name,
                           "measured_source": ctx.backend.source, "mode": report["mode"],
@@ -101,7 +101,7 @@ def register_surrogate(sub) -> None:
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from hdap_engine.pruning.budget import format_macs
-    from hdap_engine.study import run_study
+    from hdap_engine.study.run import run_study
 
     options = study_options(args)
     bar = Bar(not args.quiet)
@@ -167,13 +167,13 @@ def register_optimize(sub) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
 
-    from hdap_engine.benchmark import format_rows, run_bench, run_sweep
-    from hdap_engine.wording import plural
+    from hdap_engine.infra.wording import plural
+    from hdap_engine.study.compare import format_rows, run_bench, run_sweep
 
     options = study_options(args)
     bar = Bar(not args.quiet)
     if args.clustering_check:
-        from hdap_engine.benchmark import clustering_check
+        from hdap_engine.study.compare import clustering_check
 
         try:
             result = clustering_check(options, args.telemetry, progress=bar)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from hdap_engine.errors import HdapError
-from hdap_engine.workspace import home
+from hdap_engine.infra.workspace import home
 
 _DONE = ".hdap-extracted"
 

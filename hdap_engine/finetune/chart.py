@@ -2,7 +2,7 @@
 
 Drawn from the trainer's `EpochRecord` rows (as dicts), live on the Fine-tune
 page while a job trains and again once it is done. It sits beside the trainer
-whose records it draws; it shares `hdap_engine.charts`' layout, so it looks like
+whose records it draws; it shares `hdap_engine.report.charts`' layout, so it looks like
 every other figure of the app.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import plotly.graph_objects as go
 
-from hdap_engine.charts import _LAYOUT
+from hdap_engine.report.charts import _LAYOUT
 
 
 def finetune_chart(history: Sequence[Mapping], *, epochs: int | None = None,

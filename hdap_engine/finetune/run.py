@@ -134,7 +134,7 @@ class FinetuneResult:
 
 def read_bundle(path: str | os.PathLike) -> tuple[dict, bytes, dict]:
     """The widths document, the weights bytes and the report of a bundle folder or zip."""
-    from hdap_engine.export import read_bundle_files
+    from hdap_engine.export.reading import read_bundle_files
 
     files = read_bundle_files(path)
     try:
@@ -269,7 +269,8 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     """
     from hdap_engine.accuracy.report import preprocess_block
     from hdap_engine.data import check_classes
-    from hdap_engine.export import export_bundle, rebuild_model
+    from hdap_engine.export.bundle import export_bundle
+    from hdap_engine.export.reading import rebuild_model
     from hdap_engine.models.zoo import build_model, num_classes_of
 
     world = world or setup()

@@ -34,7 +34,6 @@ import pandas as pd
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
-from hdap_engine.concurrency import CLUSTER_LOCK, serialised
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.choose_k import (
     DEQUANTIZE_MIN_ROWS,
@@ -47,6 +46,7 @@ from hdap_engine.fleet.choose_k import (
 from hdap_engine.fleet.contract import AGENT_URL_COLUMN, PROBE_PATTERN
 from hdap_engine.fleet.profiles import cluster_profiles
 from hdap_engine.fleet.telemetry import Fleet
+from hdap_engine.infra.locks import CLUSTER_LOCK, serialised
 
 # Rows per chunk when computing distances, so that 1M devices never need a
 # (n, k, features) temporary.

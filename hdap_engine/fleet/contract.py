@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from hdap_engine.errors import HdapError
-from hdap_engine.wording import plural
+from hdap_engine.infra.wording import plural
 
 ID_COLUMN = "device_id"
 SKU_COLUMN = "sku"

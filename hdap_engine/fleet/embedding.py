@@ -26,10 +26,10 @@ from collections import OrderedDict
 import numpy as np
 import pandas as pd
 
-from hdap_engine.concurrency import UMAP_LOCK, serialised
 from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.contract import ID_COLUMN
 from hdap_engine.fleet.telemetry import Fleet
+from hdap_engine.infra.locks import UMAP_LOCK, serialised
 
 N_NEIGHBORS = 15
 # Each cluster gets at least this many points in the sample (or all it has).

@@ -29,7 +29,7 @@ from hdap_engine.fleet.contract import (
     SKU_COLUMN,
     RowNumbers,
 )
-from hdap_engine.wording import plural
+from hdap_engine.infra.wording import plural
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _PARQUET_MAGIC = b"PAR1"

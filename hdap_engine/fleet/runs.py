@@ -42,7 +42,7 @@ from hdap_engine.fleet.outofcore import (
     _run,
     _source_sql,
 )
-from hdap_engine.wording import plural
+from hdap_engine.infra.wording import plural
 
 
 def read_runs(

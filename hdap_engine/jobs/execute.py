@@ -54,9 +54,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from hdap_engine.errors import HdapError
+from hdap_engine.infra.progress import Progress
 
 KINDS = ("study", "comparison", "sweep", "rollout", "reoptimise", "finetune")
-Progress = Callable[[str, int, int], None]
 Partial = Callable[[dict], None]
 
 
@@ -152,13 +152,13 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
     """
     from dataclasses import replace
 
-    from hdap_engine.benchmark import compare_context, sweep_budgets, sweep_context
-    from hdap_engine.jsonable import jsonable
+    from hdap_engine.export.reading import read_bundle_report
+    from hdap_engine.infra.jsonable import jsonable
+    from hdap_engine.infra.workspace import new_bundle_dir
     from hdap_engine.latency.store import Store
-    from hdap_engine.prepare import prepare
-    from hdap_engine.report import read_bundle_report
-    from hdap_engine.study import run_study
-    from hdap_engine.workspace import new_bundle_dir
+    from hdap_engine.study.compare import compare_context, sweep_budgets, sweep_context
+    from hdap_engine.study.prepare import prepare
+    from hdap_engine.study.run import run_study
 
     if kind not in KINDS:
         raise HdapError(f"unknown job kind {kind!r}; choose one of: {', '.join(KINDS)}")
@@ -229,9 +229,9 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
 
 def _rollout(settings: dict, store, progress: Progress, agent_token: str | None) -> dict:
     """Plan a rollout on a finished study job: ``{"rollout": Rollout.as_dict(), "of_job": ID}``."""
+    from hdap_engine.infra.jsonable import jsonable
     from hdap_engine.jobs.table import JobTable
-    from hdap_engine.jsonable import jsonable
-    from hdap_engine.rollout import plan_rollout
+    from hdap_engine.lifecycle.rollout import plan_rollout
 
     spec = settings.get("rollout") or {}
     try:
@@ -276,9 +276,9 @@ def _tune(bundle, out, data, val_data, epochs: int, seed: int, progress: Progres
 def _finetune(settings: dict, progress: Progress, partial: Partial) -> dict:
     """Fine-tune a bundle into a new one: ``{"bundle", "report", "accuracy", "history",
     "of_job"}``."""
-    from hdap_engine.jsonable import jsonable
-    from hdap_engine.report import read_bundle_report
-    from hdap_engine.workspace import new_bundle_dir
+    from hdap_engine.export.reading import read_bundle_report
+    from hdap_engine.infra.jsonable import jsonable
+    from hdap_engine.infra.workspace import new_bundle_dir
 
     spec = settings.get("finetune") or {}
     bundle, data = spec.get("bundle"), spec.get("data")
@@ -302,7 +302,7 @@ def _finetune(settings: dict, progress: Progress, partial: Partial) -> dict:
 
 def _reoptimise(settings: dict, store, progress: Progress, agent_token: str | None) -> dict:
     """`reoptimise_check` of a bundle on a snapshot: ``{"reoptimise": its result}``."""
-    from hdap_engine.jsonable import jsonable
+    from hdap_engine.infra.jsonable import jsonable
     from hdap_engine.lifecycle.reoptimise import DEFAULT_THRESHOLD, read_deployed, reoptimise_check
 
     spec = settings.get("reoptimise") or {}
@@ -344,8 +344,8 @@ def rebuild_context(settings: dict, result: dict, *, store=None,
 
     from hdap_engine.latency.store import Store
     from hdap_engine.latency.surrogate import Surrogate
-    from hdap_engine.prepare import prepare
     from hdap_engine.search.fleet_search import Learned
+    from hdap_engine.study.prepare import prepare
 
     store = store or Store()
     options = study_options(settings)

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from hdap_engine import database
-from hdap_engine.jsonable import jsonable
-from hdap_engine.workspace import home
+from hdap_engine.infra import database
+from hdap_engine.infra.jsonable import jsonable
+from hdap_engine.infra.workspace import home
 
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
@@ -148,7 +148,7 @@ class JobTable:
         database.initialise(self.path, SCHEMA)
         self._write(_add_partial_column)
 
-    # -- plumbing (`hdap_engine.database`: WAL, one writer, retries while busy) ---------------
+    # -- plumbing (`hdap_engine.infra.database`: WAL, one writer, retries while busy) ---------------
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return database.write(self.path, work, retries=self.retries)
 

@@ -403,7 +403,7 @@ class AgentBackend(Backend):
 
     def _export(self, space: PruningSpace, widths: np.ndarray, fmt: str) -> bytes:
         """The candidate as a model file (ONNX or TorchScript) in memory."""
-        from hdap_engine.export import export_onnx, export_torchscript
+        from hdap_engine.export.bundle import export_onnx, export_torchscript
         from hdap_engine.models.zoo import build_model, get_spec
         from hdap_engine.pruning.apply import prune_to_widths
 

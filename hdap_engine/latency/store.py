@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from contextlib import closing
 from pathlib import Path
 
-from hdap_engine import database
-from hdap_engine.jsonable import jsonable
-from hdap_engine.workspace import home
+from hdap_engine.infra import database
+from hdap_engine.infra.jsonable import jsonable
+from hdap_engine.infra.workspace import home
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (

@@ -1,7 +1,8 @@
-"""After the first model ships: is re-optimising worth it?
+"""After the first model ships: variants per cohort of clusters, and whether re-optimising pays.
 
-`reoptimise` compares a deployed bundle with a model re-optimised for the
-latest snapshot. Variants per group of clusters are `hdap_engine.rollout`.
-Drift between snapshots (who moved, which clusters changed) is
-`hdap_engine.fleet.drift`.
+    rollout.py     `plan_rollout`: K' model variants, one per cohort of clusters, against one model
+    reoptimise.py  a deployed bundle against a model re-optimised for the latest snapshot
+
+Fleet drift between snapshots (who moved, which clusters changed) is
+`hdap_engine.fleet.drift`; this room decides what to do about it.
 """

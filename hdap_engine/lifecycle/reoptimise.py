@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from hdap_engine.errors import HdapError
+from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.options import StudyOptions
-from hdap_engine.prepare import Progress, no_progress, prepare
 from hdap_engine.pruning.space import PruningSpace
+from hdap_engine.study.prepare import prepare
 
 DEFAULT_THRESHOLD = 0.03
 
@@ -90,8 +91,8 @@ def reoptimise_check(bundle: str | Path, telemetry, *, threshold: float = DEFAUL
     ``threshold``, ``recommend_reoptimise``, the objective, the source, the
     re-optimised widths and the measurements spent.
     """
-    from hdap_engine.study import optimize
-    from hdap_engine.verify import verify_candidate
+    from hdap_engine.study.run import optimize
+    from hdap_engine.study.verify import verify_candidate
 
     if not 0 <= threshold < 1:
         raise HdapError(f"--threshold must be a share between 0 and 1 (0.03 = 3 %), got {threshold}")

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hdap_engine.concurrency import TRACE_LOCK
 from hdap_engine.errors import HdapError
+from hdap_engine.infra.locks import TRACE_LOCK
 from hdap_engine.models.zoo import get_spec
 from hdap_engine.pruning.layers import LayerTable
 

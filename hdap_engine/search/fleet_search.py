@@ -21,11 +21,11 @@ counts what each run measured.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from hdap_engine.infra.progress import Progress
 from hdap_engine.latency.backends import Backend
 from hdap_engine.latency.store import Store
 from hdap_engine.pruning.budget import meets_budget
@@ -37,7 +37,6 @@ from hdap_engine.search.objectives import Objective
 
 ANCHORS = 6  # training candidates re-timed with every later batch on real hardware
 DRIFT_NOTE = "the devices' speed drifted between measurement batches"
-Progress = Callable[[str, int, int], None]  # (stage, step, total)
 
 
 @dataclass(frozen=True)

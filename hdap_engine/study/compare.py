@@ -20,16 +20,17 @@ from dataclasses import replace
 import numpy as np
 
 from hdap_engine.errors import HdapError
+from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.latency.backends import HostBackend, TwinBackend
 from hdap_engine.latency.store import Store
 from hdap_engine.options import StudyOptions
-from hdap_engine.prepare import Progress, StudyContext, no_progress, prepare
 from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.search.baselines import uniform_widths
 from hdap_engine.search.evolution import SearchOptions, evolve
 from hdap_engine.search.methods import check_methods, get_method, method_names
-from hdap_engine.study import optimize
-from hdap_engine.verify import fleet_metrics, verify_candidate
+from hdap_engine.study.prepare import StudyContext, prepare
+from hdap_engine.study.run import optimize
+from hdap_engine.study.verify import fleet_metrics, verify_candidate
 
 ROW_KEYS = ("method", "macs", "fleet_mean_ms", "p95_ms", "worst_cluster_ms", "speedup",
             "search_s", "device_measurements")
@@ -379,8 +380,5 @@ def format_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def pareto(points: list[dict]) -> list[dict]:
-    """Points of each method sorted by MACs (for plotting)."""
-    return sorted(points, key=lambda p: (p["method"], p["macs"]))
 
 

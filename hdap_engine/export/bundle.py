@@ -28,15 +28,12 @@ import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from hdap_engine import __version__
-from hdap_engine.errors import HdapError
-from hdap_engine.jsonable import jsonable
-from hdap_engine.models.zoo import build_model, get_spec
-from hdap_engine.pruning.apply import prune_to_widths
+from hdap_engine.infra.jsonable import jsonable
+from hdap_engine.models.zoo import get_spec
 from hdap_engine.pruning.space import PruningSpace
 
 WIDTHS_FORMAT = "hdap-widths/1"
@@ -165,57 +162,7 @@ def _wanted(name: str, formats) -> bool:
     return kind is None or kind in formats
 
 
-def rebuild_model(widths_doc: dict, weights) -> tuple[nn.Module, PruningSpace, np.ndarray]:
-    """A pruned model from its widths document and state dict (no unpickling)."""
-    from hdap_engine.models.zoo import read_state_dict
-
-    if widths_doc.get("format") != WIDTHS_FORMAT:
-        raise HdapError(f"widths.json: unknown format {widths_doc.get('format')!r}; "
-                        f"expected {WIDTHS_FORMAT}")
-    name = widths_doc.get("model")
-    space = PruningSpace.for_model(name).with_options(round_to=widths_doc.get("round_to", 8))
-    widths = space.widths_from_dict({g["name"]: g["width"] for g in widths_doc["groups"]})
-    model = build_model(name)
-    prune_to_widths(model, space, widths, importance="first")
-    state = read_state_dict(weights, label="weights.pt")
-    own = model.state_dict()
-    if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
-        raise HdapError("weights.pt does not match widths.json; the bundle is inconsistent, "
-                        "export it again")
-    model.load_state_dict(state)
-    return model.eval(), space, widths
 
 
-def read_bundle_files(path: str | os.PathLike) -> dict[str, bytes]:
-    """The raw widths.json, weights.pt and report.json of a bundle folder or zip."""
-    p = Path(path)
-    if p.is_dir():
-        read = {n: (p / n).read_bytes() for n in ("widths.json", "weights.pt", "report.json")
-                if (p / n).is_file()}
-    elif p.is_file() and zipfile.is_zipfile(p):
-        read = {}
-        with zipfile.ZipFile(p) as zf:
-            for info in zf.infolist():
-                base = info.filename.rsplit("/", 1)[-1]
-                if base in ("widths.json", "weights.pt", "report.json"):
-                    read[base] = zf.read(info)
-    else:
-        raise HdapError(f"{p}: not a bundle folder or zip; pass the folder `hdap prune --out` "
-                        "wrote, or its .zip")
-    for needed in ("widths.json", "weights.pt"):
-        if needed not in read:
-            raise HdapError(f"{p}: the bundle has no {needed}; export it again")
-    return read
 
 
-def load_bundle(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """Rebuild the pruned model of a bundle folder or zip; returns (model, report)."""
-    p = Path(path)
-    read = read_bundle_files(p)
-    try:
-        doc = json.loads(read["widths.json"])
-    except ValueError as exc:
-        raise HdapError(f"{p}: widths.json is not valid JSON ({exc})") from None
-    model, _, _ = rebuild_model(doc, read["weights.pt"])
-    report = json.loads(read["report.json"]) if "report.json" in read else {}
-    return model, report

@@ -4,7 +4,7 @@
     -> optimize (the method's rule, or its FleetSearch for the budget)   search/
     -> prune (Torch-Pruning)                                             pruning/apply.py
     -> verify (measured per cluster, every device with the twin)         verify.py
-    -> report, export, record                                            report.py, export.py
+    -> report, export, record                                            report/, export/
 
 `prepare` does the expensive part once and returns a read-only
 `StudyContext`; `optimize` answers any query (budget, objective, cluster
@@ -25,20 +25,21 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from hdap_engine.accuracy.guide import accuracy_guide
 from hdap_engine.errors import HdapError
-from hdap_engine.export import export_bundle
+from hdap_engine.export.bundle import export_bundle
+from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.latency.store import Store
-from hdap_engine.models.zoo import build_model, weights_label
+from hdap_engine.models.zoo import build_model
 from hdap_engine.options import WHAT_IF_SETTINGS, Query, SearchPlan, StudyOptions
-from hdap_engine.prepare import Progress, StudyContext, no_progress, prepare
 from hdap_engine.pruning.apply import prune_to_widths
 from hdap_engine.pruning.budget import format_macs, parse_budget
-from hdap_engine.pruning.space import PruningSpace
-from hdap_engine.report import build_report, history_entry
+from hdap_engine.report.build import build_report, history_entry
 from hdap_engine.search.fleet_search import Learned
-from hdap_engine.search.methods import get_method, method_names
+from hdap_engine.search.methods import get_method
 from hdap_engine.search.objectives import Objective
-from hdap_engine.verify import Verification, verify_candidate
+from hdap_engine.study.prepare import StudyContext, prepare
+from hdap_engine.study.verify import Verification, verify_candidate
 
 
 @dataclass(frozen=True)
@@ -114,20 +115,6 @@ def optimize(ctx: StudyContext, query: Query | None = None, *, method: str | Non
                      {**guide.summary(), "chosen_calibrated": float(guide.evaluate(out.widths)[0])})
 
 
-def accuracy_guide(ctx: StudyContext, target: float, query: Query, *,
-                   progress: Progress = no_progress):
-    """The accuracy floor's guide for a searching method at ``target`` (None without a floor).
-
-    The floor is read from the options (a what-if run may change it); its
-    calibrated accuracies are cached, so the same budget again evaluates nothing.
-    """
-    if ctx.accuracy is None or not ctx.options.accuracy.min_accuracy:
-        return None
-    from hdap_engine.accuracy.floor import parse_floor
-
-    return ctx.accuracy.guide(ctx.space, target, floor=parse_floor(
-        ctx.options.accuracy.min_accuracy), progress=progress,
-        budget_label=f"{query.budget} MACs")
 
 
 @dataclass
@@ -243,42 +230,7 @@ def reuse_options(prepared: StudyOptions, wanted: StudyOptions) -> StudyOptions:
 
 # -- baselines without a fleet (hdap prune) -------------------------------------------------
 
-@dataclass
-class PruneResult:
-    """A pruned model and how it was obtained (no latency involved)."""
-
-    model: nn.Module
-    space: PruningSpace
-    widths: np.ndarray
-    kept: dict[str, list[int]]
-    report: dict = field(default_factory=dict)
 
 
-def prune_baseline(model_name: str, budget, method: str = "uniform", *, model_weights=None,
-                   round_to: int = 8, min_ratio: float = 0.1, seed: int = 0) -> PruneResult:
-    """Prune ``model_name`` to ``budget`` with a baseline method (no latency model)."""
-    spec = get_method(method)
-    if spec.searches:
-        raise HdapError(f"method {method!r} needs a fleet (hdap optimize); without one, "
-                        f"choose one of: {', '.join(method_names(searches=False))}")
-    space = PruningSpace.for_model(model_name, round_to=round_to, min_ratio=min_ratio)
-    target = parse_budget(budget, space)
-    model = build_model(model_name, model_weights, seed=seed)
-    widths = np.asarray(spec.rule(space, target, model), dtype=np.int64)
-    kept = prune_to_widths(model, space, widths)
-    report = {
-        "method": method,
-        "budget": str(budget),
-        "budget_macs": target,
-        "model_weights": weights_label(model_weights),
-        "seed": seed,
-        "round_to": round_to,
-        "min_ratio": min_ratio,
-    }
-    return PruneResult(model=model, space=space, widths=widths, kept=kept, report=report)
 
 
-def export_result(result: PruneResult, out_dir: str | os.PathLike) -> Path:
-    """Write ``result`` as a bundle (folder + zip)."""
-    return export_bundle(result.model, result.space, result.widths, out_dir, result.report,
-                         kept=result.kept)

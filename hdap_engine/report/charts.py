@@ -234,7 +234,7 @@ def pareto_chart(sweep: Mapping, *, chosen: Mapping | None = None) -> go.Figure:
     Parameters
     ----------
     sweep:
-        `hdap_engine.benchmark.sweep_context`'s result (points with method,
+        `hdap_engine.study.compare.sweep_context`'s result (points with method,
         macs, fleet_mean_ms).
     chosen:
         The study's candidate: {"macs", "fleet_mean_ms"}, drawn as a star.
@@ -346,7 +346,7 @@ def method_comparison(comparison: Mapping) -> go.Figure:
     Parameters
     ----------
     comparison:
-        `hdap_engine.benchmark.compare_context`'s result.
+        `hdap_engine.study.compare.compare_context`'s result.
 
     Returns
     -------
@@ -510,7 +510,7 @@ def rollout_chart(doc: Mapping) -> go.Figure:
     Parameters
     ----------
     doc:
-        `hdap_engine.rollout.Rollout.as_dict`'s result.
+        `hdap_engine.lifecycle.rollout.Rollout.as_dict`'s result.
 
     Returns
     -------

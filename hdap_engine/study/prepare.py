@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.latency.backends import Backend
 from hdap_engine.latency.construct import make_backend
 from hdap_engine.latency.sampling import sample_candidates
@@ -27,13 +27,6 @@ from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.fleet_search import FleetSearch, Learned, SearchDevices
 from hdap_engine.search.methods import Method
 from hdap_engine.search.objectives import Objective, cluster_dispersion, cluster_weights
-
-Progress = Callable[[str, int, int], None]  # (stage, step, total)
-
-
-def no_progress(stage: str, step: int, total: int) -> None:
-    """A progress callback that reports nothing."""
-    return None
 
 
 @dataclass(frozen=True)

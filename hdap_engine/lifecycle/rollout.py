@@ -34,10 +34,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from hdap_engine.errors import HdapError
+from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.options import Query, SearchPlan
-from hdap_engine.prepare import Progress, StudyContext, no_progress
 from hdap_engine.search.fleet_search import Learned
-from hdap_engine.verify import Verification, fleet_metrics, verify_candidate
+from hdap_engine.study.prepare import StudyContext
+from hdap_engine.study.verify import Verification, fleet_metrics, verify_candidate
 
 ONE_MODEL = "one-model"
 
@@ -218,7 +219,7 @@ def plan_rollout(ctx: StudyContext, variants: int = 3, *, query: Query | None = 
     -------
     A `Rollout`: one `RolloutPlan` per K', the one with K' = 1 being the one model.
     """
-    from hdap_engine.study import optimize
+    from hdap_engine.study.run import optimize
 
     if int(variants) < 1:
         raise HdapError(f"--variants must be at least 1, got {variants}")
@@ -429,8 +430,8 @@ def write_rollout(ctx: StudyContext, rollout: Rollout, out_dir, *,
     import json
     from pathlib import Path
 
-    from hdap_engine.export import export_bundle
-    from hdap_engine.jsonable import jsonable
+    from hdap_engine.export.bundle import export_bundle
+    from hdap_engine.infra.jsonable import jsonable
     from hdap_engine.models.zoo import build_model
     from hdap_engine.pruning.apply import prune_to_widths
     from hdap_engine.pruning.budget import format_macs
