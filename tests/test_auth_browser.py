@@ -65,7 +65,7 @@ def test_pages_need_sign_in_and_history_names_who_ran_what(tmp_path):
         assert httpx.put(f"{provider}/users/{quote(ALICE)}",
                          json={"email": ALICE, "name": "Alice"}).status_code == 204
         env = {"HDAP_SAMPLE_DATA": str(samples),
-               "HDAP_APP_DEFAULTS": json.dumps({**QUICK, "search_effort": "quick"}),
+               "HDAP_APP_DEFAULTS": json.dumps(QUICK),
                "STREAMLIT_SECRETS_FILES": str(_secrets(tmp_path / "secrets.toml", port,
                                                        provider))}
         with app_server(home, env, port=port, host="localhost") as (url, proc), \

@@ -19,11 +19,7 @@ from hdap_engine.finetune.options import FinetuneOptions
 from hdap_engine.finetune.trainer import distillation_loss, fit
 from tests.helpers.bundles import export_bundle_fast
 from tests.helpers.images import write_digit_folder
-from tests.helpers.paths import ROOT
-
-DEMO = ROOT / "sample_data" / "resnet56_digits.pt"
-
-
+from tests.helpers.paths import DEMO, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +28,13 @@ def digit_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_data(digit_folder):
+def small_data(tmp_path_factory):
+    """60 digit images (48 to train on): what determinism and resuming are tested on does not
+    depend on the data's size, and every `fit` below runs on it (9 fits in this file)."""
     from hdap_engine.data import load_data
 
-    return load_data(digit_folder, model="resnet56")
+    folder = write_digit_folder(tmp_path_factory.mktemp("digits") / "small", 6)
+    return load_data(folder, model="resnet56")
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +216,6 @@ def test_finetune_refuses_to_overwrite_an_interrupted_run_without_resume(
     res = cli("finetune", str(pruned_bundle), "--data", str(digit_folder), "--out", str(out),
               "--resume", env=ONE_THREAD)
     assert res.returncode == 2 and "not a readable checkpoint" in res.stderr
-
-
 
 
 @pytest.mark.slow

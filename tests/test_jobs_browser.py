@@ -135,8 +135,8 @@ def test_a_killed_server_shows_the_job_interrupted_and_a_requeue_reuses_its_meas
 
     home = tmp_path / "home"
     table = JobTable(home / "store.sqlite")
-    # A quick search: the kill comes right after the measuring, the rest is not the point.
-    env = _env(samples, {"search_effort": "quick"})
+    # The kill comes right after the measuring; the rest is not the point.
+    env = _env(samples)
     with sync_playwright() as pw:
         browser = _chromium(pw)
         with app_server(home, env) as (url, proc):

@@ -118,8 +118,9 @@ def small_sample_fleet(folder: Path) -> Path:
     return folder
 
 
+# A quick study: the browser tests are about pages, jobs and sign-in, not the search.
 QUICK = {"model": "resnet56", "samples": 40, "refine_rounds": 1, "compare_methods": [],
-         "sweep_on": False}
+         "sweep_on": False, "search_effort": "quick"}
 
 
 
