@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from hdap_engine.errors import HdapError
-from hdap_engine.finetune.options import FinetuneOptions
 from hdap_engine.finetune.trainer import distillation_loss, fit
+from hdap_engine.options import FinetuneOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "sample_data" / "resnet56_digits.pt"
