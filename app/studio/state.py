@@ -88,7 +88,7 @@ DEFAULTS = {
     K_MODE: "automatic",
     K_FIXED: 4,  # the fixed-k slider's starting point (the engine's default is automatic)
     REPRESENTATIVES: default("representatives"),
-    CONTEXT_FEATURES: [],
+    CONTEXT_FEATURES: list(default("context_features")),
     COLOR_BY: "cluster",
     MODEL: default("model"),
     WEIGHTS_MODE: "random",
