@@ -15,6 +15,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	# Compile UMAP's numba kernels once into the venv's caches (as the Dockerfile does):
+	# otherwise every process that draws a fleet map first compiles them itself (~30 s each).
+	$(BIN)/python -c "from hdap_engine.fleet.embedding import warm_up; warm_up()"
 	touch $(STAMP)
 
 run: setup

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests._browser import CHROMIUM, LAUNCH_ARGS, app_server, open_page, settle, wait_healthy
+from tests.helpers.browser import CHROMIUM, LAUNCH_ARGS, app_server, open_page, settle, wait_healthy
 
 KEYS = ("health_s", "first_page_s", "fleet_cold_s", "fleet_cold_nav_s", "fleet_warm_s",
         "fleet_new_tab_s", "run_results_s", "run_cold_s")

@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests._browser import CHROMIUM, LAUNCH_ARGS, app_server, settle, wait_healthy
+from tests.helpers.browser import CHROMIUM, LAUNCH_ARGS, app_server, settle, wait_healthy
 
 QUICK = {"model": "resnet56", "samples": 40, "refine_rounds": 1, "compare_methods": [],
          "sweep_on": False}

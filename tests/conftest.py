@@ -1,15 +1,16 @@
-"""Shared fixtures: an isolated workspace per test session, and the CLI runner."""
+"""Shared fixtures: an isolated workspace per test, the CLI runner, small simulated fleets.
+
+Helpers that are not fixtures (paths, quick options, drivers) are in `tests/helpers/`."""
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.cli import run_cli
 
 # `make test` runs three pytest workers on two cores, and each starts servers, agents and
 # job workers of its own. With PyTorch's default of one OpenMP thread per core, every
@@ -28,14 +29,6 @@ def _isolated_workspace(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HDAP_HOME", str(tmp_path_factory.mktemp("hdap_home")))
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run `python -m hdap_engine ARGS` in a subprocess, as a user would."""
-    full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "hdap_engine", *args], cwd=cwd or ROOT,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
 def cli():
     return run_cli
@@ -51,17 +44,6 @@ def small_fleet(tmp_path_factory) -> Path:
     return csv_path
 
 
-def quick_options(**changes):
-    """Study options small enough for a unit test (ResNet-56, few samples, short search)."""
-    from hdap_engine.options import StudyOptions
-
-    base = dict(model="resnet56", budget="0.5", samples=40, repeats=3, warmup=0,
-                population=16, generations=8, refine_rounds=1, refine_batch=6, finalists=4,
-                restarts=2, polish_rounds=1, polish_batch=4)
-    base.update(changes)
-    return StudyOptions.of(**base)
-
-
 def pytest_collection_modifyitems(config, items):
     """Files with slow or browser tests first (stable otherwise).
 
@@ -72,3 +54,23 @@ def pytest_collection_modifyitems(config, items):
     heavy = {item.path for item in items
              if item.get_closest_marker("slow") or item.get_closest_marker("browser")}
     items.sort(key=lambda item: item.path not in heavy)
+
+
+@pytest.fixture(scope="session")
+def sample_folder(tmp_path_factory) -> Path:
+    """Two small simulated sample fleets with their twin sidecars."""
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
+
+    folder = tmp_path_factory.mktemp("samples")
+    for sku, n, name in (("jetson-nano", 400, "jetson_small"), ("rpi4", 200, "rpi_small")):
+        telemetry, states = simulate_fleet(sku, n, seed=3)
+        write_fleet(folder / name, telemetry, states)
+    return folder
+
+
+@pytest.fixture
+def samples(sample_folder, monkeypatch) -> Path:
+    """The small sample fleets, as the app's sample folder (HDAP_SAMPLE_DATA)."""
+    monkeypatch.setenv("HDAP_SAMPLE_DATA", str(sample_folder))
+    return sample_folder
+

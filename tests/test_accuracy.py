@@ -4,7 +4,6 @@ report block."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,8 +28,7 @@ from hdap_engine.errors import HdapError
 from hdap_engine.models.zoo import build_model
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.baselines import uniform_widths
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import ROOT
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -273,7 +271,7 @@ def test_guide_refuses_a_floor_no_sampled_candidate_meets(probed, space):
 def test_prepared_accuracy_checks_the_floor_first_and_the_classes_against_the_weights(
         tmp_path):
     from hdap_engine.accuracy.study import prepare_accuracy
-    from tests.test_data import make_folder
+    from tests.helpers.images import make_folder
 
     with pytest.raises(HdapError, match="--min-accuracy '2' is outside"):
         prepare_accuracy("resnet56", None, DIGITS, min_accuracy="2")

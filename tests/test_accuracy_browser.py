@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._browser import (
+from tests.helpers.browser import (
     ARTIFACTS,
     CHROMIUM,
     LAUNCH_ARGS,
@@ -29,7 +29,7 @@ from tests._browser import (
     small_sample_fleet,
     wait_healthy,
 )
-from tests.test_finetune import write_digit_folder
+from tests.helpers.images import write_digit_folder
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -8,7 +8,8 @@ import pytest
 
 from hdap_engine.errors import HdapError
 from hdap_engine.options import StudyOptions
-from tests.conftest import ROOT, quick_options
+from tests.helpers.paths import ROOT
+from tests.helpers.studies import quick_options
 
 DEMO = str(ROOT / "sample_data" / "resnet56_digits.pt")
 # Small enough for a test; the accuracy side: 6 sampled candidates, 64 + 96 calibration images.

@@ -34,8 +34,8 @@ from hdap_engine.latency.sampling import sample_candidates
 from hdap_engine.latency.store import Store, widths_key
 from hdap_engine.options import ClusteringPlan
 from hdap_engine.pruning.space import PruningSpace
-from tests._agent_fixtures import TOKEN, free_port, onnx_bytes, tiny_model
-from tests._agent_fleet import start_fleet, stop_fleet
+from tests.helpers.agent_fleet import start_fleet, stop_fleet
+from tests.helpers.agents import TOKEN, free_port, onnx_bytes, tiny_model
 
 # -- fakes ------------------------------------------------------------------------------------
 

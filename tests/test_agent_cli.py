@@ -16,16 +16,9 @@ import pytest
 
 from hdap_engine.agent.client import AgentClient
 from hdap_engine.cli import main
-from tests._agent_fixtures import (
-    SHAPE,
-    TOKEN,
-    free_port,
-    onnx_bytes,
-    start_agent,
-    torchscript_bytes,
-)
+from tests.helpers.agents import SHAPE, TOKEN, free_port, onnx_bytes, start_agent, torchscript_bytes
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 

@@ -18,7 +18,7 @@ from hdap_engine.agent.client import (
     AgentUnavailable,
 )
 from hdap_engine.errors import HdapError
-from tests._agent_fixtures import (
+from tests.helpers.agents import (
     SHAPE,
     TOKEN,
     BlockingProbe,

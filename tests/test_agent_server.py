@@ -23,7 +23,7 @@ from hdap_engine.agent import measure as measure_mod
 from hdap_engine.agent.config import AgentConfig, detect_sku, is_loopback, sku_from_model_string
 from hdap_engine.agent.server import AgentServer
 from hdap_engine.errors import HdapError
-from tests._agent_fixtures import (
+from tests.helpers.agents import (
     SHAPE,
     TOKEN,
     BlockingProbe,
@@ -36,8 +36,8 @@ from tests._agent_fixtures import (
     start_agent,
     torchscript_bytes,
 )
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPE_Q = ",".join(map(str, SHAPE))
 MODELS = {"torchscript": torchscript_bytes, "onnx": onnx_bytes}
 

@@ -21,9 +21,9 @@ from hdap_engine.fleet.telemetry import load_fleet
 from hdap_engine.latency import agent_backend
 from hdap_engine.options import ClusteringPlan, StudyOptions
 from hdap_engine.study.run import run_study
-from tests._agent_fixtures import TOKEN
-from tests._agent_fleet import start_fleet, stop_fleet
-from tests.conftest import run_cli
+from tests.helpers.agent_fleet import start_fleet, stop_fleet
+from tests.helpers.agents import TOKEN
+from tests.helpers.cli import run_cli
 
 # Probe scales put dev-b nearest the fleet's centre, then dev-a, then dev-c.
 SCALES = {"dev-a": 1.0, "dev-b": 1.1, "dev-c": 1.3}

@@ -9,37 +9,25 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from hdap_engine.errors import HdapError
+from tests.helpers.apptest import (
+    TIMEOUT,
+    charts,
+    download_bytes,
+    metric,
+    ok,
+    small_study,
+    start,
+    wait_for_job,
+)
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.app
-
-ROOT = Path(__file__).resolve().parents[1]
-HOME = str(ROOT / "app" / "Home.py")
-TIMEOUT = 300
-
-
-@pytest.fixture(scope="session")
-def sample_folder(tmp_path_factory) -> Path:
-    """Two small simulated sample fleets with their twin sidecars."""
-    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
-
-    folder = tmp_path_factory.mktemp("samples")
-    for sku, n, name in (("jetson-nano", 400, "jetson_small"), ("rpi4", 200, "rpi_small")):
-        telemetry, states = simulate_fleet(sku, n, seed=3)
-        write_fleet(folder / name, telemetry, states)
-    return folder
-
-
-@pytest.fixture
-def samples(sample_folder, monkeypatch) -> Path:
-    monkeypatch.setenv("HDAP_SAMPLE_DATA", str(sample_folder))
-    return sample_folder
 
 
 @pytest.fixture
@@ -66,40 +54,6 @@ def media(monkeypatch) -> list:
 
     monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
     return stores
-
-
-def download_bytes(media: list, button) -> bytes:
-    name = button.proto.url.rsplit("/", 1)[-1]
-    for store in reversed(media):
-        try:
-            return store.get_file(name).content
-        except Exception:
-            continue
-    raise AssertionError(f"no media file behind {button.label!r} ({button.proto.url})")
-
-
-def ok(at: AppTest) -> AppTest:
-    """Assert a run raised nothing; return the app for chaining."""
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def metric(at: AppTest, label: str) -> str:
-    for m in at.metric:
-        if m.label == label:
-            return m.value
-    raise AssertionError(f"no metric {label!r}: {[m.label for m in at.metric]}")
-
-
-def charts(at: AppTest) -> list:
-    return list(at.get("plotly_chart"))
-
-
-def start(**state) -> AppTest:
-    at = AppTest.from_file(HOME, default_timeout=TIMEOUT)
-    for k, v in state.items():
-        at.session_state[k] = v
-    return ok(at.run())
 
 
 # -- page 1: fleet ------------------------------------------------------------------------
@@ -166,6 +120,7 @@ def test_upload_handler_refuses_bad_bytes_and_keeps_state(samples):
     script = """
 import streamlit as st
 from studio import parts
+from tests.helpers.apptest import TIMEOUT, charts, download_bytes, metric, ok, small_study, start, wait_for_job
 st.session_state["msg"] = parts.accept_upload("broken.parquet", b"PAR1 not really parquet")
 """
     probe = AppTest.from_string(script, default_timeout=TIMEOUT)
@@ -280,34 +235,6 @@ def test_agent_backend_is_offered_only_when_the_fleet_has_agent_urls(samples, te
 
 # -- pages 3 to 6: run, what-if, download, history ----------------------------------------
 
-def _small_study(at: AppTest, *, compare=("uniform",), sweep=True) -> AppTest:
-    ok(at.switch_page("views/model.py").run())
-    ok(at.selectbox(key="model").set_value("resnet56").run())
-    ok(at.number_input(key="samples").set_value(40).run())
-    ok(at.number_input(key="refine_rounds").set_value(1).run())
-    ok(at.selectbox(key="search_effort").set_value("quick").run())
-    ok(at.switch_page("views/run.py").run())
-    ok(at.multiselect(key="compare_methods").set_value(list(compare)).run())
-    if not sweep:
-        ok(at.checkbox(key="sweep_on").uncheck().run())
-    ok(at.button(key="run_button").click().run())
-    return wait_for_job(at)
-
-
-def wait_for_job(at: AppTest, timeout: float = TIMEOUT, job_id: int | None = None) -> AppTest:
-    """The study (or ``job_id``) runs as a job in a worker process: wait for it to end, then
-    redraw the page."""
-    import time
-
-    from hdap_engine.jobs import JobTable
-
-    job_id = at.session_state["job"] if job_id is None else job_id
-    t0 = time.perf_counter()
-    while JobTable().get(job_id).active:
-        assert time.perf_counter() - t0 < timeout, f"job {job_id} did not end"
-        time.sleep(0.3)
-    return ok(at.run())
-
 
 def test_search_effort_sets_the_search_plan_of_the_job(samples):
     from hdap_engine.jobs import JobTable
@@ -342,7 +269,7 @@ def test_small_run_what_if_download_and_history(samples, media):
     from hdap_engine.models.zoo import get_spec
 
     at = start()
-    _small_study(at)
+    small_study(at)
     assert not at.error, [e.value for e in at.error]
     assert float(metric(at, "Speedup").rstrip("x")) > 1.0
     assert metric(at, "Fleet mean latency").endswith(" ms")
@@ -410,7 +337,7 @@ def test_run_on_an_uploaded_fleet_without_sidecar_fits_the_twin(samples, telemet
     at = start()
     ok(at.file_uploader(key="fleet_upload").set_value(("mine.csv", telemetry_csv,
                                                        "text/csv")).run())
-    _small_study(at, compare=(), sweep=False)
+    small_study(at, compare=(), sweep=False)
     assert not at.error, [e.value for e in at.error]
     assert any("fitted" in c.value for c in at.caption)
     assert at.session_state["run"].report["fleet_source"] == "mine.csv"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_app import ok, sample_folder, samples, start  # noqa: F401  (fixtures)
-from tests.test_finetune import write_digit_folder
+from tests.helpers.apptest import ok, start
+from tests.helpers.images import write_digit_folder
 
 # Small simulated sample fleets (test_app's fixtures) stand in for the shipped ones.
 pytestmark = [pytest.mark.app, pytest.mark.usefixtures("samples")]

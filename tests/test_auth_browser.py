@@ -15,18 +15,20 @@ from urllib.parse import quote
 
 import pytest
 
-from tests._browser import (
+from tests.helpers.browser import (
     ARTIFACTS,
     CHROMIUM,
     LAUNCH_ARGS,
+    QUICK,
+    WAIT,
     app_server,
     free_port,
+    results,
     screenshot,
     settle,
     small_sample_fleet,
     wait_healthy,
 )
-from tests.test_jobs_browser import QUICK, WAIT, _results
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -63,7 +65,7 @@ def test_pages_need_sign_in_and_history_names_who_ran_what(tmp_path):
         assert httpx.put(f"{provider}/users/{quote(ALICE)}",
                          json={"email": ALICE, "name": "Alice"}).status_code == 204
         env = {"HDAP_SAMPLE_DATA": str(samples),
-               "HDAP_APP_DEFAULTS": json.dumps({**QUICK, "search_effort": "quick"}),
+               "HDAP_APP_DEFAULTS": json.dumps(QUICK),
                "STREAMLIT_SECRETS_FILES": str(_secrets(tmp_path / "secrets.toml", port,
                                                        provider))}
         with app_server(home, env, port=port, host="localhost") as (url, proc), \
@@ -94,7 +96,7 @@ def test_pages_need_sign_in_and_history_names_who_ran_what(tmp_path):
             # A run records its owner; History names them.
             page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="3 Run").click()
             page.get_by_role("button", name="Run the study").click()
-            _results(page)
+            results(page)
             expect(page.get_by_text(f"run by {ALICE}")).to_be_visible()
             page.locator('[data-testid="stSidebarNav"]').get_by_role(
                 "link", name="6 History").click()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._browser import (
+from tests.helpers.browser import (
     ARTIFACTS,
     CHROMIUM,
     LAUNCH_ARGS,

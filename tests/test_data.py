@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,35 +13,7 @@ from hdap_engine.data import DIGITS, check_classes, load_data, materialise, stra
 from hdap_engine.data.safezip import ZipLimits, extract_zip
 from hdap_engine.errors import HdapError
 from hdap_engine.models.zoo import build_model, num_classes_of
-
-FORMATS = (("png", "PNG"), ("jpg", "JPEG"), ("bmp", "BMP"), ("webp", "WEBP"))
-
-
-def make_folder(root: Path, classes=("cat", "dog", "owl"), per_class: int = 6,
-                size: int = 12) -> Path:
-    """An ImageFolder of small images: colour and grayscale, every format, one colour per class."""
-    rng = np.random.default_rng(0)
-    for ci, name in enumerate(classes):
-        folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            ext, fmt = FORMATS[i % len(FORMATS)]
-            base = np.zeros((size, size, 3), np.uint8)
-            base[..., ci % 3] = 200
-            pixels = np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8)
-            img = Image.fromarray(pixels)
-            if i % 2:
-                img = img.convert("L")  # grayscale images become three equal channels
-            img.save(folder / f"{i}.{ext}", format=fmt)
-    return root
-
-
-def zip_folder(folder: Path, out: Path, prefix: str = "") -> Path:
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in sorted(folder.rglob("*")):
-            if p.is_file():
-                zf.write(p, prefix + p.relative_to(folder).as_posix())
-    return out
+from tests.helpers.images import make_folder, zip_folder
 
 
 def test_image_folder_is_resized_normalised_and_split_stratified(tmp_path):

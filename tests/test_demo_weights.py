@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from hdap_engine.accuracy.evaluate import evaluate
 from hdap_engine.data import load_data
 from hdap_engine.models.zoo import build_model
-
-DEMO = Path(__file__).resolve().parents[1] / "sample_data" / "resnet56_digits.pt"
+from tests.helpers.paths import DEMO
 
 
 def test_demo_weights_are_a_small_plain_state_dict():

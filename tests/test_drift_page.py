@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_app import ok, start
+from tests.helpers.apptest import ok, start
 
 pytestmark = pytest.mark.app
 

@@ -1,4 +1,4 @@
-"""Export bundles: every format loads, runs and agrees with the pruned model."""
+"""Bundles (`hdap_engine.export`): every format loads, runs and agrees with the pruned model; a bundle's files and report read back."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from hdap_engine.errors import HdapError
-from hdap_engine.export.reading import load_bundle
+from hdap_engine.export.reading import bundle_files, load_bundle, read_bundle_report
 from hdap_engine.models.zoo import get_spec
 from hdap_engine.pruning.baseline import export_result, prune_baseline
 
@@ -108,3 +108,19 @@ def test_a_wrong_flag_is_one_error_line(cli):
     res = cli("prune", "--model", "resnet50", "--bogus")
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_bundle_files_and_report_of_a_bundle(tmp_path):
+    bundle = tmp_path / "b"
+    bundle.mkdir()
+    (bundle / "model.ts").write_bytes(b"ts")
+    (bundle / "report.json").write_text(json.dumps({"model": "resnet56"}))
+    (tmp_path / "b.zip").write_bytes(b"zip")
+    assert set(bundle_files(bundle)) == {"bundle", "model.ts", "report.json"}
+    assert read_bundle_report(bundle) == {"model": "resnet56"}
+    (bundle / "report.json").write_text("{not json")
+    with pytest.raises(HdapError, match="not valid JSON"):
+        read_bundle_report(bundle)
+    with pytest.raises(HdapError, match="no report.json"):
+        read_bundle_report(tmp_path / "missing")
+

@@ -17,24 +17,9 @@ import torch
 from hdap_engine.errors import HdapError
 from hdap_engine.finetune.trainer import distillation_loss, fit
 from hdap_engine.options import FinetuneOptions
-
-ROOT = Path(__file__).resolve().parents[1]
-DEMO = ROOT / "sample_data" / "resnet56_digits.pt"
-
-
-def write_digit_folder(root: Path, per_class: int, offset: int = 0) -> Path:
-    """An ImageFolder of ``per_class`` scikit-learn digits per class, as 8x8 PNG files."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    for c in range(10):
-        idx = np.flatnonzero(d.target == c)[offset:offset + per_class]
-        (root / str(c)).mkdir(parents=True, exist_ok=True)
-        for i in idx:
-            img = (d.images[i] * (255 / 16)).astype(np.uint8)
-            Image.fromarray(img, mode="L").save(root / str(c) / f"{i}.png")
-    return root
+from tests.helpers.bundles import export_bundle_fast
+from tests.helpers.images import write_digit_folder
+from tests.helpers.paths import DEMO, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +28,13 @@ def digit_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_data(digit_folder):
+def small_data(tmp_path_factory):
+    """60 digit images (48 to train on): what determinism and resuming are tested on does not
+    depend on the data's size, and every `fit` below runs on it (9 fits in this file)."""
     from hdap_engine.data import load_data
 
-    return load_data(digit_folder, model="resnet56")
+    folder = write_digit_folder(tmp_path_factory.mktemp("digits") / "small", 6)
+    return load_data(folder, model="resnet56")
 
 
 @pytest.fixture(scope="module")
@@ -228,13 +216,6 @@ def test_finetune_refuses_to_overwrite_an_interrupted_run_without_resume(
     res = cli("finetune", str(pruned_bundle), "--data", str(digit_folder), "--out", str(out),
               "--resume", env=ONE_THREAD)
     assert res.returncode == 2 and "not a readable checkpoint" in res.stderr
-
-
-def export_bundle_fast(result, out: Path) -> Path:
-    from hdap_engine.export.bundle import export_bundle
-
-    return export_bundle(result.model, result.space, result.widths, out, result.report,
-                         kept=result.kept, formats=("ts",))
 
 
 @pytest.mark.slow

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from hdap_engine.errors import HdapError
-from tests.test_finetune import DEMO, export_bundle_fast, write_digit_folder
+from tests.helpers.bundles import export_bundle_fast
+from tests.helpers.images import write_digit_folder
+from tests.helpers.paths import DEMO
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,7 @@ def test_a_finetune_job_without_data_or_with_other_classes_says_what_is_wrong(
 def test_a_study_that_asks_to_finetune_random_weights_is_refused_before_it_starts(
         small_fleet):
     from hdap_engine.jobs import execute
-    from tests.conftest import quick_options
+    from tests.helpers.studies import quick_options
 
     options = quick_options(data="digits", finetune_epochs=1)
     with pytest.raises(HdapError, match="weights are random"):
@@ -133,7 +135,7 @@ def test_a_study_job_with_data_and_finetune_epochs_reports_accuracy_everywhere(
 
     from hdap_engine.export.bundle import BUNDLE_FILES
     from hdap_engine.jobs import execute
-    from tests.conftest import quick_options
+    from tests.helpers.studies import quick_options
 
     options = quick_options(data=str(digit_folder), finetune_epochs=1, model_weights=str(DEMO),
                             samples=20)

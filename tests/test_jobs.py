@@ -14,7 +14,7 @@ import time
 import pytest
 
 from hdap_engine.jobs import JobTable, Runner, default_workers, execute, rebuild_context
-from tests.conftest import quick_options
+from tests.helpers.studies import quick_options
 
 
 def _settings(csv, **options) -> dict:

@@ -21,12 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests._browser import (
+from tests.helpers.browser import (
     ARTIFACTS,
     CHROMIUM,
     LAUNCH_ARGS,
+    QUICK,
+    WAIT,
     app_server,
     kill_server,
+    results,
     screenshot,
     settle,
     small_sample_fleet,
@@ -35,9 +38,6 @@ from tests._browser import (
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-QUICK = {"model": "resnet56", "samples": 40, "refine_rounds": 1, "compare_methods": [],
-         "sweep_on": False}
-WAIT = 240_000  # ms: a quick study on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +77,6 @@ def _no_exception(page) -> None:
     expect(page.locator('[data-testid="stException"]')).to_have_count(0)
 
 
-def _results(page) -> None:
-    from playwright.sync_api import expect
-
-    expect(page.get_by_role("heading", name="Results")).to_be_visible(timeout=WAIT)
-    expect(page.get_by_text("Latency per cluster: predicted vs measured")).to_be_visible()
-    expect(page.get_by_text("twin (simulated)").first).to_be_visible()
 
 
 def test_three_people_run_at_once_all_get_results_and_a_closed_tab_loses_nothing(samples,
@@ -118,7 +112,7 @@ def test_three_people_run_at_once_all_get_results_and_a_closed_tab_loses_nothing
         expect(late.get_by_role("progressbar")).to_be_visible()
         screenshot(late, ARTIFACTS / "jobs-link-progress.png")
         for i, page in enumerate([*pages, late]):
-            _results(page)
+            results(page)
             _no_exception(page)
             screenshot(page, ARTIFACTS / f"jobs-results-{i}.png")
         jobs = {_job_of(page) for page in [*pages, late]}
@@ -141,8 +135,8 @@ def test_a_killed_server_shows_the_job_interrupted_and_a_requeue_reuses_its_meas
 
     home = tmp_path / "home"
     table = JobTable(home / "store.sqlite")
-    # A quick search: the kill comes right after the measuring, the rest is not the point.
-    env = _env(samples, {"search_effort": "quick"})
+    # The kill comes right after the measuring; the rest is not the point.
+    env = _env(samples)
     with sync_playwright() as pw:
         browser = _chromium(pw)
         with app_server(home, env) as (url, proc):
@@ -173,7 +167,7 @@ def test_a_killed_server_shows_the_job_interrupted_and_a_requeue_reuses_its_meas
             expect(page.get_by_text(f"Job {job_id} was interrupted")).to_be_visible()
             screenshot(page, ARTIFACTS / "jobs-interrupted.png")
             page.get_by_role("button", name="Re-queue this job").click()
-            _results(page)
+            results(page)
             expect(page.get_by_text("sampled measurements came from the store")).to_be_visible()
             _no_exception(page)
         browser.close()

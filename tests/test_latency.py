@@ -14,7 +14,7 @@ from hdap_engine.latency.surrogate import Surrogate
 from hdap_engine.options import SurrogatePlan
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.study.run import prepare
-from tests.conftest import quick_options
+from tests.helpers.studies import quick_options
 
 
 @pytest.fixture(scope="module")

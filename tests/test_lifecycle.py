@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import quick_options
 
 from hdap_engine import cli
 from hdap_engine.errors import HdapError
 from hdap_engine.lifecycle.reoptimise import read_deployed, reoptimise_check
 from hdap_engine.pruning.baseline import export_result, prune_baseline
 from hdap_engine.study.run import run_study
+from tests.helpers.studies import quick_options
 
 pytestmark = pytest.mark.slow
 

@@ -1,10 +1,9 @@
-"""The method registry: a registered method reaches the CLI, the bench and the charts; one
-small bench case pinned end to end."""
+"""The method registry (`hdap_engine.search.methods`): a registered method reaches the CLI, the
+bench and the charts."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,9 +20,8 @@ from hdap_engine.search.methods import (
     unregister_method,
 )
 from hdap_engine.study.compare import format_rows, run_bench
-from tests.conftest import quick_options
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import ROOT
+from tests.helpers.studies import quick_options
 
 
 def _deep_first(space, target_macs, model=None):
@@ -97,22 +95,3 @@ def test_no_code_outside_the_registry_compares_method_names():
     assert not offenders, "\n".join(offenders)
 
 
-@pytest.mark.slow
-def test_a_small_bench_prints_the_numbers_it_printed_before_the_restructure(small_fleet,
-                                                                            tmp_path):
-    # Recorded with the first build's code (before the search moved into search/ and the
-    # options were nested) on an Intel CPU with AVX-512. The same fleet, seed and settings
-    # give the same answer on the same CPU; another CPU's floating point (an AMD EPYC
-    # without AVX-512 read uniform 2.6474, hdap 2.4244 ms, other widths) moves the UMAP
-    # and surrogate slightly, so the figures are pinned within what that moves them, and
-    # the measurement plan, which does not depend on rounding, exactly.
-    out = run_bench(quick_options(), small_fleet, methods=["hdap", "uniform"],
-                    store=Store(tmp_path / "s.sqlite"))
-    rows = {r["method"]: r for r in out["rows"]}
-    assert rows["uniform"]["fleet_mean_ms"] == pytest.approx(2.6450744596643414, rel=0.005)
-    assert rows["uniform"]["device_measurements"] == 0
-    assert rows["hdap"]["fleet_mean_ms"] == pytest.approx(2.393281694531796, rel=0.03)
-    assert rows["hdap"]["p95_ms"] == pytest.approx(3.534329415856126, rel=0.05)
-    assert rows["hdap"]["fleet_mean_ms"] < 0.95 * rows["uniform"]["fleet_mean_ms"]
-    assert rows["hdap"]["device_measurements"] == 672
-    assert meets_budget(rows["hdap"]["macs"], out["budget_macs"])

@@ -1,15 +1,12 @@
-"""Charts, the HTML report, sample fleets and workspace uploads (engine side of the app)."""
+"""What people read (`hdap_engine.report`): the charts and the HTML report."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from hdap_engine.errors import HdapError
-from hdap_engine.export.reading import bundle_files, read_bundle_report
 from hdap_engine.report import charts
 from hdap_engine.report.page import report_html, summary_rows
 
@@ -120,45 +117,7 @@ def test_summary_rows_say_where_numbers_come_from():
     assert rows["pruned model MACs"].endswith("(24% of the unpruned model)")
 
 
-def test_bundle_files_and_report_of_a_bundle(tmp_path):
-    bundle = tmp_path / "b"
-    bundle.mkdir()
-    (bundle / "model.ts").write_bytes(b"ts")
-    (bundle / "report.json").write_text(json.dumps({"model": "resnet56"}))
-    (tmp_path / "b.zip").write_bytes(b"zip")
-    assert set(bundle_files(bundle)) == {"bundle", "model.ts", "report.json"}
-    assert read_bundle_report(bundle) == {"model": "resnet56"}
-    (bundle / "report.json").write_text("{not json")
-    with pytest.raises(HdapError, match="not valid JSON"):
-        read_bundle_report(bundle)
-    with pytest.raises(HdapError, match="no report.json"):
-        read_bundle_report(tmp_path / "missing")
 
 
-def test_sample_fleets_are_telemetry_files_with_a_twin_sidecar(tmp_path, monkeypatch):
-    from hdap_engine.fleet.samples import get_sample_fleet, sample_fleets
-
-    for name in ("b_fleet.csv", "b_fleet.twin.parquet", "a_fleet.csv.gz",
-                 "a_fleet.twin.parquet", "lonely.csv", "notes.txt"):
-        (tmp_path / name).write_bytes(b"x")
-    found = sample_fleets(tmp_path)
-    assert [s.name for s in found] == ["a_fleet", "b_fleet"]
-    assert found[0].sidecar == tmp_path / "a_fleet.twin.parquet"
-    monkeypatch.setenv("HDAP_SAMPLE_DATA", str(tmp_path))
-    assert get_sample_fleet("b_fleet").path == tmp_path / "b_fleet.csv"
-    with pytest.raises(HdapError, match="no sample fleet 'lonely'; the shipped ones are: "
-                                        "a_fleet, b_fleet"):
-        get_sample_fleet("lonely")
-    assert sample_fleets(tmp_path / "missing") == []
 
 
-def test_uploads_are_stored_by_content_and_bundle_folders_are_fresh():
-    from hdap_engine.infra.workspace import home, new_bundle_dir, save_upload
-
-    a = save_upload(b"weights", "../../my model.pt", "weights")
-    assert a.parent == home() / "weights" and a.name.endswith("-my_model.pt")
-    assert save_upload(b"weights", "../../my model.pt", "weights") == a
-    assert save_upload(b"other", "my model.pt", "weights") != a
-    assert a.read_bytes() == b"weights"
-    d1, d2 = new_bundle_dir("resnet56 hdap"), new_bundle_dir("resnet56 hdap")
-    assert d1 != d2 and d1.parent == home() / "bundles" and "resnet56-hdap" in d1.name

@@ -11,7 +11,8 @@ import pytest
 from hdap_engine.latency.store import Store
 from hdap_engine.lifecycle.rollout import ONE_MODEL, group_clusters, plan_rollout, write_rollout
 from hdap_engine.study.prepare import prepare
-from tests.conftest import quick_options
+from tests.helpers.apptest import ok, small_study, start, wait_for_job
+from tests.helpers.studies import quick_options
 
 
 def test_clusters_that_prefer_alike_candidates_share_a_group_and_cuts_are_nested():
@@ -106,15 +107,6 @@ def test_an_impossible_budget_is_one_clear_line(cli, small_fleet, tmp_path):
 
 # -- the Rollout page -------------------------------------------------------------------------
 
-from tests.test_app import (  # noqa: E402, F401
-    _small_study,
-    ok,
-    sample_folder,
-    samples,
-    start,
-    wait_for_job,
-)
-
 
 @pytest.mark.app
 def test_rollout_page_points_to_the_run_page_before_any_run(samples):  # noqa: F811
@@ -131,7 +123,7 @@ def test_rollout_and_drift_pages_plan_and_check_on_the_last_run(samples):  # noq
     from hdap_engine.twin.simulate import later_snapshot
     from hdap_engine.twin.states import load_twin_states
 
-    at = _small_study(start(), compare=(), sweep=False)
+    at = small_study(start(), compare=(), sweep=False)
     ok(at.switch_page("views/rollout.py").run())
     ok(at.number_input(key="rollout_variants").set_value(2).run())
     ok(at.button(key="rollout_button").click().run())

@@ -1,20 +1,18 @@
-"""The shipped sample fleets: clusters that are their drift mechanisms and prefer different models."""
+"""The sample fleets (`hdap_engine.fleet.samples`): how they are found, and the shipped ones' clusters, which are their drift mechanisms and prefer different models."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from hdap_engine.errors import HdapError
 from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.telemetry import load_fleet
 from hdap_engine.pruning.budget import repair
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.twin import Twin, get_preset, load_twin_states, select_states
-
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
+from tests.helpers.paths import SAMPLES
 
 
 @pytest.mark.parametrize("name,devices", [("jetson_nano_fleet.csv", 5000),
@@ -54,3 +52,21 @@ def test_equal_mac_candidates_swap_order_between_clusters_representatives():
             best = max(best, float(np.max(np.minimum(di, -dj))))
     # Some A is at least 3 % slower than some B on one cluster and 3 % faster on another.
     assert best > np.log(1.03)
+
+
+def test_sample_fleets_are_telemetry_files_with_a_twin_sidecar(tmp_path, monkeypatch):
+    from hdap_engine.fleet.samples import get_sample_fleet, sample_fleets
+
+    for name in ("b_fleet.csv", "b_fleet.twin.parquet", "a_fleet.csv.gz",
+                 "a_fleet.twin.parquet", "lonely.csv", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    found = sample_fleets(tmp_path)
+    assert [s.name for s in found] == ["a_fleet", "b_fleet"]
+    assert found[0].sidecar == tmp_path / "a_fleet.twin.parquet"
+    monkeypatch.setenv("HDAP_SAMPLE_DATA", str(tmp_path))
+    assert get_sample_fleet("b_fleet").path == tmp_path / "b_fleet.csv"
+    with pytest.raises(HdapError, match="no sample fleet 'lonely'; the shipped ones are: "
+                                        "a_fleet, b_fleet"):
+        get_sample_fleet("lonely")
+    assert sample_fleets(tmp_path / "missing") == []
+

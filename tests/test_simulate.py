@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,8 +20,8 @@ from hdap_engine.twin import (
     simulate_fleet,
     write_fleet,
 )
+from tests.helpers.paths import SAMPLES
 
-SAMPLES = Path(__file__).resolve().parents[1] / "sample_data"
 SHIPPED = {"jetson-nano": ("jetson_nano_fleet", 5000), "rpi4": ("rpi4_fleet", 2000)}
 
 

@@ -31,7 +31,7 @@ def _buttons(bundle: str, report: dict, figures: dict, key: str, stem: str, pref
                              icon=":material/download:", width="stretch")
         right.markdown(f"{description} · {len(data) / 1e6:.2f} MB")
     st.caption(f"Bundle folder on the server: `{bundle}`. "
-               "`hdap_engine.export.load_bundle` rebuilds the model from the zip.")
+               "`hdap_engine.export.reading.load_bundle` rebuilds the model from the zip.")
 
 
 def _finetuned(run, stem: str) -> None:

@@ -16,7 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.paths import ROOT
+
 ARTIFACTS = ROOT / "test-artifacts" / "browser"  # every browser test's screenshots
 CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -115,3 +116,22 @@ def small_sample_fleet(folder: Path) -> Path:
     telemetry, states = simulate_fleet("jetson-nano", 400, seed=3)
     write_fleet(folder / "jetson_small", telemetry, states)
     return folder
+
+
+# A quick study: the browser tests are about pages, jobs and sign-in, not the search.
+QUICK = {"model": "resnet56", "samples": 40, "refine_rounds": 1, "compare_methods": [],
+         "sweep_on": False, "search_effort": "quick"}
+
+
+
+WAIT = 240_000  # ms: a quick study on a loaded 2-core machine
+
+
+
+def results(page) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("heading", name="Results")).to_be_visible(timeout=WAIT)
+    expect(page.get_by_text("Latency per cluster: predicted vs measured")).to_be_visible()
+    expect(page.get_by_text("twin (simulated)").first).to_be_visible()
+

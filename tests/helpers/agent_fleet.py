@@ -12,7 +12,7 @@ import threading
 
 from hdap_engine.agent.config import AgentConfig
 from hdap_engine.agent.server import AgentServer
-from tests._agent_fixtures import TOKEN
+from tests.helpers.agents import TOKEN
 
 
 class RecordingAgent(AgentServer):
