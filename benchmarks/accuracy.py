@@ -26,9 +26,9 @@ from torch.utils.data import Subset
 
 from hdap_engine.accuracy.evaluate import evaluate
 from hdap_engine.data import load_data
-from hdap_engine.finetune.options import FinetuneOptions
 from hdap_engine.finetune.trainer import fit
 from hdap_engine.models.zoo import build_model
+from hdap_engine.options import FinetuneOptions
 from hdap_engine.pruning.apply import prune_to_widths
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.baselines import uniform_widths

@@ -27,11 +27,12 @@ from hdap_engine.agent.client import (
     AgentUnavailable,
 )
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.telemetry import fleet_from_frame
 from hdap_engine.latency.agent_backend import AgentBackend
 from hdap_engine.latency.sampling import sample_candidates
 from hdap_engine.latency.store import Store, widths_key
+from hdap_engine.options import ClusteringPlan
 from hdap_engine.pruning.space import PruningSpace
 from tests.helpers.agent_fleet import start_fleet, stop_fleet
 from tests.helpers.agents import TOKEN, free_port, onnx_bytes, tiny_model
@@ -134,7 +135,7 @@ def make_fleet(without_url=()):
 
 
 def make_clustering(fleet, representatives=2):
-    return Clustering(ClusteringOptions(k=2, representatives=representatives, seed=0)).fit(fleet)
+    return Clustering(ClusteringPlan(k=2, representatives=representatives, seed=0)).fit(fleet)
 
 
 @pytest.fixture(scope="module")
@@ -461,7 +462,7 @@ def test_a_model_every_agent_would_refuse_stops_at_once_without_blaming_devices(
                               "probe_copy_ms": [0.2, 0.2],
                               "agent_url": [agents["a0"].url, agents["a1"].url]})
         fleet = fleet_from_frame(frame)
-        clustering = Clustering(ClusteringOptions(k=1, representatives=1, seed=0)).fit(fleet)
+        clustering = Clustering(ClusteringPlan(k=1, representatives=1, seed=0)).fit(fleet)
         backend = WrongShapeBackend.from_fleet(fleet, TOKEN, clustering=clustering)
         with pytest.raises(HdapError, match=r"agent backend: agent .* refused .*\(400\): ONNX "
                                             r"input 'x' has shape"):
@@ -481,7 +482,7 @@ def test_real_agents_measure_and_an_unreachable_one_is_replaced(space, candidate
             "agent_url": [f"http://127.0.0.1:{free_port()}", agents["a0"].url, agents["a1"].url],
         })
         fleet = fleet_from_frame(frame, source="agents.csv")
-        clustering = Clustering(ClusteringOptions(k=1, representatives=2, seed=0)).fit(fleet)
+        clustering = Clustering(ClusteringPlan(k=1, representatives=2, seed=0)).fit(fleet)
         reps = clustering.representatives_[0]
         assert "dead" in reps
         backend = TinyModelBackend.from_fleet(fleet, TOKEN, clustering=clustering, backoff=0.05,
@@ -518,7 +519,7 @@ def test_an_agent_that_never_answers_is_given_up_after_the_timeout_and_replaced(
             "probe_copy_ms": [0.2, 0.2, 0.2],
             "agent_url": [f"http://127.0.0.1:{hung.getsockname()[1]}", agents["a0"].url, ""]})
         fleet = fleet_from_frame(frame)
-        clustering = Clustering(ClusteringOptions(k=1, representatives=1, seed=0)).fit(fleet)
+        clustering = Clustering(ClusteringPlan(k=1, representatives=1, seed=0)).fit(fleet)
         assert clustering.representatives_[0] == ["hung"]
         backend = TinyModelBackend.from_fleet(fleet, TOKEN, clustering=clustering, timeout=0.5,
                                               measure_timeout=0.5, retries=1, backoff=0.05)

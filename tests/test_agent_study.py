@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from hdap_engine.cli import main
-from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.telemetry import load_fleet
 from hdap_engine.latency import agent_backend
-from hdap_engine.options import StudyOptions
+from hdap_engine.options import ClusteringPlan, StudyOptions
 from hdap_engine.study.run import run_study
 from tests.helpers.agent_fleet import start_fleet, stop_fleet
 from tests.helpers.agents import TOKEN
@@ -56,7 +56,7 @@ def collect_telemetry(agents, tmp_path, monkeypatch, capsys) -> str:
 
 def ranked(telemetry: str, representatives: int) -> tuple[list[str], list[str]]:
     """The study's representatives and the fleet closest-first (same options, same result)."""
-    clustering = Clustering(ClusteringOptions(k=1, representatives=representatives,
+    clustering = Clustering(ClusteringPlan(k=1, representatives=representatives,
                                               seed=0)).fit(load_fleet(telemetry))
     return clustering.representatives_[0], clustering.ranked_devices(0)
 

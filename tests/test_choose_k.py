@@ -7,7 +7,7 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from hdap_engine.fleet.choose_k import choose_k, merge_overlapping
-from hdap_engine.fleet.clustering import ClusteringOptions
+from hdap_engine.options import ClusteringPlan
 
 
 def test_overlapping_mixture_components_are_merged():
@@ -59,7 +59,7 @@ def test_a_streak_covered_by_two_gaussians_is_reported_as_one_merged_cluster():
     streak = np.column_stack([rng.uniform(-3, 3, 800), rng.normal(0, 0.05, 800)])
     blob = rng.normal([0, 3], 0.1, size=(300, 2))
     with threadpool_limits(1):  # as Clustering.fit calls it
-        choice = choose_k(np.vstack([streak, blob]), 5, [], ClusteringOptions(k_max=4, seed=0))
+        choice = choose_k(np.vstack([streak, blob]), 5, [], ClusteringPlan(k_max=4, seed=0))
     assert choice.criterion == "bic" and choice.merged >= 1
     assert choice.k == 2 and choice.init.shape == (2, 2)
     assert isinstance(choice.merged, int)

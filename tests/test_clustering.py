@@ -10,8 +10,9 @@ from sklearn.metrics import adjusted_rand_score
 from hdap_engine import cli
 from hdap_engine.errors import HdapError
 from hdap_engine.fleet.bench_data import MECHANISMS, synthetic_fleet, write_fleet
-from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.telemetry import fleet_from_frame, load_fleet
+from hdap_engine.options import ClusteringPlan
 from hdap_engine.search.objectives import cluster_weights
 
 
@@ -28,7 +29,7 @@ def fleet_2000():
 @pytest.fixture(scope="module")
 def fitted_2000(fleet_2000):
     fleet, _ = fleet_2000
-    return Clustering(ClusteringOptions(seed=0)).fit(fleet)
+    return Clustering(ClusteringPlan(seed=0)).fit(fleet)
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,7 @@ def fitted_2000(fleet_2000):
 def test_auto_k_recovers_unequal_mechanisms(n, seed, spread):
     # 55/15/12/10/8 % of devices; thermal and memory ageing move only 1-2 probes.
     fleet, truth = _fleet(n, seed=seed, spread=spread)
-    clustering = Clustering(ClusteringOptions(seed=seed)).fit(fleet)
+    clustering = Clustering(ClusteringPlan(seed=seed)).fit(fleet)
     assert clustering.k_ == len(MECHANISMS)
     assert adjusted_rand_score(truth, clustering.labels_) >= 0.9
 
@@ -49,14 +50,14 @@ def test_auto_k_recovers_mechanisms_of_varying_severity(seed):
     # mechanisms are long streaks, not blobs; a mixture needs two Gaussians
     # for some of them, and must not count them as two clusters.
     fleet, truth = _fleet(5000, seed=seed, severity=(1.0, 3.0))
-    clustering = Clustering(ClusteringOptions(seed=seed)).fit(fleet)
+    clustering = Clustering(ClusteringPlan(seed=seed)).fit(fleet)
     assert clustering.k_ == len(MECHANISMS)
     assert adjusted_rand_score(truth, clustering.labels_) >= 0.9
 
 
 def test_auto_k_recovers_mechanisms_on_a_large_fleet_with_mini_batch():
     fleet, truth = _fleet(60_000, seed=5)
-    options = ClusteringOptions(seed=1, minibatch_above=50_000, auto_sample=20_000)
+    options = ClusteringPlan(seed=1, minibatch_above=50_000, auto_sample=20_000)
     clustering = Clustering(options).fit(fleet)
     assert clustering.k_ == len(MECHANISMS)
     assert adjusted_rand_score(truth, clustering.labels_) >= 0.9
@@ -75,7 +76,7 @@ def test_auto_k_survives_telemetry_rounded_to_10_microseconds():
 
 def test_silhouette_criterion_is_available_and_scored(fleet_2000):
     fleet, _ = fleet_2000
-    clustering = Clustering(ClusteringOptions(criterion="silhouette")).fit(fleet)
+    clustering = Clustering(ClusteringPlan(criterion="silhouette")).fit(fleet)
     assert clustering.criterion_ == "silhouette"
     assert set(clustering.scores_) == set(range(2, 11))
     best = max(clustering.scores_.values())
@@ -98,7 +99,7 @@ def test_cluster_ids_are_ordered_by_size(fitted_2000):
 
 def test_same_seed_gives_the_same_clusters(fleet_2000, fitted_2000):
     fleet, _ = fleet_2000
-    again = Clustering(ClusteringOptions(seed=0)).fit(fleet)
+    again = Clustering(ClusteringPlan(seed=0)).fit(fleet)
     np.testing.assert_array_equal(again.labels_, fitted_2000.labels_)
     np.testing.assert_allclose(again.centroids_, fitted_2000.centroids_)
     assert again.representatives_ == fitted_2000.representatives_
@@ -119,7 +120,7 @@ def test_representatives_are_the_devices_closest_to_the_centroid(fleet_2000, fit
 
 def test_representatives_count_is_configurable(fleet_2000):
     fleet, _ = fleet_2000
-    clustering = Clustering(ClusteringOptions(k=3, representatives=5)).fit(fleet)
+    clustering = Clustering(ClusteringPlan(k=3, representatives=5)).fit(fleet)
     assert all(len(v) == 5 for v in clustering.representatives_.values())
     with pytest.raises(HdapError, match="no cluster 3"):
         clustering.ranked_devices(3)
@@ -184,14 +185,14 @@ def test_assign_refuses_devices_without_the_probe_columns(fitted_2000):
 
 def test_fixed_k_is_honoured(fleet_2000):
     fleet, _ = fleet_2000
-    clustering = Clustering(ClusteringOptions(k=3)).fit(fleet)
+    clustering = Clustering(ClusteringPlan(k=3)).fit(fleet)
     assert clustering.k_ == 3 and clustering.scores_ == {} and clustering.criterion_ == "fixed"
     assert set(np.unique(clustering.labels_)) == {0, 1, 2}
 
 
 def test_numeric_context_can_be_a_feature(fleet_2000):
     fleet, _ = fleet_2000
-    clustering = Clustering(ClusteringOptions(k=5, context_features=("ambient_c",))).fit(fleet)
+    clustering = Clustering(ClusteringPlan(k=5, context_features=("ambient_c",))).fit(fleet)
     assert clustering.feature_names_[-1] == "ambient_c"
     assert clustering.centroids_.shape == (5, len(fleet.probe_columns) + 1)
     assert clustering.transform(fleet).shape == (fleet.n_devices, len(fleet.probe_columns) + 1)
@@ -208,14 +209,14 @@ def test_numeric_context_can_be_a_feature(fleet_2000):
 def test_unusable_context_features_are_refused(fleet_2000, feature, message):
     fleet, _ = fleet_2000
     with pytest.raises(HdapError, match=message):
-        Clustering(ClusteringOptions(context_features=(feature,))).fit(fleet)
+        Clustering(ClusteringPlan(context_features=(feature,))).fit(fleet)
 
 
 def test_missing_context_values_are_filled_with_the_median(fleet_2000):
     fleet, _ = fleet_2000
     frame = fleet.frame.copy()
     frame.loc[:9, "ambient_c"] = np.nan
-    clustering = Clustering(ClusteringOptions(k=2, context_features=("ambient_c",))).fit(fleet_from_frame(frame))
+    clustering = Clustering(ClusteringPlan(k=2, context_features=("ambient_c",))).fit(fleet_from_frame(frame))
     assert any("ambient_c: 10 missing value(s) set to the median" in n for n in clustering.notes_)
 
 
@@ -255,9 +256,9 @@ def test_two_devices_give_one_cluster_with_auto_k():
 
 def test_impossible_fixed_k_is_refused():
     with pytest.raises(HdapError, match="only 1 distinct device profile"):
-        Clustering(ClusteringOptions(k=2)).fit(_tiny([[1.0, 2.0]] * 5))
+        Clustering(ClusteringPlan(k=2)).fit(_tiny([[1.0, 2.0]] * 5))
     with pytest.raises(HdapError, match="cannot make 9 clusters from 5 devices"):
-        Clustering(ClusteringOptions(k=9)).fit(_tiny([[1.0, 2.0]] * 5))
+        Clustering(ClusteringPlan(k=9)).fit(_tiny([[1.0, 2.0]] * 5))
 
 
 @pytest.mark.parametrize(
@@ -267,7 +268,7 @@ def test_impossible_fixed_k_is_refused():
 )
 def test_bad_options_are_refused(kwargs, message):
     with pytest.raises(HdapError, match=message):
-        ClusteringOptions(**kwargs)
+        ClusteringPlan(**kwargs)
 
 
 def test_cli_cluster_prints_profiles_and_writes_assignments(tmp_path, capsys):

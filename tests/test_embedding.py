@@ -9,9 +9,10 @@ from sklearn.metrics import silhouette_score
 
 from hdap_engine.fleet import embedding
 from hdap_engine.fleet.bench_data import synthetic_fleet
-from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.embedding import MIN_PER_CLUSTER, embed, stratified_sample
 from hdap_engine.fleet.telemetry import fleet_from_frame
+from hdap_engine.options import ClusteringPlan
 
 
 def test_stratified_sample_keeps_small_clusters_visible():
@@ -41,7 +42,7 @@ def test_stratified_sample_with_more_clusters_than_points():
 def _fitted(n, seed=0, **options):
     frame, truth = synthetic_fleet(n, seed=seed)
     fleet = fleet_from_frame(frame)
-    return fleet, Clustering(ClusteringOptions(**options)).fit(fleet), truth
+    return fleet, Clustering(ClusteringPlan(**options)).fit(fleet), truth
 
 
 def test_tiny_fleet_is_drawn_by_pca_with_all_columns():

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from hdap_engine.errors import HdapError
-from hdap_engine.finetune.options import FinetuneOptions
 from hdap_engine.finetune.trainer import distillation_loss, fit
+from hdap_engine.options import FinetuneOptions
 from tests.helpers.bundles import export_bundle_fast
 from tests.helpers.images import write_digit_folder
 from tests.helpers.paths import DEMO, ROOT

@@ -10,7 +10,8 @@ import pytest
 from hdap_engine.errors import HdapError
 from hdap_engine.latency.sampling import sample_candidates
 from hdap_engine.latency.store import Store
-from hdap_engine.latency.surrogate import Surrogate, SurrogateOptions
+from hdap_engine.latency.surrogate import Surrogate
+from hdap_engine.options import SurrogatePlan
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.study.run import prepare
 from tests.helpers.studies import quick_options
@@ -95,7 +96,7 @@ def test_surrogate_predicts_held_out_twin_candidates_within_10_percent(small_fle
                   store=Store(tmp_path / "s"))
     widths = sample_candidates(mbv1, 120, seed=0)
     meas = ctx.backend.measure(mbv1, widths, ctx.rep_devices, repeats=3)
-    sur = Surrogate(mbv1, SurrogateOptions(mode=mode, ensemble=2, n_estimators=200)).fit(
+    sur = Surrogate(mbv1, SurrogatePlan(mode=mode, ensemble=2, n_estimators=200)).fit(
         widths, meas.median_ms, ctx.rep_features, ctx.rep_clusters)
     rep = sur.report_
     assert rep["overall"]["within_10pct"] >= 0.9, rep["overall"]

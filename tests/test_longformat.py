@@ -13,13 +13,13 @@ from hdap_engine.fleet import longformat
 from hdap_engine.fleet.bench_data import LONG_PROBES_MS, synthetic_fleet, write_fleet, write_runs
 from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.longformat import (
-    LongFormatOptions,
     aggregate_frame,
     is_long_format,
     read_runs,
     read_wide_parquet,
 )
 from hdap_engine.fleet.telemetry import load_fleet
+from hdap_engine.options import LongFormatOptions
 
 PROBES = list(LONG_PROBES_MS)
 
@@ -287,14 +287,14 @@ def test_cli_validate_and_cluster_accept_runs(tmp_path, capsys):
 
 
 def test_huge_fleets_refine_on_a_sample_and_smaller_ones_cluster_as_before():
-    from hdap_engine.fleet.clustering import ClusteringOptions
     from hdap_engine.fleet.telemetry import fleet_from_frame
+    from hdap_engine.options import ClusteringPlan
 
     frame, truth = synthetic_fleet(6000, seed=4, nominal=LONG_PROBES_MS)
     fleet = fleet_from_frame(frame)
-    before = Clustering(ClusteringOptions()).fit(fleet)
+    before = Clustering(ClusteringPlan()).fit(fleet)
     # The threshold lowered so a small fleet takes the ten-million-device path.
-    sampled = Clustering(ClusteringOptions(sample_fit_above=5000, fit_sample=2000)).fit(fleet)
+    sampled = Clustering(ClusteringPlan(sample_fit_above=5000, fit_sample=2000)).fit(fleet)
     assert sampled.k_ == before.k_ == 5
     assert adjusted_rand_score(truth, sampled.labels_) > 0.99
     assert "every device assigned to the nearest" in sampled.describe()

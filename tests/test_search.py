@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from hdap_engine.errors import HdapError
+from hdap_engine.options import SearchPlan
 from hdap_engine.pruning.budget import meets_budget, parse_budget
 from hdap_engine.pruning.space import PruningSpace
-from hdap_engine.search.evolution import SearchOptions, evolve
+from hdap_engine.search.evolution import evolve
 from hdap_engine.search.objectives import Objective, mixture_quantile
 
 
@@ -37,7 +38,7 @@ def test_search_meets_the_budget_and_is_deterministic():
         table = space.layer_table(widths)
         return (table.macs() * np.where(table.h_out >= 56, 3.0, 1.0)).sum(axis=1)
 
-    opts = SearchOptions(population=24, generations=15, seed=5)
+    opts = SearchPlan(population=24, generations=15, seed=5)
     a = evolve(space, target, fitness, opts)
     b = evolve(space, target, fitness, opts)
     assert np.array_equal(a.widths, b.widths)
@@ -52,6 +53,6 @@ def test_more_seeds_than_the_population_still_search():
     target = parse_budget("0.5", space)
     seeds = space.random_widths(40, np.random.default_rng(0))
     res = evolve(space, target, lambda w: space.macs(w) * 0 + w.sum(axis=1),
-                 SearchOptions(population=8, generations=2), seeds=seeds)
+                 SearchPlan(population=8, generations=2), seeds=seeds)
     assert meets_budget(space.macs(res.widths), target)
 

@@ -91,10 +91,11 @@ def clustering_key(fingerprint: str, k: int | None, representatives: int,
 def clustering(_fleet, key: str, k: int | None, representatives: int,
                context_features: tuple[str, ...], seed: int):
     """The fleet's clustering (`hdap_engine.fleet.clustering.Clustering`, fitted)."""
-    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+    from hdap_engine.fleet.clustering import Clustering
+    from hdap_engine.options import ClusteringPlan
 
-    options = ClusteringOptions(k=k, representatives=representatives,
-                                context_features=tuple(context_features), seed=seed)
+    options = ClusteringPlan(k=k, representatives=representatives,
+                             context_features=tuple(context_features), seed=seed)
     return Clustering(options).fit(_fleet)
 
 
@@ -228,7 +229,7 @@ def job_context(job_id: int, _settings: dict, _result: dict):
 @st.cache_resource(show_spinner=False, max_entries=4)
 def drift(_old, _new, key: str, k: int | None, seed: int):
     """Two snapshots compared (`hdap_engine.fleet.drift.compare`); ``key`` names the pair."""
-    from hdap_engine.fleet.clustering import ClusteringOptions
-    from hdap_engine.fleet.drift import DriftOptions, compare
+    from hdap_engine.fleet.drift import compare
+    from hdap_engine.options import ClusteringPlan, DriftOptions
 
-    return compare(_old, _new, DriftOptions(clustering=ClusteringOptions(k=k, seed=seed)))
+    return compare(_old, _new, DriftOptions(clustering=ClusteringPlan(k=k, seed=seed)))

@@ -301,14 +301,16 @@ def study_options(fv: FleetView, cv: ClusterView):
     from hdap_engine.options import StudyOptions, search_effort
 
     path, _ = weights_choice()
-    k, reps, _, seed = clustering_request()
+    k, reps, features, seed = clustering_request()
+    features = tuple(f for f in features if f in fv.fleet.numeric_context_columns)
     objective = S.get(S.OBJECTIVE)
     return StudyOptions.of(
         model=S.get(S.MODEL), budget=budget_text(), objective=objective,
         slo_ms=float(S.get(S.SLO_MS)) if objective == "slo" else None,
         cluster_weights=user_weights(cv), backend=S.get(S.BACKEND), method=S.get(S.METHOD),
         samples=int(S.get(S.SAMPLES)), repeats=int(S.get(S.REPEATS)), representatives=reps,
-        k=k, round_to=int(S.get(S.ROUND_TO)), seed=seed, sku=fv.fleet.sku,
+        k=k, context_features=features, round_to=int(S.get(S.ROUND_TO)), seed=seed,
+        sku=fv.fleet.sku,
         model_weights=path, agent_token=S.get(S.AGENT_TOKEN) or None,
         refine_rounds=int(S.get(S.REFINE_ROUNDS)), data=data_choice()[0],
         min_accuracy=min_accuracy(), finetune_epochs=finetune_epochs(),
@@ -320,10 +322,8 @@ def study_options(fv: FleetView, cv: ClusterView):
 def job_settings(fv: FleetView, cv: ClusterView, options, *, compare=None,
                  sweep: bool | None = None) -> dict:
     """The job settings (`hdap_engine.jobs.execute`) of the study on screen."""
-    _, _, features, _ = clustering_request()
     return {"options": options.settings(), "telemetry": fv.file, "upload": fv.path is None,
             "fleet_name": fv.label if fv.path is None else None, "fleet_label": fv.label,
-            "context_features": [f for f in features if f in fv.fleet.numeric_context_columns],
             "compare": list(S.get(S.COMPARE_METHODS) or []) if compare is None else compare,
             "sweep": bool(S.get(S.SWEEP_ON)) if sweep is None else sweep}
 

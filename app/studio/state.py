@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from hdap_engine.finetune.options import default as finetune_default
-from hdap_engine.options import default
+from hdap_engine.options import FinetuneOptions, default
 
 # -- fleet (page 1) -------------------------------------------------------------------------
 FLEET_CHOICE = "fleet_choice"  # widget: the fleet on screen (a sample name or the upload)
@@ -89,7 +88,7 @@ DEFAULTS = {
     K_MODE: "automatic",
     K_FIXED: 4,  # the fixed-k slider's starting point (the engine's default is automatic)
     REPRESENTATIVES: default("representatives"),
-    CONTEXT_FEATURES: [],
+    CONTEXT_FEATURES: list(default("context_features")),
     COLOR_BY: "cluster",
     MODEL: default("model"),
     WEIGHTS_MODE: "random",
@@ -97,7 +96,7 @@ DEFAULTS = {
     FLOOR_MODE: "none",
     FLOOR_FRACTION: 0.9,  # the paper's rule: 0.9 of the unpruned model's accuracy
     FINETUNE_EPOCHS: default("finetune_epochs"),
-    FINETUNE_RUN_EPOCHS: finetune_default("epochs"),
+    FINETUNE_RUN_EPOCHS: default("epochs", FinetuneOptions),
     BUDGET_UNIT: "G MACs",
     BUDGET_FRACTION: float(default("budget")),
     OBJECTIVE: default("objective"),

@@ -95,7 +95,7 @@ def _clusters(d: dict) -> None:
 
 def _deployed(run, old: parts.FleetView, new: parts.FleetView) -> None:
     """The last run's bundle on NEW against a model re-optimised for NEW (a job)."""
-    from hdap_engine.lifecycle.reoptimise import DEFAULT_THRESHOLD
+    from hdap_engine.options import ReoptimiseOptions
 
     st.subheader("The deployed model on the later snapshot")
     if run is None or not run.bundle:
@@ -110,7 +110,7 @@ def _deployed(run, old: parts.FleetView, new: parts.FleetView) -> None:
         st.info("This snapshot has no file the server can read; upload it again.")
         return
     if S.get(S.DRIFT_THRESHOLD) is None:
-        S.put(S.DRIFT_THRESHOLD, 100 * DEFAULT_THRESHOLD)
+        S.put(S.DRIFT_THRESHOLD, 100 * ReoptimiseOptions().threshold)
     st.number_input("Re-optimise when the deployed model is this much slower (%)", 0.0, 99.0,
                     step=0.5, key=S.DRIFT_THRESHOLD)
     st.caption(f"Job {run.job_id}'s model ({run.report.get('model', '')}, "

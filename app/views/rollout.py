@@ -40,7 +40,9 @@ def main() -> None:
         st.info("This fleet has one cluster: one model is the only plan.")
         return
     if S.get(S.ROLLOUT_VARIANTS) is None:
-        S.put(S.ROLLOUT_VARIANTS, min(3, k))
+        from hdap_engine.options import RolloutOptions
+
+        S.put(S.ROLLOUT_VARIANTS, min(RolloutOptions().variants, k))
     st.number_input("Most variants", 1, k, step=1, key=S.ROLLOUT_VARIANTS)
     if st.button("Plan the rollout", type="primary", icon=":material/call_split:",
                  key="rollout_button"):

@@ -1,9 +1,12 @@
 """Command-line flags built from `hdap_engine.options`: one flag per option field.
 
-Each field of `StudyOptions`'s sections carries its flag, help, parser and old
-spellings in its metadata; `add_study_flags` turns them into argparse flags and
-`study_options` turns the parsed flags back into `StudyOptions`, so the CLI,
-the app and the API share one set of defaults.
+Each option field carries its flag, help, parser and old spellings in its
+metadata; `add_option_flags` turns fields into argparse flags (their defaults
+read from the field, or from a named recipe such as `SCRATCH`), `add_study_flags`
+adds a study's, and `study_options` turns the parsed flags back into
+`StudyOptions`, so the CLI, the app and the API share one set of defaults.
+Every flag made here remembers its field (``action.option_field``): the test of
+the flags finds a flag whose default was written by hand.
 """
 
 from __future__ import annotations
@@ -55,9 +58,26 @@ def float_flag(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def columns_flag(text: str) -> tuple[str, ...]:
+    """``a, b,`` -> ("a", "b")."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def share_flag(text: str) -> float:
+    """``0.03`` or ``3%`` -> 0.03, a share in [0, 1)."""
+    try:
+        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share such as 0.03 or 3%, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {text!r}")
+    return value
+
+
 # How each `parse` name of an option's metadata reads the text of its flag.
 PARSERS = {"positive_int": positive_int, "ratio": ratio, "int": int, "float": float_flag,
-            "k": k_flag, "cluster_weights": cluster_weights_flag, "str": str, None: None}
+            "k": k_flag, "cluster_weights": cluster_weights_flag, "columns": columns_flag,
+            "share": share_flag, "str": str, None: None}
 
 
 class OldSpelling(argparse.Action):
@@ -75,8 +95,15 @@ class OldSpelling(argparse.Action):
 
 
 def add_option_flags(p: argparse.ArgumentParser, option_fields: list,
-                      required: tuple[str, ...] = ()) -> None:
-    """One flag per option field, with its default, help and parser from the field itself."""
+                     required: tuple[str, ...] = (), base=None, choices: dict | None = None,
+                     ) -> None:
+    """One flag per option field, with its default, help and parser from the field itself.
+
+    ``base`` is an options object whose values are the defaults instead of the
+    fields' own (`SCRATCH` for `hdap train`); ``choices`` narrows a field's
+    choices by name (`hdap prune` offers the baseline methods), its first
+    choice then being the default.
+    """
     from dataclasses import MISSING
 
     from hdap_engine.search.methods import method_names
@@ -89,10 +116,14 @@ def add_option_flags(p: argparse.ArgumentParser, option_fields: list,
             claimed.setdefault(old, f.name)
     for f in option_fields:
         meta = f.metadata
-        default = None if f.default is MISSING else f.default
-        choices = meta.get("choices")
-        if choices == ("<registry>",):
-            choices = method_names()
+        default = getattr(base, f.name) if base is not None else \
+            None if f.default is MISSING else f.default
+        allowed = meta.get("choices")
+        if allowed == ("<registry>",):
+            allowed = method_names()
+        if choices and f.name in choices:
+            allowed = tuple(choices[f.name])
+            default = allowed[0]
         old = tuple(o for o in meta.get("old") or () if claimed.get(o) == f.name)
         names = [meta["flag"], *(meta.get("aliases") or ()), *old]
         kwargs = {"dest": f.name, "help": meta.get("help") or None,
@@ -101,14 +132,24 @@ def add_option_flags(p: argparse.ArgumentParser, option_fields: list,
             kwargs["required"] = True
         else:
             kwargs["default"] = default
-        if choices:
-            kwargs["choices"] = choices
+        if allowed:
+            kwargs["choices"] = allowed
         if PARSERS[meta.get("parse")] is not None:
             kwargs["type"] = PARSERS[meta["parse"]]
         if old:
             kwargs.update(action=OldSpelling, old=old)
             kwargs["help"] = (kwargs["help"] or "") + f" ({', '.join(old)}: old spelling)"
-        p.add_argument(*names, **kwargs)
+        action = p.add_argument(*names, **kwargs)
+        action.option_field = f
+
+
+def add_fields(p: argparse.ArgumentParser, options_class, *names: str, **kwargs) -> None:
+    """The flags of some fields of ``options_class`` (all that have one when no name is given),
+    in the order named."""
+    from hdap_engine.options import cli_fields
+
+    have = {f.name: f for f in cli_fields(options_class)}
+    add_option_flags(p, [have[n] for n in names] if names else list(have.values()), **kwargs)
 
 
 def add_study_flags(p: argparse.ArgumentParser, *, query: bool = False,
@@ -137,11 +178,11 @@ def study_options(args: argparse.Namespace, **extra):
 
     from hdap_engine.options import StudyOptions, cli_fields
 
-    names = {f.name for f in cli_fields("", "clustering", "measurement", "search", "query",
-                                        "accuracy")}
+    names = {f.name for f in cli_fields("", "clustering", "measurement", "surrogate", "search",
+                                        "query", "accuracy")}
     settings = {n: getattr(args, n) for n in names if hasattr(args, n)}
     settings["agent_token"] = settings.get("agent_token") or os.environ.get("HDAP_AGENT_TOKEN")
-    return StudyOptions.of(**settings, **extra)
+    return StudyOptions.of(**{**settings, **extra})
 
 
 def methods_flag(text: str) -> list[str]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hdap_engine.cli.common import positive_int
-from hdap_engine.cli.flags import k_flag
+from hdap_engine.cli.flags import add_fields
 from hdap_engine.errors import HdapError
+from hdap_engine.options import ClusteringPlan, ProbeOptions, SimulationOptions, StudyOptions
 
 
 def register_validate(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register_validate(sub: argparse._SubParsersAction) -> None:
         description="Check a fleet telemetry file against the telemetry contract.",
     )
     p.add_argument("file", help="telemetry: CSV, CSV.gz or Parquet, one row per device")
-    p.add_argument("--sku", help="keep only this SKU (required when the file holds several)")
+    add_fields(p, StudyOptions, "sku")
     p.set_defaults(func=_cmd_validate)
 
 
@@ -35,20 +35,17 @@ def register_cluster(sub: argparse._SubParsersAction) -> None:
         description="Cluster devices by their probe latencies (k chosen automatically unless --k).",
     )
     p.add_argument("file", help="telemetry: CSV, CSV.gz or Parquet, one row per device")
-    p.add_argument("--k", type=k_flag, default=None, metavar="auto|N", help="number of clusters (default: auto)")
-    p.add_argument("--sku", help="keep only this SKU (required when the file holds several)")
-    p.add_argument("--representatives", type=positive_int, default=3, metavar="R",
-                   help="devices per cluster closest to its centroid (default 3)")
-    p.add_argument("--context", default="", metavar="COL,...",
-                   help="numeric context columns to use as features too")
-    p.add_argument("--seed", type=int, default=0)
+    add_fields(p, ClusteringPlan, "k")
+    add_fields(p, StudyOptions, "sku")
+    add_fields(p, ClusteringPlan, "representatives", "context_features")
+    add_fields(p, StudyOptions, "seed")
     p.add_argument("--out", metavar="assignments.csv", help="write device_id,cluster to this CSV")
     p.set_defaults(func=_cmd_cluster)
 
 
 def _cmd_cluster(args: argparse.Namespace) -> int:
     from hdap_engine.fleet.assignments import write_assignments
-    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+    from hdap_engine.fleet.clustering import Clustering
     from hdap_engine.fleet.profiles import profile_table
     from hdap_engine.fleet.telemetry import load_fleet
 
@@ -58,12 +55,8 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         if not folder.is_dir():
             raise HdapError(f"{args.out}: folder {folder} does not exist; create it or choose another --out")
     fleet = load_fleet(args.file, sku=args.sku)
-    options = ClusteringOptions(
-        k=args.k,
-        representatives=args.representatives,
-        context_features=tuple(c.strip() for c in args.context.split(",") if c.strip()),
-        seed=args.seed,
-    )
+    options = ClusteringPlan(k=args.k, representatives=args.representatives,
+                             context_features=args.context_features, seed=args.seed)
     clustering = Clustering(options).fit(fleet)
     # Written before printing, so that a closed pipe (| head) cannot lose it.
     path = write_assignments(clustering, args.out) if args.out else None
@@ -86,17 +79,12 @@ def register_simulate(sub: argparse._SubParsersAction) -> None:
                                    "--later-of, the same fleet probed again after a share of "
                                    "its nominal devices took on a drift mechanism (a snapshot "
                                    "for `hdap drift`).")
-    p.add_argument("--sku", default="jetson-nano", help="device preset (jetson-nano, rpi4)")
-    p.add_argument("--devices", type=int, default=5000, help="number of devices")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    add_fields(p, SimulationOptions, "sku", "devices", "seed")
     p.add_argument("--out", required=True, help="output prefix, e.g. sample_data/jetson_nano_fleet")
     p.add_argument("--later-of", metavar="FLEET.csv",
                    help="a simulated fleet (with its twin sidecar) to probe again later; "
                         "--sku and --devices then come from it")
-    p.add_argument("--changed", type=float, default=0.15, metavar="SHARE",
-                   help="with --later-of: share of all devices that drift (default %(default)s)")
-    p.add_argument("--mechanism", default="thermal_throttling",
-                   help="with --later-of: the mechanism they take on (default %(default)s)")
+    add_fields(p, SimulationOptions, "changed", "mechanism")
     p.set_defaults(func=_cmd_simulate)
 
 
@@ -131,9 +119,7 @@ def register_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="CSV file to write (default: print only)")
     p.add_argument("--append", action="store_true", help="append to --out instead of replacing it")
     p.add_argument("--device-id", help="device id (default: this machine's hostname)")
-    p.add_argument("--repeats", type=int, default=20, help="timed repeats per probe (median)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up rounds")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
+    add_fields(p, ProbeOptions)
     p.set_defaults(func=_cmd_probe)
 
 

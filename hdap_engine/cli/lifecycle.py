@@ -9,17 +9,8 @@ import argparse
 from pathlib import Path
 
 from hdap_engine.cli.common import print_table, write_json
-from hdap_engine.cli.flags import k_flag
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share such as 0.03 or 3%, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a share in [0, 1), got {text!r}")
-    return value
+from hdap_engine.cli.flags import add_fields
+from hdap_engine.options import ClusteringPlan, ReoptimiseOptions, StudyOptions
 
 
 def register_drift(sub: argparse._SubParsersAction) -> None:
@@ -32,15 +23,12 @@ def register_drift(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("old", help="the snapshot the deployed model was optimised for")
     p.add_argument("new", help="the latest snapshot (same probe suite)")
-    p.add_argument("--k", type=k_flag, default=None, metavar="auto|N", help="clusters (default: auto)")
-    p.add_argument("--sku", help="keep only this SKU in both snapshots")
-    p.add_argument("--seed", type=int, default=0)
+    add_fields(p, ClusteringPlan, "k")
+    add_fields(p, StudyOptions, "sku", "seed")
     p.add_argument("--bundle", metavar="DIR",
                    help="the deployed model's bundle: its fleet objective on NEW against a model "
                         "re-optimised for NEW (same model, budget, objective and backend)")
-    p.add_argument("--threshold", type=_share, default=0.03, metavar="SHARE",
-                   help="recommend re-optimising when the deployed model is this much worse "
-                        "(default 0.03 = 3%%)")
+    add_fields(p, ReoptimiseOptions, "threshold")
     p.add_argument("--json", metavar="OUT", help="write the report as JSON")
     p.add_argument("--html", metavar="OUT", help="write the Sankey of the moves as HTML")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -48,10 +36,10 @@ def register_drift(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_drift(args: argparse.Namespace) -> int:
-    from hdap_engine.fleet.clustering import ClusteringOptions
-    from hdap_engine.fleet.drift import DriftOptions, compare
+    from hdap_engine.fleet.drift import compare
     from hdap_engine.fleet.telemetry import load_fleet
     from hdap_engine.infra.wording import plural
+    from hdap_engine.options import DriftOptions
 
     if args.bundle and not Path(args.bundle).is_dir():
         from hdap_engine.errors import HdapError
@@ -59,7 +47,7 @@ def _cmd_drift(args: argparse.Namespace) -> int:
         raise HdapError(f"{args.bundle}: no such bundle folder; give the folder `hdap optimize --out` wrote")
     old = load_fleet(args.old, sku=args.sku)
     new = load_fleet(args.new, sku=args.sku)
-    report = compare(old, new, DriftOptions(clustering=ClusteringOptions(k=args.k, seed=args.seed)))
+    report = compare(old, new, DriftOptions(clustering=ClusteringPlan(k=args.k, seed=args.seed)))
     if args.bundle:
         from hdap_engine.cli.common import Bar
         from hdap_engine.lifecycle.reoptimise import reoptimise_check

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from hdap_engine.cli.common import Bar, positive_int, print_table, write_json
-from hdap_engine.cli.flags import add_study_flags, study_options
+from hdap_engine.cli.common import Bar, print_table, write_json
+from hdap_engine.cli.flags import add_fields, add_study_flags, study_options
 from hdap_engine.lifecycle.rollout import ROLLOUT_COLUMNS, rollout_rows
+from hdap_engine.options import RolloutOptions
 
 
 def _cmd_rollout(args: argparse.Namespace) -> int:
@@ -51,8 +52,7 @@ def register_rollout(sub) -> None:
     p = sub.add_parser("rollout", help="K' model variants, one per group of clusters, "
                                        "against one model for the fleet")
     add_study_flags(p, query=True, also=("method", "model_weights"))
-    p.add_argument("--variants", type=positive_int, default=3, metavar="K",
-                   help="plans for 1..K variants (default %(default)s; capped at the clusters)")
+    add_fields(p, RolloutOptions)
     p.add_argument("--json", default=None, metavar="OUT", help="also write the plans as JSON")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for the bundles, device CSVs and rollout.json")

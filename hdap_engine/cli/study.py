@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from hdap_engine.cli.common import Bar, print_table, write_json
-from hdap_engine.cli.flags import add_option_flags, add_study_flags, methods_flag, study_options
+from hdap_engine.cli.flags import (
+    add_fields,
+    add_option_flags,
+    add_study_flags,
+    methods_flag,
+    study_options,
+)
 
 # -- hdap prune -------------------------------------------------------------------------
 
@@ -28,16 +34,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
 
 def register_prune(sub) -> None:
-    from hdap_engine.options import cli_fields
+    from hdap_engine.options import StudyOptions, cli_fields
     from hdap_engine.search.methods import method_names
 
     p = sub.add_parser("prune", help="prune a model to a MACs budget with a baseline method")
     wanted = ("model", "budget", "model_weights", "round_to", "min_ratio", "seed")
     add_option_flags(p, [f for f in cli_fields("", "query") if f.name in wanted],
                       required=("model", "budget"))
-    baselines = method_names(searches=False)
-    p.add_argument("--method", choices=baselines, default=baselines[0], metavar="METHOD",
-                   help="baseline method: %(choices)s (default %(default)s)")
+    # A baseline method: the first of the registry's baselines unless named.
+    add_fields(p, StudyOptions, "method", choices={"method": method_names(searches=False)})
     p.add_argument("--out", required=True, metavar="DIR", help="bundle folder to write")
     p.set_defaults(func=_cmd_prune)
 
@@ -52,7 +57,7 @@ def _cmd_surrogate(args: argparse.Namespace) -> int:
 
     # per-cluster is the paper's surrogate; its method fits it that way.
     method = "paper" if args.mode == "per-cluster" else "hdap"
-    options = study_options(args, mode=args.mode, method=method)
+    options = study_options(args, method=method)
     bar = Bar(not args.quiet and not args.json)
     try:
         ctx = prepare(options, args.telemetry, progress=bar)
@@ -86,13 +91,12 @@ def _cmd_surrogate(args: argparse.Namespace) -> int:
 
 
 def register_surrogate(sub) -> None:
-    from hdap_engine.options import SURROGATE_MODES, default
+    from hdap_engine.options import SurrogatePlan
 
     p = sub.add_parser("surrogate", help="measure candidates, train the latency surrogate, "
                                          "report its held-out accuracy")
     add_study_flags(p)
-    p.add_argument("--mode", choices=SURROGATE_MODES, default=default("mode"),
-                   help="one model across clusters, or one per cluster as in the paper")
+    add_fields(p, SurrogatePlan, "mode")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_cmd_surrogate)
 
@@ -142,8 +146,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 def _finetune_result(bundle, options, *, quiet: bool) -> dict:
     """Fine-tune a study's bundle in place (`hdap_engine.finetune`); returns its new report."""
     from hdap_engine.finetune.commands import epoch_printer
-    from hdap_engine.finetune.options import DISTILL
     from hdap_engine.finetune.run import finetune_bundle
+    from hdap_engine.options import DISTILL
 
     acc = options.accuracy
     recipe = DISTILL.with_changes(epochs=acc.finetune_epochs, seed=options.seed)

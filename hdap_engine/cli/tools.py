@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hdap_engine.cli.common import positive_int, print_table
+from hdap_engine.cli.common import print_table
+from hdap_engine.cli.flags import add_fields
 from hdap_engine.errors import HdapError
+from hdap_engine.options import AppOptions, MacsBenchOptions
 
 # -- hdap models ------------------------------------------------------------------------
 
@@ -57,9 +59,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 def register_app(sub) -> None:
     p = sub.add_parser("app", help="start the web app (headless Streamlit server)")
-    p.add_argument("--port", type=positive_int, default=8501)
-    p.add_argument("--address", default="127.0.0.1",
-                   help="bind address (default 127.0.0.1; 0.0.0.0 to serve the network)")
+    add_fields(p, AppOptions)
     p.set_defaults(func=_cmd_app)
 
 
@@ -77,9 +77,7 @@ def _cmd_bench_macs(args: argparse.Namespace) -> int:
 
 def register_bench_macs(sub) -> None:
     p = sub.add_parser("bench-macs", help="benchmark the analytic MACs formula")
-    p.add_argument("--model", default="resnet50")
-    p.add_argument("--candidates", type=positive_int, default=100_000)
-    p.add_argument("--repeats", type=positive_int, default=7)
+    add_fields(p, MacsBenchOptions)
     p.set_defaults(func=_cmd_bench_macs)
 
 

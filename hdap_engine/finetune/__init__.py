@@ -1,7 +1,8 @@
 """Fine-tuning: knowledge distillation from the unpruned model, one process or torchrun.
 
-- `options`: the recipe (`FinetuneOptions`, a frozen dataclass; `SCRATCH` for training
-  from scratch).
+The recipe is `hdap_engine.options.FinetuneOptions` (a frozen dataclass; `DISTILL`
+for fine-tuning, `SCRATCH` for training from scratch).
+
 - `trainer`: the loop (`fit`), the loss (`distillation_loss`), the augmentation.
 - `checkpoint`: per-epoch checkpoints that make `--resume` exact.
 - `distributed`: torchrun's process group (Gloo on CPU, NCCL on CUDA) and the few

@@ -3,7 +3,8 @@
 The flags live here, beside the code they drive, and are registered into the
 main `hdap` parser from `hdap_engine.cli` in one line; `python -m
 hdap_engine.finetune ...` (what torchrun starts) parses the same `finetune` flags.
-Defaults are read from `FinetuneOptions`. Only rank 0 prints.
+Every recipe flag is built from `hdap_engine.options.FinetuneOptions` (`hdap train`'s
+defaults are `SCRATCH`'s). Only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -11,22 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from hdap_engine.cli.common import positive_int
+from hdap_engine.cli.flags import add_fields
 from hdap_engine.errors import HdapError
-from hdap_engine.finetune.options import SCRATCH, FinetuneOptions, default
+from hdap_engine.options import SCRATCH, FinetuneOptions
 
 
 def _add_recipe_flags(p: argparse.ArgumentParser, base: FinetuneOptions) -> None:
-    p.add_argument("--epochs", type=positive_int, default=base.epochs,
-                   help="epochs (default %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=base.batch_size,
-                   help="global batch size, split over torchrun processes (default %(default)s)")
-    p.add_argument("--lr", type=float, default=base.lr,
-                   help="peak learning rate of SGD with momentum (default %(default)s)")
-    p.add_argument("--schedule", choices=("cosine", "onecycle"), default=base.schedule,
-                   help="learning-rate schedule (default %(default)s)")
-    p.add_argument("--seed", type=int, default=base.seed,
-                   help="seed of order, augmentation and initialisation (default %(default)s)")
+    add_fields(p, FinetuneOptions, "epochs", "batch_size", "lr", "schedule", "seed", base=base)
     flip = p.add_mutually_exclusive_group()
     flip.add_argument("--flip", dest="hflip", action="store_const", const=True, default=None,
                       help="random horizontal flips (default: yes, except for digits)")
@@ -128,12 +120,7 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-weights", default=None, metavar="FILE",
                    help="the unpruned model's state dict, the teacher (default: the file the "
                         "bundle's report names)")
-    p.add_argument("--temperature", type=float, default=default("temperature"),
-                   help="distillation temperature (default %(default)s)")
-    p.add_argument("--kd-weight", type=float, default=default("kd_weight"),
-                   help="weight of the distillation term; 0 = labels only (default %(default)s)")
-    p.add_argument("--ce-weight", type=float, default=default("ce_weight"),
-                   help="weight of the cross-entropy term (default %(default)s)")
+    add_fields(p, FinetuneOptions, "temperature", "kd_weight", "ce_weight")
     _add_recipe_flags(p, FinetuneOptions())
     p.add_argument("--out", required=True, metavar="DIR", help="the fine-tuned bundle folder")
     p.set_defaults(func=_cmd_finetune)

@@ -26,8 +26,8 @@ import torch
 
 from hdap_engine.errors import HdapError
 from hdap_engine.finetune.distributed import World, barrier, setup
-from hdap_engine.finetune.options import DISTILL, SCRATCH, FinetuneOptions
 from hdap_engine.finetune.trainer import EpochRecord, FitResult, fit
+from hdap_engine.options import DISTILL, SCRATCH, FinetuneOptions
 
 CHECKPOINT = "checkpoint.pt"
 

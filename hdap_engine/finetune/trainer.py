@@ -31,7 +31,7 @@ from hdap_engine.finetune.distributed import (
     setup,
     sum_over_ranks,
 )
-from hdap_engine.finetune.options import FinetuneOptions
+from hdap_engine.options import FinetuneOptions
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Choosing the number of clusters k: k-means restarts, a Gaussian mixture's BIC, merging overlaps.
 
-On a sample of at most `ClusteringOptions.auto_sample` devices:
+On a sample of at most `ClusteringPlan.auto_sample` devices:
 
 1. k-means for k = k_min..k_max, each k the best of k-means++ starts and of
    the (k-1)-solution grown by one centre (small clusters next to a big one
@@ -57,7 +57,7 @@ _GROW_TRIES = 2
 
 
 class KRange(Protocol):
-    """The options `choose_k` reads (`hdap_engine.fleet.clustering.ClusteringOptions` has them)."""
+    """The options `choose_k` reads (`hdap_engine.options.ClusteringPlan` has them)."""
 
     k_min: int
     k_max: int
@@ -96,7 +96,7 @@ def choose_k(Xs: np.ndarray, distinct: int, notes: list[str], opts: KRange) -> K
     notes:
         Notes for the user; appended to.
     opts:
-        The k range, criterion, tolerances and seed (a `ClusteringOptions`).
+        The k range, criterion, tolerances and seed (a `ClusteringPlan`).
 
     Returns
     -------

@@ -24,8 +24,6 @@ note, never a crash.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
@@ -47,93 +45,11 @@ from hdap_engine.fleet.contract import AGENT_URL_COLUMN, PROBE_PATTERN
 from hdap_engine.fleet.profiles import cluster_profiles
 from hdap_engine.fleet.telemetry import Fleet
 from hdap_engine.infra.locks import CLUSTER_LOCK, serialised
+from hdap_engine.options import ClusteringPlan
 
 # Rows per chunk when computing distances, so that 1M devices never need a
 # (n, k, features) temporary.
 _CHUNK = 65_536
-
-
-@dataclass(frozen=True)
-class ClusteringOptions:
-    """How to cluster a fleet.
-
-    Attributes
-    ----------
-    k:
-        Number of clusters, or None to choose it automatically.
-    k_min, k_max:
-        Range of k tried when choosing automatically.
-    representatives:
-        Devices per cluster to measure (closest to the centroid first).
-    context_features:
-        Numeric context columns to use as features besides the probes.
-    seed:
-        Seed for sampling and k-means; same inputs give the same clusters.
-    auto_sample:
-        Devices sampled to choose k (the whole fleet when smaller).
-    minibatch_above:
-        Fleets larger than this use mini-batch k-means for the final fit.
-    sample_fit_above:
-        Fleets larger than this (ten million devices, say) refine the
-        centres with k-means on a seeded sample of `fit_sample` devices and
-        then assign every device to its nearest centre: one pass over the
-        fleet instead of mini-batch k-means' many. Smaller fleets are
-        clustered exactly as before this option existed.
-    fit_sample:
-        Devices sampled for that refinement.
-    criterion:
-        How automatic k is chosen: "bic" (default) or "silhouette".
-        "bic" fits a full-covariance Gaussian mixture (in the scaled log
-        space) started from each k-means solution and takes the smallest k
-        whose mean log-likelihood per device is within `bic_tolerance` of
-        the k with the best BIC, then merges overlapping components (see the
-        module docstring). Under 200 sampled devices the mixture has
-        diagonal covariances; under 30, "bic" falls back to the silhouette.
-        The silhouette prefers the first, coarsest split of nested structure
-        (one far cluster and four near ones score like two clusters).
-    silhouette_sample:
-        Devices (from the auto sample) on which each k's silhouette is scored.
-    bic_tolerance:
-        Nats per device a smaller k may lose against the best-BIC k.
-    silhouette_tolerance:
-        With the silhouette criterion, the smallest k whose score is within
-        this of the best is chosen.
-    """
-
-    k: int | None = None
-    k_min: int = 2
-    k_max: int = 10
-    representatives: int = 3
-    context_features: tuple[str, ...] = ()
-    seed: int = 0
-    auto_sample: int = 20_000
-    minibatch_above: int = 50_000
-    sample_fit_above: int = 2_000_000
-    fit_sample: int = 200_000
-    criterion: str = "bic"
-    silhouette_sample: int = 2_000
-    bic_tolerance: float = 0.02
-    silhouette_tolerance: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.k is not None and (not isinstance(self.k, int | np.integer) or self.k < 1):
-            raise HdapError(f"k must be a whole number >= 1 or auto, got {self.k!r}")
-        if not (isinstance(self.k_min, int | np.integer) and isinstance(self.k_max, int | np.integer)):
-            raise HdapError("k_min and k_max must be whole numbers")
-        if self.k_min < 2 or self.k_max < self.k_min:
-            raise HdapError(
-                f"automatic k needs 2 <= k_min <= k_max, got k_min={self.k_min}, k_max={self.k_max}"
-            )
-        if self.criterion not in ("bic", "silhouette"):
-            raise HdapError(f"criterion must be 'bic' or 'silhouette', got {self.criterion!r}")
-        if self.representatives < 1:
-            raise HdapError(f"representatives must be >= 1, got {self.representatives}")
-        if self.auto_sample < 100 or self.silhouette_sample < 100:
-            raise HdapError("auto_sample and silhouette_sample must be >= 100")
-        if self.fit_sample < 100:
-            raise HdapError(f"fit_sample must be >= 100, got {self.fit_sample}")
-        if isinstance(self.context_features, str):
-            object.__setattr__(self, "context_features", (self.context_features,))
 
 
 class Clustering:
@@ -142,7 +58,7 @@ class Clustering:
     Parameters
     ----------
     options:
-        `ClusteringOptions`; the defaults choose k automatically.
+        `ClusteringPlan`; the defaults choose k automatically.
 
     Attributes (after `fit`)
     ------------------------
@@ -176,8 +92,8 @@ class Clustering:
         What the user should know (single cluster, imputed context values).
     """
 
-    def __init__(self, options: ClusteringOptions | None = None):
-        self.options = options if options is not None else ClusteringOptions()
+    def __init__(self, options: ClusteringPlan | None = None):
+        self.options = options if options is not None else ClusteringPlan()
 
     # ------------------------------------------------------------------ fit
 
@@ -281,7 +197,7 @@ class Clustering:
         return self
 
     def _final_fit(
-        self, X: np.ndarray, k: int, init: np.ndarray | None, opts: ClusteringOptions
+        self, X: np.ndarray, k: int, init: np.ndarray | None, opts: ClusteringPlan
     ) -> np.ndarray:
         if len(X) > opts.sample_fit_above:
             # A sample of 200,000 devices places 5-10 centres as well as ten
@@ -503,4 +419,4 @@ def _own_distance(X: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> n
     return out
 
 
-__all__ = ["Clustering", "ClusteringOptions"]
+__all__ = ["Clustering"]

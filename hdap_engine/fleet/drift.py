@@ -31,37 +31,10 @@ import numpy as np
 import pandas as pd
 
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.contract import ID_COLUMN, PROBE_PATTERN
 from hdap_engine.fleet.telemetry import Fleet
-
-
-@dataclass(frozen=True)
-class DriftOptions:
-    """How two snapshots are compared.
-
-    Attributes
-    ----------
-    clustering:
-        How OLD (and NEW, afresh) are clustered.
-    shift_threshold:
-        A probe's median in a cluster that changed by more than this
-        (relative, 0.05 = 5 %) marks the cluster as shifted.
-    share_threshold:
-        A cluster whose share of devices changed by more than this (absolute,
-        0.05 = 5 points) is shifted too.
-    new_cluster_distance:
-        A fresh NEW cluster whose centre lies further than this many RMS radii
-        of the nearest OLD cluster from that cluster's centre is "only in NEW".
-        Measured on the twin: fresh clusters that are OLD's clusters again sit
-        0.01-0.02 radii from them; 150 devices with a mechanism OLD never had
-        (DRAM at 35 %, cache at 30 %) form a cluster 2.6-2.8 radii away.
-    """
-
-    clustering: ClusteringOptions = field(default_factory=ClusteringOptions)
-    shift_threshold: float = 0.05
-    share_threshold: float = 0.05
-    new_cluster_distance: float = 1.5
+from hdap_engine.options import DriftOptions
 
 
 @dataclass
@@ -282,4 +255,4 @@ def _only_in_new(old: Fleet, new: Fleet, old_c: Clustering, new_c: Clustering,
     return out
 
 
-__all__ = ["DriftOptions", "DriftReport", "compare"]
+__all__ = ["DriftReport", "compare"]

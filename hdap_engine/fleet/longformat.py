@@ -54,7 +54,6 @@ from hdap_engine.fleet.outofcore import (
     LONG_COLUMNS,
     PROBE_COLUMN,
     TIMESTAMP_COLUMN,
-    LongFormatOptions,
     _connect,
     _duckdb_errors,
     _first_line,
@@ -63,6 +62,7 @@ from hdap_engine.fleet.outofcore import (
     is_long_format,
 )
 from hdap_engine.fleet.runs import aggregate_frame, read_runs
+from hdap_engine.options import LongFormatOptions
 
 _PARQUET_MAGIC = b"PAR1"
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -259,7 +259,6 @@ def _stream_to_pandas(reader) -> pd.DataFrame:
 __all__ = [
     "LATENCY_COLUMN",
     "LONG_COLUMNS",
-    "LongFormatOptions",
     "PROBE_COLUMN",
     "TIMESTAMP_COLUMN",
     "aggregate_frame",

@@ -13,9 +13,9 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 from hdap_engine.errors import HdapError
+from hdap_engine.options import LongFormatOptions
 
 ID_COLUMN = "device_id"
 SKU_COLUMN = "sku"
@@ -31,44 +31,6 @@ PROBE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 # More distinct probe names than this: the probe column holds something else.
 MAX_PROBES = 64
 EXAMPLES = 3
-
-
-@dataclass(frozen=True)
-class LongFormatOptions:
-    """How raw runs are aggregated and how much memory DuckDB may use.
-
-    Attributes
-    ----------
-    min_runs:
-        A device needs at least this many runs of every probe; fewer and it
-        is left out (the median of one or two runs is one outlier away from
-        wrong).
-    max_spread:
-        A device whose interquartile range / median exceeds this on any probe
-        is left out as unstable (a background job during the runs, say).
-    memory_limit:
-        DuckDB's memory limit (e.g. "2GB"); past it, DuckDB spills to `temp_dir`.
-    temp_dir:
-        Where DuckDB spills; default a ``hdap_duckdb`` folder in the system
-        temporary folder.
-    threads:
-        DuckDB threads; None = DuckDB's default (all cores).
-    wide_rows_via_duckdb:
-        Wide Parquet files with more rows than this are read through DuckDB.
-    """
-
-    min_runs: int = 3
-    max_spread: float = 0.25
-    memory_limit: str = "2GB"
-    temp_dir: str | None = None
-    threads: int | None = None
-    wide_rows_via_duckdb: int = 2_000_000
-
-    def __post_init__(self) -> None:
-        if self.min_runs < 1:
-            raise HdapError(f"min_runs must be >= 1, got {self.min_runs}")
-        if not self.max_spread > 0:
-            raise HdapError(f"max_spread must be > 0, got {self.max_spread}")
 
 
 def is_long_format(columns: Iterable[str]) -> bool:
@@ -159,7 +121,6 @@ def _first_line(exc: BaseException) -> str:
 __all__ = [
     "LATENCY_COLUMN",
     "LONG_COLUMNS",
-    "LongFormatOptions",
     "PROBE_COLUMN",
     "TIMESTAMP_COLUMN",
     "is_long_format",

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from hdap_engine.errors import HdapError
+from hdap_engine.options import ProbeOptions
 from hdap_engine.pruning.layers import LayerTable, make_table
 
 _BURST_S = 5e-4  # a probe shorter than this is repeated back to back within one timing
@@ -206,7 +207,8 @@ class ProbeSession:
         return {probe_column(n): float(statistics.median(v)) for n, v in self.times.items()}
 
 
-def run_probe_suite(*, repeats: int = 20, warmup: int = 3, threads: int | None = None,
+def run_probe_suite(*, repeats: int = ProbeOptions().repeats,
+                    warmup: int = ProbeOptions().warmup, threads: int | None = None,
                     probes: tuple[str, ...] = STANDARD_PROBES, clock: str = "wall"
                     ) -> dict[str, float]:
     """Time the standard probes on this machine with PyTorch (batch 1, inference mode).
@@ -336,8 +338,8 @@ def _cache_sizes_kb() -> dict[str, float]:
     return out
 
 
-def host_probe_row(*, device_id: str | None = None, repeats: int = 20, warmup: int = 3,
-                   threads: int | None = None) -> dict[str, object]:
+def host_probe_row(*, device_id: str | None = None, repeats: int = ProbeOptions().repeats,
+                   warmup: int = ProbeOptions().warmup, threads: int | None = None) -> dict[str, object]:
     """One telemetry row for this machine (sku ``host``): the probe suite and the host's context.
 
     Parameters

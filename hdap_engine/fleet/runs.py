@@ -34,7 +34,6 @@ from hdap_engine.fleet.outofcore import (
     SKU_COLUMN,
     TIMESTAMP_COLUMN,
     WIDE_PROBE,
-    LongFormatOptions,
     _connect,
     _duckdb_errors,
     _literal,
@@ -43,6 +42,7 @@ from hdap_engine.fleet.outofcore import (
     _source_sql,
 )
 from hdap_engine.infra.wording import plural
+from hdap_engine.options import LongFormatOptions
 
 
 def read_runs(

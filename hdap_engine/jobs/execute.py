@@ -13,7 +13,7 @@ Settings of every kind::
      "telemetry": "path/to/fleet.csv",        # read by the worker
      "fleet_name": "mine.csv" | None,         # the name an upload had (for messages)
      "upload": false,                         # true: no twin sidecar next to the file
-     "context_features": [],                  # numeric context columns clustered on
+     "context_features": [],                  # earlier versions: now in options.clustering
      "compare": ["uniform", "global"],        # kind "study" / "comparison": other methods
      "sweep": true}                           # kind "study" / "sweep": the budget sweep
 
@@ -97,20 +97,22 @@ def surrogate_key(job_id: int) -> str:
 
 
 def _fleet_and_clustering(settings: dict, options):
-    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+    from dataclasses import replace
+
+    from hdap_engine.fleet.clustering import Clustering
     from hdap_engine.fleet.telemetry import load_fleet
 
     path = settings.get("telemetry")
     if not path:
         raise HdapError("this job names no telemetry file; start it again from the Run page")
     fleet = load_fleet(path, sku=options.sku, name=settings.get("fleet_name"))
-    features = tuple(f for f in settings.get("context_features") or ()
-                     if f in fleet.numeric_context_columns)
+    # Jobs of earlier versions kept the context features beside the options.
+    wanted = options.clustering.context_features or settings.get("context_features") or ()
+    features = tuple(f for f in wanted if f in fleet.numeric_context_columns)
     clustering = None
     if options.measurement.backend != "host":  # host: the fleet is this machine, one cluster
-        clustering = Clustering(ClusteringOptions(
-            k=options.clustering.k, representatives=options.clustering.representatives,
-            context_features=features, seed=options.seed)).fit(fleet)
+        clustering = Clustering(replace(options.clustering,
+                                        context_features=features)).fit(fleet)
     sidecar_path = None if settings.get("upload") else path
     return fleet, clustering, sidecar_path
 
@@ -232,10 +234,12 @@ def _rollout(settings: dict, store, progress: Progress, agent_token: str | None)
     from hdap_engine.infra.jsonable import jsonable
     from hdap_engine.jobs.table import JobTable
     from hdap_engine.lifecycle.rollout import plan_rollout
+    from hdap_engine.options import RolloutOptions
 
     spec = settings.get("rollout") or {}
     try:
-        source_id, variants = int(spec["job"]), int(spec.get("variants", 3))
+        source_id = int(spec["job"])
+        variants = int(spec.get("variants", RolloutOptions().variants))
     except (KeyError, TypeError, ValueError):
         raise HdapError("this rollout job names no study job to plan on; start it again from "
                         "the Rollout page") from None
@@ -255,8 +259,8 @@ def _tune(bundle, out, data, val_data, epochs: int, seed: int, progress: Progres
     epochs so far as the job's partial result after each one."""
     from dataclasses import asdict
 
-    from hdap_engine.finetune.options import DISTILL
     from hdap_engine.finetune.run import finetune_bundle
+    from hdap_engine.options import DISTILL
 
     recipe = DISTILL.with_changes(epochs=int(epochs), seed=int(seed))
     history: list[dict] = []
@@ -303,7 +307,8 @@ def _finetune(settings: dict, progress: Progress, partial: Partial) -> dict:
 def _reoptimise(settings: dict, store, progress: Progress, agent_token: str | None) -> dict:
     """`reoptimise_check` of a bundle on a snapshot: ``{"reoptimise": its result}``."""
     from hdap_engine.infra.jsonable import jsonable
-    from hdap_engine.lifecycle.reoptimise import DEFAULT_THRESHOLD, read_deployed, reoptimise_check
+    from hdap_engine.lifecycle.reoptimise import read_deployed, reoptimise_check
+    from hdap_engine.options import ReoptimiseOptions
 
     spec = settings.get("reoptimise") or {}
     bundle, telemetry = spec.get("bundle"), spec.get("telemetry")
@@ -314,7 +319,7 @@ def _reoptimise(settings: dict, store, progress: Progress, agent_token: str | No
     if agent_token:
         options = options.updated(agent_token=agent_token)
     result = reoptimise_check(bundle, telemetry, options=options, store=store, progress=progress,
-                              threshold=float(spec.get("threshold", DEFAULT_THRESHOLD)))
+                              threshold=float(spec.get("threshold", ReoptimiseOptions().threshold)))
     return jsonable({"reoptimise": result})
 
 

@@ -34,43 +34,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 
 from hdap_engine.errors import HdapError
+from hdap_engine.options import SurrogatePlan
 from hdap_engine.pruning.space import PruningSpace
-
-MODES = ("shared", "per-cluster")
-
-
-@dataclass(frozen=True)
-class SurrogateOptions:
-    """How the surrogate is trained."""
-
-    mode: str = "shared"
-    ensemble: int = 3
-    n_estimators: int = 400
-    max_depth: int = 6
-    learning_rate: float = 0.08
-    subsample: float = 0.8
-    colsample: float = 0.8
-    test_fraction: float = 0.2
-    linear_base: bool = True
-    seed: int = 0
-    # One thread: XGBoost's OpenMP threads spin-wait, and on a busy 2-core machine two
-    # threads were 10x slower than one.
-    threads: int = 1
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise HdapError(f"unknown surrogate mode {self.mode!r}; choose one of: "
-                            f"{', '.join(MODES)}")
-        if self.ensemble < 1:
-            raise HdapError("the surrogate ensemble needs at least one model")
-        if not 0 < self.test_fraction < 0.9:
-            raise HdapError(f"test_fraction must be in (0, 0.9), got {self.test_fraction}")
 
 
 def candidate_features(space: PruningSpace, widths) -> tuple[np.ndarray, list[str]]:
@@ -156,12 +127,12 @@ class Surrogate:
     space:
         The model's pruning space.
     options:
-        `SurrogateOptions`.
+        `SurrogatePlan`.
     """
 
-    def __init__(self, space: PruningSpace, options: SurrogateOptions | None = None):
+    def __init__(self, space: PruningSpace, options: SurrogatePlan | None = None):
         self.space = space
-        self.options = options or SurrogateOptions()
+        self.options = options or SurrogatePlan()
         self.boosters_: dict[int, list] = {}  # model key (-1 shared, else cluster) -> ensemble
         # Linear base: one coefficient row per device (shared) or cluster (per-cluster);
         # devices are recognised by their log probe vector.
@@ -378,7 +349,7 @@ class Surrogate:
         doc = json.loads(data)
         if doc.get("format") != "hdap-surrogate/1" or doc.get("model") != space.model:
             raise HdapError("stored surrogate does not belong to this model; train it again")
-        self = cls(space, SurrogateOptions(**doc["options"]))
+        self = cls(space, SurrogatePlan(**doc["options"]))
         self.report_ = doc["report"]
         self.training_hash_ = doc["training_hash"]
         if doc.get("test_points") is not None:

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from hdap_engine.latency.store import Store
-from hdap_engine.latency.surrogate import Surrogate, SurrogateOptions
+from hdap_engine.latency.surrogate import Surrogate
+from hdap_engine.options import SurrogatePlan
 from hdap_engine.pruning.space import PruningSpace
 
 
@@ -35,7 +36,7 @@ class SurrogateTrainer:
     clusters:
         (D,) cluster of every measured device.
     options:
-        `SurrogateOptions`.
+        `SurrogatePlan`.
     """
 
     space: PruningSpace
@@ -43,7 +44,7 @@ class SurrogateTrainer:
     backend_name: str
     features: np.ndarray
     clusters: np.ndarray
-    options: SurrogateOptions
+    options: SurrogatePlan
 
     def fit(self, widths: np.ndarray, latency_ms: np.ndarray) -> Surrogate:
         """Train on (widths, latency_ms), or load the surrogate already trained on them."""

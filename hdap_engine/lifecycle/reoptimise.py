@@ -7,7 +7,7 @@ backend? Both are predicted by a surrogate fitted on NEW's representatives
 and then measured there (a few measurements: the two candidates on every
 representative). ``recommend_reoptimise`` is true when the deployed model's
 measured fleet objective is worse than the re-optimised one's by more than
-`threshold` (3 % by default): below that, a new rollout does not pay for
+`ReoptimiseOptions.threshold` (3 % by default): below that, a new rollout does not pay for
 itself.
 """
 
@@ -20,11 +20,9 @@ import numpy as np
 
 from hdap_engine.errors import HdapError
 from hdap_engine.infra.progress import Progress, no_progress
-from hdap_engine.options import StudyOptions
+from hdap_engine.options import ReoptimiseOptions, StudyOptions
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.study.prepare import prepare
-
-DEFAULT_THRESHOLD = 0.03
 
 
 def read_deployed(bundle: str | Path) -> tuple[StudyOptions, np.ndarray, dict]:
@@ -64,7 +62,8 @@ def read_deployed(bundle: str | Path) -> tuple[StudyOptions, np.ndarray, dict]:
     return options, np.asarray(widths, dtype=np.int64), report
 
 
-def reoptimise_check(bundle: str | Path, telemetry, *, threshold: float = DEFAULT_THRESHOLD,
+def reoptimise_check(bundle: str | Path, telemetry, *,
+                     threshold: float = ReoptimiseOptions().threshold,
                      options: StudyOptions | None = None, store=None,
                      progress: Progress = no_progress) -> dict:
     """The deployed model's fleet objective on NEW against a model re-optimised for NEW.
@@ -94,8 +93,7 @@ def reoptimise_check(bundle: str | Path, telemetry, *, threshold: float = DEFAUL
     from hdap_engine.study.run import optimize
     from hdap_engine.study.verify import verify_candidate
 
-    if not 0 <= threshold < 1:
-        raise HdapError(f"--threshold must be a share between 0 and 1 (0.03 = 3 %), got {threshold}")
+    ReoptimiseOptions(threshold=threshold)  # refuses a share outside [0, 1)
     own, deployed, _ = read_deployed(bundle)
     options = options or own
     ctx = prepare(options, telemetry, store=store, progress=progress)
@@ -129,4 +127,4 @@ def reoptimise_check(bundle: str | Path, telemetry, *, threshold: float = DEFAUL
     }
 
 
-__all__ = ["DEFAULT_THRESHOLD", "read_deployed", "reoptimise_check"]
+__all__ = ["read_deployed", "reoptimise_check"]

@@ -35,7 +35,7 @@ import numpy as np
 
 from hdap_engine.errors import HdapError
 from hdap_engine.infra.progress import Progress, no_progress
-from hdap_engine.options import Query, SearchPlan
+from hdap_engine.options import Query, RolloutOptions, SearchPlan
 from hdap_engine.search.fleet_search import Learned
 from hdap_engine.study.prepare import StudyContext
 from hdap_engine.study.verify import Verification, fleet_metrics, verify_candidate
@@ -57,8 +57,9 @@ class RolloutModel:
 
 
 @dataclass(frozen=True)
-class RolloutPlan:
-    """K' variants: which model every cluster gets, and what the fleet then measures.
+class RolloutOutcome:
+    """The outcome of shipping K' variants: which model every cluster gets, and what the
+    fleet then measures (a result; what a rollout plans is `RolloutOptions`).
 
     ``assignment`` maps every cluster to a variant index; ``variant_models``
     names the model of each variant (``"one-model"`` when a group kept it).
@@ -98,7 +99,7 @@ class RolloutPlan:
 class Rollout:
     """Every plan for K' = 1..K, the models behind them and how they were grouped."""
 
-    plans: tuple[RolloutPlan, ...]
+    plans: tuple[RolloutOutcome, ...]
     models: dict[str, RolloutModel]
     cross_ms: np.ndarray  # (k, k) predicted latency of cluster i's best on cluster j
     regret: np.ndarray  # (k, k) cross_ms[i, j] / cross_ms[j, j] - 1, floored at 0
@@ -193,7 +194,7 @@ def check_rollout_method(spec) -> None:
                         "clusters; plan the rollout with --method hdap")
 
 
-def plan_rollout(ctx: StudyContext, variants: int = 3, *, query: Query | None = None,
+def plan_rollout(ctx: StudyContext, variants: int = RolloutOptions().variants, *, query: Query | None = None,
                  plan: SearchPlan | None = None, learned: Learned | None = None,
                  progress: Progress = no_progress) -> Rollout:
     """Rollout plans for K' = 1..``variants`` on a prepared study.
@@ -217,12 +218,11 @@ def plan_rollout(ctx: StudyContext, variants: int = 3, *, query: Query | None = 
 
     Returns
     -------
-    A `Rollout`: one `RolloutPlan` per K', the one with K' = 1 being the one model.
+    A `Rollout`: one `RolloutOutcome` per K', the one with K' = 1 being the one model.
     """
     from hdap_engine.study.run import optimize
 
-    if int(variants) < 1:
-        raise HdapError(f"--variants must be at least 1, got {variants}")
+    RolloutOptions(variants=variants)  # refuses fewer than one
     check_rollout_method(ctx.options.method_spec)
     t_start = time.perf_counter()
     k = ctx.k
@@ -343,7 +343,7 @@ def _combined(val_of_cluster: list[Verification], ctx: StudyContext) -> Verifica
                         cluster_spread_ms=cs, device_measured_ms=devices, fleet_ms=fleet_ms)
 
 
-def _plan(ctx, n, groups, verified, obj, one_fm, noise, earlier) -> RolloutPlan:
+def _plan(ctx, n, groups, verified, obj, one_fm, noise, earlier) -> RolloutOutcome:
     """The plan of ``groups``; ``earlier`` holds the plans with fewer variants, in order."""
     k = ctx.k
     coarser = [g for p in earlier for g in p.groups]
@@ -392,7 +392,7 @@ def _plan(ctx, n, groups, verified, obj, one_fm, noise, earlier) -> RolloutPlan:
     if within:
         plan_notes.append(f"gain {gain:.2%} is below the measurement noise ({noise:.2%}): "
                           "not worth a separate rollout")
-    return RolloutPlan(variants=n, groups=tuple(groups), assignment=assignment,
+    return RolloutOutcome(variants=n, groups=tuple(groups), assignment=assignment,
                        variant_models=tuple(variant_models),
                        fleet_mean_ms=fm["measured_mean_ms"], p95_ms=fm["measured_p95_ms"],
                        worst_cluster_ms=fm["worst_cluster_ms"],

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hdap_engine.options import MacsBenchOptions
 from hdap_engine.pruning.space import PruningSpace
 
 
@@ -28,7 +29,8 @@ class MacsTiming:
         return self.candidates / self.median_s
 
 
-def time_analytic_macs(model: str, candidates: int = 100_000, repeats: int = 7) -> MacsTiming:
+def time_analytic_macs(model: str, candidates: int = MacsBenchOptions().candidates,
+                       repeats: int = MacsBenchOptions().repeats) -> MacsTiming:
     """Time the analytic MACs of ``candidates`` random candidates of ``model``.
 
     Parameters

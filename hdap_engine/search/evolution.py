@@ -19,33 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hdap_engine.errors import HdapError
+from hdap_engine.options import SearchPlan
 from hdap_engine.pruning.budget import repair
 from hdap_engine.pruning.space import PruningSpace
 
 Fitness = Callable[[np.ndarray], np.ndarray]  # (P, G) widths -> (P,) scores to minimise
 GenerationTick = Callable[[int, int], None]  # (generation, generations)
-
-
-@dataclass(frozen=True)
-class SearchOptions:
-    """Evolutionary search settings (defaults search ResNet-50 in a few seconds)."""
-
-    population: int = 64
-    generations: int = 60
-    elite: int = 6
-    tournament: int = 3
-    crossover: float = 0.5
-    mutation_rate: float = 0.15  # share of groups mutated in a child
-    mutation_scale: float = 0.25  # log-normal sigma of a mutation
-    patience: int = 20  # stop after this many generations without improvement
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.population < 4 or self.generations < 1:
-            raise HdapError("the search needs a population of at least 4 and one generation")
-        if not 0 <= self.elite < self.population:
-            raise HdapError("elite must be smaller than the population")
 
 
 @dataclass
@@ -76,7 +55,7 @@ def mutate(space: PruningSpace, ratios: np.ndarray, target_macs: float,
 
 
 def evolve(space: PruningSpace, target_macs: float, fitness: Fitness,
-           options: SearchOptions | None = None, *, seeds: np.ndarray | None = None,
+           options: SearchPlan | None = None, *, seeds: np.ndarray | None = None,
            progress: GenerationTick | None = None) -> SearchResult:
     """Minimise ``fitness`` over candidates that meet ``target_macs``.
 
@@ -89,13 +68,13 @@ def evolve(space: PruningSpace, target_macs: float, fitness: Fitness,
     fitness:
         Scores (P,) to minimise for widths (P, G).
     options:
-        `SearchOptions`.
+        `SearchPlan`.
     seeds:
         Candidates to start from (e.g. the uniform one), added to the random start.
     progress:
         Called with (generation, generations).
     """
-    opt = options or SearchOptions()
+    opt = options or SearchPlan()
     rng = np.random.default_rng(opt.seed)
     t0 = time.perf_counter()
     g = space.n_groups

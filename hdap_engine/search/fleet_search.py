@@ -31,7 +31,7 @@ from hdap_engine.latency.store import Store
 from hdap_engine.pruning.budget import meets_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.baselines import uniform_widths
-from hdap_engine.search.evolution import SearchOptions, diverse_best, evolve, mutate
+from hdap_engine.search.evolution import diverse_best, evolve, mutate
 from hdap_engine.search.methods import Method
 from hdap_engine.search.objectives import Objective
 
@@ -160,8 +160,7 @@ class FleetSearch:
             if progress is not None:
                 progress("search", gen, total)
 
-        sopt = SearchOptions(population=plan.population, generations=plan.generations,
-                             seed=self.seed)
+        sopt = replace(plan, seed=self.seed)
         seeds = np.stack([uniform_widths(self.space, target_macs)])
         searching = 0.0
         measured = 0

@@ -26,7 +26,7 @@ from hdap_engine.latency.store import Store
 from hdap_engine.options import StudyOptions
 from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.search.baselines import uniform_widths
-from hdap_engine.search.evolution import SearchOptions, evolve
+from hdap_engine.search.evolution import evolve
 from hdap_engine.search.methods import check_methods, get_method, method_names
 from hdap_engine.study.prepare import StudyContext, prepare
 from hdap_engine.study.run import optimize
@@ -171,11 +171,8 @@ def run_oracle(ctx: StudyContext, target: float, unpruned_mean: float, *,
     def tick(gen, total):
         progress("oracle", gen, total)
 
-    plan = ctx.options.search
     t0 = time.perf_counter()
-    res = evolve(ctx.space, target, fitness,
-                 SearchOptions(population=plan.population, generations=plan.generations,
-                               seed=ctx.options.seed),
+    res = evolve(ctx.space, target, fitness, ctx.options.search,
                  seeds=uniform_widths(ctx.space, target)[None], progress=tick)
     return _row(ctx, "oracle", res.widths, time.perf_counter() - t0, len(devices) * res.evaluations,
                 unpruned_mean)

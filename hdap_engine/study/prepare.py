@@ -19,9 +19,8 @@ from hdap_engine.latency.backends import Backend
 from hdap_engine.latency.construct import make_backend
 from hdap_engine.latency.sampling import sample_candidates
 from hdap_engine.latency.store import Store
-from hdap_engine.latency.surrogate import SurrogateOptions
 from hdap_engine.latency.training import SurrogateTrainer
-from hdap_engine.options import Query, SearchPlan, StudyOptions
+from hdap_engine.options import ClusteringPlan, Query, SearchPlan, StudyOptions
 from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.fleet_search import FleetSearch, Learned, SearchDevices
@@ -102,8 +101,9 @@ class StudyContext:
         method = method or self.options.method_spec
         devices = self.search_devices(method)
         # The paper fits gradient boosting alone; the linear base is ours.
-        sopt = SurrogateOptions(mode=method.surrogate_mode or self.options.surrogate.mode,
-                                seed=self.options.seed, linear_base=method.linear_base)
+        plan = self.options.surrogate
+        sopt = replace(plan, mode=method.surrogate_mode or plan.mode,
+                       linear_base=plan.linear_base and method.linear_base)
         return SurrogateTrainer(self.space, self.store, self.backend.name, devices.features,
                                 devices.clusters, sopt)
 
@@ -154,7 +154,7 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
     A read-only `StudyContext`; for search methods its ``learned`` holds the
     sampled measurements and the surrogate fitted on them.
     """
-    from hdap_engine.fleet.clustering import Clustering, ClusteringOptions
+    from hdap_engine.fleet.clustering import Clustering
 
     store = store or Store()
     timings: dict[str, float] = {}
@@ -175,11 +175,10 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
         if fleet.n_devices > 1:
             notes.append(f"host backend: every device of {fleet.source} is measured as this "
                          "machine; the study treats the fleet as one cluster")
-        clustering = Clustering(ClusteringOptions(k=1, representatives=1,
-                                                  seed=options.seed)).fit(fleet)
+        clustering = Clustering(ClusteringPlan(k=1, representatives=1,
+                                               seed=options.seed)).fit(fleet)
     elif clustering is None:
-        clustering = Clustering(ClusteringOptions(
-            k=plan.k, representatives=plan.representatives, seed=options.seed)).fit(fleet)
+        clustering = Clustering(plan).fit(fleet)
     progress("cluster", 1, 1)
     timings["cluster"] = time.perf_counter() - t0
 

@@ -1,28 +1,28 @@
-"""What defines a study: nested frozen option dataclasses, the one source of defaults.
+"""The study's options: one frozen section per step, and `StudyOptions` that holds them.
 
-A study's settings fall into sections, one per step of the method:
-
-- `ClusteringPlan`   how devices are grouped (k, representatives per cluster);
+- `ClusteringPlan`   how devices are grouped (k, representatives, context features, k-means);
 - `MeasurementPlan`  where and how latency is measured (backend, samples, runs);
-- `SurrogatePlan`    how the latency surrogate is fitted;
-- `SearchPlan`       how hard the search works (population, refinement, finalists, polish);
+- `SurrogatePlan`    how the latency surrogate is fitted (mode, gradient boosting);
+- `SearchPlan`       how hard the search works (population, refinement, finalists, polish)
+                     and its evolutionary operators;
 - `Query`            what is asked of a prepared study (budget, objective, cluster
-                     weights, SLO): changing only the query re-uses every measurement.
+                     weights, SLO): changing only the query re-uses every measurement;
+- `AccuracyPlan`     labelled data and the accuracy floor.
 
-`StudyOptions` holds the sections plus what is pruned (model, model weights,
-pruning granularity), the method and the seed. Every field carries its
-command-line flag and help in its metadata: the CLI builds its flags from here
-(`cli_fields`), the app reads its widget defaults from here, so the three
-never disagree. Plain data with no heavy imports, so that the command line can
-build its parser without loading torch.
+`StudyOptions` adds what is pruned (model, model weights, pruning
+granularity), the method and the seed. Every setting has one flat name
+(`StudyOptions.of`, `default`); a section's ``seed`` is not one of them: it
+always follows the study's.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass, replace
+from numbers import Integral
 from typing import Any
 
 from hdap_engine.errors import HdapError
+from hdap_engine.options.base import one_of, option
 from hdap_engine.search.methods import get_method, method_names
 from hdap_engine.search.objectives import OBJECTIVES
 
@@ -31,41 +31,66 @@ HOST_CLOCKS = ("auto", "wall", "thread")
 # What runs the model on the host (hdap_engine/latency/runtimes.py, kept import-free here).
 HOST_RUNTIMES = ("torch", "torchscript", "onnxruntime")
 SURROGATE_MODES = ("shared", "per-cluster")
-
-
-def option(default: Any = MISSING, *, flag: str | None = None, help: str = "",
-           parse: str | None = None, choices: tuple | None = None, metavar: str | None = None,
-           default_factory: Any = MISSING, aliases: tuple[str, ...] = (),
-           old: tuple[str, ...] = ()) -> Any:
-    """A dataclass field with its command-line flag.
-
-    ``parse`` names how the CLI reads the text (``positive_int``, ``ratio``,
-    ``int``, ``float``, ``k``, ``cluster_weights``, ``str``); ``choices`` are
-    offered as they are (or, for ``method``, read from the registry when the
-    parser is built). ``aliases`` are other spellings of the same flag;
-    ``old`` are earlier spellings the CLI still accepts, with a note saying so.
-    """
-    meta = {"flag": flag, "help": help, "parse": parse, "choices": choices,
-            "metavar": metavar, "aliases": aliases, "old": old}
-    if default_factory is not MISSING:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
+CRITERIA = ("bic", "silhouette")
+# Section fields that follow `StudyOptions`'s own field of the same name.
+STUDY_WIDE = ("seed",)
 
 
 @dataclass(frozen=True)
 class ClusteringPlan:
-    """How devices are grouped by hardware response."""
+    """How devices are grouped by hardware response (`hdap_engine.fleet.clustering`).
+
+    ``criterion`` chooses an automatic k: "bic" fits a full-covariance Gaussian
+    mixture (in the scaled log space) from each k-means solution and takes the
+    smallest k whose mean log-likelihood per device is within ``bic_tolerance``
+    nats of the best-BIC k, then merges overlapping components (under 200
+    sampled devices the mixture is diagonal; under 30 it falls back to the
+    silhouette); "silhouette" takes the smallest k whose score is within
+    ``silhouette_tolerance`` of the best (it prefers the first, coarsest split).
+    """
 
     k: int | None = option(None, flag="--k", parse="k", metavar="auto|N",
                            help="number of clusters (default auto)")
-    representatives: int = option(3, flag="--representatives", parse="positive_int",
-                                  help="devices measured per cluster (default %(default)s)")
+    representatives: int = option(3, flag="--representatives", parse="positive_int", metavar="N",
+                                  help="devices measured per cluster, closest to its centroid "
+                                       "(default %(default)s)")
+    context_features: tuple[str, ...] = option(
+        (), flag="--context", parse="columns", metavar="COL,...",
+        help="numeric context columns to cluster on besides the probes (default none)")
+    seed: int = 0  # the study's seed (`StudyOptions.seed`)
+    k_min: int = 2  # the range of an automatic k
+    k_max: int = 10
+    criterion: str = "bic"
+    auto_sample: int = 20_000  # devices sampled to choose k (the whole fleet when smaller)
+    silhouette_sample: int = 2_000  # devices (of that sample) each k's silhouette is scored on
+    bic_tolerance: float = 0.02
+    silhouette_tolerance: float = 0.01
+    minibatch_above: int = 50_000  # larger fleets: mini-batch k-means for the final fit
+    # Larger fleets (ten million devices, say) refine the centres with k-means on a seeded
+    # sample of `fit_sample` devices, then assign every device to its nearest centre.
+    sample_fit_above: int = 2_000_000
+    fit_sample: int = 200_000
 
-    def __post_init__(self):
-        if self.k is not None and self.k < 1:
-            raise HdapError(f"k must be at least 1 (or automatic), got {self.k}")
+    def __post_init__(self) -> None:
+        if self.k is not None and (not isinstance(self.k, Integral) or self.k < 1):
+            raise HdapError(f"k must be a whole number >= 1 or auto, got {self.k!r}")
+        if not (isinstance(self.k_min, Integral) and isinstance(self.k_max, Integral)):
+            raise HdapError("k_min and k_max must be whole numbers")
+        if self.k_min < 2 or self.k_max < self.k_min:
+            raise HdapError(f"automatic k needs 2 <= k_min <= k_max, got k_min={self.k_min}, "
+                            f"k_max={self.k_max}")
+        if self.criterion not in CRITERIA:
+            raise HdapError(f"criterion must be 'bic' or 'silhouette', got {self.criterion!r}")
         if self.representatives < 1:
             raise HdapError(f"representatives must be at least 1, got {self.representatives}")
+        if self.auto_sample < 100 or self.silhouette_sample < 100:
+            raise HdapError("auto_sample and silhouette_sample must be >= 100")
+        if self.fit_sample < 100:
+            raise HdapError(f"fit_sample must be >= 100, got {self.fit_sample}")
+        features = self.context_features
+        # Saved settings give a list; a single name is one feature, not its letters.
+        object.__setattr__(self, "context_features",
+                           (features,) if isinstance(features, str) else tuple(features))
 
 
 @dataclass(frozen=True)
@@ -101,38 +126,56 @@ class MeasurementPlan:
                                           "$HDAP_AGENT_TOKEN)")
 
     def __post_init__(self):
-        if self.backend not in BACKENDS:
-            raise HdapError(f"unknown backend {self.backend!r}; choose one of: "
-                            f"{', '.join(BACKENDS)}")
+        one_of("backend", self.backend, BACKENDS)
         if self.samples < 20:
             raise HdapError(f"samples must be at least 20 to train a surrogate, got "
                             f"{self.samples}")
         if self.repeats < 1 or self.warmup < 0:
             raise HdapError("repeats must be >= 1 and warmup >= 0")
-        if self.host_runtime not in HOST_RUNTIMES:
-            raise HdapError(f"unknown runtime {self.host_runtime!r}; choose one of: "
-                            f"{', '.join(HOST_RUNTIMES)}")
-        if self.host_clock not in HOST_CLOCKS:
-            raise HdapError(f"unknown host clock {self.host_clock!r}; choose one of: "
-                            f"{', '.join(HOST_CLOCKS)}")
+        one_of("runtime", self.host_runtime, HOST_RUNTIMES)
+        one_of("host clock", self.host_clock, HOST_CLOCKS)
 
 
 @dataclass(frozen=True)
 class SurrogatePlan:
-    """How the latency surrogate is fitted (a method may override the mode)."""
+    """How the latency surrogate is fitted (`hdap_engine.latency.surrogate`).
 
-    mode: str = option("shared", choices=SURROGATE_MODES,
-                       help="one model across clusters, or one per cluster as in the paper")
+    A method may override the mode (`Method.surrogate_mode`) and turn the
+    linear base off (`Method.linear_base`: the paper fits gradient boosting alone).
+    """
+
+    mode: str = option("shared", flag="--mode", choices=SURROGATE_MODES,
+                       help="one model across clusters, or one per cluster as in the paper "
+                            "(default %(default)s)")
+    ensemble: int = 3  # bootstrap models; their spread is the uncertainty
+    n_estimators: int = 400
+    max_depth: int = 6
+    learning_rate: float = 0.08
+    subsample: float = 0.8
+    colsample: float = 0.8
+    test_fraction: float = 0.2  # held-out candidates the accuracy is judged on
+    linear_base: bool = True  # a non-negative roofline per device under the trees
+    seed: int = 0  # the study's seed (`StudyOptions.seed`)
+    # One thread: XGBoost's OpenMP threads spin-wait, and on a busy 2-core machine two
+    # threads were 10x slower than one.
+    threads: int = 1
 
     def __post_init__(self):
-        if self.mode not in SURROGATE_MODES:
-            raise HdapError(f"unknown surrogate mode {self.mode!r}; choose one of: "
-                            f"{', '.join(SURROGATE_MODES)}")
+        one_of("surrogate mode", self.mode, SURROGATE_MODES)
+        if self.ensemble < 1:
+            raise HdapError("the surrogate ensemble needs at least one model")
+        if not 0 < self.test_fraction < 0.9:
+            raise HdapError(f"test_fraction must be in (0, 0.9), got {self.test_fraction}")
 
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """How hard the search works; which steps run is the method's business."""
+    """How hard the search works, and its evolutionary operators (`hdap_engine.search`).
+
+    Which steps run (refinement, finalists, polish) is the method's business.
+    The population is at least 8: the six elite survive every generation
+    unchanged, and the rest are the children.
+    """
 
     population: int = option(64, flag="--population", parse="positive_int",
                              help="search population (default %(default)s; at least 8)")
@@ -157,11 +200,21 @@ class SearchPlan:
                                      "candidate, for methods that measure finalists (default "
                                      "%(default)s; 0 for none)")
     polish_batch: int = 12  # candidates measured per polish round
+    # The evolutionary loop (`hdap_engine.search.evolution.evolve`).
+    elite: int = 6  # best candidates kept unchanged every generation
+    tournament: int = 3
+    crossover: float = 0.5
+    mutation_rate: float = 0.15  # share of groups mutated in a child
+    mutation_scale: float = 0.25  # log-normal sigma of a mutation
+    patience: int = 20  # stop after this many generations without improvement
+    seed: int = 0  # the study's seed (`StudyOptions.seed`)
 
     def __post_init__(self):
         if self.population < 8 or self.generations < 1:
             raise HdapError(f"the search needs a population of at least 8 and at least one "
                             f"generation, got {self.population} and {self.generations}")
+        if not 0 <= self.elite < self.population:
+            raise HdapError("elite must be smaller than the population")
         if self.polish_rounds < 0 or self.polish_batch < 1:
             raise HdapError("polish_rounds must be >= 0 and polish_batch >= 1")
         if self.restarts < 1:
@@ -217,9 +270,7 @@ class Query:
         help="cluster weights (normalised; clusters not named get 0); default: device shares")
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise HdapError(f"unknown objective {self.objective!r}; choose one of: "
-                            f"{', '.join(OBJECTIVES)}")
+        one_of("objective", self.objective, OBJECTIVES)
         if self.objective == "slo" and not (self.slo_ms and self.slo_ms > 0):
             raise HdapError("the slo objective needs a latency target in ms (--slo-ms 25)")
 
@@ -298,9 +349,10 @@ class StudyOptions:
     min_ratio: float = option(0.1, flag="--min-ratio", parse="ratio",
                               help="keep at least this fraction of every group (default "
                                    "%(default)s)")
-    seed: int = option(0, flag="--seed", parse="int")
+    seed: int = option(0, flag="--seed", parse="int",
+                       help="seed of every random draw (default %(default)s)")
     sku: str | None = option(None, flag="--sku",
-                             help="the SKU to keep when the file has several")
+                             help="keep only this SKU (required when the file holds several)")
     clustering: ClusteringPlan = option(default_factory=ClusteringPlan)
     measurement: MeasurementPlan = option(default_factory=MeasurementPlan)
     surrogate: SurrogatePlan = option(default_factory=SurrogatePlan)
@@ -309,9 +361,14 @@ class StudyOptions:
     accuracy: AccuracyPlan = option(default_factory=AccuracyPlan)
 
     def __post_init__(self):
-        if self.method not in method_names():
-            raise HdapError(f"unknown method {self.method!r}; choose one of: "
-                            f"{', '.join(method_names())}")
+        one_of("method", self.method, method_names())
+        # A section's seed is the study's: one seed, however the options were made.
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            changes = {w: getattr(self, w) for w in STUDY_WIDE
+                       if hasattr(section, w) and getattr(section, w) != getattr(self, w)}
+            if changes:
+                object.__setattr__(self, name, replace(section, **changes))
 
     @property
     def method_spec(self):
@@ -347,7 +404,8 @@ class StudyOptions:
         for f in fields(self):
             value = getattr(self, f.name)
             if is_dataclass(value):
-                out.update({g.name: getattr(value, g.name) for g in fields(value)})
+                out.update({g.name: getattr(value, g.name) for g in fields(value)
+                            if g.name not in STUDY_WIDE})
             else:
                 out[f.name] = value
         if not keep_token:
@@ -358,6 +416,9 @@ class StudyOptions:
         """JSON-ready settings, nested by section (the agent token never leaves the process)."""
         d = asdict(self)
         d["measurement"].pop("agent_token", None)
+        for name in _SECTIONS:
+            for wide in STUDY_WIDE:
+                d[name].pop(wide, None)
         return d
 
     @classmethod
@@ -366,7 +427,7 @@ class StudyOptions:
         flat: dict[str, Any] = {}
         for key, value in settings.items():
             if key in _SECTIONS and isinstance(value, dict):
-                flat.update(value)
+                flat.update({k: v for k, v in value.items() if k not in STUDY_WIDE})
             else:
                 flat[_LEGACY.get(key, key)] = value
         if isinstance(flat.get("cluster_weights"), dict):
@@ -382,6 +443,8 @@ _SECTION_OF: dict[str, str] = {f.name: "" for f in fields(StudyOptions)
 for _section in _SECTIONS:
     _cls = {f.name: f for f in fields(StudyOptions)}[_section].default_factory
     for _f in fields(_cls):
+        if _f.name in STUDY_WIDE:
+            continue
         assert _f.name not in _SECTION_OF, f"setting {_f.name} is in two sections"
         _SECTION_OF[_f.name] = _section
 # Names that settings saved by earlier versions used.
@@ -400,22 +463,8 @@ def flatten_settings(settings: dict) -> dict:
         return dict(settings)
 
 
-def cli_fields(*sections: str) -> list:
-    """The fields (dataclass `Field`) of ``sections`` that have a command-line flag.
-
-    ``""`` names `StudyOptions`'s own fields; the others are section names
-    (``"clustering"``, ``"measurement"``, ``"search"``, ``"query"``...).
-    """
-    out = []
-    for section in sections:
-        cls = StudyOptions if section == "" else \
-            {f.name: f for f in fields(StudyOptions)}[section].default_factory
-        out.extend(f for f in fields(cls) if f.metadata.get("flag"))
-    return out
-
-
-def default(name: str):
-    """The default of one setting, by its flat name (the app's widget defaults come from here)."""
+def study_default(name: str):
+    """The default of one study setting, by its flat name."""
     section = _SECTION_OF.get(name)
     if section is None:
         raise KeyError(name)
