@@ -236,7 +236,7 @@ def plan_rollout(ctx: StudyContext, variants: int = 3, *, query: Query | None = 
         notes.append("the query's cluster weights are replaced by each group's device shares")
     query = replace(query, cluster_weights=None)
     plan = plan or ctx.options.search
-    shares = np.asarray(ctx.clustering.weights_, dtype=np.float64)
+    shares = np.asarray(ctx.clustering.shares_, dtype=np.float64)
 
     # 1. The one model, as the study would answer.
     one = optimize(ctx, query, plan=plan, learned=learned, progress=progress)
@@ -316,10 +316,10 @@ def _group_score(ctx: StudyContext, val: Verification, group, obj) -> float:
             return float(np.quantile(ms, 0.95))
         return -float(np.mean(ms <= obj.slo_ms))
     w = np.zeros(ctx.k)
-    w[list(group)] = obj.weights[list(group)]
+    w[list(group)] = obj.cluster_weights[list(group)]
     if not w.sum() > 0:
         w[list(group)] = 1.0
-    return float(replace(obj, weights=w)(val.cluster_measured_ms[None])[0])
+    return float(replace(obj, cluster_weights=w)(val.cluster_measured_ms[None])[0])
 
 
 def _combined(val_of_cluster: list[Verification], ctx: StudyContext) -> Verification:

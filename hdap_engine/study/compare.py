@@ -262,7 +262,7 @@ def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=None, plan=N
             row["budget_macs"] = float(res.target_macs)
             if res.predicted_cluster_ms is not None:
                 row["predicted_mean_ms"] = float(np.sum(res.predicted_cluster_ms
-                                                        * ctx.clustering.weights_))
+                                                        * ctx.clustering.shares_))
             points.append(row)
             progress("sweep", len(points), total)
     return {"model": ctx.space.model, "measured_source": ctx.backend.source,
@@ -342,7 +342,7 @@ def clustering_check(options: StudyOptions, telemetry, *, candidates: int = 10,
     repeats = options.measurement.repeats
     meas = ctx.backend.measure(ctx.space, widths, list(ctx.rep_devices), repeats=repeats,
                                store=ctx.store)
-    shares = ctx.clustering.weights_
+    shares = ctx.clustering.shares_
     rows = []
     devices = list(ctx.fleet.device_ids)
     for i, w in enumerate(widths):
