@@ -342,7 +342,7 @@ def host_noise_notes(median: np.ndarray, spread: np.ndarray, times) -> list[str]
     finite = median[np.isfinite(median)]
     typical_spread = float(np.nanmedian(spread)) if finite.size else 0.0
     if 2 <= finite.size <= COMPARISON_SIZE:
-        # A comparison (finalists, validation, a benchmark): can it tell them apart?
+        # A comparison (finalists, verification, a benchmark): can it tell them apart?
         gaps = np.diff(np.sort(finite))
         typical_gap = float(np.median(gaps))
         if typical_spread > typical_gap:

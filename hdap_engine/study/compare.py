@@ -136,8 +136,8 @@ def _interleaved_host_verification(ctx: StudyContext, out: dict, progress: Progr
                                  repeats: int = 30) -> None:
     """Time every method's model and the unpruned one together, interleaved, afresh.
 
-    Validated one by one, methods would be timed minutes apart while the machine's
-    speed drifts; interleaving round by round makes their ratio fair.
+    Verified one by one, methods would be timed minutes apart while the machine's
+    speed drifts (timing drift); interleaving round by round makes their ratio fair.
     """
     widths = np.array([r["widths"] for r in out["rows"]] + [ctx.space.base_widths.tolist()])
     progress("verify", 0, 1)
@@ -151,8 +151,8 @@ def _interleaved_host_verification(ctx: StudyContext, out: dict, progress: Progr
                    worst_cluster_ms=ms, speedup=unpruned / ms,
                    spread_ms=float(meas.spread_ms[i, 0]))
     out["unpruned_mean_ms"] = unpruned
-    out["validation"] = (f"all models timed together on this machine, interleaved, "
-                         f"{repeats} rounds; p95 is over those runs")
+    out["verification"] = (f"all models timed together on this machine, interleaved, "
+                           f"{repeats} rounds; p95 is over those runs")
     out["notes"] = meas.notes
 
 
