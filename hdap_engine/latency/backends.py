@@ -102,7 +102,7 @@ class Backend:
         fresh:
             Measure every pair now, even those in the store (the new times replace
             the stored ones): for comparing candidates head to head on a real
-            device, whose speed drifts between one batch and the next.
+            device, whose speed drifts between one batch and the next (timing drift).
         """
         widths = np.atleast_2d(np.asarray(widths, dtype=np.int64))
         devices = tuple(devices)
@@ -205,8 +205,8 @@ class HostBackend(Backend):
     """Real timing with PyTorch on the machine that runs the engine, at batch 1.
 
     Candidates are interleaved: every round times each candidate once, in a
-    fresh random order, so a slow drift of the machine's speed (another job,
-    thermal state) spreads over all candidates instead of biasing the ones
+    fresh random order, so a slow timing drift of the machine's speed (another
+    job, thermal state) spreads over all candidates instead of biasing the ones
     measured last. Models are built in small batches to bound memory.
 
     Parameters
