@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import platform
 import socket
-import statistics
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -357,13 +356,6 @@ def host_noise_notes(median: np.ndarray, spread: np.ndarray, times) -> list[str]
                      f"({typical_spread / np.median(finite):.0%} of the median latency): "
                      "expect the surrogate to be no more accurate than that")
     return notes
-
-
-def resolvable(a_times: Sequence[float], b_times: Sequence[float]) -> bool:
-    """True when two candidates' medians differ by more than their spreads."""
-    a, b = np.asarray(a_times), np.asarray(b_times)
-    gap = abs(statistics.median(a) - statistics.median(b))
-    return gap > max(_iqr(a), _iqr(b))
 
 
 # -- twin ---------------------------------------------------------------------------------

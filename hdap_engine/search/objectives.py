@@ -110,11 +110,6 @@ def cluster_dispersion(probes_ms: np.ndarray, labels: np.ndarray, k: int) -> np.
     return out
 
 
-def device_quantile(device_ms: np.ndarray, q: float = 0.95) -> float:
-    """Quantile over devices of measured latencies (validation on every device)."""
-    return float(np.quantile(np.asarray(device_ms, dtype=np.float64), q))
-
-
 def cluster_weights(shares: np.ndarray, user: dict[int, float] | None = None) -> np.ndarray:
     """Cluster weights summing to 1: the device shares, or the user's weights normalised.
 
