@@ -2,7 +2,7 @@
 
 The engine is importable and usable without the app. The data flow is
 telemetry file -> `Fleet` -> `Clustering` -> `PruningSpace` -> measurements ->
-`Surrogate` -> search -> candidate -> pruned model -> validation -> export.
+`Surrogate` -> search -> candidate -> pruned model -> verification -> export.
 """
 
 from hdap_engine.errors import HdapError

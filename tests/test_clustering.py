@@ -93,8 +93,8 @@ def test_scores_are_reported_for_every_k_tried(fitted_2000):
 def test_cluster_ids_are_ordered_by_size(fitted_2000):
     sizes = np.bincount(fitted_2000.labels_)
     assert list(sizes) == sorted(sizes, reverse=True)
-    np.testing.assert_allclose(fitted_2000.weights_, sizes / sizes.sum())
-    assert fitted_2000.weights_.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(fitted_2000.shares_, sizes / sizes.sum())
+    assert fitted_2000.shares_.sum() == pytest.approx(1.0)
 
 
 def test_same_seed_gives_the_same_clusters(fleet_2000, fitted_2000):
@@ -231,7 +231,7 @@ def test_a_single_device_is_a_single_cluster():
     assert clustering.k_ == 1
     assert list(clustering.labels_) == [0]
     assert clustering.representatives_ == {0: ["d0"]}
-    assert clustering.weights_.tolist() == [1.0]
+    assert clustering.shares_.tolist() == [1.0]
     assert any("one device" in n for n in clustering.notes_)
 
 
@@ -316,7 +316,7 @@ def test_clusters_survive_a_round_trip_through_a_file(tmp_path):
 
 
 def test_user_cluster_weights_are_normalised(fitted_2000):
-    shares, k = fitted_2000.weights_, fitted_2000.k_
+    shares, k = fitted_2000.shares_, fitted_2000.k_
     np.testing.assert_allclose(cluster_weights(shares), shares)
     w = cluster_weights(shares, {c: 2.0 for c in range(k)})
     np.testing.assert_allclose(w, np.full(k, 1 / k))
@@ -337,4 +337,4 @@ def test_user_cluster_weights_are_normalised(fitted_2000):
 )
 def test_bad_user_cluster_weights_are_refused(fitted_2000, weights, message):
     with pytest.raises(HdapError, match=message):
-        cluster_weights(fitted_2000.weights_, weights)
+        cluster_weights(fitted_2000.shares_, weights)

@@ -70,6 +70,16 @@ def test_a_failed_export_keeps_the_earlier_bundle(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.")]
 
 
+def test_a_model_that_is_not_the_candidate_is_not_exported(tmp_path):
+    from hdap_engine.export.bundle import export_bundle
+
+    result = prune_baseline("resnet56", "0.5", "uniform")
+    other = result.space.base_widths  # the unpruned candidate, not the model's
+    with pytest.raises(HdapError, match="does not have the candidate's widths"):
+        export_bundle(result.model, result.space, other, tmp_path / "b", result.report)
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_folder_that_is_not_a_bundle_is_refused(tmp_path):
     with pytest.raises(HdapError, match="not a bundle"):
         load_bundle(tmp_path / "nothing")

@@ -7,7 +7,7 @@ import pytest
 
 from hdap_engine.errors import HdapError
 from hdap_engine.models.zoo import build_model, get_spec, model_names
-from hdap_engine.pruning.apply import count_macs_params, measured_widths, prune_to_widths
+from hdap_engine.pruning.apply import count_macs_params, prune_to_widths, widths_of
 from hdap_engine.pruning.space import PruningSpace
 
 
@@ -18,7 +18,7 @@ def test_analytic_macs_equal_the_counter_after_physical_pruning(name):
     for widths in space.random_widths(2, rng):
         model = build_model(name)
         prune_to_widths(model, space, widths)
-        assert np.array_equal(measured_widths(model, space), widths)
+        assert np.array_equal(widths_of(model, space), widths)
         macs, params = count_macs_params(model, space)
         assert abs(space.macs(widths) / macs - 1) < 0.005
         assert abs(space.params(widths) / params - 1) < 0.005

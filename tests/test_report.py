@@ -115,9 +115,3 @@ def test_summary_rows_say_where_numbers_come_from():
     assert rows["model weights"] == "random initialisation"
     assert rows["speedup"] == "2.23x"
     assert rows["pruned model MACs"].endswith("(24% of the unpruned model)")
-
-
-
-
-
-

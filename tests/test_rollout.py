@@ -1,4 +1,4 @@
-"""Rollout plans: grouping clusters, never worse than one model, complete outputs, bad input."""
+"""Rollout plans: cohorts of clusters, never worse than one model, complete outputs, bad input."""
 
 from __future__ import annotations
 
@@ -9,23 +9,40 @@ import numpy as np
 import pytest
 
 from hdap_engine.latency.store import Store
-from hdap_engine.lifecycle.rollout import ONE_MODEL, group_clusters, plan_rollout, write_rollout
+from hdap_engine.lifecycle.rollout import (
+    ONE_MODEL,
+    ROLLOUT_COLUMNS,
+    cluster_cohorts,
+    plan_rollout,
+    rollout_rows,
+    write_rollout,
+)
 from hdap_engine.study.prepare import prepare
 from tests.helpers.apptest import ok, small_study, start, wait_for_job
 from tests.helpers.studies import quick_options
 
 
-def test_clusters_that_prefer_alike_candidates_share_a_group_and_cuts_are_nested():
+def test_clusters_that_prefer_alike_candidates_share_a_cohort_and_cuts_are_nested():
     # Clusters 0, 1 lose little on each other's best, as do 2, 3; across, a lot.
     regret = np.array([[0.0, 0.01, 0.30, 0.32],
                        [0.02, 0.0, 0.28, 0.30],
                        [0.31, 0.29, 0.0, 0.05],
                        [0.33, 0.30, 0.04, 0.0]])
-    assert group_clusters(regret, 1) == ((0, 1, 2, 3),)
-    assert group_clusters(regret, 2) == ((0, 1), (2, 3))
-    three = group_clusters(regret, 3)
+    assert cluster_cohorts(regret, 1) == ((0, 1, 2, 3),)
+    assert cluster_cohorts(regret, 2) == ((0, 1), (2, 3))
+    three = cluster_cohorts(regret, 3)
     assert len(three) == 3 and (0, 1) in three  # the pair that is least alike splits
-    assert group_clusters(regret, 4) == ((0,), (1,), (2,), (3,))
+    assert cluster_cohorts(regret, 4) == ((0,), (1,), (2,), (3,))
+
+
+def test_the_rollout_table_names_cohorts_and_reads_documents_saved_as_groups():
+    plan = {"variants": 2, "models": 2, "fleet_mean_ms": 10.0, "p95_ms": 12.0,
+            "worst_cluster_ms": 13.0, "gain_vs_one_model": 0.05, "within_noise": False}
+    now = rollout_rows({"plans": [{**plan, "cohorts": [[0, 1], [2]]}]})
+    earlier = rollout_rows({"plans": [{**plan, "groups": [[0, 1], [2]]}]})  # before the rename
+    assert now == earlier
+    assert now[0]["cohorts"] == "0,1 | 2"
+    assert list(now[0]) == ROLLOUT_COLUMNS
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from hdap_engine.errors import HdapError
 from hdap_engine.fleet.clustering import Clustering
 from hdap_engine.fleet.telemetry import load_fleet
 from hdap_engine.pruning.budget import repair
@@ -55,7 +54,7 @@ def test_equal_mac_candidates_swap_order_between_clusters_representatives():
 
 
 def test_sample_fleets_are_telemetry_files_with_a_twin_sidecar(tmp_path, monkeypatch):
-    from hdap_engine.fleet.samples import get_sample_fleet, sample_fleets
+    from hdap_engine.fleet.samples import sample_fleets
 
     for name in ("b_fleet.csv", "b_fleet.twin.parquet", "a_fleet.csv.gz",
                  "a_fleet.twin.parquet", "lonely.csv", "notes.txt"):
@@ -63,10 +62,6 @@ def test_sample_fleets_are_telemetry_files_with_a_twin_sidecar(tmp_path, monkeyp
     found = sample_fleets(tmp_path)
     assert [s.name for s in found] == ["a_fleet", "b_fleet"]
     assert found[0].sidecar == tmp_path / "a_fleet.twin.parquet"
-    monkeypatch.setenv("HDAP_SAMPLE_DATA", str(tmp_path))
-    assert get_sample_fleet("b_fleet").path == tmp_path / "b_fleet.csv"
-    with pytest.raises(HdapError, match="no sample fleet 'lonely'; the shipped ones are: "
-                                        "a_fleet, b_fleet"):
-        get_sample_fleet("lonely")
+    monkeypatch.setenv("HDAP_SAMPLE_DATA", str(tmp_path))  # what the app lists by default
+    assert {s.name: s.path for s in sample_fleets()}["b_fleet"] == tmp_path / "b_fleet.csv"
     assert sample_fleets(tmp_path / "missing") == []
-

@@ -159,14 +159,14 @@ def current_clustering(fv: FleetView) -> ClusterView:
 def sync_weight_sliders(cv: ClusterView, *, reset: bool = False) -> None:
     """Point the weight sliders at this clustering; a new clustering starts at device shares."""
     if reset or S.get(S.WEIGHTS_FOR) != cv.key:
-        for c, share in enumerate(cv.clustering.weights_):
+        for c, share in enumerate(cv.clustering.shares_):
             S.put(S.weight_key(c), round(float(share), 3))
         S.put(S.WEIGHTS_FOR, cv.key)
 
 
 def user_weights(cv: ClusterView) -> dict[int, float] | None:
     """The slider weights, or None while they are the device shares (the default)."""
-    shares = cv.clustering.weights_
+    shares = cv.clustering.shares_
     if S.get(S.WEIGHTS_FOR) != cv.key:
         return None
     values = [float(S.get(S.weight_key(c), round(float(s), 3))) for c, s in enumerate(shares)]

@@ -114,12 +114,12 @@ def main() -> None:
     parts.sync_weight_sliders(cv)
     cols = st.columns(min(cl.k_, 5))
     for c_id in range(cl.k_):
-        cols[c_id % len(cols)].slider(f"cluster {c_id} ({cl.weights_[c_id]:.0%} of devices)",
+        cols[c_id % len(cols)].slider(f"cluster {c_id} ({cl.shares_[c_id]:.0%} of devices)",
                                       0.0, 1.0, step=0.005, key=S.weight_key(c_id))
     st.button("Reset to device shares", on_click=parts.sync_weight_sliders, args=(cv,),
               kwargs={"reset": True}, icon=":material/restart_alt:")
     try:
-        normalised = cluster_weights(cl.weights_, parts.user_weights(cv))
+        normalised = cluster_weights(cl.shares_, parts.user_weights(cv))
         st.caption("Normalised weights: " + ", ".join(f"cluster {i}: {w:.1%}"
                                                        for i, w in enumerate(normalised))
                    + (" (device shares)" if parts.user_weights(cv) is None else " (yours)"))

@@ -1,4 +1,4 @@
-"""Page 4b, Rollout: would a few model variants, one per group of clusters, beat one model?
+"""Page 4b, Rollout: would a few model variants, one per cohort of clusters, beat one model?
 
 Runs on the last run's fleet, model, budget and objective, re-using its
 measurements and surrogate; every plan is measured on the run's backend.
@@ -33,9 +33,9 @@ def main() -> None:
     k = int(rep["k"])
     st.caption(f"{run.fleet_label}, {rep.get('model', '')} at {rep['budget']} MACs, objective "
                f"{rep['objective']}, {k} clusters, measured by {rep['measured_source']}. "
-               "Clusters whose best candidates run alike on each other share a variant; each "
-               "group's model is searched with the same budget and objective, and a group "
-               "keeps the one model when its variant measures no better.")
+               "Clusters whose best candidates run alike on each other share a variant (a cohort); "
+               "each cohort's model is searched with the same budget and objective, and a "
+               "cohort keeps the one model when its variant measures no better.")
     if k < 2:
         st.info("This fleet has one cluster: one model is the only plan.")
         return

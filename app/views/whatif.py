@@ -30,7 +30,7 @@ def main() -> None:
 
     # A baseline run is explored with the method its context was prepared for.
     method = rep["method"] if get_method(rep["method"]).searches else ctx.options.method
-    shares = [float(s) for s in ctx.clustering.weights_]
+    shares = [float(s) for s in ctx.clustering.shares_]
     space = ctx.space
     min_pct = float(int(space.min_macs / space.base_macs * 1000 + 1)) / 10
     clusters = rep["clusters"]

@@ -63,7 +63,7 @@ class AccuracyContext:
     floor: AccuracyFloor | None
     samples: int = 24
     seed: int = 0
-    weights: str = "random initialisation"
+    weights_label: str = "random initialisation"  # which model weights (`zoo.weights_label`)
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def guide(self, space, target_macs: float, *, floor: AccuracyFloor | None | str = "",
@@ -127,7 +127,7 @@ def prepare_accuracy(model_name: str, model_weights, data, *, val_data=None, mea
     calib = calibration_set(labelled, n_bn=n_bn, n_eval=n_eval, seed=seed)
     return AccuracyContext(data=labelled, calib=calib, model=model,
                            model_key=f"{model_name}:{weights_digest(model)}", floor=floor,
-                           samples=samples, seed=seed, weights=label)
+                           samples=samples, seed=seed, weights_label=label)
 
 
 def _checked(model_name: str, model_weights, data, *, val_data=None, mean=None, std=None,
@@ -143,7 +143,7 @@ def _checked(model_name: str, model_weights, data, *, val_data=None, mean=None, 
              if isinstance(model_weights, (str, Path)) and model_weights not in ("random",
                                                                                 "pretrained")
              else f"the model ({weights_label(model_weights)})")
-    check_classes(labelled, num_classes_of(model, model_name), weights=named)
+    check_classes(labelled, num_classes_of(model, model_name), weights_name=named)
     return model, labelled
 
 

@@ -132,15 +132,11 @@ class _Handler(BaseHTTPRequestHandler):
         agent = self.server.agent
         length = self._checked_length(agent.config.max_body_bytes)
         fmt, shape, warmup, repeats = self._measure_params()
-        if not agent._busy.acquire(blocking=False):
-            raise HttpError(409, protocol.BUSY_MESSAGE)
         # The body is read under the lock: one upload in memory at a time,
         # which matters on a 4 GB board.
-        try:
+        with agent.busy():
             body = self._read_body(length)
             return 200, agent.measure_locked(body, fmt, shape, warmup, repeats)
-        finally:
-            agent._busy.release()
 
     # -- request checks ----------------------------------------------------
     def _check_token(self) -> None:

@@ -22,6 +22,7 @@ bounded time so that the sender still sees the answer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -164,6 +165,21 @@ class AgentServer:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
+    # -- the measurement lock --------------------------------------------
+    @contextlib.contextmanager
+    def busy(self):
+        """Hold the measurement lock for one measurement or probe run, or answer 409.
+
+        One run at a time, never queued: a second request while one runs is
+        refused with `protocol.BUSY_MESSAGE` (the backend retries elsewhere or later).
+        """
+        if not self._busy.acquire(blocking=False):
+            raise HttpError(409, protocol.BUSY_MESSAGE)
+        try:
+            yield
+        finally:
+            self._busy.release()
+
     # -- endpoints ---------------------------------------------------------
     def health(self) -> dict:
         return {"status": "ok", "device_id": self.device_id, "sku": self.sku}
@@ -173,20 +189,16 @@ class AgentServer:
         row = self._cached_probe()
         if row is not None:
             return row
-        if not self._busy.acquire(blocking=False):
-            raise HttpError(409, protocol.BUSY_MESSAGE)
-        try:
+        with self.busy():
             row = self._cached_probe()
             if row is None:
                 probes = self._on_runner(self._run_probes)
                 row = {"device_id": self.device_id, "sku": self.sku, **probes}
                 self._probe_cache = (time.monotonic(), row)
             return row
-        finally:
-            self._busy.release()
 
     def measure_locked(self, body: bytes, fmt: str, shape, warmup: int, repeats: int) -> dict:
-        """Time a model; the caller holds the measurement lock."""
+        """Time a model; the caller holds the measurement lock (`busy`)."""
         try:
             result = self._on_runner(
                 measure_model, body, fmt, tuple(shape), warmup, repeats,

@@ -1,4 +1,4 @@
-"""`hdap rollout`: would K' model variants, one per group of clusters, beat one model?"""
+"""`hdap rollout`: would K' model variants, one per cohort of clusters, beat one model?"""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def register_rollout(sub) -> None:
-    p = sub.add_parser("rollout", help="K' model variants, one per group of clusters, "
+    p = sub.add_parser("rollout", help="K' model variants, one per cohort of clusters, "
                                        "against one model for the fleet")
     add_study_flags(p, query=True, also=("method", "model_weights"))
     add_fields(p, RolloutOptions)

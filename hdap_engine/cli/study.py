@@ -221,8 +221,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if any((r.get("accuracy") or {}).get("dataset") for r in result["rows"]):
             columns += ["pruned top-1", "calibrated top-1", "fine-tuned top-1"]
         print_table(format_rows(result["rows"]), columns)
-        if result.get("validation"):
-            print(f"verification: {result['validation']}")
+        # "validation": the key's name in results saved before it was renamed.
+        verification = result.get("verification") or result.get("validation")
+        if verification:
+            print(f"verification: {verification}")
         for note in result.get("notes", []):
             print(f"note: {note}")
     if args.json:

@@ -30,7 +30,7 @@ seed=0) -> LabelledData``
     Read and check a dataset for a zoo model. ``train`` and ``heldout`` are
     torch ``Dataset`` objects yielding ``(image, label)``: ``image`` a float32
     tensor (3, H, W), already resized and normalised; ``label`` an int.
-``check_classes(data, num_classes, *, weights="the model's weights") -> None``
+``check_classes(data, num_classes, *, weights_name="the model's weights") -> None``
     Refuse a dataset whose class count differs from the model's.
 ``materialise(dataset, indices=None, *, batch_size=256) -> (images, labels)``
     Stack (a subset of) a dataset into tensors (N, 3, H, W) and (N,).
@@ -349,7 +349,7 @@ def _channel_stats(ds: Dataset, indices) -> tuple[tuple[float, ...], tuple[float
 
 
 def check_classes(data: LabelledData, num_classes: int, *,
-                  weights: str = "the model's weights") -> None:
+                  weights_name: str = "the model's weights") -> None:
     """Refuse a dataset whose class count differs from the model's.
 
     Parameters
@@ -358,11 +358,11 @@ def check_classes(data: LabelledData, num_classes: int, *,
         The loaded dataset.
     num_classes:
         The model's classifier outputs (`hdap_engine.models.zoo.num_classes_of`).
-    weights:
-        How the weights are named in the message.
+    weights_name:
+        How the model weights are named in the message.
     """
     if data.num_classes != int(num_classes):
         raise HdapError(
-            f"{data.name} has {data.num_classes} classes but {weights} have {num_classes} "
+            f"{data.name} has {data.num_classes} classes but {weights_name} have {num_classes} "
             f"outputs; give a dataset with {num_classes} class folders, or weights trained on "
             f"these {data.num_classes} classes")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from hdap_engine import __version__
+from hdap_engine.errors import HdapError
 from hdap_engine.infra.jsonable import jsonable
 from hdap_engine.models.zoo import get_spec
 from hdap_engine.pruning.space import PruningSpace
@@ -112,8 +113,14 @@ def export_bundle(model: nn.Module, space: PruningSpace, widths, out_dir: str | 
     written to a temporary sibling first and moved into place, so a failed
     export never leaves half a bundle over a good one.
     """
-    from hdap_engine.pruning.apply import count_macs_params
+    from hdap_engine.pruning.apply import count_macs_params, widths_of
 
+    # widths.json must describe the weights written beside it, or the bundle
+    # cannot be rebuilt (`rebuild_model`): refuse a model of another candidate.
+    widths = space.check_widths(widths)
+    if (widths_of(model, space) != widths).any():
+        raise HdapError("internal: the model to export does not have the candidate's widths; "
+                        "the bundle would be inconsistent")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()

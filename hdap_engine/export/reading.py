@@ -22,7 +22,7 @@ from hdap_engine.pruning.apply import prune_to_widths
 from hdap_engine.pruning.space import PruningSpace
 
 
-def rebuild_model(widths_doc: dict, weights) -> tuple[nn.Module, PruningSpace, np.ndarray]:
+def rebuild_model(widths_doc: dict, model_weights) -> tuple[nn.Module, PruningSpace, np.ndarray]:
     """A pruned model from its widths document and state dict (no unpickling)."""
     from hdap_engine.models.zoo import read_state_dict
 
@@ -34,7 +34,7 @@ def rebuild_model(widths_doc: dict, weights) -> tuple[nn.Module, PruningSpace, n
     widths = space.widths_from_dict({g["name"]: g["width"] for g in widths_doc["groups"]})
     model = build_model(name)
     prune_to_widths(model, space, widths, importance="first")
-    state = read_state_dict(weights, label="weights.pt")
+    state = read_state_dict(model_weights, label="weights.pt")
     own = model.state_dict()
     if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
         raise HdapError("weights.pt does not match widths.json; the bundle is inconsistent, "

@@ -63,7 +63,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                   f"images in {fr.seconds:.0f} s of training{resumed}; held-out top-1 "
                   f"{acc['top1']:.2%} (95% CI {acc['ci95'][0]:.2%}-{acc['ci95'][1]:.2%}) on "
                   f"{result.record['heldout']}")
-            print(f"weights: {result.weights}  (how they were made: {result.weights}.json)")
+            print(f"weights: {result.model_weights_path}  "
+                  f"(how they were made: {result.model_weights_path}.json)")
     finally:
         teardown(world)
     return 0

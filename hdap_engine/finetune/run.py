@@ -51,7 +51,7 @@ def _load(data, model_name: str, val_data, mean=None, std=None, seed: int = 0):
 class TrainResult:
     """What `train_model` produced."""
 
-    weights: Path | None  # the state dict (rank 0), None on other ranks
+    model_weights_path: Path | None  # the state dict written (rank 0), None on other ranks
     record: dict  # what the sidecar JSON holds
     fit: FitResult = field(repr=False, default_factory=FitResult)
 
@@ -117,7 +117,7 @@ def train_model(model_name: str, data: str | os.PathLike, out: str | os.PathLike
         ckpt_path.unlink(missing_ok=True)
         path = out
     barrier(world)
-    return TrainResult(weights=path, record=record, fit=result)
+    return TrainResult(model_weights_path=path, record=record, fit=result)
 
 
 # -- fine-tuning a bundle ------------------------------------------------------------------
@@ -279,8 +279,8 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     if not resume and ckpt_path.exists():
         raise HdapError(f"{ckpt_path} holds an interrupted fine-tune; add --resume to continue "
                         "it, or choose another --out")
-    doc, weights, report = read_bundle(bundle)
-    student, space, widths = rebuild_model(doc, weights)
+    doc, student_weights, report = read_bundle(bundle)
+    student, space, widths = rebuild_model(doc, student_weights)
     name = space.model
     kept = {g["name"]: g["kept"] for g in doc["groups"] if "kept" in g} or None
     teacher, teacher_file = None, None
@@ -292,9 +292,9 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     # figures before and after are on the same images and none of them is trained on.
     split_seed = (report.get("settings") or {}).get("seed", report.get("seed", 0)) or 0
     ld = _load(data, name, val_data, pre.get("mean"), pre.get("std"), seed=int(split_seed))
-    check_classes(ld, num_classes_of(student, name), weights="the bundle's weights")
+    check_classes(ld, num_classes_of(student, name), weights_name="the bundle's weights")
     if teacher is not None:
-        check_classes(ld, num_classes_of(teacher, name), weights=Path(teacher_file).name)
+        check_classes(ld, num_classes_of(teacher, name), weights_name=Path(teacher_file).name)
 
     tuned = finetune_model(student, ld, options, teacher=teacher, checkpoint=ckpt_path,
                            resume=resume, on_epoch=on_epoch, world=world,
@@ -397,7 +397,7 @@ def finetune_candidate(actx, space, widths, block: dict, *, epochs: int,
     out["finetuned"] = tuned.after.top1
     out["ci95"] = {**(block.get("ci95") or {}), "finetuned": list(tuned.after.ci95)}
     out["finetune"] = {"epochs": epochs, "seconds": tuned.fit.seconds,
-                       "teacher": getattr(actx, "weights", None),
+                       "teacher": getattr(actx, "weights_label", None),
                        "history": [r.__dict__ for r in tuned.fit.history]}
     measured = [s for s in ("unpruned", "pruned", "calibrated", "finetuned")
                 if out.get(s) is not None]

@@ -70,8 +70,8 @@ class Clustering:
         Cluster means in the scaled feature space.
     centroid_probes_ms_ : np.ndarray of shape (k, n_probes)
         Centroids mapped back to probe latencies in ms (geometric means).
-    weights_ : np.ndarray of shape (k,)
-        Share of devices per cluster (sums to 1).
+    shares_ : np.ndarray of shape (k,)
+        Share of devices per cluster (sums to 1); the default cluster weights.
     representatives_ : dict[int, list[str]]
         The `representatives` device ids closest to each centroid, closest first.
     profiles_ : pd.DataFrame
@@ -249,7 +249,7 @@ class Clustering:
         self.k_ = len(used)
         self.centroids_ = means[order]
         sizes = counts[used[order]]
-        self.weights_ = sizes / sizes.sum()
+        self.shares_ = sizes / sizes.sum()
         n_probes = len(self.probe_columns_)
         self.centroid_probes_ms_ = np.exp(
             self.centroids_[:, :n_probes] * self._scale[:n_probes] + self._center[:n_probes]
@@ -269,7 +269,7 @@ class Clustering:
         r = self.options.representatives
         self.representatives_ = {c: self._id_list(self._ranked[c][:r]) for c in range(self.k_)}
         self.profiles_ = cluster_profiles(
-            fleet, labels=self.labels_, members=self._members, weights=self.weights_,
+            fleet, labels=self.labels_, members=self._members, shares=self.shares_,
             representatives=self.representatives_, probe_columns=self.probe_columns_,
         )
 

@@ -1,4 +1,7 @@
-"""Drift between two telemetry snapshots of one fleet: who moved, which clusters changed, what is new.
+"""Fleet drift between two telemetry snapshots: who moved, which clusters changed, what is new.
+
+*Fleet drift* is the fleet's devices moving between clusters from one snapshot to the
+next; each device's own change is device drift (`hdap_engine.twin.mechanisms`).
 
 After a model ships, its fleet keeps drifting (a heat wave, a firmware that
 changes the power governor, batteries ageing). `compare` answers "has the

@@ -26,7 +26,7 @@ def cluster_profiles(
     *,
     labels: np.ndarray,
     members: list[np.ndarray],
-    weights: np.ndarray,
+    shares: np.ndarray,
     representatives: dict[int, list[str]],
     probe_columns: tuple[str, ...],
 ) -> pd.DataFrame:
@@ -40,7 +40,7 @@ def cluster_profiles(
         Cluster id of every device (0..k-1).
     members:
         Row positions of each cluster's devices.
-    weights:
+    shares:
         Each cluster's share of devices.
     representatives:
         Cluster id -> its representative device ids.
@@ -73,7 +73,7 @@ def cluster_profiles(
         {
             "cluster": np.arange(k),
             "devices": np.bincount(labels, minlength=k),
-            "share": weights,
+            "share": shares,
         }
     )
     table = pd.concat([table, rel.round(3)], axis=1)

@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hdap_engine.errors import HdapError
-
 _TELEMETRY_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 
@@ -65,12 +63,3 @@ def sample_fleets(folder: str | os.PathLike | None = None) -> list[SampleFleet]:
             out.append(SampleFleet(name=stem, path=path, sidecar=sidecar))
     return out
 
-
-def get_sample_fleet(name: str, folder: str | os.PathLike | None = None) -> SampleFleet:
-    """The sample fleet called ``name``; an unknown name is a user error."""
-    samples = sample_fleets(folder)
-    for s in samples:
-        if s.name == name:
-            return s
-    known = ", ".join(s.name for s in samples) or "none (sample_data/ is empty)"
-    raise HdapError(f"no sample fleet {name!r}; the shipped ones are: {known}")

@@ -224,7 +224,7 @@ def execute(kind: str, settings: dict, *, job_id: int = 0, store=None,
         out.update(samples=learned.widths, sample_ms=learned.ms, surrogate_key=key,
                    test_points=None if tp is None else tp.to_dict(orient="list"),
                    learned={"device_measurements": int(learned.device_measurements),
-                            "batch_drift": float(learned.batch_drift),
+                            "timing_drift": float(learned.timing_drift),
                             "notes": list(learned.notes)})
     return jsonable(out)
 
@@ -374,6 +374,7 @@ def rebuild_context(settings: dict, result: dict, *, store=None,
                            for row in result["sample_ms"]], dtype=np.float64),
             surrogate=Surrogate.from_bytes(ctx.space, stored[1]),
             device_measurements=int(extra.get("device_measurements", 0)),
-            batch_drift=float(extra.get("batch_drift", 1.0)),
+            # "batch_drift": its name in jobs saved before it was renamed.
+            timing_drift=float(extra.get("timing_drift", extra.get("batch_drift", 1.0))),
             notes=tuple(extra.get("notes") or ()))
     return replace(ctx, options=options, learned=learned), learned

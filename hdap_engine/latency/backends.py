@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import platform
 import socket
-import statistics
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -102,7 +101,7 @@ class Backend:
         fresh:
             Measure every pair now, even those in the store (the new times replace
             the stored ones): for comparing candidates head to head on a real
-            device, whose speed drifts between one batch and the next.
+            device, whose speed drifts between one batch and the next (timing drift).
         """
         widths = np.atleast_2d(np.asarray(widths, dtype=np.int64))
         devices = tuple(devices)
@@ -205,8 +204,8 @@ class HostBackend(Backend):
     """Real timing with PyTorch on the machine that runs the engine, at batch 1.
 
     Candidates are interleaved: every round times each candidate once, in a
-    fresh random order, so a slow drift of the machine's speed (another job,
-    thermal state) spreads over all candidates instead of biasing the ones
+    fresh random order, so a slow timing drift of the machine's speed (another
+    job, thermal state) spreads over all candidates instead of biasing the ones
     measured last. Models are built in small batches to bound memory.
 
     Parameters
@@ -342,7 +341,7 @@ def host_noise_notes(median: np.ndarray, spread: np.ndarray, times) -> list[str]
     finite = median[np.isfinite(median)]
     typical_spread = float(np.nanmedian(spread)) if finite.size else 0.0
     if 2 <= finite.size <= COMPARISON_SIZE:
-        # A comparison (finalists, validation, a benchmark): can it tell them apart?
+        # A comparison (finalists, verification, a benchmark): can it tell them apart?
         gaps = np.diff(np.sort(finite))
         typical_gap = float(np.median(gaps))
         if typical_spread > typical_gap:
@@ -357,13 +356,6 @@ def host_noise_notes(median: np.ndarray, spread: np.ndarray, times) -> list[str]
                      f"({typical_spread / np.median(finite):.0%} of the median latency): "
                      "expect the surrogate to be no more accurate than that")
     return notes
-
-
-def resolvable(a_times: Sequence[float], b_times: Sequence[float]) -> bool:
-    """True when two candidates' medians differ by more than their spreads."""
-    a, b = np.asarray(a_times), np.asarray(b_times)
-    gap = abs(statistics.median(a) - statistics.median(b))
-    return gap > max(_iqr(a), _iqr(b))
 
 
 # -- twin ---------------------------------------------------------------------------------

@@ -5,8 +5,7 @@ will look at candidates near the budget, with any distribution of widths over
 groups; so measurements cover the MACs range of interest (by default 15 % to
 100 % of the model) evenly, with random directions (every group pruned
 differently) and some uniform candidates (one ratio for all groups, the
-baseline everyone compares with). Optional active sampling picks, from a
-large random pool, the candidates the surrogate is least sure about.
+baseline everyone compares with).
 """
 
 from __future__ import annotations
@@ -91,24 +90,3 @@ def _repair_each(space: PruningSpace, ratios: np.ndarray, targets: np.ndarray) -
     # would cost more than it saves at these sizes.
     return np.stack([repair(space, r, t) for r, t in zip(ratios, targets, strict=True)])
 
-
-def random_pool(space: PruningSpace, n: int, *, seed: int = 0,
-                macs_range: tuple[float, float] = (0.15, 1.0)) -> np.ndarray:
-    """A cheap pool of random candidates (not budget-repaired) for active sampling."""
-    rng = np.random.default_rng(seed)
-    lo, hi = macs_range
-    ratios = _random_directions(space, n, rng)
-    widths = space.widths_from_ratios(ratios)
-    macs = space.macs(widths) / space.base_macs
-    return widths[(macs >= lo) & (macs <= hi)]
-
-
-def most_uncertain(std: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` candidates with the largest predictive spread.
-
-    ``std`` is (N,) or (N, clusters); clusters are averaged.
-    """
-    s = np.asarray(std, dtype=np.float64)
-    if s.ndim == 2:
-        s = s.mean(axis=1)
-    return np.argsort(-s, kind="stable")[:k]

@@ -20,8 +20,7 @@ Trees alone cannot extrapolate: the search's best candidates lie at the edge
 of what was sampled, where a tree model predicts the edge's average, and on
 ResNet-50 at 1.0 G that made the search's winners look 15 % slower than they
 were. Each mode trains a small bootstrap ensemble; its
-spread is the uncertainty estimate used by active sampling and reported to
-users. Accuracy is judged on held-out *candidates* (never seen in training)
+spread is the uncertainty estimate reported to users. Accuracy is judged on held-out *candidates* (never seen in training)
 at the level the search uses: the mean latency of a cluster's representatives.
 The model used afterwards is refit on all candidates.
 

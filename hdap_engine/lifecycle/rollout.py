@@ -1,21 +1,24 @@
-"""Rollout plans: would a few model variants, one per group of clusters, beat one model?
+"""Rollout plans: would a few model variants, one per cohort of clusters, beat one model?
+
+A *cohort* is a set of clusters that share one rollout variant (not a pruning
+group, which is a set of channels removed together).
 
 After the one model for the fleet is chosen, a deployment engineer asks whether
-shipping K' variants (each device gets the model of its group of clusters) pays
+shipping K' variants (each device gets the model of its cohort) pays
 for the extra rollout work. `plan_rollout` answers it on a prepared study:
 
 1. the one-model answer: the study's search for the whole fleet, verified;
 2. the clusters' preferences: each cluster's best candidate on the surrogate
    (a quick search with all the weight on that cluster), and a k x k matrix
    of predicted cross-latency: how each cluster's best runs on every other;
-3. groups: a cluster's *regret* on another's best is how much slower it runs
+3. cohorts: a cluster's *regret* on another's best is how much slower it runs
    than on its own; the symmetric mean regret is a distance, and average-linkage
-   agglomerative clustering on it gives nested groups for K' = 1..K;
-4. one search per group, with the study's objective, budget and search plan,
-   the query's cluster weights set to the group's device shares;
+   agglomerative clustering on it gives nested cohorts for K' = 1..K;
+4. one search per cohort, with the study's objective, budget and search plan,
+   the query's cluster weights set to the cohort's device shares;
 5. verification: every variant measured on every cluster's representatives
-   (with the twin, on every device); each group keeps whichever measures best
-   on its own clusters of the one model, the models of the larger groups it
+   (with the twin, on every device); each cohort keeps whichever measures best
+   on its own clusters of the one model, the models of the larger cohorts it
    split from, and its own variant (a finer one only when strictly better), and
    a plan that still measures worse on the fleet than the plan with one variant
    fewer keeps that plan's models. So a plan is never worse than one model, and
@@ -45,7 +48,7 @@ ONE_MODEL = "one-model"
 
 @dataclass(frozen=True)
 class RolloutModel:
-    """One searched candidate of a rollout: the one model or a group's variant."""
+    """One searched candidate of a rollout: the one model or a cohort's variant."""
 
     name: str  # "one-model" or "clusters-0-2"
     clusters: tuple[int, ...]  # the clusters it was searched for
@@ -62,13 +65,13 @@ class RolloutOutcome:
     fleet then measures (a result; what a rollout plans is `RolloutOptions`).
 
     ``assignment`` maps every cluster to a variant index; ``variant_models``
-    names the model of each variant (``"one-model"`` when a group kept it).
-    ``models`` may be fewer than ``variants`` when groups kept a coarser group's model
-    (the one model, or the model of the group they split from).
+    names the model of each variant (``"one-model"`` when a cohort kept it).
+    ``models`` may be fewer than ``variants`` when cohorts kept a coarser cohort's model
+    (the one model, or the model of the cohort they split from).
     """
 
     variants: int  # K' asked for
-    groups: tuple[tuple[int, ...], ...]  # the clusters grouped together
+    cohorts: tuple[tuple[int, ...], ...]  # the clusters of each cohort
     assignment: dict[int, int]  # cluster -> variant index
     variant_models: tuple[str, ...]  # variant index -> model name
     fleet_mean_ms: float
@@ -77,7 +80,7 @@ class RolloutOutcome:
     objective_value: float  # the objective measured on the fleet (every device with the twin)
     gain_vs_one_model: float  # fraction of the one model's fleet mean saved (0.03 = 3 %)
     within_noise: bool  # the gain is below the measurement noise
-    kept_coarser: tuple[tuple[int, ...], ...] = ()  # groups that kept a coarser group's model
+    kept_coarser: tuple[tuple[int, ...], ...] = ()  # cohorts that kept a coarser cohort's model
     notes: tuple[str, ...] = ()
 
     @property
@@ -97,7 +100,7 @@ class RolloutOutcome:
 
 @dataclass(frozen=True)
 class Rollout:
-    """Every plan for K' = 1..K, the models behind them and how they were grouped."""
+    """Every plan for K' = 1..K, the models behind them and their cohorts."""
 
     plans: tuple[RolloutOutcome, ...]
     models: dict[str, RolloutModel]
@@ -121,7 +124,7 @@ class Rollout:
                 "gain_vs_one_model": p.gain_vs_one_model, "within_noise": p.within_noise,
                 "assignment": {str(c): v for c, v in sorted(p.assignment.items())},
                 "variant_models": list(p.variant_models),
-                "groups": [list(g) for g in p.groups],
+                "cohorts": [list(g) for g in p.cohorts],
                 "kept_coarser": [list(g) for g in p.kept_coarser],
                 "notes": list(p.notes)} for p in self.plans],
             "models": {name: {"clusters": list(m.clusters), "macs": m.macs,
@@ -136,48 +139,48 @@ class Rollout:
         }
 
 
-def group_clusters(regret: np.ndarray, n_groups: int) -> tuple[tuple[int, ...], ...]:
-    """Clusters in ``n_groups`` groups of alike preference (average-linkage agglomeration).
+def cluster_cohorts(regret: np.ndarray, n_cohorts: int) -> tuple[tuple[int, ...], ...]:
+    """Clusters in ``n_cohorts`` cohorts of alike preference (average-linkage agglomeration).
 
     Parameters
     ----------
     regret:
         (k, k) how much slower cluster j runs on cluster i's best than on its own.
-    n_groups:
-        Groups wanted (1..k).
+    n_cohorts:
+        Cohorts wanted (1..k).
 
     Returns
     -------
-    Groups of cluster ids, each sorted, ordered by their smallest cluster. Cuts
-    of one linkage are nested: K'+1 groups split one of the K' groups.
+    Cohorts of cluster ids, each sorted, ordered by their smallest cluster. Cuts
+    of one linkage are nested: K'+1 cohorts split one of the K' cohorts.
     """
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
 
     k = regret.shape[0]
-    if not 1 <= n_groups <= k:
+    if not 1 <= n_cohorts <= k:
         raise HdapError(f"variants must be between 1 and the number of clusters ({k}), "
-                        f"got {n_groups}")
-    if n_groups == 1 or k == 1:
+                        f"got {n_cohorts}")
+    if n_cohorts == 1 or k == 1:
         return (tuple(range(k)),)
-    if n_groups == k:
+    if n_cohorts == k:
         return tuple((c,) for c in range(k))
     dist = 0.5 * (regret + regret.T)
     np.fill_diagonal(dist, 0.0)
     tree = linkage(squareform(np.maximum(dist, 0.0), checks=False), method="average")
-    labels = fcluster(tree, t=n_groups, criterion="maxclust")
-    groups: dict[int, list[int]] = {}
+    labels = fcluster(tree, t=n_cohorts, criterion="maxclust")
+    cohorts: dict[int, list[int]] = {}
     for c, g in enumerate(labels):
-        groups.setdefault(int(g), []).append(c)
-    return tuple(sorted((tuple(g) for g in groups.values()), key=lambda g: g[0]))
+        cohorts.setdefault(int(g), []).append(c)
+    return tuple(sorted((tuple(g) for g in cohorts.values()), key=lambda g: g[0]))
 
 
-def _model_name(group: tuple[int, ...], k: int) -> str:
-    return ONE_MODEL if len(group) == k else "clusters-" + "-".join(str(c) for c in group)
+def _model_name(cohort: tuple[int, ...], k: int) -> str:
+    return ONE_MODEL if len(cohort) == k else "clusters-" + "-".join(str(c) for c in cohort)
 
 
 def check_rollout_method(spec) -> None:
-    """Refuse a method that cannot search for a group of clusters (before anything is measured).
+    """Refuse a method that cannot search for a cohort of clusters (before anything is measured).
 
     Parameters
     ----------
@@ -186,11 +189,11 @@ def check_rollout_method(spec) -> None:
     """
     if not spec.searches:
         raise HdapError(f"method {spec.name} does not search; a rollout plan searches per "
-                        "group of clusters: plan it with --method hdap")
+                        "cohort of clusters: plan it with --method hdap")
     if spec.cluster_weighting != "study":
-        # Its searches ignore the group's cluster weights: every group would get one model.
+        # Its searches ignore the cohort's cluster weights: every cohort would get one model.
         raise HdapError(f"method {spec.name} weighs clusters its own way "
-                        f"({spec.cluster_weighting}), so it cannot search for a group of "
+                        f"({spec.cluster_weighting}), so it cannot search for a cohort of "
                         "clusters; plan the rollout with --method hdap")
 
 
@@ -208,7 +211,7 @@ def plan_rollout(ctx: StudyContext, variants: int = RolloutOptions().variants, *
         at their number, with a note.
     query:
         Budget, objective, SLO (default: the study's). Its cluster weights are
-        replaced by each group's device shares.
+        replaced by each cohort's device shares.
     plan:
         The search plan of every search (default: the study's).
     learned:
@@ -233,10 +236,10 @@ def plan_rollout(ctx: StudyContext, variants: int = RolloutOptions().variants, *
         variants = k
     query = query or ctx.options.query
     if query.cluster_weights is not None:
-        notes.append("the query's cluster weights are replaced by each group's device shares")
+        notes.append("the query's cluster weights are replaced by each cohort's device shares")
     query = replace(query, cluster_weights=None)
     plan = plan or ctx.options.search
-    shares = np.asarray(ctx.clustering.weights_, dtype=np.float64)
+    shares = np.asarray(ctx.clustering.shares_, dtype=np.float64)
 
     # 1. The one model, as the study would answer.
     one = optimize(ctx, query, plan=plan, learned=learned, progress=progress)
@@ -244,10 +247,10 @@ def plan_rollout(ctx: StudyContext, variants: int = RolloutOptions().variants, *
     models: dict[str, RolloutModel] = {}
     verified: dict[str, Verification] = {}
 
-    def verify(name, group, opt) -> None:
+    def verify(name, cohort, opt) -> None:
         val = verify_candidate(ctx, opt.widths, progress=progress)
         verified[name] = val
-        models[name] = RolloutModel(name, tuple(group), np.asarray(opt.widths), val.macs,
+        models[name] = RolloutModel(name, tuple(cohort), np.asarray(opt.widths), val.macs,
                                     opt.predicted_cluster_ms, val.cluster_measured_ms,
                                     opt.optimize_s)
 
@@ -267,10 +270,10 @@ def plan_rollout(ctx: StudyContext, variants: int = RolloutOptions().variants, *
     own = np.diag(cross)
     regret = np.maximum(cross / own[None, :] - 1.0, 0.0)
 
-    # 3-4. Nested groups, one search per group (a group seen at a smaller K' is reused).
-    plans_groups = [group_clusters(regret, n) for n in range(1, variants + 1)]
-    for groups in plans_groups[1:]:
-        for g in groups:
+    # 3-4. Nested cohorts, one search per cohort (a cohort seen at a smaller K' is reused).
+    plans_cohorts = [cluster_cohorts(regret, n) for n in range(1, variants + 1)]
+    for cohorts in plans_cohorts[1:]:
+        for g in cohorts:
             name = _model_name(g, k)
             if name in models:
                 continue
@@ -279,14 +282,14 @@ def plan_rollout(ctx: StudyContext, variants: int = RolloutOptions().variants, *
             learned = opt.learned
             verify(name, g, opt)
 
-    # 5. Each group keeps the better measured of its variant and the one model.
+    # 5. Each cohort keeps the better measured of its variant and the one model.
     obj = ctx.fleet_objective(query)
     one_val = verified[ONE_MODEL]
     one_fm = fleet_metrics(ctx, one_val, obj)
     noise = _relative_spread(one_val, shares)
     plans = []
-    for n, groups in enumerate(plans_groups, start=1):
-        plans.append(_plan(ctx, n, groups, verified, obj, one_fm, noise, plans))
+    for n, cohorts in enumerate(plans_cohorts, start=1):
+        plans.append(_plan(ctx, n, cohorts, verified, obj, one_fm, noise, plans))
     notes.extend(dict.fromkeys(list(one_val.notes)))
     return Rollout(plans=tuple(plans), models=models, cross_ms=cross, regret=regret,
                    noise=noise, measured_source=ctx.backend.source, basis=one_fm["basis"],
@@ -303,10 +306,10 @@ def _relative_spread(val: Verification, shares: np.ndarray) -> float:
     return float(np.sum(rel[ok] * shares[ok]) / shares[ok].sum())
 
 
-def _group_score(ctx: StudyContext, val: Verification, group, obj) -> float:
-    """The objective measured on ``group``'s clusters alone (every device with the twin)."""
+def _cohort_score(ctx: StudyContext, val: Verification, cohort, obj) -> float:
+    """The objective measured on ``cohort``'s clusters alone (every device with the twin)."""
     labels = np.asarray(ctx.clustering.labels_)
-    mask = np.isin(labels, list(group))
+    mask = np.isin(labels, list(cohort))
     kind = obj.kind
     if val.fleet_ms is not None and kind in ("mean", "p95", "slo"):
         ms = val.fleet_ms[mask]
@@ -316,10 +319,10 @@ def _group_score(ctx: StudyContext, val: Verification, group, obj) -> float:
             return float(np.quantile(ms, 0.95))
         return -float(np.mean(ms <= obj.slo_ms))
     w = np.zeros(ctx.k)
-    w[list(group)] = obj.weights[list(group)]
+    w[list(cohort)] = obj.cluster_weights[list(cohort)]
     if not w.sum() > 0:
-        w[list(group)] = 1.0
-    return float(replace(obj, weights=w)(val.cluster_measured_ms[None])[0])
+        w[list(cohort)] = 1.0
+    return float(replace(obj, cluster_weights=w)(val.cluster_measured_ms[None])[0])
 
 
 def _combined(val_of_cluster: list[Verification], ctx: StudyContext) -> Verification:
@@ -343,56 +346,56 @@ def _combined(val_of_cluster: list[Verification], ctx: StudyContext) -> Verifica
                         cluster_spread_ms=cs, device_measured_ms=devices, fleet_ms=fleet_ms)
 
 
-def _plan(ctx, n, groups, verified, obj, one_fm, noise, earlier) -> RolloutOutcome:
-    """The plan of ``groups``; ``earlier`` holds the plans with fewer variants, in order."""
+def _plan(ctx, n, cohorts, verified, obj, one_fm, noise, earlier) -> RolloutOutcome:
+    """The plan of ``cohorts``; ``earlier`` holds the plans with fewer variants, in order."""
     k = ctx.k
-    coarser = [g for p in earlier for g in p.groups]
+    coarser = [g for p in earlier for g in p.cohorts]
     chosen: list[str] = []
     kept = []
-    for g in groups:
-        # Candidates from the coarsest (the one model) to the group's own variant: a finer
-        # model is taken only when it measures strictly better on the group's clusters, so
+    for g in cohorts:
+        # Candidates from the coarsest (the one model) to the cohort's own variant: a finer
+        # model is taken only when it measures strictly better on the cohort's clusters, so
         # a plan is never worse than one model nor than the plan with fewer variants.
         names = [ONE_MODEL] + [_model_name(a, k) for a in coarser if set(g) <= set(a)]
         names = list(dict.fromkeys(names + [_model_name(g, k)]))
-        scores = [_group_score(ctx, verified[m], g, obj) for m in names]
+        scores = [_cohort_score(ctx, verified[m], g, obj) for m in names]
         best = names[int(np.argmin(scores))]
         if best != names[-1]:
             kept.append(g)
         chosen.append(best)
     plan_notes = []
-    if len(groups) < n:
-        plan_notes.append(f"the clusters' preferences split into {len(groups)} groups only")
+    if len(cohorts) < n:
+        plan_notes.append(f"the clusters' preferences split into {len(cohorts)} cohorts only")
     everyone = tuple(range(k))
-    per_cluster = [chosen[_group_of(groups, c)] for c in range(k)]
+    per_cluster = [chosen[_cohort_of(cohorts, c)] for c in range(k)]
     combined = _combined([verified[m] for m in per_cluster], ctx)
     fm = fleet_metrics(ctx, combined, obj)
-    score = _group_score(ctx, combined, everyone, obj)
+    score = _cohort_score(ctx, combined, everyone, obj)
     if earlier:
         prev = earlier[-1]
         prev_cluster = [prev.variant_models[prev.assignment[c]] for c in range(k)]
         if score > prev.objective_value:
-            # Groups each better on their own clusters can still lose on a fleet-wide
+            # Cohorts each better on their own clusters can still lose on a fleet-wide
             # objective (a p95 over the mixture); then the plan with fewer variants stands.
             plan_notes.append(f"these variants together measured worse on the fleet than the "
                               f"plan with {prev.variants}; its models are kept")
             per_cluster = prev_cluster
             combined = _combined([verified[m] for m in per_cluster], ctx)
             fm = fleet_metrics(ctx, combined, obj)
-            score = _group_score(ctx, combined, everyone, obj)
-            kept = list(groups)
-    # Variants in order of first appearance; groups that kept a coarser model share it.
+            score = _cohort_score(ctx, combined, everyone, obj)
+            kept = list(cohorts)
+    # Variants in order of first appearance; cohorts that kept a coarser model share it.
     variant_models = list(dict.fromkeys(per_cluster))
     assignment = {c: variant_models.index(per_cluster[c]) for c in range(k)}
     gain = 1.0 - fm["measured_mean_ms"] / one_fm["measured_mean_ms"]
     within = bool(len(variant_models) > 1 and gain < noise)
     if n > 1 and kept:
-        plan_notes.append(f"{len(kept)} of {len(groups)} groups keep a coarser group's model "
+        plan_notes.append(f"{len(kept)} of {len(cohorts)} cohorts keep a coarser cohort's model "
                           "(their own variant measured no better on their clusters)")
     if within:
         plan_notes.append(f"gain {gain:.2%} is below the measurement noise ({noise:.2%}): "
                           "not worth a separate rollout")
-    return RolloutOutcome(variants=n, groups=tuple(groups), assignment=assignment,
+    return RolloutOutcome(variants=n, cohorts=tuple(cohorts), assignment=assignment,
                        variant_models=tuple(variant_models),
                        fleet_mean_ms=fm["measured_mean_ms"], p95_ms=fm["measured_p95_ms"],
                        worst_cluster_ms=fm["worst_cluster_ms"],
@@ -400,8 +403,8 @@ def _plan(ctx, n, groups, verified, obj, one_fm, noise, earlier) -> RolloutOutco
                        within_noise=within, kept_coarser=tuple(kept), notes=tuple(plan_notes))
 
 
-def _group_of(groups, cluster: int) -> int:
-    return next(i for i, g in enumerate(groups) if cluster in g)
+def _cohort_of(cohorts, cluster: int) -> int:
+    return next(i for i, g in enumerate(cohorts) if cluster in g)
 
 
 # -- writing a rollout ----------------------------------------------------------------------
@@ -476,7 +479,7 @@ def write_rollout(ctx: StudyContext, rollout: Rollout, out_dir, *,
 
 # -- the table every caller shows -----------------------------------------------------------
 
-ROLLOUT_COLUMNS = ["variants", "models", "groups", "fleet mean ms", "p95 ms",
+ROLLOUT_COLUMNS = ["variants", "models", "cohorts", "fleet mean ms", "p95 ms",
                    "worst cluster ms", "gain", "verdict"]
 
 
@@ -497,8 +500,10 @@ def rollout_rows(doc: dict) -> list[dict]:
     for p in doc["plans"]:
         verdict = ("one model" if p["models"] == 1 else
                    "within noise" if p["within_noise"] else "gain")
-        groups = " | ".join(",".join(str(c) for c in g) for g in p["groups"])
-        rows.append({"variants": p["variants"], "models": p["models"], "groups": groups,
+        # "groups": the key's name in rollout documents saved before it was renamed.
+        cohorts = " | ".join(",".join(str(c) for c in g)
+                             for g in p.get("cohorts", p.get("groups", [])))
+        rows.append({"variants": p["variants"], "models": p["models"], "cohorts": cohorts,
                      "fleet mean ms": f"{p['fleet_mean_ms']:.3f}",
                      "p95 ms": f"{p['p95_ms']:.3f}",
                      "worst cluster ms": f"{p['worst_cluster_ms']:.3f}",

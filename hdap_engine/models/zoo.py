@@ -125,7 +125,7 @@ def get_spec(name: str) -> ModelSpec:
         ) from None
 
 
-def build_model(name: str, weights: str | os.PathLike | bytes | None = None, *,
+def build_model(name: str, model_weights: str | os.PathLike | bytes | None = None, *,
                 seed: int = 0, num_classes: int | None = None) -> nn.Module:
     """Build a model in eval mode.
 
@@ -133,7 +133,7 @@ def build_model(name: str, weights: str | os.PathLike | bytes | None = None, *,
     ----------
     name:
         A registered model name (`model_names()`).
-    weights:
+    model_weights:
         ``None`` or ``"random"``: random initialisation from ``seed``.
         ``"pretrained"``: torchvision's weights when available (see module doc).
         A path or raw bytes: a state dict saved with ``torch.save``; its
@@ -151,8 +151,8 @@ def build_model(name: str, weights: str | os.PathLike | bytes | None = None, *,
     """
     spec = get_spec(name)
     state = None
-    if weights is not None and weights not in (RANDOM, PRETRAINED):
-        state = read_state_dict(weights)
+    if model_weights is not None and model_weights not in (RANDOM, PRETRAINED):
+        state = read_state_dict(model_weights)
         num_classes = classes_in_state_dict(state, spec)
     classes = int(num_classes or spec.num_classes)
     if classes < 1:
@@ -161,8 +161,8 @@ def build_model(name: str, weights: str | os.PathLike | bytes | None = None, *,
         torch.manual_seed(seed)
         model = spec.builder(num_classes=classes)
     if state is not None:
-        load_weights(model, state, model_name=name, label=_weights_name(weights))
-    elif weights == PRETRAINED:
+        load_weights(model, state, model_name=name, label=_weights_name(model_weights))
+    elif model_weights == PRETRAINED:
         state = _pretrained_state_dict(spec)
         if state is not None:
             model.load_state_dict(state)
@@ -192,15 +192,15 @@ def _weights_name(source) -> str:
             else Path(source).name)
 
 
-def weights_label(weights) -> str:
-    """How a model's weights are described in the UI and in reports."""
-    if weights is None or weights == RANDOM:
+def weights_label(model_weights) -> str:
+    """How the model weights are described in the UI and in reports."""
+    if model_weights is None or model_weights == RANDOM:
         return "random initialisation"
-    if weights == PRETRAINED:
+    if model_weights == PRETRAINED:
         return "torchvision pretrained (random if unavailable)"
-    if isinstance(weights, (bytes, bytearray)):
+    if isinstance(model_weights, (bytes, bytearray)):
         return "user-supplied state dict"
-    return f"user-supplied state dict ({Path(weights).name})"
+    return f"user-supplied state dict ({Path(model_weights).name})"
 
 
 def read_state_dict(source: str | os.PathLike | bytes, *, label: str | None = None) -> dict:

@@ -97,8 +97,8 @@ def _group_index(group, dg, names, member_group):
     return None
 
 
-def measured_widths(model: nn.Module, space: PruningSpace) -> np.ndarray:
-    """The widths a (pruned) model actually has, read from its layers."""
+def widths_of(model: nn.Module, space: PruningSpace) -> np.ndarray:
+    """The widths a (pruned) model actually has, read from its layers (shape (G,))."""
     out = []
     for g in space.groups:
         mod = model.get_submodule(g.members[0])

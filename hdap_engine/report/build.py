@@ -34,7 +34,7 @@ def build_report(result) -> dict:
         clusters.append({
             "cluster": c,
             "devices": int(profiles.loc[profiles["cluster"] == c, "devices"].iloc[0]),
-            "share": float(ctx.clustering.weights_[c]),
+            "share": float(ctx.clustering.shares_[c]),
             "weight": float(result.cluster_weights[c]),
             "predicted_ms": None if result.predicted_cluster_ms is None
             else float(result.predicted_cluster_ms[c]),
@@ -49,7 +49,7 @@ def build_report(result) -> dict:
         })
     predicted_mean = None
     if result.predicted_cluster_ms is not None:
-        predicted_mean = float(np.sum(result.predicted_cluster_ms * ctx.clustering.weights_))
+        predicted_mean = float(np.sum(result.predicted_cluster_ms * ctx.clustering.shares_))
     opt = ctx.options
     surrogate = result.surrogate
     notes = list(ctx.notes) + list(result.learned.notes if result.learned else ()) + val.notes

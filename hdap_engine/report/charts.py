@@ -535,7 +535,7 @@ def rollout_chart(doc: Mapping) -> go.Figure:
         fig.add_hline(y=one, line=dict(color="#555", dash="dot"),
                       annotation_text="one model, fleet mean", annotation_position="top left")
     fig.update_layout(**_LAYOUT, barmode="group", height=420,
-                      title="Rollout plans: one model per group of clusters "
+                      title="Rollout plans: one model per cohort of clusters "
                             "(gain over one model on the bars)",
                       yaxis_title=f"latency (ms, measured: {source})")
     return fig

@@ -35,8 +35,10 @@ from hdap_engine.search.evolution import diverse_best, evolve, mutate
 from hdap_engine.search.methods import Method
 from hdap_engine.search.objectives import Objective
 
-ANCHORS = 6  # training candidates re-timed with every later batch on real hardware
-DRIFT_NOTE = "the devices' speed drifted between measurement batches"
+TIMING_DRIFT_ANCHORS = 6  # training candidates re-timed with every later batch (real hardware)
+# Timing drift: a real device's speed changes between measurement batches (not device
+# drift, a device's hardware changing; not fleet drift, devices moving between snapshots).
+TIMING_DRIFT_NOTE = "the devices' speed drifted between measurement batches"
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class Learned:
     """What has been measured and learned: training candidates, latencies, surrogate, counts.
 
     ``device_measurements`` counts the (device, candidate) pairs asked for so
-    far, the sampling included; ``batch_drift`` is the largest speed ratio
+    far, the sampling included; ``timing_drift`` is the largest speed ratio
     between measurement batches (real hardware only).
     """
 
@@ -70,7 +72,7 @@ class Learned:
     ms: np.ndarray  # (N, D) median latency on the search devices
     surrogate: object  # hdap_engine.latency.surrogate.Surrogate
     device_measurements: int
-    batch_drift: float = 1.0
+    timing_drift: float = 1.0
     notes: tuple[str, ...] = ()
 
 
@@ -240,7 +242,7 @@ class FleetSearch:
         On real hardware a later batch is not on the scale of the first: this
         machine timed the same ResNet-50s 15 % slower seven minutes later, more
         than the differences the search is after, and a surrogate trained on both
-        batches as they are learns the drift as if it were the architecture's. So
+        batches as they are learns the timing drift as if it were the architecture's. So
         a few candidates already in the training set (those nearest in MACs) are
         timed again in the same interleaved batch, and the new times are divided
         by each device's median anchor ratio (now / then).
@@ -252,7 +254,7 @@ class FleetSearch:
         anchors = np.zeros(0, dtype=np.int64)
         if self.backend.real:
             gap = np.abs(self.space.macs(state.widths) - np.median(self.space.macs(new)))
-            anchors = np.argsort(gap, kind="stable")[:ANCHORS]
+            anchors = np.argsort(gap, kind="stable")[:TIMING_DRIFT_ANCHORS]
         batch = np.vstack([state.widths[anchors], new])
         # The search's favourites are close to each other: on noisy real hardware, with the
         # sampling's runs, their noise is the size of their differences and the next search
@@ -266,16 +268,17 @@ class FleetSearch:
                 ratio = meas.median_ms[:len(anchors)] / state.ms[anchors]
             ok = np.isfinite(ratio) & (ratio > 0)
             # A device that failed (agent) has no anchors: nothing to rescale there.
-            drift = np.array([np.median(ratio[ok[:, j], j]) if ok[:, j].any() else 1.0
-                              for j in range(ratio.shape[1])])
-            ms = ms / drift
-            worst = float(drift[np.argmax(np.abs(np.log(drift)))])
-            if abs(np.log(worst)) > abs(np.log(state.batch_drift)):
-                state.batch_drift = worst
-            if abs(state.batch_drift - 1) > 0.03:
-                note = (f"{DRIFT_NOTE} (up to {state.batch_drift - 1:+.0%}); later batches "
-                        f"were rescaled by {len(anchors)} re-timed candidates")
-                state.notes = [n for n in state.notes if not n.startswith(DRIFT_NOTE)] + [note]
+            timing_drift = np.array([np.median(ratio[ok[:, j], j]) if ok[:, j].any() else 1.0
+                                     for j in range(ratio.shape[1])])
+            ms = ms / timing_drift
+            worst = float(timing_drift[np.argmax(np.abs(np.log(timing_drift)))])
+            if abs(np.log(worst)) > abs(np.log(state.timing_drift)):
+                state.timing_drift = worst
+            if abs(state.timing_drift - 1) > 0.03:
+                note = (f"{TIMING_DRIFT_NOTE} (up to {state.timing_drift - 1:+.0%}); later "
+                        f"batches were rescaled by {len(anchors)} re-timed candidates")
+                state.notes = ([n for n in state.notes if not n.startswith(TIMING_DRIFT_NOTE)]
+                               + [note])
         state.widths = np.vstack([state.widths, new])
         state.ms = np.vstack([state.ms, ms])
         used = len(batch) * len(self.devices)  # anchors are timed again: they count
@@ -288,8 +291,8 @@ class FleetSearch:
         On real hardware they are all timed now, in one interleaved batch, with
         three times the runs: their differences are small, and a value from the
         store was timed minutes earlier on a machine whose speed has drifted since
-        (a winner picked across batches is often just the one timed in a quiet
-        moment). The twin's noise does not drift, so its stored values stand.
+        (timing drift: a winner picked across batches is often just the one timed in
+        a quiet moment). The twin's noise has no timing drift, so its stored values stand.
         """
         meas = self.backend.measure(self.space, widths, list(self.devices.ids),
                                     repeats=self._close_call_repeats(), warmup=self.warmup,
@@ -392,13 +395,13 @@ class _State:
         self.ms = learned.ms
         self.surrogate = learned.surrogate
         self.device_measurements = learned.device_measurements
-        self.batch_drift = learned.batch_drift
+        self.timing_drift = learned.timing_drift
         self.notes = list(learned.notes)
 
     def freeze(self) -> Learned:
         return Learned(widths=self.widths, ms=self.ms, surrogate=self.surrogate,
                        device_measurements=self.device_measurements,
-                       batch_drift=self.batch_drift, notes=tuple(self.notes))
+                       timing_drift=self.timing_drift, notes=tuple(self.notes))
 
 
 def nanmean(a: np.ndarray, axis: int | None = None):

@@ -8,7 +8,7 @@ nothing else compares method names. A method says
   device: the representative of the largest cluster),
 - how its surrogate is fitted (the study's mode, or per cluster as in the
   paper; with or without our per-device linear base),
-- how clusters are weighted in its objective (the study's weights, equal
+- how clusters are weighted in its objective (the study's cluster weights, equal
   weights, or the lab device's cluster alone),
 - whether it refines (measure the search's favourites and refit) and whether
   it measures finalists and polishes the chosen candidate,

@@ -2,7 +2,7 @@
 
 All objectives are minimised and take per-cluster latencies (P, k) in ms:
 
-- ``mean``  weighted mean over clusters (weights = device shares or the user's);
+- ``mean``  weighted mean over clusters (cluster weights = the shares or the user's);
 - ``p95``   the 95th percentile over *devices*: each cluster's devices are
             modelled as log-normal around the cluster's latency with the
             cluster's own dispersion, and the fleet is their weighted mixture;
@@ -29,10 +29,10 @@ OBJECTIVES = ("mean", "p95", "worst", "slo")
 
 @dataclass(frozen=True)
 class Objective:
-    """A fleet objective with what it needs: weights, dispersions, SLO target."""
+    """A fleet objective with what it needs: cluster weights, dispersions, SLO target."""
 
     kind: str
-    weights: np.ndarray  # (k,) normalised
+    cluster_weights: np.ndarray  # (k,) normalised
     dispersion: np.ndarray  # (k,) log-space std of device latency within each cluster
     slo_ms: float | None = None
 
@@ -42,7 +42,7 @@ class Objective:
                             f"{', '.join(OBJECTIVES)}")
         if self.kind == "slo" and (self.slo_ms is None or not self.slo_ms > 0):
             raise HdapError("the slo objective needs a latency target in ms (--slo-ms 25)")
-        w = np.asarray(self.weights, dtype=np.float64)
+        w = np.asarray(self.cluster_weights, dtype=np.float64)
         if w.ndim != 1 or (w < 0).any() or not w.sum() > 0:
             raise HdapError("cluster weights must be non-negative and not all zero")
 
@@ -55,7 +55,7 @@ class Objective:
     def __call__(self, cluster_ms: np.ndarray) -> np.ndarray:
         """Scores (P,) to minimise from per-cluster latencies (P, k)."""
         lat = np.atleast_2d(cluster_ms)
-        w = np.asarray(self.weights) / np.sum(self.weights)
+        w = np.asarray(self.cluster_weights) / np.sum(self.cluster_weights)
         if self.kind == "mean":
             return lat @ w
         if self.kind == "worst":
@@ -110,11 +110,6 @@ def cluster_dispersion(probes_ms: np.ndarray, labels: np.ndarray, k: int) -> np.
     return out
 
 
-def device_quantile(device_ms: np.ndarray, q: float = 0.95) -> float:
-    """Quantile over devices of measured latencies (validation on every device)."""
-    return float(np.quantile(np.asarray(device_ms, dtype=np.float64), q))
-
-
 def cluster_weights(shares: np.ndarray, user: dict[int, float] | None = None) -> np.ndarray:
     """Cluster weights summing to 1: the device shares, or the user's weights normalised.
 
@@ -124,7 +119,7 @@ def cluster_weights(shares: np.ndarray, user: dict[int, float] | None = None) ->
     Parameters
     ----------
     shares:
-        (k,) device share of every cluster (the default weights).
+        (k,) device share of every cluster (the default cluster weights).
     user:
         Cluster id -> non-negative weight, or None for the device shares.
 

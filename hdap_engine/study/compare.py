@@ -136,8 +136,8 @@ def _interleaved_host_verification(ctx: StudyContext, out: dict, progress: Progr
                                  repeats: int = 30) -> None:
     """Time every method's model and the unpruned one together, interleaved, afresh.
 
-    Validated one by one, methods would be timed minutes apart while the machine's
-    speed drifts; interleaving round by round makes their ratio fair.
+    Verified one by one, methods would be timed minutes apart while the machine's
+    speed drifts (timing drift); interleaving round by round makes their ratio fair.
     """
     widths = np.array([r["widths"] for r in out["rows"]] + [ctx.space.base_widths.tolist()])
     progress("verify", 0, 1)
@@ -151,8 +151,8 @@ def _interleaved_host_verification(ctx: StudyContext, out: dict, progress: Progr
                    worst_cluster_ms=ms, speedup=unpruned / ms,
                    spread_ms=float(meas.spread_ms[i, 0]))
     out["unpruned_mean_ms"] = unpruned
-    out["validation"] = (f"all models timed together on this machine, interleaved, "
-                         f"{repeats} rounds; p95 is over those runs")
+    out["verification"] = (f"all models timed together on this machine, interleaved, "
+                           f"{repeats} rounds; p95 is over those runs")
     out["notes"] = meas.notes
 
 
@@ -259,7 +259,7 @@ def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=None, plan=N
             row["budget_macs"] = float(res.target_macs)
             if res.predicted_cluster_ms is not None:
                 row["predicted_mean_ms"] = float(np.sum(res.predicted_cluster_ms
-                                                        * ctx.clustering.weights_))
+                                                        * ctx.clustering.shares_))
             points.append(row)
             progress("sweep", len(points), total)
     return {"model": ctx.space.model, "measured_source": ctx.backend.source,
@@ -339,7 +339,7 @@ def clustering_check(options: StudyOptions, telemetry, *, candidates: int = 10,
     repeats = options.measurement.repeats
     meas = ctx.backend.measure(ctx.space, widths, list(ctx.rep_devices), repeats=repeats,
                                store=ctx.store)
-    shares = ctx.clustering.weights_
+    shares = ctx.clustering.shares_
     rows = []
     devices = list(ctx.fleet.device_ids)
     for i, w in enumerate(widths):

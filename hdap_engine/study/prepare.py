@@ -92,8 +92,8 @@ class StudyContext:
             w = np.zeros(self.k)
             w[0] = 1.0
         else:
-            w = cluster_weights(self.clustering.weights_, q.cluster_weights)
-        return Objective(kind=q.objective, weights=w, dispersion=self.dispersion,
+            w = cluster_weights(self.clustering.shares_, q.cluster_weights)
+        return Objective(kind=q.objective, cluster_weights=w, dispersion=self.dispersion,
                          slo_ms=q.slo_ms)
 
     def trainer(self, method: Method | None = None) -> SurrogateTrainer:
@@ -183,7 +183,7 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
     timings["cluster"] = time.perf_counter() - t0
 
     # Settings that can be wrong are checked before anything is measured.
-    cluster_weights(clustering.weights_, options.query.cluster_weights)
+    cluster_weights(clustering.shares_, options.query.cluster_weights)
     space = PruningSpace.for_model(options.model, round_to=options.round_to,
                                    min_ratio=options.min_ratio)
     parse_budget(options.query.budget, space)

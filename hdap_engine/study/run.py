@@ -144,7 +144,7 @@ class StudyResult:
     @property
     def cluster_weights(self) -> np.ndarray:
         """(k,) the cluster weights of the objective the candidate was chosen for."""
-        return self.objective.weights
+        return self.objective.cluster_weights
 
     @property
     def surrogate(self):

@@ -80,7 +80,7 @@ def fleet_metrics(ctx: StudyContext, verification: Verification, objective: Obje
     measurements and the p95 comes from each cluster's dispersion.
     """
     val = verification
-    shares = ctx.clustering.weights_
+    shares = ctx.clustering.shares_
     if val.fleet_ms is not None:
         mean = float(np.mean(val.fleet_ms))
         p95 = float(np.quantile(val.fleet_ms, 0.95))
@@ -102,7 +102,7 @@ def fleet_metrics(ctx: StudyContext, verification: Verification, objective: Obje
                 basis += (f"; clusters {', '.join(str(c) for c in np.flatnonzero(~ok))} "
                           f"({shares[~ok].sum():.0%} of devices) were not measured and "
                           "are left out")
-    weighted = float(np.nansum(val.cluster_measured_ms * objective.weights))
+    weighted = float(np.nansum(val.cluster_measured_ms * objective.cluster_weights))
     return {"measured_mean_ms": mean, "measured_p95_ms": p95,
             "worst_cluster_ms": float(np.nanmax(val.cluster_measured_ms)),
             "weighted_mean_ms": weighted, "objective_value": float(

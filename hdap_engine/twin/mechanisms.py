@@ -1,4 +1,10 @@
-"""Drift mechanisms: why same-model devices in a fleet stop performing alike.
+"""Device drift mechanisms: why same-model devices in a fleet stop performing alike.
+
+*Device drift* is a device's hardware response moving away from its SKU's nominal
+one (this module). Not fleet drift (devices moving between clusters from one
+telemetry snapshot to the next: `hdap_engine.fleet.drift`) nor timing drift (a
+real device's speed changing between measurement batches:
+`hdap_engine.search.fleet_search`).
 
 Every device gets silicon-bin variation (a few per cent of clock, memory and
 overhead). On top of that each device is either healthy (``nominal``) or
