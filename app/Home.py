@@ -30,9 +30,9 @@ def sidebar() -> None:
         run = S.get(S.RUN)
         if run is not None:
             f = run.report["fleet"]
-            acc = run.report.get("accuracy") or {}
-            top1 = acc.get("finetuned") if acc.get("finetuned") is not None \
-                else acc.get("calibrated")
+            from hdap_engine.accuracy.report import exported_top1
+
+            top1 = exported_top1(run.report.get("accuracy"))
             st.markdown(f"**Last run:** {f['measured_mean_ms']:.2f} ms fleet mean, "
                         f"{f['speedup']:.2f}x ({run.report['measured_source']}); "
                         + ("accuracy unknown" if top1 is None

@@ -22,8 +22,9 @@ def _label(runs: dict, run_id: int) -> str:
 def _top1(accuracy: dict | None) -> float | None:
     """Held-out top-1 of the exported model in %: fine-tuned when it was, else calibrated;
     None when accuracy is unknown (no labelled data)."""
-    acc = accuracy or {}
-    value = acc.get("finetuned") if acc.get("finetuned") is not None else acc.get("calibrated")
+    from hdap_engine.accuracy.report import exported_top1
+
+    value = exported_top1(accuracy)
     return None if value is None else 100 * float(value)
 
 
