@@ -8,8 +8,36 @@ that the first page is served at once.
 
 import streamlit as st
 
-from studio import auth, cached, parts
+from studio import auth, cached
 from studio import state as S
+from studio.fleet import UPLOAD_PREFIX
+from studio.options import data_choice, weights_choice
+
+
+def sidebar() -> None:
+    """Where the user stands: fleet, model, weights, last run."""
+    with st.container():
+        st.caption("HDAP Studio prunes one network for a whole fleet of drifted devices.")
+        choice = S.get(S.FLEET_CHOICE)
+        if choice:
+            st.markdown(f"**Fleet:** {choice.removeprefix(UPLOAD_PREFIX)}")
+        _, label = weights_choice()
+        _, data_label = data_choice()
+        st.markdown(f"**Model:** {S.get(S.MODEL)}  \n**Weights:** {label}  \n"
+                    f"**Labelled data:** {data_label.partition(' (')[0]}  \n"
+                    f"**Budget:** {float(S.get(S.BUDGET_FRACTION)):.0%} of the model's MACs  \n"
+                    f"**Backend:** {S.get(S.BACKEND)}")
+        run = S.get(S.RUN)
+        if run is not None:
+            f = run.report["fleet"]
+            from hdap_engine.accuracy.report import exported_top1
+
+            top1 = exported_top1(run.report.get("accuracy"))
+            st.markdown(f"**Last run:** {f['measured_mean_ms']:.2f} ms fleet mean, "
+                        f"{f['speedup']:.2f}x ({run.report['measured_source']}); "
+                        + ("accuracy unknown" if top1 is None
+                           else f"{100 * top1:.1f}% top-1 held out"))
+
 
 st.set_page_config(page_title="HDAP Studio", page_icon=":material/memory:", layout="wide")
 auth.require()  # a team server's sign-in (off unless secrets configure it)
@@ -42,5 +70,5 @@ try:
 finally:
     # Drawn after the page, so it shows what the page just changed (even after st.stop()).
     with status:
-        parts.sidebar()
+        sidebar()
         auth.sidebar()

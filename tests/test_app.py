@@ -119,9 +119,8 @@ def test_upload_handler_refuses_bad_bytes_and_keeps_state(samples):
     """The handler the page calls, driven directly with bytes."""
     script = """
 import streamlit as st
-from studio import parts
-from tests.helpers.apptest import TIMEOUT, charts, download_bytes, metric, ok, small_study, start, wait_for_job
-st.session_state["msg"] = parts.accept_upload("broken.parquet", b"PAR1 not really parquet")
+from studio import fleet
+st.session_state["msg"] = fleet.accept_upload("broken.parquet", b"PAR1 not really parquet")
 """
     probe = AppTest.from_string(script, default_timeout=TIMEOUT)
     probe.session_state["fleet_choice"] = "jetson_small"

@@ -192,3 +192,54 @@ def test_job_workers_take_no_more_threads_than_omp_num_threads_allows(monkeypatc
         monkeypatch.setenv("OMP_NUM_THREADS", unset)
         assert worker_threads(1) == cores
         assert worker_threads(cores + 1) == 1
+
+
+def test_a_new_job_kind_is_one_registered_entry(tmp_path):
+    from hdap_engine.errors import HdapError
+    from hdap_engine.jobs.kinds import JobKind, get_kind, register_kind, unregister_kind
+
+    seen = []
+
+    def run(settings, job):
+        job.progress("toy", 1, 1)
+        return {"echo": settings["x"], "job": job.job_id}
+
+    register_kind(JobKind("toy", "a toy kind", run, ("echo", "job")))
+    try:
+        assert execute("toy", {"x": 3}, job_id=5,
+                       progress=lambda *a: seen.append(a)) == {"echo": 3, "job": 5}
+        assert seen == [("toy", 1, 1)]
+        assert get_kind("toy").description == "a toy kind"
+    finally:
+        unregister_kind("toy")
+    with pytest.raises(HdapError, match="unknown job kind 'toy'"):
+        execute("toy", {})
+
+
+def test_every_stored_kind_name_is_registered_and_every_engine_stage_has_its_wording():
+    """Kind names are stored in the job table: the names of earlier jobs stay registered.
+    Every stage the engine reports has its words in `infra.progress.STAGES`."""
+    import re
+    from pathlib import Path
+
+    from hdap_engine.infra.progress import STAGES
+    from hdap_engine.jobs import kind_names
+
+    assert {"study", "comparison", "sweep", "rollout", "reoptimise", "finetune"} <= \
+        set(kind_names())
+    root = Path(__file__).resolve().parents[1] / "hdap_engine"
+    emitted = {m for p in root.rglob("*.py")
+               for m in re.findall(r"\bprogress\(\"([a-z]+)\"", p.read_text())}
+    assert emitted and emitted <= set(STAGES), emitted - set(STAGES)
+
+
+def test_find_gives_the_newest_job_of_a_kind_whose_settings_match(tmp_path):
+    table = JobTable(tmp_path / "store.sqlite")
+    first, _ = table.submit("finetune", {"finetune": {"of_job": 1, "epochs": 2}})
+    table.submit("rollout", {"rollout": {"job": 1}})
+    second, _ = table.submit("finetune", {"finetune": {"of_job": 1, "epochs": 3}})
+    table.submit("finetune", {"finetune": {"of_job": 2, "epochs": 3}})
+    assert [j.id for j in table.find("finetune", of_job=1)] == [second.id, first.id]
+    assert table.latest("finetune", of_job=1).id == second.id
+    assert table.latest("finetune", of_job=9) is None
+    assert table.queued_ahead(second.id) == 2

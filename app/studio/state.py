@@ -61,7 +61,7 @@ SEARCH_EFFORT = "search_effort"  # widget: a name of hdap_engine.options.SEARCH_
 COMPARE_METHODS = "compare_methods"  # widget: other methods to compare against
 SWEEP_ON = "sweep_on"  # widget: run a budget sweep for the Pareto chart
 JOB = "job"  # the id of the job on the Run page (also the link's ?job=)
-RUN = "run"  # the finished job on screen: see studio.parts.run_view
+RUN = "run"  # the finished job on screen: see studio.results.run_view
 RUN_ERROR = "run_error"
 WHATIF_BUDGET = "whatif_budget"  # widget: what-if budget, fraction of the model
 WHATIF_OBJECTIVE = "whatif_objective"
@@ -82,15 +82,21 @@ DRIFT_UPLOAD_ERROR = "drift_upload_error"
 DRIFT_THRESHOLD = "drift_threshold"  # widget: re-optimise above this gap (percent)
 DRIFT_JOB = "drift_job"  # {"for": (bundle, snapshot file), "job": id of the re-optimise check}
 
-# Study settings start at the engine's defaults (`hdap_engine.options`), as the CLI's
-# flags do; the others are the app's own (layout, what is shown).
+# Widgets that set one study setting each: widget key -> the setting's flat name in
+# `hdap_engine.options`. Their defaults are the engine's, as the CLI's flags are, and
+# `studio.options.study_options` reads them into `StudyOptions` from here.
+STUDY_WIDGETS = {MODEL: "model", OBJECTIVE: "objective", BACKEND: "backend", METHOD: "method",
+                 ROUND_TO: "round_to", SAMPLES: "samples", SEED: "seed", REPEATS: "repeats",
+                 REFINE_ROUNDS: "refine_rounds", REPRESENTATIVES: "representatives"}
+
+# The other widgets that study settings come from start at the engine's defaults too; the
+# rest are the app's own (layout, what is shown).
 DEFAULTS = {
+    **{key: default(name) for key, name in STUDY_WIDGETS.items()},
     K_MODE: "automatic",
     K_FIXED: 4,  # the fixed-k slider's starting point (the engine's default is automatic)
-    REPRESENTATIVES: default("representatives"),
     CONTEXT_FEATURES: list(default("context_features")),
     COLOR_BY: "cluster",
-    MODEL: default("model"),
     WEIGHTS_MODE: "random",
     DATA_MODE: "none",
     FLOOR_MODE: "none",
@@ -99,16 +105,8 @@ DEFAULTS = {
     FINETUNE_RUN_EPOCHS: default("epochs", FinetuneOptions),
     BUDGET_UNIT: "G MACs",
     BUDGET_FRACTION: float(default("budget")),
-    OBJECTIVE: default("objective"),
     SLO_MS: 20.0,  # the SLO input's starting point (the engine has no default target)
-    BACKEND: default("backend"),
     AGENT_TOKEN: "",
-    METHOD: default("method"),
-    ROUND_TO: default("round_to"),
-    SAMPLES: default("samples"),
-    SEED: default("seed"),
-    REPEATS: default("repeats"),
-    REFINE_ROUNDS: default("refine_rounds"),
     SEARCH_EFFORT: "standard",
     COMPARE_METHODS: ["uniform", "global"],
     SWEEP_ON: True,

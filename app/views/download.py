@@ -6,8 +6,10 @@ offered too, in the same formats, labelled with its held-out accuracy.
 
 import streamlit as st
 
-from studio import cached, parts
+from studio import cached
 from studio import state as S
+from studio.jobs import finetune_job
+from studio.results import accuracy_line
 
 MIMES = {"bundle": "application/zip", "model.ts": "application/octet-stream",
          "model.onnx": "application/octet-stream", "report.json": "application/json",
@@ -36,7 +38,7 @@ def _buttons(bundle: str, report: dict, figures: dict, key: str, stem: str, pref
 
 def _finetuned(run, stem: str) -> None:
     """The fine-tuned bundle of the run, when its fine-tune job is done."""
-    job = parts.finetune_job(run)
+    job = finetune_job(run)
     st.subheader("Fine-tuned model")
     if job is None or job.state != "done":
         state = "" if job is None else f" (job {job.id} is {job.state})"
@@ -51,7 +53,7 @@ def _finetuned(run, stem: str) -> None:
     st.success(f"**Fine-tuned** {epochs} epochs by distillation (job {job.id}): held-out "
                f"top-1 **{100 * acc['finetuned']:.1f}%** on {acc.get('n_heldout')} images.",
                icon=":material/model_training:")
-    st.caption(f":material/target: {parts.accuracy_line(acc)}")
+    st.caption(f":material/target: {accuracy_line(acc)}")
     _buttons(res["bundle"], res["report"], run.figures(), f"{run.key}-ft{job.id}",
              f"{stem}-finetuned", "dl_ft_")
 
@@ -74,7 +76,7 @@ def main() -> None:
                 f"for {run.fleet_label}; fleet mean {rep['fleet']['measured_mean_ms']:.2f} ms "
                 f"measured on {rep['measured_source']}, {rep['fleet']['speedup']:.2f}x faster "
                 "than unpruned.")
-    st.caption(f":material/target: {parts.accuracy_line(rep.get('accuracy'))}")
+    st.caption(f":material/target: {accuracy_line(rep.get('accuracy'))}")
     if run.weights_label.startswith("random"):
         st.warning("Weights: **random initialisation**. The files hold the pruned architecture "
                    "with untrained weights; fine-tune it, or upload trained weights on the "

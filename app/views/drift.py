@@ -8,13 +8,24 @@ measures, so it runs as a job (kind ``reoptimise``), like the Run page's study.
 """
 
 import json
-import os
 
 import streamlit as st
 
 from hdap_engine.errors import HdapError
-from studio import cached, parts
+from hdap_engine.jobs import reoptimise_settings
+from studio import cached
 from studio import state as S
+from studio.fleet import (
+    UPLOAD_PREFIX,
+    FleetView,
+    clustering_request,
+    current_fleet,
+    read_telemetry_upload,
+    sample_view,
+    upload_view,
+)
+from studio.jobs import finished_job, submit
+from studio.results import show_figure
 
 UPLOAD = "upload a snapshot"
 
@@ -24,17 +35,17 @@ def _snapshot_choices(old_choice: str) -> list[str]:
     choices = [n for n in cached.sample_fleets() if n != old_choice]
     up = S.get(S.DRIFT_UPLOADED)
     if up is not None:
-        choices.append(parts.UPLOAD_PREFIX + up["name"])
+        choices.append(UPLOAD_PREFIX + up["name"])
     return [*choices, UPLOAD]
 
 
-def _new_snapshot(old_choice: str) -> parts.FleetView | None:
+def _new_snapshot(old_choice: str) -> FleetView | None:
     """The later snapshot chosen (or uploaded) on this page; OLD's own later sample first."""
     choices = _snapshot_choices(old_choice)
     up = S.get(S.DRIFT_UPLOADED)
     if up is not None and up.pop("select", False):
         # Chosen here, before the widget exists: Streamlit refuses a change after it.
-        S.put(S.DRIFT_NEW_CHOICE, parts.UPLOAD_PREFIX + up["name"])
+        S.put(S.DRIFT_NEW_CHOICE, UPLOAD_PREFIX + up["name"])
     if S.get(S.DRIFT_NEW_CHOICE) not in choices:
         later = [c for c in choices if c == f"{old_choice}_later"]
         S.put(S.DRIFT_NEW_CHOICE, (later or choices)[0])
@@ -49,7 +60,7 @@ def _new_snapshot(old_choice: str) -> parts.FleetView | None:
             S.put(S.DRIFT_UPLOAD_SEEN, up.file_id)
             try:
                 with st.spinner(f"Reading {up.name}..."):
-                    fleet, saved = parts.read_telemetry_upload(up.name, up.getvalue())
+                    fleet, saved = read_telemetry_upload(up.name, up.getvalue())
                 S.put(S.DRIFT_UPLOADED, {"name": up.name, "fleet": fleet, "file": saved,
                                          "fingerprint": fleet.fingerprint(), "select": True})
                 S.put(S.DRIFT_UPLOAD_ERROR, None)
@@ -59,12 +70,9 @@ def _new_snapshot(old_choice: str) -> parts.FleetView | None:
         if S.get(S.DRIFT_UPLOAD_ERROR):
             st.error(S.get(S.DRIFT_UPLOAD_ERROR), icon=":material/error:")
         return None
-    if choice.startswith(parts.UPLOAD_PREFIX):
-        up = S.get(S.DRIFT_UPLOADED)
-        return parts.FleetView(up["fleet"], up["name"], None, up["fingerprint"], up["file"])
-    path = cached.sample_fleets()[choice]
-    fleet, fp = cached.sample_fleet(path)
-    return parts.FleetView(fleet, os.path.basename(path), path, fp, path)
+    if choice.startswith(UPLOAD_PREFIX):
+        return upload_view(S.get(S.DRIFT_UPLOADED))
+    return sample_view(choice)
 
 
 def _summary(d: dict, old: str, new: str) -> None:
@@ -93,7 +101,7 @@ def _clusters(d: dict) -> None:
         st.caption(f":material/info: {note}")
 
 
-def _deployed(run, old: parts.FleetView, new: parts.FleetView) -> None:
+def _deployed(run, old: FleetView, new: FleetView) -> None:
     """The last run's bundle on NEW against a model re-optimised for NEW (a job)."""
     from hdap_engine.options import ReoptimiseOptions
 
@@ -117,13 +125,10 @@ def _deployed(run, old: parts.FleetView, new: parts.FleetView) -> None:
                f"{run.report['budget']} MACs, objective {run.report['objective']}) against a "
                f"model searched again for {new.label} with the same settings; both measured on "
                f"{new.label}'s cluster representatives.")
-    spec = {"bundle": run.bundle, "telemetry": new.file,
-            "threshold": float(S.get(S.DRIFT_THRESHOLD)) / 100}
+    settings = reoptimise_settings(run.bundle, new.file, float(S.get(S.DRIFT_THRESHOLD)) / 100)
     if st.button("Check the deployed model", icon=":material/compare_arrows:",
                  key="drift_check_button"):
-        job, created = cached.job_runner(cached.workspace()).submit(
-            "reoptimise", {"reoptimise": spec}, owner=parts.owner(),
-            agent_token=S.get(S.AGENT_TOKEN) or None)
+        job, created = submit("reoptimise", settings)
         S.put(S.DRIFT_JOB, {"for": [run.bundle, new.file], "job": job.id})
         if not created:
             st.toast(f"The same check is already {job.state} as job {job.id}: showing it.",
@@ -131,7 +136,7 @@ def _deployed(run, old: parts.FleetView, new: parts.FleetView) -> None:
     mine = S.get(S.DRIFT_JOB)
     if not mine or mine["for"] != [run.bundle, new.file]:
         return
-    job = parts.finished_job(mine["job"])
+    job = finished_job(mine["job"])
     if job is None:
         return
     r = job.result["reoptimise"]
@@ -152,7 +157,7 @@ def _deployed(run, old: parts.FleetView, new: parts.FleetView) -> None:
 
 def main() -> None:
     st.title("Drift")
-    old = parts.current_fleet()
+    old = current_fleet()
     if old is None:
         st.info("Choose a fleet on the Fleet page first: it is the snapshot the model was "
                 "optimised for.")
@@ -163,7 +168,7 @@ def main() -> None:
     new = _new_snapshot(S.get(S.FLEET_CHOICE))
     if new is None:
         return
-    k, _, _, seed = parts.clustering_request()
+    k, _, _, seed = clustering_request()
     try:
         with st.spinner(f"Comparing {old.label} with {new.label}..."):
             report = cached.drift(old.fleet, new.fleet, f"{old.fingerprint}|{new.fingerprint}",
@@ -175,7 +180,7 @@ def main() -> None:
     _summary(d, old.label, new.label)
     from hdap_engine.report.charts import drift_sankey
 
-    parts.show_figure(drift_sankey(report.flows, report.old_clustering.k_,
+    show_figure(drift_sankey(report.flows, report.old_clustering.k_,
                                    old_label=old.label, new_label=new.label), key="fig_drift")
     _clusters(d)
     st.download_button("Download drift.json", json.dumps(d, indent=1), file_name="drift.json",

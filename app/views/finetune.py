@@ -10,14 +10,16 @@ page next to the pruned one.
 
 import streamlit as st
 
-from studio import cached, parts
 from studio import state as S
+from studio.jobs import elapsed_text, finetune_job, finished_job, submit
+from studio.options import data_choice, data_name
+from studio.results import accuracy_line, show_figure
 
 
 def _chart(history: list, epochs: int | None, key: str, start_top1=None) -> None:
     from hdap_engine.finetune.chart import finetune_chart
 
-    parts.show_figure(finetune_chart(history, epochs=epochs, start_top1=start_top1), key=key)
+    show_figure(finetune_chart(history, epochs=epochs, start_top1=start_top1), key=key)
 
 
 def _live(job) -> None:
@@ -42,19 +44,18 @@ def _run_data(run) -> tuple[str | None, str]:
 
     data = flatten_settings((run.settings or {}).get("options") or {}).get("data")
     if data:
-        return data, f"the run's labelled data ({parts.data_name(data)})"
-    data, label = parts.data_choice()
+        return data, f"the run's labelled data ({data_name(data)})"
+    data, label = data_choice()
     return data, f"the Model page's labelled data ({label})"
 
 
 def _start(run, data: str, epochs: int) -> None:
-    from hdap_engine.options import flatten_settings
+    from hdap_engine.jobs import finetune_settings
 
-    opts = flatten_settings((run.settings or {}).get("options") or {})
-    spec = {"bundle": run.bundle, "data": data, "val_data": opts.get("val_data"),
-            "epochs": int(epochs), "seed": int(opts.get("seed") or 0), "of_job": run.job_id}
-    job, created = cached.job_runner(cached.workspace()).submit(
-        "finetune", {"finetune": spec}, owner=parts.owner())
+    job, created = submit("finetune", finetune_settings(run.settings, bundle=run.bundle,
+                                                        data=data, epochs=epochs,
+                                                        of_job=run.job_id),
+                          agent_token=False)
     S.put(S.FINETUNE_JOB, {"for": run.key, "job": job.id})
     if not created:
         st.toast(f"The same fine-tune is already {job.state} as job {job.id}: showing it.",
@@ -66,7 +67,7 @@ def _done(job) -> None:
     acc = res["accuracy"]
     ft = acc.get("finetune") or {}
     st.success(f"Fine-tuned {ft.get('epochs')} epochs by distillation in "
-               f"{parts.elapsed_text(ft.get('wall_seconds') or ft.get('seconds'))} "
+               f"{elapsed_text(ft.get('wall_seconds') or ft.get('seconds'))} "
                f"(job {job.id}): held-out top-1 **{100 * acc['finetuned']:.1f}%**.",
                icon=":material/model_training:")
     c = st.columns(4)
@@ -76,7 +77,7 @@ def _done(job) -> None:
         value = acc.get(stage)
         col.metric(f"{label} top-1", "–" if value is None else f"{100 * value:.1f}%",
                    help=f"on {acc.get('n_heldout')} held-out images")
-    st.caption(f":material/target: {parts.accuracy_line(acc)}")
+    st.caption(f":material/target: {accuracy_line(acc)}")
     _chart(res.get("history") or [], ft.get("epochs"), key="fig_finetune_done",
            start_top1=ft.get("bn_reestimated_top1"))
     st.caption(f"New bundle on the server: `{res['bundle']}`.")
@@ -115,9 +116,9 @@ def main() -> None:
         _start(run, data, int(S.get(S.FINETUNE_RUN_EPOCHS)))
     st.caption("Fine-tuning runs as a job on the server: you can leave this page; the loss "
                "and accuracy of every epoch appear here while it trains.")
-    job = parts.finetune_job(run)
+    job = finetune_job(run)
     if job is not None:
-        job = parts.finished_job(job.id, partial=_live)
+        job = finished_job(job.id, partial=_live)
     if job is not None:
         _done(job)
 

@@ -4,8 +4,18 @@ import streamlit as st
 
 from hdap_engine.errors import HdapError
 from hdap_engine.search.objectives import cluster_weights
-from studio import cached, parts
+from studio import cached
 from studio import state as S
+from studio.fleet import (
+    UPLOAD_PREFIX,
+    accept_upload,
+    current_clustering,
+    current_fleet,
+    fleet_choices,
+    sync_weight_sliders,
+    user_weights,
+)
+from studio.results import show_figure
 
 
 def main() -> None:
@@ -25,7 +35,7 @@ def main() -> None:
         if up is not None and S.get(S.UPLOAD_SEEN) != up.file_id:
             S.put(S.UPLOAD_SEEN, up.file_id)
             with st.spinner(f"Reading {up.name}..."):
-                parts.accept_upload(up.name, up.getvalue())
+                accept_upload(up.name, up.getvalue())
         elif up is None:
             S.put(S.UPLOAD_SEEN, None)
             S.put(S.UPLOAD_ERROR, None)
@@ -33,10 +43,10 @@ def main() -> None:
             st.error(S.get(S.UPLOAD_ERROR), icon=":material/error:")
             st.caption("The fleet that was loaded before stays on screen.")
 
-    fv = parts.current_fleet()
+    fv = current_fleet()
     with pick:
-        st.selectbox("Fleet on screen", parts.fleet_choices(), key=S.FLEET_CHOICE,
-                     format_func=lambda c: c if c.startswith(parts.UPLOAD_PREFIX)
+        st.selectbox("Fleet on screen", fleet_choices(), key=S.FLEET_CHOICE,
+                     format_func=lambda c: c if c.startswith(UPLOAD_PREFIX)
                      else f"{c} (sample fleet)")
         if fv is not None and fv.path is not None:
             st.caption("Sample fleets ship with a twin sidecar: the twin backend can 'measure' "
@@ -78,7 +88,7 @@ def main() -> None:
 
     try:
         with st.spinner(f"Clustering {fleet.n_devices:,} devices..."):
-            cv = parts.current_clustering(fv)
+            cv = current_clustering(fv)
     except HdapError as exc:
         st.error(str(exc), icon=":material/error:")
         return
@@ -111,18 +121,18 @@ def main() -> None:
     st.subheader("Cluster weights")
     st.caption("How much each cluster counts in the fleet objective. The default is each "
                "cluster's share of devices; weights are normalised to sum to 1.")
-    parts.sync_weight_sliders(cv)
+    sync_weight_sliders(cv)
     cols = st.columns(min(cl.k_, 5))
     for c_id in range(cl.k_):
         cols[c_id % len(cols)].slider(f"cluster {c_id} ({cl.shares_[c_id]:.0%} of devices)",
                                       0.0, 1.0, step=0.005, key=S.weight_key(c_id))
-    st.button("Reset to device shares", on_click=parts.sync_weight_sliders, args=(cv,),
+    st.button("Reset to device shares", on_click=sync_weight_sliders, args=(cv,),
               kwargs={"reset": True}, icon=":material/restart_alt:")
     try:
-        normalised = cluster_weights(cl.shares_, parts.user_weights(cv))
+        normalised = cluster_weights(cl.shares_, user_weights(cv))
         st.caption("Normalised weights: " + ", ".join(f"cluster {i}: {w:.1%}"
                                                        for i, w in enumerate(normalised))
-                   + (" (device shares)" if parts.user_weights(cv) is None else " (yours)"))
+                   + (" (device shares)" if user_weights(cv) is None else " (yours)"))
     except HdapError as exc:
         st.error(str(exc), icon=":material/error:")
 
@@ -134,7 +144,7 @@ def main() -> None:
             emb = cached.embedding(fleet, cl, cv.key)
         from hdap_engine.report.charts import fleet_map
 
-        parts.show_figure(fleet_map(emb, color=S.get(S.COLOR_BY), hover=context[:6]),
+        show_figure(fleet_map(emb, color=S.get(S.COLOR_BY), hover=context[:6]),
                           key="fleet_map")
         st.caption("The map is for people: clusters are computed on the full hardware "
                    "response, never on these two axes."

@@ -6,8 +6,11 @@ from pathlib import Path
 import streamlit as st
 
 from hdap_engine.errors import HdapError
-from studio import cached, parts
+from studio import cached
 from studio import state as S
+from studio.jobs import owner
+from studio.options import data_name
+from studio.results import accuracy_line, fleet_headline, show_figure
 
 
 def _label(runs: dict, run_id: int) -> str:
@@ -19,8 +22,9 @@ def _label(runs: dict, run_id: int) -> str:
 def _top1(accuracy: dict | None) -> float | None:
     """Held-out top-1 of the exported model in %: fine-tuned when it was, else calibrated;
     None when accuracy is unknown (no labelled data)."""
-    acc = accuracy or {}
-    value = acc.get("finetuned") if acc.get("finetuned") is not None else acc.get("calibrated")
+    from hdap_engine.accuracy.report import exported_top1
+
+    value = exported_top1(accuracy)
     return None if value is None else 100 * float(value)
 
 
@@ -38,7 +42,7 @@ def _table(runs: dict, owners: dict) -> None:
                      "fleet mean ms": fleet.get("measured_mean_ms"),
                      "p95 ms": fleet.get("measured_p95_ms"), "speedup": fleet.get("speedup"),
                      "top-1": _top1(res.get("accuracy")),
-                     "labelled data": parts.data_name(data),
+                     "labelled data": data_name(data),
                      "objective": res.get("objective"),
                      "weights": "user-supplied" if s.get("model_weights") else "random"})
     st.dataframe(rows, hide_index=True, key="history_table", column_config={
@@ -77,8 +81,8 @@ def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
     report = _report_of(r)
     if owners.get(run_id):
         st.caption(f":material/person: Run #{run_id} by {owners[run_id]}")
-    parts.fleet_headline(res)
-    st.caption(f":material/target: {parts.accuracy_line(report.get('accuracy'))}")
+    fleet_headline(res)
+    st.caption(f":material/target: {accuracy_line(report.get('accuracy'))}")
     try:
         space = cached.space(res["model"], int(settings.get("round_to", 8)))
         base = space.widths_dict(space.base_widths)
@@ -86,8 +90,8 @@ def _details(runs: dict, run_id: int, key: str, owners: dict) -> None:
         st.caption(f"widths chart unavailable: {exc}")
         base = dict(res["widths"])
     figs = study_figures(report, widths=res["widths"], base_widths=base)
-    parts.show_figure(figs["clusters"], key=f"{key}_clusters")
-    parts.show_figure(figs["widths"], key=f"{key}_widths")
+    show_figure(figs["clusters"], key=f"{key}_clusters")
+    show_figure(figs["widths"], key=f"{key}_widths")
     with st.expander("Settings"):
         st.json(settings)
 
@@ -118,7 +122,7 @@ def main() -> None:
         st.info("No runs recorded in this workspace yet.")
         return
     owners = cached.jobs().owners_of_runs()
-    me = parts.owner()
+    me = owner()
     if me is not None and st.toggle("Only my runs", key=S.HISTORY_MINE):
         listed = [r for r in listed if owners.get(r["id"]) == me]
         if not listed:
@@ -144,7 +148,7 @@ def main() -> None:
             return
         from hdap_engine.report.charts import runs_comparison
 
-        parts.show_figure(runs_comparison([(f"#{i}", runs[i]["result"]) for i in chosen]),
+        show_figure(runs_comparison([(f"#{i}", runs[i]["result"]) for i in chosen]),
                           key="compare_fleet")
         from hdap_engine.options import flatten_settings
 

@@ -12,8 +12,22 @@ import streamlit as st
 
 from hdap_engine.errors import HdapError
 from hdap_engine.options import SEARCH_EFFORTS
-from studio import cached, parts
+from studio import cached
 from studio import state as S
+from studio.fleet import current_fleet
+from studio.options import (
+    accept_data_upload,
+    backend_text,
+    data_check,
+    data_choice,
+    data_name,
+    method_choices,
+    method_text,
+    objective_choices,
+    objective_text,
+    weights_badge,
+    weights_choice,
+)
 
 DATA_TEXT = {"none": "none: accuracy unknown",
              "digits": "digits (built in: scikit-learn's 1,797 8x8 digits, 10 classes)",
@@ -46,27 +60,27 @@ def _labelled_data() -> None:
                 help="Class folders are read in alphabetical order, which must be the order "
                      "of the weights' outputs. Members with '..' or absolute paths and links "
                      "are refused before anything is written.")
-            weights, _ = parts.weights_choice()
+            weights, _ = weights_choice()
             seen = None if up is None else (up.file_id, S.get(S.MODEL), weights)
             if up is not None and S.get(S.DATA_SEEN) != seen:
                 S.put(S.DATA_SEEN, seen)
                 with st.spinner(f"Reading {up.name} for {S.get(S.MODEL)}..."):
-                    parts.accept_data_upload(up.name, up.getvalue())
+                    accept_data_upload(up.name, up.getvalue())
             if S.get(S.DATA_ERROR):
                 st.error(S.get(S.DATA_ERROR), icon=":material/error:")
-        data, label = parts.data_choice()
+        data, label = data_choice()
         if data is None and S.get(S.DATA_MODE) == "upload":
             st.info("No dataset accepted yet: upload a zip, or choose digits.")
         elif data is not None:
             with st.spinner("Checking the labelled data against the model..."):
-                summary, problem = parts.data_check()
+                summary, problem = data_check()
             if problem:
                 st.error(problem, icon=":material/error:")
             else:
                 st.caption(f":material/dataset: {label}: {summary['classes']} classes, "
                            f"{summary['n_train']:,} images to calibrate and fine-tune on; "
                            "accuracy measured on "
-                           f"{summary['heldout'].replace(data, parts.data_name(data))}.")
+                           f"{summary['heldout'].replace(data, data_name(data))}.")
                 for note in summary["notes"]:
                     st.caption(f":material/info: {note}")
         if data is None:
@@ -85,7 +99,7 @@ def _labelled_data() -> None:
                             min_value=0.05, max_value=1.0, step=0.01, format="%.2f",
                             key=S.FLOOR_FRACTION,
                             help="The HDAP paper's code uses 0.9.")
-        if parts.weights_choice()[0] is None:
+        if weights_choice()[0] is None:
             st.caption("Fine-tuning distils from the unpruned model, which needs trained "
                        "weights: choose the demo weights or upload yours to fine-tune.")
         else:
@@ -155,7 +169,7 @@ def main() -> None:
             if wf and wf["model"] != S.get(S.MODEL):
                 st.info(f"{wf['name']} holds weights for {wf['model']}; upload weights for "
                         f"{S.get(S.MODEL)} or switch back.")
-        parts.weights_badge()
+        weights_badge()
 
     _labelled_data()
 
@@ -200,12 +214,12 @@ def main() -> None:
     # -- objective and backend ----------------------------------------------------------------
     o = st.columns([1, 1])
     with o[0]:
-        st.selectbox("Objective (minimised over the fleet)", list(parts.OBJECTIVE_TEXT),
-                     key=S.OBJECTIVE, format_func=lambda k: f"{k}: {parts.OBJECTIVE_TEXT[k]}")
+        st.selectbox("Objective (minimised over the fleet)", objective_choices(),
+                     key=S.OBJECTIVE, format_func=objective_text)
         if S.get(S.OBJECTIVE) == "slo":
             st.number_input("Latency target (ms)", min_value=0.01, step=1.0, key=S.SLO_MS)
     with o[1]:
-        fv = parts.current_fleet()
+        fv = current_fleet()
         backends = ["twin", "host"]
         has_urls = fv is not None and "agent_url" in fv.fleet.context_columns
         if has_urls:
@@ -213,7 +227,7 @@ def main() -> None:
         if S.get(S.BACKEND) not in backends:
             S.put(S.BACKEND, "twin")
         st.radio("Latency backend (where 'measured' comes from)", backends, key=S.BACKEND,
-                 format_func=parts.BACKEND_TEXT.get)
+                 format_func=backend_text)
         if S.get(S.BACKEND) == "agent":
             st.text_input("Agent token", type="password", key=S.AGENT_TOKEN,
                           help="The token the agents were started with (HDAP_AGENT_TOKEN).")
@@ -222,8 +236,8 @@ def main() -> None:
 
     with st.expander("Advanced options"):
         a = st.columns(7)
-        a[0].selectbox("Method", parts.method_choices(), key=S.METHOD,
-                       format_func=parts.method_text)
+        a[0].selectbox("Method", method_choices(), key=S.METHOD,
+                       format_func=method_text)
         a[1].selectbox("Round widths to", [1, 2, 4, 8, 16, 32], key=S.ROUND_TO,
                        help="Every kept width is a multiple of this (hardware likes "
                             "multiples of 8).")

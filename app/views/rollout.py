@@ -9,15 +9,15 @@ import json
 
 import streamlit as st
 
-from studio import cached, parts
+from hdap_engine.jobs import rollout_settings
 from studio import state as S
+from studio.jobs import finished_job, submit
+from studio.results import run_with_surrogate, show_figure
 
 
 def _start(run, variants: int) -> None:
     """Queue the planning job (or open the equal one already queued, running or done)."""
-    job, created = cached.job_runner(cached.workspace()).submit(
-        "rollout", {"rollout": {"job": run.job_id, "variants": int(variants)}},
-        owner=parts.owner(), agent_token=S.get(S.AGENT_TOKEN) or None)
+    job, created = submit("rollout", rollout_settings(run.job_id, variants))
     S.put(S.ROLLOUT_JOB, {"for": run.key, "job": job.id})
     if not created:
         st.toast(f"The same plan is already {job.state} as job {job.id}: showing it.",
@@ -26,7 +26,7 @@ def _start(run, variants: int) -> None:
 
 def main() -> None:
     st.title("Rollout")
-    run = parts.run_with_surrogate("to plan a rollout")
+    run = run_with_surrogate("to plan a rollout")
     if run is None:
         return
     rep = run.report
@@ -52,7 +52,7 @@ def main() -> None:
     mine = S.get(S.ROLLOUT_JOB)
     if not mine or mine["for"] != run.key:
         return
-    job = parts.finished_job(mine["job"])
+    job = finished_job(mine["job"])
     if job is None:
         return
     from hdap_engine.lifecycle.rollout import rollout_rows
@@ -65,7 +65,7 @@ def main() -> None:
     for p in doc["plans"]:
         for note in p["notes"]:
             st.caption(f"{p['variants']} variants: {note}")
-    parts.show_figure(rollout_chart(doc), key="fig_rollout")
+    show_figure(rollout_chart(doc), key="fig_rollout")
     st.download_button("Download rollout.json", json.dumps(doc, indent=1),
                        file_name="rollout.json", mime="application/json",
                        icon=":material/download:")

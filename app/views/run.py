@@ -9,8 +9,21 @@ anyone on the team, and a closed tab loses nothing.
 import streamlit as st
 
 from hdap_engine.errors import HdapError
-from studio import cached, parts
 from studio import state as S
+from studio.fleet import need_fleet, user_weights
+from studio.jobs import elapsed_text, finished_job, study_job_settings, submit
+from studio.options import (
+    data_check,
+    data_choice,
+    finetune_epochs,
+    method_choices,
+    method_text,
+    min_accuracy,
+    study_options,
+    weights_badge,
+    weights_choice,
+)
+from studio.results import accuracy_line, fleet_headline, run_view, show_figure
 
 
 def _job_id() -> int | None:
@@ -35,7 +48,7 @@ def _start(fv, cv) -> None:
     """Queue the study of the widgets (or open the equal one already queued or running)."""
     S.put(S.RUN_ERROR, None)
     try:
-        options = parts.study_options(fv, cv)
+        options = study_options(fv, cv)
     except HdapError as exc:
         S.put(S.RUN_ERROR, str(exc))
         return
@@ -43,13 +56,11 @@ def _start(fv, cv) -> None:
         S.put(S.RUN_ERROR, "this fleet has no file the server can read; upload it again on "
                            "the Fleet page")
         return
-    _, problem = parts.data_check()
+    _, problem = data_check()
     if problem:  # the worker would refuse it after the fleet work; say so now
         S.put(S.RUN_ERROR, f"{problem} (labelled data, Model page)")
         return
-    job, created = cached.job_runner(cached.workspace()).submit(
-        "study", parts.job_settings(fv, cv, options), owner=parts.owner(),
-        agent_token=S.get(S.AGENT_TOKEN) or None)
+    job, created = submit("study", study_job_settings(fv, cv, options))
     S.put(S.JOB, job.id)
     st.query_params["job"] = str(job.id)
     if not created:
@@ -69,20 +80,20 @@ def _results(run) -> None:
     st.caption(f"Job {run.job_id}{who} · {rep.get('model', '')} · {run.fleet_label} · method "
                f"{rep['method']} · budget {rep['budget_macs'] / 1e9:.3f} G MACs, pruned model "
                f"{rep.get('macs', rep['budget_macs']) / 1e9:.3f} G · {run.weights_label} · "
-               f"{parts.elapsed_text(run.seconds)}")
-    parts.fleet_headline(rep)
-    st.caption(f":material/target: {parts.accuracy_line(rep.get('accuracy'))}")
+               f"{elapsed_text(run.seconds)}")
+    fleet_headline(rep)
+    st.caption(f":material/target: {accuracy_line(rep.get('accuracy'))}")
     if (rep.get("accuracy") or {}).get("unpruned") is None:
         st.caption("Choose labelled data on the Model page to measure accuracy: until it is "
                    "known, nothing says the pruned model is usable.")
     figs = run.figures()
-    parts.show_figure(figs["clusters"], key="fig_clusters")
+    show_figure(figs["clusters"], key="fig_clusters")
     left, right = st.columns(2)
     with left:
-        parts.show_figure(figs["widths"], key="fig_widths")
+        show_figure(figs["widths"], key="fig_widths")
     with right:
         if "surrogate" in figs:
-            parts.show_figure(figs["surrogate"], key="fig_surrogate")
+            show_figure(figs["surrogate"], key="fig_surrogate")
         else:
             st.info("This method trains no surrogate.")
     m = run.measurements
@@ -92,13 +103,13 @@ def _results(run) -> None:
     for note in rep.get("notes") or []:
         st.caption(f":material/info: {note}")
     if "comparison" in figs:
-        parts.show_figure(figs["comparison"], key="fig_comparison")
+        show_figure(figs["comparison"], key="fig_comparison")
         rows = run.comparison["rows"]
         # Accuracy columns only when some row measured one (with labelled data).
         stages = [s for s in ("pruned", "calibrated", "finetuned")
                   if any((r.get("accuracy") or {}).get(s) is not None for r in rows)]
         acc_cols = {s: f"{'fine-tuned' if s == 'finetuned' else s} top-1" for s in stages}
-        st.dataframe([{"method": parts.method_text(r["method"]),
+        st.dataframe([{"method": method_text(r["method"]),
                        "G MACs": r["macs"] / 1e9, "fleet mean ms": r["fleet_mean_ms"],
                        "p95 ms": r["p95_ms"], "worst cluster ms": r["worst_cluster_ms"],
                        "speedup": r["speedup"],
@@ -113,9 +124,9 @@ def _results(run) -> None:
             **{col: st.column_config.NumberColumn(format="%.1f%%", help="held-out top-1")
                for col in acc_cols.values()}})
     if "pareto" in figs:
-        parts.show_figure(figs["pareto"], key="fig_pareto")
+        show_figure(figs["pareto"], key="fig_pareto")
     if "accuracy_pareto" in figs:
-        parts.show_figure(figs["accuracy_pareto"], key="fig_accuracy_pareto")
+        show_figure(figs["accuracy_pareto"], key="fig_accuracy_pareto")
     st.page_link("views/whatif.py", label="Next: what-if (move the budget or the weights)",
                  icon=":material/arrow_forward:")
     st.page_link("views/finetune.py", label="Fine-tune the pruned model (distillation)",
@@ -125,12 +136,12 @@ def _results(run) -> None:
 
 
 def _show(job_id: int) -> None:
-    job = parts.finished_job(job_id)
+    job = finished_job(job_id)
     if job is None:
         return
     run = S.get(S.RUN)
     if run is None or run.job_id != job.id:
-        run = parts.run_view(job)
+        run = run_view(job)
         S.put(S.RUN, run)
     _results(run)
 
@@ -138,29 +149,29 @@ def _show(job_id: int) -> None:
 def main() -> None:
     st.title("Run")
     job_id = _job_id()
-    got = parts.need_fleet()
+    got = need_fleet()
     if got is not None:
         fv, cv = got
         cl = cv.clustering
-        _, weights_label = parts.weights_choice()
+        _, weights_label = weights_choice()
         st.markdown(
             f"**{S.get(S.MODEL)}** ({weights_label}) pruned to "
             f"**{float(S.get(S.BUDGET_FRACTION)):.1%}** of its MACs for **{fv.label}** "
             f"({fv.fleet.n_devices:,} devices, {cl.k_} clusters), objective "
             f"**{S.get(S.OBJECTIVE)}**, weights "
-            f"**{'yours' if parts.user_weights(cv) else 'device shares'}**, backend "
+            f"**{'yours' if user_weights(cv) else 'device shares'}**, backend "
             f"**{S.get(S.BACKEND)}**, method **{S.get(S.METHOD)}**, {S.get(S.SAMPLES)} "
             f"candidates measured per representative, **{S.get(S.SEARCH_EFFORT)}** search; "
             "labelled data "
-            f"**{parts.data_choice()[1]}**"
-            + (f", accuracy floor **{parts.min_accuracy()}**" if parts.min_accuracy() else "")
-            + (f", then **{parts.finetune_epochs()}** fine-tune epochs"
-               if parts.finetune_epochs() else "") + ".")
-        parts.weights_badge()
+            f"**{data_choice()[1]}**"
+            + (f", accuracy floor **{min_accuracy()}**" if min_accuracy() else "")
+            + (f", then **{finetune_epochs()}** fine-tune epochs"
+               if finetune_epochs() else "") + ".")
+        weights_badge()
         c = st.columns([2, 1])
         c[0].multiselect("Also compare with (same budget, measured the same way)",
-                         [m for m in parts.method_choices() if m != S.get(S.METHOD)],
-                         key=S.COMPARE_METHODS, format_func=parts.method_text)
+                         [m for m in method_choices() if m != S.get(S.METHOD)],
+                         key=S.COMPARE_METHODS, format_func=method_text)
         c[1].checkbox("Budget sweep for a Pareto chart", key=S.SWEEP_ON,
                       help="Searches and measures five more budgets on the same surrogate.")
         if st.button("Run the study", type="primary", icon=":material/play_arrow:",

@@ -8,13 +8,18 @@ measure and export" queues the what-if candidate as a job (a real run).
 import streamlit as st
 
 from hdap_engine.errors import HdapError
-from studio import cached, parts
+from hdap_engine.jobs import what_if_settings
+from studio import cached
 from studio import state as S
+from studio.fleet import chosen_weights, slider_value
+from studio.jobs import submit
+from studio.options import objective_choices, objective_text
+from studio.results import run_with_surrogate, show_figure
 
 
 def main() -> None:
     st.title("What-if")
-    run = parts.run_with_surrogate("to explore what-ifs")
+    run = run_with_surrogate("to explore what-ifs")
     if run is None:
         return
     rep = run.report
@@ -41,7 +46,7 @@ def main() -> None:
         S.put(S.WHATIF_BUDGET, round(rep["budget_macs"] / space.base_macs * 100, 1))
         S.put(S.WHATIF_OBJECTIVE, rep["objective"])
         for c in clusters:
-            S.put(S.whatif_weight_key(c["cluster"]), round(float(c["weight"]), 3))
+            S.put(S.whatif_weight_key(c["cluster"]), slider_value(c["weight"]))
         S.put(S.WHATIF_FOR, run.key)
 
 
@@ -55,9 +60,9 @@ def main() -> None:
     c = st.columns([2, 1])
     c[0].slider("Budget (% of the unpruned model's MACs)", min_pct, 100.0, step=0.5,
                 format="%.1f%%", key=S.WHATIF_BUDGET)
-    c[1].selectbox("Objective", [o for o in parts.OBJECTIVE_TEXT if o != "slo"]
+    c[1].selectbox("Objective", [o for o in objective_choices() if o != "slo"]
                    + (["slo"] if slo_ms else []),
-                   key=S.WHATIF_OBJECTIVE, format_func=lambda k: f"{k}: {parts.OBJECTIVE_TEXT[k]}")
+                   key=S.WHATIF_OBJECTIVE, format_func=objective_text)
     st.markdown("**Cluster weights** (normalised before use)")
     wc = st.columns(min(ctx.k, 5))
     for i in range(ctx.k):
@@ -66,9 +71,8 @@ def main() -> None:
     st.button("Back to the run's settings", on_click=_reset, icon=":material/restart_alt:")
 
     budget = f"{float(S.get(S.WHATIF_BUDGET)) / 100:.6f}"
-    weights = tuple(float(S.get(S.whatif_weight_key(i))) for i in range(ctx.k))
-    if all(abs(w - round(s, 3)) < 1e-9 for w, s in zip(weights, shares, strict=True)):
-        weights = None  # the device shares: the default, recorded as such
+    user = chosen_weights([S.get(S.whatif_weight_key(i)) for i in range(ctx.k)], shares)
+    weights = None if user is None else tuple(user.values())  # hashable, for the cache
     objective = S.get(S.WHATIF_OBJECTIVE)
     try:
         with st.spinner("Searching on the surrogate..."):
@@ -79,30 +83,31 @@ def main() -> None:
         return
 
     from hdap_engine.report.charts import cluster_bars, widths_chart
+    from hdap_engine.search.objectives import predicted_fleet_mean
 
     pred = [float(x) for x in opt.predicted_cluster_ms]
     study_pred = None if clusters[0].get("predicted_ms") is None else \
         [float(c["predicted_ms"]) for c in clusters]
-    fleet_pred = sum(p * s for p, s in zip(pred, shares, strict=True))
+    fleet_pred = predicted_fleet_mean(pred, shares)
     m = st.columns(4)
     m[0].metric("What-if MACs", f"{space.macs(opt.widths) / 1e9:.3f} G",
                 delta=f"{(space.macs(opt.widths) - run_macs) / 1e9:+.3f} G vs run")
     m[1].metric("Predicted fleet mean", f"{fleet_pred:.2f} ms",
                 delta=None if study_pred is None else
-                f"{fleet_pred - sum(p * s for p, s in zip(study_pred, shares, strict=True)):+.2f} "
+                f"{fleet_pred - predicted_fleet_mean(study_pred, shares):+.2f} "
                 "ms vs run (predicted)", delta_color="inverse",
                 help="surrogate prediction, weighted by device share")
     m[2].metric("Run's measured fleet mean", f"{run.report['fleet']['measured_mean_ms']:.2f} ms",
                 help=f"measured: {run.report['measured_source']}")
     m[3].metric("Search time", f"{opt.search_s:.1f} s")
 
-    parts.show_figure(cluster_bars(shares, {
+    show_figure(cluster_bars(shares, {
         f"run, measured ({run.report['measured_source']})":
             [float(c["measured_ms"]) for c in clusters],
         "run, predicted": study_pred or [None] * ctx.k,
         "what-if, predicted": pred,
     }, title="Latency per cluster: the run against the what-if candidate"), key="fig_whatif")
-    parts.show_figure(widths_chart({"unpruned": run.base_widths, "pruned": run.widths,
+    show_figure(widths_chart({"unpruned": run.base_widths, "pruned": run.widths,
                                     "what-if": space.widths_dict(opt.widths)}),
                       key="fig_whatif_widths")
 
@@ -111,13 +116,9 @@ def main() -> None:
                "on the run's backend and exports it; the Run page follows it.")
     if st.button("Prune, measure and export this candidate", type="primary",
                  icon=":material/build:", key="whatif_apply"):
-        user = None if weights is None else dict(enumerate(weights))
         options = ctx.options.updated(budget=budget, objective=objective, cluster_weights=user,
                                       method=method)
-        settings = {**job.settings, "options": options.settings(), "compare": [],
-                    "sweep": False}
-        new, _ = cached.job_runner(cached.workspace()).submit(
-            "study", settings, owner=parts.owner(), agent_token=S.get(S.AGENT_TOKEN) or None)
+        new, _ = submit("study", what_if_settings(job.settings, options))
         S.put(S.JOB, new.id)
         st.switch_page("views/run.py", query_params={"job": str(new.id)})
 

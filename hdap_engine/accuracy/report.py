@@ -109,6 +109,13 @@ def preprocess_block(data=None) -> dict | None:
     return None if data is None else data.preprocess.as_dict()
 
 
+def exported_top1(block: dict | None) -> float | None:
+    """Held-out top-1 of the exported model: fine-tuned when it was, else after batch-norm
+    re-estimation; None when accuracy is unknown (no labelled data)."""
+    acc = block or {}
+    return acc.get("finetuned") if acc.get("finetuned") is not None else acc.get("calibrated")
+
+
 def accuracy_summary(block: dict | None) -> str:
     """One line: the held-out accuracies of a report's accuracy block, or that it is unknown."""
     if not block or block.get("unpruned") is None:

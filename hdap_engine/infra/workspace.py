@@ -34,7 +34,7 @@ def save_upload(data: bytes, name: str, kind: str) -> Path:
 
     Returns
     -------
-    The stored file's path.
+    The stored file's path; `upload_label` gives back the name its user knows.
     """
     import hashlib
     import re
@@ -49,6 +49,17 @@ def save_upload(data: bytes, name: str, kind: str) -> Path:
         tmp.write_bytes(data)
         tmp.replace(path)
     return path
+
+
+def upload_label(path: str | Path | None) -> str:
+    """A file as people know it: a `save_upload` copy (``<digest>-<name>``) by the name it
+    was uploaded with, any other path as it is, nothing as ``"none"``."""
+    import re
+
+    if not path:
+        return "none"
+    match = re.fullmatch(r"[0-9a-f]{12}-(.+)", Path(str(path)).name)
+    return match.group(1) if match else str(path)
 
 
 def new_bundle_dir(label: str) -> Path:

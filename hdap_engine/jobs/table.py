@@ -106,6 +106,11 @@ class Job:
             return None
         return (self.ended_at or time.time()) - self.started_at
 
+    @property
+    def fraction(self) -> float:
+        """How far the stage under way is, from 0 to 1 (0 before the first step)."""
+        return min(max(self.step / self.total, 0.0), 1.0) if self.total else 0.0
+
 
 def dedupe_key(kind: str, settings: dict) -> str:
     """The same kind and settings give the same key (key order does not matter)."""
@@ -205,6 +210,27 @@ class JobTable:
     def queued(self) -> list[Job]:
         """Queued jobs, oldest first: the order they start in."""
         return [_job(r) for r in self._read(f"{_SELECT} WHERE state = 'queued' ORDER BY id")]
+
+    def queued_ahead(self, job_id: int) -> int:
+        """How many queued jobs start before job ``job_id``."""
+        return sum(1 for job in self.queued() if job.id < int(job_id))
+
+    def find(self, kind: str, *, limit: int = 200, **spec) -> list[Job]:
+        """Jobs of ``kind`` whose settings section of that kind holds ``spec``, newest first.
+
+        E.g. ``find("finetune", of_job=12)``: the fine-tunes of study job 12 (settings
+        ``{"finetune": {..., "of_job": 12}}``). ``limit`` bounds the jobs of ``kind`` read.
+        """
+        rows = self._read(f"{_SELECT} WHERE kind = ? ORDER BY id DESC LIMIT ?",
+                          (kind, int(limit)))
+        jobs = [_job(r) for r in rows]
+        return [job for job in jobs
+                if all(((job.settings or {}).get(kind) or {}).get(k) == v for k, v in spec.items())]
+
+    def latest(self, kind: str, **spec) -> Job | None:
+        """The newest job `find` gives, or None."""
+        found = self.find(kind, **spec)
+        return found[0] if found else None
 
     def owners_of_runs(self) -> dict[int, str | None]:
         """History run id -> the owner of the job that recorded it."""

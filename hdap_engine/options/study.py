@@ -26,7 +26,13 @@ from hdap_engine.options.base import one_of, option
 from hdap_engine.search.methods import get_method, method_names
 from hdap_engine.search.objectives import OBJECTIVES
 
-BACKENDS = ("twin", "host", "agent")
+# Every backend with its one-line description (the app's backend picker reads these).
+BACKEND_DESCRIPTIONS = {
+    "twin": "a simulated twin of every device (simulated, labelled so)",
+    "host": "this machine, real PyTorch timings (the fleet becomes one cluster)",
+    "agent": "real devices running the HDAP agent (uses the agent_url column)",
+}
+BACKENDS = tuple(BACKEND_DESCRIPTIONS)
 HOST_CLOCKS = ("auto", "wall", "thread")
 # What runs the model on the host (hdap_engine/latency/runtimes.py, kept import-free here).
 HOST_RUNTIMES = ("torch", "torchscript", "onnxruntime")

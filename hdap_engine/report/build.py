@@ -21,6 +21,7 @@ def build_report(result) -> dict:
     import numpy as np
 
     from hdap_engine.models.zoo import weights_label
+    from hdap_engine.search.objectives import predicted_fleet_mean
     from hdap_engine.study.verify import fleet_metrics
 
     ctx = result.context
@@ -49,7 +50,8 @@ def build_report(result) -> dict:
         })
     predicted_mean = None
     if result.predicted_cluster_ms is not None:
-        predicted_mean = float(np.sum(result.predicted_cluster_ms * ctx.clustering.shares_))
+        predicted_mean = predicted_fleet_mean(result.predicted_cluster_ms,
+                                              ctx.clustering.shares_)
     opt = ctx.options
     surrogate = result.surrogate
     notes = list(ctx.notes) + list(result.learned.notes if result.learned else ()) + val.notes

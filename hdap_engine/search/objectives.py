@@ -24,7 +24,14 @@ from scipy.special import ndtr
 
 from hdap_engine.errors import HdapError
 
-OBJECTIVES = ("mean", "p95", "worst", "slo")
+# Every objective with its one-line description (the app's objective pickers read these).
+OBJECTIVE_DESCRIPTIONS = {
+    "mean": "weighted mean latency over clusters",
+    "p95": "95th-percentile latency over devices",
+    "worst": "latency of the slowest cluster",
+    "slo": "share of devices slower than a latency target (SLO)",
+}
+OBJECTIVES = tuple(OBJECTIVE_DESCRIPTIONS)
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,13 @@ def cluster_dispersion(probes_ms: np.ndarray, labels: np.ndarray, k: int) -> np.
         rel = logp[m] - np.median(logp[m], axis=0)
         out[c] = float(np.std(rel.mean(axis=1)))
     return out
+
+
+def predicted_fleet_mean(cluster_ms, shares) -> float:
+    """The fleet mean of per-cluster latencies (k,): each cluster weighted by its share of
+    devices (what "predicted fleet mean" means in reports, sweeps and the what-if page)."""
+    return float(np.sum(np.asarray(cluster_ms, dtype=np.float64)
+                        * np.asarray(shares, dtype=np.float64)))
 
 
 def cluster_weights(shares: np.ndarray, user: dict[int, float] | None = None) -> np.ndarray:

@@ -28,6 +28,7 @@ from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.search.baselines import uniform_widths
 from hdap_engine.search.evolution import evolve
 from hdap_engine.search.methods import check_methods, get_method, method_names
+from hdap_engine.search.objectives import predicted_fleet_mean
 from hdap_engine.study.prepare import StudyContext, prepare
 from hdap_engine.study.run import optimize
 from hdap_engine.study.verify import fleet_metrics, verify_candidate
@@ -258,8 +259,8 @@ def sweep_context(ctx: StudyContext, budgets: list[str], *, methods=None, plan=N
             row["budget"] = budget
             row["budget_macs"] = float(res.target_macs)
             if res.predicted_cluster_ms is not None:
-                row["predicted_mean_ms"] = float(np.sum(res.predicted_cluster_ms
-                                                        * ctx.clustering.shares_))
+                row["predicted_mean_ms"] = predicted_fleet_mean(res.predicted_cluster_ms,
+                                                                ctx.clustering.shares_)
             points.append(row)
             progress("sweep", len(points), total)
     return {"model": ctx.space.model, "measured_source": ctx.backend.source,

@@ -1,0 +1,178 @@
+"""The study chosen on the widgets: model weights, labelled data, budget, method, options.
+
+The widgets that set one study setting each are listed once, in
+`studio.state.STUDY_WIDGETS` (widget key -> the setting's flat name): their
+defaults come from `hdap_engine.options`, and `study_options` builds the
+engine's `StudyOptions` from them, which validates the whole. Descriptions of
+methods, objectives and backends are the engine's registries'.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from studio import cached
+from studio import state as S
+from studio.fleet import ClusterView, FleetView, clustering_request, context_features, user_weights
+
+
+def method_text(name: str) -> str:
+    """A method's one-line description from the engine's registry."""
+    from hdap_engine.search.methods import get_method
+
+    return get_method(name).description
+
+
+def method_choices(*, searches: bool | None = None) -> list[str]:
+    """Registered method names (only searching or baseline ones)."""
+    from hdap_engine.search.methods import method_names
+
+    return list(method_names(searches=searches))
+
+
+def objective_choices() -> list[str]:
+    """The engine's objectives."""
+    from hdap_engine.search.objectives import OBJECTIVES
+
+    return list(OBJECTIVES)
+
+
+def objective_text(name: str) -> str:
+    """An objective as its pickers show it: name and the engine's description."""
+    from hdap_engine.search.objectives import OBJECTIVE_DESCRIPTIONS
+
+    return f"{name}: {OBJECTIVE_DESCRIPTIONS[name]}"
+
+
+def backend_text(name: str) -> str:
+    """A latency backend as its picker shows it: name and the engine's description."""
+    from hdap_engine.options import BACKEND_DESCRIPTIONS
+
+    return f"{name}: {BACKEND_DESCRIPTIONS[name]}"
+
+
+def weights_choice() -> tuple[str | None, str]:
+    """(model_weights for the engine, label for people) of the model on screen."""
+    wf = S.get(S.WEIGHTS_FILE)
+    if S.get(S.WEIGHTS_MODE) == "upload" and wf and wf["model"] == S.get(S.MODEL):
+        return wf["path"], f"user-supplied state dict ({wf['name']})"
+    if S.get(S.WEIGHTS_MODE) == "demo":
+        from hdap_engine.models.demo import demo_label, demo_weights
+
+        path = demo_weights(S.get(S.MODEL))
+        if path is not None:
+            return str(path), demo_label(S.get(S.MODEL)) or "trained demo weights"
+    return None, "random initialisation (seeded)"
+
+
+def weights_badge() -> None:
+    """Say plainly whether the model's weights are random or the user's."""
+    path, label = weights_choice()
+    if path is None:
+        st.warning(f"Model weights: **{label}**. Latency does not depend on the weight values, "
+                   "so the study is valid, but the exported model is untrained: upload your "
+                   "trained state dict on the Model page to export a usable model. (Pretrained "
+                   "weights cannot be downloaded on this machine.)", icon=":material/casino:")
+    else:
+        st.success(f"Model weights: **{label}**", icon=":material/upload_file:")
+
+
+def data_choice() -> tuple[str | None, str]:
+    """(data for the engine, label for people) of the Model page's labelled-data choice."""
+    mode = S.get(S.DATA_MODE)
+    if mode == "digits":
+        from hdap_engine.data import DIGITS
+
+        return DIGITS, "digits (built in: scikit-learn's 8x8 digits, 10 classes)"
+    df = S.get(S.DATA_FILE)
+    if mode == "upload" and df:
+        return df["path"], f"uploaded {df['name']}"
+    return None, "none: accuracy unknown"
+
+
+def data_name(data: str | None) -> str:
+    """Labelled data as people know it (an upload by its own name: the workspace's
+    `upload_label`)."""
+    from hdap_engine.infra.workspace import upload_label
+
+    return upload_label(data)
+
+
+def data_check(data: str | None = None) -> tuple[dict | None, str | None]:
+    """(summary, None) when the data fits the model and weights on screen, else (None, why).
+
+    The engine's own reader checks it (`hdap_engine.accuracy.study.check_data`), cached.
+    """
+    data = data_choice()[0] if data is None else data
+    if data is None:
+        return None, None
+    weights, _ = weights_choice()
+    return cached.checked_data(S.get(S.MODEL), weights, data)
+
+
+def accept_data_upload(name: str, raw: bytes) -> str | None:
+    """Check an uploaded dataset zip; on success it becomes the labelled data.
+
+    Returns the engine's message when the zip is refused; the data chosen
+    before stays as it was.
+    """
+    from pathlib import Path
+
+    from hdap_engine.infra.workspace import save_upload
+
+    # Kept in the workspace: jobs run in worker processes, which read the zip.
+    path = save_upload(bytes(raw), name, "data")
+    _, error = data_check(str(path))
+    if error is not None:
+        # The engine names the stored copy; the user knows the file by its own name.
+        error = error.replace(str(path), name).replace(path.name, name)
+        if (S.get(S.DATA_FILE) or {}).get("path") != str(path):
+            Path(path).unlink(missing_ok=True)
+        S.put(S.DATA_ERROR, error)
+        return error
+    S.put(S.DATA_FILE, {"path": str(path), "name": name})
+    S.put(S.DATA_ERROR, None)
+    return None
+
+
+def min_accuracy() -> str | None:
+    """The accuracy floor for the engine (``min_accuracy``), None without data or floor."""
+    if data_choice()[0] is None or S.get(S.FLOOR_MODE) == "none":
+        return None
+    if S.get(S.FLOOR_MODE) == "uniform":
+        return "uniform"
+    return f"{float(S.get(S.FLOOR_FRACTION)):g}"
+
+
+def finetune_epochs() -> int:
+    """Epochs the study fine-tunes its model: 0 without data or without trained weights
+    (distillation needs a trained teacher)."""
+    if data_choice()[0] is None or weights_choice()[0] is None:
+        return 0
+    return int(S.get(S.FINETUNE_EPOCHS) or 0)
+
+
+def budget_text() -> str:
+    """The budget as the engine reads it: a fraction of the model."""
+    return f"{float(S.get(S.BUDGET_FRACTION)):.6f}"
+
+
+def study_options(fv: FleetView, cv: ClusterView):
+    """The `StudyOptions` of the widgets (raises HdapError for an impossible combination).
+
+    The widgets of `studio.state.STUDY_WIDGETS` give their settings as they are (read
+    as the engine's default's type); the others are derived from several widgets.
+    """
+    from hdap_engine.options import StudyOptions, default, search_effort
+
+    flat = {name: type(default(name))(S.get(key)) for key, name in S.STUDY_WIDGETS.items()}
+    k, _, _, _ = clustering_request()
+    flat.update(
+        budget=budget_text(),
+        slo_ms=float(S.get(S.SLO_MS)) if flat["objective"] == "slo" else None,
+        cluster_weights=user_weights(cv), k=k, context_features=tuple(context_features(fv)),
+        sku=fv.fleet.sku,
+        model_weights=weights_choice()[0], agent_token=S.get(S.AGENT_TOKEN) or None,
+        data=data_choice()[0], min_accuracy=min_accuracy(), finetune_epochs=finetune_epochs(),
+        **search_effort(S.get(S.SEARCH_EFFORT)))
+    return StudyOptions.of(**flat)

@@ -1,0 +1,110 @@
+"""A finished study on screen: its record as the pages draw it, headline numbers, figures.
+
+Everything comes from the job's record in the store; the figures are the
+engine's (`hdap_engine.report.charts`), the accuracy wording too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from studio import state as S
+from studio.options import data_name
+
+
+@dataclass
+class RunView:
+    """A finished study job on screen: everything comes from the job's record in the store."""
+
+    job_id: int
+    report: dict  # report.json of the bundle (MACs, widths added at export)
+    widths: dict
+    base_widths: dict
+    test_points: object  # {column: values} or None
+    settings: dict
+    fleet_label: str
+    weights_label: str
+    seconds: float
+    bundle: str | None = None
+    comparison: dict | None = None
+    sweep: dict | None = None
+    owner: str | None = None
+    measurements: dict | None = None
+
+    @property
+    def key(self) -> str:
+        return f"job{self.job_id}"
+
+    def figures(self) -> dict:
+        from hdap_engine.report.charts import study_figures
+
+        return study_figures(self.report, widths=self.widths, base_widths=self.base_widths,
+                             test_points=self.test_points, sweep=self.sweep,
+                             comparison=self.comparison)
+
+
+def run_view(job) -> RunView:
+    """The results of a finished study job (`hdap_engine.jobs.Job`), as the pages draw them."""
+    res = job.result or {}
+    report = res["report"]
+    return RunView(job_id=job.id, report=report, widths=res["widths"],
+                   base_widths=res["base_widths"], test_points=res.get("test_points"),
+                   settings=job.settings,
+                   fleet_label=job.settings.get("fleet_label") or report.get("fleet_source", ""),
+                   weights_label=report.get("model_weights", ""), seconds=job.seconds or 0.0,
+                   bundle=res.get("bundle"), comparison=res.get("comparison"),
+                   sweep=res.get("sweep"), owner=job.owner,
+                   measurements=res.get("measurements"))
+
+
+def run_with_surrogate(purpose: str):
+    """The last run when it trained a surrogate; otherwise says why and where to go (None).
+
+    ``purpose`` ends the sentences, e.g. "to plan a rollout".
+    """
+    run = S.get(S.RUN)
+    if run is None:
+        st.info(f"Run a study first {purpose}: this page starts from its measurements and "
+                "surrogate.")
+        st.page_link("views/run.py", label="Go to the Run page", icon=":material/play_circle:")
+        return None
+    if not run.report.get("surrogate"):
+        st.info(f"The last run used the {run.report['method']} method, which trains no "
+                f"surrogate. Run a method that searches (HDAP, for one) {purpose}.")
+        return None
+    return run
+
+
+def accuracy_line(block: dict | None) -> str:
+    """The engine's one-line accuracy summary, naming an upload as its user knows it."""
+    from hdap_engine.accuracy.report import accuracy_summary
+
+    line = accuracy_summary(block)
+    data = (block or {}).get("dataset")
+    return line.replace(data, data_name(data)) if data else line
+
+
+def fleet_headline(report: dict) -> None:
+    """The fleet's headline numbers, each naming where it comes from."""
+    fleet = report["fleet"]
+    source = report["measured_source"]
+    c = st.columns(4)
+    c[0].metric("Fleet mean latency", f"{fleet['measured_mean_ms']:.2f} ms",
+                delta=f"{fleet['measured_mean_ms'] - fleet['unpruned_mean_ms']:+.2f} ms vs "
+                      "unpruned", delta_color="inverse", help=f"measured: {source}")
+    c[1].metric("Fleet p95 latency", f"{fleet['measured_p95_ms']:.2f} ms",
+                delta=f"{fleet['measured_p95_ms'] - fleet['unpruned_p95_ms']:+.2f} ms vs "
+                      "unpruned", delta_color="inverse", help=f"measured: {source}")
+    c[2].metric("Speedup", f"{fleet['speedup']:.2f}x",
+                help="unpruned fleet mean / pruned fleet mean, both measured the same way")
+    pred = fleet.get("predicted_mean_ms")
+    c[3].metric("Predicted fleet mean", "–" if pred is None else f"{pred:.2f} ms",
+                help="the surrogate's prediction, weighted by device share")
+    st.caption(f"Measured: **{source}**, over {fleet['basis']}. Unpruned fleet mean "
+               f"{fleet['unpruned_mean_ms']:.2f} ms, p95 {fleet['unpruned_p95_ms']:.2f} ms.")
+
+
+def show_figure(fig, key: str) -> None:
+    st.plotly_chart(fig, key=key, config={"displaylogo": False})
