@@ -76,7 +76,7 @@ def test_context_features_are_a_study_option_saved_with_the_run():
 @pytest.mark.parametrize("saved", ["options", "job"])
 def test_a_jobs_clustering_uses_its_context_features(tmp_path, saved):
     from hdap_engine.fleet.bench_data import synthetic_fleet, write_fleet
-    from hdap_engine.jobs.execute import _fleet_and_clustering
+    from hdap_engine.jobs.study_jobs import _fleet_and_clustering
 
     frame, _ = synthetic_fleet(600, seed=3)
     path = write_fleet(frame, tmp_path / "fleet.csv")

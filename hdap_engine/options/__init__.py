@@ -35,6 +35,7 @@ from hdap_engine.options.steps import (
     SimulationOptions,
 )
 from hdap_engine.options.study import (
+    BACKEND_DESCRIPTIONS,
     BACKENDS,
     CRITERIA,
     HOST_CLOCKS,
@@ -85,7 +86,7 @@ def default(name: str, of: type | None = None):
 
 
 __all__ = [
-    "BACKENDS", "CRITERIA", "DISTILL", "HOST_CLOCKS", "HOST_RUNTIMES", "SCHEDULES", "SCRATCH",
+    "BACKEND_DESCRIPTIONS", "BACKENDS", "CRITERIA", "DISTILL", "HOST_CLOCKS", "HOST_RUNTIMES", "SCHEDULES", "SCRATCH",
     "SEARCH_EFFORTS", "STUDY_WIDE", "SURROGATE_MODES", "WHAT_IF_SETTINGS", "AccuracyPlan",
     "AppOptions", "ClusteringPlan", "DriftOptions", "FinetuneOptions", "LongFormatOptions",
     "MacsBenchOptions", "MeasurementPlan", "ProbeOptions", "Query", "ReoptimiseOptions",
