@@ -45,15 +45,21 @@ def small_fleet(tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Files with slow or browser tests first (stable otherwise).
+    """The heaviest files first (stable otherwise).
 
     `make test` hands whole files to three workers in collection order; a long file that
-    starts last leaves two workers idle while it runs, so the long ones start first and the
-    quick files fill the gaps at the end.
+    starts last leaves the other workers idle while it runs, so the long ones start first
+    and the quick files fill the gaps at the end: files by their number of browser tests
+    (a server, job workers and Chromium each: they take the longest), then files with
+    slow tests.
     """
-    heavy = {item.path for item in items
-             if item.get_closest_marker("slow") or item.get_closest_marker("browser")}
-    items.sort(key=lambda item: item.path not in heavy)
+    browser: dict = {}
+    slow: set = set()
+    for item in items:
+        browser[item.path] = browser.get(item.path, 0) + bool(item.get_closest_marker("browser"))
+        if item.get_closest_marker("slow"):
+            slow.add(item.path)
+    items.sort(key=lambda item: (-browser[item.path], item.path not in slow))
 
 
 @pytest.fixture(scope="session")
