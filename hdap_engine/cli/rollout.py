@@ -6,7 +6,6 @@ import argparse
 
 from hdap_engine.cli.common import Bar, print_table, write_json
 from hdap_engine.cli.flags import add_fields, add_study_flags, study_options
-from hdap_engine.lifecycle.rollout import ROLLOUT_COLUMNS, rollout_rows
 from hdap_engine.options import RolloutOptions
 
 
@@ -35,6 +34,8 @@ def _cmd_rollout(args: argparse.Namespace) -> int:
           f"({plural(ctx.fleet.n_devices, 'device')}, {plural(ctx.k, 'cluster')}), "
           f"objective {options.query.objective}, measured by {rollout.measured_source} "
           f"({rollout.basis}); measurement noise {rollout.noise:.2%}")
+    from hdap_engine.lifecycle.rollout import ROLLOUT_COLUMNS, rollout_rows  # torch: not at --help
+
     print_table(rollout_rows(doc), ROLLOUT_COLUMNS)
     for p in doc["plans"]:
         for note in p["notes"]:
