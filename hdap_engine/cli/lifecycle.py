@@ -1,6 +1,6 @@
 """After the first model ships: `hdap drift` (snapshots, optionally a deployed bundle).
 
-`hdap rollout` (variants per group of clusters) is `hdap_engine.cli.rollout`.
+`hdap rollout` (variants per cohort of clusters) is `hdap_engine.cli.rollout`.
 """
 
 from __future__ import annotations

@@ -103,7 +103,7 @@ register_kind(JobKind(
     "sweep", "the budget sweep (a Pareto chart) on a prepared study",
     bind(run_prepared, sweep=True), STUDY_RESULT))
 register_kind(JobKind(
-    "rollout", "a rollout planned on a finished study: model variants for groups of clusters",
+    "rollout", "a rollout planned on a finished study: model variants for cohorts of clusters",
     run_rollout, ("rollout", "of_job")))
 register_kind(JobKind(
     "reoptimise", "a deployed bundle against a model re-optimised for a later snapshot",
