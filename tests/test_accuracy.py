@@ -28,7 +28,7 @@ from hdap_engine.errors import HdapError
 from hdap_engine.models.zoo import build_model
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.baselines import uniform_widths
-from tests.helpers.paths import ROOT
+from tests.helpers.paths import DEMO
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -259,7 +259,7 @@ def test_guide_refuses_a_floor_no_sampled_candidate_meets(probed, space):
     from hdap_engine.accuracy.guide import AccuracyGuide
 
     _, calib = probed
-    demo = build_model("resnet56", ROOT / "sample_data" / "resnet56_digits.pt")
+    demo = build_model("resnet56", DEMO)
     # The trained demo cannot keep 0.95 of its calibrated accuracy at 15 % of its MACs.
     with pytest.raises(HdapError, match=r"no candidate at 15% MACs reaches the floor 0\.95 .* "
                                         r"the best sampled calibrates to .* use --min-accuracy "
@@ -285,7 +285,7 @@ def test_prepared_accuracy_checks_the_floor_first_and_the_classes_against_the_we
 def test_heldout_figures_of_the_demo_weights_pruned_then_calibrated(space):
     from hdap_engine.accuracy.study import heldout_figures, prepare_accuracy
 
-    ctx = prepare_accuracy("resnet56", str(ROOT / "sample_data" / "resnet56_digits.pt"),
+    ctx = prepare_accuracy("resnet56", str(DEMO),
                            DIGITS, n_bn=128, n_eval=64)
     pruned = prune_candidate(ctx.model, space, uniform_widths(space, 0.5 * space.base_macs))
     figures = heldout_figures(ctx, pruned)

@@ -8,10 +8,10 @@ import pytest
 
 from hdap_engine.errors import HdapError
 from hdap_engine.options import StudyOptions
-from tests.helpers.paths import ROOT
+from tests.helpers.paths import DEMO as DEMO_PATH
 from tests.helpers.studies import quick_options
 
-DEMO = str(ROOT / "sample_data" / "resnet56_digits.pt")
+DEMO = str(DEMO_PATH)
 # Small enough for a test; the accuracy side: 6 sampled candidates, 64 + 96 calibration images.
 SMALL = dict(samples=20, population=8, generations=3, refine_rounds=0, finalists=3,
              restarts=1, polish_rounds=1, polish_batch=3, accuracy_samples=6,

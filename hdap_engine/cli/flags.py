@@ -188,7 +188,7 @@ def study_options(args: argparse.Namespace, **extra):
 def methods_flag(text: str) -> list[str]:
     from hdap_engine.search.methods import get_method
 
-    names = [m.strip() for m in text.split(",") if m.strip()]
+    names = list(columns_flag(text))
     if not names:
         raise argparse.ArgumentTypeError("no method given")
     for name in names:
