@@ -147,6 +147,7 @@ def stack_tables(tables: list[LayerTable]) -> LayerTable:
         w_out=first.w_out, has_bias=first.has_bias,
         cin=np.concatenate([t.cin for t in tables]),
         cout=np.concatenate([t.cout for t in tables]),
+        groups=first.groups, fn=first.fn,
     )
 
 
