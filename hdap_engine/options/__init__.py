@@ -90,8 +90,7 @@ __all__ = [
     "BACKEND_DESCRIPTIONS", "BACKENDS", "CRITERIA", "DISTILL", "HOST_CLOCKS", "HOST_RUNTIMES", "SCHEDULES", "SCRATCH",
     "SEARCH_EFFORTS", "STUDY_WIDE", "SURROGATE_MODES", "WHAT_IF_SETTINGS", "AccuracyPlan",
     "AppOptions", "ClusteringPlan", "DriftOptions", "FinetuneOptions", "LongFormatOptions",
-    "MacsBenchOptions",
-    "ModelCheckOptions", "MeasurementPlan", "ProbeOptions", "Query", "ReoptimiseOptions",
+    "MacsBenchOptions", "MeasurementPlan", "ModelCheckOptions", "ProbeOptions", "Query", "ReoptimiseOptions",
     "RolloutOptions", "SearchPlan", "SimulationOptions", "StudyOptions", "SurrogatePlan",
     "cli_fields", "default", "flatten_settings", "option", "search_effort",
 ]

@@ -50,7 +50,7 @@ def prune_baseline(model_name: str, budget, method: str = "uniform", *, model_we
         "method": method,
         "budget": str(budget),
         "budget_macs": target,
-        "model_weights": weights_label(model_weights),
+        "model_weights": weights_label(model_weights, model_name),
         "seed": seed,
         "round_to": round_to,
         "min_ratio": min_ratio,

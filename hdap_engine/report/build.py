@@ -67,7 +67,7 @@ def build_report(result) -> dict:
         "fleet_source": ctx.fleet.source,
         "n_devices": int(ctx.fleet.n_devices),
         "k": ctx.k,
-        "model_weights": weights_label(opt.model_weights),
+        "model_weights": weights_label(opt.model_weights, opt.model),
         "seed": opt.seed,
         "clusters": clusters,
         "fleet": {
