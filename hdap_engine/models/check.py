@@ -104,6 +104,13 @@ def _tp_frame(exc: BaseException) -> bool:
     return found
 
 
+def cannot_prune(key: str, exc: BaseException, stage: str) -> str:
+    """The one line for a model that failed at ``stage`` (a key of STAGES) with ``exc``:
+    the model, the reason (the layer, where the message names it) and the stage."""
+    lib = " (Torch-Pruning)" if _tp_frame(exc) else ""
+    return f"{key}: cannot be pruned: {_exc(exc)}{lib} while {STAGES.get(stage, stage)}"
+
+
 def run_check(key: str, round_to: int = 8) -> tuple[bool, str]:
     """The check itself, in this process: (ok, the one line). Prints each stage as it starts."""
     import torch
@@ -138,9 +145,7 @@ def run_check(key: str, round_to: int = 8) -> tuple[bool, str]:
             raise HdapError(f"the pruned model gives {getattr(out, 'shape', type(out))}, not "
                             f"(1, {spec.num_classes})")
     except Exception as exc:
-        lib = " (Torch-Pruning)" if _tp_frame(exc) else ""
-        return False, (f"{key}: cannot be pruned: {_exc(exc)}{lib} while "
-                       f"{STAGES[current]}")
+        return False, cannot_prune(key, exc, current)
     macs = space.macs(widths)
     return True, (f"{key}: can be pruned: {space.n_groups} groups, "
                   f"{format_macs(space.base_macs)} -> {format_macs(macs)} MACs at the uniform "

@@ -81,6 +81,18 @@ def resolve_path(text: str, input_shape=None) -> str:
     return file_spec(key).name
 
 
+def resolve_source(data: bytes, file_name: str, function: str, input_shape=None) -> str:
+    """An uploaded file's model (its bytes, the name it had, the builder function) -> its key."""
+    if not function or not function.isidentifier():
+        raise HdapError(f"{function!r} is not a Python function name; name the function in "
+                        f"{file_name} that builds the model")
+    sha = install_source(data, file_name)
+    key = file_key(sha, function)
+    if input_shape not in (None, ""):
+        key = f"{key}@{shape_text(parse_input_shape(input_shape))}"
+    return file_spec(key).name
+
+
 @functools.lru_cache(maxsize=64)
 def _module(sha16: str):
     path = source_file(sha16)
