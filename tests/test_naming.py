@@ -222,7 +222,7 @@ def test_a_file_models_bundle_rebuilds_in_a_workspace_that_never_saw_the_file(tm
     model, report = load_bundle(out.with_name(out.name + ".zip"))
     x = get_spec(key).example_input()
     assert torch.allclose(model(x), result.model(x), atol=1e-6)
-    assert report["model"] == key
+    assert report["model"] == key and report["model_ref"] == doc["model_ref"]
     assert (tmp_path / "elsewhere" / "models" / f"{doc['model_ref']['sha256']}.py").is_file()
 
 
@@ -328,6 +328,8 @@ def test_a_missing_file_and_a_model_too_large_for_this_machine_are_one_line(tmp_
                                         r".* and this machine has 0.1 GB") as exc:
         build_model("torchvision:resnet18")
     _one_line(exc)
+    with pytest.raises(HdapError, match="needs about"):
+        resolve_model("torchvision:resnet18")
 
 
 def test_weights_that_do_not_fit_a_file_model_are_one_line(tmp_path):

@@ -193,6 +193,8 @@ def resolve_model(text: str, input_shape=None, model_weights=None) -> ModelRef:
         base, _ = split_shape(name)
         name = f"{base}@{'x'.join(map(str, shape))}"
     spec = get_spec(name)
+    if spec.source in LIBRARIES:
+        _check_memory(spec.name)  # a file model's was checked while resolving it
     return spec.ref(weights_label(model_weights, spec.name))
 
 
@@ -248,16 +250,25 @@ def build_model(name: str, model_weights: str | os.PathLike | bytes | None = Non
     return model.eval()
 
 
-@functools.cache
 def _check_memory(name: str) -> None:
-    from hdap_engine.models.footprint import check_fits, meta_footprint
+    from hdap_engine.models.footprint import check_fits
+
+    spec = get_spec(name)
+    need = _footprint(name)
+    if need is not None:
+        check_fits(split_shape(name)[0], spec.input_shape, need[0], need[1] or 0)
+
+
+@functools.cache
+def _footprint(name: str) -> tuple[int, int | None] | None:
+    """(parameters, activation values) of a model at its input shape, once per process."""
+    from hdap_engine.models.footprint import meta_footprint
 
     spec = get_spec(name)
     try:
-        params, activations = meta_footprint(spec.builder, spec.input_shape)
+        return meta_footprint(spec.builder, spec.input_shape)
     except Exception:  # cannot be built on shapes alone: the real build will tell
-        return
-    check_fits(name, spec.input_shape, params, activations or 0)
+        return None
 
 
 def classes_in_state_dict(state: dict, spec: ModelSpec) -> int:
