@@ -166,9 +166,8 @@ def test_a_file_model_is_kept_in_the_workspace_and_rebuilds_without_the_users_fi
     assert get_spec(ref.key).description.startswith("build from rich.py")
 
 
-@pytest.mark.xfail(reason="needs the generalised pruning space", strict=False)
 def test_a_file_model_with_a_dense_block_grouped_conv_se_gate_and_residual_prunes(tmp_path):
-    from hdap_engine.pruning.apply import prune_to_widths
+    from hdap_engine.pruning.apply import count_macs_params, prune_to_widths
     from hdap_engine.pruning.space import PruningSpace
     from hdap_engine.search.baselines import uniform_widths
 
@@ -179,6 +178,9 @@ def test_a_file_model_with_a_dense_block_grouped_conv_se_gate_and_residual_prune
     prune_to_widths(model, space, widths)
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
     assert space.macs(widths) <= 0.5 * space.base_macs * 1.01
+    # The space's MACs are Torch-Pruning's count of the really pruned model, exactly.
+    assert space.macs(widths) == count_macs_params(model, space)[0]
+    assert {"cat", "mul", "gconv"} <= set(space.layer_table(widths).op)
 
 
 def test_model_refs_of_every_form_survive_json(tmp_path):
