@@ -141,7 +141,7 @@ def table(results: list[dict]) -> str:
              " ONNX max diff | twin ms | passes | first error |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        def f(key, fmt):
+        def f(key, fmt, r=r):
             return fmt.format(r[key]) if key in r else "-"
         lines.append(
             f"| {r['model']} | {f('space_s', '{:.1f}')} | {f('groups', '{}')} | "
