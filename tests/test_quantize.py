@@ -208,3 +208,27 @@ def test_int8_without_data_is_one_line_from_the_cli(cli, small_fleet):
     assert done.returncode == 2
     assert "--calibrate-on random" in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_agent_receives_the_int8_model_and_names_its_provider():
+    from hdap_engine.latency.agent_backend import AgentBackend
+    from hdap_engine.latency.store import precision_of
+    from hdap_engine.pruning.space import PruningSpace
+    from tests.helpers.agents import TOKEN, start_agent
+
+    agent = start_agent()
+    try:
+        space = PruningSpace.for_model("resnet56")
+        backend = AgentBackend({"dev-a": agent.url}, TOKEN, precision="int8")
+        got = backend.measure(space, space.base_widths[None], ["dev-a"], repeats=2, warmup=0)
+        assert np.isfinite(got.median_ms).all()
+        assert precision_of(backend.device_key("dev-a")) == "int8"
+        assert backend.source == "agent (real, int8 ONNX)"
+        details = backend.details()
+        assert details["precision"] == "int8"
+        assert details["runtime"]["dev-a"].startswith("onnxruntime ")
+        assert "(CPUExecutionProvider)" in details["runtime"]["dev-a"]
+    finally:
+        agent.stop()
+    with pytest.raises(HdapError, match="format must be onnx"):
+        AgentBackend({"d": "http://127.0.0.1:1"}, TOKEN, precision="int8", format="torchscript")
