@@ -135,3 +135,21 @@ def _rezip(folder: Path) -> None:
             if f.is_file():
                 zf.write(f, arcname=f"{folder.name}/{f.name}")
     tmp.replace(zip_path)
+
+
+def quantization_line(block: dict | None) -> str:
+    """The report's ``quantization`` block as one line for the terminal."""
+    if not block:
+        return "precision: fp32"
+    head = (f"int8 ({block['calibration']} calibration on {block['n_calibration']} "
+            f"{'random inputs' if block['calibrate_on'] == 'random' else 'images of --data'}, "
+            f"{block['file']})")
+    if block.get("top1") is None:
+        return f"{head}: INT8 top-1 unknown"
+    ref = block.get("reference") or {}
+    text = (f"{head}: INT8 top-1 {100 * block['top1']:.1f}% by ONNX Runtime "
+            f"({block['provider']}) on {block['n_heldout']} held-out images")
+    if ref.get("top1") is not None:
+        text += (f", {ref['stage']} FP32 {100 * ref['top1']:.1f}% "
+                 f"({-block['drop_points']:+.1f} points)")
+    return text
