@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from hdap_engine.options.base import option
+from hdap_engine.options.quantize import CALIBRATION_METHODS, CALIBRATION_SOURCES
 from hdap_engine.options.steps import (
     DISTILL,
     SCHEDULES,
@@ -38,8 +39,6 @@ from hdap_engine.options.steps import (
 from hdap_engine.options.study import (
     BACKEND_DESCRIPTIONS,
     BACKENDS,
-    CALIBRATION_METHODS,
-    CALIBRATION_SOURCES,
     CRITERIA,
     HOST_CLOCKS,
     HOST_RUNTIMES,
