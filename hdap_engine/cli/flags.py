@@ -184,7 +184,7 @@ def add_study_flags(p: argparse.ArgumentParser, *, query: bool = False,
 
     top = [f for f in cli_fields("") if f.name not in ("method", "model_weights")
            or f.name in also]
-    fields = top + cli_fields("clustering", "measurement", "search")
+    fields = top + cli_fields("clustering", "measurement", "quantize", "search")
     if query:
         fields += cli_fields("query", "accuracy")
     add_option_flags(p, fields, required=("model", "budget"))
@@ -201,7 +201,7 @@ def study_options(args: argparse.Namespace, **extra):
 
     resolve_model_arg(args)
     names = {f.name for f in cli_fields("", "clustering", "measurement", "surrogate", "search",
-                                        "query", "accuracy")}
+                                        "query", "accuracy", "quantize")}
     settings = {n: getattr(args, n) for n in names if hasattr(args, n)}
     settings["agent_token"] = settings.get("agent_token") or os.environ.get("HDAP_AGENT_TOKEN")
     return StudyOptions.of(**{**settings, **extra})

@@ -139,6 +139,14 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from hdap_engine.accuracy.report import accuracy_summary
 
     print(accuracy_summary(r.get("accuracy")))
+    if r.get("precision") == "int8":
+        from hdap_engine.quantize.bundle import quantization_line
+
+        print(quantization_line(r.get("quantization")))
+        side = r.get("fp32_side_by_side")
+        if side:
+            print(f"int8 fleet mean {side['int8_mean_ms']:.2f} ms, the same widths in fp32 "
+                  f"{side['fp32_mean_ms']:.2f} ms ({side['source']})")
     for note in r["notes"]:
         print(f"note: {note}")
     print(f"bundle: {result.bundle}  (zip: {result.bundle}.zip)")

@@ -228,6 +228,12 @@ class HostBackend(Backend):
         What runs the model: ``torch`` (eager, default), ``torchscript``
         (traced and frozen) or ``onnxruntime`` (exported to ONNX, ONNX
         Runtime on the CPU); see `hdap_engine.latency.runtimes`.
+    precision:
+        ``fp32``, or ``int8``: every candidate is quantised by ONNX Runtime
+        first (`hdap_engine.quantize.cache`, once per architecture) and timed
+        in ONNX Runtime; part of the store key.
+    calibration:
+        The INT8 calibrator of the timed candidates.
     """
 
     name = "host"
@@ -235,10 +241,18 @@ class HostBackend(Backend):
     real = True
 
     def __init__(self, threads: int = 1, batch_models: int = 12, seed: int = 0,
-                 clock: str = "auto", runtime: str = "torch"):
+                 clock: str = "auto", runtime: str = "torch", precision: str = "fp32",
+                 calibration: str = "minmax"):
         from hdap_engine.latency.runtimes import check_runtime
 
         self.runtime = check_runtime(runtime)
+        if precision not in ("fp32", "int8"):
+            raise HdapError(f"unknown precision {precision!r}; choose fp32 or int8")
+        if precision == "int8" and self.runtime != "onnxruntime":
+            raise HdapError("--precision int8 runs in ONNX Runtime on the host; add --runtime "
+                            "onnxruntime")
+        self.precision = precision
+        self.calibration = calibration
         if threads < 1:
             raise HdapError(f"threads must be >= 1, got {threads}")
         if clock not in ("auto", "wall", "thread"):
@@ -251,7 +265,11 @@ class HostBackend(Backend):
         self.store_chunk = 4 * self.batch_models
         self.seed = int(seed)
         self.clock = ("thread" if threads == 1 else "wall") if clock == "auto" else clock
-        self.source = (f"host (real, {self.runtime}, "
+        self.provider = "CPUExecutionProvider" if self.runtime == "onnxruntime" else None
+        what = self.runtime if self.precision == "fp32" else f"{self.runtime} int8"
+        if self.provider:
+            what += f" {self.provider}"
+        self.source = (f"host (real, {what}, "
                        f"{'thread CPU' if self.clock == 'thread' else 'wall'} time)")
 
     def device_key(self, device: str) -> str:
@@ -259,7 +277,9 @@ class HostBackend(Backend):
         # The runtime is part of it; eager torch keeps the key it had before
         # runtimes existed, so earlier measurements stay valid as torch.
         key = f"{host_device_id()}:threads={self.threads}:clock={self.clock}"
-        return key if self.runtime == "torch" else f"{key}:runtime={self.runtime}"
+        key = key if self.runtime == "torch" else f"{key}:runtime={self.runtime}"
+        # FP32 keeps the key it had before precisions existed (`store.precision_of`).
+        return key if self.precision == "fp32" else f"{key}:precision={self.precision}"
 
     def _measure(self, space, widths, devices, repeats, warmup, progress):
         import torch
@@ -278,6 +298,14 @@ class HostBackend(Backend):
         try:
             for start in range(0, m, self.batch_models):
                 idx = list(range(start, min(m, start + self.batch_models)))
+                if self.precision == "int8":
+                    runnables = self._int8_runnables(space, widths[idx], x)
+                    out[idx, 0, :] = time_models(runnables, x, repeats=repeats, warmup=warmup,
+                                                 rng=rng, clock=self.clock)
+                    done += len(idx)
+                    if progress:
+                        progress(done, m)
+                    continue
                 models = []
                 for i in idx:
                     model = build_model(space.model)
@@ -294,6 +322,16 @@ class HostBackend(Backend):
             torch.set_num_threads(old_threads)
         # Every device of a host study is this machine: the same times for each.
         return np.repeat(out, len(devices), axis=1)
+
+    def _int8_runnables(self, space, widths, x):
+        from hdap_engine.latency.runtimes import prepare_int8
+        from hdap_engine.quantize.cache import int8_candidate
+
+        bodies = [int8_candidate(space, w, calibration=self.calibration, seed=self.seed)
+                  for w in widths]
+        runnables = prepare_int8(bodies, x, threads=self.threads)
+        self.provider = runnables[0].provider if runnables else self.provider
+        return runnables
 
     def notes(self, result: Measurements) -> list[str]:
         return host_noise_notes(result.median_ms[:, 0], result.spread_ms[:, 0],

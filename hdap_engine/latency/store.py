@@ -6,7 +6,8 @@ One file, ``$HDAP_HOME/store.sqlite``, holds
   repeats) with the median, the spread and the raw times. The device key
   carries how it was measured; for the host that includes the runtime
   (``...:runtime=onnxruntime``), and a key without one is eager ``torch``, so
-  rows stored before runtimes existed stay valid (`runtime_of`);
+  rows stored before runtimes existed stay valid (`runtime_of`); the precision
+  is part of it the same way (`precision_of`: a key without one is FP32);
 - ``surrogates``: trained latency models (XGBoost's own JSON format, never a
   pickle) keyed by what they were trained on;
 - ``runs``: the history of studies with their settings and results.
@@ -78,6 +79,24 @@ def runtime_of(device_key: str) -> str:
     """
     marker = ":runtime="
     return device_key.rsplit(marker, 1)[1] if marker in device_key else "torch"
+
+
+def precision_of(device_key: str) -> str:
+    """The precision a stored measurement ran in: ``...:precision=int8`` (host) or
+    ``.../int8`` (agent) or ``...:int8:`` (twin fleet key), else ``fp32``.
+
+    Parameters
+    ----------
+    device_key:
+        A measurement's device key.
+
+    Returns
+    -------
+    ``fp32`` or ``int8``.
+    """
+    int8 = (":precision=int8" in device_key or device_key.endswith("/int8")
+            or ":int8:" in device_key)
+    return "int8" if int8 else "fp32"
 
 
 def shape_key(shape: Iterable[int]) -> str:

@@ -198,15 +198,28 @@ def run_study(options: StudyOptions, telemetry, *, out_dir: str | os.PathLike | 
         search_history=chosen.history, accuracy=figures, search_accuracy=chosen.accuracy,
         model=model, kept=kept)
     result.report = build_report(result)
+    from hdap_engine.quantize.study import precision_report, ship_int8
+
+    result.report.update(precision_report(ctx, chosen.widths, progress=progress))
     if export and out_dir is not None:
         progress("export", 0, 1)
         result.bundle = export_bundle(model, ctx.space, chosen.widths, out_dir, result.report,
                                       kept=kept)
+        if options.measurement.precision == "int8":
+            result.report["quantization"] = ship_int8(ctx, result.bundle)
+            result.report["notes"] = read_report_notes(result.bundle)
         progress("export", 1, 1)
     if record:
         ctx.store.add_run(f"{options.model} {options.method} {format_macs(result.target_macs)}",
                           options.settings(), history_entry(result))
     return result
+
+
+def read_report_notes(bundle) -> list[str]:
+    """The notes of a bundle's report.json (INT8 adds its own after export)."""
+    import json
+
+    return list(json.loads((Path(bundle) / "report.json").read_text()).get("notes") or [])
 
 
 def reuse_options(prepared: StudyOptions, wanted: StudyOptions) -> StudyOptions:
