@@ -296,6 +296,22 @@ class PruningSpace:
                 f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unknown, e.g. {extra[:1]})")
         return self.check_widths([int(mapping[n]) for n in names])
 
+    def report(self) -> dict:
+        """What a report says about the space: groups, what stays whole, what is not counted."""
+        return {
+            "groups": self.n_groups,
+            "kept_at_full_width": [{"layer": n, "why": why} for n, why in self.kept],
+            "uncounted_ops": list(self.uncounted),
+        }
+
+    def notes(self) -> list[str]:
+        """One line per thing a user should know about this model's space."""
+        if not self.kept:
+            return []
+        names = ", ".join(n for n, _ in self.kept[:4]) + (" ..." if len(self.kept) > 4 else "")
+        return [f"{len(self.kept)} group(s) kept at full width because pruning them breaks "
+                f"the model ({names}: {self.kept[0][1]})"]
+
     def summary(self) -> dict:
         """Plain-data description (CLI `hdap models`, the app)."""
         return {
