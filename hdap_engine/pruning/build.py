@@ -99,7 +99,7 @@ class _Rows:
                               cin=cin, cout=cout))
 
 
-def _module_rows(rows: _Rows, op: R.Op, tp_forms, attention_types) -> None:
+def _module_rows(rows: _Rows, op: R.Op, tp_forms) -> None:
     m = op.module
     if not op.in_shapes:
         return
@@ -250,12 +250,12 @@ def _function_rows_of(rows: _Rows, op: R.Op) -> None:
         rows.add(op.name, "other", "", cin, cout, (hi, wi), (ho, wo), fn=f)
 
 
-def layer_rows(ops: list[R.Op], tp_forms: dict, attention_types: tuple) -> list[dict]:
+def layer_rows(ops: list[R.Op], tp_forms: dict) -> list[dict]:
     """Layer rows of a recording (twin rows and counted rows)."""
     rows = _Rows()
     for op in ops:
         if op.kind == "module":
-            _module_rows(rows, op, tp_forms.get(op.module), attention_types)
+            _module_rows(rows, op, tp_forms.get(op.module))
         elif op.kind == "count":
             _attention_rows(rows, op.name, op.extra["cin"], op.extra["qdim"],
                             op.extra["tokens"], op.extra["heads"], op.extra["bias"],
@@ -343,7 +343,7 @@ def build_space(name: str, model: nn.Module, example: torch.Tensor, classifier: 
     tp_forms = G.module_forms(model, found, keep)
     counted_types = _timm_attention_types()
     ops = R.record(model, example, tp_forms, counted_types)
-    rows = layer_rows(ops, tp_forms, counted_types)
+    rows = layer_rows(ops, tp_forms)
     if not rows:
         raise HdapError("the model has no layer the pruning space can follow")
     layers = _arrays(rows, len(groups))
