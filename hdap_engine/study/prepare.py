@@ -374,7 +374,6 @@ def _remember_devices(ctx: StudyContext, devices: SearchDevices) -> None:
 
 def warm_start_prior(ctx: StudyContext, devices: SearchDevices) -> Prior | None:
     """Earlier studies' measurements of this model on devices of this SKU (None: none)."""
-    from hdap_engine.latency.store import widths_key
 
     names = list(ctx.fleet.probe_columns)
     own = {ctx.backend.device_key(d) for d in ctx.fleet.device_ids}
