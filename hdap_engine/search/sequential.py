@@ -11,8 +11,10 @@ representative it repeats:
    measured so far, from the surrogate's ensemble spread and its held-out
    error (its error on the last batch, predicted before it was measured), is
    compared with the measurement noise of a measured fleet objective (each
-   device's run-to-run spread over its repeats); below it, another batch would
-   teach less than its own noise, and the loop stops. It also stops when the
+   device's run-to-run spread over its repeats, at most the precision adaptive
+   repeats aim at); below it, another batch would teach less than its own
+   noise, and the loop stops. A noisier fleet therefore measures more: its
+   surrogate learns from noisier medians and its held-out error stays larger. It also stops when the
    measurement budget, less what the finalists and polish need, is spent. It
    never stops on the improvement before one batch has given the surrogate a
    held-out error on the region the search cares about;
@@ -175,6 +177,11 @@ class SequentialMeasurement:
         repeats = np.asarray(state.repeats if state.repeats is not None
                              else np.full(len(d), self.search.repeats), dtype=np.float64)
         se = MEDIAN_SE * np.nan_to_num(sigma, nan=0.02) / np.sqrt(repeats)
+        if self.rule.adaptive:
+            # The precision adaptive repeats aim at: a device noisier than the most repeats
+            # can tame does not make the rule stop sooner; its measurements teach less, so
+            # the surrogate's held-out error (the gain's other input) asks for more of them.
+            se = np.minimum(se, self.rule.repeat_precision)
         w = self.search.objective.cluster_weights / np.sum(self.search.objective.cluster_weights)
         var = 0.0
         for c in range(d.k):
