@@ -270,7 +270,9 @@ class SequentialMeasurement:
             batch = np.vstack([exploit, explore])
             rows = np.array([i for i in range(len(pool))
                              if pool[i].tobytes() in {x.tobytes() for x in batch}])
-            gain = float(np.max(expected_improvement(mu[rows], sd[rows] * mu[rows], best))
+            # The batch's expected improvement: its candidates' summed (they are diverse,
+            # so nearly independent chances; the sum bounds the expected best of them).
+            gain = float(np.sum(expected_improvement(mu[rows], sd[rows] * mu[rows], best))
                          / best)
             reason = rule.decide(batches=len(batches), used=state.device_measurements,
                                  next_cost=cost, gain=gain, noise=noise,
