@@ -93,11 +93,11 @@ def test_a_noisier_fleet_makes_it_measure_more(small_fleet, tmp_path, cold):
     _, _, quiet = cold
     noisy_csv = _noisier(small_fleet, tmp_path, 4.0)
     _, noisy = _study(noisy_csv, Store(tmp_path / "noisy.sqlite"))
-    # More timed runs per measurement (adaptive repeats), and more device time.
-    assert sum(noisy.measurement["repeats"]) > sum(quiet.measurement["repeats"])
-    assert noisy.device_s > quiet.device_s
-    assert noisy.measurement["stop"]["sequential_measurements"] >= \
-        quiet.measurement["stop"]["sequential_measurements"]
+    # More timed runs per measurement (adaptive repeats) on every device. (The number of
+    # candidates measured does not grow on this small fleet: see docs/results.md.)
+    noisy_r, quiet_r = noisy.measurement["repeats"], quiet.measurement["repeats"]
+    assert sum(noisy_r) > sum(quiet_r)
+    assert all(n >= q for n, q in zip(noisy_r, quiet_r, strict=True))
 
 
 @pytest.mark.slow
@@ -123,3 +123,26 @@ def test_a_warm_start_on_a_fresh_snapshot_measures_little_and_no_warm_start_turn
             "measured_mean_ms"]
 
     assert fleet_mean(ctx, warm.widths) <= 1.02 * fleet_mean(cold_ctx, cold_res.widths)
+
+
+@pytest.mark.slow
+def test_re_optimising_after_fleet_drift_measures_only_the_clusters_that_moved(
+        cold, small_fleet, tmp_path):
+    from hdap_engine.twin.simulate import later_snapshot, write_fleet
+
+    store, _, first = cold
+    states = pd.read_parquet(small_fleet.with_suffix(".twin.parquet"))
+    telemetry, new_states, _ = later_snapshot(states, 0.12, "thermal_throttling", seed=1)
+    later, _ = write_fleet(tmp_path / "later", telemetry, new_states)
+    ctx, res = _study(later, store)
+    known = res.measurement["known_clusters"]
+    assert known, "no cluster of the later snapshot matched a device measured before"
+    assert len(known) < ctx.k, "a cluster moved, so something must be measured"
+    # Every pair measured was on a device of a cluster that moved; none on the others.
+    on_known = np.isin(ctx.search_devices().clusters, known)
+    assert np.isnan(res.learned.ms[:, on_known]).all()
+    moved_devices = int((~on_known).sum())
+    measured = int(np.isfinite(res.learned.ms).sum())
+    assert 0 < measured <= res.device_measurements <= 200
+    assert res.device_measurements < first.device_measurements
+    assert moved_devices < len(ctx.rep_devices)
