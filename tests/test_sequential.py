@@ -103,8 +103,8 @@ def test_a_noisier_fleet_makes_it_measure_more(small_fleet, tmp_path, cold):
 @pytest.mark.slow
 def test_a_warm_start_on_a_fresh_snapshot_measures_little_and_no_warm_start_turns_it_off(
         cold, tmp_path):
-    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
     from hdap_engine.study.verify import fleet_metrics, verify_candidate
+    from hdap_engine.twin.simulate import simulate_fleet, write_fleet
 
     store, _, _ = cold
     telemetry, states = simulate_fleet("jetson-nano", 400, seed=11)
