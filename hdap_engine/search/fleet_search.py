@@ -207,15 +207,18 @@ class FleetSearch:
         device_s0 = state.device_s
         # Refinement searches only need to find the region worth measuring: a third as long.
         quick = replace(sopt, generations=max(1, plan.generations // 3))
-        if self.method.refines and self.method.measures_sequentially and self.sequential:
+        # Sequential measurement replaces the refinement rounds; a plan without refinement
+        # (a what-if answer, `SearchPlan.quick`) measures nothing here either.
+        sequential = bool(self.method.refines and self.method.measures_sequentially
+                          and self.sequential and plan.refine_rounds > 0)
+        if sequential:
             from hdap_engine.search.sequential import SequentialMeasurement
 
             loop = SequentialMeasurement(self, self.sequential, quick)
             seeds, used, seconds = loop.run(state, target_macs, fitness, seeds, progress=tick)
             measured += used
             searching += seconds
-        for _ in range(plan.refine_rounds if self.method.refines
-                       and not (self.method.measures_sequentially and self.sequential) else 0):
+        for _ in range(plan.refine_rounds if self.method.refines and not sequential else 0):
             # Active refinement: the search's favourites lie where the surrogate has seen
             # least; measure them, learn from them, search again from them.
             res = evolve(self.space, target_macs, fitness, quick, seeds=seeds, progress=tick)
@@ -344,6 +347,11 @@ class FleetSearch:
         anchors = np.zeros(0, dtype=np.int64)
         if self.backend.real:
             gap = np.abs(self.space.macs(state.widths) - np.median(self.space.macs(new)))
+            # Anchors need a time of their own on every device timed now: the starting samples
+            # that differ per device (sequential methods) have one on a single device only.
+            active = self.active_devices(state, learning=True)
+            complete = np.isfinite(state.ms[:, active]).all(axis=1)
+            gap = np.where(complete if complete.any() else True, gap, np.inf)
             anchors = np.argsort(gap, kind="stable")[:TIMING_DRIFT_ANCHORS]
         batch = np.vstack([state.widths[anchors], new])
         # The search's favourites are close to each other: on noisy real hardware, with the
