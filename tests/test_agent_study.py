@@ -139,7 +139,9 @@ def test_an_agent_stopped_mid_study_without_a_spare_leaves_the_cluster_its_other
     options = StudyOptions.of(model="resnet56", budget="0.5", backend="agent", samples=20,
                               repeats=2, k=1, representatives=3, population=16, generations=10,
                               refine_rounds=1, refine_batch=4, finalists=2, restarts=1,
-                              polish_rounds=0, agent_token=TOKEN)
+                              polish_rounds=0, agent_token=TOKEN,
+                              # Every representative measured, however tight the cluster.
+                              representative_spread=1e-3)
     result = run_study(options, telemetry, record=False)
     report = result.report
     assert agents[victim].stopped.is_set()
@@ -153,7 +155,8 @@ def test_an_agent_stopped_mid_study_without_a_spare_leaves_the_cluster_its_other
     assert np.isfinite(report["fleet"]["speedup"])
     # The surrogate learned from the two devices left (the victim's column is empty).
     assert np.isnan(result.learned.ms[:, 0]).all()
-    assert np.isfinite(result.learned.ms[:, 1:]).all()
+    # (hdap measures part of its starting samples on one device each: NaN on the others.)
+    assert (np.isfinite(result.learned.ms[:, 1:]).sum(axis=0) >= 10).all()
 
 
 # -- a cluster that loses every device (fake agents: the study's own NaN handling) ---------------
@@ -225,7 +228,9 @@ def test_a_study_whose_cluster_loses_every_agent_completes_on_the_other_cluster(
 
     options = StudyOptions.of(model="resnet56", budget="0.5", backend="agent", samples=20,
                               repeats=2, k=2, representatives=2, population=16, generations=5,
-                              refine_rounds=1, refine_batch=4, finalists=3, agent_token=TOKEN)
+                              refine_rounds=1, refine_batch=4, finalists=3, agent_token=TOKEN,
+                              # Both representatives of these tight clusters are measured.
+                              representative_spread=1e-3)
     result = run_study(options, str(telemetry), record=False, progress=progress)
     report = result.report
     lost = next(c for c in report["clusters"] if c["representatives"][0].startswith("c0"))
