@@ -284,7 +284,8 @@ def measure_samples(ctx: StudyContext, *, progress: Progress = no_progress) -> L
     settled: tuple[int, ...] = ()
     if prior is not None:
         settled = known_clusters(devices, prior)  # known: never measured
-    n = m.initial_samples if sequential else m.samples
+    # A study that asks for fewer samples than the sequential start gets what it asked for.
+    n = max(10, min(m.initial_samples, m.samples)) if sequential else m.samples
     if prior is not None:
         # Earlier studies taught the shared model; the new devices only need to be placed.
         n = max(10, n // 3)
