@@ -5,16 +5,18 @@ is sent, loaded, warmed up and timed), so a method that measures sequentially
 does not measure a fixed number of candidates. After a few samples per
 representative it repeats:
 
-1. a short search on the surrogate; its final population is the pool;
+1. a short search on the surrogate, started from the best measured candidates
+   as well; its final population is the pool;
 2. **the stopping rule** (`StoppingRule.decide`): the expected improvement of
    the fleet objective from measuring the next batch, over the best candidate
    measured so far, from the surrogate's ensemble spread and its held-out
-   error (its error on the last batch, predicted before it was measured), is
-   compared with the measurement noise of a measured fleet objective (each
-   device's run-to-run spread over its repeats, at most the precision adaptive
-   repeats aim at); below it, another batch would teach less than its own
-   noise, and the loop stops. A noisier fleet therefore measures more: its
-   surrogate learns from noisier medians and its held-out error stays larger. It also stops when the
+   error (its error on the last batch, predicted before it was measured; the
+   incumbent, the best measured candidate as the surrogate predicts it, is as
+   uncertain), is compared with the measurement noise of a measured fleet
+   objective at the precision adaptive repeats aim at; below it, another batch
+   would teach less than its own noise, and the loop stops. A noisier fleet
+   therefore measures more: its surrogate learns from noisier medians, its
+   held-out error stays larger and so does the gain. It also stops when the
    measurement budget, less what the finalists and polish need, is spent. It
    never stops on the improvement before one batch has given the surrogate a
    held-out error on the region the search cares about;
@@ -178,10 +180,12 @@ class SequentialMeasurement:
                              else np.full(len(d), self.search.repeats), dtype=np.float64)
         se = MEDIAN_SE * np.nan_to_num(sigma, nan=0.02) / np.sqrt(repeats)
         if self.rule.adaptive:
-            # The precision adaptive repeats aim at: a device noisier than the most repeats
-            # can tame does not make the rule stop sooner; its measurements teach less, so
-            # the surrogate's held-out error (the gain's other input) asks for more of them.
-            se = np.minimum(se, self.rule.repeat_precision)
+            # The precision adaptive repeats aim at, whatever the devices' own spread: the
+            # threshold is what a measured objective can resolve at that precision. A noisier
+            # fleet does not raise it; its noise enters the gain instead (the surrogate learns
+            # from noisier medians, its held-out error is larger, a batch may find more), so a
+            # noisier fleet measures more candidates, not fewer.
+            se = np.full(len(d), self.rule.repeat_precision)
         w = self.search.objective.cluster_weights / np.sum(self.search.objective.cluster_weights)
         var = 0.0
         for c in range(d.k):
@@ -206,15 +210,31 @@ class SequentialMeasurement:
         return state.surrogate.predict_clusters(widths, d.features, d.clusters, d.k)
 
     def _best_measured(self, state, target: float) -> float | None:
-        """The best measured fleet objective on the budget (this study's own candidates)."""
+        """The incumbent: the best fleet objective on the budget among this study's measured
+        candidates, as the surrogate predicts it.
+
+        Not their measured objective: the lowest of many noisy measurements is low by luck
+        (more so on a noisier fleet), and an improvement over a lucky figure looks smaller
+        than it is. The surrogate's prediction at a measured candidate averages that luck
+        with what it learned from the candidate's neighbours (noisy expected improvement).
+        """
+        best = self._incumbents(state, target, 1)
+        if not len(best):
+            return None
+        return float(self.search.objective(self._predict(state, best)[0])[0])
+
+    def _incumbents(self, state, target: float, n: int) -> np.ndarray:
+        """The ``n`` measured candidates on the budget the surrogate ranks best (see
+        `_best_measured`); the next search starts from them, so that its pool lies near the
+        current best and not only where the short search happens to go."""
         s = self.search
         on_budget = np.array([meets_budget(m, target) for m in s.space.macs(state.widths)])
         if not on_budget.any():
-            return None
-        scores = s.objective(s.measured_clusters(state.surrogate, state.widths[on_budget],
-                                                 state.ms[on_budget]))
-        scores = scores[np.isfinite(scores)]
-        return float(scores.min()) if scores.size else None
+            return state.widths[:0]
+        widths = state.widths[on_budget]
+        scores = s.objective(self._predict(state, widths)[0])
+        ok = np.isfinite(scores)
+        return widths[ok][np.argsort(scores[ok], kind="stable")[:n]]
 
     def run(self, state, target: float, fitness, seeds: np.ndarray, *, progress=None
             ) -> tuple[np.ndarray, int, float]:
@@ -232,9 +252,10 @@ class SequentialMeasurement:
         reason = None
         gain = noise = float("nan")
         while True:
+            start_from = np.vstack([seeds, self._incumbents(state, target, 2)])
             res = evolve(s.space, target, fitness,
-                         replace(self.plan, seed=s.seed + 31 * len(batches)), seeds=seeds,
-                         progress=progress)
+                         replace(self.plan, seed=s.seed + 31 * len(batches)),
+                         seeds=np.unique(start_from, axis=0), progress=progress)
             searching += res.seconds
             pool = np.unique(res.final_population, axis=0)
             known = {x.tobytes() for x in state.widths}
@@ -272,8 +293,10 @@ class SequentialMeasurement:
                              if pool[i].tobytes() in {x.tobytes() for x in batch}])
             # The batch's expected improvement: its candidates' summed (they are diverse,
             # so nearly independent chances; the sum bounds the expected best of them).
-            gain = float(np.sum(expected_improvement(mu[rows], sd[rows] * mu[rows], best))
-                         / best)
+            # The incumbent's own estimate is as uncertain as the surrogate's held-out error
+            # (noisier medians, larger error): what matters is the difference of the two.
+            sd_diff = np.sqrt((sd[rows] * mu[rows]) ** 2 + (error * best) ** 2)
+            gain = float(np.sum(expected_improvement(mu[rows], sd_diff, best)) / best)
             reason = rule.decide(batches=len(batches), used=state.device_measurements,
                                  next_cost=cost, gain=gain, noise=noise,
                                  held_out_error=held_out)
