@@ -96,6 +96,13 @@ def test_cli_study_with_the_agent_backend_measures_on_the_representatives_agents
         assert len(agents[device].replies) >= 20
         assert report["agent"]["measurements"][device] == len(agents[device].replies)
     assert agents[order[2]].replies == []
+    # What the study says it measured is what the agents answered, and no more than the 48
+    # replies (24 a representative) of the fixed measurement plan before sequential
+    # measurement; adaptive repeats set each agent's timed runs from its spread.
+    record = report["measurement"]
+    replies = sum(len(agents[d].replies) for d in reps)
+    assert 0 < record["device_measurements"] <= replies <= 48
+    assert record["device_s"] > 0 and len(record["repeats"]) == len(reps)
     assert "agent_token" not in report["settings"]
 
 
