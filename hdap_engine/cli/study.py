@@ -227,7 +227,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"measured by {result['measured_source']}; "
               f"unpruned fleet mean {result['unpruned_mean_ms']:.2f} ms")
         columns = ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
-                   "search s", "device measurements"]
+                   "search s", "device measurements", "device s"]
         if any((r.get("accuracy") or {}).get("dataset") for r in result["rows"]):
             columns += ["pruned top-1", "calibrated top-1", "fine-tuned top-1"]
         print_table(format_rows(result["rows"]), columns)
@@ -237,6 +237,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"verification: {verification}")
         for note in result.get("notes", []):
             print(f"note: {note}")
+        for r in result["rows"]:
+            stop = (r.get("measurement") or {}).get("stop")
+            if stop:
+                print(f"{r['method']}: {r['device_measurements']:,} device measurements "
+                      f"({stop['batches']} sequential batches); stopped: {stop['reason']}")
     if args.json:
         write_json(args.json, result)
         print(f"json: {args.json}")

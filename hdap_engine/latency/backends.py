@@ -48,6 +48,18 @@ class Measurements:
     times_ms: list[list[list[float]]]
     from_store: np.ndarray
     notes: list[str] = field(default_factory=list)
+    warmup: int = 0
+
+    @property
+    def device_s(self) -> float:
+        """Seconds of timing on devices these measurements cost: every timed run and warm-up
+        (pairs from the store count what they cost when they were measured)."""
+        total = 0.0
+        for i, row in enumerate(self.times_ms):
+            for j, t in enumerate(row):
+                if len(t) and np.isfinite(self.median_ms[i, j]):
+                    total += float(np.sum(t)) + self.warmup * float(self.median_ms[i, j])
+        return total / 1e3
 
     @property
     def n_measured(self) -> int:
@@ -79,8 +91,9 @@ class Backend:
         raise NotImplementedError
 
     def measure(self, space: PruningSpace, widths, devices: Sequence[str], *,
-                repeats: int = 10, warmup: int = 3, store: Store | None = None,
-                progress: Tick | None = None, fresh: bool = False) -> Measurements:
+                repeats: int | Sequence[int] = 10, warmup: int = 3,
+                store: Store | None = None, progress: Tick | None = None,
+                fresh: bool = False) -> Measurements:
         """Latency of every candidate on every device, from the store where possible.
 
         Parameters
@@ -92,8 +105,8 @@ class Backend:
         devices:
             Device ids (as in the telemetry).
         repeats, warmup:
-            Timed runs per pair (median and spread are over these), and untimed
-            runs before them.
+            Timed runs per pair (median and spread are over these): one number, or
+            one per device (adaptive repeats); and untimed runs before them.
         store:
             Where earlier measurements are looked up and new ones written.
         progress:
@@ -107,6 +120,10 @@ class Backend:
         devices = tuple(devices)
         if not devices:
             raise HdapError(f"{self.name}: no devices to measure on")
+        if not isinstance(repeats, (int, np.integer)):
+            return self._measure_by_repeats(space, widths, devices, list(repeats),
+                                            warmup=warmup, store=store, progress=progress,
+                                            fresh=fresh)
         if repeats < 1 or warmup < 0:
             raise HdapError("repeats must be >= 1 and warmup >= 0")
         n, d = len(widths), len(devices)
@@ -170,9 +187,32 @@ class Backend:
         result = Measurements(
             backend=self.name, source=self.source, model=space.model, devices=devices,
             widths=widths, median_ms=median, spread_ms=spread, times_ms=times,
-            from_store=cached)
+            from_store=cached, warmup=int(warmup))
         result.notes.extend(self.notes(result))
         return result
+
+    def _measure_by_repeats(self, space: PruningSpace, widths: np.ndarray,
+                            devices: tuple[str, ...], repeats: list[int], **kwargs
+                            ) -> Measurements:
+        """`measure` with one repeat count per device: devices grouped by their count."""
+        if len(repeats) != len(devices):
+            raise HdapError(f"{len(repeats)} repeat counts for {len(devices)} devices")
+        n, d = len(widths), len(devices)
+        out = Measurements(self.name, self.source, space.model, devices, widths,
+                           np.full((n, d), np.nan), np.full((n, d), np.nan),
+                           [[[] for _ in range(d)] for _ in range(n)],
+                           np.zeros((n, d), dtype=bool), warmup=int(kwargs["warmup"]))
+        for r in sorted(set(int(x) for x in repeats)):
+            cols = [j for j in range(d) if int(repeats[j]) == r]
+            part = self.measure(space, widths, [devices[j] for j in cols], repeats=r, **kwargs)
+            out.median_ms[:, cols] = part.median_ms
+            out.spread_ms[:, cols] = part.spread_ms
+            out.from_store[:, cols] = part.from_store
+            for i in range(n):
+                for b, j in enumerate(cols):
+                    out.times_ms[i][j] = part.times_ms[i][b]
+            out.notes.extend(n for n in part.notes if n not in out.notes)
+        return out
 
     def notes(self, result: Measurements) -> list[str]:
         """What a reader of these measurements should know (noise, fitting error)."""

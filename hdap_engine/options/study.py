@@ -120,6 +120,30 @@ class MeasurementPlan:
     repeats: int = option(5, flag="--repeats", parse="positive_int",
                           help="timed runs per measurement (default %(default)s)")
     warmup: int = 2
+    # Sequential measurement (methods that measure sequentially, `hdap_engine.search.sequential`):
+    # a few samples first, then small batches until another batch is not worth its noise.
+    initial_samples: int = option(30, flag="--initial-samples", parse="positive_int",
+                                  help="candidates measured on every representative before the "
+                                       "sequential batches, for methods that measure "
+                                       "sequentially (default %(default)s)")
+    batch: int = 8  # candidates per sequential batch
+    max_measurements: int = option(1000, flag="--max-measurements", parse="positive_int",
+                                   help="most (device, candidate) measurements a sequential "
+                                        "study spends, finalists and polish included (default "
+                                        "%(default)s)")
+    warm_max_measurements: int = 200  # the same, when earlier studies warm-start this one
+    warm_start: bool = option(True, flag="--no-warm-start", parse="off",
+                              help="do not start from the store's measurements of earlier "
+                                   "studies of this model and SKU")
+    # Adaptive repeats: timed runs per measurement follow each device's observed spread, so
+    # that a median is known to `repeat_precision` (relative standard error).
+    adaptive_repeats: bool = True
+    min_repeats: int = 3
+    max_repeats: int = 15
+    repeat_precision: float = 0.015
+    # A cluster gets one representative per this much log spread of its devices (at least
+    # one, at most `ClusteringPlan.representatives`): a tight cluster is one device.
+    representative_spread: float = 0.06
     host_threads: int = option(1, flag="--threads", parse="positive_int",
                                help="PyTorch threads for the host backend (default "
                                     "%(default)s)")
@@ -150,6 +174,17 @@ class MeasurementPlan:
                             f"{self.samples}")
         if self.repeats < 1 or self.warmup < 0:
             raise HdapError("repeats must be >= 1 and warmup >= 0")
+        if self.initial_samples < 10 or self.batch < 1:
+            raise HdapError(f"initial_samples must be at least 10 (the surrogate needs them) "
+                            f"and batch at least 1, got {self.initial_samples} and "
+                            f"{self.batch}")
+        if self.max_measurements < 1 or self.warm_max_measurements < 1:
+            raise HdapError("max_measurements and warm_max_measurements must be at least 1")
+        if not 1 <= self.min_repeats <= self.max_repeats:
+            raise HdapError(f"repeats need 1 <= min_repeats <= max_repeats, got "
+                            f"{self.min_repeats} and {self.max_repeats}")
+        if not self.repeat_precision > 0 or not self.representative_spread > 0:
+            raise HdapError("repeat_precision and representative_spread must be > 0")
         one_of("runtime", self.host_runtime, HOST_RUNTIMES)
         one_of("host clock", self.host_clock, HOST_CLOCKS)
         one_of("precision", self.precision, PRECISIONS)

@@ -86,6 +86,9 @@ def build_report(result) -> dict:
         "search_s": result.search_s,
         "optimize_s": result.optimize_s,
         "device_measurements": result.device_measurements,
+        # Seconds of timing on devices, and how the sequential measurement stopped.
+        "device_s": getattr(result, "device_s", 0.0),
+        "measurement": getattr(result, "measurement", None),
         "surrogate": None if surrogate is None else surrogate.report_,
         "notes": list(dict.fromkeys(notes)),
         "settings": opt.settings(),
