@@ -116,6 +116,7 @@ def _module_rows(rows: _Rows, op: R.Op, tp_forms) -> None:
         elif m.groups == m.in_channels == m.out_channels:
             kind = "dwconv"
             counted = "dwconv" if counted else ""
+            cin_f = cout  # Torch-Pruning prunes a depthwise conv's inputs with its outputs
         else:
             kind = "gconv"
         rows.add(op.name, kind, counted, cin_f, cout, (hi, wi), (ho, wo), kernel=k,
