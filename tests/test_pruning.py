@@ -71,6 +71,13 @@ def test_layer_table_follows_the_candidate():
     assert first["op"] == "conv" and first["kernel"] == (7, 7) and first["input_hw"] == (224, 224)
 
 
+def test_a_depthwise_conv_reads_as_many_channels_as_it_writes_when_pruned():
+    space = PruningSpace.for_model("mobilenet_v2")
+    table = space.layer_table(space.widths_from_ratios(0.5))
+    dw = table.is_op("dwconv")
+    assert dw.sum() == 17 and np.array_equal(table.cin[:, dw], table.cout[:, dw])
+
+
 def test_a_wrong_candidate_is_refused():
     space = PruningSpace.for_model("resnet56")
     with pytest.raises(HdapError, match="one per group"):
