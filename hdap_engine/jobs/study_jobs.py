@@ -223,7 +223,7 @@ def rebuild_context(settings: dict, result: dict, *, store=None,
     # A baseline method prepares everything but the measurements and the surrogate,
     # which the job already made.
     ctx = prepare(options.updated(method="uniform"), fleet, store=store, fleet=fleet,
-                  clustering=clustering, telemetry_path=sidecar)
+                  clustering=clustering, telemetry_path=sidecar, devices_of=options.method)
     learned = None
     key = result.get("surrogate_key")
     if key:

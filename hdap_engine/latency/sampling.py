@@ -20,7 +20,7 @@ from hdap_engine.pruning.space import PruningSpace
 def sample_candidates(space: PruningSpace, n: int, *, seed: int = 0,
                       macs_range: tuple[float, float] = (0.15, 1.0),
                       uniform_share: float = 0.1, focus_macs: float | None = None,
-                      focus_share: float = 0.3) -> np.ndarray:
+                      focus_share: float = 0.3, allow_fewer: bool = False) -> np.ndarray:
     """``n`` distinct candidates spread evenly over ``macs_range`` (fractions of the model).
 
     Parameters
@@ -31,6 +31,10 @@ def sample_candidates(space: PruningSpace, n: int, *, seed: int = 0,
         candidates on the budget, so that is where the surrogate must be right;
         on ResNet-50 at 1.0 G this took the searched model from 1.4 % to within
         0.3 % of the oracle with the same number of measurements.
+
+    allow_fewer:
+        Return the distinct candidates there are when a small space has fewer
+        than ``n`` (at least 2), instead of refusing.
 
     Returns
     -------
@@ -70,7 +74,7 @@ def sample_candidates(space: PruningSpace, n: int, *, seed: int = 0,
         t = (lo + (hi - lo) * strata) * space.base_macs
         ratios = _random_directions(space, need, rng)
         add(_repair_each(space, ratios, t))
-    if len(out) < n:
+    if len(out) < n and not (allow_fewer and len(out) >= 2):
         raise HdapError(f"{space.model}: only {len(out)} distinct candidates exist in this "
                         f"MACs range with round_to={space.round_to}; ask for fewer samples")
     return np.stack(out)

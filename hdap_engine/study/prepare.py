@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from hdap_engine.errors import HdapError
 from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.latency.backends import Backend
 from hdap_engine.latency.construct import make_backend
@@ -24,7 +25,7 @@ from hdap_engine.options import ClusteringPlan, Query, SearchPlan, StudyOptions
 from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.pruning.space import PruningSpace
 from hdap_engine.search.fleet_search import FleetSearch, Learned, Prior, SearchDevices
-from hdap_engine.search.methods import Method
+from hdap_engine.search.methods import Method, get_method
 from hdap_engine.search.objectives import Objective, cluster_dispersion, cluster_weights
 
 
@@ -150,7 +151,8 @@ def load_study_fleet(telemetry, *, sku: str | None = None, name: str | None = No
 
 def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
             progress: Progress = no_progress, fleet=None, clustering=None,
-            telemetry_path: str | os.PathLike | None = None) -> StudyContext:
+            telemetry_path: str | os.PathLike | None = None,
+            devices_of: str | None = None) -> StudyContext:
     """Load, cluster, measure and fit: the expensive, reusable part of a study.
 
     Parameters
@@ -169,6 +171,9 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
         An already fitted clustering of this fleet (the app passes the one on screen).
     telemetry_path:
         Where the telemetry lives, to find its twin sidecar when ``telemetry`` is a Fleet.
+    devices_of:
+        The method whose representatives to choose (default: the options' method);
+        a context rebuilt around a finished study's measurements must have its devices.
 
     Returns
     -------
@@ -214,8 +219,9 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
     index = {d: i for i, d in enumerate(fleet.device_ids)}
     probes = fleet.probes()
     dispersion = cluster_dispersion(probes, clustering.labels_, clustering.k_)
+    chooser = get_method(devices_of) if devices_of else options.method_spec
     spread = (options.measurement.representative_spread
-              if options.method_spec.measures_sequentially else None)
+              if chooser.measures_sequentially else None)
     rep_devices, rep_clusters = [], []
     for c in range(clustering.k_):
         for dev in representatives_by_spread(clustering.representatives_[c], dispersion[c],
@@ -298,7 +304,15 @@ def measure_samples(ctx: StudyContext, *, progress: Progress = no_progress) -> L
     core_n = max(10, n // 3) if sequential else n
     own_n = (n - core_n) if sequential and len(ids) > 1 else 0
     samples = sample_candidates(ctx.space, core_n + own_n * len(ids), seed=opt.seed,
-                                focus_macs=parse_budget(opt.query.budget, ctx.space))
+                                focus_macs=parse_budget(opt.query.budget, ctx.space),
+                                allow_fewer=own_n > 0)
+    if own_n and len(samples) < core_n + own_n * len(ids):
+        # A small space has fewer distinct candidates than every device's own share.
+        if len(samples) < core_n:
+            raise HdapError(f"{ctx.space.model}: only {len(samples)} distinct candidates "
+                            f"exist in this MACs range; ask for fewer samples")
+        own_n = (len(samples) - core_n) // len(ids)
+        samples = samples[:core_n + own_n * len(ids)]
     if own_n:
         samples = samples[np.random.default_rng(opt.seed).permutation(len(samples))]
 
