@@ -134,7 +134,7 @@ def test_a_study_job_with_data_and_finetune_epochs_reports_accuracy_everywhere(
     accuracy, fine-tunes its own bundle in place and the comparison rows carry top-1."""
     from pathlib import Path
 
-    from hdap_engine.export.bundle import BUNDLE_FILES
+    from hdap_engine.export.bundle import BUNDLE_FILES, SOURCE_FILE
     from hdap_engine.jobs import execute
     from tests.helpers.studies import quick_options
 
@@ -153,4 +153,5 @@ def test_a_study_job_with_data_and_finetune_epochs_reports_accuracy_everywhere(
     assert [r["method"] for r in result["comparison"]["rows"]] == ["hdap", "uniform"]
     assert all(0 <= r["accuracy"]["calibrated"] <= 1 for r in result["comparison"]["rows"])
     # Fine-tuned in place: a complete bundle, no checkpoint left behind.
-    assert sorted(p.name for p in Path(result["bundle"]).iterdir()) == sorted(BUNDLE_FILES)
+    assert sorted(p.name for p in Path(result["bundle"]).iterdir()) == sorted(
+        f for f in BUNDLE_FILES if f != SOURCE_FILE)
