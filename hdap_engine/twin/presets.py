@@ -56,6 +56,14 @@ class SkuPreset:
     # (libraries switch to a slower generic kernel for such shapes, beyond the padding itself)
     eff_pool: float = 0.25  # windowed pooling (window compares / sums); eager CPU kernels are poor
     eff_bn: float = 0.25  # an unfused batch norm (eager frameworks run it as its own pass)
+    # A grouped (not depthwise) convolution: each group is its own small GEMM,
+    # and libraries tune grouped kernels far less than dense ones.
+    eff_gconv: float = 0.3
+    # FLOP-equivalents of one transcendental evaluation (exp, erf, tanh) in the
+    # vectorised math library: what makes a sigmoid, SiLU, GELU or softmax cost
+    # several times a ReLU of the same shape (measured on an AVX-512 CPU with
+    # PyTorch 2: ReLU 0.10 ns per element, sigmoid / SiLU 0.45, GELU 0.5-0.6).
+    transcendental_flops: float = 20.0
     llc_kb: float = 0.0  # last-level cache beyond the near cache (0: none)
     llc_gbps: float = 0.0
     # fixed costs and noise
@@ -144,6 +152,8 @@ JETSON_NANO = SkuPreset(
     eff_eltwise=0.25,
     eff_pool=0.15,
     eff_bn=0.25,
+    eff_gconv=0.45,
+    transcendental_flops=8.0,  # the SM's special-function units evaluate exp / rcp in hardware
     bytes_per_elem=2,
     dram_gbps=14.0,  # what conv kernels sustain of the 25.6 GB/s peak shared with the CPU
     cache_kb=256.0,
@@ -182,6 +192,8 @@ RPI4 = SkuPreset(
     eff_eltwise=0.25,
     eff_pool=0.05,  # PyTorch's CPU max-pool is a scalar loop over windows
     eff_bn=0.10,
+    eff_gconv=0.2,
+    transcendental_flops=24.0,  # NEON has no exp: a polynomial and a range reduction
     bytes_per_elem=4,
     dram_gbps=4.5,
     cache_kb=1024.0,
@@ -239,7 +251,7 @@ def generic_cpu_preset(
         pixel_tile=8, tile_rows=True,
         slots_per_unit=4.0, reuse_pixel_block=256, reuse_channel_block=128, eltwise_grain=32768,
         eff_conv=0.5, eff_conv1x1=0.45, eff_dwconv=0.08, eff_linear=0.3, eff_eltwise=0.25,
-        eff_pool=0.05, eff_bn=0.1,
+        eff_pool=0.05, eff_bn=0.1, eff_gconv=0.3, transcendental_flops=20.0,
         bytes_per_elem=4, dram_gbps=float(dram_gbps), cache_kb=float(cache_kb),
         cache_gbps=float(cache_gbps), llc_kb=float(llc_kb), llc_gbps=float(llc_gbps),
         kernel_overhead_us=float(kernel_overhead_us), fused_ops=(), noise_sigma=0.03,
