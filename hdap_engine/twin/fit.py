@@ -168,7 +168,7 @@ def fit_states_from_probes(probes: pd.DataFrame, preset: SkuPreset | str, *,
 # --- the host's own preset ---------------------------------------------------
 
 _TILES = (1, 4, 8, 16, 32, 64)
-_K_HALF = tuple(np.round(np.geomspace(4, 2048, 28), 1)) + (0.0,)
+_WORK_HALF = tuple(np.round(np.geomspace(64, 65536, 31), 0)) + (0.0,)
 
 
 def _row_dict(row) -> dict:
@@ -194,7 +194,7 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
     vector width (``simd_lanes``; a CPU's blocked layout pads input and output
     channels alike) and the extra cost of off-tile channels from
     ``conv3x3_odd``; the pixel tile from ``conv3x3_7x7``; the GEMM depth at
-    half efficiency from ``conv3x3_thin``. Cache sizes, the thread count and
+    half efficiency (MACs per output pixel) from ``conv3x3_thin``. Cache sizes, the thread count and
     the vector width come from the row's context columns (``l2_kb``,
     ``llc_kb``, ``threads``, ``simd_lanes``, as `hdap probe` writes them). The parameters are
     refined a few times through the forward twin so that the preset reproduces
@@ -242,6 +242,10 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
     preset = generic_cpu_preset(
         name=name, cores=threads, clock_ghz=1.0, flops_per_cycle=32.0,
         channel_tile=lanes or 8, cin_tile=lanes or 8,
+        # Blocked layouts come in 8- and 16-channel blocks, and a 16-lane CPU
+        # runs an 8-channel tail at full speed: only channel counts off a
+        # multiple of 8 (or of a narrower vector) take the generic kernel.
+        misaligned_tile=min(8, lanes or 8),
         cache_kb=l2_kb, llc_kb=llc_kb if llc_kb > l2_kb else 0.0,
         llc_gbps=40.0 if llc_kb > l2_kb else 0.0,
         kernel_overhead_us=meas["tiny"] * 1e3 / len(PROBE_ROWS["tiny"]),
@@ -311,14 +315,17 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
             best = _TILES[int(np.argmin(errs))]
             extra = {"cin_tile": best} if field_name == "channel_tile" else {}
             preset = replace(preset, **{field_name: best}, **extra)
-        # GEMM depth at half efficiency: the value that best explains the thin conv.
+        # MACs per output pixel at half efficiency: the value that best explains
+        # the thin conv (16 channels in and out). Its slowness is a small tile
+        # (short K and narrow N together), not a short K alone: a 1x1 conv with
+        # 48 inputs and 128 outputs runs near peak, which a K-only rule misses.
         errs = []
-        for k_half in _K_HALF:
-            tw = Twin(replace(preset, k_half=k_half))
+        for half in _WORK_HALF:
+            tw = Twin(replace(preset, pixel_macs_half=half))
             ratio_pred = (tw.expected_ms(tables["conv3x3_thin"], nominal)[0, 0]
                           / tw.expected_ms(tables["conv3x3"], nominal)[0, 0])
             errs.append(abs(np.log(ratio_pred) - np.log(meas["conv3x3_thin"] / meas["conv3x3"])))
-        preset = replace(preset, k_half=float(_K_HALF[int(np.argmin(errs))]))
+        preset = replace(preset, pixel_macs_half=float(_WORK_HALF[int(np.argmin(errs))]))
     return preset
 
 

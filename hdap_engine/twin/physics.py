@@ -141,6 +141,7 @@ class _Prepared:
     n_kernels: np.ndarray  # (N,) kernels that pay the fixed overhead
     n_mac: np.ndarray  # (N,) conv / linear kernels among them
     keep: np.ndarray  # (L,) layers that run as their own kernel (K of them)
+    prev_bytes: np.ndarray  # (N, K) bytes the previous kernel moved (0 for the first)
     mac_mask: np.ndarray  # (K,) which of the K kernels pay the conv / linear call cost
 
 
@@ -256,8 +257,10 @@ class Twin:
             cin_pad = np.where(image_in, cin_g, np.ceil(cin_g / cit) * cit)
             pad = np.where(is_dense, pad * cin_g / np.maximum(cin_pad, 1.0), pad)
         if p.misaligned_eff != 1.0:
-            off = ((np.mod(cout_g, ct) != 0)
-                   | (~image_in & (np.mod(cin_g, float(p.cin_tile)) != 0)))
+            mt = float(p.misaligned_tile or p.channel_tile)
+            mit = float(p.misaligned_tile or p.cin_tile)
+            off = ((np.mod(cout_g, mt) != 0)
+                   | (~image_in & (np.mod(cin_g, mit) != 0)))
             pad = np.where(is_dense & off, pad * p.misaligned_eff, pad)
         # A short reduction (few input channels) spends a large share of every
         # tile on loading and storing it rather than on multiply-adds. (An
@@ -266,6 +269,10 @@ class Twin:
             kdim = np.where(is_dense, cin_pad * k, cin)
             short_k = (is_dense & ~image_in) | is_rows
             pad = np.where(short_k, pad * kdim / (kdim + p.k_half), pad)
+        if p.pixel_macs_half > 0:
+            work = np.where(is_dense, cin_pad * k * c_pad, cin * c_pad)
+            small = (is_dense & ~image_in) | is_gemm
+            pad = np.where(small, pad * work / (work + p.pixel_macs_half), pad)
         # Parallel work items: GEMM tiles for MAC layers (every group's own),
         # grains for element-wise.
         tiles = np.ceil(p_eff / pt) * np.ceil(cout_g / ct) * groups
@@ -308,10 +315,13 @@ class Twin:
             (rr_w * w_b, 1.0 / np.maximum(w_b, 1.0)),
             (sweeps * in_b, 1.0 / np.maximum(in_b, 1.0)),
         ]
+        moved = sum(bb for bb, _ in traffic)
+        prev_bytes = np.zeros_like(moved)
+        prev_bytes[:, 1:] = moved[:, :-1]
         n_k = np.full(table.n_candidates, float(keep.sum()))
         n_mac = np.full(table.n_candidates, float(is_mac.sum()))
         return _Prepared(tc_slot=tc_slot, slots=slots, traffic=traffic, n_kernels=n_k,
-                         n_mac=n_mac, keep=keep, mac_mask=is_mac)
+                         n_mac=n_mac, keep=keep, mac_mask=is_mac, prev_bytes=prev_bytes)
 
     # -- device part ----------------------------------------------------------
 
@@ -333,6 +343,7 @@ class Twin:
             "overhead": p.kernel_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "mac_overhead": p.mac_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "device_overhead": np.full(len(states), p.device_overhead_us * 1e-6),
+            "cold_kernel": p.cold_kernel_us * 1e-6 * np.asarray(states.overhead_scale, float),
         }
         if p.llc_kb > 0:
             inv_llc = 1.0 / (p.llc_gbps * 1e9 * np.asarray(states.mem_bw_scale, float) ** 0.5
@@ -357,6 +368,9 @@ class Twin:
         total_bytes = sum(bb for bb, _ in traffic)
         levels = [("cache", "d_cache")] + ([("llc", "d_llc")] if "llc" in dev else [])
         async_launch = self.preset.async_launch
+        cold = None
+        if self.preset.cold_kernel_us > 0:
+            cold = prep.prev_bytes.astype(f32)[:, :, None]
         step = max(1, self.chunk_elems // max(1, n * k))
         for s in range(0, d, step):
             sl = slice(s, min(d, s + step))
@@ -376,6 +390,10 @@ class Twin:
                     hit *= delta
                     tm += hit
             np.maximum(tc, tm, out=tc)
+            if cold is not None:
+                # refetching what the previous kernel's sweep evicted
+                swept = np.minimum(cold / dev["cache"][sl].astype(f32), f32(1.0))
+                tc += swept * dev["cold_kernel"][sl].astype(f32)
             if async_launch:
                 # The host enqueues the next kernel while this one runs: a kernel
                 # shorter than the launch path waits for it, a longer one hides it.

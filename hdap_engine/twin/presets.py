@@ -52,7 +52,12 @@ class SkuPreset:
     # so the pixel tile pads the output width; GPU implicit GEMMs tile all pixels.
     tile_rows: bool = False
     k_half: float = 0.0  # GEMM depth K = cin*kh*kw at which a dense layer reaches half its efficiency
+    # MACs per output pixel (cin x kh x kw x cout, per group) at which a dense
+    # layer reaches half its efficiency: a small one spends its time on loading
+    # inputs and storing outputs, whichever of K or N is short (0: off).
+    pixel_macs_half: float = 0.0
     misaligned_eff: float = 1.0  # extra efficiency of a dense conv whose channels are off the tile
+    misaligned_tile: int = 0  # channel multiple below which the slower kernel is used (0: channel_tile)
     # (libraries switch to a slower generic kernel for such shapes, beyond the padding itself)
     eff_pool: float = 0.25  # windowed pooling (window compares / sums); eager CPU kernels are poor
     eff_bn: float = 0.25  # an unfused batch norm (eager frameworks run it as its own pass)
@@ -69,6 +74,12 @@ class SkuPreset:
     # fixed costs and noise
     kernel_overhead_us: float = 10.0
     mac_overhead_us: float = 0.0  # extra fixed cost of a conv / linear call (primitive dispatch)
+    # In a network, a kernel that follows one whose traffic swept the near cache
+    # finds the framework's own code and metadata (dispatcher, module call, the
+    # op's kernel) evicted and refetches them: an eager CPU runtime pays up to
+    # this much more per kernel than in a hot loop of the same kernel, in
+    # proportion to the share of the near cache the previous kernel swept.
+    cold_kernel_us: float = 0.0
     # An accelerator runs kernels asynchronously: the host-side launch path
     # (kernel_overhead_us) overlaps with the previous kernel, and only a small
     # device-side cost per kernel (device_overhead_us) is always paid.
