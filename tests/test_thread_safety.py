@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from hdap_engine.pruning import space as space_module
+from hdap_engine.pruning import cache
 from hdap_engine.pruning.space import PruningSpace
 
 
@@ -37,13 +37,13 @@ def _at_once(n: int, work) -> tuple[list, list]:
 
 
 def test_pruning_spaces_traced_from_several_threads_at_once_are_one_correct_trace():
-    space_module._traced_space.cache_clear()
+    cache.clear_memory()
     models = ["resnet18", "resnet56", "resnet18", "resnet56", "resnet18", "resnet56"]
     rounds = [8, 8, 16, 4, 8, 1]
     results, errors = _at_once(len(models), lambda i: PruningSpace.for_model(
         models[i], round_to=rounds[i], min_ratio=0.1 + 0.05 * i))
     assert not errors, [repr(e) for e in errors]
-    traced = {m: space_module._traced_space.__wrapped__(m) for m in set(models)}
+    traced = {m: cache.build_now(m) for m in set(models)}
     for i, sp in enumerate(results):
         assert sp.model == models[i]
         assert sp.round_to == rounds[i] and abs(sp.min_ratio - (0.1 + 0.05 * i)) < 1e-12
@@ -51,5 +51,7 @@ def test_pruning_spaces_traced_from_several_threads_at_once_are_one_correct_trac
         assert sp.group_names == alone.group_names
         assert np.array_equal(sp.base_widths, alone.base_widths)
         assert sp.macs(sp.base_widths) == alone.macs(alone.base_widths)
-    # Traced once per model: the shared spaces are the same object underneath.
-    assert space_module._traced_space.cache_info().currsize == 2
+    # Built once per model: the shared spaces are the same object underneath.
+    for m in set(models):
+        same = [sp for sp, name in zip(results, models, strict=True) if name == m]
+        assert all(sp.layers is same[0].layers for sp in same)

@@ -72,10 +72,17 @@ def export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> N
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     # The TorchScript-based exporter: the dynamo one needs onnxscript and brings
     # nothing a fixed-shape CNN needs.
-    with _quiet(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    # nn.MultiheadAttention's inference fast path is one fused op ONNX has no
+    # symbol for; the plain path exports as the matmuls it is.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with _quiet(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     import onnx
 
     onnx.checker.check_model(str(path))

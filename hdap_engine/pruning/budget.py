@@ -124,7 +124,7 @@ def _fill(space: PruningSpace, widths: np.ndarray, wanted: np.ndarray, target: f
           tol: float) -> np.ndarray:
     """Add rounding steps back, most-cut group first, while the budget allows."""
     widths = widths.copy()
-    step = space.round_to
+    step = space.steps  # per group: a grouped convolution moves in larger steps
     g = space.n_groups
     stuck = np.zeros(len(widths), dtype=bool)  # no single step fits any more
     for _ in range(4 * g):

@@ -1,23 +1,22 @@
 """The pruning space of a model: its prunable groups, their widths, and analytic costs.
 
 A *group* is a set of channels that Torch-Pruning's dependency graph says must
-be pruned together (a bottleneck's inner width, a residual stage's width, a
-depthwise-separable block's width). A *candidate* is the kept width of every
-group: an int array of shape (G,), each a multiple of ``round_to`` between the
-group's minimum and its base width.
+be pruned together (`hdap_engine.pruning.groups`). A *candidate* is the kept
+width of every group: an int array of shape (G,), each a multiple of the
+group's step (``round_to``, or a multiple of a grouped convolution's groups)
+between the group's minimum and its base width.
 
-The space is derived from the model itself, not written per model: the
-groups come from Torch-Pruning (`DependencyGraph.get_all_groups`, classifier
-ignored) and the layer geometry from a `torch.fx` trace with shape
-propagation. Every layer's input and output channel count is then a symbol
-``(group, fixed, multiplier)``, which makes MACs, parameters and the layer
-table of N candidates a few vectorised numpy operations.
+The space is derived from the model itself, not written per model
+(`hdap_engine.pruning.build`): the groups come from Torch-Pruning, the layer
+geometry from one recorded forward pass. Every layer's input and output
+channel count is a linear `Form` of the widths, which makes MACs, parameters
+and the layer table of N candidates a few vectorised numpy operations.
 
 MACs follow Torch-Pruning's counter (`tp.utils.count_ops_and_params`), which
-is the reference: convolutions and linear layers (with bias), batch norm
-(2 per element), activation modules (1 per element) and pooling modules (1
-per input element); functional ops count 0. A test holds the two equal after
-physical pruning.
+is the reference (see `hdap_engine.pruning.build` for what it counts); a test
+holds the two equal after physical pruning. ``uncounted`` names the op kinds
+the model has that the counter does not count; ``kept`` names the groups kept
+at full width because pruning them breaks the model, with the reason.
 """
 
 from __future__ import annotations
@@ -27,44 +26,27 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
-from torch import nn
 
 from hdap_engine.errors import HdapError
-from hdap_engine.infra.locks import TRACE_LOCK
-from hdap_engine.models.zoo import get_spec
+from hdap_engine.pruning.groups import Group
 from hdap_engine.pruning.layers import LayerTable
 
-_ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU)  # what TP's counter counts
-_OTHER_ACT_MODULES = (nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh)
-_POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
-_PASS_MODULES = (nn.Dropout, nn.Identity, nn.Flatten)
-_ACT_FUNCTIONS = {"relu", "relu6", "hardswish", "silu", "gelu", "sigmoid", "tanh", "relu_"}
-_POOL_FUNCTIONS = {"adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "adaptive_max_pool2d"}
-_PASS_FUNCTIONS = {"dropout", "flatten", "contiguous", "getattr", "size", "view", "reshape"}
-
-
-@dataclass(frozen=True)
-class Group:
-    """One prunable width: channels that are pruned together."""
-
-    name: str  # the first member convolution / linear layer, in forward order
-    base: int  # width of the unpruned model
-    members: tuple[str, ...]  # conv / linear layers whose output channels this group sets
-
-    @property
-    def residual(self) -> bool:
-        """True when several layers write this width (a residual stage)."""
-        return len(self.members) > 1
+__all__ = ["Group", "PruningSpace"]
 
 
 @dataclass(frozen=True)
 class _Layers:
-    """Static per-layer arrays of a traced model (L layers)."""
+    """Static per-layer arrays of a recorded model (L layers, G groups).
+
+    A layer's input channels are ``cin_fixed + widths @ cin_coef.T``, its
+    outputs likewise. Rows with an empty ``op`` are counted for MACs only
+    (an attention block Torch-Pruning's counter counts on top of its layers).
+    """
 
     names: tuple[str, ...]
-    op: np.ndarray  # twin op names (see layers.OPS)
-    counted: np.ndarray  # how TP's counter counts it: conv dwconv linear bn bn1 act pool ""
+    op: np.ndarray  # twin op names (see layers.OPS), "" for a counted-only row
+    counted: np.ndarray  # how TP's counter counts it (see _layer_costs), "" when it does not
+    fn: np.ndarray
     kernel_h: np.ndarray
     kernel_w: np.ndarray
     stride: np.ndarray
@@ -73,12 +55,16 @@ class _Layers:
     h_out: np.ndarray
     w_out: np.ndarray
     has_bias: np.ndarray
-    cin_group: np.ndarray
-    cin_fixed: np.ndarray
-    cin_mult: np.ndarray
-    cout_group: np.ndarray
+    groups: np.ndarray
+    heads: np.ndarray
+    cin_fixed: np.ndarray  # (L,)
+    cin_coef: np.ndarray  # (L, G)
     cout_fixed: np.ndarray
-    cout_mult: np.ndarray
+    cout_coef: np.ndarray
+
+    @functools.cached_property
+    def twin(self) -> np.ndarray:
+        return self.op != ""
 
 
 @dataclass(frozen=True)
@@ -90,20 +76,22 @@ class PruningSpace:
     """
 
     model: str
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     groups: tuple[Group, ...]
     round_to: int = 8
     min_ratio: float = 0.1
     layers: _Layers = field(repr=False, default=None)
     extra_params: int = field(repr=False, default=0)  # parameters outside counted layers
+    kept: tuple[tuple[str, str], ...] = ()  # (layer, why) of groups kept at full width
+    uncounted: tuple[str, ...] = ()  # op kinds present that Torch-Pruning's counter skips
 
     # -- construction -------------------------------------------------------------------
     @classmethod
     def for_model(cls, name: str, *, round_to: int = 8, min_ratio: float = 0.1) -> PruningSpace:
-        """The space of a registered model (traced once per process, one thread at a time)."""
-        with TRACE_LOCK:  # tracing is not thread-safe; the cache look-up is cheap
-            traced = _traced_space(name)
-        return traced.with_options(round_to=round_to, min_ratio=min_ratio)
+        """The space of a model (built once per model, then read from the cache)."""
+        from hdap_engine.pruning.cache import cached_space
+
+        return cached_space(name).with_options(round_to=round_to, min_ratio=min_ratio)
 
     def with_options(self, *, round_to: int | None = None,
                      min_ratio: float | None = None) -> PruningSpace:
@@ -130,16 +118,23 @@ class PruningSpace:
         return np.array([g.base for g in self.groups], dtype=np.int64)
 
     @functools.cached_property
+    def steps(self) -> np.ndarray:
+        """Width step per group: ``round_to``, or its least common multiple with the
+        group's channel groups (a grouped convolution keeps its groups equal)."""
+        return np.array([math.lcm(self.round_to, max(1, g.channel_groups))
+                         for g in self.groups], dtype=np.int64)
+
+    @functools.cached_property
     def min_widths(self) -> np.ndarray:
         """Smallest width per group: ``min_ratio`` of the base, rounded up, at least one step."""
-        b = self.base_widths
-        low = np.ceil(b * self.min_ratio / self.round_to) * self.round_to
-        return np.minimum(np.maximum(low, self.round_to), b).astype(np.int64)
+        b, st = self.base_widths, self.steps
+        low = np.ceil(b * self.min_ratio / st) * st
+        return np.minimum(np.maximum(low, st), b).astype(np.int64)
 
     def round_widths(self, widths) -> np.ndarray:
-        """Nearest valid candidate(s): multiples of ``round_to`` within [min, base]."""
+        """Nearest valid candidate(s): multiples of the step within [min, base]."""
         w = np.asarray(widths, dtype=np.float64)
-        r = np.round(w / self.round_to) * self.round_to
+        r = np.round(w / self.steps) * self.steps
         return np.clip(r, self.min_widths, self.base_widths).astype(np.int64)
 
     def widths_from_ratios(self, ratios) -> np.ndarray:
@@ -164,6 +159,13 @@ class PruningSpace:
             raise HdapError(
                 f"{self.model}: width {int(w[i])} of group {self.groups[i].name} is outside "
                 f"1..{self.groups[i].base}")
+        parts = np.array([max(1, g.channel_groups) for g in self.groups])
+        bad = np.flatnonzero(w % parts)
+        if bad.size:
+            i = int(bad[0])
+            raise HdapError(
+                f"{self.model}: width {int(w[i])} of group {self.groups[i].name} must be a "
+                f"multiple of {int(parts[i])} (its grouped convolution's groups)")
         return w
 
     def random_widths(self, n: int, rng: np.random.Generator, low: float = 0.15,
@@ -179,12 +181,9 @@ class PruningSpace:
         if w.shape[1] != self.n_groups:
             raise HdapError(f"{self.model}: expected {self.n_groups} widths per candidate, "
                             f"got {w.shape[1]}")
-        ext = np.concatenate([w, np.zeros((w.shape[0], 1))], axis=1)
         lay = self.layers
-        g_in = np.where(lay.cin_group >= 0, lay.cin_group, self.n_groups)
-        g_out = np.where(lay.cout_group >= 0, lay.cout_group, self.n_groups)
-        cin = (ext[:, g_in] + lay.cin_fixed) * lay.cin_mult
-        cout = (ext[:, g_out] + lay.cout_fixed) * lay.cout_mult
+        cin = lay.cin_fixed + w @ lay.cin_coef.T
+        cout = lay.cout_fixed + w @ lay.cout_coef.T
         return cin, cout
 
     def _layer_costs(self, widths) -> tuple[np.ndarray, np.ndarray]:
@@ -198,24 +197,32 @@ class PruningSpace:
         c = lay.counted
         macs = np.zeros_like(cin)
         params = np.zeros_like(cin)
-        m = c == "conv"
-        macs[:, m] = (k * hw_out)[m] * cin[:, m] * cout[:, m] + (bias * hw_out)[m] * cout[:, m]
-        params[:, m] = k[m] * cin[:, m] * cout[:, m] + bias[m] * cout[:, m]
+        m = c == "conv"  # dense or grouped: each output reads cin / groups inputs
+        per_in = cin[:, m] / lay.groups[m]
+        macs[:, m] = (k * hw_out)[m] * per_in * cout[:, m] + (bias * hw_out)[m] * cout[:, m]
+        params[:, m] = k[m] * per_in * cout[:, m] + bias[m] * cout[:, m]
         m = c == "dwconv"
         macs[:, m] = (k * hw_out + bias * hw_out)[m] * cout[:, m]
         params[:, m] = (k + bias)[m] * cout[:, m]
-        m = c == "linear"
-        macs[:, m] = cin[:, m] * cout[:, m] + bias[m] * cout[:, m]
+        m = c == "linear"  # rows x in x out; the counter adds the bias once per output
+        macs[:, m] = hw_out[m] * cin[:, m] * cout[:, m] + bias[m] * cout[:, m]
         params[:, m] = cin[:, m] * cout[:, m] + bias[m] * cout[:, m]
-        m = c == "bn"  # affine batch norm
+        m = c == "bn"  # affine norm: 2 per element
         macs[:, m] = 2.0 * hw_out[m] * cout[:, m]
         params[:, m] = 2.0 * cout[:, m]
-        m = c == "bn1"  # batch norm without affine parameters
+        m = c == "bn1"  # a norm without affine parameters
         macs[:, m] = hw_out[m] * cout[:, m]
-        m = c == "act"
+        m = (c == "act") | (c == "upsample")
         macs[:, m] = hw_out[m] * cout[:, m]
         m = c == "pool"
         macs[:, m] = hw_in[m] * cin[:, m]
+        m = (c == "attention") | (c == "mha")  # the counter's attention formula
+        n, batch = lay.h_out[m].astype(np.float64), lay.w_out[m].astype(np.float64)
+        q, d = cout[:, m], cin[:, m]
+        macs[:, m] = batch * (n * q * (2.0 + 3.0 * d + 3.0 * bias[m] + 2.0 * n + q)
+                              + lay.heads[m] * n * n)
+        m = c == "mha"  # its projections are its own parameters
+        params[:, m] = 4.0 * cin[:, m] * cin[:, m] + (3.0 * bias[m] + 1.0) * cin[:, m]
         return macs, params
 
     def macs(self, widths) -> np.ndarray | float:
@@ -248,7 +255,8 @@ class PruningSpace:
         """(L,) stage index of each layer: layers are staged by output resolution."""
         sizes = self.layers.h_out * self.layers.w_out
         distinct = sorted(set(sizes.tolist()), reverse=True)
-        return np.array([distinct.index(s) for s in sizes], dtype=np.int64)
+        index = {s: i for i, s in enumerate(distinct)}
+        return np.array([index[s] for s in sizes.tolist()], dtype=np.int64)
 
     def stage_costs(self, widths) -> tuple[np.ndarray, np.ndarray]:
         """(N, S) MACs and parameters per stage (layers grouped by output resolution)."""
@@ -263,10 +271,13 @@ class PruningSpace:
         """Layer shapes of candidate(s) for the latency models."""
         cin, cout = self._channels(widths)
         lay = self.layers
+        t = lay.twin
         return LayerTable(
-            names=lay.names, op=lay.op, kernel_h=lay.kernel_h, kernel_w=lay.kernel_w,
-            stride=lay.stride, h_in=lay.h_in, w_in=lay.w_in, h_out=lay.h_out, w_out=lay.w_out,
-            has_bias=lay.has_bias, cin=cin, cout=cout,
+            names=tuple(n for n, keep in zip(lay.names, t, strict=True) if keep), op=lay.op[t],
+            kernel_h=lay.kernel_h[t], kernel_w=lay.kernel_w[t], stride=lay.stride[t],
+            h_in=lay.h_in[t], w_in=lay.w_in[t], h_out=lay.h_out[t], w_out=lay.w_out[t],
+            has_bias=lay.has_bias[t], cin=cin[:, t], cout=cout[:, t], groups=lay.groups[t],
+            fn=lay.fn[t],
         )
 
     def widths_dict(self, widths) -> dict[str, int]:
@@ -296,216 +307,6 @@ class PruningSpace:
             "min_macs": self.min_macs,
             "round_to": self.round_to,
             "min_ratio": self.min_ratio,
+            "kept_at_full_width": [{"layer": n, "why": why} for n, why in self.kept],
+            "uncounted_ops": list(self.uncounted),
         }
-
-
-# -- tracing -----------------------------------------------------------------------------
-
-def discover_groups(model: nn.Module, example: torch.Tensor, classifier: str):
-    """Torch-Pruning's prunable groups of ``model``: [(root module name, width, members)].
-
-    Each group is listed once with the conv/linear layers whose *output*
-    channels it prunes. The classifier is ignored, so its outputs stay.
-    """
-    import torch_pruning as tp
-
-    names = {m: n for n, m in model.named_modules()}
-    ignored = [model.get_submodule(classifier)]
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
-    out = []
-    for group in dg.get_all_groups(ignored_layers=ignored,
-                                   root_module_types=(nn.Conv2d, nn.Linear)):
-        root = group[0].dep.target.module
-        members = []
-        for dep, _ in group:
-            mod = dep.target.module
-            if isinstance(mod, (nn.Conv2d, nn.Linear)) and dg.is_out_channel_pruning_fn(dep.handler):
-                if names[mod] not in members:
-                    members.append(names[mod])
-        width = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
-        out.append((names[root], int(width), members))
-    return out
-
-
-def _fx_layers(model: nn.Module, example: torch.Tensor, out_group: dict[str, int],
-               base: np.ndarray) -> _Layers:
-    """Trace ``model`` and give every layer symbolic channels."""
-    from torch.fx import symbolic_trace
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    try:
-        gm = symbolic_trace(model)
-    except Exception as exc:  # pragma: no cover - depends on the model
-        raise HdapError(f"cannot trace the model for its pruning space: {exc}") from None
-    ShapeProp(gm).propagate(example)
-
-    sym: dict[str, tuple[int, int, int]] = {}  # node -> (group, fixed, multiplier)
-    rows: list[dict] = []
-
-    def shape(node):
-        return tuple(node.meta["tensor_meta"].shape)
-
-    def hw(shp):
-        return (shp[2], shp[3]) if len(shp) == 4 else (1, 1)
-
-    def row(name, op, counted, node, src, cin_s, cout_s, kernel=(1, 1), stride=1, bias=False):
-        shp_in = shape(src) if src is not None else shape(node)
-        shp_out = shape(node)
-        (hi, wi), (ho, wo) = hw(shp_in), hw(shp_out)
-        rows.append(dict(name=name, op=op, counted=counted, kh=kernel[0], kw=kernel[1],
-                         stride=stride, h_in=hi, w_in=wi, h_out=ho, w_out=wo, bias=bias,
-                         cin=cin_s, cout=cout_s,
-                         traced=(shp_in[1 if len(shp_in) == 4 else -1],
-                                 shp_out[1 if len(shp_out) == 4 else -1])))
-
-    def fixed(n):
-        return (-1, int(n), 1)
-
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            sym[node.name] = fixed(shape(node)[1])
-            continue
-        if node.op == "output":
-            continue
-        args = [a for a in node.args if hasattr(a, "name") and a.name in sym]
-        src = args[0] if args else None
-        s_in = sym[src.name] if src is not None else None
-        if node.op == "call_module":
-            mod = gm.get_submodule(node.target)
-            name = str(node.target)
-            if isinstance(mod, nn.Conv2d):
-                g = out_group.get(name)
-                s_out = (g, 0, 1) if g is not None else fixed(mod.out_channels)
-                if mod.groups == 1:
-                    op = "conv"
-                elif mod.groups == mod.in_channels == mod.out_channels:
-                    op = "dwconv"
-                    s_out = s_in  # TP couples a depthwise conv's outputs to its inputs
-                else:
-                    raise HdapError(f"layer {name}: grouped convolutions other than depthwise "
-                                    "are not supported by the pruning space")
-                row(name, op, op, node, src, s_in, s_out, tuple(mod.kernel_size),
-                    int(mod.stride[0]), mod.bias is not None)
-                sym[node.name] = s_out
-            elif isinstance(mod, nn.Linear):
-                g = out_group.get(name)
-                s_out = (g, 0, 1) if g is not None else fixed(mod.out_features)
-                row(name, "linear", "linear", node, src, s_in, s_out, bias=mod.bias is not None)
-                sym[node.name] = s_out
-            elif isinstance(mod, nn.BatchNorm2d):
-                row(name, "bn", "bn" if mod.affine else "bn1", node, src, s_in, s_in)
-                sym[node.name] = s_in
-            elif isinstance(mod, _ACT_MODULES + _OTHER_ACT_MODULES):
-                counted = "act" if isinstance(mod, _ACT_MODULES) else ""
-                row(name, "act", counted, node, src, s_in, s_in)
-                sym[node.name] = s_in
-            elif isinstance(mod, _POOL_MODULES):
-                k = getattr(mod, "kernel_size", None)
-                shp_in, shp_out = shape(src), shape(node)
-                if k is None:  # adaptive: the window covers input / output
-                    k = (max(1, shp_in[2] // shp_out[2]), max(1, shp_in[3] // shp_out[3]))
-                k = (k, k) if isinstance(k, int) else tuple(k)
-                st = getattr(mod, "stride", None) or k[0]
-                st = st if isinstance(st, int) else st[0]
-                row(name, "pool", "pool", node, src, s_in, s_in, k, st)
-                sym[node.name] = s_in
-            elif isinstance(mod, _PASS_MODULES):
-                sym[node.name] = _flatten_sym(s_in, src, node, shape)
-            else:
-                raise HdapError(f"layer {name}: {type(mod).__name__} is not supported by the "
-                                "pruning space")
-        elif node.op in ("call_function", "call_method"):
-            fname = getattr(node.target, "__name__", str(node.target))
-            if fname in ("add", "iadd", "add_"):
-                if len(args) == 2:
-                    a, b = sym[args[0].name], sym[args[1].name]
-                    if a != b and not (a[0] < 0 and b[0] < 0 and a[1] * a[2] == b[1] * b[2]):
-                        raise HdapError(f"{node.name}: adds tensors of different channel "
-                                        "groups; the pruning space cannot follow it")
-                    row(node.name, "add", "", node, args[0], a, a)
-                sym[node.name] = s_in
-            elif fname in _ACT_FUNCTIONS:
-                row(node.name, "act", "", node, src, s_in, s_in)
-                sym[node.name] = s_in
-            elif fname in _POOL_FUNCTIONS or fname == "mean":
-                shp_in, shp_out = shape(src), shape(node)
-                ho, wo = hw(shp_out)
-                k = (max(1, shp_in[2] // max(ho, 1)), max(1, shp_in[3] // max(wo, 1)))
-                row(node.name, "pool", "", node, src, s_in, s_in, k, k[0])
-                sym[node.name] = s_in
-            elif fname in _PASS_FUNCTIONS:
-                if src is not None:
-                    sym[node.name] = _flatten_sym(s_in, src, node, shape)
-            else:
-                raise HdapError(f"{node.name}: operation {fname} is not supported by the "
-                                "pruning space")
-        elif node.op == "get_attr":
-            continue
-
-    # The symbols must reproduce the traced shapes at base widths, or the space is wrong.
-    def value(s):
-        g, f, m = s
-        return (base[g] if g >= 0 else f) * m
-
-    for r in rows:
-        if (value(r["cin"]), value(r["cout"])) != tuple(r["traced"]):
-            raise HdapError(f"internal: the pruning space of layer {r['name']} gives "
-                            f"{value(r['cin'])}->{value(r['cout'])} channels, the trace "
-                            f"{r['traced'][0]}->{r['traced'][1]}")
-
-    def arr(key, dtype=np.int64):
-        return np.array([r[key] for r in rows], dtype=dtype)
-
-    return _Layers(
-        names=tuple(r["name"] for r in rows),
-        op=np.array([r["op"] for r in rows], dtype=object),
-        counted=np.array([r["counted"] for r in rows], dtype=object),
-        kernel_h=arr("kh"), kernel_w=arr("kw"), stride=arr("stride"),
-        h_in=arr("h_in"), w_in=arr("w_in"), h_out=arr("h_out"), w_out=arr("w_out"),
-        has_bias=arr("bias", bool),
-        cin_group=np.array([r["cin"][0] for r in rows], dtype=np.int64),
-        cin_fixed=np.array([r["cin"][1] for r in rows], dtype=np.float64),
-        cin_mult=np.array([r["cin"][2] for r in rows], dtype=np.float64),
-        cout_group=np.array([r["cout"][0] for r in rows], dtype=np.int64),
-        cout_fixed=np.array([r["cout"][1] for r in rows], dtype=np.float64),
-        cout_mult=np.array([r["cout"][2] for r in rows], dtype=np.float64),
-    )
-
-
-def _flatten_sym(s_in, src, node, shape):
-    """Channel symbol after a reshape: flattening (C, H, W) multiplies C by H*W."""
-    shp_in, shp_out = shape(src), shape(node)
-    if len(shp_in) == 4 and len(shp_out) == 2:
-        g, f, m = s_in
-        return (g, f, m * shp_in[2] * shp_in[3])
-    return s_in
-
-
-@functools.lru_cache(maxsize=16)
-def _traced_space(name: str) -> PruningSpace:
-    spec = get_spec(name)
-    # Only shapes matter here: build on the meta device (no weight initialisation,
-    # which is most of the cost for VGG-16) and give it uninitialised CPU storage.
-    with torch.device("meta"):
-        model = spec.builder()
-    model = model.to_empty(device="cpu").eval()
-    example = spec.example_input()
-    groups_raw = discover_groups(model, example, spec.classifier)
-    # Order groups by where their first member runs in the forward pass.
-    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    groups = []
-    for root, width, members in groups_raw:
-        members = sorted(members, key=order.__getitem__)
-        groups.append(Group(name=members[0] if members else root, base=width,
-                            members=tuple(members)))
-    groups.sort(key=lambda g: order[g.name])
-    out_group = {m: i for i, g in enumerate(groups) for m in g.members}
-    base = np.array([g.base for g in groups], dtype=np.int64)
-    layers = _fx_layers(model, example, out_group, base)
-    space = PruningSpace(model=name, input_shape=spec.input_shape, groups=tuple(groups),
-                         layers=layers)
-    counted = sum(p.numel() for p in model.parameters())
-    extra = counted - int(round(space.params(base)))
-    if extra < 0 or math.isnan(extra):
-        raise HdapError(f"internal: parameter count of {name} is inconsistent ({extra})")
-    return replace(space, extra_params=extra)

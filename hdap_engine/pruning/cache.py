@@ -1,0 +1,204 @@
+"""Pruning spaces are built once per model and kept: in memory, and on disk in the workspace.
+
+Building a space runs Torch-Pruning's dependency graph a few times and records
+two forward passes: a second for ResNet-18, a minute for a large ViT, and
+Torch-Pruning's grouping can run for many minutes on some models (ReXNet). So
+a space is built once per model, input shape and library versions, and saved
+under ``$HDAP_HOME/spaces/``; every later process (a job's worker, the app,
+the CLI) reads it in milliseconds.
+
+The six models the product ships with are built in-process (seconds). Any
+other model is built in a child process with a time limit, so that a model
+Torch-Pruning cannot group in reasonable time, or that crashes the
+interpreter, is one clear error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from hdap_engine.errors import HdapError
+from hdap_engine.infra.locks import TRACE_LOCK
+
+FORMAT = 1  # bump when the saved layout or the meaning of a field changes
+BUILD_TIMEOUT_S = float(os.environ.get("HDAP_SPACE_TIMEOUT", "900"))
+
+_MEMORY: dict[str, object] = {}
+_KEY_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import torch_pruning
+    import torchvision
+
+    out = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+           "torch_pruning": torch_pruning.__version__, "format": str(FORMAT)}
+    try:
+        import timm
+
+        out["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def cache_key(name: str) -> str:
+    """The model, its input shape, its source file's hash (for a file) and versions."""
+    from hdap_engine.models.zoo import get_spec
+
+    spec = get_spec(name)
+    ident = {"model": name, "input_shape": list(spec.input_shape), **_versions()}
+    source = getattr(spec, "source_sha256", None)
+    if source:
+        ident["source"] = source
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _cache_dir() -> Path:
+    from hdap_engine.infra.workspace import home
+
+    return home() / "spaces"
+
+
+def cached_space(name: str, *, timeout_s: float | None = None):
+    """The pruning space of ``name``: from memory, the workspace, or built now."""
+    got = _MEMORY.get(name)
+    if got is not None:
+        return got
+    with TRACE_LOCK:
+        lock = _KEY_LOCKS.setdefault(name, threading.Lock())
+    with lock:  # one build per model at a time; other models go on
+        got = _MEMORY.get(name)
+        if got is not None:
+            return got
+        path = _cache_dir() / f"{cache_key(name)}.npz"
+        space = _read(path) if path.is_file() else None
+        if space is None:
+            if _in_process(name):
+                with TRACE_LOCK:  # Torch-Pruning's tracing is not thread-safe
+                    space = build_now(name)
+                _write(space, path)
+            else:
+                _build_in_child(name, path, BUILD_TIMEOUT_S if timeout_s is None else timeout_s)
+                space = _read(path)
+                if space is None:
+                    raise HdapError(f"{name}: the pruning space was built but cannot be read "
+                                    f"back from {path}")
+        _MEMORY[name] = space
+        return space
+
+
+def clear_memory() -> None:
+    """Forget the spaces held in this process (the disk cache stays)."""
+    _MEMORY.clear()
+
+
+def _in_process(name: str) -> bool:
+    from hdap_engine.models.zoo import model_names
+
+    return ":" not in name and name in model_names()
+
+
+def build_now(name: str):
+    """Build the space of ``name`` in this process (no cache)."""
+    from hdap_engine.models.zoo import build_model, get_spec
+    from hdap_engine.pruning.build import build_space
+
+    spec = get_spec(name)
+    model = build_model(name)
+    return build_space(name, model, spec.example_input(), spec.classifier, spec.input_shape)
+
+
+def _child(name: str, path: str, conn) -> None:
+    try:
+        _write(build_now(name), Path(path))
+        conn.send(None)
+    except HdapError as exc:
+        conn.send(str(exc))
+    except MemoryError:
+        conn.send("ran out of memory while building its pruning space")
+    except Exception as exc:  # a model's own code can raise anything
+        text = str(exc).strip().splitlines()
+        conn.send(f"{type(exc).__name__}: {text[0][:200] if text else ''}")
+
+
+def _build_in_child(name: str, path: Path, timeout_s: float) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(name, str(path), child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout_s):
+            raise HdapError(
+                f"{name}: building its pruning space took longer than {timeout_s:.0f} s "
+                "(Torch-Pruning's grouping of this model); set HDAP_SPACE_TIMEOUT to wait "
+                "longer, or pick another model")
+        try:
+            error = parent.recv()
+        except EOFError:
+            error = (f"the process building its pruning space died (exit code "
+                     f"{proc.exitcode}); the model may be too large for this machine's memory")
+        if error:
+            raise HdapError(f"{name}: cannot be pruned: {error}")
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+
+
+_STR_FIELDS = ("names", "op", "counted", "fn")
+
+
+def _write(space, path: Path) -> None:
+    lay = space.layers
+    meta = {
+        "model": space.model, "input_shape": list(space.input_shape),
+        "groups": [[g.name, g.base, list(g.members), g.channel_groups] for g in space.groups],
+        "kept": [list(k) for k in space.kept], "uncounted": list(space.uncounted),
+        "extra_params": int(space.extra_params), "format": FORMAT,
+    }
+    arrays = {f: np.asarray(getattr(lay, f), dtype=str) for f in _STR_FIELDS}
+    for f in _ARRAY_FIELDS:
+        arrays[f] = np.asarray(getattr(lay, f))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp.npz")
+    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)  # readers never see half a file
+
+
+_ARRAY_FIELDS = ("kernel_h", "kernel_w", "stride", "h_in", "w_in", "h_out", "w_out",
+                 "has_bias", "groups", "heads", "cin_fixed", "cin_coef", "cout_fixed",
+                 "cout_coef")
+
+
+def _read(path: Path):
+    from hdap_engine.pruning.groups import Group
+    from hdap_engine.pruning.space import PruningSpace, _Layers
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            if meta.get("format") != FORMAT:
+                return None
+            fields = {f: np.array(data[f].tolist(), dtype=object) for f in _STR_FIELDS}
+            fields["names"] = tuple(data["names"].tolist())
+            for f in _ARRAY_FIELDS:
+                fields[f] = data[f].copy()
+    except Exception:  # a stale or damaged cache file is rebuilt, not reported
+        return None
+    groups = tuple(Group(name=n, base=int(b), members=tuple(m), channel_groups=int(c))
+                   for n, b, m, c in meta["groups"])
+    return PruningSpace(model=meta["model"], input_shape=tuple(meta["input_shape"]),
+                        groups=groups, layers=_Layers(**fields),
+                        extra_params=int(meta["extra_params"]),
+                        kept=tuple(tuple(k) for k in meta["kept"]),
+                        uncounted=tuple(meta["uncounted"]))

@@ -1,0 +1,271 @@
+"""Torch-Pruning's groups of a model, and pruning a model to given group widths.
+
+A *group* is a set of channels that Torch-Pruning's dependency graph says must
+be pruned together (a bottleneck's inner width, a residual stage's width, a
+depthwise-separable block's width, the two halves of a concatenation's
+consumer). Three things about a group come from the graph:
+
+- its members, the conv / linear layers whose outputs it prunes;
+- how many channels of every other layer's input or output it removes per
+  channel (the coefficients of the layers' channel `Form`);
+- its *channel groups*: a grouped convolution, a group norm or an attention's
+  heads split the width into equal parts that must stay equal, so the width
+  moves in steps of that count and a channel position is pruned in every part
+  at once (Torch-Pruning's `BasePruner` does the same, averaging importance
+  over the parts).
+
+Some groups break the model when pruned (an attention's qkv projection whose
+output a reshape splits into heads, a width a module's forward code spells
+as a constant). `unprunable_groups` finds them by pruning a copy and running
+it, halving the set of suspects each time, so that they are kept at full
+width and listed rather than failing the whole model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hdap_engine.errors import HdapError
+from hdap_engine.pruning.record import Form
+
+ROOT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One prunable width: channels that are pruned together."""
+
+    name: str  # the first member convolution / linear layer, in forward order
+    base: int  # width of the unpruned model
+    members: tuple[str, ...]  # conv / linear layers whose output channels this group sets
+    channel_groups: int = 1  # equal parts the width is split into (grouped conv, heads)
+
+    @property
+    def residual(self) -> bool:
+        """True when several layers write this width (a residual stage)."""
+        return len(self.members) > 1
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """The groups of a model and the channel coefficients they give its layers."""
+
+    groups: tuple[Group, ...]
+    # module name -> {"in"/"out": {group index: channels removed per width unit}}
+    coefficients: dict[str, dict[str, dict[int, float]]]
+
+
+def dependency_graph(model: nn.Module, example: torch.Tensor):
+    import torch_pruning as tp
+
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example,
+                                                    verbose=False)
+    except Exception as exc:
+        raise HdapError(f"Torch-Pruning cannot build the dependency graph of this model "
+                        f"({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def _tp_groups(dg, model: nn.Module, classifier: str):
+    try:
+        return list(dg.get_all_groups(ignored_layers=[model.get_submodule(classifier)],
+                                      root_module_types=ROOT_TYPES))
+    except Exception as exc:
+        raise HdapError(f"Torch-Pruning cannot group this model's channels "
+                        f"({_first_line(exc)})") from None
+
+
+def _channel_groups(dg, group) -> int:
+    """Torch-Pruning's channel grouping of a group (BasePruner._get_channel_groups)."""
+    found = [1]
+    for dep, _ in group:
+        mod = dep.target.module
+        if isinstance(mod, nn.Conv2d) and mod.groups == mod.out_channels:
+            continue  # depthwise: pruned channel by channel
+        pruner = dg.get_pruner_of_module(mod)
+        if pruner is None:
+            continue
+        try:
+            n = (pruner.get_out_channel_groups(mod) if dg.is_out_channel_pruning_fn(dep.handler)
+                 else pruner.get_in_channel_groups(mod))
+        except Exception:
+            continue
+        found.append(int(n or 1))
+    return max(found)
+
+
+def discover(model: nn.Module, example: torch.Tensor, classifier: str) -> Discovered:
+    """Torch-Pruning's prunable groups of ``model``, classifier outputs excluded."""
+    names = {m: n for n, m in model.named_modules()}
+    order = {n: i for i, n in enumerate(names.values())}
+    dg = dependency_graph(model, example)
+    raw = []
+    for group in _tp_groups(dg, model, classifier):
+        root = group[0].dep.target.module
+        if root not in names:
+            continue
+        base = len(group[0].idxs)
+        members, coef = [], {}
+        for dep, idxs in group:
+            mod = dep.target.module
+            name = names.get(mod)
+            if name is None:  # Torch-Pruning's stand-in for a functional op
+                continue
+            side = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in"
+            per = coef.setdefault(name, {})
+            per[side] = max(per.get(side, 0.0), len(idxs) / base)
+            if side == "out" and isinstance(mod, ROOT_TYPES) and name not in members:
+                members.append(name)
+        if not members:
+            continue
+        members.sort(key=order.__getitem__)
+        raw.append((Group(name=members[0], base=base, members=tuple(members),
+                          channel_groups=_channel_groups(dg, group)), coef))
+    raw.sort(key=lambda r: order[r[0].name])
+    coefficients: dict[str, dict[str, dict[int, float]]] = {}
+    for i, (_, coef) in enumerate(raw):
+        for name, sides in coef.items():
+            for side, c in sides.items():
+                coefficients.setdefault(name, {}).setdefault(side, {})[i] = c
+    return Discovered(groups=tuple(g for g, _ in raw), coefficients=coefficients)
+
+
+def module_forms(model: nn.Module, found: Discovered,
+                 keep: Sequence[int]) -> dict[nn.Module, tuple[Form, Form]]:
+    """(input, output) channel form of every layer the kept groups touch.
+
+    ``keep`` lists the groups of the space (their index in ``found.groups``);
+    a group left out stays at full width, so its channels join the fixed part.
+    """
+    index = {g: i for i, g in enumerate(keep)}
+    base = {i: found.groups[i].base for i in range(len(found.groups))}
+    out = {}
+    for name, sides in found.coefficients.items():
+        mod = model.get_submodule(name)
+        total_in, total_out = _channels(mod)
+        forms = []
+        for side, total in (("in", total_in), ("out", total_out)):
+            coef = sides.get(side, {})
+            terms = tuple(sorted((index[g], c) for g, c in coef.items() if g in index))
+            varying = sum(c * base[g] for g, c in coef.items() if g in index)
+            forms.append((float(total) - varying, terms))
+        out[mod] = (forms[0], forms[1])
+    return out
+
+
+def _channels(mod: nn.Module) -> tuple[int, int]:
+    for a, b in (("in_channels", "out_channels"), ("in_features", "out_features"),
+                 ("num_features", "num_features"), ("num_channels", "num_channels"),
+                 ("embed_dim", "embed_dim"), ("embedding_dim", "embedding_dim")):
+        if hasattr(mod, a) and hasattr(mod, b):
+            return int(getattr(mod, a)), int(getattr(mod, b))
+    shape = getattr(mod, "normalized_shape", None)
+    if shape:
+        return int(shape[-1]), int(shape[-1])
+    weight = getattr(mod, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.ndim >= 1:
+        return int(weight.shape[-1]), int(weight.shape[0])
+    return 0, 0
+
+
+def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
+                 groups: Sequence[Group], widths: Sequence[int], *,
+                 importance: str = "l2") -> dict[str, list[int]]:
+    """Prune ``model`` in place so that each of ``groups`` keeps its width.
+
+    Groups of the model not in ``groups`` are left alone. Returns the kept
+    channel indices of each group (in the unpruned numbering).
+    """
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    member_group = {m: i for i, g in enumerate(groups) for m in g.members}
+    dg = dependency_graph(model, example)
+    imp = tp.importance.MagnitudeImportance(p=2)
+    kept: dict[str, list[int]] = {}
+    with torch.no_grad():
+        for group in _tp_groups(dg, model, classifier):
+            gi = None
+            for dep, _ in group:
+                mod = dep.target.module
+                if isinstance(mod, ROOT_TYPES) and dg.is_out_channel_pruning_fn(dep.handler):
+                    gi = member_group.get(names.get(mod))
+                    if gi is not None:
+                        break
+            if gi is None or groups[gi].name in kept:
+                continue
+            g = groups[gi]
+            parts = max(1, g.channel_groups)
+            size = g.base // parts
+            keep = int(widths[gi]) // parts
+            if importance == "l2":
+                scores = imp(group)
+                if scores is None:
+                    scores = torch.arange(g.base, 0, -1, dtype=torch.float32)
+                scores = scores.float().view(parts, size).mean(dim=0)
+                order = torch.argsort(scores, descending=True, stable=True).tolist()
+            else:
+                order = list(range(size))
+            keep_pos = sorted(order[:keep])
+            kept[g.name] = [p + k * size for k in range(parts) for p in keep_pos]
+            if keep < size:
+                drop = [p + k * size for k in range(parts) for p in sorted(order[keep:])]
+                root = group[0].dep
+                dg.get_pruning_group(root.target.module, root.handler, drop).prune()
+    missing = [g.name for g in groups if g.name not in kept]
+    if missing:
+        raise HdapError(f"internal: Torch-Pruning did not offer groups {missing[:3]}")
+    return kept
+
+
+def try_prune(model: nn.Module, example: torch.Tensor, classifier: str,
+              groups: Sequence[Group], widths: Sequence[int], expected: tuple[int, ...]):
+    """A copy of ``model`` with ``groups`` pruned to ``widths`` (first channels kept),
+    and None; or None and why pruning them breaks the model."""
+    trial = copy.deepcopy(model)
+    try:
+        prune_groups(trial, example, classifier, groups, widths, importance="first")
+        with torch.no_grad():
+            out = trial(example)
+    except Exception as exc:
+        return None, _first_line(exc)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(expected):
+        return None, "the pruned model's output changes shape"
+    return trial, None
+
+
+def unprunable_groups(model: nn.Module, example: torch.Tensor, classifier: str,
+                      groups: Sequence[Group], widths: Sequence[int],
+                      expected: tuple[int, ...]) -> dict[int, str]:
+    """Groups that break the model when pruned: {index: the error it gives}.
+
+    Called when pruning all groups at once fails: the suspects are halved each
+    time, so a few bad groups among many cost a few dozen trial prunings.
+    """
+    bad: dict[int, str] = {}
+
+    def search(idx: list[int]) -> None:
+        trial, why = try_prune(model, example, classifier, [groups[i] for i in idx],
+                               [widths[i] for i in idx], expected)
+        del trial
+        if why is None:
+            return
+        if len(idx) == 1:
+            bad[idx[0]] = why
+            return
+        mid = len(idx) // 2
+        search(idx[:mid])
+        search(idx[mid:])
+
+    search(list(range(len(groups))))
+    return bad
