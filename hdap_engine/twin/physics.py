@@ -216,6 +216,8 @@ class Twin:
         is_fc = is_rows & (pix == 1)  # batch-1 GEMV: one row
         is_gemm = is_rows & (pix > 1)  # token rows: a GEMM, shaped like a 1x1 conv
         is_mac = is_dense | is_dw | is_rows
+        # A depthwise conv reads as many channels as it writes (groups == channels)
+        in_el = np.where(is_dw, cout * (table.h_in * table.w_in)[keep], in_el)
         # A grouped conv is `groups` independent GEMMs of cin/groups x cout/groups:
         # padding, the reduction depth and the re-reads are those of one group.
         groups = np.where(is_g, table.groups[keep].astype(float), 1.0)
