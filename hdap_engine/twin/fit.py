@@ -168,7 +168,7 @@ def fit_states_from_probes(probes: pd.DataFrame, preset: SkuPreset | str, *,
 # --- the host's own preset ---------------------------------------------------
 
 _TILES = (1, 4, 8, 16, 32, 64)
-_WORK_HALF = tuple(np.round(np.geomspace(64, 65536, 31), 0)) + (0.0,)
+_WORK_HALF = tuple(np.round(np.geomspace(256, 262144, 31), 0)) + (0.0,)
 
 
 def _row_dict(row) -> dict:
@@ -191,12 +191,13 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
     DRAM, last-level-cache and near-cache bandwidths from the three copies;
     peak throughput from ``conv3x3``; the 1x1, depthwise, GEMV, pooling and
     batch-norm efficiencies from their probes; the channel tile from the
-    vector width (``simd_lanes``; a CPU's blocked layout pads input and output
-    channels alike) and the extra cost of off-tile channels from
-    ``conv3x3_odd``; the pixel tile from ``conv3x3_7x7``; the GEMM depth at
-    half efficiency (MACs per output pixel) from ``conv3x3_thin``. Cache sizes, the thread count and
-    the vector width come from the row's context columns (``l2_kb``,
-    ``llc_kb``, ``threads``, ``simd_lanes``, as `hdap probe` writes them). The parameters are
+    vector width (``simd_lanes``, at most 8; a CPU's blocked layout pads input
+    and output channels alike) and the extra cost of off-tile channels from
+    ``conv3x3_odd``; the pixel tile from ``conv3x3_7x7``; the saturation of
+    the small-tile law (MACs per output pixel) from ``conv3x3_thin``. Cache
+    sizes, the thread count and the vector width come from the row's context
+    columns (``l2_kb``, ``llc_kb``, ``threads``, ``simd_lanes``, as `hdap
+    probe` writes them). The parameters are
     refined a few times through the forward twin so that the preset reproduces
     its own probe row.
 
@@ -241,10 +242,12 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
     llc_kb = ctx("llc_kb", 0.0)
     preset = generic_cpu_preset(
         name=name, cores=threads, clock_ghz=1.0, flops_per_cycle=32.0,
-        channel_tile=lanes or 8, cin_tile=lanes or 8,
-        # Blocked layouts come in 8- and 16-channel blocks, and a 16-lane CPU
-        # runs an 8-channel tail at full speed: only channel counts off a
-        # multiple of 8 (or of a narrower vector) take the generic kernel.
+        # Channels pad to 8 even on a 16-lane (AVX-512) CPU: oneDNN's blocked
+        # layouts come in 8- and 16-channel blocks, and measured there, 104
+        # channels run at the speed of 112, not of 128, and an 8 -> 8 1x1 conv
+        # at 112x112 at 75-95 ps per MAC where padding to 16 predicts ~220.
+        # Only counts off a multiple of 8 take the slower generic kernel.
+        channel_tile=min(8, lanes or 8), cin_tile=min(8, lanes or 8),
         misaligned_tile=min(8, lanes or 8),
         cache_kb=l2_kb, llc_kb=llc_kb if llc_kb > l2_kb else 0.0,
         llc_gbps=40.0 if llc_kb > l2_kb else 0.0,
@@ -290,8 +293,8 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
         changes["mac_overhead_us"] = max(
             0.0, preset.mac_overhead_us + (meas["conv3x3_small"] - pred["conv3x3_small"]) * 1e3)
         preset = replace(preset, **changes)
-        # Tile widths: the channel tile is the CPU's vector width when the row
-        # says it (``simd_lanes``), and whatever slowdown of the odd-channel conv
+        # Tile widths: the channel tile is the CPU's vector width (at most 8)
+        # when the row says it (``simd_lanes``), and whatever slowdown of the odd-channel conv
         # padding does not explain is the generic-kernel penalty; without it, the
         # tile that best explains that conv. The pixel tile best explains the 7x7
         # conv (both against conv3x3).
@@ -315,17 +318,17 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
             best = _TILES[int(np.argmin(errs))]
             extra = {"cin_tile": best} if field_name == "channel_tile" else {}
             preset = replace(preset, **{field_name: best}, **extra)
-        # MACs per output pixel at half efficiency: the value that best explains
+        # Saturation of the small-tile law: the value that best explains
         # the thin conv (16 channels in and out). Its slowness is a small tile
         # (short K and narrow N together), not a short K alone: a 1x1 conv with
         # 48 inputs and 128 outputs runs near peak, which a K-only rule misses.
         errs = []
         for half in _WORK_HALF:
-            tw = Twin(replace(preset, pixel_macs_half=half))
+            tw = Twin(replace(preset, small_tile_macs=half))
             ratio_pred = (tw.expected_ms(tables["conv3x3_thin"], nominal)[0, 0]
                           / tw.expected_ms(tables["conv3x3"], nominal)[0, 0])
             errs.append(abs(np.log(ratio_pred) - np.log(meas["conv3x3_thin"] / meas["conv3x3"])))
-        preset = replace(preset, pixel_macs_half=float(_WORK_HALF[int(np.argmin(errs))]))
+        preset = replace(preset, small_tile_macs=float(_WORK_HALF[int(np.argmin(errs))]))
     return preset
 
 

@@ -271,10 +271,11 @@ class Twin:
             kdim = np.where(is_dense, cin_pad * k, cin)
             short_k = (is_dense & ~image_in) | is_rows
             pad = np.where(short_k, pad * kdim / (kdim + p.k_half), pad)
-        if p.pixel_macs_half > 0:
+        if p.small_tile_macs > 0:
+            # (an image-input stem conv too: it gathers k x k x 3 inputs per pixel)
             work = np.where(is_dense, cin_pad * k * c_pad, cin * c_pad)
-            small = (is_dense & ~image_in) | is_gemm
-            pad = np.where(small, pad * work / (work + p.pixel_macs_half), pad)
+            frac = np.minimum(work / p.small_tile_macs, 1.0) ** p.small_tile_exp
+            pad = np.where(is_dense | is_gemm, pad * frac, pad)
         # Parallel work items: GEMM tiles for MAC layers (every group's own),
         # grains for element-wise.
         tiles = np.ceil(p_eff / pt) * np.ceil(cout_g / ct) * groups

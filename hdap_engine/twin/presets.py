@@ -52,10 +52,16 @@ class SkuPreset:
     # so the pixel tile pads the output width; GPU implicit GEMMs tile all pixels.
     tile_rows: bool = False
     k_half: float = 0.0  # GEMM depth K = cin*kh*kw at which a dense layer reaches half its efficiency
-    # MACs per output pixel (cin x kh x kw x cout, per group) at which a dense
-    # layer reaches half its efficiency: a small one spends its time on loading
-    # inputs and storing outputs, whichever of K or N is short (0: off).
-    pixel_macs_half: float = 0.0
+    # A dense layer whose work per output pixel (cin x kh x kw x cout, per
+    # group) is below ``small_tile_macs`` runs at (work / small_tile_macs) **
+    # ``small_tile_exp`` of its efficiency: it spends its time loading inputs
+    # and storing outputs, whichever of K or N is short (0: off). Measured on an
+    # AVX-512 CPU (1x1 and 3x3 convs of 8-256 channels): a 16->256 or 256->16
+    # 1x1 conv runs at 0.7 of a 256->256 one, 16->16 at ~0.5, 8->8 at ~0.25,
+    # while 3x3 16->256 and 256->16 run at full speed: the work per pixel, not
+    # K or N alone, and a slow (power 1/6) fall rather than a hyperbola.
+    small_tile_macs: float = 0.0
+    small_tile_exp: float = 1.0 / 6.0
     misaligned_eff: float = 1.0  # extra efficiency of a dense conv whose channels are off the tile
     misaligned_tile: int = 0  # channel multiple below which the slower kernel is used (0: channel_tile)
     # (libraries switch to a slower generic kernel for such shapes, beyond the padding itself)
