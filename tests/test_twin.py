@@ -367,3 +367,15 @@ def test_an_op_without_physics_is_priced_by_its_traffic_and_named_as_a_fallback(
                                                       ("weird", "bent_identity")]
     assert "memory traffic" in listed[0]["fallback"]
     assert tw.fallback_layers(reference_table("resnet18")) == []
+
+
+def test_a_global_pool_pays_eager_pytorchs_three_kernel_calls_on_a_cpu_preset():
+    pool = make_table([dict(name="p", op="pool", cin=64, cout=64, h_in=7, w_in=7, kernel=7,
+                            h_out=1, w_out=1)])
+    relu = make_table([dict(name="a", op="act", fn="relu", cin=64, cout=1, h_in=1, w_in=1)])
+    cpu = generic_cpu_preset()
+    tw = Twin(cpu)
+    ms_pool, ms_relu = (tw.latency_ms(t, nominal(cpu.name), noise=False)[0, 0]
+                        for t in (pool, relu))
+    assert ms_pool > 2.5 * ms_relu  # sum, divide, copy: three fixed costs
+    assert tw.layer_ms(pool, nominal(cpu.name))[0, 0, 0] == pytest.approx(ms_pool)

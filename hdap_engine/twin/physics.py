@@ -141,8 +141,8 @@ class _Prepared:
     n_kernels: np.ndarray  # (N,) kernels that pay the fixed overhead
     n_mac: np.ndarray  # (N,) conv / linear kernels among them
     keep: np.ndarray  # (L,) layers that run as their own kernel (K of them)
-    prev_bytes: np.ndarray  # (N, K) bytes the previous kernel moved (0 for the first)
     mac_mask: np.ndarray  # (K,) which of the K kernels pay the conv / linear call cost
+    calls: np.ndarray  # (K,) fixed costs each kernel pays (a global pool may be several)
 
 
 class Twin:
@@ -318,13 +318,11 @@ class Twin:
             (rr_w * w_b, 1.0 / np.maximum(w_b, 1.0)),
             (sweeps * in_b, 1.0 / np.maximum(in_b, 1.0)),
         ]
-        moved = sum(bb for bb, _ in traffic)
-        prev_bytes = np.zeros_like(moved)
-        prev_bytes[:, 1:] = moved[:, :-1]
-        n_k = np.full(table.n_candidates, float(keep.sum()))
+        calls = np.where((op == "pool") & (pix == 1) & (k > 1), p.global_pool_kernels, 1.0)
+        n_k = np.full(table.n_candidates, float(calls.sum()))
         n_mac = np.full(table.n_candidates, float(is_mac.sum()))
         return _Prepared(tc_slot=tc_slot, slots=slots, traffic=traffic, n_kernels=n_k,
-                         n_mac=n_mac, keep=keep, mac_mask=is_mac, prev_bytes=prev_bytes)
+                         n_mac=n_mac, keep=keep, mac_mask=is_mac, calls=calls)
 
     # -- device part ----------------------------------------------------------
 
@@ -346,7 +344,6 @@ class Twin:
             "overhead": p.kernel_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "mac_overhead": p.mac_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "device_overhead": np.full(len(states), p.device_overhead_us * 1e-6),
-            "cold_kernel": p.cold_kernel_us * 1e-6 * np.asarray(states.overhead_scale, float),
         }
         if p.llc_kb > 0:
             inv_llc = 1.0 / (p.llc_gbps * 1e9 * np.asarray(states.mem_bw_scale, float) ** 0.5
@@ -371,9 +368,6 @@ class Twin:
         total_bytes = sum(bb for bb, _ in traffic)
         levels = [("cache", "d_cache")] + ([("llc", "d_llc")] if "llc" in dev else [])
         async_launch = self.preset.async_launch
-        cold = None
-        if self.preset.cold_kernel_us > 0:
-            cold = prep.prev_bytes.astype(f32)[:, :, None]
         step = max(1, self.chunk_elems // max(1, n * k))
         for s in range(0, d, step):
             sl = slice(s, min(d, s + step))
@@ -393,10 +387,6 @@ class Twin:
                     hit *= delta
                     tm += hit
             np.maximum(tc, tm, out=tc)
-            if cold is not None:
-                # refetching what the previous kernel's sweep evicted
-                swept = np.minimum(cold / dev["cache"][sl].astype(f32), f32(1.0))
-                tc += swept * dev["cold_kernel"][sl].astype(f32)
             if async_launch:
                 # The host enqueues the next kernel while this one runs: a kernel
                 # shorter than the launch path waits for it, a longer one hides it.
@@ -408,7 +398,7 @@ class Twin:
                 out[:, sl] = tc.sum(axis=1, dtype=np.float64)
         if per_layer:
             if not async_launch:
-                out += dev["overhead"][None, None, :]
+                out += prep.calls[None, :, None] * dev["overhead"][None, None, :]
             out += prep.mac_mask[None, :, None] * dev["mac_overhead"][None, None, :]
             return out
         if not async_launch:

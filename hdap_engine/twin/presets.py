@@ -80,12 +80,9 @@ class SkuPreset:
     # fixed costs and noise
     kernel_overhead_us: float = 10.0
     mac_overhead_us: float = 0.0  # extra fixed cost of a conv / linear call (primitive dispatch)
-    # In a network, a kernel that follows one whose traffic swept the near cache
-    # finds the framework's own code and metadata (dispatcher, module call, the
-    # op's kernel) evicted and refetches them: an eager CPU runtime pays up to
-    # this much more per kernel than in a hot loop of the same kernel, in
-    # proportion to the share of the near cache the previous kernel swept.
-    cold_kernel_us: float = 0.0
+    # Kernels one global average pool runs as: PyTorch eager's mean is a sum, a
+    # divide and a copy (three fixed costs); a compiled runtime runs one.
+    global_pool_kernels: float = 1.0
     # An accelerator runs kernels asynchronously: the host-side launch path
     # (kernel_overhead_us) overlaps with the previous kernel, and only a small
     # device-side cost per kernel (device_overhead_us) is always paid.
@@ -269,6 +266,7 @@ def generic_cpu_preset(
         slots_per_unit=4.0, reuse_pixel_block=256, reuse_channel_block=128, eltwise_grain=32768,
         eff_conv=0.5, eff_conv1x1=0.45, eff_dwconv=0.08, eff_linear=0.3, eff_eltwise=0.25,
         eff_pool=0.05, eff_bn=0.1, eff_gconv=0.3, transcendental_flops=20.0,
+        global_pool_kernels=3.0,
         bytes_per_elem=4, dram_gbps=float(dram_gbps), cache_kb=float(cache_kb),
         cache_gbps=float(cache_gbps), llc_kb=float(llc_kb), llc_gbps=float(llc_gbps),
         kernel_overhead_us=float(kernel_overhead_us), fused_ops=(), noise_sigma=0.03,
