@@ -112,7 +112,8 @@ def _problems(parser) -> list[str]:
         for a in derived:
             f, cls = a.option_field, owner[id(a.option_field)]
             meta = f.metadata
-            want_default = getattr(SCRATCH, f.name) if path == ("train",) else f.default
+            want_default = getattr(SCRATCH, f.name) if path == ("train",) and \
+                hasattr(SCRATCH, f.name) else f.default
             want_choices = meta["choices"]
             if want_choices == ("<registry>",):
                 want_choices = tuple(method_names())

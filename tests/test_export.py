@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -100,11 +101,16 @@ def test_cli_prunes_resnet50_to_1g_and_every_format_agrees(cli, tmp_path):
     _agree(out, "resnet50")
 
 
-def test_models_command_lists_the_six_models(cli):
+def test_models_command_lists_the_six_models_and_how_to_name_the_rest(cli):
     res = cli("models")
     assert res.returncode == 0, res.stderr
-    lines = res.stdout.strip().splitlines()
+    table, naming = res.stdout.strip().split("\n\n", 1)
+    lines = table.splitlines()
     assert len(lines) == 7
+    for form in ("torchvision:NAME", "timm:NAME", "PATH.py:FUNCTION", "--check"):
+        assert form in naming
+    assert re.search(r"\b80 torchvision classifiers", naming)
+    assert re.search(r"\b\d{3,} timm models", naming)
     r50 = next(line for line in lines if line.startswith("resnet50 "))
     assert "4.12 G" in r50 and "3x224x224" in r50
 

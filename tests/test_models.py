@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hdap_engine.errors import HdapError
-from hdap_engine.models.zoo import build_model, get_spec, model_names
+from hdap_engine.models.zoo import build_model, get_spec, model_names, weights_label
 from hdap_engine.pruning.space import PruningSpace
 
 EXPECTED = {
@@ -81,16 +81,31 @@ def test_pickled_objects_are_never_executed(tmp_path, capsys):
         build_model("resnet56", raw)
 
 
-def test_missing_pretrained_weights_fall_back_to_random_with_a_warning(monkeypatch, tmp_path):
+def test_pretrained_weights_are_never_downloaded_and_fall_back_to_random(monkeypatch, tmp_path):
     import torchvision.models._api as api
 
-    def offline(*args, **kwargs):
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr(api, "load_state_dict_from_url", offline)
+    tried = []
+    monkeypatch.setattr(api, "load_state_dict_from_url", lambda *a, **k: tried.append(a))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.warns(UserWarning, match="could not be downloaded.*random initialisation"):
+    with pytest.warns(UserWarning, match="never downloaded.*random initialisation"):
         model = build_model("resnet18", "pretrained")
-    assert isinstance(model, torch.nn.Module)
+    assert isinstance(model, torch.nn.Module) and not tried
+    assert weights_label("pretrained", "resnet18").startswith("random initialisation (no "
+                                                              "pretrained weights in")
     with pytest.warns(UserWarning, match="no published pretrained weights"):
         build_model("resnet56", "pretrained")
+
+
+def test_pretrained_weights_come_from_the_local_cache_when_the_file_is_there(monkeypatch,
+                                                                            tmp_path):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    (tmp_path / "checkpoints").mkdir()
+    cached = build_model("resnet18", seed=11)
+    torch.save(cached.state_dict(), tmp_path / "checkpoints" / url.rsplit("/", 1)[-1])
+    loaded = build_model("torchvision:resnet18", "pretrained")
+    assert torch.equal(loaded.conv1.weight, cached.conv1.weight)
+    assert weights_label("pretrained", "torchvision:resnet18") == \
+        f"torchvision pretrained ({url.rsplit('/', 1)[-1]}, local cache)"

@@ -123,6 +123,27 @@ def model_names() -> list[str]:
 
 
 @st.cache_data(show_spinner=False)
+def catalogue(source: str) -> list[str]:
+    """Every classifier name of a library ("torchvision" or "timm")."""
+    from hdap_engine.models.library import catalogue as names
+
+    return list(names(source))
+
+
+@st.cache_data(show_spinner=False)
+def has_published_weights(model: str) -> bool:
+    """Whether torchvision or timm publish weights for ``model`` (the local cache may have them)."""
+    from hdap_engine.errors import HdapError
+    from hdap_engine.models.zoo import get_spec
+
+    try:
+        spec = get_spec(model)
+    except HdapError:
+        return False
+    return bool(spec.torchvision_weights or spec.timm_hf_id)
+
+
+@st.cache_data(show_spinner=False)
 def model_description(model: str) -> str:
     from hdap_engine.models.zoo import get_spec
 
@@ -135,7 +156,7 @@ def checked_weights(model: str, path: str) -> str:
     from hdap_engine.models.zoo import build_model, weights_label
 
     build_model(model, path)
-    return weights_label(path)
+    return weights_label(path, model)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -51,11 +51,33 @@ def backend_text(name: str) -> str:
     return f"{name}: {BACKEND_DESCRIPTIONS[name]}"
 
 
+# The operator's switch for model files: a Python file is code, and importing it runs it.
+ALLOW_MODEL_FILES = "HDAP_ALLOW_MODEL_FILES"
+
+
+def model_files_allowed() -> bool:
+    """Whether this server offers a model from a Python file: only when its operator set
+    HDAP_ALLOW_MODEL_FILES=1 ("runs uploaded code"), and never for a signed-out visitor of
+    a server with sign-in."""
+    import os
+
+    from studio import auth
+
+    if os.environ.get(ALLOW_MODEL_FILES, "").strip() != "1":
+        return False
+    return not auth.enabled() or auth.user_name() is not None
+
+
 def weights_choice() -> tuple[str | None, str]:
     """(model_weights for the engine, label for people) of the model on screen."""
     wf = S.get(S.WEIGHTS_FILE)
     if S.get(S.WEIGHTS_MODE) == "upload" and wf and wf["model"] == S.get(S.MODEL):
         return wf["path"], f"user-supplied state dict ({wf['name']})"
+    if S.get(S.WEIGHTS_MODE) == "pretrained":
+        from hdap_engine.models.zoo import PRETRAINED, weights_label
+
+        label = weights_label(PRETRAINED, S.get(S.MODEL))
+        return (None, label) if label.startswith("random") else (PRETRAINED, label)
     if S.get(S.WEIGHTS_MODE) == "demo":
         from hdap_engine.models.demo import demo_label, demo_weights
 
@@ -72,7 +94,8 @@ def weights_badge() -> None:
         st.warning(f"Model weights: **{label}**. Latency does not depend on the weight values, "
                    "so the study is valid, but the exported model is untrained: upload your "
                    "trained state dict on the Model page to export a usable model. (Pretrained "
-                   "weights cannot be downloaded on this machine.)", icon=":material/casino:")
+                   "weights are read from the local torchvision / Hugging Face cache only, "
+                   "never downloaded.)", icon=":material/casino:")
     else:
         st.success(f"Model weights: **{label}**", icon=":material/upload_file:")
 

@@ -27,7 +27,15 @@ WEIGHT_PREFIX = "weight_"  # widgets weight_<cluster>: the cluster weight slider
 WEIGHTS_FOR = "weights_for"  # the clustering the weight sliders belong to
 
 # -- model and budget (page 2) --------------------------------------------------------------
-MODEL = "model"
+MODEL = "model"  # the model's key (widget: the registered-model picker)
+MODEL_SOURCE = "model_source"  # widget: "registered", "torchvision", "timm" or "file"
+MODEL_PICK = "model_pick_"  # widgets model_pick_<library>: a library's catalogue picker
+MODEL_FILE = "model_file"  # widget: the model file uploader (only where files are allowed)
+MODEL_FUNCTION = "model_function"  # widget: the builder function of the uploaded file
+MODEL_INPUT_SHAPE = "model_input_shape"  # widget: the uploaded model's input shape
+MODEL_FILE_KEY = "model_file_key"  # {"key", "name"} of the accepted model file
+MODEL_FILE_SEEN = "model_file_seen"
+MODEL_FILE_ERROR = "model_file_error"
 WEIGHTS_MODE = "weights_mode"  # widget: "random", "demo" (shipped trained weights) or "upload"
 WEIGHTS_UPLOAD = "weights_upload"  # widget: the state-dict uploader
 WEIGHTS_FILE = "weights_file"  # {"model", "path", "name"} of accepted user weights
@@ -97,6 +105,9 @@ DEFAULTS = {
     K_FIXED: 4,  # the fixed-k slider's starting point (the engine's default is automatic)
     CONTEXT_FEATURES: list(default("context_features")),
     COLOR_BY: "cluster",
+    MODEL_SOURCE: "registered",
+    MODEL_FUNCTION: "build",
+    MODEL_INPUT_SHAPE: "3,224,224",
     WEIGHTS_MODE: "random",
     DATA_MODE: "none",
     FLOOR_MODE: "none",
@@ -115,6 +126,7 @@ DEFAULTS = {
 # Widget values kept across pages (see the module docstring); weight sliders are
 # added by prefix.
 PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, COLOR_BY, MODEL,
+              MODEL_SOURCE, MODEL_FUNCTION, MODEL_INPUT_SHAPE,
               WEIGHTS_MODE, DATA_MODE, FLOOR_MODE, FLOOR_FRACTION, FINETUNE_EPOCHS,
               FINETUNE_RUN_EPOCHS, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
               AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,

@@ -1,5 +1,11 @@
 """Page 2, Model and budget: the network, its weights, labelled data, the budget, objective, backend.
 
+The network is a registered one, any torchvision or timm classifier picked from its
+catalogue (a select box: type to search), or, where the server's operator allows it
+(HDAP_ALLOW_MODEL_FILES=1: it runs uploaded code) and never for a signed-out visitor, the
+user's own Python file. A model that cannot be built or pruned is one message naming the
+layer and the reason; the weights badge says where the weights come from.
+
 The labelled data (none, the built-in digits, or an uploaded ImageFolder zip) is
 checked here by the engine's own reader against the model's weights, so a job
 is never queued with data it would refuse; with data, every run reports
@@ -23,6 +29,7 @@ from studio.options import (
     data_name,
     method_choices,
     method_text,
+    model_files_allowed,
     objective_choices,
     objective_text,
     weights_badge,
@@ -111,22 +118,99 @@ def _labelled_data() -> None:
                                  "recipe).")
 
 
+SOURCE_TEXT = {"registered": "registered", "torchvision": "torchvision", "timm": "timm",
+               "file": "my Python file"}
+
+
+def _model_picker() -> bool:
+    """The model: a registered one, a library's catalogue with its search box, or (where
+    the operator allows) the user's own file. False when no model is ready yet."""
+    sources = ["registered", "torchvision", "timm"]
+    if model_files_allowed():
+        sources.append("file")
+    if S.get(S.MODEL_SOURCE) not in sources:
+        S.put(S.MODEL_SOURCE, "registered")
+    st.radio("Model from", sources, key=S.MODEL_SOURCE, horizontal=True,
+             format_func=SOURCE_TEXT.get,
+             help="A registered model, any classifier of torchvision or timm by name (random "
+                  "initialisation unless you give weights), or your own network from a file.")
+    source = S.get(S.MODEL_SOURCE)
+    if source == "registered":
+        names = cached.model_names()
+        if S.get(S.MODEL) not in names:
+            S.put(S.MODEL, names[0])
+        st.selectbox("Model", names, key=S.MODEL,
+                     format_func=lambda n: f"{n}: {cached.model_description(n)}")
+    elif source in ("torchvision", "timm"):
+        names = cached.catalogue(source)
+        current = str(S.get(S.MODEL) or "")
+        own = current.split(":", 1)[1] if current.startswith(source + ":") else None
+        pick_key = S.MODEL_PICK + source
+        if S.get(pick_key) not in names:
+            S.put(pick_key, own if own in names else names[0])
+        st.selectbox(f"{source} classifier ({len(names):,}; type to search)", names,
+                     key=pick_key)
+        S.put(S.MODEL, f"{source}:{S.get(pick_key)}")
+    else:
+        return _model_file()
+    try:
+        st.caption(cached.model_description(S.get(S.MODEL)))
+    except HdapError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return False
+    return True
+
+
+def _model_file() -> bool:
+    """The user's own network: a .py file, the function that builds it, its input shape."""
+    st.caption(":material/warning: A model file is Python code and runs on this server "
+               "(enabled by its operator with HDAP_ALLOW_MODEL_FILES=1).")
+    up = st.file_uploader("Model file (.py): a function that returns an nn.Module, optionally "
+                          "taking num_classes", type=["py"], key=S.MODEL_FILE)
+    c = st.columns([1, 1])
+    c[0].text_input("Function that builds it", key=S.MODEL_FUNCTION)
+    c[1].text_input("Input shape C,H,W", key=S.MODEL_INPUT_SHAPE)
+    if up is None:
+        st.info("Upload the file that defines your network.")
+        return False
+    seen = (up.file_id, S.get(S.MODEL_FUNCTION), S.get(S.MODEL_INPUT_SHAPE))
+    if S.get(S.MODEL_FILE_SEEN) != seen:
+        S.put(S.MODEL_FILE_SEEN, seen)
+        from hdap_engine.models.userfile import resolve_source
+
+        try:
+            with st.spinner(f"Building {S.get(S.MODEL_FUNCTION)} from {up.name}..."):
+                key = resolve_source(up.getvalue(), up.name, S.get(S.MODEL_FUNCTION),
+                                     S.get(S.MODEL_INPUT_SHAPE))
+            S.put(S.MODEL_FILE_KEY, {"key": key, "name": up.name})
+            S.put(S.MODEL_FILE_ERROR, None)
+        except HdapError as exc:
+            S.put(S.MODEL_FILE_KEY, None)
+            S.put(S.MODEL_FILE_ERROR, str(exc))
+    if S.get(S.MODEL_FILE_ERROR):
+        st.error(S.get(S.MODEL_FILE_ERROR), icon=":material/error:")
+        return False
+    S.put(S.MODEL, S.get(S.MODEL_FILE_KEY)["key"])
+    st.caption(cached.model_description(S.get(S.MODEL)))
+    return True
+
+
 def main() -> None:
     st.title("Model and budget")
 
     # -- model --------------------------------------------------------------------------------
-    names = cached.model_names()
-    if S.get(S.MODEL) not in names:
-        S.put(S.MODEL, names[0])
     left, right = st.columns([1, 1])
     with left:
-        st.selectbox("Model", names, key=S.MODEL,
-                     format_func=lambda n: f"{n}: {cached.model_description(n)}")
+        if not _model_picker():
+            return
         try:
             with st.spinner("Tracing the model's prunable groups..."):
                 space = cached.space(S.get(S.MODEL), int(S.get(S.ROUND_TO)))
-        except HdapError as exc:
-            st.error(str(exc))
+        except Exception as exc:  # noqa: BLE001  (Torch-Pruning's own errors too: one line)
+            from hdap_engine.models.check import cannot_prune
+
+            st.error(str(exc) if isinstance(exc, HdapError)
+                     else cannot_prune(S.get(S.MODEL), exc, "space"), icon=":material/error:")
             return
         base_g = space.base_macs / 1e9
         st.caption(f"{base_g:.3f} G MACs, {space.base_params / 1e6:.2f} M parameters, "
@@ -134,10 +218,16 @@ def main() -> None:
                    f"{'x'.join(map(str, space.input_shape))}")
 
     with right:
-        st.radio("Model weights", ["random", "demo", "upload"], key=S.WEIGHTS_MODE,
+        modes = ["random", "demo", "upload"]
+        if cached.has_published_weights(S.get(S.MODEL)):
+            modes.insert(2, "pretrained")
+        if S.get(S.WEIGHTS_MODE) not in modes:
+            S.put(S.WEIGHTS_MODE, "random")
+        st.radio("Model weights", modes, key=S.WEIGHTS_MODE,
                  horizontal=True, on_change=_weights_changed,
                  format_func={"random": "random initialisation (seeded)",
                               "demo": "trained demo weights (digits)",
+                              "pretrained": "published weights (local cache only)",
                               "upload": "my trained weights (state dict)"}.get)
         from hdap_engine.models.demo import demo_weights
 

@@ -123,7 +123,7 @@ def prepare_accuracy(model_name: str, model_weights, data, *, val_data=None, mea
     floor = parse_floor(min_accuracy)  # a bad floor fails before any work
     model, labelled = _checked(model_name, model_weights, data, val_data=val_data, mean=mean,
                                std=std, seed=seed)
-    label = weights_label(model_weights)
+    label = weights_label(model_weights, model_name)
     calib = calibration_set(labelled, n_bn=n_bn, n_eval=n_eval, seed=seed)
     return AccuracyContext(data=labelled, calib=calib, model=model,
                            model_key=f"{model_name}:{weights_digest(model)}", floor=floor,
@@ -142,7 +142,7 @@ def _checked(model_name: str, model_weights, data, *, val_data=None, mean=None, 
     named = (f"the weights in {Path(model_weights).name}"
              if isinstance(model_weights, (str, Path)) and model_weights not in ("random",
                                                                                 "pretrained")
-             else f"the model ({weights_label(model_weights)})")
+             else f"the model ({weights_label(model_weights, model_name)})")
     check_classes(labelled, num_classes_of(model, model_name), weights_name=named)
     return model, labelled
 

@@ -74,10 +74,31 @@ def share_flag(text: str) -> float:
     return value
 
 
+def input_shape_flag(text: str) -> tuple[int, int, int]:
+    """``3,224,224`` (or ``3x224x224``) -> (3, 224, 224)."""
+    from hdap_engine.models.spec import parse_input_shape
+
+    try:
+        return parse_input_shape(text)
+    except HdapError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--input-shape ")) from None
+
+
+def resolve_model_arg(args: argparse.Namespace) -> str:
+    """``args.model`` (with ``args.input_shape``) resolved at the edge into the model's key,
+    which replaces it: a file is kept in the workspace, so later processes need no path."""
+    from hdap_engine.models.zoo import model_key
+
+    args.model = model_key(args.model, getattr(args, "input_shape", None))
+    if hasattr(args, "input_shape"):
+        args.input_shape = None
+    return args.model
+
+
 # How each `parse` name of an option's metadata reads the text of its flag.
 PARSERS = {"positive_int": positive_int, "ratio": ratio, "int": int, "float": float_flag,
             "k": k_flag, "cluster_weights": cluster_weights_flag, "columns": columns_flag,
-            "share": share_flag, "str": str, None: None}
+            "share": share_flag, "str": str, "input_shape": input_shape_flag, None: None}
 
 
 class OldSpelling(argparse.Action):
@@ -178,6 +199,7 @@ def study_options(args: argparse.Namespace, **extra):
 
     from hdap_engine.options import StudyOptions, cli_fields
 
+    resolve_model_arg(args)
     names = {f.name for f in cli_fields("", "clustering", "measurement", "surrogate", "search",
                                         "query", "accuracy")}
     settings = {n: getattr(args, n) for n in names if hasattr(args, n)}

@@ -12,6 +12,7 @@ from hdap_engine.cli.flags import (
     add_option_flags,
     add_study_flags,
     methods_flag,
+    resolve_model_arg,
     study_options,
 )
 
@@ -21,6 +22,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from hdap_engine.pruning.baseline import export_result, prune_baseline
     from hdap_engine.pruning.budget import format_macs
 
+    resolve_model_arg(args)
     result = prune_baseline(args.model, args.budget, args.method,
                             model_weights=args.model_weights, round_to=args.round_to,
                             min_ratio=args.min_ratio, seed=args.seed)
@@ -38,7 +40,7 @@ def register_prune(sub) -> None:
     from hdap_engine.search.methods import method_names
 
     p = sub.add_parser("prune", help="prune a model to a MACs budget with a baseline method")
-    wanted = ("model", "budget", "model_weights", "round_to", "min_ratio", "seed")
+    wanted = ("model", "input_shape", "budget", "model_weights", "round_to", "min_ratio", "seed")
     add_option_flags(p, [f for f in cli_fields("", "query") if f.name in wanted],
                       required=("model", "budget"))
     # A baseline method: the first of the registry's baselines unless named.

@@ -6,13 +6,21 @@ import argparse
 import sys
 
 from hdap_engine.cli.common import print_table
-from hdap_engine.cli.flags import add_fields
+from hdap_engine.cli.flags import add_fields, resolve_model_arg
 from hdap_engine.errors import HdapError
-from hdap_engine.options import AppOptions, MacsBenchOptions
+from hdap_engine.options import AppOptions, MacsBenchOptions, ModelCheckOptions
 
 # -- hdap models ------------------------------------------------------------------------
 
 def _cmd_models(args: argparse.Namespace) -> int:
+    if args.check:
+        from hdap_engine.models.check import check_model
+
+        result = check_model(args.check, input_shape=args.input_shape,
+                             timeout_s=args.timeout_s)
+        print(result.line)
+        return 0 if result.ok else 1
+    from hdap_engine.models.library import catalogue
     from hdap_engine.models.zoo import get_spec, model_names
     from hdap_engine.pruning.budget import format_macs
     from hdap_engine.pruning.space import PruningSpace
@@ -30,11 +38,24 @@ def _cmd_models(args: argparse.Namespace) -> int:
             "description": spec.description,
         })
     print_table(rows, ["model", "input", "MACs", "params", "groups", "description"])
+    tv, tm = len(catalogue("torchvision")), len(catalogue("timm"))
+    print(f"""
+Any other classifier is named by where it comes from (--model NAME):
+  torchvision:NAME      {tv} torchvision classifiers, e.g. torchvision:efficientnet_b0
+                        (torchvision.models.list_models(module=torchvision.models))
+  timm:NAME             {tm} timm models, e.g. timm:mobilenetv3_large_100 (timm.list_models())
+  PATH.py:FUNCTION      your own builder returning an nn.Module (optionally taking
+                        num_classes), with --input-shape C,H,W unless the model says it
+Random initialisation unless --model-weights FILE (a state dict) or 'pretrained' (only
+from the local torchvision / Hugging Face cache: nothing is downloaded).
+`hdap models --check NAME` says in one line whether NAME can be pruned, and if not why.""")
     return 0
 
 
 def register_models(sub) -> None:
-    p = sub.add_parser("models", help="list the models that can be pruned")
+    p = sub.add_parser("models", help="list the models that can be pruned, and how to name "
+                                      "any other; --check NAME tries one")
+    add_fields(p, ModelCheckOptions)
     p.set_defaults(func=_cmd_models)
 
 
@@ -68,6 +89,7 @@ def register_app(sub) -> None:
 def _cmd_bench_macs(args: argparse.Namespace) -> int:
     from hdap_engine.pruning.timing import time_analytic_macs
 
+    resolve_model_arg(args)
     t = time_analytic_macs(args.model, args.candidates, args.repeats)
     print(f"analytic MACs, {t.model} ({t.n_groups} groups, {t.n_layers} "
           f"layers): {t.candidates_per_s:,.0f} candidates/s "

@@ -7,8 +7,10 @@ A bundle is a folder, and the same files as a zip beside it:
 - ``model.onnx``   ONNX, checked with ``onnx.checker``
 - ``weights.pt``   the state dict, loadable with ``weights_only=True``
 - ``widths.json``  the candidate and the kept channels of every group (the pruning
-                   history), from which `load_bundle` rebuilds the model without
+                   history) and the model's `ModelRef` (a file model's source
+                   included), from which `load_bundle` rebuilds the model without
                    unpickling anything
+- ``model_source.py``  a file model's source, for people to read (only for one)
 - ``report.json``  what was pruned, how, to which budget, and everything measured
 
 `load_bundle` accepts the folder or the zip.
@@ -37,9 +39,13 @@ from hdap_engine.infra.jsonable import jsonable
 from hdap_engine.models.zoo import get_spec
 from hdap_engine.pruning.space import PruningSpace
 
-WIDTHS_FORMAT = "hdap-widths/1"
+# 2: the model is a `ModelRef` ("model_ref") beside its key ("model"), with a file
+# model's source ("model_source"); format 1 named a registered model only.
+WIDTHS_FORMAT = "hdap-widths/2"
+WIDTHS_FORMATS = ("hdap-widths/1", WIDTHS_FORMAT)
 BUNDLE_FILES = ("model.pt2", "model.ts", "model.onnx", "weights.pt", "widths.json",
-                "report.json")
+                "report.json", "model_source.py")
+SOURCE_FILE = "model_source.py"
 
 
 def versions() -> dict[str, str]:
@@ -94,12 +100,22 @@ def export_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         torch.export.save(program, str(path))
 
 
-def widths_document(space: PruningSpace, widths, kept: dict[str, list[int]] | None) -> dict:
-    """The JSON that rebuilds a pruned model: model, groups, widths, kept channels."""
+def widths_document(space: PruningSpace, widths, kept: dict[str, list[int]] | None,
+                    model_weights: str | None = None) -> dict:
+    """The JSON that rebuilds a pruned model: model (key, `ModelRef`, a file's source),
+    groups, widths, kept channels. ``model_weights`` says where the weights came from."""
     w = space.check_widths(widths)
+    spec = get_spec(space.model)
+    source = {}
+    if spec.source == "file":
+        from hdap_engine.models.userfile import source_file
+
+        source = {"model_source": source_file(spec.sha256).read_text()}
     return {
         "format": WIDTHS_FORMAT,
         "model": space.model,
+        "model_ref": spec.ref(model_weights).to_json(),
+        **source,
         "input_shape": list(space.input_shape),
         "round_to": space.round_to,
         "groups": [
@@ -144,13 +160,16 @@ def export_bundle(model: nn.Module, space: PruningSpace, widths, out_dir: str | 
         "widths": space.widths_dict(widths),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": versions(),
-        "files": [f for f in BUNDLE_FILES if _wanted(f, formats)],
+        "files": [f for f in BUNDLE_FILES if _wanted(f, formats)
+                  and (f != SOURCE_FILE or get_spec(space.model).source == "file")],
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         torch.save(model.state_dict(), tmp / "weights.pt")
-        (tmp / "widths.json").write_text(json.dumps(widths_document(space, widths, kept),
-                                                    indent=1))
+        doc = widths_document(space, widths, kept, report.get("model_weights"))
+        (tmp / "widths.json").write_text(json.dumps(doc, indent=1))
+        if "model_source" in doc:
+            (tmp / SOURCE_FILE).write_text(doc["model_source"])
         if "ts" in formats:
             export_torchscript(model, example, tmp / "model.ts")
         if "onnx" in formats:

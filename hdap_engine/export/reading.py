@@ -16,7 +16,7 @@ import numpy as np
 from torch import nn
 
 from hdap_engine.errors import HdapError
-from hdap_engine.export.bundle import WIDTHS_FORMAT
+from hdap_engine.export.bundle import WIDTHS_FORMAT, WIDTHS_FORMATS
 from hdap_engine.models.zoo import build_model
 from hdap_engine.pruning.apply import prune_to_widths
 from hdap_engine.pruning.space import PruningSpace
@@ -26,10 +26,10 @@ def rebuild_model(widths_doc: dict, model_weights) -> tuple[nn.Module, PruningSp
     """A pruned model from its widths document and state dict (no unpickling)."""
     from hdap_engine.models.zoo import read_state_dict
 
-    if widths_doc.get("format") != WIDTHS_FORMAT:
+    if widths_doc.get("format") not in WIDTHS_FORMATS:
         raise HdapError(f"widths.json: unknown format {widths_doc.get('format')!r}; "
                         f"expected {WIDTHS_FORMAT}")
-    name = widths_doc.get("model")
+    name = model_of(widths_doc)
     space = PruningSpace.for_model(name).with_options(round_to=widths_doc.get("round_to", 8))
     widths = space.widths_from_dict({g["name"]: g["width"] for g in widths_doc["groups"]})
     model = build_model(name)
@@ -42,6 +42,35 @@ def rebuild_model(widths_doc: dict, model_weights) -> tuple[nn.Module, PruningSp
     model.load_state_dict(state)
     return model.eval(), space, widths
 
+
+
+def model_of(widths_doc: dict) -> str:
+    """The model key of a widths document, its file model's source put in the workspace.
+
+    Format 1 named a registered model by a bare string, which still reads as the
+    zoo; format 2 adds the `ModelRef` and, for a file model, its source, checked
+    against its sha256 before it is kept (content-addressed) and imported.
+    """
+    import hashlib
+
+    from hdap_engine.models.spec import ModelRef
+
+    name = widths_doc.get("model")
+    if "model_ref" not in widths_doc:
+        if not isinstance(name, str):
+            raise HdapError("widths.json names no model; export the bundle again")
+        return name
+    ref = ModelRef.from_json(widths_doc["model_ref"])
+    if ref.source == "file":
+        from hdap_engine.models.userfile import install_source
+
+        text = widths_doc.get("model_source")
+        data = text.encode() if isinstance(text, str) else b""
+        if hashlib.sha256(data).hexdigest() != ref.sha256:
+            raise HdapError("widths.json: the model's source does not match its sha256; the "
+                            "bundle was changed or damaged, export it again")
+        install_source(data, ref.file_name or "model_source.py")
+    return ref.key
 
 
 def read_bundle_files(path: str | os.PathLike) -> dict[str, bytes]:

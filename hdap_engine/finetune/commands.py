@@ -47,9 +47,11 @@ def epoch_printer(enabled: bool, world_main: bool):
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from hdap_engine.cli.flags import resolve_model_arg
     from hdap_engine.finetune.distributed import setup, teardown
     from hdap_engine.finetune.run import train_model
 
+    resolve_model_arg(args)
     options = _options(args, SCRATCH)
     world = setup()
     try:
@@ -129,12 +131,17 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub) -> None:
     """Register `hdap train` and `hdap finetune` on the main parser's subcommands."""
-    from hdap_engine.models.zoo import model_names
+    from hdap_engine.cli.flags import input_shape_flag
 
     p = sub.add_parser("train", help="train a model from scratch on labelled images "
                                      "(how the demo weights were made)")
-    p.add_argument("--model", required=True, choices=model_names(), metavar="MODEL",
-                   help="%(choices)s")
+    # Any naming form, resolved when the command runs (so building the parser imports no
+    # torch). Not the study's fields: their --data is the search's calibration images.
+    p.add_argument("--model", required=True, metavar="MODEL",
+                   help="a registered name, torchvision:NAME, timm:NAME or PATH.py:FUNCTION "
+                        "(see `hdap models`)")
+    p.add_argument("--input-shape", type=input_shape_flag, default=None, metavar="C,H,W",
+                   help="the model's input shape (default: what the model says)")
     p.add_argument("--data", required=True, metavar="DATA",
                    help="an ImageFolder folder, a .zip of one, or digits")
     p.add_argument("--val-data", default=None, metavar="DATA",

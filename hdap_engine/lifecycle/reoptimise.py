@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hdap_engine.errors import HdapError
+from hdap_engine.export.reading import model_of
 from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.options import ReoptimiseOptions, StudyOptions
 from hdap_engine.pruning.space import PruningSpace
@@ -48,7 +49,8 @@ def read_deployed(bundle: str | Path) -> tuple[StudyOptions, np.ndarray, dict]:
         raise HdapError(f"{folder}: cannot read the bundle ({exc}); export it again") from None
     settings = report.get("settings") or {}
     options = StudyOptions.from_settings(settings) if settings else StudyOptions()
-    model = doc.get("model") or report.get("model")
+    # A file model's source travels in widths.json and is kept in this workspace here.
+    model = model_of(doc) if doc.get("model") else report.get("model")
     if model is None:
         raise HdapError(f"{folder}/widths.json: names no model; export the bundle again")
     if options.model != model:

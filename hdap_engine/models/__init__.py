@@ -1,1 +1,1 @@
-"""Model zoo: networks built by name from a registry, each knowing its input shape."""
+"""Models by any name: the zoo, torchvision:NAME, timm:NAME and the user's PATH.py:FUNCTION (docs/models.md)."""

@@ -1,25 +1,30 @@
-"""Model zoo: every network the product can prune, built by name from a registry.
+"""Model zoo: every network the product can prune, built by name.
 
 A new architecture is one decorated builder function (`register`), the way
 timm does it. Each entry knows its input shape, its classifier (the layer
 pruning never touches), and whether torchvision has pretrained weights for it.
+Beyond the registered ones, `get_spec` resolves every naming form
+(`hdap_engine.models.spec`): ``torchvision:NAME``, ``timm:NAME``
+(`hdap_engine.models.library`) and the user's ``file.py:FUNCTION``
+(`hdap_engine.models.userfile`), each with an optional ``@CxHxW``.
+`resolve_model` is the edge's call: what the user typed -> a `ModelRef` whose
+``key`` every room carries.
 
 Weights: by default a model is randomly initialised (seeded). A user file is
-loaded with ``torch.load(..., weights_only=True)``, so no pickled code from a
-user ever runs. Asking for torchvision's pretrained weights uses the local
-torch hub cache when the file is there and otherwise tries the download; when
-that fails (no internet, as on our build machines) the model stays randomly
-initialised and a warning says so.
+loaded with ``torch.load(..., weights_only=True)`` (`hdap_engine.models.weights`),
+so no pickled code from a user ever runs. ``pretrained`` uses torchvision's or
+timm's published weights only when the file is already in the local cache
+(torch hub, Hugging Face); nothing is downloaded at run time, and without the
+file the model stays randomly initialised and a warning says so.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import os
-import socket
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,27 +33,21 @@ from torch import nn
 from hdap_engine.errors import HdapError
 from hdap_engine.models.mobilenet_v1 import MobileNetV1
 from hdap_engine.models.resnet_cifar import resnet56 as _resnet56
+from hdap_engine.models.spec import (
+    LIBRARIES,
+    ModelRef,
+    ModelSpec,
+    classify,
+    split_shape,
+    with_shape,
+)
+from hdap_engine.models.weights import _weights_name, load_weights, read_state_dict
+
+__all__ = ["PRETRAINED", "RANDOM", "ModelRef", "ModelSpec", "build_model", "get_spec",
+           "load_weights", "model_names", "read_state_dict", "resolve_model", "weights_label"]
 
 RANDOM = "random"
 PRETRAINED = "pretrained"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the engine knows about a model before building it."""
-
-    name: str
-    input_shape: tuple[int, int, int]  # (channels, height, width) at batch 1
-    num_classes: int
-    classifier: str  # module name of the output layer; never pruned
-    description: str
-    builder: Callable[..., nn.Module]  # builder(num_classes=...) -> model
-    torchvision_weights: str | None = None  # e.g. "ResNet50_Weights.IMAGENET1K_V1"
-
-    def example_input(self, batch: int = 1) -> torch.Tensor:
-        """A deterministic input of the model's shape (for tracing and timing)."""
-        gen = torch.Generator().manual_seed(0)
-        return torch.randn((batch, *self.input_shape), generator=gen)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -116,13 +115,92 @@ def model_names() -> list[str]:
 
 
 def get_spec(name: str) -> ModelSpec:
-    """The registry entry for ``name``; an unknown name is a user error."""
+    """The spec of any model name: registered, ``torchvision:NAME``, ``timm:NAME``,
+    ``file:<sha>:FUNCTION`` or ``PATH.py:FUNCTION``, each with an optional ``@CxHxW``.
+
+    Cached per process; an unknown name is a user error naming the closest ones.
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise HdapError(
-            f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}"
-        ) from None
+        pass
+    if not isinstance(name, str) or not name.strip():
+        raise HdapError(f"no model named; choose one of: {', '.join(_REGISTRY)} (or see "
+                        "`hdap models`)")
+    return _resolved_spec(name.strip())
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved_spec(name: str) -> ModelSpec:
+    base, shape = split_shape(name)
+    source, rest = classify(base)
+    if source in LIBRARIES:
+        from hdap_engine.models.library import library_spec
+
+        return library_spec(name)
+    if source in ("file", "path"):
+        from hdap_engine.models.userfile import file_spec
+
+        return file_spec(name)
+    if rest in _REGISTRY:
+        spec = _REGISTRY[rest]
+        if shape is None or tuple(shape) == spec.input_shape:
+            return spec
+        return replace(spec, name=with_shape(rest, shape), input_shape=tuple(shape))
+    raise _unknown(rest)
+
+
+def _unknown(name: str) -> HdapError:
+    from hdap_engine.models.library import catalogue, closest
+
+    hint = ""
+    near = closest(name, _REGISTRY)
+    libs = [f"{lib}:{name}" for lib in LIBRARIES if name in catalogue(lib)]
+    if libs:
+        hint = f"; did you mean {' or '.join(libs)}?"
+    elif near:
+        hint = f"; closest: {', '.join(near)}"
+    else:
+        near = [f"{lib}:{n}" for lib in LIBRARIES for n in closest(name, catalogue(lib), 2)]
+        if near:
+            hint = f"; closest: {', '.join(near)}"
+    return HdapError(f"unknown model {name!r}{hint}; registered: {', '.join(_REGISTRY)}; "
+                     "any torchvision:NAME, timm:NAME or PATH.py:FUNCTION (see `hdap models`)")
+
+
+def resolve_model(text: str, input_shape=None, model_weights=None) -> ModelRef:
+    """What the user named, resolved once at the edge into a `ModelRef`.
+
+    Parameters
+    ----------
+    text:
+        Any naming form (see `get_spec`); a ``PATH.py:FUNCTION`` file is copied into
+        the workspace by content and named by its key from then on.
+    input_shape:
+        ``"C,H,W"`` (or three ints) where the model does not say, or to change it.
+    model_weights:
+        As `build_model` takes them; only described here (``ModelRef.model_weights``).
+
+    Returns
+    -------
+    The `ModelRef`; its ``key`` is what options, jobs and bundles carry.
+    """
+    from hdap_engine.models.spec import parse_input_shape
+
+    name = (text or "").strip()
+    shape = None if input_shape in (None, "") else parse_input_shape(input_shape)
+    if shape is not None:
+        base, _ = split_shape(name)
+        name = f"{base}@{'x'.join(map(str, shape))}"
+    spec = get_spec(name)
+    if spec.source in LIBRARIES:
+        _check_memory(spec.name)  # a file model's was checked while resolving it
+    return spec.ref(weights_label(model_weights, spec.name))
+
+
+def model_key(text: str, input_shape=None) -> str:
+    """The key of what the user named (`resolve_model(...).key`)."""
+    return resolve_model(text, input_shape).key
 
 
 def build_model(name: str, model_weights: str | os.PathLike | bytes | None = None, *,
@@ -132,17 +210,18 @@ def build_model(name: str, model_weights: str | os.PathLike | bytes | None = Non
     Parameters
     ----------
     name:
-        A registered model name (`model_names()`).
+        Any model name `get_spec` resolves (a registered name, a library's, a file's key).
     model_weights:
         ``None`` or ``"random"``: random initialisation from ``seed``.
-        ``"pretrained"``: torchvision's weights when available (see module doc).
+        ``"pretrained"``: the published weights when they are in the local cache
+        (see module doc), else random with a warning.
         A path or raw bytes: a state dict saved with ``torch.save``; its
         classifier decides the number of classes (a state dict whose classifier
         has 5 outputs builds a 5-class model).
     seed:
         Seed of the random initialisation, so the same call builds the same model.
     num_classes:
-        Classes of a randomly initialised model (default: the registered count).
+        Classes of a randomly initialised model (default: the model's own count).
         Ignored when a state dict is given: the weights decide.
 
     Returns
@@ -157,22 +236,45 @@ def build_model(name: str, model_weights: str | os.PathLike | bytes | None = Non
     classes = int(num_classes or spec.num_classes)
     if classes < 1:
         raise HdapError(f"{name}: the number of classes must be at least 1, got {classes}")
+    if spec.source in LIBRARIES:
+        _check_memory(spec.name)  # a file model was checked when it was resolved
+    if model_weights == PRETRAINED and classes == spec.num_classes:
+        model = _pretrained_model(spec)
+        if model is not None:
+            return model.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = spec.builder(num_classes=classes)
     if state is not None:
         load_weights(model, state, model_name=name, label=_weights_name(model_weights))
-    elif model_weights == PRETRAINED:
-        state = _pretrained_state_dict(spec)
-        if state is not None:
-            model.load_state_dict(state)
     return model.eval()
+
+
+def _check_memory(name: str) -> None:
+    from hdap_engine.models.footprint import check_fits
+
+    spec = get_spec(name)
+    need = _footprint(name)
+    if need is not None:
+        check_fits(split_shape(name)[0], spec.input_shape, need[0], need[1] or 0)
+
+
+@functools.cache
+def _footprint(name: str) -> tuple[int, int | None] | None:
+    """(parameters, activation values) of a model at its input shape, once per process."""
+    from hdap_engine.models.footprint import meta_footprint
+
+    spec = get_spec(name)
+    try:
+        return meta_footprint(spec.builder, spec.input_shape)
+    except Exception:  # cannot be built on shapes alone: the real build will tell
+        return None
 
 
 def classes_in_state_dict(state: dict, spec: ModelSpec) -> int:
     """How many classes a state dict's classifier has (its output rows).
 
-    Falls back to the registered count when the classifier's weight is not in
+    Falls back to the model's own count when the classifier's weight is not in
     the state dict (the strict load then names what is missing).
     """
     weight = state.get(f"{spec.classifier}.weight")
@@ -187,127 +289,44 @@ def num_classes_of(model: nn.Module, name: str) -> int:
     return int(head.out_features if isinstance(head, nn.Linear) else head.out_channels)
 
 
-def _weights_name(source) -> str:
-    return ("uploaded weights" if isinstance(source, (bytes, bytearray))
-            else Path(source).name)
+def weights_label(model_weights, model: str | None = None) -> str:
+    """Where the model weights come from, as the UI and reports say it.
 
-
-def weights_label(model_weights) -> str:
-    """How the model weights are described in the UI and in reports."""
+    With ``model``, ``"pretrained"`` says whether the local cache has the file
+    (and which), since without it the model is randomly initialised.
+    """
     if model_weights is None or model_weights == RANDOM:
         return "random initialisation"
     if model_weights == PRETRAINED:
-        return "torchvision pretrained (random if unavailable)"
+        if model is None:
+            return "pretrained from the local cache (random if not there)"
+        from hdap_engine.models.library import cached_weights, where_pretrained
+
+        spec = get_spec(model)
+        path = cached_weights(spec)
+        if path is None:
+            return f"random initialisation (no pretrained weights in {where_pretrained(spec)})"
+        lib = "timm" if spec.source == "timm" else "torchvision"
+        return f"{lib} pretrained ({path.name}, local cache)"
     if isinstance(model_weights, (bytes, bytearray)):
         return "user-supplied state dict"
     return f"user-supplied state dict ({Path(model_weights).name})"
 
 
-def read_state_dict(source: str | os.PathLike | bytes, *, label: str | None = None) -> dict:
-    """Load a state dict without executing any pickled code.
+def _pretrained_model(spec: ModelSpec) -> nn.Module | None:
+    """``spec``'s model with its published weights from the local cache, or None (random)."""
+    from hdap_engine.models.library import build_pretrained, cached_weights, where_pretrained
 
-    Accepts a plain state dict or a checkpoint holding one under
-    ``state_dict`` / ``model`` / ``model_state_dict``; strips a DataParallel
-    ``module.`` prefix.
-    """
-    label = label or ("uploaded weights" if isinstance(source, (bytes, bytearray))
-                      else Path(source).name)
-    try:
-        if isinstance(source, (bytes, bytearray)):
-            obj = torch.load(io.BytesIO(source), map_location="cpu", weights_only=True)
-        else:
-            path = Path(source)
-            if not path.is_file():
-                raise HdapError(f"{label}: weights file not found at {path}")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except HdapError:
-        raise
-    except Exception as exc:  # torch raises many types for bad files
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        # Only "Unsupported global" means pickled Python objects; a corrupt or foreign
-        # file also fails the weights-only unpickler ("Unsupported operand").
-        if "Unsupported global" in str(exc):
-            raise HdapError(
-                f"{label}: the file contains Python objects other than tensors, and "
-                "HDAP never unpickles code from a file; save a plain state dict with "
-                "torch.save(model.state_dict(), path)"
-            ) from None
-        if "Unsupported operand" in str(exc) or "Weights only load failed" in first:
-            first = "corrupt or not a PyTorch file"
-        raise HdapError(
-            f"{label}: not a readable PyTorch weights file ({first}); save one with "
-            "torch.save(model.state_dict(), path)"
-        ) from None
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(
-        isinstance(v, torch.Tensor) for v in obj.values()
-    ):
-        raise HdapError(
-            f"{label}: expected a state dict (names to tensors), got {type(obj).__name__}; "
-            "save one with torch.save(model.state_dict(), path)"
-        )
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def load_weights(model: nn.Module, source, *, model_name: str = "model",
-                 label: str | None = None) -> None:
-    """Load a user state dict (a file, bytes, or an already-read dict) into ``model``
-    strictly, with a clear message on mismatch."""
-    if isinstance(source, dict):
-        state, label = source, label or "weights"
-    else:
-        state = read_state_dict(source, label=label)
-        label = label or _weights_name(source)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (e.g. {k}: file "
-                         f"{tuple(state[k].shape)}, model {tuple(own[k].shape)})")
-        raise HdapError(
-            f"{label}: these weights do not fit {model_name}: {'; '.join(parts)}; "
-            f"pick the model they were trained for"
-        )
-    model.load_state_dict(state)
-
-
-def _pretrained_state_dict(spec: ModelSpec) -> dict | None:
-    if spec.torchvision_weights is None:
+    if spec.torchvision_weights is None and spec.timm_hf_id is None:
         warnings.warn(
             f"{spec.name} has no published pretrained weights; using random initialisation "
             "(upload a state dict to use trained weights)", stacklevel=3)
         return None
-    import torchvision
-
-    enum_name, member = spec.torchvision_weights.split(".")
-    entry = getattr(getattr(torchvision.models, enum_name), member)
-    filename = entry.url.rsplit("/", 1)[-1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-    if cached.is_file():
-        return read_state_dict(cached)
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(10)
-    try:
-        return entry.get_state_dict(progress=False, check_hash=True)
-    except Exception as exc:
+    path = cached_weights(spec)
+    if path is None:
         warnings.warn(
-            f"pretrained weights for {spec.name} could not be downloaded ({type(exc).__name__}); "
-            f"using random initialisation. To use them offline, put {filename} in "
-            f"{cached.parent} or upload a state dict", stacklevel=3)
+            f"pretrained weights for {spec.name} are not in {where_pretrained(spec)} and are "
+            "never downloaded at run time; using random initialisation. Put the file there "
+            "or pass a state dict with --model-weights", stacklevel=3)
         return None
-    finally:
-        socket.setdefaulttimeout(old)
+    return build_pretrained(spec, path)

@@ -6,7 +6,7 @@ held by `StudyOptions` with the model, the method and the seed. The steps
 beside and after a study (`hdap_engine.options.steps`): `DriftOptions`,
 `ReoptimiseOptions`, `RolloutOptions`, `LongFormatOptions`, `FinetuneOptions`
 (with the recipes `DISTILL` and `SCRATCH`), `SimulationOptions`,
-`ProbeOptions`, `AppOptions` and `MacsBenchOptions`.
+`ProbeOptions`, `AppOptions`, `MacsBenchOptions` and `ModelCheckOptions`.
 
 A field that a command-line flag sets carries the flag, its help and how its
 text is parsed (`option`): the CLI builds every such flag from here
@@ -29,6 +29,7 @@ from hdap_engine.options.steps import (
     FinetuneOptions,
     LongFormatOptions,
     MacsBenchOptions,
+    ModelCheckOptions,
     ProbeOptions,
     ReoptimiseOptions,
     RolloutOptions,
@@ -89,7 +90,7 @@ __all__ = [
     "BACKEND_DESCRIPTIONS", "BACKENDS", "CRITERIA", "DISTILL", "HOST_CLOCKS", "HOST_RUNTIMES", "SCHEDULES", "SCRATCH",
     "SEARCH_EFFORTS", "STUDY_WIDE", "SURROGATE_MODES", "WHAT_IF_SETTINGS", "AccuracyPlan",
     "AppOptions", "ClusteringPlan", "DriftOptions", "FinetuneOptions", "LongFormatOptions",
-    "MacsBenchOptions", "MeasurementPlan", "ProbeOptions", "Query", "ReoptimiseOptions",
+    "MacsBenchOptions", "MeasurementPlan", "ModelCheckOptions", "ProbeOptions", "Query", "ReoptimiseOptions",
     "RolloutOptions", "SearchPlan", "SimulationOptions", "StudyOptions", "SurrogatePlan",
     "cli_fields", "default", "flatten_settings", "option", "search_effort",
 ]

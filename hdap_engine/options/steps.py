@@ -222,8 +222,27 @@ class AppOptions:
 class MacsBenchOptions:
     """How `hdap bench-macs` times the analytic MACs formula."""
 
-    model: str = option("resnet50", flag="--model", help="model (default %(default)s)")
+    model: str = option("resnet50", flag="--model", metavar="MODEL",
+                        help="any model name (see `hdap models`; default %(default)s)")
+    input_shape: tuple[int, int, int] | None = option(
+        None, flag="--input-shape", parse="input_shape", metavar="C,H,W",
+        help="the model's input shape (default: what the model says)")
     candidates: int = option(100_000, flag="--candidates", parse="positive_int",
                              help="candidates per run (default %(default)s)")
     repeats: int = option(7, flag="--repeats", parse="positive_int",
                           help="runs; the median is reported (default %(default)s)")
+
+
+@dataclass(frozen=True)
+class ModelCheckOptions:
+    """How `hdap models --check` tries a model (`hdap_engine.models.check`)."""
+
+    check: str | None = option(None, flag="--check", metavar="MODEL",
+                               help="say in one line whether MODEL can be pruned, and if not "
+                                    "why (any naming form)")
+    input_shape: tuple[int, int, int] | None = option(
+        None, flag="--input-shape", parse="input_shape", metavar="C,H,W",
+        help="the checked model's input shape (default: what the model says)")
+    timeout_s: float = option(300.0, flag="--timeout", parse="float", metavar="S",
+                              help="give up on the check after this many seconds (default "
+                                   "%(default)s)")

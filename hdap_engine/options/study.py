@@ -22,6 +22,7 @@ from numbers import Integral
 from typing import Any
 
 from hdap_engine.errors import HdapError
+from hdap_engine.models.spec import parse_input_shape, shape_text, split_shape
 from hdap_engine.options.base import one_of, option
 from hdap_engine.search.methods import get_method, method_names
 from hdap_engine.search.objectives import OBJECTIVES
@@ -341,8 +342,15 @@ class AccuracyPlan:
 class StudyOptions:
     """Everything that defines a study (plain data: saved with the run)."""
 
-    model: str = option("resnet50", flag="--model", parse="str",
-                        help="model name (see `hdap models`)")
+    model: str = option("resnet50", flag="--model", parse="str", metavar="MODEL",
+                        help="a registered name, torchvision:NAME, timm:NAME or "
+                             "PATH.py:FUNCTION (see `hdap models`)")
+    # Folded into the model's key (`name@CxHxW`) as soon as the options are made, so the
+    # key alone names the model everywhere (jobs, bundles, the store).
+    input_shape: tuple[int, int, int] | None = option(
+        None, flag="--input-shape", parse="input_shape", metavar="C,H,W",
+        help="the model's input shape, e.g. 3,224,224 (default: what the model says; a "
+             "file model that does not say needs it)")
     # None/random, "pretrained", or a state-dict path
     model_weights: str | None = option(None, flag="--model-weights", metavar="FILE|pretrained",
                                        old=("--weights",),
@@ -368,6 +376,11 @@ class StudyOptions:
 
     def __post_init__(self):
         one_of("method", self.method, method_names())
+        if self.input_shape is not None:
+            base, _ = split_shape(str(self.model))
+            shape = shape_text(parse_input_shape(self.input_shape))
+            object.__setattr__(self, "model", f"{base}@{shape}")
+            object.__setattr__(self, "input_shape", None)
         # A section's seed is the study's: one seed, however the options were made.
         for name in _SECTIONS:
             section = getattr(self, name)

@@ -15,7 +15,7 @@ from torch import nn
 
 from hdap_engine.errors import HdapError
 from hdap_engine.export.bundle import export_bundle
-from hdap_engine.models.zoo import build_model, weights_label
+from hdap_engine.models.zoo import build_model, resolve_model, weights_label
 from hdap_engine.pruning.apply import prune_to_widths
 from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.pruning.space import PruningSpace
@@ -50,7 +50,8 @@ def prune_baseline(model_name: str, budget, method: str = "uniform", *, model_we
         "method": method,
         "budget": str(budget),
         "budget_macs": target,
-        "model_weights": weights_label(model_weights),
+        "model_weights": weights_label(model_weights, model_name),
+        "model_ref": resolve_model(model_name, model_weights=model_weights).to_json(),
         "seed": seed,
         "round_to": round_to,
         "min_ratio": min_ratio,

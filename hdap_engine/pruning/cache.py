@@ -56,9 +56,8 @@ def cache_key(name: str) -> str:
 
     spec = get_spec(name)
     ident = {"model": name, "input_shape": list(spec.input_shape), **_versions()}
-    source = getattr(spec, "source_sha256", None)
-    if source:
-        ident["source"] = source
+    if spec.sha256:  # a file model: its source, not its path, is the model
+        ident["source"] = spec.sha256
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -102,9 +101,9 @@ def clear_memory() -> None:
 
 
 def _in_process(name: str) -> bool:
-    from hdap_engine.models.zoo import model_names
+    from hdap_engine.models.zoo import get_spec
 
-    return ":" not in name and name in model_names()
+    return get_spec(name).source == "zoo"
 
 
 def build_now(name: str):

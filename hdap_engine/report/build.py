@@ -20,7 +20,7 @@ def build_report(result) -> dict:
     """
     import numpy as np
 
-    from hdap_engine.models.zoo import weights_label
+    from hdap_engine.models.zoo import resolve_model, weights_label
     from hdap_engine.search.objectives import predicted_fleet_mean
     from hdap_engine.study.verify import fleet_metrics
 
@@ -67,7 +67,8 @@ def build_report(result) -> dict:
         "fleet_source": ctx.fleet.source,
         "n_devices": int(ctx.fleet.n_devices),
         "k": ctx.k,
-        "model_weights": weights_label(opt.model_weights),
+        "model_weights": weights_label(opt.model_weights, opt.model),
+        "model_ref": resolve_model(opt.model, model_weights=opt.model_weights).to_json(),
         "seed": opt.seed,
         "clusters": clusters,
         "fleet": {
