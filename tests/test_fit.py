@@ -100,3 +100,17 @@ def test_host_preset_refuses_an_incomplete_row():
 def test_fitted_host_preset_is_a_cpu_preset():
     fitted = fit_preset_from_probes(_synthetic_host_row(replace(generic_cpu_preset(name="h"))))
     assert fitted.kind == "cpu" and fitted.name == "host" and not fitted.async_launch
+
+
+def test_host_preset_takes_a_depthwise_calls_fixed_cost_from_the_host_probe():
+    from hdap_engine.fleet.probes import probe_tables
+
+    truth = generic_cpu_preset(name="host", cores=1, dw_overhead_us=45.0)
+    row = _synthetic_host_row(truth)
+    small = probe_tables(host=True)["dwconv3x3_small"]
+    row["probe_dwconv3x3_small_ms"] = float(
+        Twin(truth).expected_ms(small, DeviceStates.nominal(1, sku="host"))[0, 0])
+    fitted = fit_preset_from_probes(row)
+    assert fitted.dw_overhead_us == pytest.approx(45.0, rel=0.15)
+    # without the host probe the standard row says nothing about it
+    assert fit_preset_from_probes(_synthetic_host_row(truth)).dw_overhead_us == 0.0

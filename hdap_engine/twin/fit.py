@@ -22,7 +22,13 @@ import numpy as np
 import pandas as pd
 
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.probes import PROBE_ROWS, STANDARD_PROBES, probe_column, probe_tables
+from hdap_engine.fleet.probes import (
+    HOST_PROBE_ROWS,
+    PROBE_ROWS,
+    STANDARD_PROBES,
+    probe_column,
+    probe_tables,
+)
 from hdap_engine.twin.physics import Twin
 from hdap_engine.twin.presets import SkuPreset, generic_cpu_preset, get_preset
 from hdap_engine.twin.states import DeviceStates
@@ -183,6 +189,13 @@ def _row_dict(row) -> dict:
     return dict(row)
 
 
+def _positive(v) -> bool:
+    try:
+        return bool(np.isfinite(float(v)) and float(v) > 0)
+    except (TypeError, ValueError):
+        return False
+
+
 def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> SkuPreset:
     """A CPU-class preset whose parameters come from one measured probe row.
 
@@ -197,7 +210,9 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
     the small-tile law (MACs per output pixel) from ``conv3x3_thin``. Cache
     sizes, the thread count and the vector width come from the row's context
     columns (``l2_kb``, ``llc_kb``, ``threads``, ``simd_lanes``, as `hdap
-    probe` writes them). The parameters are
+    probe` writes them). When the row has the host-only
+    ``probe_dwconv3x3_small_ms`` (`HOST_PROBES`, as the realism check times
+    them), the fixed cost of a depthwise call comes from it. The parameters are
     refined a few times through the forward twin so that the preset reproduces
     its own probe row.
 
@@ -254,12 +269,16 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
         kernel_overhead_us=meas["tiny"] * 1e3 / len(PROBE_ROWS["tiny"]),
         description=f"fitted from a probe row: {threads:g} threads",
     )
-    tables = probe_tables()
+    tables = probe_tables(host=True)
     nominal = DeviceStates.nominal(1, sku=name)
+    # host-only probes the row has (the realism check times them)
+    host_extra = [n for n in HOST_PROBE_ROWS if _positive(r.get(probe_column(n)))]
+    meas.update({n: float(r[probe_column(n)]) for n in host_extra})
 
     def predict(p: SkuPreset) -> dict[str, float]:
         tw = Twin(p)
-        return {n: float(tw.expected_ms(tables[n], nominal)[0, 0]) for n in STANDARD_PROBES}
+        return {n: float(tw.expected_ms(tables[n], nominal)[0, 0])
+                for n in STANDARD_PROBES + tuple(host_extra)}
 
     def ratio(pred, n):  # > 1: the preset is too slow on probe n
         return pred[n] / meas[n]
@@ -292,6 +311,9 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
             0.1, preset.kernel_overhead_us + (meas["tiny"] - pred["tiny"]) * 1e3 / n_tiny)
         changes["mac_overhead_us"] = max(
             0.0, preset.mac_overhead_us + (meas["conv3x3_small"] - pred["conv3x3_small"]) * 1e3)
+        if "dwconv3x3_small" in host_extra:
+            changes["dw_overhead_us"] = max(0.0, preset.dw_overhead_us + (
+                meas["dwconv3x3_small"] - pred["dwconv3x3_small"]) * 1e3)
         preset = replace(preset, **changes)
         # Tile widths: the channel tile is the CPU's vector width (at most 8)
         # when the row says it (``simd_lanes``), and whatever slowdown of the odd-channel conv

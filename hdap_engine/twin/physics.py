@@ -143,6 +143,7 @@ class _Prepared:
     keep: np.ndarray  # (L,) layers that run as their own kernel (K of them)
     mac_mask: np.ndarray  # (K,) which of the K kernels pay the conv / linear call cost
     calls: np.ndarray  # (K,) fixed costs each kernel pays (a global pool may be several)
+    dw_mask: np.ndarray  # (K,) depthwise kernels (their own fixed cost on top)
 
 
 class Twin:
@@ -322,7 +323,7 @@ class Twin:
         n_k = np.full(table.n_candidates, float(calls.sum()))
         n_mac = np.full(table.n_candidates, float(is_mac.sum()))
         return _Prepared(tc_slot=tc_slot, slots=slots, traffic=traffic, n_kernels=n_k,
-                         n_mac=n_mac, keep=keep, mac_mask=is_mac, calls=calls)
+                         n_mac=n_mac, keep=keep, mac_mask=is_mac, calls=calls, dw_mask=is_dw)
 
     # -- device part ----------------------------------------------------------
 
@@ -344,6 +345,7 @@ class Twin:
             "overhead": p.kernel_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "mac_overhead": p.mac_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "device_overhead": np.full(len(states), p.device_overhead_us * 1e-6),
+            "dw_overhead": p.dw_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
         }
         if p.llc_kb > 0:
             inv_llc = 1.0 / (p.llc_gbps * 1e9 * np.asarray(states.mem_bw_scale, float) ** 0.5
@@ -400,10 +402,12 @@ class Twin:
             if not async_launch:
                 out += prep.calls[None, :, None] * dev["overhead"][None, None, :]
             out += prep.mac_mask[None, :, None] * dev["mac_overhead"][None, None, :]
+            out += prep.dw_mask[None, :, None] * dev["dw_overhead"][None, None, :]
             return out
         if not async_launch:
             out += prep.n_kernels[:, None] * dev["overhead"][None, :]
         out += prep.n_mac[:, None] * dev["mac_overhead"][None, :]
+        out += float(prep.dw_mask.sum()) * dev["dw_overhead"][None, :]
         return out
 
     # -- public API -----------------------------------------------------------

@@ -80,6 +80,7 @@ class SkuPreset:
     # fixed costs and noise
     kernel_overhead_us: float = 10.0
     mac_overhead_us: float = 0.0  # extra fixed cost of a conv / linear call (primitive dispatch)
+    dw_overhead_us: float = 0.0  # extra fixed cost of a depthwise call (layout reorders)
     # Kernels one global average pool runs as: PyTorch eager's mean is a sum, a
     # divide and a copy (three fixed costs); a compiled runtime runs one.
     global_pool_kernels: float = 1.0

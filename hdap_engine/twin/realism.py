@@ -112,7 +112,7 @@ def run_realism(model: str = "resnet18", candidates: int = 30, *, threads: int =
     """
     import torch
 
-    from hdap_engine.fleet.probes import ProbeSession, host_context, timer
+    from hdap_engine.fleet.probes import HOST_PROBES, ProbeSession, host_context, timer
     from hdap_engine.models.zoo import build_model, get_spec
     from hdap_engine.pruning.apply import prune_to_widths
     from hdap_engine.pruning.space import PruningSpace
@@ -146,7 +146,7 @@ def run_realism(model: str = "resnet18", candidates: int = 30, *, threads: int =
     clock = "thread" if int(threads) == 1 else "wall"
     tick_clock = timer(clock)
     try:
-        session = ProbeSession(clock=clock)
+        session = ProbeSession(HOST_PROBES, clock=clock)
         for _ in range(3):
             session.round(record=False)
         times = np.zeros((len(models), 0))
@@ -304,7 +304,7 @@ def block_check(*, repeats: int = 30, probe_repeats: int = 10) -> dict[str, list
     """
     import torch
 
-    from hdap_engine.fleet.probes import ProbeSession, host_context
+    from hdap_engine.fleet.probes import HOST_PROBES, ProbeSession, host_context
     from hdap_engine.pruning.layers import make_table
     from hdap_engine.twin.fit import fit_preset_from_probes
     from hdap_engine.twin.physics import Twin
@@ -313,7 +313,7 @@ def block_check(*, repeats: int = 30, probe_repeats: int = 10) -> dict[str, list
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        session = ProbeSession(clock="thread")
+        session = ProbeSession(HOST_PROBES, clock="thread")
         for _ in range(2):
             session.round(record=False)
         for _ in range(probe_repeats):
