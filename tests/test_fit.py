@@ -77,14 +77,16 @@ def test_host_preset_reproduces_its_own_probe_row():
     assert b == pytest.approx(a, rel=0.1)
 
 
-def test_host_preset_uses_the_vector_width_from_the_row_padding_to_at_most_8_channels():
-    # a 16-lane (AVX-512) CPU still runs 8-channel blocks: channels pad to 8
-    truth = generic_cpu_preset(name="host", cores=1, channel_tile=8, misaligned_eff=0.8,
-                               misaligned_tile=8)
+def test_host_preset_uses_the_vector_width_from_the_row_input_channels_padding_to_8():
+    # a 16-lane (AVX-512) CPU: outputs fill the vector, inputs run 8-channel blocks
+    truth = generic_cpu_preset(name="host", cores=1, channel_tile=16, cin_tile=8,
+                               misaligned_eff=0.8, misaligned_tile=8)
     fitted = fit_preset_from_probes(_synthetic_host_row(truth) | {"simd_lanes": 16})
-    assert fitted.channel_tile == 8 and fitted.misaligned_eff == pytest.approx(0.8, abs=0.05)
+    assert (fitted.channel_tile, fitted.cin_tile) == (16, 8)
+    assert fitted.misaligned_eff == pytest.approx(0.8, abs=0.05)
     narrow = generic_cpu_preset(name="host", cores=1, channel_tile=4, misaligned_tile=4)
-    assert fit_preset_from_probes(_synthetic_host_row(narrow) | {"simd_lanes": 4}).channel_tile == 4
+    fitted = fit_preset_from_probes(_synthetic_host_row(narrow) | {"simd_lanes": 4})
+    assert (fitted.channel_tile, fitted.cin_tile) == (4, 4)
 
 
 def test_host_preset_refuses_an_incomplete_row():

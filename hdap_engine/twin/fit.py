@@ -203,9 +203,9 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
     from ``tiny``; the extra fixed cost of a conv call from ``conv3x3_small``;
     DRAM, last-level-cache and near-cache bandwidths from the three copies;
     peak throughput from ``conv3x3``; the 1x1, depthwise, GEMV, pooling and
-    batch-norm efficiencies from their probes; the channel tile from the
-    vector width (``simd_lanes``, at most 8; a CPU's blocked layout pads input
-    and output channels alike) and the extra cost of off-tile channels from
+    batch-norm efficiencies from their probes; the output-channel tile from
+    the vector width (``simd_lanes``; input channels pad to at most 8) and the
+    extra cost of channels off a multiple of 8 from
     ``conv3x3_odd``; the pixel tile from ``conv3x3_7x7``; the saturation of
     the small-tile law (MACs per output pixel) from ``conv3x3_thin``. Cache
     sizes, the thread count and the vector width come from the row's context
@@ -257,12 +257,12 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
     llc_kb = ctx("llc_kb", 0.0)
     preset = generic_cpu_preset(
         name=name, cores=threads, clock_ghz=1.0, flops_per_cycle=32.0,
-        # Channels pad to 8 even on a 16-lane (AVX-512) CPU: oneDNN's blocked
-        # layouts come in 8- and 16-channel blocks, and measured there, 104
-        # channels run at the speed of 112, not of 128, and an 8 -> 8 1x1 conv
-        # at 112x112 at 75-95 ps per MAC where padding to 16 predicts ~220.
+        # Output channels fill the vector (8 channels use half of an AVX-512
+        # register: a 3x3 conv 8 -> 8 runs at 76 ps per MAC, 64 -> 64 at 21),
+        # but input channels pad to 8 at most: oneDNN blocks them by 8 on a
+        # 16-lane CPU too (104 channels run at the speed of 112, not of 128).
         # Only counts off a multiple of 8 take the slower generic kernel.
-        channel_tile=min(8, lanes or 8), cin_tile=min(8, lanes or 8),
+        channel_tile=lanes or 8, cin_tile=min(8, lanes or 8),
         misaligned_tile=min(8, lanes or 8),
         cache_kb=l2_kb, llc_kb=llc_kb if llc_kb > l2_kb else 0.0,
         llc_gbps=40.0 if llc_kb > l2_kb else 0.0,
@@ -315,8 +315,8 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
             changes["dw_overhead_us"] = max(0.0, preset.dw_overhead_us + (
                 meas["dwconv3x3_small"] - pred["dwconv3x3_small"]) * 1e3)
         preset = replace(preset, **changes)
-        # Tile widths: the channel tile is the CPU's vector width (at most 8)
-        # when the row says it (``simd_lanes``), and whatever slowdown of the odd-channel conv
+        # Tile widths: the channel tile is the CPU's vector width when the row
+        # says it (``simd_lanes``), and whatever slowdown of the odd-channel conv
         # padding does not explain is the generic-kernel penalty; without it, the
         # tile that best explains that conv. The pixel tile best explains the 7x7
         # conv (both against conv3x3).
