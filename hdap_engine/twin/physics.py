@@ -22,7 +22,13 @@ hardware-dependent:
   no longer fits the (possibly stolen) cache;
 - element-wise layers that the runtime folds into the preceding kernel
   (TensorRT fuses batch norm and activation into the convolution; PyTorch
-  eager on a CPU does not) cost nothing.
+  eager on a CPU does not) cost nothing;
+- every op of the layer vocabulary has a class: grouped convs are per-group
+  GEMMs, linear layers and matrix products on token rows are GEMMs, an
+  activation costs by its function (a transcendental one, ``ACT_COST``, several
+  times a ReLU), softmax and norms sweep their input more than once, gates,
+  concatenations and copies move memory; an ``other`` op is priced by its
+  memory traffic, a stated fallback that `Twin.fallback_layers` names.
 
 Each device of a fleet has a latent state (`hdap_engine.twin.states.DeviceStates`): clock, share of the
 compute engine, active units, DRAM bandwidth, cache capacity and per-kernel
