@@ -88,12 +88,13 @@ def one(name: str) -> dict:
     from hdap_engine.pruning.apply import count_macs_params, prune_to_widths
     from hdap_engine.pruning.budget import repair
     from hdap_engine.pruning.cache import build_now
+    from hdap_engine.pruning.space import PruningSpace
     from hdap_engine.twin import DeviceStates, Twin, get_preset
 
     res: dict = {"model": name, "stage": "space"}
     t0 = time.perf_counter()
     try:
-        space = build_now(name)  # this process is the time limit's child already
+        space = PruningSpace.from_data(build_now(name))  # this process is the time limit's child
         res.update(space_s=round(time.perf_counter() - t0, 1), groups=space.n_groups,
                    kept=len(space.kept), kept_why=sorted({w for _, w in space.kept})[:2],
                    uncounted=list(space.uncounted), base_macs=space.base_macs)

@@ -79,3 +79,83 @@ def test_a_wrong_candidate_is_refused():
     bad[0] = 10_000
     with pytest.raises(HdapError, match="outside"):
         space.check_widths(bad)
+
+
+# -- models beyond the zoo: kept groups, the cache, the time limit -------------------------
+
+CONSTANT_RESHAPE = '''
+import torch
+from torch import nn
+
+
+class Fixed(nn.Module):
+    """conv1's width is spelled as a constant in forward: pruning it breaks the model."""
+
+    def __init__(self, num_classes=4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 24, 1)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = x.reshape(x.shape[0], 16, -1).reshape(x.shape[0], 16, x.shape[2], x.shape[3])
+        x = torch.relu(self.conv3(torch.relu(self.conv2(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def build(num_classes=4):
+    return Fixed(num_classes)
+'''
+
+
+@pytest.fixture
+def constant_reshape_model(tmp_path):
+    from hdap_engine.models.zoo import resolve_model
+
+    path = tmp_path / "fixed.py"
+    path.write_text(CONSTANT_RESHAPE)
+    return resolve_model(f"{path}:build", "3,16,16").key
+
+
+def test_a_group_that_breaks_the_model_is_kept_at_full_width_and_named(
+        constant_reshape_model):
+    key = constant_reshape_model
+    space = PruningSpace.for_model(key, round_to=4)
+    kept = dict(space.kept)
+    assert "conv1" in kept and kept["conv1"]  # with the error pruning it gives
+    assert "conv1" not in space.group_names and "conv3" in space.group_names
+    assert space.summary()["kept_at_full_width"][0]["layer"] == "conv1"
+    model = build_model(key)
+    widths = space.widths_from_ratios(0.5)
+    prune_to_widths(model, space, widths)
+    assert model.conv1.out_channels == 16 and model.conv3.out_channels == widths[-1]
+    assert space.macs(widths) == count_macs_params(model, space)[0]
+
+
+def test_a_space_is_read_back_from_the_workspace_without_tracing(constant_reshape_model,
+                                                                  monkeypatch):
+    from hdap_engine.pruning import build, cache
+
+    key = constant_reshape_model
+    first = PruningSpace.for_model(key)
+    cache.clear_memory()
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the space was built again")
+
+    monkeypatch.setattr(build, "build_space", no_build)
+    again = PruningSpace.for_model(key)
+    assert again.group_names == first.group_names and again.kept == first.kept
+    w = first.widths_from_ratios(0.5)
+    assert again.macs(w) == first.macs(w)
+    assert again.layer_table(w).names == first.layer_table(w).names
+
+
+def test_a_space_that_takes_too_long_to_build_is_one_clear_error(constant_reshape_model):
+    from hdap_engine.pruning import cache
+
+    cache.clear_memory()  # what a fresh process knows
+    with pytest.raises(HdapError, match="took longer than 0 s.*HDAP_SPACE_TIMEOUT"):
+        cache.cached_space(constant_reshape_model, timeout_s=0.01)

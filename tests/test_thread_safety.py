@@ -43,7 +43,7 @@ def test_pruning_spaces_traced_from_several_threads_at_once_are_one_correct_trac
     results, errors = _at_once(len(models), lambda i: PruningSpace.for_model(
         models[i], round_to=rounds[i], min_ratio=0.1 + 0.05 * i))
     assert not errors, [repr(e) for e in errors]
-    traced = {m: cache.build_now(m) for m in set(models)}
+    traced = {m: PruningSpace.from_data(cache.build_now(m)) for m in set(models)}
     for i, sp in enumerate(results):
         assert sp.model == models[i]
         assert sp.round_to == rounds[i] and abs(sp.min_ratio - (0.1 + 0.05 * i)) < 1e-12

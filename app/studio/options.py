@@ -175,6 +175,21 @@ def finetune_epochs() -> int:
     return int(S.get(S.FINETUNE_EPOCHS) or 0)
 
 
+def calibrate_on() -> str:
+    """Where an INT8 model's calibration images come from: the data, or random inputs when
+    there is none and the Model page's box asks for them."""
+    if data_choice()[0] is None and S.get(S.CALIBRATE_RANDOM):
+        return "random"
+    return "data"
+
+
+def precision_changed() -> None:
+    """The widths' rounding follows the precision, as `--round-to`'s default does."""
+    from hdap_engine.options import ROUND_TO_BY_PRECISION
+
+    S.put(S.ROUND_TO, ROUND_TO_BY_PRECISION[S.get(S.PRECISION)])
+
+
 def budget_text() -> str:
     """The budget as the engine reads it: a fraction of the model."""
     return f"{float(S.get(S.BUDGET_FRACTION)):.6f}"
@@ -197,5 +212,7 @@ def study_options(fv: FleetView, cv: ClusterView):
         sku=fv.fleet.sku,
         model_weights=weights_choice()[0], agent_token=S.get(S.AGENT_TOKEN) or None,
         data=data_choice()[0], min_accuracy=min_accuracy(), finetune_epochs=finetune_epochs(),
+        calibrate_on=calibrate_on(),
+        host_runtime="onnxruntime" if flat["precision"] == "int8" else "torch",
         **search_effort(S.get(S.SEARCH_EFFORT)))
     return StudyOptions.of(**flat)

@@ -108,3 +108,45 @@ def fleet_headline(report: dict) -> None:
 
 def show_figure(fig, key: str) -> None:
     st.plotly_chart(fig, key=key, config={"displaylogo": False})
+
+
+def int8_accuracy_line(block: dict | None) -> str:
+    """The INT8 model's held-out top-1 beside its FP32 reference, as the engine measured it."""
+    if not block or block.get("top1") is None:
+        why = "; ".join((block or {}).get("warnings") or []) or "no labelled data"
+        return f"INT8 accuracy unknown ({why})"
+    ref = block.get("reference") or {}
+    low, high = block.get("ci95") or (None, None)
+    interval = f" [{100 * low:.1f}, {100 * high:.1f}]" if low is not None else ""
+    text = (f"INT8 top-1 **{100 * block['top1']:.1f}%**{interval} on {block['n_heldout']} "
+            f"held-out images, by ONNX Runtime on model.int8.onnx ({block['calibration']} "
+            f"calibration, {block['n_calibration']} images)")
+    if ref.get("top1") is not None:
+        text += (f"; {ref['stage']} FP32 {100 * ref['top1']:.1f}% "
+                 f"({block['drop_points']:+.1f} points lost)")
+    if block.get("suggest_qat"):
+        text += "; more than the threshold: try quantisation-aware fine-tuning"
+    return text
+
+
+def precision_section(report: dict) -> None:
+    """FP32 and INT8 latency per cluster side by side, and the INT8 model's accuracy."""
+    st.subheader("INT8 and FP32")
+    side = report.get("fp32_side_by_side")
+    if side:
+        st.dataframe([{"cluster": r["cluster"], "INT8 ms": round(r["int8_ms"], 3),
+                       "FP32 ms": round(r["fp32_ms"], 3),
+                       "INT8 speedup": round(r["fp32_ms"] / r["int8_ms"], 3),
+                       "unpruned FP32 ms": round(r["unpruned_fp32_ms"], 3)}
+                      for r in side["clusters"]], hide_index=True, key="precision_table")
+        st.caption(f"The chosen widths measured on each cluster's representatives in INT8 "
+                   f"({report['measured_source']}) and in FP32 ({side['source']}). Fleet "
+                   f"mean: INT8 {side['int8_mean_ms']:.2f} ms, FP32 "
+                   f"{side['fp32_mean_ms']:.2f} ms.")
+    else:
+        st.caption("No FP32 side-by-side for this backend (agents time the INT8 model only).")
+    rounding = report.get("round_to") or {}
+    if rounding:
+        st.caption(f"Widths are multiples of {rounding.get('value')} "
+                   f"({rounding.get('source')}).")
+    st.caption(f":material/memory: {int8_accuracy_line(report.get('quantization'))}")

@@ -64,6 +64,8 @@ SEED = "seed"
 REPEATS = "repeats"
 REFINE_ROUNDS = "refine_rounds"
 SEARCH_EFFORT = "search_effort"  # widget: a name of hdap_engine.options.SEARCH_EFFORTS
+PRECISION = "precision"  # widget: the precision the model ships in (fp32 / int8)
+CALIBRATE_RANDOM = "calibrate_random"  # widget: INT8 without data, calibrated on random inputs
 
 # -- run, what-if, history (pages 3-6) ------------------------------------------------------
 COMPARE_METHODS = "compare_methods"  # widget: other methods to compare against
@@ -95,7 +97,8 @@ DRIFT_JOB = "drift_job"  # {"for": (bundle, snapshot file), "job": id of the re-
 # `studio.options.study_options` reads them into `StudyOptions` from here.
 STUDY_WIDGETS = {MODEL: "model", OBJECTIVE: "objective", BACKEND: "backend", METHOD: "method",
                  ROUND_TO: "round_to", SAMPLES: "samples", SEED: "seed", REPEATS: "repeats",
-                 REFINE_ROUNDS: "refine_rounds", REPRESENTATIVES: "representatives"}
+                 REFINE_ROUNDS: "refine_rounds", REPRESENTATIVES: "representatives",
+                 PRECISION: "precision"}
 
 # The other widgets that study settings come from start at the engine's defaults too; the
 # rest are the app's own (layout, what is shown).
@@ -119,6 +122,7 @@ DEFAULTS = {
     SLO_MS: 20.0,  # the SLO input's starting point (the engine has no default target)
     AGENT_TOKEN: "",
     SEARCH_EFFORT: "standard",
+    CALIBRATE_RANDOM: False,
     COMPARE_METHODS: ["uniform", "global"],
     SWEEP_ON: True,
 }
@@ -130,7 +134,7 @@ PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, 
               WEIGHTS_MODE, DATA_MODE, FLOOR_MODE, FLOOR_FRACTION, FINETUNE_EPOCHS,
               FINETUNE_RUN_EPOCHS, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
               AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,
-              SEARCH_EFFORT,
+              SEARCH_EFFORT, PRECISION, CALIBRATE_RANDOM,
               COMPARE_METHODS, SWEEP_ON,
               WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE, HISTORY_MINE,
               DRIFT_NEW_CHOICE, DRIFT_THRESHOLD)

@@ -1,4 +1,4 @@
-"""Page 5, Download: the pruned model (bundle, TorchScript, ONNX) and the report (JSON, HTML).
+"""Page 5, Download: the pruned model (bundle, TorchScript, ONNX, INT8 ONNX) and the report.
 
 When the Fine-tune page's job for the run is done, its fine-tuned bundle is
 offered too, in the same formats, labelled with its held-out accuracy.
@@ -9,10 +9,10 @@ import streamlit as st
 from studio import cached
 from studio import state as S
 from studio.jobs import finetune_job
-from studio.results import accuracy_line
+from studio.results import accuracy_line, int8_accuracy_line
 
 MIMES = {"bundle": "application/zip", "model.ts": "application/octet-stream",
-         "model.onnx": "application/octet-stream", "report.json": "application/json",
+         "model.onnx": "application/octet-stream", "model.int8.onnx": "application/octet-stream", "report.json": "application/json",
          "report.html": "text/html"}
 
 
@@ -23,7 +23,8 @@ def _buttons(bundle: str, report: dict, figures: dict, key: str, stem: str, pref
     files = {kind: path.read_bytes() for kind, path in bundle_files(bundle).items()}
     files["report.html"] = cached.report_page(figures, report, key).encode()
     names = {"bundle": f"{stem}-bundle.zip", "model.ts": f"{stem}.ts",
-             "model.onnx": f"{stem}.onnx", "report.json": f"{stem}-report.json",
+             "model.onnx": f"{stem}.onnx", "model.int8.onnx": f"{stem}.int8.onnx",
+             "report.json": f"{stem}-report.json",
              "report.html": f"{stem}-report.html"}
     for kind, data in files.items():
         label, description = DOWNLOADS[kind]
@@ -77,6 +78,8 @@ def main() -> None:
                 f"measured on {rep['measured_source']}, {rep['fleet']['speedup']:.2f}x faster "
                 "than unpruned.")
     st.caption(f":material/target: {accuracy_line(rep.get('accuracy'))}")
+    if rep.get("precision") == "int8":
+        st.caption(f":material/memory: {int8_accuracy_line(rep.get('quantization'))}")
     if run.weights_label.startswith("random"):
         st.warning("Weights: **random initialisation**. The files hold the pruned architecture "
                    "with untrained weights; fine-tune it, or upload trained weights on the "

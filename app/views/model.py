@@ -17,7 +17,7 @@ import math
 import streamlit as st
 
 from hdap_engine.errors import HdapError
-from hdap_engine.options import SEARCH_EFFORTS
+from hdap_engine.options import PRECISIONS, SEARCH_EFFORTS
 from studio import cached
 from studio import state as S
 from studio.fleet import current_fleet
@@ -32,6 +32,7 @@ from studio.options import (
     model_files_allowed,
     objective_choices,
     objective_text,
+    precision_changed,
     weights_badge,
     weights_choice,
 )
@@ -323,6 +324,22 @@ def main() -> None:
                           help="The token the agents were started with (HDAP_AGENT_TOKEN).")
         elif not has_urls:
             st.caption("The agent backend appears when the fleet has an agent_url column.")
+        st.radio("Precision the model ships in", list(PRECISIONS), key=S.PRECISION,
+                 horizontal=True, on_change=precision_changed,
+                 help="INT8: every candidate is quantised by ONNX Runtime (QDQ, per-channel "
+                      "weights) before it is measured, and the bundle gains model.int8.onnx "
+                      "with its held-out accuracy. Widths round to 16 by default in INT8.")
+        if S.get(S.PRECISION) == "int8":
+            if data_choice()[0] is None:
+                st.checkbox("Calibrate INT8 on random inputs (no labelled data: the INT8 "
+                            "model's accuracy stays unknown)", key=S.CALIBRATE_RANDOM)
+                if not S.get(S.CALIBRATE_RANDOM):
+                    st.warning("INT8 calibrates on the labelled data's images, and none is "
+                               "chosen: choose labelled data above, or tick the box to "
+                               "calibrate on random inputs.", icon=":material/warning:")
+            else:
+                st.caption("INT8 is calibrated on 256 images of the labelled data, "
+                           "preprocessed as for evaluation; the host times it in ONNX Runtime.")
 
     with st.expander("Advanced options"):
         a = st.columns(7)

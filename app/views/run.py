@@ -23,7 +23,13 @@ from studio.options import (
     weights_badge,
     weights_choice,
 )
-from studio.results import accuracy_line, fleet_headline, run_view, show_figure
+from studio.results import (
+    accuracy_line,
+    fleet_headline,
+    precision_section,
+    run_view,
+    show_figure,
+)
 
 
 def _job_id() -> int | None:
@@ -83,6 +89,8 @@ def _results(run) -> None:
                f"{elapsed_text(run.seconds)}")
     fleet_headline(rep)
     st.caption(f":material/target: {accuracy_line(rep.get('accuracy'))}")
+    if rep.get("precision") == "int8":
+        precision_section(rep)
     if (rep.get("accuracy") or {}).get("unpruned") is None:
         st.caption("Choose labelled data on the Model page to measure accuracy: until it is "
                    "known, nothing says the pruned model is usable.")

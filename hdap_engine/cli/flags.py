@@ -98,7 +98,8 @@ def resolve_model_arg(args: argparse.Namespace) -> str:
 # How each `parse` name of an option's metadata reads the text of its flag.
 PARSERS = {"positive_int": positive_int, "ratio": ratio, "int": int, "float": float_flag,
             "k": k_flag, "cluster_weights": cluster_weights_flag, "columns": columns_flag,
-            "share": share_flag, "str": str, "input_shape": input_shape_flag, None: None}
+            "share": share_flag, "str": str, "input_shape": input_shape_flag, None: None,
+            "off": None}
 
 
 class OldSpelling(argparse.Action):
@@ -155,6 +156,12 @@ def add_option_flags(p: argparse.ArgumentParser, option_fields: list,
             kwargs["default"] = default
         if allowed:
             kwargs["choices"] = allowed
+        if meta.get("parse") == "off":
+            # A setting that is on by default: its flag turns it off (`--no-warm-start`).
+            kwargs.pop("metavar", None)
+            action = p.add_argument(*names, action="store_false", **kwargs)
+            action.option_field = f
+            continue
         if PARSERS[meta.get("parse")] is not None:
             kwargs["type"] = PARSERS[meta["parse"]]
         if old:
@@ -184,7 +191,7 @@ def add_study_flags(p: argparse.ArgumentParser, *, query: bool = False,
 
     top = [f for f in cli_fields("") if f.name not in ("method", "model_weights")
            or f.name in also]
-    fields = top + cli_fields("clustering", "measurement", "search")
+    fields = top + cli_fields("clustering", "measurement", "quantize", "search")
     if query:
         fields += cli_fields("query", "accuracy")
     add_option_flags(p, fields, required=("model", "budget"))
@@ -201,7 +208,7 @@ def study_options(args: argparse.Namespace, **extra):
 
     resolve_model_arg(args)
     names = {f.name for f in cli_fields("", "clustering", "measurement", "surrogate", "search",
-                                        "query", "accuracy")}
+                                        "query", "accuracy", "quantize")}
     settings = {n: getattr(args, n) for n in names if hasattr(args, n)}
     settings["agent_token"] = settings.get("agent_token") or os.environ.get("HDAP_AGENT_TOKEN")
     return StudyOptions.of(**{**settings, **extra})

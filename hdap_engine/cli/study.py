@@ -139,6 +139,14 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     from hdap_engine.accuracy.report import accuracy_summary
 
     print(accuracy_summary(r.get("accuracy")))
+    if r.get("precision") == "int8":
+        from hdap_engine.quantize.bundle import quantization_line
+
+        print(quantization_line(r.get("quantization")))
+        side = r.get("fp32_side_by_side")
+        if side:
+            print(f"int8 fleet mean {side['int8_mean_ms']:.2f} ms, the same widths in fp32 "
+                  f"{side['fp32_mean_ms']:.2f} ms ({side['source']})")
     for note in r["notes"]:
         print(f"note: {note}")
     print(f"bundle: {result.bundle}  (zip: {result.bundle}.zip)")
@@ -219,7 +227,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"measured by {result['measured_source']}; "
               f"unpruned fleet mean {result['unpruned_mean_ms']:.2f} ms")
         columns = ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
-                   "search s", "device measurements"]
+                   "search s", "device measurements", "device s"]
         if any((r.get("accuracy") or {}).get("dataset") for r in result["rows"]):
             columns += ["pruned top-1", "calibrated top-1", "fine-tuned top-1"]
         print_table(format_rows(result["rows"]), columns)
@@ -229,6 +237,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"verification: {verification}")
         for note in result.get("notes", []):
             print(f"note: {note}")
+        for r in result["rows"]:
+            stop = (r.get("measurement") or {}).get("stop")
+            if stop:
+                print(f"{r['method']}: {r['device_measurements']:,} device measurements "
+                      f"({stop['batches']} sequential batches); stopped: {stop['reason']}")
     if args.json:
         write_json(args.json, result)
         print(f"json: {args.json}")

@@ -12,6 +12,8 @@ A bundle is a folder, and the same files as a zip beside it:
                    unpickling anything
 - ``model_source.py``  a file model's source, for people to read (only for one)
 - ``report.json``  what was pruned, how, to which budget, and everything measured
+- ``model.int8.onnx``  with ``--precision int8``: the INT8 (QDQ) model, added after export
+                   by `hdap_engine.quantize.bundle.add_int8`
 
 `load_bundle` accepts the folder or the zip.
 """

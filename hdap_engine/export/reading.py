@@ -117,6 +117,8 @@ DOWNLOADS = {
     "model.ts": ("TorchScript (.ts)", "load with torch.jit.load; what many runtimes take"),
     "model.onnx": ("ONNX (.onnx)", "opset 17, checked with onnx.checker; for ONNX Runtime, "
                                    "TensorRT, OpenVINO"),
+    "model.int8.onnx": ("INT8 ONNX (.int8.onnx)", "quantised by ONNX Runtime (QDQ, per-channel "
+                                                  "weights); the model to ship in INT8"),
     "report.json": ("Report (.json)", "settings, per-cluster predicted and measured latency, "
                                       "fleet metrics, notes"),
     "report.html": ("Report (.html)", "one self-contained page with the charts, for sharing"),
@@ -131,7 +133,7 @@ def bundle_files(bundle: str | os.PathLike) -> dict[str, Path]:
     zipped = folder.with_name(folder.name + ".zip")
     if zipped.is_file():
         out["bundle"] = zipped
-    for name in ("model.ts", "model.onnx", "report.json"):
+    for name in ("model.ts", "model.onnx", "model.int8.onnx", "report.json"):
         if (folder / name).is_file():
             out[name] = folder / name
     return out

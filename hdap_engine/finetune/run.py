@@ -318,6 +318,13 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
             new_report["preprocess"] = preprocess_block(ld)
             new_report["finetuned_from"] = str(bundle)
             path = export_bundle(student.cpu(), space, widths, out, new_report, kept=kept)
+            if report.get("precision") == "int8":
+                # The INT8 model that ships is the fine-tuned one, calibrated again.
+                from hdap_engine.options import QuantizePlan
+                from hdap_engine.quantize.bundle import add_int8
+
+                plan = QuantizePlan(**((report.get("settings") or {}).get("quantize") or {}))
+                accuracy["int8"] = add_int8(path, plan, data=ld, seed=int(split_seed))
     barrier(world)
     return FinetuneResult(bundle=path, accuracy=accuracy, fit=result, model=student)
 

@@ -105,7 +105,7 @@ class AgentBackend(Backend):
     def __init__(self, urls: Mapping[str, str], token: str | None, *, clustering=None,
                  timeout: float = 30.0, measure_timeout: float = 300.0, retries: int = 2,
                  backoff: float = 0.5, busy_wait_s: float = 60.0, format: str = "onnx",
-                 max_replacements: int = 10,
+                 max_replacements: int = 10, precision: str = "fp32",
                  client_factory: Callable[..., AgentClient] = AgentClient):
         if not token:
             raise HdapError(f"the agent backend needs the agents' token: set {TOKEN_ENV} "
@@ -116,6 +116,14 @@ class AgentBackend(Backend):
             raise HdapError("the agent backend has no device with an agent_url")
         if busy_wait_s < 0 or measure_timeout <= 0:
             raise HdapError("the agent backend needs busy_wait_s >= 0 and measure_timeout > 0")
+        if precision not in ("fp32", "int8"):
+            raise HdapError(f"unknown precision {precision!r}; choose fp32 or int8")
+        if precision == "int8" and format != "onnx":
+            raise HdapError("--precision int8 sends the INT8 ONNX model; the agent format "
+                            "must be onnx")
+        self.precision = precision
+        if precision == "int8":
+            self.source = "agent (real, int8 ONNX)"
         self.format = format
         self.busy_wait_s = float(busy_wait_s)
         self.max_replacements = int(max_replacements)
@@ -220,7 +228,9 @@ class AgentBackend(Backend):
         used = self.measured_device(device) or device
         url = self.urls.get(used)
         where = urlsplit(url).netloc if url else "no-agent"
-        return f"agent:{used}@{where}/{self.formats.get(used, self.format)}"
+        key = f"agent:{used}@{where}/{self.formats.get(used, self.format)}"
+        # FP32 keeps the key it had before precisions existed (`store.precision_of`).
+        return key if self.precision == "fp32" else f"{key}/{self.precision}"
 
     def _cluster(self, device: str) -> int | None:
         if device in self._cluster_of:
@@ -402,8 +412,14 @@ class AgentBackend(Backend):
         return meas
 
     def _export(self, space: PruningSpace, widths: np.ndarray, fmt: str) -> bytes:
-        """The candidate as a model file (ONNX or TorchScript) in memory."""
+        """The candidate as a model file (ONNX or TorchScript, or INT8 ONNX) in memory."""
         from hdap_engine.export.bundle import export_onnx, export_torchscript
+
+        if self.precision == "int8":
+            # The INT8 model the device would ship, quantised once per architecture.
+            from hdap_engine.quantize.cache import int8_candidate
+
+            return int8_candidate(space, widths)
         from hdap_engine.models.zoo import build_model, get_spec
         from hdap_engine.pruning.apply import prune_to_widths
 
@@ -435,6 +451,7 @@ class AgentBackend(Backend):
                                       if d is not None and r in self._cluster_of})
             return {
                 "format": self.format,
+                "precision": self.precision,
                 "measured_on": measured_on,
                 "substituted": {r: d for r, d in measured_on.items()
                                 if d is not None and d != r},

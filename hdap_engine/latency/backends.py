@@ -48,6 +48,18 @@ class Measurements:
     times_ms: list[list[list[float]]]
     from_store: np.ndarray
     notes: list[str] = field(default_factory=list)
+    warmup: int = 0
+
+    @property
+    def device_s(self) -> float:
+        """Seconds of timing on devices these measurements cost: every timed run and warm-up
+        (pairs from the store count what they cost when they were measured)."""
+        total = 0.0
+        for i, row in enumerate(self.times_ms):
+            for j, t in enumerate(row):
+                if len(t) and np.isfinite(self.median_ms[i, j]):
+                    total += float(np.sum(t)) + self.warmup * float(self.median_ms[i, j])
+        return total / 1e3
 
     @property
     def n_measured(self) -> int:
@@ -79,8 +91,9 @@ class Backend:
         raise NotImplementedError
 
     def measure(self, space: PruningSpace, widths, devices: Sequence[str], *,
-                repeats: int = 10, warmup: int = 3, store: Store | None = None,
-                progress: Tick | None = None, fresh: bool = False) -> Measurements:
+                repeats: int | Sequence[int] = 10, warmup: int = 3,
+                store: Store | None = None, progress: Tick | None = None,
+                fresh: bool = False) -> Measurements:
         """Latency of every candidate on every device, from the store where possible.
 
         Parameters
@@ -92,8 +105,8 @@ class Backend:
         devices:
             Device ids (as in the telemetry).
         repeats, warmup:
-            Timed runs per pair (median and spread are over these), and untimed
-            runs before them.
+            Timed runs per pair (median and spread are over these): one number, or
+            one per device (adaptive repeats); and untimed runs before them.
         store:
             Where earlier measurements are looked up and new ones written.
         progress:
@@ -107,6 +120,10 @@ class Backend:
         devices = tuple(devices)
         if not devices:
             raise HdapError(f"{self.name}: no devices to measure on")
+        if not isinstance(repeats, (int, np.integer)):
+            return self._measure_by_repeats(space, widths, devices, list(repeats),
+                                            warmup=warmup, store=store, progress=progress,
+                                            fresh=fresh)
         if repeats < 1 or warmup < 0:
             raise HdapError("repeats must be >= 1 and warmup >= 0")
         n, d = len(widths), len(devices)
@@ -170,9 +187,32 @@ class Backend:
         result = Measurements(
             backend=self.name, source=self.source, model=space.model, devices=devices,
             widths=widths, median_ms=median, spread_ms=spread, times_ms=times,
-            from_store=cached)
+            from_store=cached, warmup=int(warmup))
         result.notes.extend(self.notes(result))
         return result
+
+    def _measure_by_repeats(self, space: PruningSpace, widths: np.ndarray,
+                            devices: tuple[str, ...], repeats: list[int], **kwargs
+                            ) -> Measurements:
+        """`measure` with one repeat count per device: devices grouped by their count."""
+        if len(repeats) != len(devices):
+            raise HdapError(f"{len(repeats)} repeat counts for {len(devices)} devices")
+        n, d = len(widths), len(devices)
+        out = Measurements(self.name, self.source, space.model, devices, widths,
+                           np.full((n, d), np.nan), np.full((n, d), np.nan),
+                           [[[] for _ in range(d)] for _ in range(n)],
+                           np.zeros((n, d), dtype=bool), warmup=int(kwargs["warmup"]))
+        for r in sorted(set(int(x) for x in repeats)):
+            cols = [j for j in range(d) if int(repeats[j]) == r]
+            part = self.measure(space, widths, [devices[j] for j in cols], repeats=r, **kwargs)
+            out.median_ms[:, cols] = part.median_ms
+            out.spread_ms[:, cols] = part.spread_ms
+            out.from_store[:, cols] = part.from_store
+            for i in range(n):
+                for b, j in enumerate(cols):
+                    out.times_ms[i][j] = part.times_ms[i][b]
+            out.notes.extend(n for n in part.notes if n not in out.notes)
+        return out
 
     def notes(self, result: Measurements) -> list[str]:
         """What a reader of these measurements should know (noise, fitting error)."""
@@ -228,6 +268,12 @@ class HostBackend(Backend):
         What runs the model: ``torch`` (eager, default), ``torchscript``
         (traced and frozen) or ``onnxruntime`` (exported to ONNX, ONNX
         Runtime on the CPU); see `hdap_engine.latency.runtimes`.
+    precision:
+        ``fp32``, or ``int8``: every candidate is quantised by ONNX Runtime
+        first (`hdap_engine.quantize.cache`, once per architecture) and timed
+        in ONNX Runtime; part of the store key.
+    calibration:
+        The INT8 calibrator of the timed candidates.
     """
 
     name = "host"
@@ -235,10 +281,18 @@ class HostBackend(Backend):
     real = True
 
     def __init__(self, threads: int = 1, batch_models: int = 12, seed: int = 0,
-                 clock: str = "auto", runtime: str = "torch"):
+                 clock: str = "auto", runtime: str = "torch", precision: str = "fp32",
+                 calibration: str = "minmax"):
         from hdap_engine.latency.runtimes import check_runtime
 
         self.runtime = check_runtime(runtime)
+        if precision not in ("fp32", "int8"):
+            raise HdapError(f"unknown precision {precision!r}; choose fp32 or int8")
+        if precision == "int8" and self.runtime != "onnxruntime":
+            raise HdapError("--precision int8 runs in ONNX Runtime on the host; add --runtime "
+                            "onnxruntime")
+        self.precision = precision
+        self.calibration = calibration
         if threads < 1:
             raise HdapError(f"threads must be >= 1, got {threads}")
         if clock not in ("auto", "wall", "thread"):
@@ -251,7 +305,11 @@ class HostBackend(Backend):
         self.store_chunk = 4 * self.batch_models
         self.seed = int(seed)
         self.clock = ("thread" if threads == 1 else "wall") if clock == "auto" else clock
-        self.source = (f"host (real, {self.runtime}, "
+        self.provider = "CPUExecutionProvider" if self.runtime == "onnxruntime" else None
+        what = self.runtime if self.precision == "fp32" else f"{self.runtime} int8"
+        if self.provider:
+            what += f" {self.provider}"
+        self.source = (f"host (real, {what}, "
                        f"{'thread CPU' if self.clock == 'thread' else 'wall'} time)")
 
     def device_key(self, device: str) -> str:
@@ -259,7 +317,9 @@ class HostBackend(Backend):
         # The runtime is part of it; eager torch keeps the key it had before
         # runtimes existed, so earlier measurements stay valid as torch.
         key = f"{host_device_id()}:threads={self.threads}:clock={self.clock}"
-        return key if self.runtime == "torch" else f"{key}:runtime={self.runtime}"
+        key = key if self.runtime == "torch" else f"{key}:runtime={self.runtime}"
+        # FP32 keeps the key it had before precisions existed (`store.precision_of`).
+        return key if self.precision == "fp32" else f"{key}:precision={self.precision}"
 
     def _measure(self, space, widths, devices, repeats, warmup, progress):
         import torch
@@ -278,6 +338,14 @@ class HostBackend(Backend):
         try:
             for start in range(0, m, self.batch_models):
                 idx = list(range(start, min(m, start + self.batch_models)))
+                if self.precision == "int8":
+                    runnables = self._int8_runnables(space, widths[idx], x)
+                    out[idx, 0, :] = time_models(runnables, x, repeats=repeats, warmup=warmup,
+                                                 rng=rng, clock=self.clock)
+                    done += len(idx)
+                    if progress:
+                        progress(done, m)
+                    continue
                 models = []
                 for i in idx:
                     model = build_model(space.model)
@@ -294,6 +362,16 @@ class HostBackend(Backend):
             torch.set_num_threads(old_threads)
         # Every device of a host study is this machine: the same times for each.
         return np.repeat(out, len(devices), axis=1)
+
+    def _int8_runnables(self, space, widths, x):
+        from hdap_engine.latency.runtimes import prepare_int8
+        from hdap_engine.quantize.cache import int8_candidate
+
+        bodies = [int8_candidate(space, w, calibration=self.calibration, seed=self.seed)
+                  for w in widths]
+        runnables = prepare_int8(bodies, x, threads=self.threads)
+        self.provider = runnables[0].provider if runnables else self.provider
+        return runnables
 
     def notes(self, result: Measurements) -> list[str]:
         return host_noise_notes(result.median_ms[:, 0], result.spread_ms[:, 0],

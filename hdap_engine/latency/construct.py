@@ -42,13 +42,19 @@ def make_backend(plan: MeasurementPlan, fleet, telemetry_path: str | os.PathLike
     notes: list[str] = []
     if plan.backend == "host":
         return HostBackend(threads=plan.host_threads, seed=seed, clock=plan.host_clock,
-                           runtime=plan.host_runtime), notes
+                           runtime=plan.host_runtime,
+                           precision=plan.precision), notes
     if plan.backend == "agent":
         from hdap_engine.latency.agent_backend import AgentBackend
 
-        return AgentBackend.from_fleet(fleet, token=plan.agent_token,
-                                       clustering=clustering), notes
-    return _twin_backend(plan, fleet, telemetry_path, notes, seed), notes
+        return AgentBackend.from_fleet(fleet, token=plan.agent_token, clustering=clustering,
+                                       precision=plan.precision), notes
+    twin = _twin_backend(plan, fleet, telemetry_path, notes, seed)
+    if plan.precision == "int8":
+        from hdap_engine.twin.int8 import int8_backend
+
+        return int8_backend(twin), notes
+    return twin, notes
 
 
 def _twin_backend(plan: MeasurementPlan, fleet, telemetry_path, notes: list[str],

@@ -6,10 +6,16 @@ One file, ``$HDAP_HOME/store.sqlite``, holds
   repeats) with the median, the spread and the raw times. The device key
   carries how it was measured; for the host that includes the runtime
   (``...:runtime=onnxruntime``), and a key without one is eager ``torch``, so
-  rows stored before runtimes existed stay valid (`runtime_of`);
+  rows stored before runtimes existed stay valid (`runtime_of`); the precision
+  is part of it the same way (`precision_of`: a key without one is FP32);
 - ``surrogates``: trained latency models (XGBoost's own JSON format, never a
   pickle) keyed by what they were trained on;
-- ``runs``: the history of studies with their settings and results.
+- ``runs``: the history of studies with their settings and results;
+- ``devices``: the probe vector of every device a study measured on, with its
+  scope (SKU; a later precision key joins it there), so that a later study of
+  the same model and SKU can start from those measurements (warm start:
+  `warm_start_rows`), its own devices entering the surrogate through their
+  probes.
 
 Several app users and CLI runs may share a workspace: the database runs in WAL
 mode (readers never block the writer), every write is one short transaction
@@ -49,6 +55,14 @@ CREATE TABLE IF NOT EXISTS surrogates (
     blob BLOB NOT NULL,
     created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS devices (
+    backend TEXT NOT NULL,
+    device TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    probes TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (backend, device)
+);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at REAL NOT NULL,
@@ -78,6 +92,24 @@ def runtime_of(device_key: str) -> str:
     """
     marker = ":runtime="
     return device_key.rsplit(marker, 1)[1] if marker in device_key else "torch"
+
+
+def precision_of(device_key: str) -> str:
+    """The precision a stored measurement ran in: ``...:precision=int8`` (host) or
+    ``.../int8`` (agent) or ``...:int8:`` (twin fleet key), else ``fp32``.
+
+    Parameters
+    ----------
+    device_key:
+        A measurement's device key.
+
+    Returns
+    -------
+    ``fp32`` or ``int8``.
+    """
+    int8 = (":precision=int8" in device_key or device_key.endswith("/int8")
+            or ":int8:" in device_key)
+    return "int8" if int8 else "fp32"
 
 
 def shape_key(shape: Iterable[int]) -> str:
@@ -143,6 +175,59 @@ class Store:
                 return con.execute("SELECT COUNT(*) FROM measurements").fetchone()[0]
             return con.execute("SELECT COUNT(*) FROM measurements WHERE backend = ?",
                                (backend,)).fetchone()[0]
+
+    # -- devices (warm starts) -------------------------------------------------------------
+    def put_devices(self, backend: str, scope: dict,
+                    rows: Iterable[tuple[str, dict[str, float]]]) -> int:
+        """Record (device key, {probe column: ms}) of devices measured within ``scope``.
+
+        ``scope`` says which devices' measurements may stand in for each other's:
+        ``{"sku": ...}`` today; a precision key is one more entry.
+        """
+        now = time.time()
+        text = json.dumps(scope, sort_keys=True)
+        data = [(backend, d, text, json.dumps(probes, sort_keys=True), now)
+                for d, probes in rows]
+        if not data:
+            return 0
+        database.write(self.path, lambda con: con.executemany(
+            "INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?)", data))
+        return len(data)
+
+    def warm_start_rows(self, backend: str, model: str, input_shape, scope: dict,
+                        exclude: Iterable[str] = (), limit: int = 20_000
+                        ) -> tuple[dict[str, dict[str, float]], list[tuple[str, str, float]]]:
+        """Earlier studies' measurements of ``model`` on devices of the same ``scope``.
+
+        Returns ({device key: probes}, [(device key, widths key, median ms)]),
+        newest first, at most ``limit`` rows; devices in ``exclude`` (the
+        current fleet's) are left out, so a study never warm-starts from itself.
+        Where a pair was timed with several repeat counts, the most repeats win.
+        """
+        skip = set(exclude)
+        text = json.dumps(scope, sort_keys=True)
+        with closing(self._connect()) as con:
+            devs = {d: json.loads(p) for d, p in con.execute(
+                "SELECT device, probes FROM devices WHERE backend = ? AND scope = ?",
+                (backend, text)) if d not in skip}
+            if not devs:
+                return {}, []
+            con.execute("CREATE TEMP TABLE warm (device TEXT PRIMARY KEY)")
+            con.executemany("INSERT INTO warm VALUES (?)", [(d,) for d in devs])
+            rows = con.execute(
+                """SELECT m.device, m.widths, m.median_ms FROM measurements m
+                   JOIN warm w ON m.device = w.device
+                   WHERE m.backend = ? AND m.model = ? AND m.input_shape = ?
+                   ORDER BY m.created_at DESC, m.repeats DESC LIMIT ?""",
+                (backend, model, shape_key(input_shape), int(limit))).fetchall()
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for device, widths, median in rows:
+            if (device, widths) not in seen:
+                seen.add((device, widths))
+                out.append((device, widths, float(median)))
+        used = {d for d, _, _ in out}
+        return {d: p for d, p in devs.items() if d in used}, out
 
     # -- surrogates ------------------------------------------------------------------------
     def put_surrogate(self, key: str, meta: dict, blob: bytes) -> None:

@@ -242,7 +242,8 @@ class Surrogate:
     def _evaluate(self, widths, lat, dfeat, clusters, n_train: int) -> None:
         mean, _ = self._predict_log(widths, dfeat, clusters)
         rows = []
-        for c in np.unique(clusters):
+        # Cluster -1: earlier studies' devices (a warm start); they train, they are not judged.
+        for c in np.unique(clusters[clusters >= 0]):
             m = clusters == c
             # Mean over the measured devices; NaN where none was (agents that failed).
             seen = np.isfinite(lat[:, m])
@@ -254,7 +255,8 @@ class Surrogate:
                     rows.append({"cluster": int(c), "candidate": i,
                                  "macs": float(self.space.macs(widths[i])),
                                  "measured_ms": float(true_c[i]), "predicted_ms": float(pred_c[i])})
-        df = pd.DataFrame(rows)
+        df = pd.DataFrame(rows, columns=["cluster", "candidate", "macs", "measured_ms",
+                                         "predicted_ms"])
         self.test_points_ = df
         overall = _metrics(df["predicted_ms"].to_numpy(), df["measured_ms"].to_numpy())
         overall["n_train"] = int(n_train)

@@ -46,20 +46,39 @@ class SurrogateTrainer:
     clusters: np.ndarray
     options: SurrogatePlan
 
-    def fit(self, widths: np.ndarray, latency_ms: np.ndarray) -> Surrogate:
-        """Train on (widths, latency_ms), or load the surrogate already trained on them."""
+    def fit(self, widths: np.ndarray, latency_ms: np.ndarray, prior=None) -> Surrogate:
+        """Train on (widths, latency_ms), or load the surrogate already trained on them.
+
+        ``prior`` (`hdap_engine.search.fleet_search.Prior`, a warm start) adds
+        earlier studies' devices as more columns, their candidates as more rows
+        (NaN where a device did not measure a candidate) and cluster -1: they
+        teach the shared model, and the held-out report covers this study's
+        clusters only.
+        """
+        features, clusters = self.features, np.asarray(self.clusters)
+        widths = np.asarray(widths)
+        latency_ms = np.asarray(latency_ms, dtype=np.float64)
+        if prior is not None and prior.pairs:
+            n, d = latency_ms.shape
+            n0, d0 = prior.ms.shape
+            block = np.full((n + n0, d + d0), np.nan)
+            block[:n, :d] = latency_ms
+            block[n:, d:] = prior.ms
+            widths = np.vstack([widths, prior.widths])
+            latency_ms = block
+            features = np.vstack([features, prior.features])
+            clusters = np.concatenate([clusters, np.full(d0, -1)])
         key_src = (self.backend_name + self.space.model + str(self.space.round_to)
                    + str(sorted(asdict(self.options).items()))).encode()
         h = hashlib.sha256(key_src + np.asarray(widths).tobytes()
                            + np.nan_to_num(latency_ms).tobytes()
-                           + np.log(self.features).tobytes()
-                           + np.asarray(self.clusters).tobytes())
+                           + np.log(features).tobytes()
+                           + np.asarray(clusters).tobytes())
         key = f"{self.space.model}:{h.hexdigest()[:24]}"
         stored = self.store.get_surrogate(key)
         if stored is not None:
             return Surrogate.from_bytes(self.space, stored[1])
-        sur = Surrogate(self.space, self.options).fit(widths, latency_ms, self.features,
-                                                      self.clusters)
+        sur = Surrogate(self.space, self.options).fit(widths, latency_ms, features, clusters)
         self.store.put_surrogate(key, {"model": self.space.model, "report": sur.report_,
                                        "training_hash": sur.training_hash_}, sur.to_bytes())
         return sur

@@ -5,7 +5,10 @@ in bundle D (optimised for OLD) fare on NEW's clusters, and what would a
 model re-optimised for NEW reach with the same model, budget, objective and
 backend? Both are predicted by a surrogate fitted on NEW's representatives
 and then measured there (a few measurements: the two candidates on every
-representative). ``recommend_reoptimise`` is true when the deployed model's
+representative). With the store of the first study, the re-optimisation
+warm-starts from it (`hdap_engine.study.prepare.measure_samples`): clusters
+whose representatives match devices measured before are not measured again,
+so only the clusters that moved are. ``recommend_reoptimise`` is true when the deployed model's
 measured fleet objective is worse than the re-optimised one's by more than
 `ReoptimiseOptions.threshold` (3 % by default): below that, a new rollout does not pay for
 itself.

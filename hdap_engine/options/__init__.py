@@ -1,7 +1,8 @@
 """Every option of every step: frozen dataclasses, the one place a default is written.
 
 The study's steps (`hdap_engine.options.study`): `ClusteringPlan`,
-`MeasurementPlan`, `SurrogatePlan`, `SearchPlan`, `Query` and `AccuracyPlan`,
+`MeasurementPlan`, `SurrogatePlan`, `SearchPlan`, `Query`, `AccuracyPlan` and
+`QuantizePlan`,
 held by `StudyOptions` with the model, the method and the seed. The steps
 beside and after a study (`hdap_engine.options.steps`): `DriftOptions`,
 `ReoptimiseOptions`, `RolloutOptions`, `LongFormatOptions`, `FinetuneOptions`
@@ -20,6 +21,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 from hdap_engine.options.base import option
+from hdap_engine.options.quantize import CALIBRATION_METHODS, CALIBRATION_SOURCES
 from hdap_engine.options.steps import (
     DISTILL,
     SCHEDULES,
@@ -41,6 +43,8 @@ from hdap_engine.options.study import (
     CRITERIA,
     HOST_CLOCKS,
     HOST_RUNTIMES,
+    PRECISIONS,
+    ROUND_TO_BY_PRECISION,
     SEARCH_EFFORTS,
     STUDY_WIDE,
     SURROGATE_MODES,
@@ -48,6 +52,7 @@ from hdap_engine.options.study import (
     AccuracyPlan,
     ClusteringPlan,
     MeasurementPlan,
+    QuantizePlan,
     Query,
     SearchPlan,
     StudyOptions,
@@ -87,10 +92,12 @@ def default(name: str, of: type | None = None):
 
 
 __all__ = [
-    "BACKEND_DESCRIPTIONS", "BACKENDS", "CRITERIA", "DISTILL", "HOST_CLOCKS", "HOST_RUNTIMES", "SCHEDULES", "SCRATCH",
+    "BACKEND_DESCRIPTIONS", "BACKENDS", "CALIBRATION_METHODS", "CALIBRATION_SOURCES",
+    "CRITERIA", "DISTILL", "HOST_CLOCKS", "HOST_RUNTIMES", "SCHEDULES", "SCRATCH",
     "SEARCH_EFFORTS", "STUDY_WIDE", "SURROGATE_MODES", "WHAT_IF_SETTINGS", "AccuracyPlan",
     "AppOptions", "ClusteringPlan", "DriftOptions", "FinetuneOptions", "LongFormatOptions",
-    "MacsBenchOptions", "MeasurementPlan", "ModelCheckOptions", "ProbeOptions", "Query", "ReoptimiseOptions",
+    "MacsBenchOptions", "MeasurementPlan", "ModelCheckOptions", "PRECISIONS", "ProbeOptions",
+    "QuantizePlan", "Query", "ROUND_TO_BY_PRECISION", "ReoptimiseOptions",
     "RolloutOptions", "SearchPlan", "SimulationOptions", "StudyOptions", "SurrogatePlan",
     "cli_fields", "default", "flatten_settings", "option", "search_effort",
 ]

@@ -16,7 +16,8 @@ def option(default: Any = MISSING, *, flag: str | None = None, help: str = "",
 
     ``parse`` names how the CLI reads the text (``positive_int``, ``ratio``,
     ``int``, ``float``, ``k``, ``cluster_weights``, ``columns``, ``share``,
-    ``str``; `hdap_engine.cli.flags.PARSERS`); ``choices`` are offered as they
+    ``str``; `hdap_engine.cli.flags.PARSERS`; ``off`` for a setting that is on by default
+    and whose flag turns it off); ``choices`` are offered as they
     are (or, for ``method``, read from the registry when the parser is built).
     ``aliases`` are other spellings of the same flag; ``old`` are earlier
     spellings the CLI still accepts, with a note saying so.

@@ -7,7 +7,8 @@
                      and its evolutionary operators;
 - `Query`            what is asked of a prepared study (budget, objective, cluster
                      weights, SLO): changing only the query re-uses every measurement;
-- `AccuracyPlan`     labelled data and the accuracy floor.
+- `AccuracyPlan`     labelled data and the accuracy floor;
+- `QuantizePlan`     how an INT8 model is calibrated (`hdap_engine.quantize`).
 
 `StudyOptions` adds what is pruned (model, model weights, pruning
 granularity), the method and the seed. Every setting has one flat name
@@ -24,6 +25,7 @@ from typing import Any
 from hdap_engine.errors import HdapError
 from hdap_engine.models.spec import parse_input_shape, shape_text, split_shape
 from hdap_engine.options.base import one_of, option
+from hdap_engine.options.quantize import QuantizePlan
 from hdap_engine.search.methods import get_method, method_names
 from hdap_engine.search.objectives import OBJECTIVES
 
@@ -38,6 +40,11 @@ HOST_CLOCKS = ("auto", "wall", "thread")
 # What runs the model on the host (hdap_engine/latency/runtimes.py, kept import-free here).
 HOST_RUNTIMES = ("torch", "torchscript", "onnxruntime")
 SURROGATE_MODES = ("shared", "per-cluster")
+# The precision a model ships in: searched, measured and evaluated in it (docs/int8.md).
+PRECISIONS = ("fp32", "int8")
+# `--round-to` follows the precision unless given: INT8 kernels fill 16 lanes of a 128-bit
+# register (NEON, SSE) where FP32 fills 4, and vendors ask for multiples of 16 or 32.
+ROUND_TO_BY_PRECISION = {"fp32": 8, "int8": 16}
 CRITERIA = ("bic", "silhouette")
 # Section fields that follow `StudyOptions`'s own field of the same name.
 STUDY_WIDE = ("seed",)
@@ -113,6 +120,30 @@ class MeasurementPlan:
     repeats: int = option(5, flag="--repeats", parse="positive_int",
                           help="timed runs per measurement (default %(default)s)")
     warmup: int = 2
+    # Sequential measurement (methods that measure sequentially, `hdap_engine.search.sequential`):
+    # a few samples first, then small batches until another batch is not worth its noise.
+    initial_samples: int = option(30, flag="--initial-samples", parse="positive_int",
+                                  help="candidates measured on every representative before the "
+                                       "sequential batches, for methods that measure "
+                                       "sequentially (default %(default)s)")
+    batch: int = 8  # candidates per sequential batch
+    max_measurements: int = option(1000, flag="--max-measurements", parse="positive_int",
+                                   help="most (device, candidate) measurements a sequential "
+                                        "study spends, finalists and polish included (default "
+                                        "%(default)s)")
+    warm_max_measurements: int = 200  # the same, when earlier studies warm-start this one
+    warm_start: bool = option(True, flag="--no-warm-start", parse="off",
+                              help="do not start from the store's measurements of earlier "
+                                   "studies of this model and SKU")
+    # Adaptive repeats: timed runs per measurement follow each device's observed spread, so
+    # that a median is known to `repeat_precision` (relative standard error).
+    adaptive_repeats: bool = True
+    min_repeats: int = 3
+    max_repeats: int = 15
+    repeat_precision: float = 0.015
+    # A cluster gets one representative per this much log spread of its devices (at least
+    # one, at most `ClusteringPlan.representatives`): a tight cluster is one device.
+    representative_spread: float = 0.06
     host_threads: int = option(1, flag="--threads", parse="positive_int",
                                help="PyTorch threads for the host backend (default "
                                     "%(default)s)")
@@ -123,6 +154,10 @@ class MeasurementPlan:
     host_runtime: str = option("torch", flag="--runtime", choices=HOST_RUNTIMES,
                                help="host backend: what runs the model (default %(default)s; "
                                     "onnxruntime as the device agent runs it)")
+    precision: str = option("fp32", flag="--precision", choices=PRECISIONS,
+                            help="the precision the model ships in: every candidate is "
+                                 "measured in it (int8: quantised by ONNX Runtime first; the "
+                                 "host needs --runtime onnxruntime) (default %(default)s)")
     twin_preset: str | None = option(None, flag="--twin-preset",
                                      help="twin physics for telemetry without a .twin.parquet "
                                           "sidecar (jetson-nano, rpi4)")
@@ -139,8 +174,24 @@ class MeasurementPlan:
                             f"{self.samples}")
         if self.repeats < 1 or self.warmup < 0:
             raise HdapError("repeats must be >= 1 and warmup >= 0")
+        if self.initial_samples < 10 or self.batch < 1:
+            raise HdapError(f"initial_samples must be at least 10 (the surrogate needs them) "
+                            f"and batch at least 1, got {self.initial_samples} and "
+                            f"{self.batch}")
+        if self.max_measurements < 1 or self.warm_max_measurements < 1:
+            raise HdapError("max_measurements and warm_max_measurements must be at least 1")
+        if not 1 <= self.min_repeats <= self.max_repeats:
+            raise HdapError(f"repeats need 1 <= min_repeats <= max_repeats, got "
+                            f"{self.min_repeats} and {self.max_repeats}")
+        if not self.repeat_precision > 0 or not self.representative_spread > 0:
+            raise HdapError("repeat_precision and representative_spread must be > 0")
         one_of("runtime", self.host_runtime, HOST_RUNTIMES)
         one_of("host clock", self.host_clock, HOST_CLOCKS)
+        one_of("precision", self.precision, PRECISIONS)
+        if self.precision == "int8" and self.backend == "host" and \
+                self.host_runtime != "onnxruntime":
+            raise HdapError(f"--precision int8 runs in ONNX Runtime on the host; add --runtime "
+                            f"onnxruntime (got --runtime {self.host_runtime})")
 
 
 @dataclass(frozen=True)
@@ -358,8 +409,10 @@ class StudyOptions:
                                             "random initialisation)")
     method: str = option("hdap", flag="--method", choices=("<registry>",), metavar="METHOD",
                          help="%(choices)s (default %(default)s)")
-    round_to: int = option(8, flag="--round-to", parse="positive_int",
-                           help="widths are multiples of this (default %(default)s)")
+    # None follows the precision (`ROUND_TO_BY_PRECISION`): resolved in __post_init__.
+    round_to: int | None = option(None, flag="--round-to", parse="positive_int",
+                                  help="widths are multiples of this (default 8 for fp32, "
+                                       "16 for int8)")
     min_ratio: float = option(0.1, flag="--min-ratio", parse="ratio",
                               help="keep at least this fraction of every group (default "
                                    "%(default)s)")
@@ -373,6 +426,7 @@ class StudyOptions:
     search: SearchPlan = option(default_factory=SearchPlan)
     query: Query = option(default_factory=Query)
     accuracy: AccuracyPlan = option(default_factory=AccuracyPlan)
+    quantize: QuantizePlan = option(default_factory=QuantizePlan)
 
     def __post_init__(self):
         one_of("method", self.method, method_names())
@@ -381,6 +435,15 @@ class StudyOptions:
             shape = shape_text(parse_input_shape(self.input_shape))
             object.__setattr__(self, "model", f"{base}@{shape}")
             object.__setattr__(self, "input_shape", None)
+        if self.round_to is None:
+            object.__setattr__(self, "round_to",
+                               ROUND_TO_BY_PRECISION[self.measurement.precision])
+        if self.measurement.precision == "int8" and self.quantize.calibrate_on == "data" \
+                and not self.accuracy.data:
+            raise HdapError("--precision int8 calibrates on the --data images, and there are "
+                            "none: give --data (labelled images, or 'digits'), or add "
+                            "--calibrate-on random to calibrate on random inputs (the INT8 "
+                            "accuracy is then unknown)")
         # A section's seed is the study's: one seed, however the options were made.
         for name in _SECTIONS:
             section = getattr(self, name)
@@ -415,6 +478,9 @@ class StudyOptions:
                 sections.setdefault(section, {})[name] = value
         for section, values in sections.items():
             top[section] = replace(getattr(self, section), **values)
+        if "precision" in changes and "round_to" not in changes and \
+                self.round_to == ROUND_TO_BY_PRECISION[self.measurement.precision]:
+            top["round_to"] = None  # the default follows the new precision
         return replace(self, **top)
 
     def flat(self, *, keep_token: bool = False) -> dict:

@@ -55,6 +55,8 @@ def prune_baseline(model_name: str, budget, method: str = "uniform", *, model_we
         "seed": seed,
         "round_to": round_to,
         "min_ratio": min_ratio,
+        "pruning_space": space.report(),
+        "notes": space.notes(),
     }
     return PruneResult(model=model, space=space, widths=widths, kept=kept, report=report)
 

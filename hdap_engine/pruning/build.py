@@ -23,7 +23,6 @@ meets that the counter does not count.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from torch import nn
 from hdap_engine.errors import HdapError
 from hdap_engine.pruning import groups as G
 from hdap_engine.pruning import record as R
+from hdap_engine.pruning.rows import LayerRows, SpaceData
 
 _COUNTED_ACT = (nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6, nn.GELU)
 _COUNTED_POOL = (nn.MaxPool1d, nn.AvgPool1d, nn.AvgPool2d, nn.MaxPool2d,
@@ -85,7 +85,7 @@ def _geometry(shape, forms):
 
 
 class _Rows:
-    """Layer rows under construction (see `hdap_engine.pruning.space._Layers`)."""
+    """Layer rows under construction (see `hdap_engine.pruning.rows.LayerRows`)."""
 
     def __init__(self):
         self.rows: list[dict] = []
@@ -99,7 +99,7 @@ class _Rows:
                               cin=cin, cout=cout))
 
 
-def _module_rows(rows: _Rows, op: R.Op, tp_forms, attention_types) -> None:
+def _module_rows(rows: _Rows, op: R.Op, tp_forms) -> None:
     m = op.module
     if not op.in_shapes:
         return
@@ -250,12 +250,12 @@ def _function_rows_of(rows: _Rows, op: R.Op) -> None:
         rows.add(op.name, "other", "", cin, cout, (hi, wi), (ho, wo), fn=f)
 
 
-def layer_rows(ops: list[R.Op], tp_forms: dict, attention_types: tuple) -> list[dict]:
+def layer_rows(ops: list[R.Op], tp_forms: dict) -> list[dict]:
     """Layer rows of a recording (twin rows and counted rows)."""
     rows = _Rows()
     for op in ops:
         if op.kind == "module":
-            _module_rows(rows, op, tp_forms.get(op.module), attention_types)
+            _module_rows(rows, op, tp_forms.get(op.module))
         elif op.kind == "count":
             _attention_rows(rows, op.name, op.extra["cin"], op.extra["qdim"],
                             op.extra["tokens"], op.extra["heads"], op.extra["bias"],
@@ -295,8 +295,6 @@ def torch_layers_version() -> str:
 
 
 def _arrays(rows: list[dict], n_groups: int):
-    from hdap_engine.pruning.space import _Layers
-
     def arr(key, dtype=np.int64):
         return np.array([r[key] for r in rows], dtype=dtype)
 
@@ -307,7 +305,7 @@ def _arrays(rows: list[dict], n_groups: int):
                 out[i, g] += m
         return out
 
-    return _Layers(
+    return LayerRows(
         names=tuple(r["name"] for r in rows), op=arr("op", object),
         counted=arr("counted", object), fn=arr("fn", object),
         kernel_h=arr("kh"), kernel_w=arr("kw"), stride=arr("stride"),
@@ -322,9 +320,7 @@ def _arrays(rows: list[dict], n_groups: int):
 
 def build_space(name: str, model: nn.Module, example: torch.Tensor, classifier: str,
                 input_shape: tuple[int, ...]):
-    """The pruning space of ``model`` (see the module docstring)."""
-    from hdap_engine.pruning.space import PruningSpace
-
+    """What the pruning space of ``model`` is made of (see the module docstring)."""
     model = model.eval()
     found = G.discover(model, example, classifier)
     with torch.no_grad():
@@ -347,7 +343,7 @@ def build_space(name: str, model: nn.Module, example: torch.Tensor, classifier: 
     tp_forms = G.module_forms(model, found, keep)
     counted_types = _timm_attention_types()
     ops = R.record(model, example, tp_forms, counted_types)
-    rows = layer_rows(ops, tp_forms, counted_types)
+    rows = layer_rows(ops, tp_forms)
     if not rows:
         raise HdapError("the model has no layer the pruning space can follow")
     layers = _arrays(rows, len(groups))
@@ -358,8 +354,6 @@ def build_space(name: str, model: nn.Module, example: torch.Tensor, classifier: 
                         if o and not c and o not in ("add", "mul", "cat", "copy")} |
                        {f"{o}:{f}" for o, f, c in zip(layers.op, layers.fn, layers.counted,
                                                       strict=True) if o == "other"})
-    space = PruningSpace(model=name, input_shape=tuple(input_shape), groups=groups,
-                         layers=layers, kept=kept, uncounted=tuple(uncounted))
-    counted = sum(p.numel() for p in model.parameters())
-    extra = counted - int(round(space.params(space.base_widths)))
-    return replace(space, extra_params=max(extra, 0))
+    return SpaceData(model=name, input_shape=tuple(input_shape), groups=groups, layers=layers,
+                     kept=kept, uncounted=tuple(uncounted),
+                     model_params=sum(p.numel() for p in model.parameters()))

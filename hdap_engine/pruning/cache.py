@@ -27,7 +27,7 @@ import numpy as np
 from hdap_engine.errors import HdapError
 from hdap_engine.infra.locks import TRACE_LOCK
 
-FORMAT = 1  # bump when the saved layout or the meaning of a field changes
+FORMAT = 2  # bump when the saved layout or the meaning of a field changes
 BUILD_TIMEOUT_S = float(os.environ.get("HDAP_SPACE_TIMEOUT", "900"))
 
 _MEMORY: dict[str, object] = {}
@@ -68,7 +68,8 @@ def _cache_dir() -> Path:
 
 
 def cached_space(name: str, *, timeout_s: float | None = None):
-    """The pruning space of ``name``: from memory, the workspace, or built now."""
+    """What the pruning space of ``name`` is made of: from memory, the workspace, or
+    built now (`PruningSpace.for_model` wraps it)."""
     got = _MEMORY.get(name)
     if got is not None:
         return got
@@ -107,7 +108,7 @@ def _in_process(name: str) -> bool:
 
 
 def build_now(name: str):
-    """Build the space of ``name`` in this process (no cache)."""
+    """Build the `SpaceData` of ``name`` in this process (no cache)."""
     from hdap_engine.models.zoo import build_model, get_spec
     from hdap_engine.pruning.build import build_space
 
@@ -163,7 +164,7 @@ def _write(space, path: Path) -> None:
         "model": space.model, "input_shape": list(space.input_shape),
         "groups": [[g.name, g.base, list(g.members), g.channel_groups] for g in space.groups],
         "kept": [list(k) for k in space.kept], "uncounted": list(space.uncounted),
-        "extra_params": int(space.extra_params), "format": FORMAT,
+        "model_params": int(space.model_params), "format": FORMAT,
     }
     arrays = {f: np.asarray(getattr(lay, f), dtype=str) for f in _STR_FIELDS}
     for f in _ARRAY_FIELDS:
@@ -181,7 +182,7 @@ _ARRAY_FIELDS = ("kernel_h", "kernel_w", "stride", "h_in", "w_in", "h_out", "w_o
 
 def _read(path: Path):
     from hdap_engine.pruning.groups import Group
-    from hdap_engine.pruning.space import PruningSpace, _Layers
+    from hdap_engine.pruning.rows import LayerRows, SpaceData
 
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -196,8 +197,7 @@ def _read(path: Path):
         return None
     groups = tuple(Group(name=n, base=int(b), members=tuple(m), channel_groups=int(c))
                    for n, b, m, c in meta["groups"])
-    return PruningSpace(model=meta["model"], input_shape=tuple(meta["input_shape"]),
-                        groups=groups, layers=_Layers(**fields),
-                        extra_params=int(meta["extra_params"]),
-                        kept=tuple(tuple(k) for k in meta["kept"]),
-                        uncounted=tuple(meta["uncounted"]))
+    return SpaceData(model=meta["model"], input_shape=tuple(meta["input_shape"]),
+                     groups=groups, layers=LayerRows(**fields),
+                     kept=tuple(tuple(k) for k in meta["kept"]),
+                     uncounted=tuple(meta["uncounted"]), model_params=int(meta["model_params"]))

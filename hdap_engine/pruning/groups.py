@@ -209,7 +209,14 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
             size = g.base // parts
             keep = int(widths[gi]) // parts
             if importance == "l2":
-                scores = imp(group)
+                try:
+                    scores = imp(group)
+                except IndexError:
+                    # Listed before earlier groups were pruned, the group's indices into a
+                    # concatenation can be stale (DenseNet); ask for it again, now.
+                    root = group[0].dep
+                    scores = imp(dg.get_pruning_group(root.target.module, root.handler,
+                                                      list(range(g.base))))
                 if scores is None:
                     scores = torch.arange(g.base, 0, -1, dtype=torch.float32)
                 scores = scores.float().view(parts, size).mean(dim=0)

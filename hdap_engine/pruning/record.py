@@ -176,7 +176,11 @@ class Recorder(TorchFunctionMode):
     def is_unit(self, m: nn.Module) -> bool:
         """Known layer classes are one operation; any other module (a torchvision
         ``Permute``, a custom block) is looked into, function by function."""
-        return isinstance(m, UNIT_TYPES)
+        if isinstance(m, nn.MultiheadAttention):
+            return True
+        # A subclass with children of its own (timm's BatchNormAct2d holds its
+        # activation) is looked into, so that its children are seen.
+        return isinstance(m, UNIT_TYPES) and next(m.children(), None) is None
 
     def attach(self) -> None:
         for name, m in self.model.named_modules():

@@ -30,41 +30,9 @@ import numpy as np
 from hdap_engine.errors import HdapError
 from hdap_engine.pruning.groups import Group
 from hdap_engine.pruning.layers import LayerTable
+from hdap_engine.pruning.rows import LayerRows, SpaceData
 
 __all__ = ["Group", "PruningSpace"]
-
-
-@dataclass(frozen=True)
-class _Layers:
-    """Static per-layer arrays of a recorded model (L layers, G groups).
-
-    A layer's input channels are ``cin_fixed + widths @ cin_coef.T``, its
-    outputs likewise. Rows with an empty ``op`` are counted for MACs only
-    (an attention block Torch-Pruning's counter counts on top of its layers).
-    """
-
-    names: tuple[str, ...]
-    op: np.ndarray  # twin op names (see layers.OPS), "" for a counted-only row
-    counted: np.ndarray  # how TP's counter counts it (see _layer_costs), "" when it does not
-    fn: np.ndarray
-    kernel_h: np.ndarray
-    kernel_w: np.ndarray
-    stride: np.ndarray
-    h_in: np.ndarray
-    w_in: np.ndarray
-    h_out: np.ndarray
-    w_out: np.ndarray
-    has_bias: np.ndarray
-    groups: np.ndarray
-    heads: np.ndarray
-    cin_fixed: np.ndarray  # (L,)
-    cin_coef: np.ndarray  # (L, G)
-    cout_fixed: np.ndarray
-    cout_coef: np.ndarray
-
-    @functools.cached_property
-    def twin(self) -> np.ndarray:
-        return self.op != ""
 
 
 @dataclass(frozen=True)
@@ -80,7 +48,7 @@ class PruningSpace:
     groups: tuple[Group, ...]
     round_to: int = 8
     min_ratio: float = 0.1
-    layers: _Layers = field(repr=False, default=None)
+    layers: LayerRows = field(repr=False, default=None)
     extra_params: int = field(repr=False, default=0)  # parameters outside counted layers
     kept: tuple[tuple[str, str], ...] = ()  # (layer, why) of groups kept at full width
     uncounted: tuple[str, ...] = ()  # op kinds present that Torch-Pruning's counter skips
@@ -91,7 +59,18 @@ class PruningSpace:
         """The space of a model (built once per model, then read from the cache)."""
         from hdap_engine.pruning.cache import cached_space
 
-        return cached_space(name).with_options(round_to=round_to, min_ratio=min_ratio)
+        return cls.from_data(cached_space(name)).with_options(round_to=round_to,
+                                                              min_ratio=min_ratio)
+
+    @classmethod
+    def from_data(cls, data: SpaceData) -> PruningSpace:
+        """The space of a build's findings (`hdap_engine.pruning.build.build_space`)."""
+        space = cls(model=data.model, input_shape=tuple(data.input_shape), groups=data.groups,
+                    layers=data.layers, kept=data.kept, uncounted=data.uncounted)
+        # Parameters outside the counted layers (position embeddings, class tokens,
+        # layer scales) are counted whole, so that base parameters match the model.
+        extra = data.model_params - int(round(space.params(space.base_widths)))
+        return replace(space, extra_params=max(extra, 0))
 
     def with_options(self, *, round_to: int | None = None,
                      min_ratio: float | None = None) -> PruningSpace:
@@ -295,6 +274,22 @@ class PruningSpace:
                 f"{self.model}: widths do not match this model's groups "
                 f"({len(missing)} missing, e.g. {missing[:1]}; {len(extra)} unknown, e.g. {extra[:1]})")
         return self.check_widths([int(mapping[n]) for n in names])
+
+    def report(self) -> dict:
+        """What a report says about the space: groups, what stays whole, what is not counted."""
+        return {
+            "groups": self.n_groups,
+            "kept_at_full_width": [{"layer": n, "why": why} for n, why in self.kept],
+            "uncounted_ops": list(self.uncounted),
+        }
+
+    def notes(self) -> list[str]:
+        """One line per thing a user should know about this model's space."""
+        if not self.kept:
+            return []
+        names = ", ".join(n for n, _ in self.kept[:4]) + (" ..." if len(self.kept) > 4 else "")
+        return [f"{len(self.kept)} group(s) kept at full width because pruning them breaks "
+                f"the model ({names}: {self.kept[0][1]})"]
 
     def summary(self) -> dict:
         """Plain-data description (CLI `hdap models`, the app)."""

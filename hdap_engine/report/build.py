@@ -54,7 +54,8 @@ def build_report(result) -> dict:
                                               ctx.clustering.shares_)
     opt = ctx.options
     surrogate = result.surrogate
-    notes = list(ctx.notes) + list(result.learned.notes if result.learned else ()) + val.notes
+    notes = (list(ctx.notes) + ctx.space.notes()
+             + list(result.learned.notes if result.learned else ()) + val.notes)
     report = {
         "method": result.method,
         "budget": str(opt.query.budget),
@@ -70,6 +71,7 @@ def build_report(result) -> dict:
         "model_weights": weights_label(opt.model_weights, opt.model),
         "model_ref": resolve_model(opt.model, model_weights=opt.model_weights).to_json(),
         "seed": opt.seed,
+        "pruning_space": ctx.space.report(),
         "clusters": clusters,
         "fleet": {
             "predicted_mean_ms": predicted_mean,
@@ -84,6 +86,9 @@ def build_report(result) -> dict:
         "search_s": result.search_s,
         "optimize_s": result.optimize_s,
         "device_measurements": result.device_measurements,
+        # Seconds of timing on devices, and how the sequential measurement stopped.
+        "device_s": getattr(result, "device_s", 0.0),
+        "measurement": getattr(result, "measurement", None),
         "surrogate": None if surrogate is None else surrogate.report_,
         "notes": list(dict.fromkeys(notes)),
         "settings": opt.settings(),

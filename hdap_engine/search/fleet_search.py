@@ -6,7 +6,9 @@ search plan. `FleetSearch.run(target_macs, learned)` then
 
 1. **refines** (methods that refine): a short search on the surrogate, its
    diverse favourites measured and added to the training set, the surrogate
-   refitted; `SearchPlan.refine_rounds` times;
+   refitted; `SearchPlan.refine_rounds` times, or, for methods that measure
+   sequentially, in small batches until the stopping rule says another batch
+   is not worth its noise (`hdap_engine.search.sequential`);
 2. **restarts**: `SearchPlan.restarts` independent final searches, the first
    from the refinement's favourites, the others afresh;
 3. **measures finalists** (methods that do): the best few of every run and
@@ -60,12 +62,36 @@ class SearchDevices:
 
 
 @dataclass(frozen=True)
+class Prior:
+    """Earlier studies' measurements (warm start): other devices of the same model and SKU.
+
+    They train the surrogate next to the study's own, each device entering
+    through its probe vector; they are never counted as this study's measurements.
+    """
+
+    widths: np.ndarray  # (N0, G)
+    ms: np.ndarray  # (N0, D0) median latency, NaN where a device did not measure a candidate
+    features: np.ndarray  # (D0, p) probe vector (ms) of each earlier device
+    studies_devices: int = 0  # devices they came from
+
+    @property
+    def pairs(self) -> int:
+        return int(np.isfinite(self.ms).sum())
+
+
+@dataclass(frozen=True)
 class Learned:
     """What has been measured and learned: training candidates, latencies, surrogate, counts.
 
     ``device_measurements`` counts the (device, candidate) pairs asked for so
-    far, the sampling included; ``timing_drift`` is the largest speed ratio
-    between measurement batches (real hardware only).
+    far, the sampling included, and ``device_s`` the seconds of timing they
+    cost on the devices; ``timing_drift`` is the largest speed ratio between
+    measurement batches (real hardware only). ``settled`` clusters get no
+    further learning batches: their latencies are predicted within the noise;
+    ``known`` clusters (a warm start found their devices in earlier studies)
+    are not measured at all; ``repeats`` are the timed
+    runs per measurement of each search device (adaptive repeats; None: the
+    study's fixed count); ``stop`` is the sequential measurement's record.
     """
 
     widths: np.ndarray  # (N, G)
@@ -74,6 +100,13 @@ class Learned:
     device_measurements: int
     timing_drift: float = 1.0
     notes: tuple[str, ...] = ()
+    device_s: float = 0.0
+    settled: tuple[int, ...] = ()
+    known: tuple[int, ...] = ()  # clusters a warm start matched to earlier devices: never measured
+    repeats: tuple[int, ...] | None = None
+    run_sigma: tuple[float, ...] | None = None  # each search device's relative run spread
+    prior: Prior | None = None
+    stop: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +117,7 @@ class SearchOutcome:
     predicted_cluster_ms: np.ndarray  # (k,) the final surrogate's prediction
     learned: Learned  # everything measured and learned, this run included
     device_measurements: int  # (device, candidate) pairs measured by this run alone
+    device_s: float  # seconds of timing on devices this run alone cost
     optimize_s: float  # the whole run: measurements and refits included
     search_s: float  # the surrogate-driven search alone
     history: list[float] = field(default_factory=list)  # best score per generation
@@ -110,11 +144,14 @@ class FleetSearch:
         Refits the surrogate: ``trainer.fit(widths, ms) -> Surrogate``.
     seed, repeats, warmup:
         The study's seed and timed runs per measurement.
+    sequential:
+        The stopping rule of methods that measure sequentially
+        (`hdap_engine.search.sequential.StoppingRule`); None: fixed refinement rounds.
     """
 
     def __init__(self, space: PruningSpace, devices: SearchDevices, backend: Backend,
                  store: Store, objective: Objective, method: Method, plan, trainer, *,
-                 seed: int = 0, repeats: int = 5, warmup: int = 2):
+                 seed: int = 0, repeats: int = 5, warmup: int = 2, sequential=None):
         self.space = space
         self.devices = devices
         self.backend = backend
@@ -126,6 +163,7 @@ class FleetSearch:
         self.seed = int(seed)
         self.repeats = int(repeats)
         self.warmup = int(warmup)
+        self.sequential = sequential
 
     # -- predictions ------------------------------------------------------------------
 
@@ -166,16 +204,28 @@ class FleetSearch:
         seeds = np.stack([uniform_widths(self.space, target_macs)])
         searching = 0.0
         measured = 0
+        device_s0 = state.device_s
         # Refinement searches only need to find the region worth measuring: a third as long.
         quick = replace(sopt, generations=max(1, plan.generations // 3))
-        for _ in range(plan.refine_rounds if self.method.refines else 0):
+        # Sequential measurement replaces the refinement rounds; a plan without refinement
+        # (a what-if answer, `SearchPlan.quick`) measures nothing here either.
+        sequential = bool(self.method.refines and self.method.measures_sequentially
+                          and self.sequential and plan.refine_rounds > 0)
+        if sequential:
+            from hdap_engine.search.sequential import SequentialMeasurement
+
+            loop = SequentialMeasurement(self, self.sequential, quick)
+            seeds, used, seconds = loop.run(state, target_macs, fitness, seeds, progress=tick)
+            measured += used
+            searching += seconds
+        for _ in range(plan.refine_rounds if self.method.refines and not sequential else 0):
             # Active refinement: the search's favourites lie where the surrogate has seen
             # least; measure them, learn from them, search again from them.
             res = evolve(self.space, target_macs, fitness, quick, seeds=seeds, progress=tick)
             searching += res.seconds
             favourites = diverse_best(self.space, res.final_population, plan.refine_batch)
             measured += self._measure_more(state, favourites)
-            state.surrogate = self.trainer.fit(state.widths, state.ms)
+            state.surrogate = self.trainer.fit(state.widths, state.ms, prior=state.prior)
             seeds = np.vstack([seeds[:1], favourites])
         # Independent restarts of the final search: near the optimum many candidates score
         # within the surrogate's error of each other, and one run of the search lands on
@@ -196,13 +246,23 @@ class FleetSearch:
                               for run in runs]
                              + [self._best_measured(state, target_macs,
                                                     max(1, plan.finalists // 2))])
-            widths, used = self._pick_finalist(state, np.unique(pool, axis=0), accuracy,
-                                               fitness)
+            pool = np.unique(pool, axis=0)
+            left = self._budget_left(state)
+            if left is not None:
+                # A measurement budget (sequential methods): the finalists get at most half of
+                # what is left, the polish the rest; the search's own order decides who goes.
+                cost = max(1, int(self.active_devices(state).sum()))
+                keep = max(2, min(len(pool), left // (2 * cost)))
+                pool = pool[np.argsort(fitness(pool), kind="stable")[:keep]]
+            widths, used = self._pick_finalist(state, pool, accuracy, fitness)
             if plan.polish_rounds:
-                widths, more = self._polish(state, widths, target_macs, fitness, accuracy)
+                widths, more = self._polish(state, widths, target_macs, fitness, accuracy,
+                                            spent=used)
                 used += more
             state.device_measurements += used
             measured += used
+            if state.stop is not None:
+                state.stop = {**state.stop, "finalists_and_polish": int(used)}
         elif accuracy is not None:
             # No finalists measured: the search's own ranking, checked for real.
             widths = accuracy.choose(best_run.final_population, fitness, limit=plan.finalists
@@ -211,7 +271,7 @@ class FleetSearch:
             widths=widths,
             predicted_cluster_ms=self.predict_clusters(state.surrogate, widths[None])[0],
             learned=state.freeze(), device_measurements=measured,
-            optimize_s=time.perf_counter() - t0, search_s=searching,
+            device_s=state.device_s - device_s0, optimize_s=time.perf_counter() - t0, search_s=searching,
             history=best_run.history)
 
     # -- measuring ----------------------------------------------------------------------
@@ -230,11 +290,44 @@ class FleetSearch:
         """Measured objective (M,) of candidates compared with each other (see `_head_to_head`)."""
         return self._head_to_head(_State(learned), np.asarray(widths))
 
-    def _close_call_repeats(self) -> int:
+    def _close_call_repeats(self, state: _State | None = None, active=None):
         """Timed runs for candidates whose differences are small: three times the sampling's
         on real hardware, whose noise is as large as those differences; the sampling's on the
-        twin."""
-        return self.repeats * (3 if self.backend.real else 1)
+        twin. With adaptive repeats, each active device's own count (three times it on real
+        hardware)."""
+        factor = 3 if self.backend.real else 1
+        if state is None or state.repeats is None:
+            return self.repeats * factor
+        return [int(state.repeats[j]) * factor for j in np.flatnonzero(active)]
+
+    def active_devices(self, state: _State, *, learning: bool = False) -> np.ndarray:
+        """(D,) True for the search devices still measured.
+
+        Clusters known from earlier studies (warm start) are never measured;
+        clusters settled by the sequential measurement get no further learning
+        batches (``learning``) but are measured with the finalists and the polish,
+        whose comparison decides what ships.
+        """
+        off = list(state.known) + (list(state.settled) if learning else [])
+        return ~np.isin(self.devices.clusters, off)
+
+    def _timed(self, state: _State, widths: np.ndarray, *, learning: bool = False
+               ) -> tuple[np.ndarray, int]:
+        """Measure ``widths`` afresh-or-stored on the active devices: medians (M, D), NaN on
+        the other devices, and the pairs asked for."""
+        active = self.active_devices(state, learning=learning)
+        ms = np.full((len(widths), len(self.devices)), np.nan)
+        if not active.any():
+            return ms, 0
+        ids = [d for d, a in zip(self.devices.ids, active, strict=True) if a]
+        meas = self.backend.measure(self.space, widths, ids,
+                                    repeats=self._close_call_repeats(state, active),
+                                    warmup=self.warmup, store=self.store,
+                                    fresh=self.backend.real)
+        ms[:, active] = meas.median_ms
+        state.device_s += meas.device_s
+        state.spread.append(meas)
+        return ms, len(widths) * len(ids)
 
     def _measure_more(self, state: _State, widths: np.ndarray) -> int:
         """Measure new candidates on the search devices and add them to the training set.
@@ -254,18 +347,21 @@ class FleetSearch:
         anchors = np.zeros(0, dtype=np.int64)
         if self.backend.real:
             gap = np.abs(self.space.macs(state.widths) - np.median(self.space.macs(new)))
+            # Anchors need a time of their own on every device timed now: the starting samples
+            # that differ per device (sequential methods) have one on a single device only.
+            active = self.active_devices(state, learning=True)
+            complete = np.isfinite(state.ms[:, active]).all(axis=1)
+            gap = np.where(complete if complete.any() else True, gap, np.inf)
             anchors = np.argsort(gap, kind="stable")[:TIMING_DRIFT_ANCHORS]
         batch = np.vstack([state.widths[anchors], new])
         # The search's favourites are close to each other: on noisy real hardware, with the
         # sampling's runs, their noise is the size of their differences and the next search
         # chases whichever was timed lucky.
-        meas = self.backend.measure(self.space, batch, list(self.devices.ids),
-                                    repeats=self._close_call_repeats(), warmup=self.warmup,
-                                    store=self.store, fresh=self.backend.real)
-        ms = meas.median_ms[len(anchors):]
+        timed, used = self._timed(state, batch, learning=True)
+        ms = timed[len(anchors):]
         if len(anchors):
             with np.errstate(invalid="ignore", divide="ignore"):
-                ratio = meas.median_ms[:len(anchors)] / state.ms[anchors]
+                ratio = timed[:len(anchors)] / state.ms[anchors]
             ok = np.isfinite(ratio) & (ratio > 0)
             # A device that failed (agent) has no anchors: nothing to rescale there.
             timing_drift = np.array([np.median(ratio[ok[:, j], j]) if ok[:, j].any() else 1.0
@@ -281,7 +377,7 @@ class FleetSearch:
                                + [note])
         state.widths = np.vstack([state.widths, new])
         state.ms = np.vstack([state.ms, ms])
-        used = len(batch) * len(self.devices)  # anchors are timed again: they count
+        # anchors are timed again: they count
         state.device_measurements += used
         return used
 
@@ -294,10 +390,8 @@ class FleetSearch:
         (timing drift: a winner picked across batches is often just the one timed in
         a quiet moment). The twin's noise has no timing drift, so its stored values stand.
         """
-        meas = self.backend.measure(self.space, widths, list(self.devices.ids),
-                                    repeats=self._close_call_repeats(), warmup=self.warmup,
-                                    store=self.store, fresh=self.backend.real)
-        return self.objective(self.measured_clusters(state.surrogate, widths, meas.median_ms))
+        ms, _ = self._timed(state, widths)
+        return self.objective(self.measured_clusters(state.surrogate, widths, ms))
 
     def _pick_finalist(self, state: _State, finalists: np.ndarray, accuracy=None,
                        fitness=None) -> tuple[np.ndarray, int]:
@@ -309,15 +403,21 @@ class FleetSearch:
         accuracy floor, the fastest measured finalist that keeps it.
         """
         scores = self._head_to_head(state, finalists)
-        used = len(finalists) * len(self.devices)
+        used = len(finalists) * int(self.active_devices(state).sum())
         if accuracy is not None:
             ranked = finalists[np.argsort(scores, kind="stable")]
             return accuracy.choose(ranked, fitness), used
         best = int(np.argmin(scores))
         return finalists[best], used
 
+    def _budget_left(self, state: _State) -> int | None:
+        """Pairs a sequential method may still measure (None: no budget)."""
+        if self.sequential is None or not self.method.measures_sequentially:
+            return None
+        return max(0, self.sequential.max_measurements - state.device_measurements)
+
     def _polish(self, state: _State, widths: np.ndarray, target: float,
-                fitness, accuracy=None) -> tuple[np.ndarray, int]:
+                fitness, accuracy=None, spent: int = 0) -> tuple[np.ndarray, int]:
         """Measured local search from the chosen candidate.
 
         Each round mutates the incumbent a few hundred ways (a few groups at a
@@ -332,7 +432,15 @@ class FleetSearch:
         g = self.space.n_groups
         used = 0
         seen = {widths.tobytes()}
+        left = self._budget_left(state)
+        cost = max(1, int(self.active_devices(state).sum()))
         for _ in range(self.plan.polish_rounds):
+            if left is not None:
+                # Within the measurement budget: a smaller batch, or no round at all.
+                batch = min(self.plan.polish_batch, (left - spent - used) // cost
+                            - (1 if self.backend.real else 0))
+                if batch < 2:
+                    break
             n = 20 * batch
             ratios = np.broadcast_to(self.space.ratios(widths), (n, g))
             trial = np.unique(mutate(self.space, ratios, target, rng, rate=0.15, scale=0.2),
@@ -346,7 +454,8 @@ class FleetSearch:
             # same batch, not a figure from an earlier one.
             batch_widths = np.vstack([widths[None], trial])
             scores = self._head_to_head(state, batch_widths)
-            used += (len(batch_widths) if self.backend.real else len(trial)) * len(self.devices)
+            used += ((len(batch_widths) if self.backend.real else len(trial))
+                     * int(self.active_devices(state).sum()))
             if accuracy is None:
                 widths = batch_widths[int(np.argmin(scores))]
             else:
@@ -397,11 +506,22 @@ class _State:
         self.device_measurements = learned.device_measurements
         self.timing_drift = learned.timing_drift
         self.notes = list(learned.notes)
+        self.device_s = learned.device_s
+        self.settled = tuple(learned.settled)
+        self.known = tuple(learned.known)
+        self.repeats = learned.repeats
+        self.run_sigma = learned.run_sigma
+        self.prior = learned.prior
+        self.stop = learned.stop
+        self.spread: list = []  # this run's `Measurements` (their runs tell the noise)
 
     def freeze(self) -> Learned:
         return Learned(widths=self.widths, ms=self.ms, surrogate=self.surrogate,
                        device_measurements=self.device_measurements,
-                       timing_drift=self.timing_drift, notes=tuple(self.notes))
+                       timing_drift=self.timing_drift, notes=tuple(self.notes),
+                       device_s=self.device_s, settled=self.settled, known=self.known,
+                       repeats=self.repeats,
+                       run_sigma=self.run_sigma, prior=self.prior, stop=self.stop)
 
 
 def nanmean(a: np.ndarray, axis: int | None = None):

@@ -10,8 +10,9 @@ nothing else compares method names. A method says
   paper; with or without our per-device linear base),
 - how clusters are weighted in its objective (the study's cluster weights, equal
   weights, or the lab device's cluster alone),
-- whether it refines (measure the search's favourites and refit) and whether
-  it measures finalists and polishes the chosen candidate,
+- whether it refines (measure the search's favourites and refit), whether it
+  does so sequentially with a stopping rule, and whether it measures
+  finalists and polishes the chosen candidate,
 - or, for a baseline, the rule that gives its candidate without any
   measurement (uniform keep ratio, global magnitude ranking),
 - its label and its colour in every table and chart.
@@ -50,6 +51,10 @@ class Method:
     cluster_weighting: str = "study"  # CLUSTER_WEIGHTING
     refines: bool = False  # search, measure favourites, refit (SearchPlan.refine_rounds)
     measures_finalists: bool = False  # measure finalists, polish the chosen one
+    # Measure in small batches until another is not worth its noise, instead of a fixed
+    # number of samples and refinement rounds (`hdap_engine.search.sequential`); its
+    # clusters get representatives by their spread and it warm-starts from the store.
+    measures_sequentially: bool = False
 
     def __post_init__(self):
         if self.devices not in SEARCH_DEVICES:
@@ -68,7 +73,7 @@ class Method:
         """Methods with the same family can share one prepared study (same measurements)."""
         if not self.searches:
             return ("baseline",)
-        return (self.devices, self.surrogate_mode, self.linear_base)
+        return (self.devices, self.surrogate_mode, self.linear_base, self.measures_sequentially)
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -138,7 +143,7 @@ def _global(space, target_macs, model):
 
 register_method(Method(
     "hdap", "HDAP (ours)", "HDAP (ours): shared surrogate, weighted fleet objective", "#EF553B",
-    refines=True, measures_finalists=True))
+    refines=True, measures_finalists=True, measures_sequentially=True))
 register_method(Method(
     "paper", "HDAP paper", "HDAP paper: one surrogate per cluster, plain mean", "#AB63FA",
     surrogate_mode="per-cluster", linear_base=False, cluster_weighting="equal"))

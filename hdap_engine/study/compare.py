@@ -34,11 +34,11 @@ from hdap_engine.study.run import optimize
 from hdap_engine.study.verify import fleet_metrics, verify_candidate
 
 ROW_KEYS = ("method", "macs", "fleet_mean_ms", "p95_ms", "worst_cluster_ms", "speedup",
-            "search_s", "device_measurements")
+            "search_s", "device_measurements", "device_s")
 
 
 def _row(ctx: StudyContext, method: str, widths, search_s: float, measurements: int,
-         unpruned_mean: float) -> dict:
+         unpruned_mean: float, device_s: float = 0.0) -> dict:
     val = verify_candidate(ctx, widths)
     obj = ctx.fleet_objective()
     fm = fleet_metrics(ctx, val, obj)
@@ -51,6 +51,7 @@ def _row(ctx: StudyContext, method: str, widths, search_s: float, measurements: 
         "speedup": unpruned_mean / fm["measured_mean_ms"],
         "search_s": search_s,
         "device_measurements": int(measurements),
+        "device_s": float(device_s),
         "cluster_ms": [float(x) for x in val.cluster_measured_ms],
         "widths": [int(x) for x in widths],
         "accuracy": _accuracy(ctx, widths),
@@ -108,8 +109,9 @@ def run_bench(options: StudyOptions, telemetry, *, methods=None, oracle: bool = 
         ctx = base_ctx if not spec.searches else context_for(name)
         res = optimize(ctx, method=name, progress=progress)
         row = _row(base_ctx, name, res.widths, res.search_s, res.device_measurements,
-                   unpruned_mean)
+                   unpruned_mean, res.device_s)
         row["optimize_s"] = res.optimize_s  # refinement measurements and refits included
+        row["measurement"] = res.measurement  # pairs, warm start, why it stopped
         row["search_accuracy"] = res.accuracy  # the floor and accuracy surrogate, if any
         if options.accuracy.finetune_epochs and base_ctx.accuracy is not None:
             from hdap_engine.finetune.run import finetune_candidate
@@ -175,8 +177,14 @@ def run_oracle(ctx: StudyContext, target: float, unpruned_mean: float, *,
     t0 = time.perf_counter()
     res = evolve(ctx.space, target, fitness, ctx.options.search,
                  seeds=uniform_widths(ctx.space, target)[None], progress=tick)
-    return _row(ctx, "oracle", res.widths, time.perf_counter() - t0, len(devices) * res.evaluations,
-                unpruned_mean)
+    row = _row(ctx, "oracle", res.widths, time.perf_counter() - t0,
+               len(devices) * res.evaluations, unpruned_mean)
+    # What timing every evaluation on every device would cost: each at the verified fleet
+    # mean, with the study's repeats and warm-up (an estimate: no device timed anything).
+    m = ctx.options.measurement
+    row["device_s"] = (row["device_measurements"] * (m.repeats + m.warmup)
+                       * row["fleet_mean_ms"] / 1e3)
+    return row
 
 
 def run_sweep(options: StudyOptions, telemetry, budgets: list[str], *,
@@ -315,7 +323,7 @@ def compare_context(ctx: StudyContext, budget, methods=("uniform", "global"), *,
                               telemetry_path=telemetry_path)
             res = optimize(own, query, method=name)
             rows.append(_row(ctx, name, res.widths, res.search_s, res.device_measurements,
-                             unpruned_mean))
+                             unpruned_mean, res.device_s))
         progress("compare", i + 1, len(wanted))
     return {"budget_macs": float(parse_budget(budget, ctx.space)),
             "measured_source": ctx.backend.source, "unpruned_mean_ms": unpruned_mean,
@@ -373,6 +381,7 @@ def format_rows(rows: list[dict]) -> list[dict]:
             "speedup": f"{r['speedup']:.2f}x",
             "search s": f"{r['search_s']:.1f}",
             "device measurements": f"{r['device_measurements']:,}",
+            "device s": f"{r.get('device_s', 0.0):,.1f}",
             **accuracy_columns(r.get("accuracy")),
         })
     return out

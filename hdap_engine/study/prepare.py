@@ -23,7 +23,7 @@ from hdap_engine.latency.training import SurrogateTrainer
 from hdap_engine.options import ClusteringPlan, Query, SearchPlan, StudyOptions
 from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.pruning.space import PruningSpace
-from hdap_engine.search.fleet_search import FleetSearch, Learned, SearchDevices
+from hdap_engine.search.fleet_search import FleetSearch, Learned, Prior, SearchDevices
 from hdap_engine.search.methods import Method
 from hdap_engine.search.objectives import Objective, cluster_dispersion, cluster_weights
 
@@ -115,7 +115,28 @@ class StudyContext:
         return FleetSearch(self.space, self.search_devices(method), self.backend, self.store,
                            self.objective(query, method), method, plan or self.options.search,
                            self.trainer(method), seed=self.options.seed, repeats=m.repeats,
-                           warmup=m.warmup)
+                           warmup=m.warmup, sequential=self.stopping_rule(method, plan))
+
+    def stopping_rule(self, method: Method | None = None, plan: SearchPlan | None = None):
+        """The `StoppingRule` of a method that measures sequentially (None for the others)."""
+        from hdap_engine.search.sequential import StoppingRule
+
+        method = method or self.options.method_spec
+        if not method.measures_sequentially:
+            return None
+        m = self.options.measurement
+        plan = plan or self.options.search
+        warm = self.learned is not None and self.learned.prior is not None
+        budget = m.warm_max_measurements if warm else m.max_measurements
+        cost = len(self.search_devices(method)) - sum(
+            int((self.rep_clusters == c).sum()) for c in
+            (self.learned.known if self.learned is not None else ()))
+        # Finalists (and the best measured so far) and the polish: what the loop leaves them.
+        reserve = min(budget // 2, (plan.finalists + plan.finalists // 2
+                                    + plan.polish_rounds * plan.polish_batch) * max(cost, 1))
+        return StoppingRule(batch=m.batch, max_measurements=budget, reserve=reserve,
+                            adaptive=m.adaptive_repeats, min_repeats=m.min_repeats,
+                            max_repeats=m.max_repeats, repeat_precision=m.repeat_precision)
 
 
 def load_study_fleet(telemetry, *, sku: str | None = None, name: str | None = None):
@@ -190,25 +211,41 @@ def prepare(options: StudyOptions, telemetry, *, store: Store | None = None,
     backend, backend_notes = make_backend(options.measurement, fleet, telemetry_path,
                                           clustering, seed=options.seed)
     notes.extend(backend_notes)
-    rep_devices, rep_clusters = [], []
-    for c in range(clustering.k_):
-        for dev in clustering.representatives_[c]:
-            rep_devices.append(dev)
-            rep_clusters.append(c)
     index = {d: i for i, d in enumerate(fleet.device_ids)}
     probes = fleet.probes()
+    dispersion = cluster_dispersion(probes, clustering.labels_, clustering.k_)
+    spread = (options.measurement.representative_spread
+              if options.method_spec.measures_sequentially else None)
+    rep_devices, rep_clusters = [], []
+    for c in range(clustering.k_):
+        for dev in representatives_by_spread(clustering.representatives_[c], dispersion[c],
+                                             spread):
+            rep_devices.append(dev)
+            rep_clusters.append(c)
     ctx = StudyContext(
         options=options, fleet=fleet, clustering=clustering, space=space, backend=backend,
         store=store, rep_devices=tuple(rep_devices), rep_clusters=np.array(rep_clusters),
         rep_features=probes[[index[d] for d in rep_devices]],
-        dispersion=cluster_dispersion(probes, clustering.labels_, clustering.k_),
-        notes=tuple(notes), timings=timings)
+        dispersion=dispersion, notes=tuple(notes), timings=timings)
     if options.accuracy.data:
         ctx = replace(ctx, accuracy=prepare_study_accuracy(options, progress=progress))
     if options.method_spec.searches:
         learned = measure_samples(ctx, progress=progress)
         ctx = replace(ctx, learned=learned)
     return ctx
+
+
+def representatives_by_spread(representatives: list[str], dispersion: float,
+                              spread: float | None) -> list[str]:
+    """A cluster's representatives, one per ``spread`` of its devices' log spread.
+
+    A tight cluster is one device; a wide one gets more, up to every
+    representative the clustering chose. ``spread`` None keeps them all.
+    """
+    if spread is None:
+        return list(representatives)
+    n = int(np.ceil(max(float(dispersion), 1e-12) / spread))
+    return list(representatives[:max(1, min(len(representatives), n))])
 
 
 def prepare_study_accuracy(options: StudyOptions, *, progress: Progress = no_progress):
@@ -227,28 +264,143 @@ def prepare_study_accuracy(options: StudyOptions, *, progress: Progress = no_pro
 
 
 def measure_samples(ctx: StudyContext, *, progress: Progress = no_progress) -> Learned:
-    """Measure sampled candidates on the method's devices and fit the surrogate on them."""
+    """Measure sampled candidates on the method's devices and fit the surrogate on them.
+
+    A method that measures sequentially samples `MeasurementPlan.initial_samples`
+    instead of ``samples``, starts from the store's measurements of earlier
+    studies of the same model and SKU (warm start; not with ``warm_start``
+    off), measures nothing on clusters whose every representative has a
+    device in those studies within the probes' noise, and sets each device's
+    adaptive repeats from the spread of its samples.
+    """
     opt = ctx.options
     m = opt.measurement
+    spec = opt.method_spec
     t0 = time.perf_counter()
-    samples = sample_candidates(ctx.space, m.samples, seed=opt.seed,
-                                focus_macs=parse_budget(opt.query.budget, ctx.space))
     devices = ctx.search_devices()
+    sequential = spec.measures_sequentially
+    _remember_devices(ctx, devices)
+    prior = warm_start_prior(ctx, devices) if sequential and m.warm_start else None
+    settled: tuple[int, ...] = ()
+    if prior is not None:
+        settled = known_clusters(devices, prior)  # known: never measured
+    # A study that asks for fewer samples than the sequential start gets what it asked for.
+    n = max(10, min(m.initial_samples, m.samples)) if sequential else m.samples
+    if prior is not None:
+        # Earlier studies taught the shared model; the new devices only need to be placed.
+        n = max(10, n // 3)
+    active = ~np.isin(devices.clusters, list(settled))
+    ids = [d for d, a in zip(devices.ids, active, strict=True) if a]
+    # Sequential methods: a third of the samples on every device (what tells the devices
+    # apart), the rest different on each device. The surrogate is shared: each device's
+    # own candidates teach it how candidates differ everywhere, so seven devices with 20
+    # candidates of their own show it 140 architectures for the price of 20 each.
+    core_n = max(10, n // 3) if sequential else n
+    own_n = (n - core_n) if sequential and len(ids) > 1 else 0
+    samples = sample_candidates(ctx.space, core_n + own_n * len(ids), seed=opt.seed,
+                                focus_macs=parse_budget(opt.query.budget, ctx.space))
+    if own_n:
+        samples = samples[np.random.default_rng(opt.seed).permutation(len(samples))]
 
     def tick(done, total):
         progress("measure", done, total)
 
     progress("measure", 0, len(samples))
-    meas = ctx.backend.measure(ctx.space, samples, list(devices.ids), repeats=m.repeats,
-                               warmup=m.warmup, store=ctx.store, progress=tick)
+    ms = np.full((len(samples), len(devices)), np.nan)
+    meas = None
+    device_s = 0.0
+    used = 0
+    sigma = np.full(len(devices), np.nan)
+    if ids:
+        meas = ctx.backend.measure(ctx.space, samples[:core_n], ids, repeats=m.repeats,
+                                   warmup=m.warmup, store=ctx.store, progress=tick)
+        ms[:core_n, active] = meas.median_ms
+        device_s, used = meas.device_s, core_n * len(ids)
+        if sequential:
+            from hdap_engine.search.sequential import device_sigmas
+
+            sigma[active] = device_sigmas(meas)
+        cols = np.flatnonzero(active)
+        for b, j in enumerate(cols[:len(cols) if own_n else 0]):
+            rows = slice(core_n + b * own_n, core_n + (b + 1) * own_n)
+            own = ctx.backend.measure(ctx.space, samples[rows], [devices.ids[j]],
+                                      repeats=m.repeats, warmup=m.warmup, store=ctx.store)
+            ms[rows, j] = own.median_ms[:, 0]
+            device_s += own.device_s
+            used += own_n
     progress("measure", len(samples), len(samples))
     ctx.timings["measure"] = time.perf_counter() - t0
+    repeats = None
+    if sequential and m.adaptive_repeats:
+        from hdap_engine.search.sequential import repeats_for
+
+        repeats = repeats_for(sigma, ctx.stopping_rule(spec), m.repeats)
 
     t0 = time.perf_counter()
     progress("fit", 0, 1)
-    surrogate = ctx.trainer().fit(samples, meas.median_ms)
+    surrogate = ctx.trainer().fit(samples, ms, prior=prior)
     progress("fit", 1, 1)
     ctx.timings["fit"] = time.perf_counter() - t0
-    return Learned(widths=samples, ms=meas.median_ms, surrogate=surrogate,
-                   device_measurements=samples.shape[0] * len(devices),
-                   notes=tuple(dict.fromkeys(meas.notes)))
+    notes = [] if meas is None else list(dict.fromkeys(meas.notes))
+    if prior is not None:
+        notes.append(f"warm start: {prior.pairs:,} measurements of earlier studies on "
+                     f"{prior.studies_devices} devices of this model and SKU"
+                     + (f"; clusters {', '.join(map(str, settled))} match devices measured "
+                        "before and are not measured again" if settled else ""))
+    return Learned(widths=samples, ms=ms, surrogate=surrogate,
+                   device_measurements=used, notes=tuple(notes), device_s=device_s,
+                   known=settled,
+                   repeats=repeats,
+                   run_sigma=tuple(float(x) for x in sigma) if sequential else None,
+                   prior=prior)
+
+
+# Two devices whose log probe vectors differ by less than this (root mean square over the
+# probes) are the same hardware for the surrogate: a few per cent is the probes' own noise.
+SAME_DEVICE_PROBES = 0.03
+
+
+def _scope(ctx: StudyContext) -> dict:
+    """What a device's measurements are valid for besides the model: its SKU and probes."""
+    return {"sku": ctx.fleet.sku or "", "probes": list(ctx.fleet.probe_columns)}
+
+
+def _remember_devices(ctx: StudyContext, devices: SearchDevices) -> None:
+    """Record the search devices' probe vectors in the store, for later warm starts."""
+    names = list(ctx.fleet.probe_columns)
+    ctx.store.put_devices(ctx.backend.name, _scope(ctx), [
+        (ctx.backend.device_key(d), dict(zip(names, map(float, f), strict=True)))
+        for d, f in zip(devices.ids, devices.features, strict=True)])
+
+
+def warm_start_prior(ctx: StudyContext, devices: SearchDevices) -> Prior | None:
+    """Earlier studies' measurements of this model on devices of this SKU (None: none)."""
+
+    names = list(ctx.fleet.probe_columns)
+    own = {ctx.backend.device_key(d) for d in ctx.fleet.device_ids}
+    probes, rows = ctx.store.warm_start_rows(ctx.backend.name, ctx.space.model,
+                                             ctx.space.input_shape, _scope(ctx), exclude=own)
+    if not rows:
+        return None
+    dev_index = {d: i for i, d in enumerate(probes)}
+    cand: dict[str, int] = {}
+    for _, wk, _ in rows:
+        cand.setdefault(wk, len(cand))
+    widths = np.array([[int(x) for x in wk.split(",")] for wk in cand], dtype=np.int64)
+    if widths.shape[1] != ctx.space.n_groups:
+        return None
+    ms = np.full((len(cand), len(dev_index)), np.nan)
+    for d, wk, median in rows:
+        ms[cand[wk], dev_index[d]] = median
+    features = np.array([[probes[d][n] for n in names] for d in dev_index], dtype=np.float64)
+    return Prior(widths=widths, ms=ms, features=features, studies_devices=len(dev_index))
+
+
+def known_clusters(devices: SearchDevices, prior: Prior) -> tuple[int, ...]:
+    """Clusters whose every representative has an earlier device within the probes' noise."""
+    mine = np.log(devices.features)
+    theirs = np.log(prior.features)
+    dist = np.sqrt(((mine[:, None, :] - theirs[None, :, :]) ** 2).mean(axis=2)).min(axis=1)
+    return tuple(int(c) for c in range(devices.k)
+                 if (devices.clusters == c).any()
+                 and (dist[devices.clusters == c] < SAME_DEVICE_PROBES).all())

@@ -55,8 +55,28 @@ class Optimized:
     search_s: float  # the surrogate-driven search alone (a baseline: its rule)
     device_measurements: int  # pairs measured for this answer, the sampling included
     learned: Learned | None = None  # what the method measured and learned, this run included
+    device_s: float = 0.0  # seconds of timing on devices those measurements cost
     history: list[float] = field(default_factory=list)
     accuracy: dict | None = None  # the accuracy guide's summary (floor, surrogate) with --data
+
+    @property
+    def measurement(self) -> dict | None:
+        """Measurements used and why the sequential measurement stopped (None: fixed plan)."""
+        return measurement_record(self.learned, self.device_measurements, self.device_s)
+
+
+def measurement_record(learned: Learned | None, used: int, device_s: float) -> dict | None:
+    """What the study measured: pairs, device seconds, warm start, and the stopping rule's
+    record (`hdap_engine.search.sequential`); None for methods that measure nothing."""
+    if learned is None:
+        return None
+    prior = learned.prior
+    return {"device_measurements": int(used), "device_s": float(device_s),
+            "warm_start_measurements": 0 if prior is None else prior.pairs,
+            "settled_clusters": [int(c) for c in learned.settled],
+            "known_clusters": [int(c) for c in learned.known],
+            "repeats": None if learned.repeats is None else list(learned.repeats),
+            "stop": learned.stop}
 
 
 def optimize(ctx: StudyContext, query: Query | None = None, *, method: str | None = None,
@@ -110,7 +130,7 @@ def optimize(ctx: StudyContext, query: Query | None = None, *, method: str | Non
                                                   accuracy=guide)
     return Optimized(spec.name, out.widths, target, out.predicted_cluster_ms, obj,
                      out.optimize_s, out.search_s, out.learned.device_measurements,
-                     out.learned, out.history,
+                     out.learned, out.learned.device_s, out.history,
                      accuracy=None if guide is None else
                      {**guide.summary(), "chosen_calibrated": float(guide.evaluate(out.widths)[0])})
 
@@ -133,6 +153,8 @@ class StudyResult:
     optimize_s: float
     device_measurements: int
     learned: Learned | None = None
+    device_s: float = 0.0  # seconds of timing on devices the measurements cost
+    measurement: dict | None = None  # what was measured and why it stopped (`measurement_record`)
     search_history: list[float] = field(default_factory=list)
     accuracy: dict = field(default_factory=dict)  # held-out Evaluations by stage, with --data
     search_accuracy: dict | None = None  # the search's floor and accuracy surrogate
@@ -195,18 +217,32 @@ def run_study(options: StudyOptions, telemetry, *, out_dir: str | os.PathLike | 
         unpruned=verify_candidate(ctx, ctx.space.base_widths, progress=progress),
         objective=chosen.objective, search_s=chosen.search_s, optimize_s=chosen.optimize_s,
         device_measurements=chosen.device_measurements, learned=chosen.learned,
+        device_s=chosen.device_s, measurement=chosen.measurement,
         search_history=chosen.history, accuracy=figures, search_accuracy=chosen.accuracy,
         model=model, kept=kept)
     result.report = build_report(result)
+    from hdap_engine.quantize.study import precision_report, ship_int8
+
+    result.report.update(precision_report(ctx, chosen.widths, progress=progress))
     if export and out_dir is not None:
         progress("export", 0, 1)
         result.bundle = export_bundle(model, ctx.space, chosen.widths, out_dir, result.report,
                                       kept=kept)
+        if options.measurement.precision == "int8":
+            result.report["quantization"] = ship_int8(ctx, result.bundle)
+            result.report["notes"] = read_report_notes(result.bundle)
         progress("export", 1, 1)
     if record:
         ctx.store.add_run(f"{options.model} {options.method} {format_macs(result.target_macs)}",
                           options.settings(), history_entry(result))
     return result
+
+
+def read_report_notes(bundle) -> list[str]:
+    """The notes of a bundle's report.json (INT8 adds its own after export)."""
+    import json
+
+    return list(json.loads((Path(bundle) / "report.json").read_text()).get("notes") or [])
 
 
 def reuse_options(prepared: StudyOptions, wanted: StudyOptions) -> StudyOptions:
