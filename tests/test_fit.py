@@ -77,11 +77,16 @@ def test_host_preset_reproduces_its_own_probe_row():
     assert b == pytest.approx(a, rel=0.1)
 
 
-def test_host_preset_uses_the_vector_width_from_the_row():
-    truth = generic_cpu_preset(name="host", cores=1, channel_tile=16, misaligned_eff=0.8)
-    row = _synthetic_host_row(truth) | {"simd_lanes": 16}
-    fitted = fit_preset_from_probes(row)
-    assert fitted.channel_tile == 16 and fitted.misaligned_eff == pytest.approx(0.8, abs=0.05)
+def test_host_preset_uses_the_vector_width_from_the_row_input_channels_padding_to_8():
+    # a 16-lane (AVX-512) CPU: outputs fill the vector, inputs run 8-channel blocks
+    truth = generic_cpu_preset(name="host", cores=1, channel_tile=16, cin_tile=8,
+                               misaligned_eff=0.8, misaligned_tile=8)
+    fitted = fit_preset_from_probes(_synthetic_host_row(truth) | {"simd_lanes": 16})
+    assert (fitted.channel_tile, fitted.cin_tile) == (16, 8)
+    assert fitted.misaligned_eff == pytest.approx(0.8, abs=0.05)
+    narrow = generic_cpu_preset(name="host", cores=1, channel_tile=4, misaligned_tile=4)
+    fitted = fit_preset_from_probes(_synthetic_host_row(narrow) | {"simd_lanes": 4})
+    assert (fitted.channel_tile, fitted.cin_tile) == (4, 4)
 
 
 def test_host_preset_refuses_an_incomplete_row():
@@ -97,3 +102,17 @@ def test_host_preset_refuses_an_incomplete_row():
 def test_fitted_host_preset_is_a_cpu_preset():
     fitted = fit_preset_from_probes(_synthetic_host_row(replace(generic_cpu_preset(name="h"))))
     assert fitted.kind == "cpu" and fitted.name == "host" and not fitted.async_launch
+
+
+def test_host_preset_takes_a_depthwise_calls_fixed_cost_from_the_host_probe():
+    from hdap_engine.fleet.probes import probe_tables
+
+    truth = generic_cpu_preset(name="host", cores=1, dw_overhead_us=45.0)
+    row = _synthetic_host_row(truth)
+    small = probe_tables(host=True)["dwconv3x3_small"]
+    row["probe_dwconv3x3_small_ms"] = float(
+        Twin(truth).expected_ms(small, DeviceStates.nominal(1, sku="host"))[0, 0])
+    fitted = fit_preset_from_probes(row)
+    assert fitted.dw_overhead_us == pytest.approx(45.0, rel=0.15)
+    # without the host probe the standard row says nothing about it
+    assert fit_preset_from_probes(_synthetic_host_row(truth)).dw_overhead_us == 0.0

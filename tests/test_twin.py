@@ -18,6 +18,7 @@ from hdap_engine.twin import (
     RPI4,
     DeviceStates,
     Twin,
+    generic_cpu_preset,
     load_twin_states,
     mechanisms_for,
     select_states,
@@ -249,3 +250,132 @@ def test_twin_probes_are_positive_and_ordered_sensibly():
         assert p["probe_copy_large_ms"] > 10 * p["probe_copy_small_ms"]
         assert p["probe_conv3x3_ms"] > p["probe_conv3x3_small_ms"]
         assert p["probe_tiny_ms"] < p["probe_conv3x3_ms"]
+
+
+# --- every op of the layer vocabulary has a price ---------------------------
+
+def _one_op(op: str, c: int, **extra) -> dict:
+    """One layer of ``op`` with ``c`` channels, at a shape where it is used in real networks."""
+    row = dict(name=op, op=op, cin=c, cout=c, h_in=28, w_in=28)
+    if op == "gconv":
+        row.update(kernel=3, groups=8)
+    elif op in ("linear", "matmul"):
+        row.update(h_in=197, w_in=1)  # token rows of a ViT
+    elif op == "norm":
+        row.update(h_in=197, w_in=1)
+    elif op == "softmax":
+        row.update(h_in=3 * 197, w_in=1)
+    elif op == "mul":
+        row.update(h_in=1, w_in=1, h_out=28, w_out=28)  # a squeeze-excitation gate
+    row.update(extra)
+    return row
+
+
+NEW_OPS = ("gconv", "matmul", "norm", "softmax", "mul", "cat", "other")
+
+
+@pytest.mark.parametrize("op", NEW_OPS + ("linear",))
+@pytest.mark.parametrize("sku", sorted(PRESETS))
+def test_every_new_op_costs_time_and_more_with_more_channels(op, sku):
+    tw = Twin(PRESETS[sku])
+    ms = [tw.latency_ms(make_table([_one_op(op, c, fn="einsum" if op == "other" else "")]),
+                        nominal(sku), noise=False)[0, 0] for c in (64, 256, 1024, 4096)]
+    assert ms[0] > 0 and np.all(np.isfinite(ms))
+    # never cheaper with more channels; a GPU's smallest kernels all cost one launch
+    assert np.all(np.diff(ms) >= 0) and ms[3] > 1.5 * ms[0]
+
+
+@pytest.mark.parametrize("preset", [RPI4, generic_cpu_preset()],
+                         ids=["rpi4", "generic-cpu"])
+def test_transcendental_activations_cost_more_than_relu_on_a_cpu(preset):
+    tw = Twin(preset)
+
+    def act(fn):  # a MobileNet-sized activation that stays in the cache
+        t = make_table([dict(name="a", op="act", fn=fn, cin=96, cout=96, h_in=28, w_in=28)])
+        return tw.latency_ms(t, nominal(preset.name), noise=False)[0, 0]
+
+    relu = act("relu")
+    assert act("gelu") > 1.5 * relu
+    assert act("silu") > 1.5 * relu
+    assert act("sigmoid") > 1.5 * relu
+    assert relu <= act("hardswish") < act("silu")  # piecewise linear: no exponential
+    assert act("") == relu  # an unnamed activation is priced as a ReLU
+
+
+def test_activations_on_a_gpu_are_memory_bound_so_gelu_is_never_cheaper():
+    tw = Twin(JETSON_NANO)
+    ms = {fn: tw.latency_ms(make_table([dict(name="a", op="act", fn=fn, cin=256, cout=256,
+                                             h_in=56, w_in=56)]),
+                            nominal("jetson-nano"), noise=False)[0, 0]
+          for fn in ("relu", "gelu")}
+    assert ms["gelu"] >= ms["relu"]
+
+
+@pytest.mark.parametrize("sku", sorted(PRESETS))
+def test_grouped_conv_costs_less_than_the_dense_one_but_more_per_mac(sku):
+    tw = Twin(PRESETS[sku])
+
+    def conv(op, groups=1):
+        t = make_table([dict(name="c", op=op, cin=256, cout=256, h_in=28, w_in=28, kernel=3,
+                             groups=groups)])
+        return t, tw.latency_ms(t, nominal(sku), noise=False)[0, 0]
+
+    dense_t, dense = conv("conv")
+    g_t, grouped = conv("gconv", 8)
+    assert grouped < dense
+    assert grouped / g_t.macs().sum() > dense / dense_t.macs().sum()
+
+
+def test_softmax_and_norm_sweep_memory_more_than_an_add():
+    tw = Twin(RPI4)
+
+    def cost(op):
+        t = make_table([dict(name=op, op=op, cin=768, cout=768, h_in=197, w_in=1)])
+        return tw.latency_ms(t, nominal("rpi4"), noise=False)[0, 0]
+
+    assert cost("softmax") > cost("norm") > cost("add")
+
+
+def test_fused_ops_still_fold_into_a_grouped_conv_on_jetson():
+    g = dict(name="g", op="gconv", cin=128, cout=128, h_in=28, w_in=28, kernel=3, groups=8)
+    bn = dict(name="g.bn", op="bn", cin=128, cout=128, h_in=28, w_in=28)
+    act = dict(name="g.act", op="act", fn="silu", cin=128, cout=128, h_in=28, w_in=28)
+    tw = Twin(JETSON_NANO)
+    alone, fused = (tw.latency_ms(make_table(r), nominal("jetson-nano"), noise=False)[0, 0]
+                    for r in ([g], [g, bn, act]))
+    assert fused == pytest.approx(alone)
+
+
+def test_an_op_without_physics_is_priced_by_its_traffic_and_named_as_a_fallback():
+    rows = [dict(name="conv", op="conv", cin=64, cout=64, h_in=28, w_in=28, kernel=3),
+            dict(name="shuffle", op="other", fn="channel_shuffle", cin=64, cout=64,
+                 h_in=28, w_in=28),
+            dict(name="act", op="act", fn="relu", cin=64, cout=64, h_in=28, w_in=28),
+            dict(name="weird", op="act", fn="bent_identity", cin=64, cout=64, h_in=28, w_in=28)]
+    table = make_table(rows)
+    tw = Twin(RPI4)
+    per_layer = tw.layer_ms(table, nominal("rpi4"))[0, :, 0]
+    assert np.all(per_layer > 0)
+    assert per_layer.sum() == pytest.approx(tw.latency_ms(table, nominal("rpi4"),
+                                                          noise=False)[0, 0])
+    # the fallback moves the bytes of a copy of the same shape
+    copy = make_table([dict(rows[1], op="copy", fn="")])
+    assert per_layer[1] == pytest.approx(tw.latency_ms(copy, nominal("rpi4"),
+                                                       noise=False)[0, 0])
+    listed = tw.fallback_layers(table)
+    assert [(f["name"], f["fn"]) for f in listed] == [("shuffle", "channel_shuffle"),
+                                                      ("weird", "bent_identity")]
+    assert "memory traffic" in listed[0]["fallback"]
+    assert tw.fallback_layers(reference_table("resnet18")) == []
+
+
+def test_a_global_pool_pays_eager_pytorchs_three_kernel_calls_on_a_cpu_preset():
+    pool = make_table([dict(name="p", op="pool", cin=64, cout=64, h_in=7, w_in=7, kernel=7,
+                            h_out=1, w_out=1)])
+    relu = make_table([dict(name="a", op="act", fn="relu", cin=64, cout=1, h_in=1, w_in=1)])
+    cpu = generic_cpu_preset()
+    tw = Twin(cpu)
+    ms_pool, ms_relu = (tw.latency_ms(t, nominal(cpu.name), noise=False)[0, 0]
+                        for t in (pool, relu))
+    assert ms_pool > 2.5 * ms_relu  # sum, divide, copy: three fixed costs
+    assert tw.layer_ms(pool, nominal(cpu.name))[0, 0, 0] == pytest.approx(ms_pool)

@@ -22,7 +22,13 @@ import numpy as np
 import pandas as pd
 
 from hdap_engine.errors import HdapError
-from hdap_engine.fleet.probes import PROBE_ROWS, STANDARD_PROBES, probe_column, probe_tables
+from hdap_engine.fleet.probes import (
+    HOST_PROBE_ROWS,
+    PROBE_ROWS,
+    STANDARD_PROBES,
+    probe_column,
+    probe_tables,
+)
 from hdap_engine.twin.physics import Twin
 from hdap_engine.twin.presets import SkuPreset, generic_cpu_preset, get_preset
 from hdap_engine.twin.states import DeviceStates
@@ -168,7 +174,7 @@ def fit_states_from_probes(probes: pd.DataFrame, preset: SkuPreset | str, *,
 # --- the host's own preset ---------------------------------------------------
 
 _TILES = (1, 4, 8, 16, 32, 64)
-_K_HALF = tuple(np.round(np.geomspace(4, 2048, 28), 1)) + (0.0,)
+_WORK_HALF = tuple(np.round(np.geomspace(256, 262144, 31), 0)) + (0.0,)
 
 
 def _row_dict(row) -> dict:
@@ -183,6 +189,13 @@ def _row_dict(row) -> dict:
     return dict(row)
 
 
+def _positive(v) -> bool:
+    try:
+        return bool(np.isfinite(float(v)) and float(v) > 0)
+    except (TypeError, ValueError):
+        return False
+
+
 def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> SkuPreset:
     """A CPU-class preset whose parameters come from one measured probe row.
 
@@ -190,13 +203,16 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
     from ``tiny``; the extra fixed cost of a conv call from ``conv3x3_small``;
     DRAM, last-level-cache and near-cache bandwidths from the three copies;
     peak throughput from ``conv3x3``; the 1x1, depthwise, GEMV, pooling and
-    batch-norm efficiencies from their probes; the channel tile from the
-    vector width (``simd_lanes``; a CPU's blocked layout pads input and output
-    channels alike) and the extra cost of off-tile channels from
-    ``conv3x3_odd``; the pixel tile from ``conv3x3_7x7``; the GEMM depth at
-    half efficiency from ``conv3x3_thin``. Cache sizes, the thread count and
-    the vector width come from the row's context columns (``l2_kb``,
-    ``llc_kb``, ``threads``, ``simd_lanes``, as `hdap probe` writes them). The parameters are
+    batch-norm efficiencies from their probes; the output-channel tile from
+    the vector width (``simd_lanes``; input channels pad to at most 8) and the
+    extra cost of channels off a multiple of 8 from
+    ``conv3x3_odd``; the pixel tile from ``conv3x3_7x7``; the saturation of
+    the small-tile law (MACs per output pixel) from ``conv3x3_thin``. Cache
+    sizes, the thread count and the vector width come from the row's context
+    columns (``l2_kb``, ``llc_kb``, ``threads``, ``simd_lanes``, as `hdap
+    probe` writes them). When the row has the host-only
+    ``probe_dwconv3x3_small_ms`` (`HOST_PROBES`, as the realism check times
+    them), the fixed cost of a depthwise call comes from it. The parameters are
     refined a few times through the forward twin so that the preset reproduces
     its own probe row.
 
@@ -241,18 +257,28 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
     llc_kb = ctx("llc_kb", 0.0)
     preset = generic_cpu_preset(
         name=name, cores=threads, clock_ghz=1.0, flops_per_cycle=32.0,
-        channel_tile=lanes or 8, cin_tile=lanes or 8,
+        # Output channels fill the vector (8 channels use half of an AVX-512
+        # register: a 3x3 conv 8 -> 8 runs at 76 ps per MAC, 64 -> 64 at 21),
+        # but input channels pad to 8 at most: oneDNN blocks them by 8 on a
+        # 16-lane CPU too (104 channels run at the speed of 112, not of 128).
+        # Only counts off a multiple of 8 take the slower generic kernel.
+        channel_tile=lanes or 8, cin_tile=min(8, lanes or 8),
+        misaligned_tile=min(8, lanes or 8),
         cache_kb=l2_kb, llc_kb=llc_kb if llc_kb > l2_kb else 0.0,
         llc_gbps=40.0 if llc_kb > l2_kb else 0.0,
         kernel_overhead_us=meas["tiny"] * 1e3 / len(PROBE_ROWS["tiny"]),
         description=f"fitted from a probe row: {threads:g} threads",
     )
-    tables = probe_tables()
+    tables = probe_tables(host=True)
     nominal = DeviceStates.nominal(1, sku=name)
+    # host-only probes the row has (the realism check times them)
+    host_extra = [n for n in HOST_PROBE_ROWS if _positive(r.get(probe_column(n)))]
+    meas.update({n: float(r[probe_column(n)]) for n in host_extra})
 
     def predict(p: SkuPreset) -> dict[str, float]:
         tw = Twin(p)
-        return {n: float(tw.expected_ms(tables[n], nominal)[0, 0]) for n in STANDARD_PROBES}
+        return {n: float(tw.expected_ms(tables[n], nominal)[0, 0])
+                for n in STANDARD_PROBES + tuple(host_extra)}
 
     def ratio(pred, n):  # > 1: the preset is too slow on probe n
         return pred[n] / meas[n]
@@ -285,6 +311,9 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
             0.1, preset.kernel_overhead_us + (meas["tiny"] - pred["tiny"]) * 1e3 / n_tiny)
         changes["mac_overhead_us"] = max(
             0.0, preset.mac_overhead_us + (meas["conv3x3_small"] - pred["conv3x3_small"]) * 1e3)
+        if "dwconv3x3_small" in host_extra:
+            changes["dw_overhead_us"] = max(0.0, preset.dw_overhead_us + (
+                meas["dwconv3x3_small"] - pred["dwconv3x3_small"]) * 1e3)
         preset = replace(preset, **changes)
         # Tile widths: the channel tile is the CPU's vector width when the row
         # says it (``simd_lanes``), and whatever slowdown of the odd-channel conv
@@ -311,14 +340,17 @@ def fit_preset_from_probes(row, *, name: str = "host", iterations: int = 8) -> S
             best = _TILES[int(np.argmin(errs))]
             extra = {"cin_tile": best} if field_name == "channel_tile" else {}
             preset = replace(preset, **{field_name: best}, **extra)
-        # GEMM depth at half efficiency: the value that best explains the thin conv.
+        # Saturation of the small-tile law: the value that best explains
+        # the thin conv (16 channels in and out). Its slowness is a small tile
+        # (short K and narrow N together), not a short K alone: a 1x1 conv with
+        # 48 inputs and 128 outputs runs near peak, which a K-only rule misses.
         errs = []
-        for k_half in _K_HALF:
-            tw = Twin(replace(preset, k_half=k_half))
+        for half in _WORK_HALF:
+            tw = Twin(replace(preset, small_tile_macs=half))
             ratio_pred = (tw.expected_ms(tables["conv3x3_thin"], nominal)[0, 0]
                           / tw.expected_ms(tables["conv3x3"], nominal)[0, 0])
             errs.append(abs(np.log(ratio_pred) - np.log(meas["conv3x3_thin"] / meas["conv3x3"])))
-        preset = replace(preset, k_half=float(_K_HALF[int(np.argmin(errs))]))
+        preset = replace(preset, small_tile_macs=float(_WORK_HALF[int(np.argmin(errs))]))
     return preset
 
 

@@ -22,7 +22,13 @@ hardware-dependent:
   no longer fits the (possibly stolen) cache;
 - element-wise layers that the runtime folds into the preceding kernel
   (TensorRT fuses batch norm and activation into the convolution; PyTorch
-  eager on a CPU does not) cost nothing.
+  eager on a CPU does not) cost nothing;
+- every op of the layer vocabulary has a class: grouped convs are per-group
+  GEMMs, linear layers and matrix products on token rows are GEMMs, an
+  activation costs by its function (a transcendental one, ``ACT_COST``, several
+  times a ReLU), softmax and norms sweep their input more than once, gates,
+  concatenations and copies move memory; an ``other`` op is priced by its
+  memory traffic, a stated fallback that `Twin.fallback_layers` names.
 
 Each device of a fleet has a latent state (`hdap_engine.twin.states.DeviceStates`): clock, share of the
 compute engine, active units, DRAM bandwidth, cache capacity and per-kernel
@@ -50,7 +56,75 @@ from hdap_engine.twin.states import DeviceStates
 
 # --- the physics -------------------------------------------------------------
 
-_MAC_OPS = ("conv", "dwconv", "linear")
+_MAC_OPS = ("conv", "dwconv", "gconv", "linear", "matmul")
+"""Ops that run as a GEMM-like kernel: they pay the call cost of a conv / linear
+and an element-wise op right after them can be fused into their epilogue."""
+
+# FLOPs per element of an activation by function: (plain arithmetic ops,
+# transcendental evaluations). A transcendental (exp, erf, tanh) costs the
+# preset's ``transcendental_flops``: SiLU, GELU, sigmoid and tanh cost several
+# times a ReLU of the same shape; the piecewise-linear hard variants do not.
+ACT_COST: dict[str, tuple[float, float]] = {
+    "": (1.0, 0.0),  # an activation the layer table did not name: ReLU, the common case
+    "relu": (1.0, 0.0),
+    "relu6": (2.0, 0.0),
+    "leaky_relu": (2.0, 0.0),
+    "hardtanh": (2.0, 0.0),
+    "prelu": (2.0, 0.0),
+    "hardswish": (4.0, 0.0),
+    "hardsigmoid": (3.0, 0.0),
+    "sigmoid": (2.0, 1.0),
+    "silu": (3.0, 1.0),
+    "swish": (3.0, 1.0),
+    "tanh": (2.0, 1.0),
+    "gelu": (4.0, 1.0),
+    "elu": (2.0, 1.0),
+    "selu": (3.0, 1.0),
+    "celu": (3.0, 1.0),
+    "softplus": (2.0, 1.0),
+    "logsigmoid": (3.0, 1.0),
+    "mish": (4.0, 2.0),
+}
+_UNKNOWN_ACT = (4.0, 1.0)  # fallback for an activation not listed: priced like a GELU
+
+# Element-wise FLOPs per output element of the other non-GEMM ops. A softmax
+# is an exponential per element plus the max, subtract, sum and divide; a
+# layer / group norm accumulates a mean and a variance, then normalises and
+# applies the affine; copies, concatenations and ops the twin has no class for
+# move memory only.
+_ELT_FLOPS = {"bn": 2.0, "norm": 5.0, "add": 1.0, "mul": 1.0, "act": 1.0,
+              "copy": 0.0, "cat": 0.0, "other": 0.0}
+_SOFTMAX_ARITH = 4.0
+
+
+def _act_cost(fn: str) -> tuple[float, float]:
+    return ACT_COST.get(str(fn).lower(), _UNKNOWN_ACT)
+
+
+def _eltwise_flops(op: np.ndarray, fn: np.ndarray, k: np.ndarray,
+                   transcendental: float) -> np.ndarray:
+    """(K,) FLOPs per output element of each non-GEMM layer (a pool: its window)."""
+    out = np.zeros(len(op))
+    for i, (o, f) in enumerate(zip(op, fn, strict=True)):
+        if o == "act":
+            arith, trans = _act_cost(f)
+            out[i] = arith + trans * transcendental
+        elif o == "softmax":
+            out[i] = _SOFTMAX_ARITH + transcendental
+        elif o == "pool":
+            out[i] = k[i]
+        else:
+            out[i] = _ELT_FLOPS.get(str(o), 0.0)
+    return out
+
+
+def fallback_reason(op: str, fn: str) -> str | None:
+    """Why the twin prices a layer by a fallback, or None when it has physics for it."""
+    if op == "other":
+        return f"no cost class for {fn or 'this op'!r}: priced by its memory traffic"
+    if op == "act" and str(fn).lower() not in ACT_COST:
+        return f"activation {fn!r} not known: priced like a GELU (one transcendental per element)"
+    return None
 
 
 def _resolve_rng(rng) -> np.random.Generator:
@@ -72,6 +146,10 @@ class _Prepared:
     traffic: list[tuple[np.ndarray, np.ndarray]]  # (bytes, 1 / resident size), both (N, K)
     n_kernels: np.ndarray  # (N,) kernels that pay the fixed overhead
     n_mac: np.ndarray  # (N,) conv / linear kernels among them
+    keep: np.ndarray  # (L,) layers that run as their own kernel (K of them)
+    mac_mask: np.ndarray  # (K,) which of the K kernels pay the conv / linear call cost
+    calls: np.ndarray  # (K,) fixed costs each kernel pays (a global pool may be several)
+    dw_mask: np.ndarray  # (K,) depthwise kernels (their own fixed cost on top)
 
 
 class Twin:
@@ -102,6 +180,26 @@ class Twin:
             prev_fusable = op in _MAC_OPS
         return keep
 
+    def fallback_layers(self, table: LayerTable) -> list[dict]:
+        """Layers the twin prices by a stated fallback rather than by their own physics.
+
+        An ``other`` op (one the pruning space met but has no class for) is
+        priced by its memory traffic plus a kernel's fixed cost; an activation
+        whose function is not in `ACT_COST` like a GELU. Reports list these so
+        that a reader knows which figures rest on a fallback.
+
+        Returns
+        -------
+        list[dict]
+            One ``{"name", "op", "fn", "fallback"}`` per such layer, in table order.
+        """
+        out = []
+        for name, op, fn in zip(table.names, table.op, table.fn, strict=True):
+            reason = fallback_reason(str(op), str(fn))
+            if reason is not None:
+                out.append({"name": name, "op": str(op), "fn": str(fn), "fallback": reason})
+        return out
+
     def _prepare(self, table: LayerTable) -> _Prepared:
         p = self.preset
         keep = self.kept_layers(table)
@@ -117,56 +215,77 @@ class Twin:
         w_el = w_el_all[:, keep]
 
         is_conv = op == "conv"
+        is_g = op == "gconv"
+        is_dense = is_conv | is_g  # a GEMM per group (one group for a dense conv)
         is_1x1 = is_conv & (k == 1)
         is_dw = op == "dwconv"
-        is_fc = op == "linear"
-        is_mac = is_conv | is_dw | is_fc
+        is_rows = np.isin(op, ("linear", "matmul"))
+        is_fc = is_rows & (pix == 1)  # batch-1 GEMV: one row
+        is_gemm = is_rows & (pix > 1)  # token rows: a GEMM, shaped like a 1x1 conv
+        is_mac = is_dense | is_dw | is_rows
+        # A depthwise conv reads as many channels as it writes (groups == channels)
+        in_el = np.where(is_dw, cout * (table.h_in * table.w_in)[keep], in_el)
+        # A grouped conv is `groups` independent GEMMs of cin/groups x cout/groups:
+        # padding, the reduction depth and the re-reads are those of one group.
+        groups = np.where(is_g, table.groups[keep].astype(float), 1.0)
+        cin_g = cin / groups
+        cout_g = cout / groups
 
-        # Arithmetic: 2 FLOPs per MAC; element-wise ops a few per element.
-        elt_flops = np.select(
-            [op == "bn", op == "act", op == "add", op == "pool"],
-            [2.0, 1.0, 1.0, k], default=0.0,
-        )
+        # Arithmetic: 2 FLOPs per MAC; element-wise ops by class (see _eltwise_flops).
+        elt_flops = _eltwise_flops(op, table.fn[keep], k, p.transcendental_flops)
         flops = np.where(is_mac, 2.0 * macs, elt_flops * out_el)
         # A global pool (1x1 output) is a streaming reduction; a windowed pool
         # (a ResNet or VGG max-pool) runs the framework's window loop.
         windowed_pool = (op == "pool") & (pix > 1)
         eff = np.select(
-            [is_1x1, is_conv, is_dw, is_fc, windowed_pool, op == "bn"],
-            [p.eff_conv1x1, p.eff_conv, p.eff_dwconv, p.eff_linear, p.eff_pool, p.eff_bn],
+            [is_1x1 | is_gemm, is_conv, is_g, is_dw, is_fc, windowed_pool,
+             np.isin(op, ("bn", "norm"))],
+            [p.eff_conv1x1, p.eff_conv, p.eff_gconv, p.eff_dwconv, p.eff_linear, p.eff_pool,
+             p.eff_bn],
             default=p.eff_eltwise,
         )
         # Padding waste: output channels padded to the channel tile, output pixels
-        # to the pixel tile (a GEMM's N and M dimensions); a GEMV has one pixel.
+        # (rows) to the pixel tile (a GEMM's N and M dimensions); a GEMV has one row.
         ct = float(p.channel_tile)
         pt = float(p.pixel_tile)
-        c_pad = np.ceil(cout / ct) * ct
+        c_pad = np.ceil(cout_g / ct) * ct
         p_eff = np.where(is_fc, 1.0, pix)
         if p.tile_rows:
             w_o = table.w_out[keep].astype(float)
-            p_pad = np.where(is_fc, 1.0, np.ceil(w_o / pt) * pt * table.h_out[keep])
+            p_pad = np.where(is_fc, 1.0, np.where(
+                is_gemm, np.ceil(pix / pt) * pt, np.ceil(w_o / pt) * pt * table.h_out[keep]))
         else:
             p_pad = np.where(is_fc, 1.0, np.ceil(p_eff / pt) * pt)
-        pad = np.where(is_mac, (cout / c_pad) * (p_eff / p_pad), 1.0)
+        pad = np.where(is_mac, (cout_g / c_pad) * (p_eff / p_pad), 1.0)
         # Blocked layouts pad the input channels of a dense conv too (the GEMM's
         # K dimension); an image input (<= 4 channels) is read in plain layout.
-        cin_pad = cin
+        image_in = is_conv & (cin <= 4)  # a network's stem: its own kernel
+        cin_pad = cin_g
         if p.cin_tile > 1:
             cit = float(p.cin_tile)
-            cin_pad = np.where(cin <= 4, cin, np.ceil(cin / cit) * cit)
-            pad = np.where(is_conv, pad * cin / np.maximum(cin_pad, 1.0), pad)
+            cin_pad = np.where(image_in, cin_g, np.ceil(cin_g / cit) * cit)
+            pad = np.where(is_dense, pad * cin_g / np.maximum(cin_pad, 1.0), pad)
         if p.misaligned_eff != 1.0:
-            off = (np.mod(cout, ct) != 0) | ((cin > 4) & (np.mod(cin, float(p.cin_tile)) != 0))
-            pad = np.where(is_conv & off, pad * p.misaligned_eff, pad)
+            mt = float(p.misaligned_tile or p.channel_tile)
+            mit = float(p.misaligned_tile or p.cin_tile)
+            off = ((np.mod(cout_g, mt) != 0)
+                   | (~image_in & (np.mod(cin_g, mit) != 0)))
+            pad = np.where(is_dense & off, pad * p.misaligned_eff, pad)
         # A short reduction (few input channels) spends a large share of every
         # tile on loading and storing it rather than on multiply-adds. (An
         # image-input conv, <= 4 channels, has its own kernel and is exempt.)
         if p.k_half > 0:
-            kdim = np.where(is_conv, cin_pad * k, cin)
-            short_k = (is_conv & (cin > 4)) | is_fc
+            kdim = np.where(is_dense, cin_pad * k, cin)
+            short_k = (is_dense & ~image_in) | is_rows
             pad = np.where(short_k, pad * kdim / (kdim + p.k_half), pad)
-        # Parallel work items: GEMM tiles for MAC layers, grains for element-wise.
-        tiles = np.ceil(p_eff / pt) * np.ceil(cout / ct)
+        if p.small_tile_macs > 0:
+            # (an image-input stem conv too: it gathers k x k x 3 inputs per pixel)
+            work = np.where(is_dense, cin_pad * k * c_pad, cin * c_pad)
+            frac = np.minimum(work / p.small_tile_macs, 1.0) ** p.small_tile_exp
+            pad = np.where(is_dense | is_gemm, pad * frac, pad)
+        # Parallel work items: GEMM tiles for MAC layers (every group's own),
+        # grains for element-wise.
+        tiles = np.ceil(p_eff / pt) * np.ceil(cout_g / ct) * groups
         grains = np.ceil(np.maximum(out_el, in_el) / float(p.eltwise_grain))
         slots = np.maximum(np.where(is_mac, tiles, grains), 1.0)
 
@@ -188,21 +307,29 @@ class Twin:
         # stolen) cache go back to DRAM. A depthwise conv reads its input once.
         # A k x k window also reads a halo around each block of output pixels
         # (a square block of side sqrt(B) needs (sqrt(B) * s + k - s)^2 inputs).
+        is_window = is_dense | is_dw
         side = np.sqrt(float(p.reuse_pixel_block)) * table.stride[keep]
-        halo = np.where(is_conv | is_dw, ((side + np.sqrt(k) - table.stride[keep]) / side) ** 2, 1.0)
+        halo = np.where(is_window, ((side + np.sqrt(k) - table.stride[keep]) / side) ** 2, 1.0)
         halo = np.maximum(halo, 1.0)
-        n_in_reads = np.where(is_conv | is_fc, np.ceil(cout / p.reuse_channel_block), 1.0) * halo
-        rr_w = np.where(is_conv | is_dw, np.ceil(p_eff / p.reuse_pixel_block) - 1.0, 0.0)
+        n_in_reads = np.where(is_dense | is_rows, np.ceil(cout_g / p.reuse_channel_block),
+                              1.0) * halo
+        rr_w = np.where(is_window | is_gemm, np.ceil(p_eff / p.reuse_pixel_block) - 1.0, 0.0)
+        # Normalisations and softmax sweep their input more than once (statistics
+        # first, then the normalised write); the extra sweeps hit the cache when
+        # the input fits in it.
+        sweeps = np.select([op == "norm", op == "softmax"], [1.0, 2.0], default=0.0)
         traffic = [
             (act_bytes, 1.0 / np.maximum(act_bytes, 1.0)),
             (w_b, np.broadcast_to(1.0 / wtot, w_b.shape)),
             ((n_in_reads - 1.0) * in_b, 1.0 / np.maximum(in_b, 1.0)),
             (rr_w * w_b, 1.0 / np.maximum(w_b, 1.0)),
+            (sweeps * in_b, 1.0 / np.maximum(in_b, 1.0)),
         ]
-        n_k = np.full(table.n_candidates, float(keep.sum()))
+        calls = np.where((op == "pool") & (pix == 1) & (k > 1), p.global_pool_kernels, 1.0)
+        n_k = np.full(table.n_candidates, float(calls.sum()))
         n_mac = np.full(table.n_candidates, float(is_mac.sum()))
         return _Prepared(tc_slot=tc_slot, slots=slots, traffic=traffic, n_kernels=n_k,
-                         n_mac=n_mac)
+                         n_mac=n_mac, keep=keep, mac_mask=is_mac, calls=calls, dw_mask=is_dw)
 
     # -- device part ----------------------------------------------------------
 
@@ -224,6 +351,7 @@ class Twin:
             "overhead": p.kernel_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "mac_overhead": p.mac_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
             "device_overhead": np.full(len(states), p.device_overhead_us * 1e-6),
+            "dw_overhead": p.dw_overhead_us * 1e-6 * np.asarray(states.overhead_scale, float),
         }
         if p.llc_kb > 0:
             inv_llc = 1.0 / (p.llc_gbps * 1e9 * np.asarray(states.mem_bw_scale, float) ** 0.5
@@ -233,11 +361,12 @@ class Twin:
             out["d_cache"] = inv_cache - inv_llc
         return out
 
-    def _expected_seconds(self, prep: _Prepared, dev: dict[str, np.ndarray]) -> np.ndarray:
-        """(N, D) noiseless latency in seconds."""
+    def _expected_seconds(self, prep: _Prepared, dev: dict[str, np.ndarray], *,
+                          per_layer: bool = False) -> np.ndarray:
+        """(N, D) noiseless latency in seconds; (N, K, D) per kernel with ``per_layer``."""
         n, k = prep.tc_slot.shape
         d = len(dev["inv_speed"])
-        out = np.empty((n, d))
+        out = np.empty((n, k, d) if per_layer else (n, d))
         f32 = np.float32
         tc_slot = prep.tc_slot.astype(f32)[:, :, None]
         slots = prep.slots.astype(f32)[:, :, None]
@@ -271,10 +400,20 @@ class Twin:
                 # shorter than the launch path waits for it, a longer one hides it.
                 tc += dev["device_overhead"][sl].astype(f32)
                 np.maximum(tc, dev["overhead"][sl].astype(f32), out=tc)
-            out[:, sl] = tc.sum(axis=1, dtype=np.float64)
+            if per_layer:
+                out[:, :, sl] = tc
+            else:
+                out[:, sl] = tc.sum(axis=1, dtype=np.float64)
+        if per_layer:
+            if not async_launch:
+                out += prep.calls[None, :, None] * dev["overhead"][None, None, :]
+            out += prep.mac_mask[None, :, None] * dev["mac_overhead"][None, None, :]
+            out += prep.dw_mask[None, :, None] * dev["dw_overhead"][None, None, :]
+            return out
         if not async_launch:
             out += prep.n_kernels[:, None] * dev["overhead"][None, :]
         out += prep.n_mac[:, None] * dev["mac_overhead"][None, :]
+        out += float(prep.dw_mask.sum()) * dev["dw_overhead"][None, :]
         return out
 
     # -- public API -----------------------------------------------------------
@@ -283,6 +422,19 @@ class Twin:
         """(N, D) noiseless latency in milliseconds of N candidates on D devices."""
         self._check(states)
         return self._expected_seconds(self._prepare(table), self._device_terms(states)) * 1e3
+
+    def layer_ms(self, table: LayerTable, states: DeviceStates) -> np.ndarray:
+        """(N, L, D) noiseless milliseconds of every layer; a fused layer costs 0.
+
+        The per-layer split of `expected_ms` (its sum over layers), for
+        reports and for comparing the twin with a profiler layer by layer.
+        """
+        self._check(states)
+        prep = self._prepare(table)
+        per = self._expected_seconds(prep, self._device_terms(states), per_layer=True) * 1e3
+        out = np.zeros((table.n_candidates, table.n_layers, per.shape[2]))
+        out[:, prep.keep, :] = per
+        return out
 
     def raw_latency_ms(self, table: LayerTable, states: DeviceStates, *, runs: int = 1,
                        rng=None, noise: bool = True) -> np.ndarray:

@@ -52,15 +52,38 @@ class SkuPreset:
     # so the pixel tile pads the output width; GPU implicit GEMMs tile all pixels.
     tile_rows: bool = False
     k_half: float = 0.0  # GEMM depth K = cin*kh*kw at which a dense layer reaches half its efficiency
+    # A dense layer whose work per output pixel (cin x kh x kw x cout, per
+    # group) is below ``small_tile_macs`` runs at (work / small_tile_macs) **
+    # ``small_tile_exp`` of its efficiency: it spends its time loading inputs
+    # and storing outputs, whichever of K or N is short (0: off). Measured on an
+    # AVX-512 CPU (1x1 and 3x3 convs of 8-256 channels): a 16->256 or 256->16
+    # 1x1 conv runs at 0.7 of a 256->256 one, 16->16 at ~0.5, 8->8 at ~0.25,
+    # while 3x3 16->256 and 256->16 run at full speed: the work per pixel, not
+    # K or N alone, and a slow (power 1/6) fall rather than a hyperbola.
+    small_tile_macs: float = 0.0
+    small_tile_exp: float = 1.0 / 6.0
     misaligned_eff: float = 1.0  # extra efficiency of a dense conv whose channels are off the tile
+    misaligned_tile: int = 0  # channel multiple below which the slower kernel is used (0: channel_tile)
     # (libraries switch to a slower generic kernel for such shapes, beyond the padding itself)
     eff_pool: float = 0.25  # windowed pooling (window compares / sums); eager CPU kernels are poor
     eff_bn: float = 0.25  # an unfused batch norm (eager frameworks run it as its own pass)
+    # A grouped (not depthwise) convolution: each group is its own small GEMM,
+    # and libraries tune grouped kernels far less than dense ones.
+    eff_gconv: float = 0.3
+    # FLOP-equivalents of one transcendental evaluation (exp, erf, tanh) in the
+    # vectorised math library: what makes a sigmoid, SiLU, GELU or softmax cost
+    # several times a ReLU of the same shape (measured on an AVX-512 CPU with
+    # PyTorch 2: ReLU 0.10 ns per element, sigmoid / SiLU 0.45, GELU 0.5-0.6).
+    transcendental_flops: float = 20.0
     llc_kb: float = 0.0  # last-level cache beyond the near cache (0: none)
     llc_gbps: float = 0.0
     # fixed costs and noise
     kernel_overhead_us: float = 10.0
     mac_overhead_us: float = 0.0  # extra fixed cost of a conv / linear call (primitive dispatch)
+    dw_overhead_us: float = 0.0  # extra fixed cost of a depthwise call (layout reorders)
+    # Kernels one global average pool runs as: PyTorch eager's mean is a sum, a
+    # divide and a copy (three fixed costs); a compiled runtime runs one.
+    global_pool_kernels: float = 1.0
     # An accelerator runs kernels asynchronously: the host-side launch path
     # (kernel_overhead_us) overlaps with the previous kernel, and only a small
     # device-side cost per kernel (device_overhead_us) is always paid.
@@ -144,6 +167,8 @@ JETSON_NANO = SkuPreset(
     eff_eltwise=0.25,
     eff_pool=0.15,
     eff_bn=0.25,
+    eff_gconv=0.45,
+    transcendental_flops=8.0,  # the SM's special-function units evaluate exp / rcp in hardware
     bytes_per_elem=2,
     dram_gbps=14.0,  # what conv kernels sustain of the 25.6 GB/s peak shared with the CPU
     cache_kb=256.0,
@@ -182,6 +207,8 @@ RPI4 = SkuPreset(
     eff_eltwise=0.25,
     eff_pool=0.05,  # PyTorch's CPU max-pool is a scalar loop over windows
     eff_bn=0.10,
+    eff_gconv=0.2,
+    transcendental_flops=24.0,  # NEON has no exp: a polynomial and a range reduction
     bytes_per_elem=4,
     dram_gbps=4.5,
     cache_kb=1024.0,
@@ -239,7 +266,8 @@ def generic_cpu_preset(
         pixel_tile=8, tile_rows=True,
         slots_per_unit=4.0, reuse_pixel_block=256, reuse_channel_block=128, eltwise_grain=32768,
         eff_conv=0.5, eff_conv1x1=0.45, eff_dwconv=0.08, eff_linear=0.3, eff_eltwise=0.25,
-        eff_pool=0.05, eff_bn=0.1,
+        eff_pool=0.05, eff_bn=0.1, eff_gconv=0.3, transcendental_flops=20.0,
+        global_pool_kernels=3.0,
         bytes_per_elem=4, dram_gbps=float(dram_gbps), cache_kb=float(cache_kb),
         cache_gbps=float(cache_gbps), llc_kb=float(llc_kb), llc_gbps=float(llc_gbps),
         kernel_overhead_us=float(kernel_overhead_us), fused_ops=(), noise_sigma=0.03,

@@ -10,6 +10,14 @@ with timing rounds so both see the same machine. The check passes when the
 ranks agree (Spearman >= 0.8) and the times do too (MAPE < 15 %).
 
     python -m hdap_engine.twin.realism --model resnet18 --candidates 30
+    python -m hdap_engine.twin.realism --model torchvision:mobilenet_v3_large
+
+``--blocks`` instead prices a few hand-built blocks that use the ops beyond
+ResNets (a MobileNetV3 block with hardswish and a squeeze-excitation gate, an
+EfficientNet MBConv with SiLU and a sigmoid gate, a ViT block with layer
+norms, attention's matrix products, softmax and GELU, a grouped conv and a
+concatenation) and times the same layers in PyTorch, layer by layer, to check
+each op's cost for its order of magnitude (`block_check`).
 """
 
 from __future__ import annotations
@@ -83,7 +91,8 @@ def run_realism(model: str = "resnet18", candidates: int = 30, *, threads: int =
     Parameters
     ----------
     model:
-        A registered model (``resnet18``, ``mobilenet_v1``, ...).
+        A model name as the zoo resolves it (``resnet18``,
+        ``torchvision:mobilenet_v3_large``, ...).
     candidates:
         Random candidates of its pruning space (`PruningSpace.random_widths`).
     threads:
@@ -103,7 +112,7 @@ def run_realism(model: str = "resnet18", candidates: int = 30, *, threads: int =
     """
     import torch
 
-    from hdap_engine.fleet.probes import ProbeSession, host_context, timer
+    from hdap_engine.fleet.probes import HOST_PROBES, ProbeSession, host_context, timer
     from hdap_engine.models.zoo import build_model, get_spec
     from hdap_engine.pruning.apply import prune_to_widths
     from hdap_engine.pruning.space import PruningSpace
@@ -137,7 +146,7 @@ def run_realism(model: str = "resnet18", candidates: int = 30, *, threads: int =
     clock = "thread" if int(threads) == 1 else "wall"
     tick_clock = timer(clock)
     try:
-        session = ProbeSession(clock=clock)
+        session = ProbeSession(HOST_PROBES, clock=clock)
         for _ in range(3):
             session.round(record=False)
         times = np.zeros((len(models), 0))
@@ -165,6 +174,176 @@ def run_realism(model: str = "resnet18", candidates: int = 30, *, threads: int =
     )
 
 
+# --- hand-built blocks: every op's cost against PyTorch, layer by layer -------
+
+
+def _se_block(c: int, e: int, hw: int, se: int, act: str, gate: str, k: int) -> list[dict]:
+    """Inverted residual with a squeeze-excitation gate (MobileNetV3 / EfficientNet)."""
+    px = dict(h_in=hw, w_in=hw)
+    one = dict(h_in=1, w_in=1)
+    return [
+        dict(name="expand", op="conv", cin=c, cout=e, **px),
+        dict(name="expand.bn", op="bn", cin=e, cout=e, **px),
+        dict(name="expand.act", op="act", fn=act, cin=e, cout=e, **px),
+        dict(name="dw", op="dwconv", cin=e, cout=e, kernel=k, **px),
+        dict(name="dw.bn", op="bn", cin=e, cout=e, **px),
+        dict(name="dw.act", op="act", fn=act, cin=e, cout=e, **px),
+        dict(name="se.pool", op="pool", cin=e, cout=e, kernel=hw, h_out=1, w_out=1, **px),
+        dict(name="se.fc1", op="conv", cin=e, cout=se, has_bias=True, **one),
+        dict(name="se.act", op="act", fn="relu" if act == "hardswish" else act, cin=se,
+             cout=se, **one),
+        dict(name="se.fc2", op="conv", cin=se, cout=e, has_bias=True, **one),
+        dict(name="se.gate", op="act", fn=gate, cin=e, cout=e, **one),
+        dict(name="se.mul", op="mul", cin=e, cout=e, h_out=hw, w_out=hw, **one),
+        dict(name="project", op="conv", cin=e, cout=c, **px),
+        dict(name="project.bn", op="bn", cin=c, cout=c, **px),
+        dict(name="add", op="add", cin=c, cout=c, **px),
+    ]
+
+
+def _vit_block(tokens: int = 197, dim: int = 192, heads: int = 3, mlp: int = 768) -> list[dict]:
+    """A ViT-Tiny encoder block; attention's products are batched over heads."""
+    dh = dim // heads
+    rows = dict(h_in=tokens, w_in=1)
+    att = dict(h_in=heads * tokens, w_in=1)
+    return [
+        dict(name="ln1", op="norm", cin=dim, cout=dim, **rows),
+        dict(name="qkv", op="linear", cin=dim, cout=3 * dim, has_bias=True, **rows),
+        dict(name="q@k", op="matmul", cin=dh, cout=tokens, **att),
+        dict(name="softmax", op="softmax", cin=tokens, cout=tokens, **att),
+        dict(name="attn@v", op="matmul", cin=tokens, cout=dh, **att),
+        dict(name="proj", op="linear", cin=dim, cout=dim, has_bias=True, **rows),
+        dict(name="add1", op="add", cin=dim, cout=dim, **rows),
+        dict(name="ln2", op="norm", cin=dim, cout=dim, **rows),
+        dict(name="fc1", op="linear", cin=dim, cout=mlp, has_bias=True, **rows),
+        dict(name="gelu", op="act", fn="gelu", cin=mlp, cout=mlp, **rows),
+        dict(name="fc2", op="linear", cin=mlp, cout=dim, has_bias=True, **rows),
+        dict(name="add2", op="add", cin=dim, cout=dim, **rows),
+    ]
+
+
+def _grouped_block(c: int = 256, width: int = 128, hw: int = 28, groups: int = 8) -> list[dict]:
+    """A ResNeXt-style grouped conv between 1x1 convs, and a dense-block concatenation."""
+    px = dict(h_in=hw, w_in=hw)
+    return [
+        dict(name="reduce", op="conv", cin=c, cout=width, **px),
+        dict(name="grouped", op="gconv", cin=width, cout=width, kernel=3, groups=groups, **px),
+        dict(name="expand", op="conv", cin=width, cout=c, **px),
+        dict(name="cat", op="cat", cin=2 * c, cout=2 * c, **px),
+    ]
+
+
+BLOCKS: dict[str, list[dict]] = {
+    "mobilenetv3": _se_block(40, 120, 28, 32, "hardswish", "hardsigmoid", 5),
+    "mbconv": _se_block(40, 240, 28, 10, "silu", "sigmoid", 5),
+    "vit": _vit_block(),
+    "grouped": _grouped_block(),
+}
+"""Layer rows of the hand-built blocks `block_check` prices and times."""
+
+
+def _torch_layer(r: dict):
+    """One block layer as a torch callable and its input (the shapes the row gives)."""
+    import torch
+    import torch.nn.functional as F
+
+    acts = {"relu": F.relu, "hardswish": F.hardswish, "hardsigmoid": F.hardsigmoid,
+            "silu": F.silu, "sigmoid": torch.sigmoid, "gelu": F.gelu}
+    g = torch.Generator().manual_seed(0)
+    op, ci, co = r["op"], int(r["cin"]), int(r["cout"])
+    h, w = int(r["h_in"]), int(r["w_in"])
+    rows = h * w
+    if op in ("conv", "dwconv", "gconv"):
+        k = int(r.get("kernel", 1))
+        groups = ci if op == "dwconv" else int(r.get("groups", 1))
+        m = torch.nn.Conv2d(ci, co, k, padding=k // 2, groups=groups,
+                            bias=bool(r.get("has_bias", False))).eval()
+        return m, torch.randn(1, ci, h, w, generator=g)
+    if op == "bn":
+        return torch.nn.BatchNorm2d(ci).eval(), torch.randn(1, ci, h, w, generator=g)
+    if op == "act":
+        x = torch.randn(rows, ci, generator=g) if w == 1 and h > 1 else \
+            torch.randn(1, ci, h, w, generator=g)
+        return acts[r["fn"]], x
+    if op == "pool":
+        return (lambda t: F.adaptive_avg_pool2d(t, 1)), torch.randn(1, ci, h, w, generator=g)
+    if op == "mul":
+        y = torch.randn(1, co, int(r["h_out"]), int(r["w_out"]), generator=g)
+        return (lambda t: y * t), torch.randn(1, co, h, w, generator=g)
+    if op == "add":
+        y = torch.randn(rows, ci, generator=g)
+        return (lambda t: t + y), torch.randn(rows, ci, generator=g)
+    if op == "linear":
+        return (torch.nn.Linear(ci, co, bias=bool(r.get("has_bias", False))).eval(),
+                torch.randn(rows, ci, generator=g))
+    if op == "matmul":
+        heads = 3  # the ViT block's
+        b = torch.randn(heads, ci, co, generator=g)
+        return (lambda t: torch.matmul(t, b)), torch.randn(heads, rows // heads, ci, generator=g)
+    if op == "norm":
+        return torch.nn.LayerNorm(ci).eval(), torch.randn(rows, ci, generator=g)
+    if op == "softmax":
+        return (lambda t: torch.softmax(t, -1)), torch.randn(rows, co, generator=g)
+    if op == "cat":
+        y = torch.randn(1, ci // 2, h, w, generator=g)
+        return (lambda t: torch.cat([t, y], 1)), torch.randn(1, ci // 2, h, w, generator=g)
+    raise ValueError(f"no torch layer for op {op!r}")
+
+
+def block_check(*, repeats: int = 30, probe_repeats: int = 10) -> dict[str, list[dict]]:
+    """Price the hand-built `BLOCKS` with the twin fitted to this machine, and time them.
+
+    Every layer runs in block order, each timed on this thread's CPU clock
+    (one torch thread), ``repeats`` times; the median is reported next to the
+    twin's `Twin.layer_ms` for the same row.
+
+    Returns
+    -------
+    dict
+        Block name -> one ``{"name", "op", "fn", "twin_us", "torch_us"}`` per layer.
+    """
+    import torch
+
+    from hdap_engine.fleet.probes import HOST_PROBES, ProbeSession, host_context
+    from hdap_engine.pruning.layers import make_table
+    from hdap_engine.twin.fit import fit_preset_from_probes
+    from hdap_engine.twin.physics import Twin
+    from hdap_engine.twin.states import DeviceStates
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        session = ProbeSession(HOST_PROBES, clock="thread")
+        for _ in range(2):
+            session.round(record=False)
+        for _ in range(probe_repeats):
+            session.round()
+        preset = fit_preset_from_probes({**session.medians(), **host_context(1)})
+        twin = Twin(preset)
+        nominal = DeviceStates.nominal(1, sku=preset.name)
+        out = {}
+        for block, rows in BLOCKS.items():
+            predicted = twin.layer_ms(make_table(rows), nominal)[0, :, 0] * 1e3
+            layers = [_torch_layer(r) for r in rows]
+            times = np.zeros((repeats, len(rows)))
+            with torch.inference_mode():
+                for _ in range(3):
+                    for fn, x in layers:
+                        fn(x)
+                for i in range(repeats):
+                    for j, (fn, x) in enumerate(layers):
+                        t0 = time.thread_time()
+                        fn(x)
+                        times[i, j] = (time.thread_time() - t0) * 1e6
+            measured = np.median(times, axis=0)
+            out[block] = [{"name": r["name"], "op": r["op"], "fn": r.get("fn", ""),
+                           "twin_us": float(p), "torch_us": float(m)}
+                          for r, p, m in zip(rows, predicted, measured, strict=True)]
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hdap_engine.twin.realism",
                                  description="Twin fitted to this machine's probes vs real timings.")
@@ -174,7 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--verbose", action="store_true", help="print every candidate")
+    ap.add_argument("--blocks", action="store_true",
+                    help="price and time the hand-built blocks layer by layer instead")
     args = ap.parse_args(argv)
+    if args.blocks:
+        for block, layers in block_check().items():
+            twin = sum(r["twin_us"] for r in layers)
+            torch_us = sum(r["torch_us"] for r in layers)
+            print(f"{block}: twin {twin:.0f} us, PyTorch {torch_us:.0f} us "
+                  f"({twin / torch_us - 1:+.0%})")
+            for r in layers:
+                print(f"  {r['name']:11s} {r['op']:7s} {r['fn']:11s} twin {r['twin_us']:8.1f} us"
+                      f"  PyTorch {r['torch_us']:8.1f} us")
+        return 0
     try:
         r = run_realism(args.model, args.candidates, threads=args.threads, repeats=args.repeats,
                         seed=args.seed)
