@@ -93,6 +93,10 @@ def build_report(result) -> dict:
         "notes": list(dict.fromkeys(notes)),
         "settings": opt.settings(),
     }
+    twin = getattr(ctx.backend, "twin", None)
+    if twin is not None:  # which figures rest on the twin's stated fallback, not its physics
+        report["pruning_space"]["twin_fallback_layers"] = twin.fallback_layers(
+            ctx.space.layer_table(result.widths))
     report.update(accuracy_report(result))
     details = ctx.backend.details()
     if details is not None:
