@@ -36,10 +36,6 @@ def fixed(n) -> Form:
     return (float(n), ())
 
 
-def of_group(g: int, mult: float = 1.0, fixed_part: float = 0.0) -> Form:
-    return (float(fixed_part), ((int(g), float(mult)),))
-
-
 def add_forms(*forms: Form) -> Form:
     total, coef = 0.0, {}
     for f, terms in forms:
