@@ -52,8 +52,11 @@ SOURCE_FILE = "model_source.py"
 
 def versions() -> dict[str, str]:
     """Versions of what produced a bundle (reproducibility)."""
-    import torch_pruning
     import torchvision
+
+    from hdap_engine.pruning.groups import torch_pruning
+
+    torch_pruning = torch_pruning()
 
     return {
         "hdap": __version__,

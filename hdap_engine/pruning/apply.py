@@ -20,7 +20,7 @@ from torch import nn
 
 from hdap_engine.errors import HdapError
 from hdap_engine.models.zoo import get_spec
-from hdap_engine.pruning.groups import prune_groups
+from hdap_engine.pruning.groups import prune_groups, torch_pruning
 from hdap_engine.pruning.space import PruningSpace
 
 
@@ -64,7 +64,7 @@ def widths_of(model: nn.Module, space: PruningSpace) -> np.ndarray:
 
 def count_macs_params(model: nn.Module, space: PruningSpace) -> tuple[float, float]:
     """MACs and parameters by Torch-Pruning's counter (the reference)."""
-    import torch_pruning as tp
+    tp = torch_pruning()
 
     macs, params = tp.utils.count_ops_and_params(model, get_spec(space.model).example_input())
     return float(macs), float(params)

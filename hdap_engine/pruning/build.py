@@ -42,11 +42,16 @@ _COUNTED_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm1d, nn.InstanceNor
 
 
 def _timm_attention_types() -> tuple:
-    try:
-        import timm.models.swin_transformer as swin
-        import timm.models.vision_transformer as vit
-    except Exception:  # timm absent: Torch-Pruning's counter does not count them either
+    """timm's attention classes when Torch-Pruning's counter counts them (it does only
+    when it was imported with timm: `groups.torch_pruning`), else none."""
+    from torch_pruning.utils import op_counter
+
+    G.torch_pruning()
+    if not getattr(op_counter, "has_timm", False):
         return ()
+    import timm.models.swin_transformer as swin
+    import timm.models.vision_transformer as vit
+
     return (vit.Attention, swin.WindowAttention)
 
 
@@ -288,11 +293,6 @@ def probe_widths(groups) -> np.ndarray:
         out.append(min(w, g.base))
     return np.array(out, dtype=np.int64)
 
-
-def torch_layers_version() -> str:
-    import torch_pruning as tp
-
-    return f"torch {torch.__version__}, torch-pruning {tp.__version__}"
 
 
 def _arrays(rows: list[dict], n_groups: int):

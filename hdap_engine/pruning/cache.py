@@ -35,18 +35,14 @@ _KEY_LOCKS: dict[str, threading.Lock] = {}
 
 
 def _versions() -> dict[str, str]:
-    import torch
-    import torch_pruning
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
-    out = {"torch": torch.__version__, "torchvision": torchvision.__version__,
-           "torch_pruning": torch_pruning.__version__, "format": str(FORMAT)}
-    try:
-        import timm
-
-        out["timm"] = timm.__version__
-    except ImportError:
-        pass
+    out = {"format": str(FORMAT)}
+    for dist in ("torch", "torchvision", "torch-pruning", "timm"):
+        try:  # read from the installed metadata: importing timm alone takes ~2 s
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
     return out
 
 

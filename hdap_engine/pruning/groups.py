@@ -24,6 +24,7 @@ width and listed rather than failing the whole model.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,8 +61,28 @@ class Discovered:
     coefficients: dict[str, dict[str, dict[int, float]]]
 
 
+def torch_pruning():
+    """Torch-Pruning, imported without timm unless this process already imported timm.
+
+    Torch-Pruning imports timm whenever it is installed, only to count timm's
+    attention blocks; that costs ~1.9 s in every process that prunes. A process
+    that prunes a timm model has imported timm first (its builder does), so
+    Torch-Pruning's counter and the space (`build._timm_attention_types`) both
+    count timm's attention there, and neither does anywhere else.
+    """
+    if "torch_pruning" not in sys.modules and "timm" not in sys.modules:
+        sys.modules["timm"] = None  # `import timm` raises ImportError while it loads
+        try:
+            import torch_pruning
+        finally:
+            del sys.modules["timm"]
+    import torch_pruning
+
+    return torch_pruning
+
+
 def dependency_graph(model: nn.Module, example: torch.Tensor):
-    import torch_pruning as tp
+    tp = torch_pruning()
 
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example,
@@ -186,7 +207,7 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
     Groups of the model not in ``groups`` are left alone. Returns the kept
     channel indices of each group (in the unpruned numbering).
     """
-    import torch_pruning as tp
+    tp = torch_pruning()
 
     names = {m: n for n, m in model.named_modules()}
     member_group = {m: i for i, g in enumerate(groups) for m in g.members}

@@ -29,7 +29,9 @@ def uniform_widths(space: PruningSpace, target_macs: float) -> np.ndarray:
 
 def group_importances(model: nn.Module, space: PruningSpace) -> list[np.ndarray]:
     """Per-channel importance of every group (space order), normalised by the group mean."""
-    import torch_pruning as tp
+    from hdap_engine.pruning.groups import torch_pruning
+
+    tp = torch_pruning()
 
     spec = get_spec(space.model)
     names = {m: n for n, m in model.named_modules()}
