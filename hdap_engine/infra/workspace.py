@@ -44,11 +44,17 @@ def save_upload(data: bytes, name: str, kind: str) -> Path:
     folder = home() / kind
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{digest}-{safe}"
+    write_once(path, data)
+    return path
+
+
+def write_once(path: Path, data: bytes) -> None:
+    """Write content-addressed ``data`` to ``path`` unless it is there; readers never see
+    half a file (written beside it, then renamed)."""
     if not path.is_file():
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(data)
         tmp.replace(path)
-    return path
 
 
 def upload_label(path: str | Path | None) -> str:

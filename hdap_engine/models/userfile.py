@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from hdap_engine.errors import HdapError
-from hdap_engine.infra.workspace import home
+from hdap_engine.infra.workspace import home, write_once
 from hdap_engine.models.footprint import check_fits, probe_forward
 from hdap_engine.models.spec import (
     ModelSpec,
@@ -45,11 +45,7 @@ def install_source(data: bytes, file_name: str) -> str:
     sha = hashlib.sha256(data).hexdigest()
     folder = home() / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{sha}.py"
-    if not path.is_file():
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+    write_once(folder / f"{sha}.py", data)
     label = folder / f"{sha}.name"
     if not label.is_file():
         label.write_text(Path(file_name).name)
