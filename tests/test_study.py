@@ -205,3 +205,21 @@ def test_finalists_on_real_hardware_are_timed_afresh_together(small_fleet, tmp_p
     # Slower still: timed now, not read from the store.
     assert np.allclose(head_to_head(replace(ctx, backend=_drifting(twin, 3.0))) / before, 3.0,
                        rtol=0.1)
+
+
+def test_a_looser_latency_budget_keeps_more_macs_and_each_answer_meets_it(study):
+    # `hdap_engine.study.latency_budget`; a what-if answer on the surrogate (nothing measured).
+    result, _ = study
+    ctx = result.context
+    judge = ctx.fleet_objective()
+    at_half = float(judge(result.predicted_cluster_ms[None])[0])
+    plan = replace(ctx.options.search, refine_rounds=0, finalists=0)
+    answers = {}
+    for scale in (0.85, 1.15):
+        q = replace(ctx.options.query, latency_ms=at_half * scale)
+        answers[scale] = optimize(ctx, q, plan=plan, learned=result.learned)
+        got = float(judge(answers[scale].predicted_cluster_ms[None])[0])
+        assert got <= at_half * scale * 1.02  # the search's own noise
+        assert answers[scale].latency_fit.latency_ms == pytest.approx(at_half * scale)
+    tight, loose = (ctx.space.macs(answers[s].widths) for s in (0.85, 1.15))
+    assert tight < ctx.space.macs(result.widths) < loose

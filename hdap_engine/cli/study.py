@@ -117,9 +117,14 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         bar.close()
     r = result.report
     f = r["fleet"]
+    lb = r.get("latency_budget")
+    budget = (f"budget {format_macs(result.target_macs)}" if lb is None else
+              f"latency budget {lb['latency_ms']:g} ms {lb['objective']}: "
+              f"{format_macs(lb['macs'])} MACs found, measured {lb['measured_ms']:.2f} ms, "
+              f"{'met' if lb['met'] else 'NOT met'}")
     print(f"{args.model} pruned with {args.method} to "
           f"{format_macs(result.context.space.macs(result.widths))} MACs "
-          f"(budget {format_macs(result.target_macs)}); measured by {r['measured_source']}")
+          f"({budget}); measured by {r['measured_source']}")
     rows = [{"cluster": c["cluster"], "devices": c["devices"], "weight": f"{c['weight']:.3f}",
              "predicted ms": "-" if c["predicted_ms"] is None else f"{c['predicted_ms']:.2f}",
              "measured ms": f"{c['measured_ms']:.2f}",

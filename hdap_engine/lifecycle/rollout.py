@@ -235,6 +235,9 @@ def plan_rollout(ctx: StudyContext, variants: int = RolloutOptions().variants, *
                      f"cluster{'s' if k != 1 else ''}: capped at {k}")
         variants = k
     query = query or ctx.options.query
+    if query.latency_ms is not None:
+        raise HdapError("a rollout compares variants with one model at one MACs budget; give "
+                        "--macs (--latency-budget is for hdap optimize)")
     if query.cluster_weights is not None:
         notes.append("the query's cluster weights are replaced by each cohort's device shares")
     query = replace(query, cluster_weights=None)

@@ -328,10 +328,24 @@ class Query:
         old=("--weights",),
         help="cluster weights (normalised; clusters not named get 0); default: device shares")
 
+    # A budget in measured latency instead of MACs (`hdap_engine.study.latency_budget`).
+    latency_ms: float | None = option(
+        None, flag="--latency-budget", parse="float", metavar="MS",
+        help="a budget in measured latency instead of MACs: the least-pruned model whose "
+             "fleet objective (mean, p95 or worst, in ms) is at most MS; --macs is then "
+             "ignored")
+
     def __post_init__(self):
         one_of("objective", self.objective, OBJECTIVES)
         if self.objective == "slo" and not (self.slo_ms and self.slo_ms > 0):
             raise HdapError("the slo objective needs a latency target in ms (--slo-ms 25)")
+        if self.latency_ms is not None:
+            if not self.latency_ms > 0:
+                raise HdapError(f"latency budget {self.latency_ms} ms must be positive "
+                                "(--latency-budget 5 for 5 ms)")
+            if self.objective == "slo":
+                raise HdapError("a latency budget bounds a latency; the slo objective is a "
+                                "share of devices: use --objective mean, p95 or worst")
 
 
 @dataclass(frozen=True)
@@ -481,7 +495,7 @@ for _section in _SECTIONS:
 _LEGACY = {"weights": "cluster_weights", "surrogate_mode": "mode"}
 
 # What a what-if run may change on a prepared study without measuring anew.
-WHAT_IF_SETTINGS = ("budget", "objective", "slo_ms", "cluster_weights", "finalists",
+WHAT_IF_SETTINGS = ("budget", "latency_ms", "objective", "slo_ms", "cluster_weights", "finalists",
                     "model_weights", "min_accuracy")
 
 

@@ -56,9 +56,13 @@ def build_report(result) -> dict:
     surrogate = result.surrogate
     notes = (list(ctx.notes) + ctx.space.notes()
              + list(result.learned.notes if result.learned else ()) + val.notes)
+    fit = getattr(result, "latency_fit", None)
     report = {
         "method": result.method,
-        "budget": str(opt.query.budget),
+        "budget": str(opt.query.budget) if fit is None else f"{fit.latency_ms:g} ms",
+        # A latency budget: what was asked, the MACs found, and the measured objective.
+        "latency_budget": None if fit is None else fit.record(float(
+            ctx.fleet_objective(opt.query)(val.cluster_measured_ms[None])[0])),
         "budget_macs": result.target_macs,
         "objective": result.objective.kind,
         "objective_label": result.objective.label,

@@ -83,6 +83,9 @@ def run_bench(options: StudyOptions, telemetry, *, methods=None, oracle: bool = 
     {model, budget, budget_macs, backend, measured_source, fleet, n_devices, k,
     unpruned_mean_ms, rows, surrogate}; one row per method (`ROW_KEYS` and more).
     """
+    if options.query.latency_ms is not None:
+        raise HdapError("hdap bench compares every method at one MACs budget; give --macs "
+                        "(--latency-budget is for hdap optimize and the app's studies)")
     store = store or Store()
     methods = check_methods(method_names() if methods is None else methods)
     contexts: dict[tuple, StudyContext] = {}

@@ -304,7 +304,9 @@ def measure_samples(ctx: StudyContext, *, progress: Progress = no_progress) -> L
     core_n = max(10, n // 3) if sequential else n
     own_n = (n - core_n) if sequential and len(ids) > 1 else 0
     samples = sample_candidates(ctx.space, core_n + own_n * len(ids), seed=opt.seed,
-                                focus_macs=parse_budget(opt.query.budget, ctx.space),
+                                # A latency budget's MACs are found later: no focus.
+                                focus_macs=None if opt.query.latency_ms is not None
+                                else parse_budget(opt.query.budget, ctx.space),
                                 allow_fewer=own_n > 0)
     if own_n and len(samples) < core_n + own_n * len(ids):
         # A small space has fewer distinct candidates than every device's own share.

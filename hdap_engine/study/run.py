@@ -38,6 +38,7 @@ from hdap_engine.report.build import build_report, history_entry
 from hdap_engine.search.fleet_search import Learned
 from hdap_engine.search.methods import get_method
 from hdap_engine.search.objectives import Objective
+from hdap_engine.study.latency_budget import CORRECTIONS, TOLERANCE, LatencyFit, fit_macs
 from hdap_engine.study.prepare import StudyContext, prepare
 from hdap_engine.study.verify import Verification, verify_candidate
 
@@ -58,6 +59,7 @@ class Optimized:
     device_s: float = 0.0  # seconds of timing on devices those measurements cost
     history: list[float] = field(default_factory=list)
     accuracy: dict | None = None  # the accuracy guide's summary (floor, surrogate) with --data
+    latency_fit: LatencyFit | None = None  # the MACs found for a latency budget
 
     @property
     def measurement(self) -> dict | None:
@@ -107,6 +109,8 @@ def optimize(ctx: StudyContext, query: Query | None = None, *, method: str | Non
     opt = ctx.options
     spec = get_method(method or opt.method)
     query = query or opt.query
+    if query.latency_ms is not None:
+        return _optimize_for_latency(ctx, query, spec, plan, learned, model, progress)
     target = parse_budget(query.budget, ctx.space)
     obj = ctx.objective(query, spec)
     learned = learned or ctx.learned
@@ -137,6 +141,58 @@ def optimize(ctx: StudyContext, query: Query | None = None, *, method: str | Non
 
 
 
+def _optimize_for_latency(ctx: StudyContext, query: Query, spec, plan, learned, model,
+                          progress: Progress) -> Optimized:
+    """`optimize` for a latency budget: the MACs found on the surrogate, then the full answer
+    there (`hdap_engine.study.latency_budget`)."""
+    judge = ctx.fleet_objective(query)
+    quick = (plan or ctx.options.search).quick()
+    start = learned or ctx.learned
+    if spec.searches and start is None:
+        raise HdapError(f"method {spec.name} needs its own measurements; prepare the study "
+                        "with it")
+    if not spec.searches and start is None:
+        raise HdapError("a latency budget needs latencies: this study measured none "
+                        f"for {spec.name}; prepare it with a searching method")
+
+    if spec.needs_model and model is None:
+        model = build_model(ctx.options.model, ctx.options.model_weights, seed=ctx.options.seed)
+
+    def objective_at(known):
+        def at(macs: float) -> float:
+            if spec.searches:  # the search alone: no accuracy floor, nothing measured
+                ms = ctx.fleet_search(query, spec, quick).run(macs, known).predicted_cluster_ms
+            else:
+                q = replace(query, budget=repr(float(macs)), latency_ms=None)
+                ms = optimize(ctx, q, method=spec.name, learned=known,
+                              model=model).predicted_cluster_ms
+            return float(judge(ms[None])[0])
+        return at
+
+    progress("latency budget", 0, 1)
+    fit = fit_macs(ctx.space, query.latency_ms, query.objective, objective_at(start))
+    chosen, asked = None, fit.surrogate_answers
+    for _ in range(1 + CORRECTIONS):
+        q = replace(query, budget=repr(float(fit.macs)), latency_ms=None)
+        chosen = optimize(ctx, q, method=spec.name, plan=plan, learned=learned, model=model,
+                          progress=progress)
+        if chosen.predicted_cluster_ms is None or fit.unpruned_meets:
+            break
+        predicted = float(judge(chosen.predicted_cluster_ms[None])[0])
+        if predicted <= query.latency_ms * (1 + TOLERANCE) or chosen.learned is None:
+            break
+        # The full search measured near these MACs and refined the surrogate, which now
+        # predicts the answer over the budget: find the MACs again on what it learned.
+        learned = chosen.learned
+        fit = fit_macs(ctx.space, query.latency_ms, query.objective, objective_at(learned))
+        asked += fit.surrogate_answers
+    progress("latency budget", 1, 1)
+    fit = replace(fit, surrogate_answers=asked,
+                  predicted_ms=fit.predicted_ms if chosen.predicted_cluster_ms is None else
+                  float(judge(chosen.predicted_cluster_ms[None])[0]))
+    return replace(chosen, latency_fit=fit)
+
+
 @dataclass
 class StudyResult:
     """The outcome of one study: candidate, predictions, measurements, report."""
@@ -158,6 +214,7 @@ class StudyResult:
     search_history: list[float] = field(default_factory=list)
     accuracy: dict = field(default_factory=dict)  # held-out Evaluations by stage, with --data
     search_accuracy: dict | None = None  # the search's floor and accuracy surrogate
+    latency_fit: LatencyFit | None = None  # the MACs found for a latency budget
     model: nn.Module | None = None
     kept: dict[str, list[int]] | None = None
     bundle: Path | None = None
@@ -219,6 +276,7 @@ def run_study(options: StudyOptions, telemetry, *, out_dir: str | os.PathLike | 
         device_measurements=chosen.device_measurements, learned=chosen.learned,
         device_s=chosen.device_s, measurement=chosen.measurement,
         search_history=chosen.history, accuracy=figures, search_accuracy=chosen.accuracy,
+        latency_fit=chosen.latency_fit,
         model=model, kept=kept)
     result.report = build_report(result)
     from hdap_engine.quantize.study import precision_report, ship_int8
