@@ -1,4 +1,4 @@
-"""The app's precision option: the Model page's INT8 choice reaches the study's settings.
+"""The Model page's precision and budget choices (INT8, a latency budget) reach the study's settings.
 
 AppTest (no browser). The study itself is cancelled: its settings are what is tested here;
 the INT8 engine is tests/test_quantize.py's.
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.app, pytest.mark.usefixtures("samples")]
 
 
 @pytest.mark.slow  # 30 s: the app, a job submitted and cancelled
-def test_int8_on_the_model_page_rounds_to_16_asks_for_calibration_and_reaches_the_job():
+def test_int8_and_a_latency_budget_on_the_model_page_reach_the_job():
     from hdap_engine.jobs import JobTable
 
     at = start()
@@ -31,8 +31,13 @@ def test_int8_on_the_model_page_rounds_to_16_asks_for_calibration_and_reaches_th
     ok(at.radio(key="precision").set_value("fp32").run())
     assert at.session_state["round_to"] == 8
     ok(at.radio(key="precision").set_value("int8").run())
+    # A budget in fleet latency instead of MACs (`hdap_engine.study.latency_budget`).
+    ok(at.radio(key="budget_unit").set_value("fleet latency (ms)").run())
+    ok(at.number_input(key="latency_budget").set_value(7.5).run())
+    assert not at.slider  # no MACs slider while the budget is a latency
 
     ok(at.switch_page("views/run.py").run())
+    assert any("a fleet latency of **7.5 ms**" in m.value for m in at.markdown)
     ok(at.button(key="run_button").click().run())
     table = JobTable()
     job_id = at.session_state["job"]
@@ -41,6 +46,7 @@ def test_int8_on_the_model_page_rounds_to_16_asks_for_calibration_and_reaches_th
         assert options["measurement"]["precision"] == "int8"
         assert options["quantize"]["calibrate_on"] == "random"
         assert options["round_to"] == 16
+        assert options["query"]["latency_ms"] == 7.5
     finally:
         table.request_cancel(job_id)
         t0 = time.perf_counter()

@@ -195,6 +195,18 @@ def budget_text() -> str:
     return f"{float(S.get(S.BUDGET_FRACTION)):.6f}"
 
 
+def latency_budget() -> float | None:
+    """The latency budget in ms when the budget is asked in latency, else None (MACs)."""
+    return float(S.get(S.LATENCY_BUDGET)) if S.get(S.BUDGET_UNIT) == S.LATENCY_UNIT else None
+
+
+def budget_summary() -> str:
+    """The budget the widgets ask for, in words (Markdown)."""
+    if latency_budget() is not None:
+        return f"a fleet latency of **{latency_budget():g} ms**"
+    return f"**{float(S.get(S.BUDGET_FRACTION)):.1%}** of its MACs"
+
+
 def study_options(fv: FleetView, cv: ClusterView):
     """The `StudyOptions` of the widgets (raises HdapError for an impossible combination).
 
@@ -207,6 +219,7 @@ def study_options(fv: FleetView, cv: ClusterView):
     k, _, _, _ = clustering_request()
     flat.update(
         budget=budget_text(),
+        latency_ms=latency_budget(),
         slo_ms=float(S.get(S.SLO_MS)) if flat["objective"] == "slo" else None,
         cluster_weights=user_weights(cv), k=k, context_features=tuple(context_features(fv)),
         sku=fv.fleet.sku,

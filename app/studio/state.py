@@ -49,7 +49,9 @@ DATA_ERROR = "data_error"  # the engine's message for the last refused zip
 FLOOR_MODE = "floor_mode"  # widget: accuracy floor "none", "fraction" or "uniform"
 FLOOR_FRACTION = "floor_fraction"  # widget: the floor as a fraction of the unpruned model's
 FINETUNE_EPOCHS = "finetune_epochs"  # widget: epochs the study fine-tunes its model (0: none)
-BUDGET_UNIT = "budget_unit"  # widget: "G MACs" or "% of the model"
+BUDGET_UNIT = "budget_unit"  # widget: "G MACs", "% of the model" or LATENCY_UNIT
+LATENCY_UNIT = "fleet latency (ms)"  # the budget unit that asks for a latency budget
+LATENCY_BUDGET = "latency_budget"  # widget: the latency budget in ms (the fleet objective's)
 BUDGET_FRACTION = "budget_fraction"  # the budget as a fraction of the model (source of truth)
 BUDGET_G = "budget_g"  # widget: budget slider in G MACs
 BUDGET_PCT = "budget_pct"  # widget: budget slider in % of the model
@@ -120,6 +122,7 @@ DEFAULTS = {
     BUDGET_UNIT: "G MACs",
     BUDGET_FRACTION: float(default("budget")),
     SLO_MS: 20.0,  # the SLO input's starting point (the engine has no default target)
+    LATENCY_BUDGET: 10.0,  # the latency budget input's starting point (no engine default)
     AGENT_TOKEN: "",
     SEARCH_EFFORT: "standard",
     CALIBRATE_RANDOM: False,
@@ -132,7 +135,7 @@ DEFAULTS = {
 PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, COLOR_BY, MODEL,
               MODEL_SOURCE, MODEL_FUNCTION, MODEL_INPUT_SHAPE,
               WEIGHTS_MODE, DATA_MODE, FLOOR_MODE, FLOOR_FRACTION, FINETUNE_EPOCHS,
-              FINETUNE_RUN_EPOCHS, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, OBJECTIVE, SLO_MS, BACKEND,
+              FINETUNE_RUN_EPOCHS, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, LATENCY_BUDGET, OBJECTIVE, SLO_MS, BACKEND,
               AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,
               SEARCH_EFFORT, PRECISION, CALIBRATE_RANDOM,
               COMPARE_METHODS, SWEEP_ON,

@@ -289,8 +289,15 @@ def main() -> None:
                           round(base_g, decimals)))
     S.put(S.BUDGET_PCT, min(max(round(frac * 100, 1), min_pct), 100.0))
     b = st.columns([1, 3])
-    b[0].radio("Budget in", ["G MACs", "% of the model"], key=S.BUDGET_UNIT)
-    if S.get(S.BUDGET_UNIT) == "G MACs":
+    b[0].radio("Budget in", ["G MACs", "% of the model", S.LATENCY_UNIT], key=S.BUDGET_UNIT)
+    if S.get(S.BUDGET_UNIT) == S.LATENCY_UNIT:
+        b[1].number_input("Fleet latency budget (ms)", min_value=0.01, step=0.5,
+                          key=S.LATENCY_BUDGET)
+        b[1].caption("The least-pruned model whose fleet objective (below: mean, p95 or worst "
+                     "cluster) is at most this many ms. The MACs are found on the surrogate, "
+                     "searched in full there, and the Run page shows the measured latency "
+                     "against this budget. Not for the slo objective, comparisons or rollouts.")
+    elif S.get(S.BUDGET_UNIT) == "G MACs":
         b[1].slider("Budget: G MACs (\"GFLOPs\" in pruning papers)", round(min_g, decimals),
                     round(base_g, decimals), step=step_g, format=f"%.{decimals}f", key=S.BUDGET_G,
                     on_change=_from_g)
@@ -298,9 +305,10 @@ def main() -> None:
         b[1].slider("Budget: % of the unpruned model's MACs", min_pct, 100.0, step=0.5,
                     format="%.1f%%", key=S.BUDGET_PCT, on_change=_from_pct)
     frac = float(S.get(S.BUDGET_FRACTION))
-    b[1].caption(f"= **{frac * base_g:.{decimals}f} G MACs**, {frac:.1%} of {S.get(S.MODEL)} "
-                 f"({base_g:.{decimals}f} G); the smallest candidate this space allows is "
-                 f"{space.min_macs / 1e9:.{decimals}f} G.")
+    if S.get(S.BUDGET_UNIT) != S.LATENCY_UNIT:
+        b[1].caption(f"= **{frac * base_g:.{decimals}f} G MACs**, {frac:.1%} of "
+                     f"{S.get(S.MODEL)} ({base_g:.{decimals}f} G); the smallest candidate this "
+                     f"space allows is {space.min_macs / 1e9:.{decimals}f} G.")
 
     # -- objective and backend ----------------------------------------------------------------
     o = st.columns([1, 1])

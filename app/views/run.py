@@ -13,6 +13,7 @@ from studio import state as S
 from studio.fleet import need_fleet, user_weights
 from studio.jobs import elapsed_text, finished_job, study_job_settings, submit
 from studio.options import (
+    budget_summary,
     data_check,
     data_choice,
     finetune_epochs,
@@ -88,6 +89,12 @@ def _results(run) -> None:
                f"{rep.get('macs', rep['budget_macs']) / 1e9:.3f} G · {run.weights_label} · "
                f"{elapsed_text(run.seconds)}")
     fleet_headline(rep)
+    lb = rep.get("latency_budget")
+    if lb:
+        st.caption(f":material/timer: latency budget **{lb['latency_ms']:g} ms** "
+                   f"({lb['objective']}): the most MACs found for it, {lb['macs_label']}, "
+                   f"measured **{lb['measured_ms']:.2f} ms**: "
+                   f"{'met' if lb['met'] else 'not met (the surrogate was optimistic: lower the budget a little, or measure more)'}")
     st.caption(f":material/target: {accuracy_line(rep.get('accuracy'))}")
     if rep.get("precision") == "int8":
         precision_section(rep)
@@ -164,7 +171,7 @@ def main() -> None:
         _, weights_label = weights_choice()
         st.markdown(
             f"**{S.get(S.MODEL)}** ({weights_label}) pruned to "
-            f"**{float(S.get(S.BUDGET_FRACTION)):.1%}** of its MACs for **{fv.label}** "
+            f"{budget_summary()} for **{fv.label}** "
             f"({fv.fleet.n_devices:,} devices, {cl.k_} clusters), objective "
             f"**{S.get(S.OBJECTIVE)}**, weights "
             f"**{'yours' if user_weights(cv) else 'device shares'}**, backend "

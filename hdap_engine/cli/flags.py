@@ -194,9 +194,12 @@ def add_study_flags(p: argparse.ArgumentParser, *, query: bool = False,
     fields = top + cli_fields("clustering", "measurement", "quantize", "search")
     if query:
         fields += cli_fields("query", "accuracy")
-    add_option_flags(p, fields, required=("model",) if query else ("model", "budget"))
-    if query:  # --macs or --latency-budget: `study_options` asks for one of them
-        p.set_defaults(budget=None)
+    if query:  # a budget in MACs or in latency: one of the two, and only one
+        budgets = [f for f in fields if f.name in ("budget", "latency_ms")]
+        add_option_flags(p, [f for f in fields if f not in budgets], required=("model",))
+        add_option_flags(p.add_mutually_exclusive_group(required=True), budgets)
+    else:
+        add_option_flags(p, fields, required=("model", "budget"))
     p.add_argument("--telemetry", required=True, metavar="FILE",
                    help="fleet telemetry (CSV, CSV.gz or Parquet)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -212,11 +215,6 @@ def study_options(args: argparse.Namespace, **extra):
     names = {f.name for f in cli_fields("", "clustering", "measurement", "surrogate", "search",
                                         "query", "accuracy", "quantize")}
     settings = {n: getattr(args, n) for n in names if hasattr(args, n)}
-    if "budget" in settings and settings["budget"] is None:
-        if settings.get("latency_ms") is None:
-            raise HdapError("give a budget: --macs 1.0G (MACs, or a fraction such as 25%) or "
-                            "--latency-budget 5 (fleet latency in ms)")
-        del settings["budget"]
     settings["agent_token"] = settings.get("agent_token") or os.environ.get("HDAP_AGENT_TOKEN")
     return StudyOptions.of(**{**settings, **extra})
 

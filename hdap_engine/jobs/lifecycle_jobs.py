@@ -53,7 +53,14 @@ def run_rollout(settings: dict, run: JobRun) -> dict:
                         "a rollout on; run the study again from the Run page")
     ctx, learned = rebuild_context(source.settings, source.result, store=store,
                                    agent_token=run.agent_token)
-    rollout = plan_rollout(ctx, variants, learned=learned, progress=run.progress)
+    query = None
+    if ctx.options.query.latency_ms is not None:
+        # A study for a latency budget: its variants are planned at the MACs found for it.
+        from dataclasses import replace
+
+        query = replace(ctx.options.query, latency_ms=None,
+                        budget=str(((source.result or {}).get("report") or {})["budget"]))
+    rollout = plan_rollout(ctx, variants, query=query, learned=learned, progress=run.progress)
     return jsonable({"rollout": rollout.as_dict(), "of_job": source_id})
 
 

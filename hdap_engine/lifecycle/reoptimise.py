@@ -58,6 +58,9 @@ def read_deployed(bundle: str | Path) -> tuple[StudyOptions, np.ndarray, dict]:
         raise HdapError(f"{folder}/widths.json: names no model; export the bundle again")
     if options.model != model:
         options = options.updated(model=model)
+    if options.query.latency_ms is not None:
+        # Made for a latency budget: the deployed model is judged at the MACs found for it.
+        options = options.updated(budget=str(report["budget"]), latency_ms=None)
     space = PruningSpace.for_model(model).with_options(round_to=doc.get("round_to", 8))
     widths = space.widths_from_dict({g["name"]: g["width"] for g in doc["groups"]})
     if not settings:

@@ -59,7 +59,9 @@ def build_report(result) -> dict:
     fit = getattr(result, "latency_fit", None)
     report = {
         "method": result.method,
-        "budget": str(opt.query.budget) if fit is None else f"{fit.latency_ms:g} ms",
+        # The MACs budget searched at (a latency budget's is the one found for it), so that
+        # comparisons, rollouts and drift checks of this run read it as any other.
+        "budget": str(opt.query.budget) if fit is None else f"{fit.macs:.0f}",
         # A latency budget: what was asked, the MACs found, and the measured objective.
         "latency_budget": None if fit is None else fit.record(float(
             ctx.fleet_objective(opt.query)(val.cluster_measured_ms[None])[0])),
