@@ -166,3 +166,50 @@ def test_a_space_that_takes_too_long_to_build_is_one_clear_error(constant_reshap
     cache.clear_memory()  # what a fresh process knows
     with pytest.raises(HdapError, match="took longer than 0 s.*HDAP_SPACE_TIMEOUT"):
         cache.cached_space(constant_reshape_model, timeout_s=0.01)
+
+
+CLASS_TOKEN = '''
+import torch
+from torch import nn
+
+
+class TinyViT(nn.Module):
+    """A class token and a position embedding: parameters used outside any layer, which
+    Torch-Pruning prunes with the embedding width."""
+
+    def __init__(self, num_classes=4, dim=32):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, 17, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 64)
+        self.fc2 = nn.Linear(64, dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = x + self.fc2(torch.nn.functional.gelu(self.fc1(self.norm(x))))
+        return self.head(x[:, 0])
+
+
+def build(num_classes=4):
+    return TinyViT(num_classes)
+'''
+
+
+def test_a_class_token_is_pruned_with_the_embedding_and_its_macs_are_exact(tmp_path):
+    from hdap_engine.models.zoo import resolve_model
+
+    path = tmp_path / "vit.py"
+    path.write_text(CLASS_TOKEN)
+    key = resolve_model(f"{path}:build", "3,16,16").key
+    space = PruningSpace.for_model(key, round_to=4)
+    assert "patch" in space.group_names and not space.kept  # the embedding width is pruned
+    for ratio in (0.5, 0.75):
+        widths = space.widths_from_ratios(ratio)
+        model = build_model(key)
+        prune_to_widths(model, space, widths)
+        assert model.cls_token.shape[-1] == model.patch.out_channels < 32
+        assert space.macs(widths) == count_macs_params(model, space)[0]

@@ -89,7 +89,7 @@ def _exc(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else ""
     where = type(exc).__module__.split(".")[0]
     if isinstance(exc, HdapError):
-        return text  # already says what and where
+        return text.split(": cannot be pruned: ", 1)[-1]  # already says what and where
     kind = type(exc).__name__ if where == "builtins" else f"{type(exc).__name__} in {where}"
     return f"{kind}: {text}" if text else kind
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -59,6 +59,9 @@ class Discovered:
     groups: tuple[Group, ...]
     # module name -> {"in"/"out": {group index: channels removed per width unit}}
     coefficients: dict[str, dict[str, dict[int, float]]]
+    # A parameter Torch-Pruning prunes outside any layer (a ViT's class token and position
+    # embedding): its name -> (the dim pruned, {group index: channels per width unit}).
+    params: dict[str, tuple[int, dict[int, float]]] = field(default_factory=dict)
 
 
 def torch_pruning():
@@ -130,15 +133,21 @@ def discover(model: nn.Module, example: torch.Tensor, classifier: str) -> Discov
     names = {m: n for n, m in model.named_modules()}
     order = {n: i for i, n in enumerate(names.values())}
     dg = dependency_graph(model, example)
+    pnames = {id(p): n for n, p in model.named_parameters()}
+    pdims = {id(u.parameters): int(u.pruning_dim) for u in dg.unwrapped_parameters}
     raw = []
     for group in _tp_groups(dg, model, classifier):
         root = group[0].dep.target.module
-        if root not in names:
+        if not isinstance(root, nn.Module) or root not in names:
             continue
         base = len(group[0].idxs)
-        members, coef = [], {}
+        members, coef, pcoef = [], {}, {}
         for dep, idxs in group:
             mod = dep.target.module
+            if isinstance(mod, nn.Parameter):
+                if id(mod) in pnames and id(mod) in pdims:
+                    pcoef[pnames[id(mod)]] = (pdims[id(mod)], len(idxs) / base)
+                continue
             name = names.get(mod)
             if name is None:  # Torch-Pruning's stand-in for a functional op
                 continue
@@ -151,14 +160,18 @@ def discover(model: nn.Module, example: torch.Tensor, classifier: str) -> Discov
             continue
         members.sort(key=order.__getitem__)
         raw.append((Group(name=members[0], base=base, members=tuple(members),
-                          channel_groups=_channel_groups(dg, group)), coef))
+                          channel_groups=_channel_groups(dg, group)), coef, pcoef))
     raw.sort(key=lambda r: order[r[0].name])
     coefficients: dict[str, dict[str, dict[int, float]]] = {}
-    for i, (_, coef) in enumerate(raw):
+    params: dict[str, tuple[int, dict[int, float]]] = {}
+    for i, (_, coef, pcoef) in enumerate(raw):
         for name, sides in coef.items():
             for side, c in sides.items():
                 coefficients.setdefault(name, {}).setdefault(side, {})[i] = c
-    return Discovered(groups=tuple(g for g, _ in raw), coefficients=coefficients)
+        for name, (dim, c) in pcoef.items():
+            params.setdefault(name, (dim, {}))[1][i] = c
+    return Discovered(groups=tuple(r[0] for r in raw), coefficients=coefficients,
+                      params=params)
 
 
 def module_forms(model: nn.Module, found: Discovered,
@@ -181,6 +194,23 @@ def module_forms(model: nn.Module, found: Discovered,
             varying = sum(c * base[g] for g, c in coef.items() if g in index)
             forms.append((float(total) - varying, terms))
         out[mod] = (forms[0], forms[1])
+    return out
+
+
+def param_forms(model: nn.Module, found: Discovered,
+                keep: Sequence[int]) -> dict[str, tuple[Form, ...]]:
+    """The form of every dim of each parameter Torch-Pruning prunes outside a layer
+    (`Discovered.params`), for the recording to start from (`record.record`)."""
+    index = {g: i for i, g in enumerate(keep)}
+    params = dict(model.named_parameters())
+    out = {}
+    for name, (dim, coef) in found.params.items():
+        p = params[name]
+        dim = dim % p.dim()
+        terms = tuple(sorted((index[g], c) for g, c in coef.items() if g in index))
+        varying = sum(c * found.groups[g].base for g, c in coef.items() if g in index)
+        out[name] = tuple((float(s) - varying, terms) if d == dim else (float(s), ())
+                          for d, s in enumerate(p.shape))
     return out
 
 

@@ -276,14 +276,22 @@ class Recorder(TorchFunctionMode):
 
 def record(model: nn.Module, example: torch.Tensor,
            module_forms: dict[nn.Module, tuple[Form, Form]] | None = None,
-           counted_types: tuple = ()) -> list[Op]:
-    """Run ``model`` on ``example`` once and return its recorded operations."""
+           counted_types: tuple = (), param_forms: dict[str, tuple[Form, ...]] | None = None,
+           ) -> list[Op]:
+    """Run ``model`` on ``example`` once and return its recorded operations.
+
+    ``param_forms`` gives the forms of parameters used outside any layer (a class
+    token that is expanded and concatenated), by parameter name.
+    """
     rec = Recorder(model, module_forms or {}, counted_types)
     rec.attach()
     try:
         with torch.no_grad(), rec:
             x = example
             rec.set_forms(x, [fixed(s) for s in x.shape])
+            for name, p in model.named_parameters():
+                if param_forms and name in param_forms:
+                    rec.set_forms(p, param_forms[name])
             model(x)
     finally:
         rec.detach()
