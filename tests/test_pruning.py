@@ -213,3 +213,55 @@ def test_a_class_token_is_pruned_with_the_embedding_and_its_macs_are_exact(tmp_p
         prune_to_widths(model, space, widths)
         assert model.cls_token.shape[-1] == model.patch.out_channels < 32
         assert space.macs(widths) == count_macs_params(model, space)[0]
+
+
+TIMM_VIT = '''
+from timm.models.vision_transformer import VisionTransformer
+
+
+def build(num_classes=10):
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                             num_classes=num_classes)
+'''
+
+COMPARE = '''
+import sys
+import timm  # first: Torch-Pruning's counter then counts timm's attention blocks whole
+from hdap_engine.models.zoo import build_model
+from hdap_engine.pruning.apply import count_macs_params, prune_to_widths
+from hdap_engine.pruning.space import PruningSpace
+
+if __name__ == "__main__":  # the space is built in a spawned child process
+    key = sys.argv[1]
+    space = PruningSpace.for_model(key, round_to=3)
+    for ratio in (1.0, 0.5):
+        widths = space.widths_from_ratios(ratio)
+        model = build_model(key)
+        prune_to_widths(model, space, widths)
+        print(ratio, space.macs(widths), count_macs_params(model, space)[0], space.group_names)
+'''
+
+
+@pytest.mark.slow  # a child process that builds a timm ViT's space (~30 s on 2 cores)
+def test_a_timm_vits_macs_equal_the_counter_which_counts_its_attention_whole(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hdap_engine.models.zoo import resolve_model
+
+    path = tmp_path / "vit.py"
+    path.write_text(TIMM_VIT)
+    key = resolve_model(f"{path}:build", "3,32,32").key
+    script = tmp_path / "compare.py"
+    script.write_text(COMPARE)
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, str(script), key], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": root}, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line.split(" ", 3) for line in out.stdout.strip().splitlines()]
+    assert len(lines) == 2
+    for ratio, space_macs, counter_macs, _groups in lines:
+        assert float(space_macs) == float(counter_macs), (ratio, space_macs, counter_macs)
+    assert "patch_embed.proj" in lines[1][3]  # the embedding width, class token included

@@ -261,7 +261,13 @@ def layer_rows(ops: list[R.Op], tp_forms: dict) -> list[dict]:
     rows = _Rows()
     for op in ops:
         if op.kind == "module":
+            n0 = len(rows.rows)
             _module_rows(rows, op, tp_forms.get(op.module))
+            if op.extra.get("in_counted"):
+                # A layer inside a block the counter counts whole (timm's attention: its
+                # qkv and proj are in the block's formula): priced, not counted again.
+                for r in rows.rows[n0:]:
+                    r["counted"] = UNIT
         elif op.kind == "count":
             _attention_rows(rows, op.name, op.extra["cin"], op.extra["qdim"],
                             op.extra["tokens"], op.extra["heads"], op.extra["bias"],

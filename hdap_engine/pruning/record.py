@@ -231,6 +231,7 @@ class Recorder(TorchFunctionMode):
         op = Op(name=name, kind="module", target=type(module).__name__, module=module,
                 in_shapes=[tuple(t.shape) for t in ins], out_shape=tuple(out.shape),
                 in_forms=in_forms)
+        op.extra["in_counted"] = self.in_counted > 0  # part of a block counted whole
         op.out_forms = _module_forms(module, ins, out, in_forms, self.module_forms.get(module))
         self.set_forms(out, op.out_forms)
         self.last_out[module] = op.out_forms
