@@ -349,13 +349,13 @@ def build_space(name: str, model: nn.Module, example: torch.Tensor, classifier: 
             raise HdapError(f"pruning this model's groups together breaks it ({why})")
     tp_forms = G.module_forms(model, found, keep)
     counted_types = _timm_attention_types()
-    ops = R.record(model, example, tp_forms, counted_types,
+    ops = R.record(G.clear_eval_caches(model), example, tp_forms, counted_types,
                    param_forms=G.param_forms(model, found, keep))
     rows = layer_rows(ops, tp_forms)
     if not rows:
         raise HdapError("the model has no layer the pruning space can follow")
     layers = _arrays(rows, len(groups))
-    check_forms(ops, R.record(pruned, example, {}, counted_types), widths)
+    check_forms(ops, R.record(G.clear_eval_caches(pruned), example, {}, counted_types), widths)
     del pruned
     kept = tuple((found.groups[i].name, why) for i, why in sorted(bad.items()))
     uncounted = sorted({str(o) for o, c in zip(layers.op, layers.counted, strict=True)

@@ -286,11 +286,29 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
     return kept
 
 
+def clear_eval_caches(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with what it caches in eval mode cleared.
+
+    Some models cache tensors computed from their parameters during an eval forward
+    (timm's LeViT and EfficientFormer keep attention biases). After Torch-Pruning's
+    traced forward those tensors carry autograd history and cannot be deep-copied,
+    and a forward that fills the cache runs more operations than one that reads it.
+    Such models clear the cache when switched to training, hence the switch.
+    """
+    model.train()
+    return model.eval()
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode, its eval caches cleared."""
+    return copy.deepcopy(clear_eval_caches(model))
+
+
 def try_prune(model: nn.Module, example: torch.Tensor, classifier: str,
               groups: Sequence[Group], widths: Sequence[int], expected: tuple[int, ...]):
     """A copy of ``model`` with ``groups`` pruned to ``widths`` (first channels kept),
     and None; or None and why pruning them breaks the model."""
-    trial = copy.deepcopy(model)
+    trial = copy_model(model)
     try:
         prune_groups(trial, example, classifier, groups, widths, importance="first")
         with torch.no_grad():
