@@ -209,14 +209,14 @@ def _function_rows_of(rows: _Rows, op: R.Op) -> None:
         if op.extra.get("copies"):  # channel shuffle, a transposed view made dense
             rows.add(op.name, "copy", "", cout, cout, (ho, wo), (ho, wo), fn=f)
         return
-    if f in R._VIEW_FN:
+    if f in R.VIEW_FN:
         return
     tensors = len(op.in_shapes)
-    if f in R._ADD_FN | R._MUL_FN:
+    if f in R.ADD_FN | R.MUL_FN:
         if tensors < 2:  # arithmetic with a constant: one cheap element-wise pass
             rows.add(op.name, "act", "", cout, cout, (ho, wo), (ho, wo), fn="arith")
             return
-        kind = "add" if f in R._ADD_FN else "mul"
+        kind = "add" if f in R.ADD_FN else "mul"
         other = min(op.in_shapes, key=math.prod)
         if kind == "mul" or math.prod(other) != math.prod(op.out_shape):
             # A smaller second operand is a per-channel gate (squeeze-excitation).
@@ -224,16 +224,16 @@ def _function_rows_of(rows: _Rows, op: R.Op) -> None:
             rows.add(op.name, "mul", "", cout, cout, g_hw, (ho, wo))
         else:
             rows.add(op.name, "add", "", cout, cout, (ho, wo), (ho, wo))
-    elif f in R._ACT_FN:
-        rows.add(op.name, "act", "", cout, cout, (ho, wo), (ho, wo), fn=R._ACT_FN[f])
-    elif f in R._SOFTMAX_FN:
+    elif f in R.ACT_FN:
+        rows.add(op.name, "act", "", cout, cout, (ho, wo), (ho, wo), fn=R.ACT_FN[f])
+    elif f in R.SOFTMAX_FN:
         rows.add(op.name, "softmax", "", cout, cout, (ho, wo), (ho, wo), fn="softmax")
-    elif f in R._NORM_FN:
-        rows.add(op.name, R._NORM_FN[f], "", cout, cout, (ho, wo), (ho, wo))
-    elif f in R._POOL_FN:
+    elif f in R.NORM_FN:
+        rows.add(op.name, R.NORM_FN[f], "", cout, cout, (ho, wo), (ho, wo))
+    elif f in R.POOL_FN:
         k = (max(1, hi // max(ho, 1)), max(1, wi // max(wo, 1)))
         rows.add(op.name, "pool", "", cin, cin, (hi, wi), (ho, wo), kernel=k, stride=k[0])
-    elif f in R._CAT_FN:
+    elif f in R.CAT_FN:
         rows.add(op.name, "cat", "", cout, cout, (ho, wo), (ho, wo))
     elif f in R._MATMUL_FN and tensors >= 2 and len(op.in_shapes[0]) >= 2:
         inner = op.in_forms[0][-1]

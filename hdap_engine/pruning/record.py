@@ -72,7 +72,7 @@ _ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.GELU, nn.S
 UNIT_TYPES = (_CONV + (nn.Linear, nn.Embedding, nn.MultiheadAttention, nn.Upsample,
                        nn.Softmax, nn.LogSoftmax) + _NORM_BN + _NORM_LN + _POOL + _PASS
               + _ACT_MODULES + (nn.InstanceNorm1d, nn.BatchNorm3d))
-_ACT_FN = {
+ACT_FN = {
     "relu": "relu", "relu_": "relu", "relu6": "relu6", "hardtanh": "relu6",
     "leaky_relu": "relu", "prelu": "relu", "elu": "elu", "selu": "elu", "celu": "elu",
     "gelu": "gelu", "silu": "silu", "mish": "silu", "hardswish": "hardswish",
@@ -80,21 +80,21 @@ _ACT_FN = {
     "tanh": "tanh", "softplus": "silu", "clamp": "relu6", "clamp_": "relu6",
     "clip": "relu6", "exp": "sigmoid", "erf": "gelu",
 }
-_ADD_FN = {"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__",
+ADD_FN = {"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__",
            "__rsub__", "__isub__"}
-_MUL_FN = {"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__",
+MUL_FN = {"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__",
            "__itruediv__", "__rtruediv__", "where", "addcmul"}
-_CAT_FN = {"cat", "concat", "concatenate"}
+CAT_FN = {"cat", "concat", "concatenate"}
 _MATMUL_FN = {"matmul", "__matmul__", "bmm", "baddbmm", "einsum"}
-_POOL_FN = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d",
+POOL_FN = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d",
             "mean", "amax", "max", "sum", "adaptive_avg_pool1d", "avg_pool1d"}
-_NORM_FN = {"layer_norm": "norm", "group_norm": "norm", "batch_norm": "bn",
+NORM_FN = {"layer_norm": "norm", "group_norm": "norm", "batch_norm": "bn",
             "instance_norm": "bn", "rms_norm": "norm", "normalize": "norm"}
-_SOFTMAX_FN = {"softmax", "log_softmax", "_softmax"}
+SOFTMAX_FN = {"softmax", "log_softmax", "_softmax"}
 _COPY_FN = {"roll", "pad", "interpolate", "upsample", "clone", "flip",
             "repeat", "tile", "pixel_shuffle", "channel_shuffle", "native_channel_shuffle"}
 # Functions that only describe or re-view a tensor: they get forms, not a layer.
-_VIEW_FN = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes",
+VIEW_FN = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes",
             "movedim", "squeeze", "unsqueeze", "expand", "expand_as", "__getitem__",
             "chunk", "split", "unbind", "narrow", "t", "dropout", "to", "type_as", "float",
             "detach", "view_as", "reshape_as", "contiguous_", "stochastic_depth", "mT",
@@ -255,7 +255,7 @@ class Recorder(TorchFunctionMode):
                        bias=qkv is not None and qkv.bias is not None)))
 
     def _record_function(self, func, args, kwargs, out, outs):
-        fname = _fname(func).lstrip("_") if _fname(func) not in _ADD_FN | _MUL_FN | {
+        fname = _fname(func).lstrip("_") if _fname(func) not in ADD_FN | MUL_FN | {
             "__getitem__", "__matmul__"} else _fname(func)
         ins = _tensors(args) + _tensors(kwargs)
         in_forms = [self.forms_of(t) for t in ins]
@@ -377,7 +377,7 @@ def _dim_arg(args, kwargs, pos, default=0):
 def _function_forms(fname, args, kwargs, ins, in_forms, outs) -> list[tuple[Form, ...]]:
     out = outs[0]
     first = in_forms[0] if in_forms else ()
-    if fname in _CAT_FN:
+    if fname in CAT_FN:
         d = _dim_arg(args, kwargs, 1, 0) % out.dim()
         parts = [f for f in in_forms if len(f) == out.dim()]
         cat = add_forms(*[f[d] for f in parts])
