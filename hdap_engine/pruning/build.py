@@ -235,7 +235,7 @@ def _function_rows_of(rows: _Rows, op: R.Op) -> None:
         rows.add(op.name, "pool", "", cin, cin, (hi, wi), (ho, wo), kernel=k, stride=k[0])
     elif f in R.CAT_FN:
         rows.add(op.name, "cat", "", cout, cout, (ho, wo), (ho, wo))
-    elif f in R._MATMUL_FN and tensors >= 2 and len(op.in_shapes[0]) >= 2:
+    elif f in R.MATMUL_FN and tensors >= 2 and len(op.in_shapes[0]) >= 2:
         inner = op.in_forms[0][-1]
         outs = op.out_forms[-1]
         rows_n = math.prod(op.out_shape[:-1])
@@ -250,7 +250,7 @@ def _function_rows_of(rows: _Rows, op: R.Op) -> None:
                  (lead, 1), fn="softmax")
         rows.add(f"{op.name}.av", "matmul", "", R.fixed(kv), op.in_forms[2][-1], (lead, 1),
                  (lead, 1))
-    elif f in R._COPY_FN:
+    elif f in R.COPY_FN:
         rows.add(op.name, "copy", "", cout, cout, (ho, wo), (ho, wo), fn=f)
     else:
         rows.add(op.name, "other", "", cin, cout, (hi, wi), (ho, wo), fn=f)

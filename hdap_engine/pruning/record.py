@@ -85,13 +85,13 @@ ADD_FN = {"add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__su
 MUL_FN = {"mul", "mul_", "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__",
            "__itruediv__", "__rtruediv__", "where", "addcmul"}
 CAT_FN = {"cat", "concat", "concatenate"}
-_MATMUL_FN = {"matmul", "__matmul__", "bmm", "baddbmm", "einsum"}
+MATMUL_FN = {"matmul", "__matmul__", "bmm", "baddbmm", "einsum"}
 POOL_FN = {"adaptive_avg_pool2d", "adaptive_max_pool2d", "avg_pool2d", "max_pool2d",
             "mean", "amax", "max", "sum", "adaptive_avg_pool1d", "avg_pool1d"}
 NORM_FN = {"layer_norm": "norm", "group_norm": "norm", "batch_norm": "bn",
             "instance_norm": "bn", "rms_norm": "norm", "normalize": "norm"}
 SOFTMAX_FN = {"softmax", "log_softmax", "_softmax"}
-_COPY_FN = {"roll", "pad", "interpolate", "upsample", "clone", "flip",
+COPY_FN = {"roll", "pad", "interpolate", "upsample", "clone", "flip",
             "repeat", "tile", "pixel_shuffle", "channel_shuffle", "native_channel_shuffle"}
 # Functions that only describe or re-view a tensor: they get forms, not a layer.
 VIEW_FN = {"view", "reshape", "flatten", "unflatten", "permute", "transpose", "swapaxes",
@@ -425,7 +425,7 @@ def _function_forms(fname, args, kwargs, ins, in_forms, outs) -> list[tuple[Form
             else:
                 results.append(tuple(fixed(s) for s in t.shape))
         return results
-    if fname in _MATMUL_FN and fname != "einsum" and len(ins) >= 2 and out.dim() >= 2:
+    if fname in MATMUL_FN and fname != "einsum" and len(ins) >= 2 and out.dim() >= 2:
         a, b = in_forms[-2], in_forms[-1]
         sa = tuple(ins[-2].shape)
         batch = _same([sa[:-2]], [a[:-2]], tuple(out.shape[:-2]))
