@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from hdap_engine.data.coco import check_detector_classes, collate, load_coco
-from hdap_engine.data.shapes import SHAPE_CLASSES, ShapesSpec, write_shapes
+from hdap_engine.data.shapes import SHAPE_CLASSES, write_shapes
 from hdap_engine.errors import HdapError
+from hdap_engine.options import ShapesOptions
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> Path:
-    return write_shapes(tmp_path_factory.mktemp("shapes"), ShapesSpec(images=12, size=64,
+    return write_shapes(tmp_path_factory.mktemp("shapes"), ShapesOptions(images=12, size=64,
                                                                       seed=3))
 
 
@@ -33,8 +34,8 @@ def _copy(src: Path, dst: Path, edit=None) -> Path:
 
 
 def test_shapes_are_deterministic_from_the_seed(tmp_path, shapes):
-    again = write_shapes(tmp_path / "again", ShapesSpec(images=12, size=64, seed=3))
-    other = write_shapes(tmp_path / "other", ShapesSpec(images=12, size=64, seed=4))
+    again = write_shapes(tmp_path / "again", ShapesOptions(images=12, size=64, seed=3))
+    other = write_shapes(tmp_path / "other", ShapesOptions(images=12, size=64, seed=4))
     assert (again / "annotations.json").read_bytes() == (shapes / "annotations.json").read_bytes()
     assert (again / "images/000005.png").read_bytes() == (shapes / "images/000005.png").read_bytes()
     assert (other / "annotations.json").read_bytes() != (shapes / "annotations.json").read_bytes()
@@ -43,7 +44,7 @@ def test_shapes_are_deterministic_from_the_seed(tmp_path, shapes):
 def test_shapes_hold_every_class_with_several_objects_and_tight_boxes(tmp_path):
     from PIL import Image
 
-    out = write_shapes(tmp_path, ShapesSpec(images=30, size=96, seed=0))
+    out = write_shapes(tmp_path, ShapesOptions(images=30, size=96, seed=0))
     doc = json.loads((out / "annotations.json").read_text())
     assert [c["name"] for c in doc["categories"]] == list(SHAPE_CLASSES)
     assert {a["category_id"] for a in doc["annotations"]} == {1, 2, 3, 4}
@@ -182,3 +183,12 @@ def test_crowd_annotations_are_dropped_and_counted(tmp_path, shapes):
 
     data = load_coco(_copy(shapes, tmp_path / "c", crowd))
     assert any("dropped 1 crowd annotation" in n for n in data.notes)
+
+
+def test_hdap_data_shapes_writes_a_readable_coco_folder(tmp_path, cli):
+    r = cli("data", "shapes", "--out", str(tmp_path / "s"), "--images", "4", "--size", "48",
+            "--seed", "2")
+    assert r.returncode == 0, r.stderr
+    assert load_coco(tmp_path / "s").n_train == 3
+    bad = cli("data", "shapes", "--out", str(tmp_path / "t"), "--size", "8")
+    assert bad.returncode == 2 and "--size must be between 32 and 2048" in bad.stderr

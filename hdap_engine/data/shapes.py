@@ -17,55 +17,23 @@ which keeps the achievable mAP near 1 and a pruned model's loss visible.
 Public API
 ----------
 ``SHAPE_CLASSES``: the class names, category ids 1..4 in this order.
-``ShapesSpec(images=200, size=160, seed=0, min_objects=1, max_objects=5)``
-``write_shapes(out, spec) -> Path``: the folder, with ``images/`` and ``annotations.json``.
-``draw_image(rng, size, spec) -> (PIL image, list of (category_id, [x, y, w, h]))``
+``write_shapes(out, options=ShapesOptions()) -> Path``: the folder, with ``images/`` and
+``annotations.json`` (`hdap_engine.options.ShapesOptions`: images, size, seed, objects).
+``draw_image(rng, options) -> (PIL image, list of (category_id, [x, y, w, h]))``
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from hdap_engine.errors import HdapError
+from hdap_engine.options import ShapesOptions
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 _MAX_IOU = 0.3  # overlap allowed with an earlier object (boxes' IoU)
-
-
-@dataclass(frozen=True)
-class ShapesSpec:
-    """What to generate.
-
-    Parameters
-    ----------
-    images:
-        How many images.
-    size:
-        Side of the square images, in pixels.
-    seed:
-        Seed of everything drawn.
-    min_objects, max_objects:
-        Objects per image (inclusive range).
-    """
-
-    images: int = 200
-    size: int = 160
-    seed: int = 0
-    min_objects: int = 1
-    max_objects: int = 5
-
-    def check(self) -> None:
-        if self.images < 1:
-            raise HdapError(f"--images must be at least 1, got {self.images}")
-        if not 32 <= self.size <= 2048:
-            raise HdapError(f"--size must be between 32 and 2048 pixels, got {self.size}")
-        if not 1 <= self.min_objects <= self.max_objects <= 50:
-            raise HdapError("objects per image must satisfy 1 <= min <= max <= 50, got "
-                            f"{self.min_objects}..{self.max_objects}")
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -104,17 +72,15 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
 
 
-def draw_image(rng: np.random.Generator, size: int, spec: ShapesSpec):
+def draw_image(rng: np.random.Generator, options: ShapesOptions):
     """One image and its objects.
 
     Parameters
     ----------
     rng:
         The generator (advanced in place: images are drawn in sequence).
-    size:
-        Image side in pixels.
-    spec:
-        Objects per image.
+    options:
+        Image size and objects per image.
 
     Returns
     -------
@@ -123,9 +89,10 @@ def draw_image(rng: np.random.Generator, size: int, spec: ShapesSpec):
     """
     from PIL import Image, ImageDraw
 
+    size = options.size
     canvas = Image.fromarray(_background(rng, size))
     objects: list[tuple[int, list[float]]] = []
-    wanted = int(rng.integers(spec.min_objects, spec.max_objects + 1))
+    wanted = int(rng.integers(options.min_objects, options.max_objects + 1))
     for _ in range(wanted * 20):  # tries: a crowded image simply gets fewer objects
         if len(objects) == wanted:
             break
@@ -156,7 +123,7 @@ def draw_image(rng: np.random.Generator, size: int, spec: ShapesSpec):
     return canvas, objects
 
 
-def write_shapes(out: str | Path, spec: ShapesSpec = ShapesSpec()) -> Path:
+def write_shapes(out: str | Path, options: ShapesOptions | None = None) -> Path:
     """Generate the dataset in COCO format.
 
     Parameters
@@ -164,33 +131,33 @@ def write_shapes(out: str | Path, spec: ShapesSpec = ShapesSpec()) -> Path:
     out:
         Folder to write (created; ``images/`` and ``annotations.json`` inside;
         existing files of the same names are replaced).
-    spec:
-        Count, size, seed, objects per image.
+    options:
+        Count, size, seed, objects per image (default `ShapesOptions()`).
 
     Returns
     -------
     The folder.
     """
-    spec.check()
+    options = options or ShapesOptions()
     out = Path(out)
     try:
         (out / "images").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HdapError(f"--out {out}: cannot create the folder ({exc.strerror})") from None
-    rng = np.random.default_rng(spec.seed)
+    rng = np.random.default_rng(options.seed)
     images, annotations = [], []
-    for i in range(spec.images):
-        img, objects = draw_image(rng, spec.size, spec)
+    for i in range(options.images):
+        img, objects = draw_image(rng, options)
         name = f"images/{i:06d}.png"
         img.save(out / name, optimize=False)
-        images.append({"id": i + 1, "file_name": name, "width": spec.size,
-                       "height": spec.size})
+        images.append({"id": i + 1, "file_name": name, "width": options.size,
+                       "height": options.size})
         for cat, box in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
                                 "category_id": cat, "bbox": box,
                                 "area": box[2] * box[3], "iscrowd": 0})
-    doc = {"info": {"description": "HDAP Studio synthetic shapes", "seed": spec.seed,
-                    "images": spec.images, "size": spec.size},
+    doc = {"info": {"description": "HDAP Studio synthetic shapes", "seed": options.seed,
+                    "images": options.images, "size": options.size},
            "images": images, "annotations": annotations,
            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)]}
     (out / "annotations.json").write_text(json.dumps(doc, indent=1) + "\n")
