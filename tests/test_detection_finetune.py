@@ -100,3 +100,24 @@ def test_mismatched_heads_and_foreign_models_are_one_clear_error():
         family_of(torch.nn.Linear(2, 2))
     with pytest.raises(HdapError, match="no teacher"):
         fit_detector(tiny_ssd(5), [], _options(kd_weight=1.0))
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_ends_with_identical_weights(tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.helpers.paths import ROOT
+
+    write_shapes(tmp_path / "s", ShapesOptions(images=10, size=64, seed=7))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "tests.helpers.detector_ddp", str(tmp_path / "s")],
+        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    found = re.findall(r"rank (\d)/2: weights sha256 ([0-9a-f]{16}) kd ([0-9.]+)", run.stdout)
+    assert {r for r, _, _ in found} == {"0", "1"}, run.stdout
+    assert len({d for _, d, _ in found}) == 1 and len({k for _, _, k in found}) == 1
