@@ -104,10 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--macs", type=float, default=0.5)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--kd-weight", type=float, default=DETECTION_DISTILL["kd_weight"],
+                   help="0: fine-tune on the detector's own loss alone (the ablation)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -130,20 +132,23 @@ def main(argv: list[str] | None = None) -> None:
     calibrated = score(student)
     options = FinetuneOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                               weight_decay=1e-4, schedule="cosine", seed=args.seed,
-                              **DETECTION_DISTILL)
+                              **{**DETECTION_DISTILL, "kd_weight": args.kd_weight})
 
     def show(r):
         print(f"epoch {r.epoch}/{r.epochs} loss {r.loss:.3f} (own {r.detector_loss:.3f}, "
               f"kd {r.kd_loss:.3f}) {r.seconds:.0f}s", flush=True)
 
-    fit_detector(student, data.train, options, teacher=teacher, optimizer="adamw",
+    fit_detector(student, data.train, options,
+                 teacher=teacher if options.distills else None, optimizer="adamw",
                  on_epoch=show)
     finetuned = score(student)
     print(json.dumps({"macs_share": round(share, 4), "macs_unpruned": macs_of(teacher),
                       "macs_pruned": macs_of(student), "unpruned": unpruned, "pruned": pruned,
                       "calibrated": calibrated, "finetuned": finetuned,
                       "finetune": {"epochs": args.epochs, "lr": args.lr, "optimizer": "adamw",
-                                   **DETECTION_DISTILL},
+                                   "kd_weight": options.kd_weight,
+                                   "ce_weight": options.ce_weight,
+                                   "temperature": options.temperature},
                       "heldout_images": data.n_heldout,
                       "seconds": round(time.perf_counter() - t0, 1)}))
 
