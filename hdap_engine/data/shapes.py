@@ -4,8 +4,9 @@ Images of coloured shapes (circle, square, triangle, cross) on textured, noisy
 backgrounds, several objects per image with varied size and colour, partial
 overlaps allowed, written in COCO format (``images/*.png`` plus
 ``annotations.json``, see `hdap_engine.data.coco`). Everything is drawn from one
-seed, so the same arguments give byte-identical files on any machine (numpy's
-``default_rng`` and PIL's drawing are deterministic).
+seed, so the same arguments give the same annotations and pixels (numpy's
+``default_rng`` and PIL's drawing are deterministic); the PNG bytes are identical too
+with the same Pillow and zlib (the test compares them on one machine).
 
 Why these choices: a detector must learn *shape*, not colour or size, so colours
 are drawn independently of the class and sizes span a factor of three; the
