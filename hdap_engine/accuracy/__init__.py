@@ -5,7 +5,9 @@ Modules: `evaluate` (``evaluate``, ``Evaluation``, ``wilson_interval``), `calibr
 (``calibration_set``, ``recalibrate_bn``, ``calibrated_accuracy``, ``CalibratedEvaluator``),
 `cache` (``AccuracyCache``), `surrogate` (``AccuracySurrogate``), `floor`
 (``parse_floor``, ``AccuracyFloor``), `guide` (``AccuracyGuide``), `study`
-(``prepare_accuracy``, ``heldout_figures``), `report` (``accuracy_block``).
+(``prepare_accuracy``, ``heldout_figures``), `report` (``accuracy_block``), `detection`
+(``evaluate_detector``, ``DetectionAccuracy``, ``recalibrate_detector_bn``: mAP, imported
+from its module so that classification never loads torchmetrics).
 """
 
 from hdap_engine.accuracy.calibrate import (

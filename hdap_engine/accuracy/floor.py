@@ -9,6 +9,12 @@ calibrated accuracy, measured the same way, so the comparison is like with like)
 - ``uniform``: at least the calibrated accuracy of the uniform architecture at
   the same budget (never less accurate than the baseline everyone uses).
 
+The floor is metric-agnostic: ``unpruned`` and ``uniform`` are fractions of
+whatever the study measures, top-1 for a classifier or mAP for a detector
+(``metric``, default top-1's wording; ``METRIC_NAMES`` holds the detection ones),
+so ``95%`` of a detector is 95 % of the unpruned detector's calibrated mAP and
+``-2pt`` is two mAP points. Only the wording of messages names the metric.
+
 Anything else, or a fraction outside (0, 1], is one `HdapError`. When no
 sampled candidate meets the floor at the budget, `check_reachable` says which
 floor the budget allows (the best sampled candidate's) instead of running an
@@ -18,8 +24,9 @@ Public API
 ----------
 ``parse_floor(text) -> AccuracyFloor | None`` (``None`` / ``""`` / ``"none"``: no floor)
 ``AccuracyFloor(kind, value, text)``: ``.threshold(unpruned, uniform=None) -> float``,
-``.describe() -> str``, ``.as_dict()``
-``check_reachable(floor, threshold, best, unpruned, budget_label) -> None``
+``.describe(metric=...) -> str``, ``.as_dict(metric=...)``
+``check_reachable(floor, threshold, best, unpruned, budget_label, *, metric=...) -> None``
+``METRIC_NAMES``: how messages name each metric (``top1``, ``map``, ``map_50``).
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from dataclasses import dataclass
 from hdap_engine.errors import HdapError
 
 KINDS = ("fraction", "points", "uniform")
+# The metric a floor is measured on -> how messages name it (calibrated, like the floor).
+METRIC_NAMES = {"top1": "calibrated accuracy", "map": "calibrated mAP@[.5:.95]",
+                "map_50": "calibrated mAP@.5"}
 _FORMS = ("use a fraction of the unpruned model's accuracy in (0, 1] (e.g. 0.9), a "
           "percentage (95%), a drop in points (-2pt) or 'uniform'")
 
@@ -70,16 +80,28 @@ class AccuracyFloor:
             raise ValueError("the 'uniform' floor needs the uniform architecture's accuracy")
         return float(uniform)
 
-    def describe(self) -> str:
+    def describe(self, metric: str = "top1") -> str:
+        """The rule in words, naming ``metric`` (a key of ``METRIC_NAMES``)."""
+        name = _metric_name(metric)
         if self.kind == "fraction":
-            return f"{self.value:g} of the unpruned model's calibrated accuracy"
+            return f"{self.value:g} of the unpruned model's {name}"
         if self.kind == "points":
             return f"at most {100 * self.value:g} points below the unpruned model's"
-        return "at least the uniform architecture's calibrated accuracy at the budget"
+        return f"at least the uniform architecture's {name} at the budget"
 
-    def as_dict(self) -> dict:
-        return {"text": self.text, "kind": self.kind, "value": self.value,
-                "rule": self.describe()}
+    def as_dict(self, metric: str = "top1") -> dict:
+        out = {"text": self.text, "kind": self.kind, "value": self.value,
+               "rule": self.describe(metric)}
+        if metric != "top1":
+            out["metric"] = metric
+        return out
+
+
+def _metric_name(metric: str) -> str:
+    if metric not in METRIC_NAMES:
+        raise HdapError(f"an accuracy floor is measured on one of {', '.join(METRIC_NAMES)}, "
+                        f"not {metric!r}")
+    return METRIC_NAMES[metric]
 
 
 def parse_floor(text) -> AccuracyFloor | None:
@@ -127,7 +149,7 @@ def parse_floor(text) -> AccuracyFloor | None:
 
 
 def check_reachable(floor: AccuracyFloor, threshold: float, best: float, unpruned: float,
-                    budget_label: str) -> None:
+                    budget_label: str, *, metric: str = "top1") -> None:
     """Refuse a floor that no sampled candidate meets, naming the floor the budget allows.
 
     Parameters
@@ -142,7 +164,10 @@ def check_reachable(floor: AccuracyFloor, threshold: float, best: float, unprune
         The unpruned model's calibrated accuracy.
     budget_label:
         The budget as the user wrote it (for the message).
+    metric:
+        What the accuracies are (``top1``, ``map``, ``map_50``; messages only).
     """
+    name = _metric_name(metric)
     if best >= threshold:
         return
     frac = best / unpruned if unpruned > 0 else 0.0
@@ -153,6 +178,11 @@ def check_reachable(floor: AccuracyFloor, threshold: float, best: float, unprune
         allowed = f"--min-accuracy {math.floor(frac * 100) / 100:.2f}"
     raise HdapError(
         f"no candidate at {budget_label} reaches the floor {floor.text} "
-        f"({100 * threshold:.1f}% calibrated; {floor.describe()}); the best sampled calibrates "
-        f"to {100 * best:.1f}% ({frac:.2f} of the unpruned {100 * unpruned:.1f}%): use "
+        f"({100 * threshold:.1f}% {_short(name)}; {floor.describe(metric)}); the best sampled "
+        f"calibrates to {100 * best:.1f}% ({frac:.2f} of the unpruned {100 * unpruned:.1f}%): use "
         f"{allowed}, 'uniform', or a larger budget")
+
+
+def _short(name: str) -> str:
+    # "calibrated accuracy" -> "calibrated" (the wording classifiers always had).
+    return "calibrated" if name == METRIC_NAMES["top1"] else name

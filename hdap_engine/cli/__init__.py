@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from hdap_engine.cli import fleet, lifecycle, rollout, study, tools
+from hdap_engine.cli import data, fleet, lifecycle, rollout, study, tools
 from hdap_engine.cli.common import Parser
 from hdap_engine.errors import HdapError
 
@@ -36,6 +36,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     fleet.register_probe,
     lifecycle.register_drift,
     tools.register_training,
+    data.register_data,
 ]
 
 

@@ -9,5 +9,7 @@ for fine-tuning, `SCRATCH` for training from scratch).
   collectives the loop needs.
 - `run`: `train_model` (the demo weights) and `finetune_bundle` (a bundle in, a
   fine-tuned bundle out).
+- `detection`: detectors (`fit_detector`): their own loss plus distillation on the
+  heads' outputs, the same checkpoints and torchrun.
 - `commands`: `hdap train`, `hdap finetune`, ``python -m hdap_engine.finetune``.
 """

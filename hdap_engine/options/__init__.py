@@ -35,6 +35,7 @@ from hdap_engine.options.steps import (
     ProbeOptions,
     ReoptimiseOptions,
     RolloutOptions,
+    ShapesOptions,
     SimulationOptions,
 )
 from hdap_engine.options.study import (
@@ -98,6 +99,7 @@ __all__ = [
     "AppOptions", "ClusteringPlan", "DriftOptions", "FinetuneOptions", "LongFormatOptions",
     "MacsBenchOptions", "MeasurementPlan", "ModelCheckOptions", "PRECISIONS", "ProbeOptions",
     "QuantizePlan", "Query", "ROUND_TO_BY_PRECISION", "ReoptimiseOptions",
-    "RolloutOptions", "SearchPlan", "SimulationOptions", "StudyOptions", "SurrogatePlan",
+    "RolloutOptions", "SearchPlan", "ShapesOptions", "SimulationOptions", "StudyOptions",
+    "SurrogatePlan",
     "cli_fields", "default", "flatten_settings", "option", "search_effort",
 ]

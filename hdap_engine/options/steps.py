@@ -121,6 +121,31 @@ class ProbeOptions:
                                  help="torch threads (default: torch's own choice)")
 
 
+
+@dataclass(frozen=True)
+class ShapesOptions:
+    """The synthetic shapes detection dataset (`hdap data shapes`, `hdap_engine.data.shapes`)."""
+
+    images: int = option(200, flag="--images", parse="positive_int",
+                         help="number of images (default %(default)s)")
+    size: int = option(160, flag="--size", parse="positive_int", metavar="PX",
+                       help="side of the square images in pixels (default %(default)s)")
+    seed: int = option(0, flag="--seed", parse="int",
+                       help="seed of everything drawn (default %(default)s)")
+    min_objects: int = option(1, flag="--min-objects", parse="positive_int",
+                              help="fewest objects per image (default %(default)s)")
+    max_objects: int = option(5, flag="--max-objects", parse="positive_int",
+                              help="most objects per image (default %(default)s)")
+
+    def __post_init__(self):
+        if self.images < 1:
+            raise HdapError(f"--images must be at least 1, got {self.images}")
+        if not 32 <= self.size <= 2048:
+            raise HdapError(f"--size must be between 32 and 2048 pixels, got {self.size}")
+        if not 1 <= self.min_objects <= self.max_objects <= 50:
+            raise HdapError("objects per image must satisfy 1 <= --min-objects <= "
+                            f"--max-objects <= 50, got {self.min_objects}..{self.max_objects}")
+
 # -- training ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
