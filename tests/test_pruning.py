@@ -239,6 +239,11 @@ if __name__ == "__main__":  # the space is built in a spawned child process
         model = build_model(key)
         prune_to_widths(model, space, widths)
         print(ratio, space.macs(widths), count_macs_params(model, space)[0], space.group_names)
+    # The latency surrogate's features of a space with rows that are only counted (the
+    # attention formula) besides the rows the twin prices.
+    from hdap_engine.latency.surrogate import candidate_features, physical_features
+
+    assert len(candidate_features(space, widths)[0]) == len(physical_features(space, widths))
 '''
 
 

@@ -55,8 +55,10 @@ def candidate_features(space: PruningSpace, widths) -> tuple[np.ndarray, list[st
     b_macs, b_params = space.stage_costs(space.base_widths)
     table = space.layer_table(w)
     acts = table.output_elems()
-    stages = space.stages
-    n_st = int(stages.max()) + 1
+    # The table holds the layers the twin prices; a row only counted (a block's MACs formula)
+    # is not one, but its stage still counts.
+    stages = space.stages[space.layers.twin]
+    n_st = int(space.stages.max()) + 1
     onehot = np.zeros((stages.size, n_st))
     onehot[np.arange(stages.size), stages] = 1.0
     s_acts = acts @ onehot
@@ -86,8 +88,8 @@ def physical_features(space: PruningSpace, widths) -> np.ndarray:
     depthwise = table.is_op("dwconv")
     acts = table.output_elems()
     weights = table.weight_elems()
-    stages = space.stages
-    n_st = int(stages.max()) + 1
+    stages = space.stages[space.layers.twin]  # the table's rows (see candidate_features)
+    n_st = int(space.stages.max()) + 1
     onehot = np.zeros((stages.size, n_st))
     onehot[np.arange(stages.size), stages] = 1.0
     cols = [np.ones((len(macs), 1)),
