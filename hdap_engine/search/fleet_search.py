@@ -107,6 +107,15 @@ class Learned:
     run_sigma: tuple[float, ...] | None = None  # each search device's relative run spread
     prior: Prior | None = None
     stop: dict | None = None
+    # (device, candidate) pairs measured on each search device, samples to polish: what
+    # shows that re-optimising after fleet drift measured only the clusters that moved.
+    device_pairs: tuple[int, ...] | None = None
+
+    def cluster_pairs(self, clusters: np.ndarray, k: int) -> dict[int, int]:
+        """Pairs measured on each cluster's devices (``clusters``: each search device's)."""
+        pairs = np.zeros(len(clusters), dtype=np.int64) if self.device_pairs is None \
+            else np.asarray(self.device_pairs, dtype=np.int64)
+        return {c: int(pairs[np.asarray(clusters) == c].sum()) for c in range(k)}
 
 
 @dataclass(frozen=True)
@@ -325,6 +334,7 @@ class FleetSearch:
                                     warmup=self.warmup, store=self.store,
                                     fresh=self.backend.real)
         ms[:, active] = meas.median_ms
+        state.device_pairs[active] += len(widths)
         state.device_s += meas.device_s
         state.spread.append(meas)
         return ms, len(widths) * len(ids)
@@ -513,6 +523,9 @@ class _State:
         self.run_sigma = learned.run_sigma
         self.prior = learned.prior
         self.stop = learned.stop
+        self.device_pairs = (np.zeros(learned.ms.shape[1], dtype=np.int64)
+                             if learned.device_pairs is None
+                             else np.array(learned.device_pairs, dtype=np.int64))
         self.spread: list = []  # this run's `Measurements` (their runs tell the noise)
 
     def freeze(self) -> Learned:
@@ -521,7 +534,8 @@ class _State:
                        timing_drift=self.timing_drift, notes=tuple(self.notes),
                        device_s=self.device_s, settled=self.settled, known=self.known,
                        repeats=self.repeats,
-                       run_sigma=self.run_sigma, prior=self.prior, stop=self.stop)
+                       run_sigma=self.run_sigma, prior=self.prior, stop=self.stop,
+                       device_pairs=tuple(int(x) for x in self.device_pairs))
 
 
 def nanmean(a: np.ndarray, axis: int | None = None):
