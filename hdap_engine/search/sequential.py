@@ -69,10 +69,6 @@ class StoppingRule:
     settle_factor:
         A cluster is settled when its held-out error is within this many times
         its measurement noise.
-    explore_kappa:
-        How optimistic the exploring half of a batch is: its search scores a
-        candidate at its prediction less this many times its uncertainty
-        (`SequentialMeasurement.uncertainty`).
     min_repeats, max_repeats, repeat_precision:
         Adaptive repeats (`repeats_for`); ``repeat_precision`` is the relative
         standard error of a median they aim at. ``adaptive`` False keeps the
@@ -84,7 +80,6 @@ class StoppingRule:
     reserve: int = 0
     max_batches: int = 20
     settle_factor: float = 1.5
-    explore_kappa: float = 2.0
     adaptive: bool = True
     min_repeats: int = 3
     max_repeats: int = 15
@@ -149,32 +144,6 @@ def repeats_for(sigma: np.ndarray, rule: StoppingRule, default: int) -> tuple[in
     return tuple(out)
 
 
-def novelty(space, widths: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """(M,) distance of each candidate to the nearest measured one.
-
-    Distance is the mean absolute difference of keep ratios (as
-    `hdap_engine.search.evolution.diverse_best` uses).
-    """
-    r = space.ratios(widths)
-    m = space.ratios(measured)
-    if not len(m):
-        return np.full(len(r), np.inf)
-    out = np.empty(len(r))
-    for i in range(0, len(r), 128):  # bounded memory: 128 x measured x groups at a time
-        out[i:i + 128] = np.abs(r[i:i + 128, None, :] - m[None]).mean(axis=2).min(axis=1)
-    return out
-
-
-def sample_spacing(space, widths: np.ndarray) -> float:
-    """Median distance of each sample to its nearest other sample (the sampling's grain)."""
-    r = space.ratios(widths)
-    if len(r) < 2:
-        return float("inf")
-    d = np.abs(r[:, None, :] - r[None]).mean(axis=2)
-    np.fill_diagonal(d, np.inf)
-    return float(np.median(d.min(axis=1)))
-
-
 def expected_improvement(mean: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
     """E[max(best - F, 0)] for F ~ N(mean, sd) (minimisation), element-wise."""
     from scipy.stats import norm
@@ -225,22 +194,6 @@ class SequentialMeasurement:
                 var += w[c] ** 2 * float(np.sum(se[m] ** 2)) / m.sum() ** 2
         return float(np.sqrt(var))
 
-    def uncertainty(self, state, widths: np.ndarray, sd_c: np.ndarray, near: float,
-                    far: float, spacing: float) -> np.ndarray:
-        """(M,) relative uncertainty of the surrogate's fleet objective at candidates.
-
-        The ensemble's spread and an error that grows from ``near`` (the held-out
-        error, on candidates like those measured) to ``far`` (the surrogate's error
-        on the spread-out samples) with the distance to the nearest measured
-        candidate, in units of the samples' own ``spacing``. The ensemble alone
-        does not see a region it was never shown: its members agree there.
-        """
-        w = self.search.objective.cluster_weights / np.sum(self.search.objective.cluster_weights)
-        sd_obj = np.sqrt(np.nansum((w[None, :] * np.asarray(sd_c)) ** 2, axis=1))
-        ramp = np.clip(novelty(self.search.space, widths, state.widths) / spacing, 0.0, 1.0)
-        err = near + (max(far, near) - near) * ramp
-        return np.sqrt(sd_obj ** 2 + err ** 2)
-
     def _cluster_noise(self, state, c: int, active: np.ndarray) -> float:
         d = self.search.devices
         m = (d.clusters == c) & active
@@ -287,13 +240,10 @@ class SequentialMeasurement:
             ) -> tuple[np.ndarray, int, float]:
         """Measure batches until the rule stops; returns (seeds, pairs measured, search s)."""
         s, rule = self.search, self.rule
+        w = s.objective.cluster_weights / np.sum(s.objective.cluster_weights)
         held_out = None
         surrogate_report = getattr(state.surrogate, "report_", {}) or {}
         fit_error = (surrogate_report.get("overall") or {}).get("mape")
-        # The surrogate's error away from what the search has measured: its cross-validated
-        # error on the spread-out samples; near them, the held-out error of the last batch.
-        far = 1.25 * fit_error if fit_error is not None else 0.05
-        spacing = sample_spacing(s.space, state.widths)
         used = 0
         searching = 0.0
         batches = []
@@ -317,56 +267,42 @@ class SequentialMeasurement:
             if len(pool) == 0:
                 reason = "the search found no candidate it has not measured"
                 break
-            error = held_out if held_out is not None else far
-            mu = s.objective(self._predict(state, pool)[0])
+            mu_c, sd_c = self._predict(state, pool)
+            mu = s.objective(mu_c)
+            sd_obj = np.sqrt(np.nansum((w[None, :] * sd_c) ** 2, axis=1))
+            error = held_out if held_out is not None else \
+                (1.25 * fit_error if fit_error is not None else 0.05)
+            sd = np.sqrt(sd_obj ** 2 + error ** 2)
+            # The clusters' disagreement: a candidate good for some clusters and poor for
+            # others teaches the cluster-specific part of the surrogate.
+            lead = mu_c[int(np.argmin(mu))]
+            disagree = np.nanstd(np.log(mu_c / lead[None, :]), axis=1)
             best = self._best_measured(state, target)
             best = float(np.min(mu)) if best is None else best
             order = np.argsort(mu, kind="stable")
             half = max(1, rule.batch // 2)
             exploit = diverse_best(s.space, pool[order], half)
             taken = {x.tobytes() for x in exploit}
-
-            def optimistic(w, error=error):
-                # The surrogate is least right where it has measured least: far from every
-                # measured candidate its error is the samples' (a whole basin can read 5 %
-                # slow, MobileNetV1 at 0.3 G), near them the last batch's.
-                w = np.atleast_2d(w)
-                m_c, s_c = self._predict(state, w)
-                lead = m_c[int(np.argmin(s.objective(m_c)))]
-                disagree = np.nanstd(np.log(m_c / lead[None, :]), axis=1)
-                u = self.uncertainty(state, w, s_c, error, far, spacing)
-                return fitness(w) * (1 - rule.explore_kappa * u - 0.5 * disagree)
-
-            # The exploring half comes from its own search on the optimistic score, started
-            # afresh: the favourites' search only goes where the surrogate already looks.
-            wide = evolve(s.space, target, optimistic,
-                          replace(self.plan, seed=s.seed + 31 * len(batches) + 17),
-                          seeds=seeds[:1], progress=progress)
-            searching += wide.seconds
-            others = np.unique(np.vstack([pool, wide.final_population]), axis=0)
-            others = others[[x.tobytes() not in known and x.tobytes() not in taken
-                             for x in others]]
-            explore = pool[:0]
-            if len(others) and rule.batch > len(exploit):
-                explore = diverse_best(s.space, others[np.argsort(optimistic(others),
-                                                                  kind="stable")],
-                                       rule.batch - len(exploit))
+            optimistic = mu * (1 - sd - 0.5 * disagree)
+            rest = np.array([i for i in np.argsort(optimistic, kind="stable")
+                             if pool[i].tobytes() not in taken], dtype=np.int64)
+            explore = diverse_best(s.space, pool[rest], rule.batch - len(exploit)) \
+                if len(rest) and rule.batch > len(exploit) else pool[:0]
             batch = np.vstack([exploit, explore])
+            rows = np.array([i for i in range(len(pool))
+                             if pool[i].tobytes() in {x.tobytes() for x in batch}])
             # The batch's expected improvement: its candidates' summed (they are diverse,
             # so nearly independent chances; the sum bounds the expected best of them).
             # The incumbent's own estimate is as uncertain as the surrogate's held-out error
             # (noisier medians, larger error): what matters is the difference of the two.
-            mu_b_c, sd_b_c = self._predict(state, batch)
-            mu_b = s.objective(mu_b_c)
-            sd_b = self.uncertainty(state, batch, sd_b_c, error, far, spacing)
-            sd_diff = np.sqrt((sd_b * mu_b) ** 2 + (error * best) ** 2)
-            gain = float(np.sum(expected_improvement(mu_b, sd_diff, best)) / best)
+            sd_diff = np.sqrt((sd[rows] * mu[rows]) ** 2 + (error * best) ** 2)
+            gain = float(np.sum(expected_improvement(mu[rows], sd_diff, best)) / best)
             reason = rule.decide(batches=len(batches), used=state.device_measurements,
                                  next_cost=cost, gain=gain, noise=noise,
                                  held_out_error=held_out)
             if reason is not None:
                 break
-            predicted = mu_b_c
+            predicted = mu_c[rows]
             before = len(state.widths)
             measured = s._measure_more(state, batch)
             used += measured
