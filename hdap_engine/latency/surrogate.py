@@ -42,29 +42,6 @@ from hdap_engine.errors import HdapError
 from hdap_engine.options import SurrogatePlan
 from hdap_engine.pruning.space import PruningSpace
 
-# Channel multiples a device's kernels may tile output channels by: vector lanes on a CPU
-# (4-8 FP32), GEMM tiles on a GPU (32-64). Which ones cost a device time is for the model to
-# learn from its measurements; the features give it all of them.
-CHANNEL_TILES = (8, 16, 32, 64)
-# Bumped when the features change, so that surrogates stored with other features are refitted.
-FEATURES_VERSION = 2
-
-
-def padding_macs(space: PruningSpace, widths) -> np.ndarray:
-    """(N, len(CHANNEL_TILES)) MACs of dense and depthwise layers spent on channel padding.
-
-    For each tile ``t``: a layer's MACs times the share its output channels
-    would gain if rounded up to a multiple of ``t``. Latency is not smooth in
-    width: on the Jetson twin a 568-channel layer costs what a 576 one does,
-    and trees on keep ratios alone cannot see multiples (MobileNetV1 at
-    0.3 G: a whole basin of aligned candidates read 5 % slow).
-    """
-    table = space.layer_table(np.atleast_2d(widths))
-    macs = table.macs() * (table.is_op("conv", "linear") | table.is_op("dwconv"))
-    cout = np.maximum(table.cout, 1.0)
-    return np.stack([((np.ceil(cout / t) * t / cout - 1.0) * macs).sum(axis=1)
-                     for t in CHANNEL_TILES], axis=1)
-
 
 def candidate_features(space: PruningSpace, widths) -> tuple[np.ndarray, list[str]]:
     """Features of candidates (N, F): keep ratios, MACs / params / activations per stage.
@@ -87,16 +64,13 @@ def candidate_features(space: PruningSpace, widths) -> tuple[np.ndarray, list[st
     macs = space.macs(w) / space.base_macs
     params = space.params(w) / space.base_params
     safe = np.maximum
-    pad = padding_macs(space, w) / safe(space.macs(w), 1.0)[:, None]
     feats = np.column_stack([
         ratios, macs, params,
         s_macs / safe(b_macs, 1.0), s_params / safe(b_params, 1.0), s_acts / safe(b_acts, 1.0),
-        pad,
     ])
     names = ([f"ratio[{g.name}]" for g in space.groups] + ["macs", "params"]
              + [f"stage{s}_macs" for s in range(n_st)] + [f"stage{s}_params" for s in range(n_st)]
-             + [f"stage{s}_acts" for s in range(n_st)]
-             + [f"padding{t}_share" for t in CHANNEL_TILES])
+             + [f"stage{s}_acts" for s in range(n_st)])
     return feats, names
 
 
@@ -104,9 +78,7 @@ def physical_features(space: PruningSpace, widths) -> np.ndarray:
     """(N, F) non-negative work terms per resolution stage, plus a constant.
 
     Per stage: MACs of dense layers (conv, linear), MACs of depthwise layers,
-    activation elements written, weight elements read; over the whole model,
-    the MACs spent on channel padding for each tile (`padding_macs`); scaled
-    to O(1).
+    activation elements written, weight elements read; scaled to O(1).
     """
     table = space.layer_table(np.atleast_2d(widths))
     macs = table.macs()
@@ -120,8 +92,7 @@ def physical_features(space: PruningSpace, widths) -> np.ndarray:
     onehot[np.arange(stages.size), stages] = 1.0
     cols = [np.ones((len(macs), 1)),
             (macs * dense) @ onehot / 1e9, (macs * depthwise) @ onehot / 1e9,
-            acts @ onehot / 1e7, weights @ onehot / 1e7,
-            padding_macs(space, widths) / 1e9]
+            acts @ onehot / 1e7, weights @ onehot / 1e7]
     return np.concatenate(cols, axis=1)
 
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from hdap_engine.latency.store import Store
-from hdap_engine.latency.surrogate import FEATURES_VERSION, Surrogate
+from hdap_engine.latency.surrogate import Surrogate
 from hdap_engine.options import SurrogatePlan
 from hdap_engine.pruning.space import PruningSpace
 
@@ -69,8 +69,7 @@ class SurrogateTrainer:
             features = np.vstack([features, prior.features])
             clusters = np.concatenate([clusters, np.full(d0, -1)])
         key_src = (self.backend_name + self.space.model + str(self.space.round_to)
-                   + str(sorted(asdict(self.options).items()))
-                   + f"features={FEATURES_VERSION}").encode()
+                   + str(sorted(asdict(self.options).items()))).encode()
         h = hashlib.sha256(key_src + np.asarray(widths).tobytes()
                            + np.nan_to_num(latency_ms).tobytes()
                            + np.log(features).tobytes()
