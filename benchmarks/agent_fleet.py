@@ -24,7 +24,7 @@ For each: agent replies (device measurements), the study's wall time, and the
 hidden fleet mean (the twin's noiseless latency over every device) of the
 chosen model against ``uniform``'s.
 
-    python -m benchmarks.agent_fleet [--devices 24] [--model resnet56] [--macs 0.5]
+    python -m benchmarks.agent_fleet [--devices 24] [--model resnet18] [--macs 0.5]
                                      [--plans fixed,sequential] [--json OUT]
 """
 
@@ -60,7 +60,7 @@ register_method(Method(
     "#B6E880", refines=True, measures_finalists=True, measures_sequentially=False))
 
 # What the study exported for each candidate: the agents' way to recognise a model.
-_EXPORTED: dict[str, np.ndarray] = {}
+_EXPORTED: dict[str, tuple] = {}  # sha256 of the body -> (pruning space, widths)
 _EXPORTED_LOCK = threading.Lock()
 _export = AgentBackend._export
 
@@ -68,7 +68,7 @@ _export = AgentBackend._export
 def _recording_export(self, space, widths, fmt):
     body = _export(self, space, widths, fmt)
     with _EXPORTED_LOCK:
-        _EXPORTED[hashlib.sha256(body).hexdigest()] = np.asarray(widths).copy()
+        _EXPORTED[hashlib.sha256(body).hexdigest()] = (space, np.asarray(widths).copy())
     return body
 
 
@@ -79,16 +79,16 @@ class HiddenTwinAgent(AgentServer):
     """An agent whose device is a twin device the study cannot see."""
 
     def __init__(self, config: AgentConfig, probes: dict, twin: Twin, state: DeviceStates,
-                 space_of, seed: int):
+                 seed: int):
         super().__init__(config, probe_fn=lambda **_: dict(probes))
-        self.twin, self.state, self.space_of = twin, state, space_of
+        self.twin, self.state = twin, state
         self.rng = np.random.default_rng(seed)
         self.replies = 0
 
     def measure_locked(self, body, fmt, shape, warmup, repeats):
         with _EXPORTED_LOCK:
-            widths = _EXPORTED[hashlib.sha256(body).hexdigest()]
-        table = self.space_of().layer_table(widths[None])
+            space, widths = _EXPORTED[hashlib.sha256(body).hexdigest()]
+        table = space.layer_table(widths[None])
         runs = self.twin.raw_latency_ms(table, self.state, runs=warmup + repeats,
                                         rng=self.rng)[0, 0]
         time.sleep(float(np.sum(runs)) / 1e3)  # the device is busy for what it reports
@@ -104,7 +104,6 @@ def run(devices: int, model: str, macs: str, plans: list[str], seed: int) -> dic
     telemetry, frame = simulate_fleet(SKU, devices, seed=seed)
     states = DeviceStates.from_frame(frame, sku=SKU)
     twin = Twin(get_preset(SKU))
-    space_box: dict = {}
     agents = []
     try:
         for i, row in telemetry.iterrows():
@@ -112,7 +111,7 @@ def run(devices: int, model: str, macs: str, plans: list[str], seed: int) -> dic
             agents.append(HiddenTwinAgent(
                 AgentConfig(token=TOKEN, host="127.0.0.1", port=0, device_id=row.device_id,
                             sku=SKU, accelerator="cpu", threads=1),
-                probes, twin, states.select([i]), lambda: space_box["space"], seed + i).start())
+                probes, twin, states.select([i]), seed + i).start())
         tmp = Path(tempfile.mkdtemp(prefix="hdap-agent-fleet-"))
         path = tmp / "agents.csv"
         telemetry.assign(agent_url=[a.url for a in agents]).to_csv(path, index=False)
@@ -127,7 +126,6 @@ def run(devices: int, model: str, macs: str, plans: list[str], seed: int) -> dic
                 a.replies = 0
             t0 = time.perf_counter()
             ctx = prepare(options, str(path), store=store)
-            space_box["space"] = ctx.space
             res = optimize(ctx)
             wall = time.perf_counter() - t0
             target = parse_budget(options.query.budget, ctx.space)
@@ -156,7 +154,7 @@ def run(devices: int, model: str, macs: str, plans: list[str], seed: int) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=24)
-    parser.add_argument("--model", default="resnet56")
+    parser.add_argument("--model", default="resnet18")
     parser.add_argument("--macs", default="0.5")
     parser.add_argument("--plans", default="fixed,sequential")
     parser.add_argument("--seed", type=int, default=0)
