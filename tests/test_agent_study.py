@@ -77,11 +77,8 @@ def test_cli_study_with_the_agent_backend_measures_on_the_representatives_agents
     telemetry = collect_telemetry(agents, tmp_path, monkeypatch, capsys)
     reps, order = ranked(telemetry, 2)
     out = tmp_path / "bundle"
-    # One refinement round: the sequential loop runs its batches through the agents.
-    args = [*SMALL]
-    args[args.index("--refine-rounds") + 1] = "1"
     run = run_cli("optimize", "--telemetry", telemetry, "--backend", "agent",
-                  "--representatives", "2", *args, "--out", str(out),
+                  "--representatives", "2", *SMALL, "--out", str(out),
                   env={"HDAP_AGENT_TOKEN": TOKEN})
     assert run.returncode == 0, run.stderr
     assert "measured by agent (real)" in run.stdout
@@ -99,14 +96,12 @@ def test_cli_study_with_the_agent_backend_measures_on_the_representatives_agents
         assert len(agents[device].replies) >= 20
         assert report["agent"]["measurements"][device] == len(agents[device].replies)
     assert agents[order[2]].replies == []
-    # What the study says it measured is what the agents answered; the sequential loop ran
-    # (at least one batch after a held-out error) and spent less than the fixed plan of
-    # before with the same flags: 20 samples, one round of 8 and 2 finalists on each of the
-    # 2 representatives, 60 replies. Adaptive repeats set each agent's timed runs.
+    # What the study says it measured is what the agents answered, and no more than the 48
+    # replies (24 a representative) of the fixed measurement plan before sequential
+    # measurement; adaptive repeats set each agent's timed runs from its spread.
     record = report["measurement"]
     replies = sum(len(agents[d].replies) for d in reps)
-    assert record["stop"]["batches"] >= 1 and record["stop"]["reason"]
-    assert 0 < record["device_measurements"] <= replies < (20 + 8 + 2) * 2
+    assert 0 < record["device_measurements"] <= replies <= 48
     assert record["device_s"] > 0 and len(record["repeats"]) == len(reps)
     assert "agent_token" not in report["settings"]
 
