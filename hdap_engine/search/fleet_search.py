@@ -334,6 +334,8 @@ class FleetSearch:
                                     warmup=self.warmup, store=self.store,
                                     fresh=self.backend.real)
         ms[:, active] = meas.median_ms
+        if state.device_pairs is None or len(state.device_pairs) != len(self.devices):
+            state.device_pairs = np.zeros(len(self.devices), dtype=np.int64)
         state.device_pairs[active] += len(widths)
         state.device_s += meas.device_s
         state.spread.append(meas)
@@ -523,9 +525,10 @@ class _State:
         self.run_sigma = learned.run_sigma
         self.prior = learned.prior
         self.stop = learned.stop
-        self.device_pairs = (np.zeros(learned.ms.shape[1], dtype=np.int64)
-                             if learned.device_pairs is None
-                             else np.array(learned.device_pairs, dtype=np.int64))
+        # None until the first measurement when a `Learned` comes without counts (a saved
+        # job's): `FleetSearch._timed` sizes it by the search devices.
+        self.device_pairs = None if learned.device_pairs is None \
+            else np.array(learned.device_pairs, dtype=np.int64)
         self.spread: list = []  # this run's `Measurements` (their runs tell the noise)
 
     def freeze(self) -> Learned:
@@ -535,7 +538,8 @@ class _State:
                        device_s=self.device_s, settled=self.settled, known=self.known,
                        repeats=self.repeats,
                        run_sigma=self.run_sigma, prior=self.prior, stop=self.stop,
-                       device_pairs=tuple(int(x) for x in self.device_pairs))
+                       device_pairs=None if self.device_pairs is None
+                       else tuple(int(x) for x in self.device_pairs))
 
 
 def nanmean(a: np.ndarray, axis: int | None = None):
