@@ -149,3 +149,7 @@ def test_re_optimising_after_fleet_drift_measures_only_the_clusters_that_moved(
     assert 0 < measured <= res.device_measurements <= 200
     assert res.device_measurements < first.device_measurements
     assert moved_devices < len(ctx.rep_devices)
+    # Counted per cluster, finalists and polish included: nothing on a known cluster.
+    per_cluster = res.learned.cluster_pairs(ctx.search_devices().clusters, ctx.k)
+    assert all(per_cluster[c] == 0 for c in known)
+    assert sum(per_cluster.values()) >= res.device_measurements > 0

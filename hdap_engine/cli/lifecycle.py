@@ -83,6 +83,11 @@ def _cmd_drift(args: argparse.Namespace) -> int:
               f"{b['reoptimised_objective_ms']:.2f} ms ({b['objective']}, measured by "
               f"{b['measured_source']}; gap {b['gap']:+.1%}, threshold {b['threshold']:.0%}): "
               f"{'re-optimise' if b['recommend_reoptimise'] else 'keep the deployed model'}")
+        known = set(b.get("known_clusters") or ())
+        print(f"re-optimising measured {b['device_measurements']:,} (device, candidate) pairs: "
+              + ", ".join(f"cluster {c} {n:,}" + (" (known from the first study)"
+                                                  if int(c) in known else "")
+                          for c, n in (b.get("cluster_measurements") or {}).items()))
     for note in (*old.notes, *new.notes, *d["notes"]):
         print(f"note: {note}")
     if args.json:

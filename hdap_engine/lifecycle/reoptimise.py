@@ -96,7 +96,9 @@ def reoptimise_check(bundle: str | Path, telemetry, *,
     ``deployed_objective_ms``, ``reoptimised_objective_ms`` (measured on NEW's
     representatives), their ``predicted`` counterparts, ``gap``,
     ``threshold``, ``recommend_reoptimise``, the objective, the source, the
-    re-optimised widths and the measurements spent.
+    re-optimised widths, the measurements spent, per cluster of NEW
+    (``cluster_measurements``), and the clusters a warm start knew
+    (``known_clusters``: never measured).
     """
     from hdap_engine.study.run import optimize
     from hdap_engine.study.verify import verify_candidate
@@ -119,6 +121,9 @@ def reoptimise_check(bundle: str | Path, telemetry, *,
                 for w in (deployed, chosen.widths)]
     dep_ms, new_ms = (float(objective(m.cluster_measured_ms[None])[0]) for m in measured)
     gap = (dep_ms - new_ms) / dep_ms if dep_ms > 0 else 0.0
+    learned = chosen.learned
+    per_cluster = {} if learned is None else \
+        learned.cluster_pairs(ctx.search_devices().clusters, ctx.k)
     return {
         "objective": objective.label,
         "measured_source": ctx.backend.source,
@@ -131,6 +136,10 @@ def reoptimise_check(bundle: str | Path, telemetry, *,
         "recommend_reoptimise": bool(gap > threshold),
         "reoptimised_widths": [int(x) for x in chosen.widths],
         "device_measurements": int(chosen.device_measurements),
+        # Where they went: a warm start from the first study leaves the clusters whose
+        # devices it already measured (``known_clusters``) at zero.
+        "cluster_measurements": {str(c): n for c, n in per_cluster.items()},
+        "known_clusters": [] if learned is None else [int(c) for c in learned.known],
         "k_new": int(ctx.k),
     }
 

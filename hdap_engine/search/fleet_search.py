@@ -107,6 +107,15 @@ class Learned:
     run_sigma: tuple[float, ...] | None = None  # each search device's relative run spread
     prior: Prior | None = None
     stop: dict | None = None
+    # (device, candidate) pairs measured on each search device, samples to polish: what
+    # shows that re-optimising after fleet drift measured only the clusters that moved.
+    device_pairs: tuple[int, ...] | None = None
+
+    def cluster_pairs(self, clusters: np.ndarray, k: int) -> dict[int, int]:
+        """Pairs measured on each cluster's devices (``clusters``: each search device's)."""
+        pairs = np.zeros(len(clusters), dtype=np.int64) if self.device_pairs is None \
+            else np.asarray(self.device_pairs, dtype=np.int64)
+        return {c: int(pairs[np.asarray(clusters) == c].sum()) for c in range(k)}
 
 
 @dataclass(frozen=True)
@@ -325,6 +334,9 @@ class FleetSearch:
                                     warmup=self.warmup, store=self.store,
                                     fresh=self.backend.real)
         ms[:, active] = meas.median_ms
+        if state.device_pairs is None or len(state.device_pairs) != len(self.devices):
+            state.device_pairs = np.zeros(len(self.devices), dtype=np.int64)
+        state.device_pairs[active] += len(widths)
         state.device_s += meas.device_s
         state.spread.append(meas)
         return ms, len(widths) * len(ids)
@@ -513,6 +525,10 @@ class _State:
         self.run_sigma = learned.run_sigma
         self.prior = learned.prior
         self.stop = learned.stop
+        # None until the first measurement when a `Learned` comes without counts (a saved
+        # job's): `FleetSearch._timed` sizes it by the search devices.
+        self.device_pairs = None if learned.device_pairs is None \
+            else np.array(learned.device_pairs, dtype=np.int64)
         self.spread: list = []  # this run's `Measurements` (their runs tell the noise)
 
     def freeze(self) -> Learned:
@@ -521,7 +537,9 @@ class _State:
                        timing_drift=self.timing_drift, notes=tuple(self.notes),
                        device_s=self.device_s, settled=self.settled, known=self.known,
                        repeats=self.repeats,
-                       run_sigma=self.run_sigma, prior=self.prior, stop=self.stop)
+                       run_sigma=self.run_sigma, prior=self.prior, stop=self.stop,
+                       device_pairs=None if self.device_pairs is None
+                       else tuple(int(x) for x in self.device_pairs))
 
 
 def nanmean(a: np.ndarray, axis: int | None = None):

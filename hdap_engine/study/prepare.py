@@ -327,11 +327,13 @@ def measure_samples(ctx: StudyContext, *, progress: Progress = no_progress) -> L
     device_s = 0.0
     used = 0
     sigma = np.full(len(devices), np.nan)
+    pairs = np.zeros(len(devices), dtype=np.int64)
     if ids:
         meas = ctx.backend.measure(ctx.space, samples[:core_n], ids, repeats=m.repeats,
                                    warmup=m.warmup, store=ctx.store, progress=tick)
         ms[:core_n, active] = meas.median_ms
         device_s, used = meas.device_s, core_n * len(ids)
+        pairs[active] += core_n
         if sequential:
             from hdap_engine.search.sequential import device_sigmas
 
@@ -344,6 +346,7 @@ def measure_samples(ctx: StudyContext, *, progress: Progress = no_progress) -> L
             ms[rows, j] = own.median_ms[:, 0]
             device_s += own.device_s
             used += own_n
+            pairs[j] += own_n
     progress("measure", len(samples), len(samples))
     ctx.timings["measure"] = time.perf_counter() - t0
     repeats = None
@@ -368,7 +371,7 @@ def measure_samples(ctx: StudyContext, *, progress: Progress = no_progress) -> L
                    known=settled,
                    repeats=repeats,
                    run_sigma=tuple(float(x) for x in sigma) if sequential else None,
-                   prior=prior)
+                   prior=prior, device_pairs=tuple(int(x) for x in pairs))
 
 
 # Two devices whose log probe vectors differ by less than this (root mean square over the
