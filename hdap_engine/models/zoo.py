@@ -277,6 +277,10 @@ def classes_in_state_dict(state: dict, spec: ModelSpec) -> int:
     Falls back to the model's own count when the classifier's weight is not in
     the state dict (the strict load then names what is missing).
     """
+    if spec.task == "detection":
+        from hdap_engine.models.detection import classes_in_detector_state
+
+        return classes_in_detector_state(state) or spec.num_classes
     weight = state.get(f"{spec.classifier}.weight")
     if isinstance(weight, torch.Tensor) and weight.ndim >= 1 and weight.shape[0] >= 1:
         return int(weight.shape[0])
@@ -284,7 +288,12 @@ def classes_in_state_dict(state: dict, spec: ModelSpec) -> int:
 
 
 def num_classes_of(model: nn.Module, name: str) -> int:
-    """The number of classes of a built model (its classifier's outputs)."""
+    """The number of classes of a built model (its classifier's outputs; a detector's
+    classes, background included)."""
+    if get_spec(name).task == "detection":
+        from hdap_engine.models.detection import num_classes_of_detector
+
+        return num_classes_of_detector(model)
     head = model.get_submodule(get_spec(name).classifier)
     return int(head.out_features if isinstance(head, nn.Linear) else head.out_channels)
 
