@@ -93,8 +93,11 @@ def check_detector_onnx(model: nn.Module, path: Path, images: list[torch.Tensor]
     """Run the ONNX detector and the PyTorch one on ``images``; how well they agree.
 
     Returns ``detections`` (PyTorch's, all images), ``compared`` (those not tied at the
-    cut), ``matched`` (within the tolerances), ``max_box_diff``, ``max_score_diff`` and
-    ``ok`` (the counts agree and at least ``MATCHED_SHARE`` of the compared match).
+    cut; none for a random detector whose scores all tie), ``matched`` (within the
+    tolerances), ``max_box_diff``, ``max_score_diff``, ``max_sorted_score_diff`` (the
+    two score lists sorted, compared element by element) and ``ok``: the counts agree,
+    the sorted scores agree within ``SCORE_TOL`` and at least ``MATCHED_SHARE`` of the
+    compared detections match.
     """
     import onnxruntime as ort
 
@@ -104,6 +107,7 @@ def check_detector_onnx(model: nn.Module, path: Path, images: list[torch.Tensor]
     total = compared = matched = 0
     box_diff = score_diff = 0.0
     counts_agree = True
+    sorted_diff = 0.0
     model = model.eval()
     for image in images:
         with torch.no_grad():
@@ -111,10 +115,15 @@ def check_detector_onnx(model: nn.Module, path: Path, images: list[torch.Tensor]
         ox = session.run(list(OUTPUTS), {"image": image.numpy()})
         total += len(pt["scores"])
         counts_agree &= len(pt["scores"]) == len(ox[1])
+        if len(pt["scores"]) == len(ox[1]) and len(ox[1]):
+            # Order-free: the kept scores agree even where ties make the boxes ambiguous.
+            sorted_diff = max(sorted_diff, float(np.abs(np.sort(pt["scores"].numpy())
+                                                        - np.sort(ox[1])).max()))
         c, m, b, s = _compare(pt, ox, cap)
         compared, matched = compared + c, matched + m
         box_diff, score_diff = max(box_diff, b), max(score_diff, s)
     return {"images": len(images), "detections": total, "compared": compared,
             "matched": matched, "max_box_diff": box_diff, "max_score_diff": score_diff,
-            "box_tol": BOX_TOL, "score_tol": SCORE_TOL,
-            "ok": bool(counts_agree and matched >= MATCHED_SHARE * compared)}
+            "max_sorted_score_diff": sorted_diff, "box_tol": BOX_TOL, "score_tol": SCORE_TOL,
+            "ok": bool(counts_agree and sorted_diff <= SCORE_TOL
+                       and matched >= MATCHED_SHARE * compared)}

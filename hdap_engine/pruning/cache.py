@@ -105,10 +105,9 @@ def _in_process(name: str) -> bool:
 
 def build_now(name: str):
     """Build the `SpaceData` of ``name`` in this process (no cache)."""
+    from hdap_engine.models.detection import pruning_view
     from hdap_engine.models.zoo import build_model, get_spec
     from hdap_engine.pruning.build import build_space
-
-    from hdap_engine.models.detection import pruning_view
 
     spec = get_spec(name)
     # A detector's space is its core's (backbone, FPN, heads) on the transformed input.
