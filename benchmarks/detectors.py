@@ -9,8 +9,9 @@ with a time limit:
    compared again;
 4. the pruned detector runs end to end (a list of one image) and returns boxes;
 5. it is exported to ONNX with its post-processing and compared with PyTorch
-   (`hdap_engine.export.detection.check_detector_onnx`; the predictors' weights are
-   first spread so that scores are not all tied, as in tests/test_detectors.py);
+   (`hdap_engine.export.detection.check_detector_onnx`; batch-norm statistics are first
+   estimated on random batches, `estimate_batch_norm`, or a random detector's scores
+   all tie and the check compares nothing);
 6. the twin prices the core, unpruned and pruned (Jetson Nano preset, a nominal
    device), and the post-processing is measured on this host.
 
@@ -47,7 +48,7 @@ def one(name: str) -> dict:
         check_images,
         export_detector_onnx,
     )
-    from hdap_engine.models.detection import host_postprocess_ms, predictor_layers
+    from hdap_engine.models.detection import estimate_batch_norm, host_postprocess_ms
     from hdap_engine.models.zoo import build_model, get_spec
     from hdap_engine.pruning.apply import count_macs_params, prune_to_widths
     from hdap_engine.pruning.cache import build_now
@@ -80,13 +81,7 @@ def one(name: str) -> dict:
             out = model([torch.rand(spec.input_shape)])
         res["boxes"] = int(out[0]["boxes"].shape[0])
         res["stage"] = "onnx"
-        gen = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for layer_name in predictor_layers(model):
-                layer = model.get_submodule(layer_name)
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * 0.05)
-                if layer.bias is not None:
-                    layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen) * 0.5)
+        estimate_batch_norm(model, spec.input_shape)  # else every anchor's scores tie
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             export_detector_onnx(model, spec.input_shape, path)

@@ -39,7 +39,7 @@ TWO_STAGE = ("FasterRCNN", "MaskRCNN", "KeypointRCNN")
 # Output layers of torchvision's heads, by the module names torchvision gives them.
 _PREDICTOR_SUFFIXES = ("cls_logits", "bbox_reg", "bbox_ctrness", "bbox_pred", "cls_score",
                        "mask_fcn_logits", "kps_score_lowres")
-ROIS = 1000  # proposals the box head sees per image in eval (torchvision's rpn post_nms_top_n)
+ROIS = 1000  # proposals per image in eval when the RPN does not say (its post_nms_top_n)
 
 
 def _kind(model: nn.Module) -> str:
@@ -90,14 +90,16 @@ class DetectorCore(nn.Module):
     concatenated. Faster R-CNN: the RPN head's outputs and the box head with its
     predictor on ``rois`` regions pooled from the finest feature map (an adaptive
     average pool stands in for RoIAlign, which Torch-Pruning's graph cannot follow; its
-    cost is post-processing's), so the box head is priced for the proposals it sees.
+    cost is post-processing's), so the box head is priced for the proposals it sees in
+    eval (`proposals`: the RPN's ``post_nms_top_n`` for testing, 1,000 or 150 for the
+    320 px Faster R-CNN).
     """
 
-    def __init__(self, detector: nn.Module, rois: int = ROIS):
+    def __init__(self, detector: nn.Module, rois: int | None = None):
         super().__init__()
         self.kind = _kind(detector)
         self.backbone = detector.backbone
-        self.rois = int(rois)
+        self.rois = int(rois or proposals(detector))
         if self.kind == "single":
             self.head = detector.head
         else:
@@ -121,6 +123,12 @@ class DetectorCore(nn.Module):
         parts = [t.flatten(1) for t in objectness + deltas]
         return torch.cat(parts + [scores.flatten().unsqueeze(0), boxes.flatten().unsqueeze(0)],
                          dim=1)
+
+
+def proposals(model: nn.Module) -> int:
+    """Proposals per image a two-stage detector's box head sees in eval (at most)."""
+    rpn = getattr(model, "rpn", None)
+    return int(getattr(rpn, "_post_nms_top_n", {}).get("testing", ROIS)) if rpn else ROIS
 
 
 def core_input(model: nn.Module, image_shape) -> torch.Tensor:
@@ -166,6 +174,35 @@ def pruning_view(model: nn.Module, spec) -> tuple[nn.Module, torch.Tensor]:
     if spec.task != "detection":
         return model, spec.example_input()
     return DetectorCore(model).eval(), core_input(model, spec.input_shape)
+
+
+def estimate_batch_norm(model: nn.Module, image_shape, batches: int = 3) -> nn.Module:
+    """Re-estimate a detector's batch-norm statistics on random images (its core in train
+    mode, no gradient), in place.
+
+    A randomly initialised detector's deep activations shrink to nearly nothing, so every
+    anchor of a feature map gets the same scores (the predictors' biases) and NMS picks
+    among ties: nothing an export check can compare. Statistics estimated on a few batches
+    keep activations at unit scale (the classifier benchmark does the same).
+    """
+    core = DetectorCore(model)
+    norms = [m for m in core.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    gen = torch.Generator().manual_seed(0)
+    x = core_input(model, image_shape)
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a plain average over the batches
+        core.train()
+        with torch.no_grad():
+            for _ in range(batches):
+                core(torch.randn((2, *x.shape[1:]), generator=gen))
+    finally:
+        for m, mom in zip(norms, saved, strict=True):
+            m.momentum = mom
+        model.eval()
+    return model
 
 
 # -- the interface ------------------------------------------------------------------------------
@@ -295,7 +332,7 @@ def anchor_count(model: nn.Module, image_shape) -> int:
     """Anchors a single-stage detector decodes for one image (two-stage: its proposals)."""
     core = DetectorCore(model)
     if core.kind == "two":
-        return int(getattr(model.rpn, "_post_nms_top_n", {}).get("testing", ROIS))
+        return proposals(model)
     x = core_input(model, image_shape)
     with torch.no_grad():
         feats = model.backbone(x)
