@@ -16,8 +16,10 @@ through different convolution kernels, amplified by the box decoding's ``exp``. 
 not continuous: a pair of boxes whose IoU sits within rounding of the threshold is
 suppressed by one runtime and kept by the other, and that changes which lower-scored
 boxes survive. A randomly initialised detector predicts many heavily overlapping
-boxes, so the check passes when ``MATCHED_SHARE`` of the compared detections match
-(measured: RetinaNet v2 596 of 596, SSDlite 548 of 572 at 128x128, docs/detection.md).
+boxes, so the check passes when ``MATCHED_SHARE`` of the compared detections match.
+A random detector's activations vanish and all its anchors score alike: estimate its
+batch-norm statistics first (`hdap_engine.models.detection.estimate_batch_norm`) for a
+check that compares ordered detections (figures in docs/detection.md).
 """
 
 from __future__ import annotations
