@@ -197,7 +197,10 @@ def estimate_batch_norm(model: nn.Module, image_shape, batches: int = 3) -> nn.M
         core.train()
         with torch.no_grad():
             for _ in range(batches):
-                core(torch.randn((2, *x.shape[1:]), generator=gen))
+                # Two images (a batch norm on a 1x1 map needs two values per channel);
+                # one for a two-stage core, whose proposals are repeated from one image.
+                batch = 1 if core.kind == "two" else 2
+                core(torch.randn((batch, *x.shape[1:]), generator=gen))
     finally:
         for m, mom in zip(norms, saved, strict=True):
             m.momentum = mom
