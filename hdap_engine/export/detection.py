@@ -3,8 +3,9 @@
 torchvision's detectors export with the TorchScript-based exporter (``dynamo=False``,
 still available in PyTorch 2.14) at opset 17 (torchvision's own ONNX tests need >= 11):
 the graph takes one image ``(3, H, W)`` with values in [0, 1] and returns
-``boxes`` (N, 4), ``scores`` (N) and ``labels`` (N), in that order (torchvision's dict
-order), anchors, box decoding and NMS included.
+``boxes`` (N, 4), ``scores`` (N) and ``labels`` (N), named so (their order is the
+model's dict's: Faster R-CNN puts labels before scores), anchors, box decoding and NMS
+included.
 
 The check (`check_detector_onnx`) runs both on the same images and matches each
 PyTorch detection to the ONNX detection of the same label with the nearest box.
@@ -44,10 +45,14 @@ def export_detector_onnx(model: nn.Module, image_shape, path: Path) -> None:
     import onnx
 
     image = torch.rand(tuple(image_shape), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        # The outputs in the order of the model's dict: SSD, RetinaNet and FCOS give
+        # boxes, scores, labels; Faster R-CNN boxes, labels, scores.
+        names = [k for k in model.eval()([image])[0] if k in OUTPUTS]
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), ([image],), str(path), dynamo=False, opset_version=17,
-                          input_names=["image"], output_names=list(OUTPUTS))
+                          input_names=["image"], output_names=names)
     onnx.checker.check_model(str(path))
 
 
