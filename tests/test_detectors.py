@@ -149,8 +149,8 @@ def test_the_bundle_of_a_detector_is_onnx_with_post_processing_that_matches(prun
     assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "weights.pt",
                                                      "widths.json"]
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"image": np.random.rand(3, 160, 160)
-                                                .astype(np.float32)})
+    image = np.random.rand(3, 160, 160).astype(np.float32)
+    boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"image": image})
     assert boxes.shape[1] == 4 and len(scores) == len(labels) == len(boxes)
 
 
