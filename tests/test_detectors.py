@@ -100,12 +100,17 @@ def test_a_classifier_is_not_a_detector():
 
 
 @pytest.fixture(scope="module")
-def pruned_demo():
+def pruned_demo(tmp_path_factory):
     from hdap_engine.pruning.apply import count_macs_params, prune_to_widths
+    from hdap_engine.pruning.cache import clear_memory
     from hdap_engine.pruning.space import PruningSpace
     from hdap_engine.search.baselines import uniform_widths
 
-    space = PruningSpace.for_model(DEMO)
+    # A module fixture runs before the per-test workspace: give it its own.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HDAP_HOME", str(tmp_path_factory.mktemp("hdap_home")))
+        clear_memory()
+        space = PruningSpace.for_model(DEMO)
     model = build_model(DEMO)
     base_counter, _ = count_macs_params(model, space)
     widths = uniform_widths(space, 0.5 * space.base_macs)

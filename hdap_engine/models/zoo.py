@@ -114,20 +114,21 @@ _SSDLITE_PREDICTORS = ",".join(f"head.{h}_head.module_list.{i}.1"
                                for h in ("classification", "regression") for i in range(6))
 
 
-@register("detector_demo", input_shape=(3, 160, 160), num_classes=4,
+@register("detector_demo", input_shape=(3, 160, 160), num_classes=5,
           classifier=_SSDLITE_PREDICTORS, task="detection",
           description="SSDlite with a half-width MobileNetV3-Large (torchvision), 160x160, "
-                      "38 M MACs: the synthetic-shapes detection demo")
-def _detector_demo(num_classes: int = 4) -> nn.Module:
+                      "39 M MACs: the synthetic-shapes detection demo")
+def _detector_demo(num_classes: int = 5) -> nn.Module:
     """torchvision's SSDlite320 with ``width_mult=0.5`` at 160x160, cheap to train on a CPU;
-    ``num_classes`` counts the background (torchvision's convention)."""
+    ``num_classes`` counts the background (torchvision's convention): 4 shapes + 1, the
+    architecture of the shipped weights (`benchmarks.detector_demo`,
+    sample_data/detector_demo_shapes.pt)."""
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
     from hdap_engine.models.detection import set_input_size
 
     model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                          num_classes=num_classes, width_mult=0.5,
-                                          detections_per_img=100, topk_candidates=100)
+                                          num_classes=num_classes, width_mult=0.5)
     return set_input_size(model, 160, 160)
 
 
