@@ -106,7 +106,7 @@ def test_models_command_lists_the_six_models_and_how_to_name_the_rest(cli):
     assert res.returncode == 0, res.stderr
     table, naming = res.stdout.strip().split("\n\n", 1)
     lines = table.splitlines()
-    assert len(lines) == 7
+    assert len(lines) == 8  # a header, the six classifiers and the detection demo
     for form in ("torchvision:NAME", "timm:NAME", "PATH.py:FUNCTION", "--check"):
         assert form in naming
     assert re.search(r"\b80 torchvision classifiers", naming)

@@ -39,10 +39,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
         })
     print_table(rows, ["model", "input", "MACs", "params", "groups", "description"])
     tv, tm = len(catalogue("torchvision")), len(catalogue("timm"))
+    det = len(catalogue("torchvision-detection"))
     print(f"""
 Any other classifier is named by where it comes from (--model NAME):
   torchvision:NAME      {tv} torchvision classifiers, e.g. torchvision:efficientnet_b0
                         (torchvision.models.list_models(module=torchvision.models))
+                        and {det} torchvision detectors, e.g.
+                        torchvision:ssdlite320_mobilenet_v3_large (docs/detection.md)
   timm:NAME             {tm} timm models, e.g. timm:mobilenetv3_large_100 (timm.list_models())
   PATH.py:FUNCTION      your own builder returning an nn.Module (optionally taking
                         num_classes), with --input-shape C,H,W unless the model says it

@@ -152,7 +152,12 @@ def export_bundle(model: nn.Module, space: PruningSpace, widths, out_dir: str | 
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    example = get_spec(space.model).example_input()
+    spec = get_spec(space.model)
+    example = spec.example_input()
+    if spec.task == "detection":
+        # A detector ships as ONNX with its post-processing; tracing or torch.export of its
+        # data-dependent post-processing does not give a program that runs on other images.
+        formats = tuple(f for f in formats if f == "onnx")
     macs, params = count_macs_params(model, space)
     full = {
         "model": space.model,
@@ -177,7 +182,17 @@ def export_bundle(model: nn.Module, space: PruningSpace, widths, out_dir: str | 
             (tmp / SOURCE_FILE).write_text(doc["model_source"])
         if "ts" in formats:
             export_torchscript(model, example, tmp / "model.ts")
-        if "onnx" in formats:
+        if "onnx" in formats and spec.task == "detection":
+            from hdap_engine.export.detection import (
+                check_detector_onnx,
+                check_images,
+                export_detector_onnx,
+            )
+
+            export_detector_onnx(model, space.input_shape, tmp / "model.onnx")
+            full["onnx_check"] = check_detector_onnx(model, tmp / "model.onnx",
+                                                     check_images(space.input_shape))
+        elif "onnx" in formats:
             export_onnx(model, example, tmp / "model.onnx")
         if "pt2" in formats:
             export_program(model, example, tmp / "model.pt2")

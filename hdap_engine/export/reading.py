@@ -32,9 +32,12 @@ def rebuild_model(widths_doc: dict, model_weights) -> tuple[nn.Module, PruningSp
     name = model_of(widths_doc)
     space = PruningSpace.for_model(name).with_options(round_to=widths_doc.get("round_to", 8))
     widths = space.widths_from_dict({g["name"]: g["width"] for g in widths_doc["groups"]})
-    model = build_model(name)
-    prune_to_widths(model, space, widths, importance="first")
     state = read_state_dict(model_weights, label="weights.pt")
+    from hdap_engine.models.zoo import classes_in_state_dict, get_spec
+
+    # The weights decide the classes (a detector fine-tuned on 4 classes of a user's data).
+    model = build_model(name, num_classes=classes_in_state_dict(state, get_spec(name)))
+    prune_to_widths(model, space, widths, importance="first")
     own = model.state_dict()
     if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
         raise HdapError("weights.pt does not match widths.json; the bundle is inconsistent, "

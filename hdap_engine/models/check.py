@@ -141,15 +141,22 @@ def run_check(key: str, round_to: int = 8) -> tuple[bool, str]:
         stage(current)
         with torch.no_grad():
             out = model.eval()(spec.example_input())
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, spec.num_classes):
+        if spec.task == "detection":
+            from hdap_engine.models.detection import check_detections
+
+            check_detections(out, "the pruned detector")
+        elif not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, spec.num_classes):
             raise HdapError(f"the pruned model gives {getattr(out, 'shape', type(out))}, not "
                             f"(1, {spec.num_classes})")
     except Exception as exc:
         return False, cannot_prune(key, exc, current)
     macs = space.macs(widths)
-    return True, (f"{key}: can be pruned: {space.n_groups} groups, "
+    what = " (detector core: backbone, FPN, heads)" if spec.task == "detection" else ""
+    boxes = " and gives boxes" if what else ""
+    return True, (f"{key}: can be pruned{what}: {space.n_groups} groups, "
                   f"{format_macs(space.base_macs)} -> {format_macs(macs)} MACs at the uniform "
-                  f"50 % candidate, the pruned model runs ({time.perf_counter() - t0:.1f} s)")
+                  f"50 % candidate, the pruned model runs{boxes} "
+                  f"({time.perf_counter() - t0:.1f} s)")
 
 
 def main(argv: list[str] | None = None) -> int:

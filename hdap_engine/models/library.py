@@ -30,6 +30,11 @@ def catalogue(source: str) -> tuple[str, ...]:
         import torchvision
 
         return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+    if source == "torchvision-detection":
+        import torchvision
+
+        return tuple(sorted(torchvision.models.list_models(
+            module=torchvision.models.detection)))
     if source == "timm":
         import timm
 
@@ -55,6 +60,8 @@ def library_spec(key: str) -> ModelSpec:
     """The spec of ``torchvision:NAME[@CxHxW]`` or ``timm:NAME[@CxHxW]`` (cached per process)."""
     base, shape = split_shape(key)
     source, name = base.split(":", 1)
+    if source == "torchvision" and name in catalogue("torchvision-detection"):
+        return _detector_spec(name, shape)
     if name not in catalogue(source) and not (source == "timm" and _timm_known(name)):
         raise unknown(source, name)
     return (_torchvision_spec if source == "torchvision" else _timm_spec)(name, shape)
@@ -135,6 +142,44 @@ def _last_head(model, classes: int, label: str) -> str:
         return conv[-1]
     raise HdapError(f"{label}: no Linear or convolution layer gives its {classes} class "
                     "outputs, so its classifier cannot be found")
+
+
+def _detector_spec(name: str, shape) -> ModelSpec:
+    """A torchvision detector: built with ``weights=None, weights_backbone=None`` (nothing is
+    downloaded); its input is SSD's fixed size or a square of the FPN detectors' ``min_size``
+    (`hdap_engine.models.detection`), and a shape in the key sets the transform to keep it."""
+    import torchvision
+
+    from hdap_engine.models.detection import own_input_shape, predictor_layers, set_input_size
+
+    entry = _tv_weights(name)
+    classes = len(entry.meta.get("categories") or []) if entry is not None else 0
+    classes = classes or 91  # COCO's 91 ids, background included
+
+    def plain(num_classes: int = classes):
+        return torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                            num_classes=num_classes)
+
+    model = _meta_build(plain)
+    own = own_input_shape(model)
+    input_shape = tuple(int(s) for s in (shape or own))
+
+    def build(num_classes: int = classes):
+        model = plain(num_classes)
+        if input_shape != own:
+            set_input_size(model, input_shape[1], input_shape[2])
+        return model
+
+    params = entry.meta.get("num_params") if entry is not None else None
+    size = f", {params / 1e6:.1f} M parameters" if params else ""
+    return ModelSpec(
+        name=with_shape(f"torchvision:{name}", input_shape, own), input_shape=input_shape,
+        num_classes=classes, classifier=",".join(predictor_layers(model)), builder=build,
+        source="torchvision", task="detection",
+        description=f"{name} (torchvision detector), input {shape_text(input_shape)}{size}",
+        torchvision_weights=(f"{type(entry).__name__}.{entry.name}" if entry is not None
+                             else None),
+    )
 
 
 # -- timm --------------------------------------------------------------------------------------

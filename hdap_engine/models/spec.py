@@ -3,7 +3,8 @@
 A model is named in one of four forms (docs/models.md):
 
 - a registered name (``resnet18``): the zoo (`hdap_engine.models.zoo`);
-- ``torchvision:NAME``: any classifier of ``torchvision.models``;
+- ``torchvision:NAME``: any classifier of ``torchvision.models`` or detector of
+  ``torchvision.models.detection`` (docs/detection.md);
 - ``timm:NAME``: any timm classifier;
 - ``path/to/file.py:FUNCTION``: the user's own builder, which the edge (CLI, app)
   copies into the workspace by content and names ``file:<sha256[:16]>:FUNCTION``.
@@ -27,6 +28,7 @@ from hdap_engine.errors import HdapError
 
 SOURCES = ("zoo", "torchvision", "timm", "file")
 LIBRARIES = ("torchvision", "timm")
+TASKS = ("classification", "detection")
 _SHAPE_RE = re.compile(r"@(\d+)x(\d+)x(\d+)$")
 _FILE_KEY_RE = re.compile(r"^file:([0-9a-f]{16}):([A-Za-z_]\w*)$")
 _PATH_RE = re.compile(r"^(.+\.py):([A-Za-z_]\w*)$")
@@ -48,6 +50,9 @@ class ModelSpec:
     sha256: str | None = None  # of a file model's source
     file_name: str | None = None  # a file model's name as its user gave it (display only)
     timm_hf_id: str | None = None  # the Hugging Face repo of timm's default weights
+    # "classification" or "detection" (TASKS). A detector's ``classifier`` names its box and
+    # class predictors' output layers, comma-separated: all of them are never pruned.
+    task: str = "classification"
 
     def example_input(self, batch: int = 1):
         """A deterministic input of the model's shape (for tracing and timing)."""
@@ -61,7 +66,8 @@ class ModelSpec:
         return ModelRef(source=self.source, name=base_name(self.name), key=self.name,
                         input_shape=tuple(self.input_shape), num_classes=self.num_classes,
                         classifier=self.classifier, sha256=self.sha256,
-                        file_name=self.file_name, model_weights=model_weights or "random")
+                        file_name=self.file_name, model_weights=model_weights or "random",
+                        task=self.task)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class ModelRef:
     sha256: str | None = None
     file_name: str | None = None
     model_weights: str = "random"
+    task: str = "classification"  # or "detection"
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -99,12 +106,15 @@ class ModelRef:
                       input_shape=parse_input_shape(doc["input_shape"]),
                       num_classes=int(doc["num_classes"]), classifier=str(doc["classifier"]),
                       sha256=doc.get("sha256"), file_name=doc.get("file_name"),
-                      model_weights=str(doc.get("model_weights") or "random"))
+                      model_weights=str(doc.get("model_weights") or "random"),
+                      task=str(doc.get("task") or "classification"))
         except (KeyError, TypeError, ValueError) as exc:
             raise HdapError(f"not a model reference ({type(exc).__name__}: {exc}); export "
                             "the bundle again") from None
         if ref.source not in SOURCES:
             raise HdapError(f"unknown model source {ref.source!r}; one of {', '.join(SOURCES)}")
+        if ref.task not in TASKS:
+            raise HdapError(f"unknown task {ref.task!r}; one of {', '.join(TASKS)}")
         return ref
 
 

@@ -199,6 +199,9 @@ def file_spec(key: str) -> ModelSpec:
             raise HdapError(f"{what}: its forward pass on a 1x{shape_text(input_shape)} input "
                             f"raised {_exc(exc2)}; check --input-shape") from None
     check_fits(what, input_shape, params, probe.activations)
+    if isinstance(probe.output, (list, tuple)) and probe.output and \
+            isinstance(probe.output[0], dict):
+        return _detector_file_spec(sha16, function, input_shape, own, what, label, params)
     classes = _logits_classes(probe.output, what, input_shape)
     classifier = _classifier(model, probe.executed, classes, what)
     build, _ = _builder(sha16, function, classes)
@@ -214,6 +217,11 @@ def file_spec(key: str) -> ModelSpec:
 
 def _says_shape(model) -> tuple[int, int, int] | None:
     """An input shape the model states itself (``input_shape``, or timm's config)."""
+    transform = getattr(model, "transform", None)
+    if transform is not None and hasattr(transform, "min_size"):  # torchvision's detectors
+        from hdap_engine.models.detection import own_input_shape
+
+        return own_input_shape(model)
     for value in (getattr(model, "input_shape", None),
                   (getattr(model, "pretrained_cfg", None) or {}).get("input_size"),
                   (getattr(model, "default_cfg", None) or {}).get("input_size")):
@@ -253,3 +261,32 @@ def _classifier(model, executed, classes: int, what: str) -> str:
             return name
     raise HdapError(f"{what}: no Linear or convolution layer gives its {classes} outputs, so "
                     "its classifier (the layer pruning never touches) cannot be found")
+
+
+def _detector_file_spec(sha16: str, function: str, input_shape, own, what: str, label: str,
+                        params: int) -> ModelSpec:
+    """A file model whose forward returns detections: it must follow torchvision's detection
+    interface (`hdap_engine.models.detection.is_detector`), checked on a real build."""
+    from hdap_engine.models.detection import (
+        is_detector,
+        num_classes_of_detector,
+        predictor_layers,
+    )
+
+    build, _ = _builder(sha16, function, None)
+    model = build()
+    if not is_detector(model, input_shape):
+        raise HdapError(f"{what}: its output is neither logits nor detections: a detector "
+                        "must return one dict of boxes, labels and scores per image, as "
+                        "torchvision's detectors do")
+    classes = num_classes_of_detector(model)
+    build, _ = _builder(sha16, function, classes)
+    sha = source_file(sha16).stem
+    return ModelSpec(
+        name=with_shape(file_key(sha, function), input_shape, own),
+        input_shape=tuple(input_shape), num_classes=classes,
+        classifier=",".join(predictor_layers(model)), builder=build, source="file",
+        sha256=sha, file_name=label, task="detection",
+        description=f"{function} from {label} (sha256 {sha[:12]}, detector), input "
+                    f"{shape_text(input_shape)}, {params / 1e6:.2f} M parameters",
+    )

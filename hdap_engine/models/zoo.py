@@ -54,7 +54,7 @@ _REGISTRY: dict[str, ModelSpec] = {}
 
 
 def register(name: str, *, input_shape, num_classes: int, classifier: str, description: str,
-             torchvision_weights: str | None = None):
+             torchvision_weights: str | None = None, task: str = "classification"):
     """Decorator: register a builder under ``name``.
 
     The builder takes one optional keyword, ``num_classes`` (default: the
@@ -67,7 +67,7 @@ def register(name: str, *, input_shape, num_classes: int, classifier: str, descr
         _REGISTRY[name] = ModelSpec(
             name=name, input_shape=tuple(input_shape), num_classes=num_classes,
             classifier=classifier, description=description, builder=builder,
-            torchvision_weights=torchvision_weights,
+            torchvision_weights=torchvision_weights, task=task,
         )
         return builder
 
@@ -107,6 +107,29 @@ def _mobilenet_v1(num_classes: int = 1000) -> nn.Module:
           description="ResNet-56 for CIFAR-10 (He et al. 2016), 32x32")
 def _resnet56_builder(num_classes: int = 10) -> nn.Module:
     return _resnet56(num_classes=num_classes)
+
+
+# SSDlite's predictors: the last convolution of each of its six feature maps' heads.
+_SSDLITE_PREDICTORS = ",".join(f"head.{h}_head.module_list.{i}.1"
+                               for h in ("classification", "regression") for i in range(6))
+
+
+@register("detector_demo", input_shape=(3, 160, 160), num_classes=5,
+          classifier=_SSDLITE_PREDICTORS, task="detection",
+          description="SSDlite with a half-width MobileNetV3-Large (torchvision), 160x160, "
+                      "39 M MACs: the synthetic-shapes detection demo")
+def _detector_demo(num_classes: int = 5) -> nn.Module:
+    """torchvision's SSDlite320 with ``width_mult=0.5`` at 160x160, cheap to train on a CPU;
+    ``num_classes`` counts the background (torchvision's convention): 4 shapes + 1, the
+    architecture of the shipped weights (`benchmarks.detector_demo`,
+    sample_data/detector_demo_shapes.pt)."""
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    from hdap_engine.models.detection import set_input_size
+
+    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
+                                          num_classes=num_classes, width_mult=0.5)
+    return set_input_size(model, 160, 160)
 
 
 def model_names() -> list[str]:
@@ -277,6 +300,10 @@ def classes_in_state_dict(state: dict, spec: ModelSpec) -> int:
     Falls back to the model's own count when the classifier's weight is not in
     the state dict (the strict load then names what is missing).
     """
+    if spec.task == "detection":
+        from hdap_engine.models.detection import classes_in_detector_state
+
+        return classes_in_detector_state(state) or spec.num_classes
     weight = state.get(f"{spec.classifier}.weight")
     if isinstance(weight, torch.Tensor) and weight.ndim >= 1 and weight.shape[0] >= 1:
         return int(weight.shape[0])
@@ -284,7 +311,12 @@ def classes_in_state_dict(state: dict, spec: ModelSpec) -> int:
 
 
 def num_classes_of(model: nn.Module, name: str) -> int:
-    """The number of classes of a built model (its classifier's outputs)."""
+    """The number of classes of a built model (its classifier's outputs; a detector's
+    classes, background included)."""
+    if get_spec(name).task == "detection":
+        from hdap_engine.models.detection import num_classes_of_detector
+
+        return num_classes_of_detector(model)
     head = model.get_submodule(get_spec(name).classifier)
     return int(head.out_features if isinstance(head, nn.Linear) else head.out_channels)
 

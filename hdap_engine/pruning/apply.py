@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from hdap_engine.errors import HdapError
+from hdap_engine.models.detection import pruning_view
 from hdap_engine.models.zoo import get_spec
 from hdap_engine.pruning.groups import prune_groups, torch_pruning
 from hdap_engine.pruning.space import PruningSpace
@@ -49,7 +50,8 @@ def prune_to_widths(model: nn.Module, space: PruningSpace, widths, *,
     if importance not in ("l2", "first"):
         raise HdapError(f"unknown importance {importance!r}; use 'l2' or 'first'")
     spec = get_spec(space.model)
-    return prune_groups(model, spec.example_input(), spec.classifier, space.groups, widths,
+    view, example = pruning_view(model, spec)  # a detector: its core, pruned in place
+    return prune_groups(view, example, spec.classifier, space.groups, widths,
                         importance=importance)
 
 
@@ -63,8 +65,10 @@ def widths_of(model: nn.Module, space: PruningSpace) -> np.ndarray:
 
 
 def count_macs_params(model: nn.Module, space: PruningSpace) -> tuple[float, float]:
-    """MACs and parameters by Torch-Pruning's counter (the reference)."""
+    """MACs and parameters by Torch-Pruning's counter (the reference); a detector's are its
+    core's (backbone, FPN, heads), which is what its space counts."""
     tp = torch_pruning()
 
-    macs, params = tp.utils.count_ops_and_params(model, get_spec(space.model).example_input())
+    view, example = pruning_view(model, get_spec(space.model))
+    macs, params = tp.utils.count_ops_and_params(view, example)
     return float(macs), float(params)

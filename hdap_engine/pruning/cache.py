@@ -105,12 +105,14 @@ def _in_process(name: str) -> bool:
 
 def build_now(name: str):
     """Build the `SpaceData` of ``name`` in this process (no cache)."""
+    from hdap_engine.models.detection import pruning_view
     from hdap_engine.models.zoo import build_model, get_spec
     from hdap_engine.pruning.build import build_space
 
     spec = get_spec(name)
-    model = build_model(name)
-    return build_space(name, model, spec.example_input(), spec.classifier, spec.input_shape)
+    # A detector's space is its core's (backbone, FPN, heads) on the transformed input.
+    model, example = pruning_view(build_model(name), spec)
+    return build_space(name, model, example, spec.classifier, spec.input_shape)
 
 
 def _child(name: str, path: str, conn) -> None:

@@ -100,9 +100,15 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
+def ignored_layers(model: nn.Module, classifier: str) -> list[nn.Module]:
+    """The layers never pruned: the classifier, or a detector's predictor output layers
+    (several names, comma-separated, `hdap_engine.models.detection.predictor_layers`)."""
+    return [model.get_submodule(n) for n in classifier.split(",") if n]
+
+
 def _tp_groups(dg, model: nn.Module, classifier: str):
     try:
-        return list(dg.get_all_groups(ignored_layers=[model.get_submodule(classifier)],
+        return list(dg.get_all_groups(ignored_layers=ignored_layers(model, classifier),
                                       root_module_types=ROOT_TYPES))
     except Exception as exc:
         raise HdapError(f"Torch-Pruning cannot group this model's channels "

@@ -285,11 +285,18 @@ class PruningSpace:
 
     def notes(self) -> list[str]:
         """One line per thing a user should know about this model's space."""
+        from hdap_engine.models.zoo import get_spec
+
+        out = []
+        if get_spec(self.model).task == "detection":
+            from hdap_engine.models.detection import postprocess_note
+
+            out.append(postprocess_note(self.model))
         if not self.kept:
-            return []
+            return out
         names = ", ".join(n for n, _ in self.kept[:4]) + (" ..." if len(self.kept) > 4 else "")
-        return [f"{len(self.kept)} group(s) kept at full width because pruning them breaks "
-                f"the model ({names}: {self.kept[0][1]})"]
+        return out + [f"{len(self.kept)} group(s) kept at full width because pruning them "
+                      f"breaks the model ({names}: {self.kept[0][1]})"]
 
     def summary(self) -> dict:
         """Plain-data description (CLI `hdap models`, the app)."""

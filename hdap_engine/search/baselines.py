@@ -33,15 +33,18 @@ def group_importances(model: nn.Module, space: PruningSpace) -> list[np.ndarray]
 
     tp = torch_pruning()
 
+    from hdap_engine.models.detection import pruning_view
+    from hdap_engine.pruning.groups import ignored_layers
+
     spec = get_spec(space.model)
+    model, example = pruning_view(model, spec)  # a detector: its core (docs/detection.md)
     names = {m: n for n, m in model.named_modules()}
     member_group = {m: i for i, g in enumerate(space.groups) for m in g.members}
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=spec.example_input(),
-                                               verbose=False)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
     imp = tp.importance.MagnitudeImportance(p=2, normalizer="mean")
     scores: list[np.ndarray | None] = [None] * space.n_groups
     with torch.no_grad():
-        for group in dg.get_all_groups(ignored_layers=[model.get_submodule(spec.classifier)],
+        for group in dg.get_all_groups(ignored_layers=ignored_layers(model, spec.classifier),
                                        root_module_types=(nn.Conv2d, nn.Linear)):
             for dep, _ in group:
                 gi = member_group.get(names.get(dep.target.module))
