@@ -48,7 +48,8 @@ def one(name: str) -> dict:
         check_images,
         export_detector_onnx,
     )
-    from hdap_engine.models.detection import estimate_batch_norm, host_postprocess_ms
+    from hdap_engine.models.detection import estimate_batch_norm
+    from hdap_engine.models.postprocess import host_postprocess_ms
     from hdap_engine.models.zoo import build_model, get_spec
     from hdap_engine.pruning.apply import count_macs_params, prune_to_widths
     from hdap_engine.pruning.cache import build_now

@@ -23,7 +23,6 @@ returns one ``{boxes, labels, scores}`` dict per image; in train mode
 
 from __future__ import annotations
 
-import functools
 import time
 from collections import OrderedDict
 
@@ -283,25 +282,6 @@ def classes_in_detector_state(state: dict) -> int | None:
 
 
 # -- post-processing: measured on this host ------------------------------------------------------
-
-@functools.lru_cache(maxsize=32)
-def host_postprocess_ms(key: str, repeats: int = 10) -> tuple[float, int]:
-    """`postprocess_ms` of a model by its key (built once per process, random weights: NMS
-    then works on the most boxes a detector keeps, its slowest case)."""
-    from hdap_engine.models.zoo import build_model, get_spec
-
-    spec = get_spec(key)
-    model = build_model(key)
-    return postprocess_ms(model, spec.input_shape, repeats=repeats)
-
-
-def postprocess_note(key: str) -> str:
-    """What a report says about a detector's post-processing and how it is priced."""
-    ms, anchors = host_postprocess_ms(key)
-    return (f"the twin prices the detector's core (backbone, FPN, heads); its post-processing "
-            f"(transform, {anchors} anchors decoded, NMS) is not in the twin's figure: "
-            f"{ms:.1f} ms measured on this host; host timing includes it")
-
 
 def postprocess_ms(model: nn.Module, image_shape, *, repeats: int = 10) -> tuple[float, int]:
     """(median ms, anchors) of a detector's post-processing on this host for one image.

@@ -289,7 +289,7 @@ class PruningSpace:
 
         out = []
         if get_spec(self.model).task == "detection":
-            from hdap_engine.models.detection import postprocess_note
+            from hdap_engine.models.postprocess import postprocess_note
 
             out.append(postprocess_note(self.model))
         if not self.kept:

@@ -525,8 +525,7 @@ class _State:
         self.run_sigma = learned.run_sigma
         self.prior = learned.prior
         self.stop = learned.stop
-        # None until the first measurement when a `Learned` comes without counts (a saved
-        # job's): `FleetSearch._timed` sizes it by the search devices.
+        # None until the first measurement for a `Learned` without counts (a saved job's).
         self.device_pairs = None if learned.device_pairs is None \
             else np.array(learned.device_pairs, dtype=np.int64)
         self.spread: list = []  # this run's `Measurements` (their runs tell the noise)
