@@ -1,4 +1,4 @@
-"""Model zoo: the six models, their shapes, and safe loading of user weights."""
+"""Model zoo: the six classifiers and the detection demo, their shapes, and safe loading of user weights."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from hdap_engine.pruning.space import PruningSpace
 EXPECTED = {
     "resnet50": (3, 224, 224), "resnet18": (3, 224, 224), "mobilenet_v1": (3, 224, 224),
     "mobilenet_v2": (3, 224, 224), "vgg16_bn": (3, 224, 224), "resnet56": (3, 32, 32),
+    "detector_demo": (3, 160, 160),
 }
 
 
-def test_zoo_has_the_six_models_with_their_input_shapes():
+def test_zoo_has_the_six_classifiers_and_the_detector_demo_with_their_input_shapes():
     assert set(model_names()) == set(EXPECTED)
     for name, shape in EXPECTED.items():
         assert get_spec(name).input_shape == shape
