@@ -9,6 +9,11 @@ unpruned detector. Every mAP is on the held-out split of the same shapes data th
 was trained on (same images, size, seed).
 
     python -m benchmarks.detector_prune_finetune --macs 0.5
+    python -m benchmarks.detector_prune_finetune --bench bench.json --method hdap
+
+With ``--bench`` (a ``hdap bench --model detector_demo --json`` result) the detector is
+pruned to that row's widths through the engine's pruning space instead (the search's
+answer, or the engine's uniform row).
 
 Prints one JSON line: MACs before / after, and mAP@.5 / mAP@[.5:.95] unpruned, pruned,
 calibrated, fine-tuned.
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--bench", default=None, help="a bench JSON whose row's widths to prune to")
+    p.add_argument("--method", default="hdap", help="the row of --bench")
     p.add_argument("--kd-weight", type=float, default=DETECTION_DISTILL["kd_weight"],
                    help="0: fine-tune on the detector's own loss alone (the ablation)")
     args = p.parse_args(argv)
@@ -125,7 +132,20 @@ def main(argv: list[str] | None = None) -> None:
 
     unpruned = score(teacher)
     t0 = time.perf_counter()
-    student, share = prune_to_macs(teacher, args.macs)
+    if args.bench:
+        import numpy as np
+
+        from hdap_engine.pruning.apply import prune_to_widths
+        from hdap_engine.pruning.space import PruningSpace
+
+        with open(args.bench) as f:
+            rows = {r["method"]: r for r in json.load(f)["rows"]}
+        student = copy.deepcopy(teacher).eval()
+        prune_to_widths(student, PruningSpace.for_model("detector_demo"),
+                        np.asarray(rows[args.method]["widths"], dtype=np.int64))
+        share = macs_of(student) / macs_of(teacher)
+    else:
+        student, share = prune_to_macs(teacher, args.macs)
     pruned = score(student)
     bn_images = [data.train[i][0] for i in range(min(256, data.n_train))]
     recalibrate_detector_bn(student, bn_images)
@@ -142,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
                  teacher=teacher if options.distills else None, optimizer="adamw",
                  on_epoch=show)
     finetuned = score(student)
-    print(json.dumps({"macs_share": round(share, 4), "macs_unpruned": macs_of(teacher),
+    print(json.dumps({"method": args.method if args.bench else "uniform (Torch-Pruning)",
+                      "macs_share": round(share, 4), "macs_unpruned": macs_of(teacher),
                       "macs_pruned": macs_of(student), "unpruned": unpruned, "pruned": pruned,
                       "calibrated": calibrated, "finetuned": finetuned,
                       "finetune": {"epochs": args.epochs, "lr": args.lr, "optimizer": "adamw",
