@@ -24,6 +24,7 @@ STAGES: dict[str, str] = {
     "measure": "measuring candidates on cluster representatives",
     "fit": "training the latency surrogate",
     "search": "searching widths on the surrogate (generations)",
+    "latency budget": "finding the MACs that meet the latency budget (on the surrogate)",
     "prune": "pruning the model with Torch-Pruning",
     "verify": "measuring the pruned and the unpruned model per cluster",
     "export": "exporting TorchScript, ONNX and torch.export",
