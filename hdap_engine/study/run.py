@@ -148,13 +148,9 @@ def _optimize_for_latency(ctx: StudyContext, query: Query, spec, plan, learned, 
     judge = ctx.fleet_objective(query)
     quick = (plan or ctx.options.search).quick()
     start = learned or ctx.learned
-    if spec.searches and start is None:
-        raise HdapError(f"method {spec.name} needs its own measurements; prepare the study "
-                        "with it")
-    if not spec.searches and start is None:
-        raise HdapError("a latency budget needs latencies: this study measured none "
+    if start is None:
+        raise HdapError(f"a latency budget needs measured latencies and this study has none "
                         f"for {spec.name}; prepare it with a searching method")
-
     if spec.needs_model and model is None:
         model = build_model(ctx.options.model, ctx.options.model_weights, seed=ctx.options.seed)
 
