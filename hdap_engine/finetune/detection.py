@@ -66,6 +66,7 @@ from hdap_engine.finetune.distributed import (
     setup,
     sum_over_ranks,
 )
+from hdap_engine.finetune.trainer import resume_run
 from hdap_engine.options import FinetuneOptions
 
 # The detector's own loss and the distillation term weigh the same by default: the
@@ -326,7 +327,8 @@ def fit_detector(model: nn.Module, train_set: Dataset, options: FinetuneOptions,
     result = DetectionFitResult(world_size=world.size)
     start = 0
     if resume:
-        start = _resume(path, model, opt, sched, options, identity, result)
+        start = resume_run(path, model, opt, sched, options, identity, result,
+                           DetectionEpoch)
     trained = model
     if world.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -399,23 +401,3 @@ def fit_detector(model: nn.Module, train_set: Dataset, options: FinetuneOptions,
             hook.remove()
     model.eval()
     return result
-
-
-def _resume(path, model, opt, sched, options, identity, result) -> int:
-    from hdap_engine.finetune.trainer import _check_same_run
-
-    if path is None or not path.is_file():
-        raise HdapError(f"nothing to resume: no checkpoint at {path}; start without --resume")
-    state = ckpt.load(path)
-    _check_same_run(state, options, identity, path)
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    ckpt.set_rng_states(state["rng"])
-    start = int(state["epoch"])
-    result.history = [DetectionEpoch(**r) for r in state["history"]]
-    result.seconds = float(state["seconds"])
-    result.resumed_at = start
-    if start >= options.epochs:
-        raise HdapError(f"{path}: this run already finished its {options.epochs} epochs")
-    return start

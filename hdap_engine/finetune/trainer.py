@@ -225,22 +225,8 @@ def fit(model: nn.Module, train_set: Dataset, options: FinetuneOptions, *,
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=options.epochs * steps)
 
     result = FitResult(world_size=world.size, hflip=hflip, crop_padding=pad)
-    start = 0
-    if resume:
-        if path is None or not path.is_file():
-            raise HdapError(f"nothing to resume: no checkpoint at {path}; start without --resume")
-        state = ckpt.load(path)
-        _check_same_run(state, options, identity, path)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        ckpt.set_rng_states(state["rng"])
-        start = int(state["epoch"])
-        result.history = [EpochRecord(**r) for r in state["history"]]
-        result.seconds = float(state["seconds"])
-        result.resumed_at = start
-        if start >= options.epochs:
-            raise HdapError(f"{path}: this run already finished its {options.epochs} epochs")
+    start = (resume_run(path, model, opt, sched, options, identity, result, EpochRecord)
+             if resume else 0)
 
     trained = model
     if world.distributed:
@@ -332,6 +318,28 @@ def state_digest(model: nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
+
+
+def resume_run(path: Path | None, model: nn.Module, opt, sched, options: FinetuneOptions,
+               identity: dict, result, record: type) -> int:
+    """Model, optimiser, scheduler, random states and ``result``'s history (records of
+    ``record``) from the checkpoint at ``path``; the epoch to go on from. Refuses a
+    missing checkpoint, another run's, or a run that already finished."""
+    if path is None or not path.is_file():
+        raise HdapError(f"nothing to resume: no checkpoint at {path}; start without --resume")
+    state = ckpt.load(path)
+    _check_same_run(state, options, identity, path)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    ckpt.set_rng_states(state["rng"])
+    start = int(state["epoch"])
+    result.history = [record(**r) for r in state["history"]]
+    result.seconds = float(state["seconds"])
+    result.resumed_at = start
+    if start >= options.epochs:
+        raise HdapError(f"{path}: this run already finished its {options.epochs} epochs")
+    return start
 
 
 def _check_same_run(state: dict, options: FinetuneOptions, identity: dict, path: Path) -> None:
