@@ -11,8 +11,8 @@ The model: torchvision's ``ssdlite320_mobilenet_v3_large`` with a MobileNetV3
 backbone at ``width_mult`` 0.5, no pretrained weights (nothing is downloaded),
 ``num_classes`` = 4 shapes + background, its fixed input size set to 160x160
 (the SSD transform resizes every image to it; the anchors are relative, so
-they follow). `build_detector_demo` is the one builder; the zoo's
-``detector_demo`` entry should call it with the same arguments.
+they follow). The architecture is the zoo's ``detector_demo``
+(`hdap_engine.models.zoo`), the one builder.
 """
 
 from __future__ import annotations
@@ -24,26 +24,16 @@ from pathlib import Path
 
 import torch
 
-DEMO_SIZE = 160
-DEMO_WIDTH = 0.5
+DEMO_SIZE = 160  # the zoo's detector_demo input (3x160x160)
+DEMO_WIDTH = 0.5  # its MobileNetV3 width (recorded beside the weights)
 
 
-def build_detector_demo(num_classes: int = 5, *, size: int = DEMO_SIZE,
-                        width_mult: float = DEMO_WIDTH) -> torch.nn.Module:
-    """The demo detector, untrained: SSDlite, MobileNetV3 at ``width_mult``, ``size`` input.
+def build_detector_demo(num_classes: int = 5) -> torch.nn.Module:
+    """The demo detector, untrained: the zoo's ``detector_demo`` (SSDlite, MobileNetV3 at
+    width 0.5, 160x160). ``num_classes`` counts the background (torchvision's convention)."""
+    from hdap_engine.models.zoo import get_spec
 
-    ``num_classes`` counts the background (torchvision's convention).
-    """
-    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
-
-    model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
-                                          num_classes=num_classes, width_mult=width_mult)
-    # SSD's transform resizes to a fixed size; 160 instead of 320 is 4x fewer MACs, and
-    # the shapes (at least 19 px across) stay several feature-map cells wide.
-    model.transform.fixed_size = (size, size)
-    model.transform.min_size = (size,)
-    model.transform.max_size = size
-    return model
+    return get_spec("detector_demo").builder(num_classes=num_classes)
 
 
 def load_detector_demo(path: str | Path, num_classes: int = 5) -> torch.nn.Module:

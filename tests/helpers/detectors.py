@@ -10,13 +10,12 @@ def tiny_ssd(num_classes: int = 5, size: int = 64, width_mult: float = 0.25,
     """SSDlite with a MobileNetV3 at ``width_mult``, its fixed input size set to ``size``."""
     from torchvision.models.detection import ssdlite320_mobilenet_v3_large
 
+    from hdap_engine.models.detection import set_input_size
+
     torch.manual_seed(seed)
     model = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None,
                                           num_classes=num_classes, width_mult=width_mult)
-    model.transform.fixed_size = (size, size)
-    model.transform.min_size = (size,)
-    model.transform.max_size = size
-    return model.eval()
+    return set_input_size(model, size, size).eval()
 
 
 def tiny_fasterrcnn(num_classes: int = 5, size: int = 64, seed: int = 0) -> torch.nn.Module:
