@@ -275,3 +275,35 @@ def test_a_timm_vits_macs_equal_the_counter_which_counts_its_attention_whole(tmp
     for ratio, space_macs, counter_macs, _groups in lines:
         assert float(space_macs) == float(counter_macs), (ratio, space_macs, counter_macs)
     assert "patch_embed.proj" in lines[1][3]  # the embedding width, class token included
+
+
+def test_groups_the_recording_cannot_follow_are_kept_and_the_rest_still_pruned(monkeypatch):
+    """`build._followed_groups`: one check when every group is fine; a group whose forms
+    break is kept at full width with the check's error, and so is a group that breaks
+    only together with one accepted before it (plain halving would accept both)."""
+    from hdap_engine.pruning import build
+
+    calls = []
+
+    def check(model, example, classifier, found, keep, widths, expected, counted):
+        calls.append(tuple(keep))
+        if 2 in keep:
+            return None, "operation x gives (1, 3) where the pruning space expects (1, 5)"
+        if 4 in keep and 5 in keep:
+            return None, "operation y gives (1, 2) where the pruning space expects (1, 4)"
+        return ("ops", "forms"), None
+
+    monkeypatch.setattr(build, "_checked_recording", check)
+    widths = np.arange(8) + 1
+    keep, bad, done = build._followed_groups(None, None, "", None, list(range(8)), widths,
+                                             (1, 4), ())
+    assert keep == [0, 1, 3, 4, 6, 7] and set(bad) == {2, 5}
+    assert "operation x" in bad[2] and "operation y" in bad[5]
+    assert done == ("ops", "forms")
+
+    calls.clear()
+    monkeypatch.setattr(build, "_checked_recording",
+                        lambda *a: (calls.append(a[4]) or ("ops", "forms"), None))
+    keep, bad, _ = build._followed_groups(None, None, "", None, list(range(8)), widths,
+                                          (1, 4), ())
+    assert keep == list(range(8)) and not bad and len(calls) == 1

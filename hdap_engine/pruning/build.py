@@ -7,8 +7,9 @@
    costs time becomes a layer row: its twin op, how Torch-Pruning's counter
    counts it, its geometry and its channel forms.
 3. A copy pruned to distinct widths per group is recorded too, and every
-   operation's output shape must equal its forms at those widths: a rule that
-   does not hold for this architecture is an error here, never a wrong cost.
+   operation's output shape must equal its forms at those widths: a group whose
+   pruning the rules do not follow is kept at full width and listed with the
+   operation that disagrees (`_followed_groups`), never priced wrong.
 
 MACs follow Torch-Pruning's counter (`tp.utils.count_ops_and_params`), which
 counts modules by their exact class: convolutions and linear layers (with
@@ -325,6 +326,68 @@ def _arrays(rows: list[dict], n_groups: int):
     )
 
 
+def _checked_recording(model: nn.Module, example: torch.Tensor, classifier: str,
+                       found: G.Discovered, keep: list[int], widths: np.ndarray,
+                       expected: tuple[int, ...], counted_types: tuple):
+    """((ops, module forms), None) when the groups ``keep`` pruned to ``widths`` run and
+    every recorded shape follows its forms; (None, why) otherwise."""
+    pruned, why = G.try_prune(model, example, classifier, [found.groups[i] for i in keep],
+                              widths, expected)
+    if why is not None:
+        return None, why
+    tp_forms = G.module_forms(model, found, keep)
+    try:
+        ops = R.record(G.clear_eval_caches(model), example, tp_forms, counted_types,
+                       param_forms=G.param_forms(model, found, keep))
+        check_forms(ops, R.record(G.clear_eval_caches(pruned), example, {}, counted_types),
+                    widths)
+    except HdapError as exc:
+        return None, str(exc)
+    return (ops, tp_forms), None
+
+
+def _followed_groups(model: nn.Module, example: torch.Tensor, classifier: str,
+                     found: G.Discovered, candidates: list[int], all_widths: np.ndarray,
+                     expected: tuple[int, ...], counted_types: tuple):
+    """The candidate groups whose pruning the recording follows, those it does not (with
+    the check's error), and the recording of the first.
+
+    A group the recording cannot follow (a parameter reshaped in ``forward`` that
+    Torch-Pruning prunes, two groups slicing the same channels, an unfold into patches)
+    is kept at full width like a group that breaks the model, and the rest is pruned.
+    Groups are accepted greedily in halving chunks: with every group fine (the usual
+    case) that is one check, and a group that only fails together with an accepted one
+    is caught too, which plain halving would miss.
+    """
+    accepted: list[int] = []
+    bad: dict[int, str] = {}
+    last: list = [None]
+
+    def add(chunk: list[int]) -> None:
+        trial = sorted(accepted + chunk)
+        done, why = _checked_recording(model, example, classifier, found, trial,
+                                       all_widths[trial], expected, counted_types)
+        if why is None:
+            accepted[:] = trial
+            last[0] = done
+        elif len(chunk) == 1:
+            bad[chunk[0]] = why
+        else:
+            mid = len(chunk) // 2
+            add(chunk[:mid])
+            add(chunk[mid:])
+
+    if candidates:
+        add(list(candidates))
+    if last[0] is None:
+        done, why = _checked_recording(model, example, classifier, found, [],
+                                       all_widths[:0], expected, counted_types)
+        if why is not None:
+            raise HdapError(f"the pruning space cannot follow this model even unpruned ({why})")
+        last[0] = done
+    return accepted, bad, last[0]
+
+
 def build_space(name: str, model: nn.Module, example: torch.Tensor, classifier: str,
                 input_shape: tuple[int, ...]):
     """What the pruning space of ``model`` is made of (see the module docstring)."""
@@ -332,31 +395,27 @@ def build_space(name: str, model: nn.Module, example: torch.Tensor, classifier: 
     found = G.discover(model, example, classifier)
     with torch.no_grad():
         expected = tuple(model(example).shape)
-    # Prune a copy to distinct widths per group: it must run, and every recorded
-    # shape of it must equal the forms at those widths.
+    # Prune a copy to distinct widths per group: it must run (else the groups that break
+    # it are found first, by cheap trial prunings), and every recorded shape of it must
+    # equal the forms at those widths (else the groups the recording cannot follow).
     all_widths = probe_widths(found.groups)
     pruned, why = G.try_prune(model, example, classifier, found.groups, all_widths, expected)
+    del pruned
     bad: dict[int, str] = {}
     if why is not None:
         bad = G.unprunable_groups(model, example, classifier, found.groups, all_widths,
                                   expected)
-    keep = [i for i in range(len(found.groups)) if i not in bad]
-    groups = tuple(found.groups[i] for i in keep)
-    widths = all_widths[keep]
-    if bad:
-        pruned, why = G.try_prune(model, example, classifier, groups, widths, expected)
-        if why is not None:
-            raise HdapError(f"pruning this model's groups together breaks it ({why})")
-    tp_forms = G.module_forms(model, found, keep)
     counted_types = _timm_attention_types()
-    ops = R.record(G.clear_eval_caches(model), example, tp_forms, counted_types,
-                   param_forms=G.param_forms(model, found, keep))
+    candidates = [i for i in range(len(found.groups)) if i not in bad]
+    keep, unfollowed, (ops, tp_forms) = _followed_groups(model, example, classifier, found,
+                                                         candidates, all_widths, expected,
+                                                         counted_types)
+    bad.update(unfollowed)
+    groups = tuple(found.groups[i] for i in keep)
     rows = layer_rows(ops, tp_forms)
     if not rows:
         raise HdapError("the model has no layer the pruning space can follow")
     layers = _arrays(rows, len(groups))
-    check_forms(ops, R.record(G.clear_eval_caches(pruned), example, {}, counted_types), widths)
-    del pruned
     kept = tuple((found.groups[i].name, why) for i, why in sorted(bad.items()))
     uncounted = sorted({str(o) for o, c in zip(layers.op, layers.counted, strict=True)
                         if o and not c and o not in ("add", "mul", "cat", "copy")} |
