@@ -307,3 +307,10 @@ def test_groups_the_recording_cannot_follow_are_kept_and_the_rest_still_pruned(m
     keep, bad, _ = build._followed_groups(None, None, "", None, list(range(8)), widths,
                                           (1, 4), ())
     assert keep == list(range(8)) and not bad and len(calls) == 1
+
+
+def test_a_space_builder_that_dies_says_memory_only_when_it_was_killed():
+    from hdap_engine.pruning.cache import _died
+
+    assert "memory" in _died(-9) and "__main__" not in _died(-9)
+    assert "__main__" in _died(1) and "memory" not in _died(1)

@@ -143,14 +143,26 @@ def _build_in_child(name: str, path: Path, timeout_s: float) -> None:
         try:
             error = parent.recv()
         except EOFError:
-            error = (f"the process building its pruning space died (exit code "
-                     f"{proc.exitcode}); the model may be too large for this machine's memory")
+            proc.join(5)
+            error = _died(proc.exitcode)
         if error:
             raise HdapError(f"{name}: cannot be pruned: {error}")
     finally:
         if proc.is_alive():
             proc.kill()
         proc.join(5)
+
+
+def _died(code: int | None) -> str:
+    """Why the child building a space ended without an answer, as far as its exit says."""
+    if code is not None and code < 0:  # killed by a signal: the kernel's OOM killer sends 9
+        return (f"the process building its pruning space was killed (signal {-code}); the "
+                "model may be too large for this machine's memory at this input shape")
+    # A spawned child that fails while starting re-imports the caller's main module; a
+    # script that builds a space at import time (no `__main__` guard) ends it this way.
+    return (f"the process building its pruning space exited (code {code}) before answering; "
+            "if this runs from your own script, put the script's code under "
+            "`if __name__ == \"__main__\":` (the space is built in a spawned process)")
 
 
 _STR_FIELDS = ("names", "op", "counted", "fn")

@@ -289,6 +289,10 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
     missing = [g.name for g in groups if g.name not in kept]
     if missing:
         raise HdapError(f"internal: Torch-Pruning did not offer groups {missing[:3]}")
+    # Torch-Pruning's traced forward filled any eval cache with tensors of the unpruned
+    # widths that carry autograd history (a copy or a counter's deepcopy would fail).
+    training = model.training
+    clear_eval_caches(model).train(training)
     return kept
 
 
