@@ -144,3 +144,46 @@ def test_a_detector_study_refuses_what_does_not_fit_in_one_line(shapes64, model,
 
     with pytest.raises(HdapError, match=message):
         prepare_accuracy(model, None, shapes64, n_bn=3, n_eval=3, **kwargs)
+
+
+@pytest.mark.slow
+def test_cli_bench_on_a_detector_gives_each_methods_calibrated_and_finetuned_map(
+        cli, small_fleet, shapes160, tmp_path):
+    out = tmp_path / "bench.json"
+    res = cli("bench", "--model", "detector_demo", "--model-weights", DET_WEIGHTS, "--data",
+              str(shapes160), "--telemetry", str(small_fleet), "--macs", "0.6",
+              "--methods", "hdap,uniform", "--min-accuracy", "uniform", *QUICK,
+              "--finetune-epochs", "1", "--json", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "calibrated mAP@.5" in res.stdout and "fine-tuned mAP@.5" in res.stdout
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    for row in rows.values():
+        acc = row["accuracy"]
+        assert acc["metric"] == "map_50"
+        for m in ("map", "map_50"):
+            assert all(acc["metrics"][m][s] is not None
+                       for s in ("unpruned", "pruned", "calibrated", "finetuned"))
+        assert acc["finetune"]["epochs"] == 1
+    floor = rows["hdap"]["search_accuracy"]
+    assert floor["metric"] == "map_50" and floor["chosen_calibrated"] >= floor["threshold"] - 1e-9
+
+
+@pytest.mark.slow
+def test_cli_finetune_on_a_detector_bundle_reports_both_maps(cli, shapes160, tmp_path):
+    bundle, tuned = tmp_path / "b", tmp_path / "t"
+    res = cli("prune", "--model", "detector_demo", "--model-weights", DET_WEIGHTS, "--macs",
+              "50%", "--out", str(bundle))
+    assert res.returncode == 0, res.stderr
+    args = ["finetune", str(bundle), "--data", str(shapes160), "--epochs", "1",
+            "--batch-size", "4", "--model-weights", DET_WEIGHTS, "--out", str(tuned)]
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert "epoch 1/1" in res.stdout and "held-out mAP@.5 on 4 images" in res.stdout
+    assert "held-out mAP@[.5:.95]: unpruned" in res.stdout
+    acc = json.loads((tuned / "report.json").read_text())["accuracy"]
+    assert acc["metric"] == "map_50" and acc["finetune"]["optimizer"] == "adamw"
+    assert acc["finetune"]["options"]["lr"] == 2e-3  # the detector's recipe, not SGD's 0.01
+    assert acc["metrics"]["map"]["finetuned"] is not None
+    assert acc["unpruned"] > 0.5  # the teacher: the shipped demo weights
+    # a finished run's checkpoint is gone; --resume on the same --out refuses nothing new
+    assert not (tuned / "checkpoint.pt").exists()
