@@ -283,7 +283,7 @@ def finetune_model(student: torch.nn.Module, ld, options: FinetuneOptions = DIST
     calibrated = None
     if options.bn_images and not resume:
         # Every rank re-estimates on the same images, so they start identical.
-        _recalibrate(student, ld, min(options.bn_images, ld.n_train), options.seed)
+        _recalibrate(student, ld, options.bn_images, options.seed)
         calibrated = _evaluate(student, ld)
     started = time.perf_counter()
     identity = {**(identity or {}), "data": ld.fingerprint}
