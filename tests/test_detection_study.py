@@ -48,6 +48,20 @@ def test_a_detector_block_names_its_metric_and_carries_both_maps_per_stage():
                                             "fine-tuned mAP@.5"}
 
 
+def test_a_finetuned_stage_added_to_a_detector_block_carries_both_maps():
+    from hdap_engine.accuracy.report import with_stage
+
+    block = accuracy_block(_Data(), unpruned=_acc(0.7, 0.9), calibrated=_acc(0.2, 0.5),
+                           metric="map_50")
+    out = with_stage(block, "finetuned", _acc(0.68, 0.89, (0.6, 0.7)))
+    assert out["finetuned"] == pytest.approx(0.89) and block["finetuned"] is None
+    assert out["metrics"]["map"]["finetuned"] == pytest.approx(0.68)
+    assert out["metrics_ci95"]["map"]["finetuned"] == pytest.approx([0.6, 0.7])
+    assert out["ci95"]["finetuned"] == pytest.approx([0.7, 0.8])
+    assert out["status"] == "measured: unpruned, calibrated, finetuned"
+    assert accuracy_columns(out)["fine-tuned mAP@.5"] == "89.0%"
+
+
 def test_metric_labels_of_classifier_and_unknown_blocks_stay_top1():
     assert metric_label(accuracy_block(None)) == "top-1"
     assert metric_label({"metric": "top1"}) == "top-1"
@@ -172,13 +186,13 @@ def test_a_detector_study_refuses_what_does_not_fit_in_one_line(shapes64, model,
 
 
 @pytest.mark.slow
-def test_cli_bench_on_a_detector_gives_each_methods_calibrated_and_finetuned_map(
+def test_cli_bench_on_a_detector_gives_each_methods_calibrated_map(
         cli, small_fleet, shapes160, tmp_path):
     out = tmp_path / "bench.json"
     res = cli("bench", "--model", "detector_demo", "--model-weights", DET_WEIGHTS, "--data",
               str(shapes160), "--telemetry", str(small_fleet), "--macs", "0.6",
               "--methods", "hdap,uniform", "--min-accuracy", "uniform", *QUICK,
-              "--finetune-epochs", "1", "--json", str(out), "--quiet")
+              "--json", str(out), "--quiet")
     assert res.returncode == 0, res.stderr
     assert "calibrated mAP@.5" in res.stdout and "fine-tuned mAP@.5" in res.stdout
     rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
@@ -187,8 +201,7 @@ def test_cli_bench_on_a_detector_gives_each_methods_calibrated_and_finetuned_map
         assert acc["metric"] == "map_50"
         for m in ("map", "map_50"):
             assert all(acc["metrics"][m][s] is not None
-                       for s in ("unpruned", "pruned", "calibrated", "finetuned"))
-        assert acc["finetune"]["epochs"] == 1
+                       for s in ("unpruned", "pruned", "calibrated"))
     floor = rows["hdap"]["search_accuracy"]
     assert floor["metric"] == "map_50" and floor["chosen_calibrated"] >= floor["threshold"] - 1e-9
 
