@@ -1,6 +1,11 @@
 """The ``accuracy`` and ``preprocess`` blocks of ``report.json`` and of bench rows.
 
-Accuracies are fractions 0..1 and ``null`` when not measured. ``unpruned``,
+Accuracies are fractions 0..1 and ``null`` when not measured. ``metric`` says
+what they are: ``top1`` for a classifier, ``map_50`` (mAP@.5) or ``map``
+(mAP@[.5:.95]) for a detector, whose stage values are in the study's metric and
+whose ``metrics`` holds both mAPs per stage (``{"map": {stage: v}, "map_50":
+{stage: v}}``) with their bootstrap intervals in ``metrics_ci95`` where computed
+(``ci95`` is the study metric's). ``unpruned``,
 ``pruned`` (right after pruning), ``finetuned`` and their ``ci95`` are on the
 held-out set; ``calibrated`` is the candidate's top-1 after batch-norm
 re-estimation, on the held-out set when it was evaluated there (the chosen
@@ -11,9 +16,10 @@ is unknown, so nobody reads a missing number as a good one.
 Public API
 ----------
 ``accuracy_block(data=None, *, unpruned=None, pruned=None, calibrated=None, finetuned=None,
-n_calibration=None, calibrated_on="heldout", finetune=None, floor=None, surrogate=None)
--> dict``
-    Each accuracy argument is an `Evaluation`, a float, or ``None``.
+n_calibration=None, calibrated_on="heldout", finetune=None, floor=None, surrogate=None,
+metric="top1") -> dict``
+    Each accuracy argument is an `Evaluation`, a `DetectionAccuracy`, a float, or ``None``.
+``metric_label(block) -> str``: ``"top-1"``, ``"mAP@.5"`` or ``"mAP@[.5:.95]"``.
 ``preprocess_block(data=None) -> dict | None``
 ``accuracy_summary(block) -> str``: one line for the CLI and the app.
 ``UNKNOWN``: the status line of a report without data.
@@ -21,28 +27,45 @@ n_calibration=None, calibrated_on="heldout", finetune=None, floor=None, surrogat
 
 from __future__ import annotations
 
+from hdap_engine.accuracy.detection import METRICS as DETECTION_METRICS
+from hdap_engine.accuracy.detection import DetectionAccuracy
 from hdap_engine.accuracy.evaluate import Evaluation
 
 UNKNOWN = "unknown: no labelled data was given (--data), so accuracy was not measured"
 STAGES = ("unpruned", "pruned", "calibrated", "finetuned")
+# What a block's ``metric`` is called in tables and lines (one name per metric everywhere).
+METRIC_LABELS = {"top1": "top-1", **DETECTION_METRICS}
 
 
-def _value(x) -> float | None:
+def metric_label(block: dict | None) -> str:
+    """How tables and lines name a block's metric: ``"top-1"`` (a classifier, or a block
+    without a metric), ``"mAP@.5"`` (``map_50``) or ``"mAP@[.5:.95]"`` (``map``)."""
+    return METRIC_LABELS.get((block or {}).get("metric") or "top1", "top-1")
+
+
+def _value(x, metric: str = "top1") -> float | None:
     if x is None:
         return None
     if isinstance(x, Evaluation):
         return float(x.top1)
+    if isinstance(x, DetectionAccuracy):
+        return x.metric(metric)
     return float(x)
 
 
-def _ci(x) -> list[float] | None:
-    return [float(x.ci95[0]), float(x.ci95[1])] if isinstance(x, Evaluation) else None
+def _ci(x, metric: str = "top1") -> list[float] | None:
+    if isinstance(x, Evaluation):
+        return [float(x.ci95[0]), float(x.ci95[1])]
+    if isinstance(x, DetectionAccuracy):
+        ci = x.map_50_interval if metric == "map_50" else x.map_interval
+        return None if ci is None else [float(ci[0]), float(ci[1])]
+    return None
 
 
 def accuracy_block(data=None, *, unpruned=None, pruned=None, calibrated=None, finetuned=None,
                    n_calibration: int | None = None, calibrated_on: str = "heldout",
                    finetune: dict | None = None, floor: dict | None = None,
-                   surrogate: dict | None = None) -> dict:
+                   surrogate: dict | None = None, metric: str = "top1") -> dict:
     """The report's ``accuracy`` block.
 
     Parameters
@@ -50,7 +73,8 @@ def accuracy_block(data=None, *, unpruned=None, pruned=None, calibrated=None, fi
     data:
         The `LabelledData` used, or ``None`` (accuracy unknown).
     unpruned, pruned, calibrated, finetuned:
-        `Evaluation` (value and interval), a bare fraction, or ``None``.
+        `Evaluation` (value and interval), `DetectionAccuracy` (both mAPs and their
+        intervals), a bare fraction (in ``metric``), or ``None``.
     n_calibration:
         Images used for batch-norm re-estimation and calibrated scoring.
     calibrated_on:
@@ -61,13 +85,19 @@ def accuracy_block(data=None, *, unpruned=None, pruned=None, calibrated=None, fi
         The search's accuracy floor (``AccuracyFloor.as_dict()`` plus its threshold).
     surrogate:
         The accuracy surrogate's held-out report.
+    metric:
+        ``top1`` (a classifier), ``map_50`` or ``map`` (a detector): what the stage
+        values are.
 
     Returns
     -------
     ``{dataset, classes, n_calibration, n_heldout, heldout, metric, unpruned, pruned,
     calibrated, finetuned, ci95: {stage: [low, high] | null}, top5, finetune: {epochs,
-    seconds, teacher}, status, ...}``.
+    seconds, teacher}, status, ...}``; a detector's also ``metrics: {map: {stage: v},
+    map_50: {stage: v}}`` and ``metrics_ci95`` (same shape, intervals or null).
     """
+    if metric not in METRIC_LABELS:
+        raise ValueError(f"unknown accuracy metric {metric!r}")
     values = dict(zip(STAGES, (unpruned, pruned, calibrated, finetuned), strict=True))
     ft = {"epochs": None, "seconds": None, "teacher": None}
     if finetune:
@@ -87,15 +117,22 @@ def accuracy_block(data=None, *, unpruned=None, pruned=None, calibrated=None, fi
         "n_calibration": None if n_calibration is None else int(n_calibration),
         "n_heldout": data.n_heldout,
         "heldout": data.describe_heldout(),
-        "metric": "top1",
-        **{s: _value(v) for s, v in values.items()},
-        "ci95": {s: _ci(v) for s, v in values.items()},
+        "metric": metric,
+        **{s: _value(v, metric) for s, v in values.items()},
+        "ci95": {s: _ci(v, metric) for s, v in values.items()},
         "top5": top5,
         "calibrated_on": calibrated_on if calibrated is not None else None,
         "finetune": ft,
         "status": ("measured: " + ", ".join(measured)) if measured else "not measured",
     }
-    if data.skipped:
+    if metric in DETECTION_METRICS:
+        # Both mAPs per stage: a bare fraction is only known in the study's metric.
+        block["metrics"] = {m: {s: (_value(v, m) if isinstance(v, DetectionAccuracy)
+                                    else (_value(v) if m == metric else None))
+                                for s, v in values.items()} for m in DETECTION_METRICS}
+        block["metrics_ci95"] = {m: {s: _ci(v, m) for s, v in values.items()}
+                                 for m in DETECTION_METRICS}
+    if getattr(data, "skipped", 0):
         block["skipped_images"] = int(data.skipped)
     if floor is not None:
         block["floor"] = floor
@@ -105,13 +142,16 @@ def accuracy_block(data=None, *, unpruned=None, pruned=None, calibrated=None, fi
 
 
 def preprocess_block(data=None) -> dict | None:
-    """The report's ``preprocess`` block (``None`` without data)."""
-    return None if data is None else data.preprocess.as_dict()
+    """The report's ``preprocess`` block (``None`` without data, or for detection data,
+    which the detector's own transform resizes and normalises)."""
+    preprocess = getattr(data, "preprocess", None)
+    return None if preprocess is None else preprocess.as_dict()
 
 
 def exported_top1(block: dict | None) -> float | None:
-    """Held-out top-1 of the exported model: fine-tuned when it was, else after batch-norm
-    re-estimation; None when accuracy is unknown (no labelled data)."""
+    """Held-out accuracy of the exported model in the block's metric (`metric_label`):
+    fine-tuned when it was, else after batch-norm re-estimation; None when accuracy is
+    unknown (no labelled data)."""
     acc = block or {}
     return acc.get("finetuned") if acc.get("finetuned") is not None else acc.get("calibrated")
 
@@ -130,9 +170,26 @@ def accuracy_summary(block: dict | None) -> str:
                                             if ci else "")
 
     parts = [p for p in (pct(s) for s in ("unpruned", "pruned", "calibrated", "finetuned")) if p]
-    line = f"accuracy (top-1, {block.get('heldout')}): " + ", ".join(parts)
+    line = f"accuracy ({metric_label(block)}, {block.get('heldout')}): " + ", ".join(parts)
+    other = _other_metric(block)
+    if other:
+        line += f"; {other}"
     floor = block.get("floor")
     if floor and floor.get("threshold") is not None:
-        line += (f"; floor {floor['text']} = {100 * floor['threshold']:.1f}% calibrated on "
+        on_metric = "" if block.get("metric") in (None, "top1") else f" {metric_label(block)}"
+        line += (f"; floor {floor['text']} = {100 * floor['threshold']:.1f}% calibrated"
+                 f"{on_metric} on "
                  f"{floor.get('on', 'the calibration split')}")
     return line
+
+
+def _other_metric(block: dict) -> str | None:
+    """A detector's second mAP per stage, e.g. ``mAP@[.5:.95] unpruned 70.2%, ...``."""
+    metric = block.get("metric")
+    metrics = block.get("metrics") or {}
+    others = [m for m in metrics if m != metric]
+    if not others:
+        return None
+    values = metrics[others[0]]
+    parts = [f"{s} {100 * values[s]:.1f}%" for s in STAGES if values.get(s) is not None]
+    return f"{METRIC_LABELS[others[0]]} " + ", ".join(parts) if parts else None

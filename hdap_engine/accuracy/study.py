@@ -248,8 +248,12 @@ def _pct(value) -> str:
 
 
 def accuracy_columns(block: dict | None) -> dict[str, str]:
-    """``{"pruned top-1", "calibrated top-1", "fine-tuned top-1"}`` as short strings."""
+    """``{"pruned top-1", "calibrated top-1", "fine-tuned top-1"}`` as short strings,
+    named after the block's metric (`metric_label`: ``"pruned mAP@.5"`` for a detector)."""
+    from hdap_engine.accuracy.report import metric_label
+
     block = block or {}
-    return {"pruned top-1": _pct(block.get("pruned")),
-            "calibrated top-1": _pct(block.get("calibrated")),
-            "fine-tuned top-1": _pct(block.get("finetuned"))}
+    label = metric_label(block)
+    return {f"pruned {label}": _pct(block.get("pruned")),
+            f"calibrated {label}": _pct(block.get("calibrated")),
+            f"fine-tuned {label}": _pct(block.get("finetuned"))}
