@@ -70,6 +70,7 @@ PRECISION = "precision"  # widget: the precision the model ships in (fp32 / int8
 CALIBRATE_RANDOM = "calibrate_random"  # widget: INT8 without data, calibrated on random inputs
 
 # -- run, what-if, history (pages 3-6) ------------------------------------------------------
+DEMO_PENDING = "demo_pending"  # the detection demo's button was pressed: start it this run
 COMPARE_METHODS = "compare_methods"  # widget: other methods to compare against
 SWEEP_ON = "sweep_on"  # widget: run a budget sweep for the Pareto chart
 JOB = "job"  # the id of the job on the Run page (also the link's ?job=)

@@ -134,17 +134,23 @@ def _checked(model_name: str, model_weights, data, *, val_data=None, mean=None, 
              seed: int = 0):
     """(unpruned model, `LabelledData`): the data read for the model, its classes checked
     against the weights' classifier (the weights decide the number of classes)."""
-    from hdap_engine.models.zoo import build_model, num_classes_of, weights_label
+    from hdap_engine.models.zoo import build_model, num_classes_of
 
     model = build_model(model_name, model_weights, seed=seed)
     labelled = load_data(data, model=model_name, val_data=val_data, mean=mean, std=std,
                          seed=seed)
-    named = (f"the weights in {Path(model_weights).name}"
-             if isinstance(model_weights, (str, Path)) and model_weights not in ("random",
-                                                                                "pretrained")
-             else f"the model ({weights_label(model_weights, model_name)})")
-    check_classes(labelled, num_classes_of(model, model_name), weights_name=named)
+    check_classes(labelled, num_classes_of(model, model_name),
+                  weights_name=_weights_named(model_weights, model_name))
     return model, labelled
+
+
+def _weights_named(model_weights, model_name: str) -> str:
+    """The weights as a class-count message names them: the file, or where they came from."""
+    from hdap_engine.models.zoo import weights_label
+
+    if isinstance(model_weights, (str, Path)) and model_weights not in ("random", "pretrained"):
+        return f"the weights in {Path(model_weights).name}"
+    return f"the model ({weights_label(model_weights, model_name)})"
 
 
 def check_data(model_name: str, model_weights, data, *, val_data=None, seed: int = 0) -> dict:
@@ -153,25 +159,53 @@ def check_data(model_name: str, model_weights, data, *, val_data=None, seed: int
     Everything a study refuses is refused here, with the same message (a bad or
     unsafe zip, no class folders, one class, no readable images, a class count that
     differs from the weights' classifier), so a page can check an upload before any
-    job is queued.
+    job is queued. A detector's data is COCO (`hdap_engine.data.coco.load_coco`, one
+    line per fault: a box outside its image, an unknown category, a missing image
+    file, an empty annotation file), its categories checked against the detector's
+    class outputs (`check_detector_classes`).
 
     Parameters
     ----------
     model_name, model_weights:
         The zoo model and its weights (they decide the number of classes).
     data, val_data:
-        As `hdap_engine.data.load_data` takes them.
+        As `hdap_engine.data.load_data` (a classifier) or `load_coco` (a detector)
+        takes them.
     seed:
         Seed of the held-out split.
 
     Returns
     -------
-    ``{dataset, classes, class_names, n_train, n_heldout, heldout, skipped, notes}``.
+    ``{task, dataset, classes, class_names, n_train, n_heldout, heldout, skipped, notes}``
+    (``task``: "classification" or "detection"; a detector's ``classes`` are its
+    categories, without the background).
     """
+    from hdap_engine.models.zoo import get_spec
+
+    if get_spec(model_name).task == "detection":
+        return _check_detection_data(model_name, model_weights, data, val_data=val_data,
+                                     seed=seed)
     _, ld = _checked(model_name, model_weights, data, val_data=val_data, seed=seed)
-    return {"dataset": ld.name, "classes": ld.num_classes, "class_names": list(ld.classes),
-            "n_train": ld.n_train, "n_heldout": ld.n_heldout, "heldout": ld.describe_heldout(),
+    return {"task": "classification", "dataset": ld.name, "classes": ld.num_classes,
+            "class_names": list(ld.classes), "n_train": ld.n_train,
+            "n_heldout": ld.n_heldout, "heldout": ld.describe_heldout(),
             "skipped": int(ld.skipped), "notes": list(ld.notes)}
+
+
+def _check_detection_data(model_name: str, model_weights, data, *, val_data=None,
+                          seed: int = 0) -> dict:
+    from hdap_engine.data.coco import check_detector_classes, load_coco
+    from hdap_engine.models.zoo import build_model, num_classes_of
+
+    detection = load_coco(data, val_data=val_data, seed=seed)  # data faults before a build
+    model = build_model(model_name, model_weights, seed=seed)
+    check_detector_classes(detection, num_classes_of(model, model_name),
+                           weights_name=_weights_named(model_weights, model_name))
+    return {"task": "detection", "dataset": detection.name,
+            "classes": detection.num_classes, "class_names": list(detection.categories),
+            "n_train": detection.n_train, "n_heldout": detection.n_heldout,
+            "heldout": detection.describe_heldout(), "skipped": 0,
+            "notes": list(detection.notes)}
 
 
 def heldout_figures(ctx: AccuracyContext, pruned_model: nn.Module, *,
