@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hdap_engine.accuracy.detection import DetectionAccuracy
 from hdap_engine.accuracy.report import accuracy_block, accuracy_summary, metric_label
 from hdap_engine.accuracy.study import accuracy_columns
+from tests.helpers.paths import SAMPLES
 
 
 class _Data:
@@ -50,3 +53,94 @@ def test_metric_labels_of_classifier_and_unknown_blocks_stay_top1():
     assert metric_label({"metric": "top1"}) == "top-1"
     assert metric_label({"metric": "map"}) == "mAP@[.5:.95]"
     assert "pruned top-1" in accuracy_columns(None)
+
+
+# -- a whole study on the demo detector (its shipped weights) with a few shapes images -----
+
+DET_WEIGHTS = str(SAMPLES / "detector_demo_shapes.pt")
+# Small enough for a test: 4 sampled candidates, 8 + 8 calibration images, a short search.
+QUICK = ["--samples", "20", "--population", "8", "--generations", "2", "--refine-rounds", "0",
+         "--finalists", "2", "--restarts", "1", "--polish-rounds", "0",
+         "--accuracy-samples", "4"]
+
+
+@pytest.fixture(scope="module")
+def shapes160(tmp_path_factory):
+    """20 shapes images at the demo's 160x160 (another seed than its training data)."""
+    from hdap_engine.data.shapes import ShapesOptions, write_shapes
+
+    return write_shapes(tmp_path_factory.mktemp("shapes"),
+                        ShapesOptions(images=20, size=160, seed=11))
+
+
+@pytest.mark.slow
+def test_cli_optimize_on_a_detector_with_coco_data_keeps_its_map_floor(cli, small_fleet,
+                                                                       shapes160, tmp_path):
+    common = ["optimize", "--model", "detector_demo", "--model-weights", DET_WEIGHTS,
+              "--data", str(shapes160), "--telemetry", str(small_fleet), *QUICK, "--quiet"]
+    bad = cli(*common, "--macs", "0.3", "--min-accuracy", "0.999", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.startswith("error: no candidate at 0.3 MACs reaches the floor 0.999 (")
+    assert "calibrated mAP@.5" in bad.stderr and "Traceback" not in bad.stderr
+    ok = cli(*common, "--macs", "0.6", "--min-accuracy", "uniform", "--accuracy-metric", "map",
+             "--out", str(tmp_path / "ok"))
+    assert ok.returncode == 0, ok.stderr
+    assert "accuracy (mAP@[.5:.95], 4 images held out of" in ok.stdout
+    acc = json.loads((tmp_path / "ok" / "report.json").read_text())["accuracy"]
+    assert acc["metric"] == "map" and acc["classes"] == 4
+    floor = acc["floor"]
+    assert floor["metric"] == "map" and floor["kind"] == "uniform"
+    assert floor["chosen_calibrated"] >= floor["threshold"] - 1e-9
+    # the demo's weights find these shapes: the unpruned detector's mAP@.5 is far above 0
+    assert acc["metrics"]["map_50"]["unpruned"] > 0.5
+    assert acc["unpruned"] == acc["metrics"]["map"]["unpruned"]
+    assert acc["metrics"]["map"]["calibrated"] is not None
+
+
+@pytest.fixture(scope="module")
+def shapes64(tmp_path_factory):
+    from hdap_engine.data.shapes import ShapesOptions, write_shapes
+
+    return write_shapes(tmp_path_factory.mktemp("shapes64"),
+                        ShapesOptions(images=12, size=64, seed=7))
+
+
+@pytest.mark.slow
+def test_a_detectors_calibrated_maps_are_cached_in_the_workspace(shapes64, tmp_path,
+                                                                 monkeypatch):
+    from hdap_engine.accuracy.study import prepare_accuracy
+    from hdap_engine.pruning.space import PruningSpace
+
+    monkeypatch.setenv("HDAP_HOME", str(tmp_path / "home"))
+    space = PruningSpace.for_model("detector_demo")
+
+    def prepare(metric):
+        ctx = prepare_accuracy("detector_demo", None, shapes64, n_bn=3, n_eval=3, samples=4,
+                               metric=metric)
+        assert ctx.metric == metric and ctx.calib.n_bn == 3 and ctx.data.n_heldout == 2
+        return ctx
+
+    first = prepare("map_50").guide(space, 0.5 * space.base_macs)
+    assert first.evaluator.evaluated == len(first.widths) + 1  # the unpruned one too
+    again = prepare("map_50").guide(space, 0.5 * space.base_macs)
+    assert again.evaluator.evaluated == 0  # a second study: all from the cache
+    assert again.accuracy.tolist() == first.accuracy.tolist()
+    # mAP@[.5:.95] is another score: its rows are not mAP@.5's
+    assert prepare("map").calib.fingerprint != first.evaluator.calib.fingerprint
+    assert first.summary()["metric"] == "map_50"
+
+
+@pytest.mark.parametrize("model, kwargs, message", [
+    ("resnet56", dict(metric="map"), "--accuracy-metric map is for detectors"),
+    ("detector_demo", dict(mean="0.5"), "--mean / --std are for classifiers"),
+    ("torchvision:ssdlite320_mobilenet_v3_large@3x64x64", {},
+     "4 categories .5 classes with the background. but the model .random initialisation. "
+     "have 91 class outputs"),
+])
+def test_a_detector_study_refuses_what_does_not_fit_in_one_line(shapes64, model, kwargs,
+                                                                message):
+    from hdap_engine.accuracy.study import prepare_accuracy
+    from hdap_engine.errors import HdapError
+
+    with pytest.raises(HdapError, match=message):
+        prepare_accuracy(model, None, shapes64, n_bn=3, n_eval=3, **kwargs)

@@ -20,6 +20,10 @@ top-1 is measured, both stratified and seeded.
 Public API
 ----------
 ``calibration_set(data, *, n_bn=256, n_eval=512, seed=0) -> CalibrationSet``
+``CalibrationSet``: ``.recalibrate(model)``, ``.score(model) -> float``, ``.metric``;
+`hdap_engine.accuracy.detection.DetectionCalibrationSet` is a detector's, with the same
+interface (batch norm on training images, mAP on a disjoint split), so everything below
+works for both.
 ``recalibrate_bn(model, images, *, batch_size=128) -> model`` (in place)
 ``prune_candidate(model, space, widths) -> nn.Module`` (a pruned copy, L2 importance)
 ``calibrated_accuracy(model, space, widths, calib) -> float``
@@ -59,6 +63,7 @@ class CalibrationSet:
     eval_images: torch.Tensor
     eval_labels: torch.Tensor
     fingerprint: str  # the dataset's fingerprint plus the split's sizes and seed
+    metric: str = "top1"  # what `score` measures (a detector's set: map_50 or map)
 
     @property
     def n_bn(self) -> int:
@@ -67,6 +72,14 @@ class CalibrationSet:
     @property
     def n_eval(self) -> int:
         return int(self.eval_images.shape[0])
+
+    def recalibrate(self, model: nn.Module) -> nn.Module:
+        """Re-estimate ``model``'s batch norms on the batch-norm images (in place)."""
+        return recalibrate_bn(model, self.bn_images)
+
+    def score(self, model: nn.Module) -> float:
+        """Top-1 of ``model`` on the scoring images."""
+        return evaluate(model, (self.eval_images, self.eval_labels)).top1
 
 
 def calibration_set(data: LabelledData, *, n_bn: int = 256, n_eval: int = 512,
@@ -159,7 +172,8 @@ def prune_candidate(model: nn.Module, space: PruningSpace, widths) -> nn.Module:
 
 def calibrated_accuracy(model: nn.Module, space: PruningSpace, widths,
                         calib: CalibrationSet) -> float:
-    """Top-1 on the calibration split of ``model`` pruned to ``widths``, BN re-estimated.
+    """The calibration split's score (top-1, or a detector's mAP) of ``model`` pruned to
+    ``widths``, BN re-estimated.
 
     Parameters
     ----------
@@ -174,11 +188,11 @@ def calibrated_accuracy(model: nn.Module, space: PruningSpace, widths,
 
     Returns
     -------
-    Top-1 as a fraction.
+    A fraction in ``calib.metric``.
     """
     pruned = prune_candidate(model, space, widths)
-    recalibrate_bn(pruned, calib.bn_images)
-    return evaluate(pruned, (calib.eval_images, calib.eval_labels)).top1
+    calib.recalibrate(pruned)
+    return calib.score(pruned)
 
 
 def default_threads() -> int:
@@ -225,7 +239,8 @@ class CalibratedEvaluator:
     space:
         Its pruning space.
     calib:
-        The calibration set.
+        The calibration set (a classifier's or a detector's; its ``metric`` is what is
+        scored and cached).
     model_key:
         Names the model in the cache (default: ``space.model`` + `weights_digest`).
     cache:

@@ -36,10 +36,16 @@ seed=0, max_images=None) -> DetectionAccuracy``
 ``mean_average_precision(predictions, targets, *, n_boot=0, seed=0, categories=None)``
 ``recalibrate_detector_bn(model, images, *, batch_size=8) -> model`` (in place)
 ``METRICS``: the metric names a floor or a report can name (``map``, ``map_50``).
+``detection_calibration_set(data, *, n_bn=256, n_eval=512, seed=0, metric="map_50")
+-> DetectionCalibrationSet``: a detector's calibration images (batch norm) and a disjoint
+scoring split, both from the training part; ``.recalibrate(model)``, ``.score(model)``,
+the interface of `hdap_engine.accuracy.calibrate.CalibrationSet`, so the search's
+calibrated evaluations, their cache and the accuracy surrogate work on mAP unchanged.
 """
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -282,3 +288,77 @@ def recalibrate_detector_bn(model: nn.Module, images: Sequence[torch.Tensor], *,
             m.train(training)
     model.eval()
     return model
+
+
+@dataclass(frozen=True)
+class DetectionCalibrationSet:
+    """A detector's calibration split: images for batch norm, a disjoint labelled set to
+    score mAP on (both from the training part, never held-out images)."""
+
+    bn_images: tuple[torch.Tensor, ...]
+    eval_set: Dataset
+    fingerprint: str  # the dataset's, the split's sizes and seed, and the metric
+    metric: str = "map_50"
+
+    @property
+    def n_bn(self) -> int:
+        return len(self.bn_images)
+
+    @property
+    def n_eval(self) -> int:
+        return len(self.eval_set)
+
+    def recalibrate(self, model: nn.Module) -> nn.Module:
+        """Adaptive BN on the batch-norm images (`recalibrate_detector_bn`, in place)."""
+        return recalibrate_detector_bn(model, self.bn_images)
+
+    def score(self, model: nn.Module) -> float:
+        """``metric`` of ``model`` on the scoring images (no bootstrap: the search's many
+        evaluations need only the value)."""
+        return evaluate_detector(model, self.eval_set).metric(self.metric)
+
+
+def detection_calibration_set(data, *, n_bn: int = 256, n_eval: int = 512, seed: int = 0,
+                              metric: str = "map_50") -> DetectionCalibrationSet:
+    """Pick a detector's calibration images from ``data.train`` (seeded, disjoint).
+
+    Parameters
+    ----------
+    data:
+        `hdap_engine.data.coco.DetectionData`.
+    n_bn:
+        Images whose forward passes re-estimate batch norm.
+    n_eval:
+        Images the calibrated mAP is scored on. When the training part has fewer than
+        ``n_bn + n_eval`` images, both shrink in proportion.
+    seed:
+        Seed of the choice.
+    metric:
+        ``map_50`` or ``map``: what `DetectionCalibrationSet.score` returns.
+
+    Returns
+    -------
+    `DetectionCalibrationSet`.
+    """
+    from hdap_engine.data.coco import CocoImages
+
+    if metric not in METRICS:
+        raise HdapError(f"unknown detection metric {metric!r}; use one of {', '.join(METRICS)}")
+    if n_bn < 1 or n_eval < 1:
+        raise HdapError("calibration needs at least one image for batch norm and one to score")
+    total = len(data.train)
+    if total < 3:
+        raise HdapError(f"{data.name}: {total} training images are too few to calibrate a "
+                        "detector on (batch norm needs two, scoring one)")
+    if n_bn + n_eval > total:
+        n_eval = max(1, int(round(total * n_eval / (n_bn + n_eval))))
+        n_bn = total - n_eval
+    n_bn = max(2, n_bn) if total - n_eval >= 2 else n_bn
+    # Images, not objects, are the units: one image's boxes never straddle the two parts.
+    order = np.random.default_rng(seed).permutation(total)
+    eval_idx, bn_idx = np.sort(order[:n_eval]), np.sort(order[n_eval:n_eval + n_bn])
+    records = data.train.records
+    bn_images = tuple(data.train[int(i)][0] for i in bn_idx)
+    eval_set = CocoImages([records[int(i)] for i in eval_idx])
+    key = hashlib.sha256(f"{data.fingerprint}|{n_bn}|{n_eval}|{seed}|{metric}".encode())
+    return DetectionCalibrationSet(bn_images, eval_set, key.hexdigest()[:24], metric)

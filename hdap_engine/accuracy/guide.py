@@ -5,6 +5,8 @@
 1. the unpruned model's calibrated accuracy (batch norm re-estimated on the
    same images, so that every comparison is like with like) and the uniform
    architecture's at the budget;
+   (the accuracy is the calibration set's metric: top-1, or a detector's mAP@.5 or
+   mAP@[.5:.95]);
 2. ``samples`` candidates *at the budget* (every candidate the search scores
    meets the budget, so that is where the surrogate must be right): half
    random directions, half perturbations of the uniform architecture, which
@@ -142,7 +144,8 @@ class AccuracyGuide:
         if floor is not None:
             threshold = floor.threshold(unpruned, uniform)
             label = budget_label or f"{format_macs(target_macs)} MACs"
-            check_reachable(floor, threshold, float(accuracy.max()), unpruned, label)
+            check_reachable(floor, threshold, float(accuracy.max()), unpruned, label,
+                            metric=calib.metric)
         return cls(space=space, evaluator=evaluator, floor=floor, target_macs=target_macs,
                    unpruned=unpruned, uniform=uniform, uniform_widths=uni,
                    threshold=threshold, surrogate=surrogate, widths=widths,
@@ -212,7 +215,9 @@ class AccuracyGuide:
             "unpruned_calibrated": self.unpruned,
             "uniform_calibrated": self.uniform,
             "threshold": self.threshold,
-            "floor": None if self.floor is None else self.floor.as_dict(),
+            "floor": None if self.floor is None else self.floor.as_dict(
+                self.evaluator.calib.metric),
+            "metric": self.evaluator.calib.metric,
             "evaluated": int(len(self.widths)),
             "best_sampled": float(self.accuracy.max()),
             "n_bn": self.evaluator.calib.n_bn,

@@ -21,7 +21,8 @@ class AccuracyPlan:
 
     data: str | None = option(None, flag="--data", parse="str", metavar="DIR|ZIP|digits",
                               help="labelled images the search calibrates on (an ImageFolder "
-                                   "directory, a .zip of one, or 'digits')")
+                                   "directory, a .zip of one, or 'digits'; for a detector COCO "
+                                   "data: a folder with annotations.json, or a .zip of one)")
     val_data: str | None = option(None, flag="--val-data", parse="str", metavar="DIR|ZIP",
                                   help="held-out images every reported accuracy is measured "
                                        "on (default: a seeded stratified 20%% of --data)")
@@ -35,6 +36,11 @@ class AccuracyPlan:
         help="accuracy floor of the search, after batch-norm re-estimation: a fraction of "
              "the unpruned model's (0.9, 95%%), a drop in points (-2pt), or 'uniform' (at "
              "least the uniform architecture at the same budget); needs --data")
+    accuracy_metric: str | None = option(
+        None, flag="--accuracy-metric", parse="str", choices=("map_50", "map"),
+        help="a detector's accuracy: map_50 (mAP@.5, the default) or map (mAP@[.5:.95]); "
+             "the floor, the accuracy surrogate and the report's stage values use it (a "
+             "classifier's is top-1)")
     finetune_epochs: int = option(
         0, flag="--finetune-epochs", parse="int", metavar="N",
         help="fine-tune the exported model by distillation from the unpruned one for N "
@@ -55,6 +61,9 @@ class AccuracyPlan:
             if not self.data:
                 raise HdapError("--min-accuracy needs labelled data: give --data (an "
                                 "ImageFolder directory, a .zip of one, or 'digits')")
+        if self.accuracy_metric not in (None, "map_50", "map"):
+            raise HdapError(f"--accuracy-metric {self.accuracy_metric!r}: use map_50 (mAP@.5) "
+                            "or map (mAP@[.5:.95]); it is for detectors")
         if self.val_data and not self.data:
             raise HdapError("--val-data needs --data (the images the search calibrates on)")
         if self.finetune_epochs < 0:

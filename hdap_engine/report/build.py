@@ -139,7 +139,7 @@ def accuracy_report(result) -> dict:
                  "chosen_calibrated": search.get("chosen_calibrated"),
                  "on": f"{acc.calib.n_eval} calibration images of --data"}
     block = accuracy_block(acc.data, **dict(result.accuracy), n_calibration=acc.calib.n_bn,
-                           floor=floor, surrogate=search.get("surrogate"))
+                           floor=floor, surrogate=search.get("surrogate"), metric=acc.metric)
     return {"accuracy": block, "preprocess": preprocess_block(acc.data)}
 
 

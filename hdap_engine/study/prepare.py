@@ -264,7 +264,7 @@ def prepare_study_accuracy(options: StudyOptions, *, progress: Progress = no_pro
                            val_data=acc.val_data, mean=acc.mean, std=acc.std,
                            min_accuracy=acc.min_accuracy, seed=options.seed,
                            n_bn=acc.calibration_images, n_eval=acc.calibration_eval,
-                           samples=acc.accuracy_samples)
+                           samples=acc.accuracy_samples, metric=acc.accuracy_metric)
     progress("data", 1, 1)
     return out
 
