@@ -85,3 +85,23 @@ def test_the_demo_detector_labels_shapes_by_name_above_the_threshold(tmp_path):
     assert (best.values > 0.5).all()
     assert [data.categories[int(record.labels[j]) - 1] for j in best.indices] == \
         list(left.labels)
+
+
+def test_a_studys_picture_reads_its_bundle_and_lands_in_the_bundle_folder(tmp_path):
+    from hdap_engine.export.bundle import export_bundle
+    from hdap_engine.pruning.baseline import prune_baseline
+    from hdap_engine.report.detections import PICTURE_FILE, study_detectors, write_study_picture
+
+    weights = str(ROOT / "sample_data" / "detector_demo_shapes.pt")
+    pruned = prune_baseline("detector_demo", "0.5", model_weights=weights)
+    bundle = export_bundle(pruned.model, pruned.space, pruned.widths, tmp_path / "b",
+                           pruned.report, kept=pruned.kept, formats=())
+    data = write_shapes(tmp_path / "shapes", ShapesOptions(images=6, size=160, seed=3))
+    study = study_detectors(bundle, "detector_demo", weights, data)
+    assert study.titles[0] == "unpruned (38.8 M MACs)" and study.titles[1].startswith("pruned (")
+    # Pruned to half its MACs without batch-norm re-estimation, it finds none of the shapes
+    # the trained detector finds: the picture shows the loss that mAP measures.
+    pic = study.picture()
+    assert len(pic.panels[0].boxes) > 0 and len(pic.panels[1].boxes) < len(pic.panels[0].boxes)
+    path = write_study_picture(bundle, "detector_demo", weights, data)
+    assert path == bundle / PICTURE_FILE and path.read_bytes() == pic.png()

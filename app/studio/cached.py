@@ -214,14 +214,21 @@ def shapes_data(home: str, images: int, size: int, seed: int) -> str:
     return str(final)
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def study_picture(bundle: str, model: str, weights: str | None, data: str,
-                  val_data: str | None, seed: int) -> tuple[bytes, str]:
-    """A detector study's picture (`hdap_engine.report.detections.study_picture`):
-    (PNG bytes, caption), drawn once per run."""
-    from hdap_engine.report.detections import study_picture as picture
+@st.cache_resource(show_spinner=False, max_entries=4)
+def study_detectors(bundle: str, model: str, weights: str | None, data: str,
+                    val_data: str | None, seed: int):
+    """A detector study's two detectors and held-out images
+    (`hdap_engine.report.detections.study_detectors`), read once per run."""
+    from hdap_engine.report.detections import study_detectors as read
 
-    pic = picture(bundle, model, weights, data, val_data=val_data, seed=seed)
+    return read(bundle, model, weights, data, val_data=val_data, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def study_picture(bundle: str, model: str, weights: str | None, data: str,
+                  val_data: str | None, seed: int, threshold: float) -> tuple[bytes, str]:
+    """A detector study's picture at a score threshold: (PNG bytes, caption)."""
+    pic = study_detectors(bundle, model, weights, data, val_data, seed).picture(threshold)
     return pic.png(), pic.caption()
 
 

@@ -101,16 +101,24 @@ def detection_picture(run: RunView) -> None:
         st.caption(":material/image: No detection picture: it draws held-out images, and "
                    "no labelled data was given.")
         return
+    from hdap_engine.report.detections import SCORE_THRESHOLD
+
+    st.subheader("What the detectors see")
+    threshold = st.slider("Boxes scoring at least", 0.05, 0.95, SCORE_THRESHOLD, step=0.05,
+                          key=f"picture_threshold_{run.job_id}",
+                          help="The detectors keep lower-scored boxes too (mAP counts "
+                               "them); the picture draws the sure ones.")
     try:
         with st.spinner("Drawing the unpruned and the pruned detector's boxes..."):
             png, caption = cached.study_picture(run.bundle, opt["model"],
                                                 opt.get("model_weights"), opt["data"],
-                                                opt.get("val_data"), int(opt.get("seed", 0)))
+                                                opt.get("val_data"), int(opt.get("seed", 0)),
+                                                float(threshold))
     except HdapError as exc:
         st.warning(f"No detection picture: {exc}", icon=":material/image:")
         return
-    st.subheader("What the detectors see")
-    st.image(png, caption=f"Predicted boxes, unpruned (left) and pruned (right), on the "
+    st.image(png, caption=f"Predicted boxes of the unpruned (left) and the pruned (right) "
+                          f"detector as exported, on the "
                           f"{caption.replace(opt['data'], data_name(opt['data']))}.")
 
 

@@ -15,9 +15,11 @@ Public API
 ``choose_image(dataset) -> int``: the held-out image a picture shows.
 ``detections_picture(unpruned, pruned, dataset, *, categories, score_threshold=0.5,
 index=None, titles=("unpruned", "pruned")) -> DetectionPicture``
-``study_picture(bundle, model, model_weights, data, *, val_data=None, seed=0,
-score_threshold=0.5) -> DetectionPicture``: the picture of a finished study, from its
-bundle (the pruned detector) and its settings (the unpruned detector, the data).
+``study_detectors(bundle, model, model_weights, data, *, val_data=None, seed=0)
+-> StudyDetectors``: a finished study's two detectors, from its bundle (the pruned
+detector) and its settings (the unpruned detector, the data); ``.picture(threshold)``.
+``study_picture(...) -> DetectionPicture`` and ``write_study_picture(...) -> Path`` (the
+PNG in the bundle folder) do both steps.
 ``DetectionPicture``: ``.image`` (PIL), ``.png()``, ``.save(path)``, ``.caption()``.
 ``PICTURE_FILE``: its name in a bundle folder.
 """
@@ -199,24 +201,42 @@ def detections_picture(unpruned: nn.Module, pruned: nn.Module, dataset, *,
                             score_threshold=float(score_threshold), panels=panels)
 
 
-def study_picture(bundle: str | Path, model: str, model_weights, data, *, val_data=None,
-                  seed: int = 0, score_threshold: float = SCORE_THRESHOLD) -> DetectionPicture:
-    """The detection picture of a finished study: its bundle against the unpruned detector.
+@dataclass(frozen=True)
+class StudyDetectors:
+    """A finished study's two detectors and its held-out images, read once; pictures at
+    any threshold are then cheap (`picture`)."""
+
+    unpruned: nn.Module
+    pruned: nn.Module
+    heldout: object  # the study's held-out split (`DetectionData.heldout`)
+    categories: tuple[str, ...]
+    titles: tuple[str, str]
+
+    def picture(self, score_threshold: float = SCORE_THRESHOLD,
+                index: int | None = None) -> DetectionPicture:
+        return detections_picture(self.unpruned, self.pruned, self.heldout,
+                                  categories=self.categories,
+                                  score_threshold=score_threshold, index=index,
+                                  titles=self.titles)
+
+
+def study_detectors(bundle: str | Path, model: str, model_weights, data, *, val_data=None,
+                    seed: int = 0) -> StudyDetectors:
+    """A finished study's detectors: its bundle (the pruned detector as shipped) and the
+    unpruned one, with the study's held-out split.
 
     Parameters
     ----------
     bundle:
-        The study's exported bundle (folder or zip): the pruned detector as shipped.
+        The study's exported bundle (folder or zip).
     model, model_weights:
         The study's model key and weights: the unpruned detector.
     data, val_data, seed:
         The study's ``--data``, ``--val-data`` and seed: the same held-out split.
-    score_threshold:
-        As `detections_picture` takes it.
 
     Returns
     -------
-    `DetectionPicture`, the pruned panel titled with its MACs.
+    `StudyDetectors`, the pruned panel titled with its MACs.
     """
     from hdap_engine.data.coco import load_coco
     from hdap_engine.export.reading import load_bundle
@@ -225,8 +245,26 @@ def study_picture(bundle: str | Path, model: str, model_weights, data, *, val_da
     pruned, report = load_bundle(bundle)
     unpruned = build_model(model, model_weights, seed=seed)
     detection = load_coco(data, val_data=val_data, seed=seed)
-    macs = report.get("macs")
-    title = "pruned" if macs is None else f"pruned ({macs / 1e6:.1f} M MACs)"
-    return detections_picture(unpruned, pruned, detection.heldout,
-                              categories=detection.categories,
-                              score_threshold=score_threshold, titles=("unpruned", title))
+    macs, base = report.get("macs"), report.get("base_macs")
+    unpruned_title = "unpruned" if base is None else f"unpruned ({base / 1e6:.1f} M MACs)"
+    pruned_title = "pruned" if macs is None else f"pruned ({macs / 1e6:.1f} M MACs)"
+    return StudyDetectors(unpruned=unpruned, pruned=pruned, heldout=detection.heldout,
+                          categories=tuple(detection.categories),
+                          titles=(unpruned_title, pruned_title))
+
+
+def study_picture(bundle: str | Path, model: str, model_weights, data, *, val_data=None,
+                  seed: int = 0, score_threshold: float = SCORE_THRESHOLD) -> DetectionPicture:
+    """The detection picture of a finished study (`study_detectors`, then `picture`)."""
+    return study_detectors(bundle, model, model_weights, data, val_data=val_data,
+                           seed=seed).picture(score_threshold)
+
+
+def write_study_picture(bundle: str | Path, model: str, model_weights, data, *,
+                        val_data=None, seed: int = 0,
+                        score_threshold: float = SCORE_THRESHOLD) -> Path:
+    """The picture of a study written into its bundle folder as `PICTURE_FILE`
+    (``hdap optimize --out DIR`` can call this after the export)."""
+    pic = study_picture(bundle, model, model_weights, data, val_data=val_data, seed=seed,
+                        score_threshold=score_threshold)
+    return pic.save(Path(bundle) / PICTURE_FILE)
