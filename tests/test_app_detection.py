@@ -2,8 +2,9 @@
 would, the shapes demo comes with its weights' origin, an upload reaches the job.
 
 AppTest (no browser). The detection demo's data is the weights' record's (1,000
-synthetic 160x160 images, 15 s to draw); here the record is read with 50 images, which
-the app then generates in the test's workspace as it would the 1,000.
+synthetic 160x160 images, 15 s to draw); here a session asks for 50 of them (the
+``shapes_images`` setting a demo server may set too), which the app generates in the
+test's workspace as it would the 1,000.
 """
 
 from __future__ import annotations
@@ -19,26 +20,10 @@ import pytest
 
 from hdap_engine.data.shapes import write_shapes
 from hdap_engine.options import ShapesOptions
-from tests.helpers.apptest import ok, start
+from tests.helpers.apptest import ok, start, wait_for_job
 
 pytestmark = [pytest.mark.app, pytest.mark.usefixtures("samples")]
 
-
-
-@pytest.fixture
-def fewer_shapes(monkeypatch):
-    """The demo weights' record with 50 images instead of 1,000 (the rest as shipped)."""
-    import hdap_engine.models.demo as demo
-
-    record = demo.demo_record
-
-    def smaller(model):
-        rec = record(model)
-        if model == "detector_demo":
-            rec["data"]["images"] = 50
-        return rec
-
-    monkeypatch.setattr(demo, "demo_record", smaller)
 
 
 def _coco_zip(folder: Path, *, edit=None) -> bytes:
@@ -86,9 +71,8 @@ def test_model_page_offers_detectors_marked_as_detectors():
     assert marked and all("detector_demo" in o for o in marked)
 
 
-def test_detector_demo_weights_bring_their_shapes_and_say_where_they_came_from(
-        fewer_shapes):
-    at = _detector_page(start())
+def test_detector_demo_weights_bring_their_shapes_and_say_where_they_came_from():
+    at = _detector_page(start(shapes_images=50))
     ok(at.radio(key="weights_mode").set_value("demo").run())
     assert at.session_state["data_mode"] == "shapes"
     assert not at.error, [e.value for e in at.error]
@@ -98,6 +82,7 @@ def test_detector_demo_weights_bring_their_shapes_and_say_where_they_came_from(
     assert "sample_data/detector_demo_shapes.pt" in captions
     assert "4 categories (boxes; mAP@.5 and mAP@[.5:.95]), 40 images" in captions
     assert "10 images held out of" in captions
+    assert "fewer than the 1,000 its weights were trained and measured on" in captions
     assert (Path(os.environ["HDAP_HOME"]) / "demo-data" / "shapes-160px-50-seed0"
             / "annotations.json").is_file()
 
@@ -143,3 +128,24 @@ def test_an_uploaded_coco_zip_is_checked_and_reaches_the_job(small_coco):
         t0 = time.perf_counter()
         while table.get(job_id).active and time.perf_counter() - t0 < 60:
             time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_the_detection_demo_runs_in_one_click_with_map_and_the_picture():
+    at = start(shapes_images=50, samples=20, refine_rounds=0, search_effort="quick")
+    ok(at.switch_page("views/run.py").run())
+    ok(at.button(key="det_demo_button").click().run())
+    assert at.session_state["model"] == "detector_demo"
+    at = wait_for_job(at)
+    assert not at.error, [e.value for e in at.error]
+    captions = _captions(at)
+    assert ("accuracy (mAP@.5, 10 images held out of the synthetic shapes-160px-50-seed0 "
+            in captions)
+    assert "mAP@[.5:.95] unpruned" in captions and "top-1" not in captions
+    table = at.dataframe[0].value  # the comparison with uniform
+    assert "calibrated mAP@.5" in table.columns and "calibrated top-1" not in table.columns
+    assert [h.value for h in at.subheader] == ["What the detectors see"]
+    assert len(at.get("image")) == 1, "the detection picture is on the Run page"
+    assert "Predicted boxes of the unpruned (left) and the pruned (right)" in str(
+        at.get("image")[0].proto)
+    assert "mAP@.5 held out" in " ".join(m.value for m in at.markdown)  # the sidebar

@@ -186,6 +186,9 @@ def checked_data(model: str, weights: str | None, data: str) -> tuple[dict | Non
         return None, str(exc)
 
 
+SHAPES_FOLDER = "demo-data"  # the workspace's folder of generated demo data
+
+
 @st.cache_resource(show_spinner=False, max_entries=2)
 def shapes_data(home: str, images: int, size: int, seed: int) -> str:
     """The synthetic shapes dataset (`hdap_engine.data.shapes`) in the workspace ``home``,
@@ -201,7 +204,7 @@ def shapes_data(home: str, images: int, size: int, seed: int) -> str:
     from hdap_engine.data.shapes import write_shapes
     from hdap_engine.options import ShapesOptions
 
-    root = Path(home) / "demo-data"
+    root = Path(home) / SHAPES_FOLDER
     final = root / f"shapes-{size}px-{images}-seed{seed}"
     if not (final / "annotations.json").is_file():
         root.mkdir(parents=True, exist_ok=True)

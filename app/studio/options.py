@@ -135,17 +135,28 @@ def demo_origin(model: str) -> str:
 
 def shapes_options() -> tuple[int, int, int]:
     """(images, size, seed) of the synthetic shapes the demo detector was trained on, from
-    its weights' record, so the held-out split is the one its mAP was measured on."""
+    its weights' record, so the held-out split is the one its mAP was measured on. A demo
+    server may ask for fewer images (HDAP_APP_DEFAULTS={"shapes_images": 100}) to run
+    faster; `shapes_label` then says the split is not the weights'."""
     from hdap_engine.models.demo import demo_record
 
     data = (demo_record("detector_demo") or {}).get("data") or {}
-    return int(data.get("images", 1000)), int(data.get("size", 160)), int(data.get("seed", 0))
+    images = int(S.get(S.SHAPES_IMAGES) or data.get("images", 1000))
+    return images, int(data.get("size", 160)), int(data.get("seed", 0))
 
 
 def shapes_label() -> str:
+    from hdap_engine.models.demo import demo_record
+
     images, size, seed = shapes_options()
-    return (f"shapes (synthetic, generated here: {images:,} images of {size}x{size} pixels, "
-            f"seed {seed}, 4 classes; the demo detector's training data)")
+    trained = int(((demo_record("detector_demo") or {}).get("data") or {}).get("images", 0))
+    text = (f"shapes (synthetic, generated here: {images:,} images of {size}x{size} pixels, "
+            f"seed {seed}, 4 classes; the demo detector's training data")
+    if images != trained:
+        # The same seed draws the same first images: some held-out ones were trained on.
+        text += (f"; fewer than the {trained:,} its weights were trained and measured on, so "
+                 "the held-out split is not theirs and mAP reads high")
+    return text + ")"
 
 
 def data_choice() -> tuple[str | None, str]:
@@ -166,9 +177,13 @@ def data_choice() -> tuple[str | None, str]:
 
 def data_name(data: str | None) -> str:
     """Labelled data as people know it (an upload by its own name: the workspace's
-    `upload_label`)."""
+    `upload_label`; the generated shapes demo data by its folder's name)."""
+    from pathlib import Path
+
     from hdap_engine.infra.workspace import upload_label
 
+    if data and Path(str(data)).parent.name == cached.SHAPES_FOLDER:
+        return f"the synthetic {Path(str(data)).name}"
     return upload_label(data)
 
 
