@@ -74,27 +74,52 @@ def shapes160(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_cli_optimize_on_a_detector_with_coco_data_keeps_its_map_floor(cli, small_fleet,
-                                                                       shapes160, tmp_path):
-    common = ["optimize", "--model", "detector_demo", "--model-weights", DET_WEIGHTS,
-              "--data", str(shapes160), "--telemetry", str(small_fleet), *QUICK, "--quiet"]
-    bad = cli(*common, "--macs", "0.3", "--min-accuracy", "0.999", "--out", str(tmp_path / "x"))
+def test_cli_optimize_on_a_detector_refuses_a_map_floor_its_budget_cannot_meet(
+        cli, small_fleet, shapes160, tmp_path):
+    bad = cli("optimize", "--model", "detector_demo", "--model-weights", DET_WEIGHTS,
+              "--data", str(shapes160), "--telemetry", str(small_fleet), *QUICK, "--quiet",
+              "--macs", "0.3", "--min-accuracy", "0.999", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2, bad.stderr
     assert bad.stderr.startswith("error: no candidate at 0.3 MACs reaches the floor 0.999 (")
     assert "calibrated mAP@.5" in bad.stderr and "Traceback" not in bad.stderr
-    ok = cli(*common, "--macs", "0.6", "--min-accuracy", "uniform", "--accuracy-metric", "map",
-             "--out", str(tmp_path / "ok"))
-    assert ok.returncode == 0, ok.stderr
-    assert "accuracy (mAP@[.5:.95], 4 images held out of" in ok.stdout
-    acc = json.loads((tmp_path / "ok" / "report.json").read_text())["accuracy"]
+
+
+@pytest.mark.slow
+def test_a_detector_study_job_keeps_its_floor_fine_tunes_and_its_bundle_fine_tunes_as_a_job(
+        small_fleet, shapes160, tmp_path, monkeypatch):
+    """The app's jobs: settings as plain JSON (what a worker process reads) carry the COCO
+    data path, the model key, its weights and the metric."""
+    from hdap_engine.jobs import execute
+    from hdap_engine.jobs.finetune_jobs import finetune_settings
+    from hdap_engine.latency.store import Store
+    from tests.helpers.studies import quick_options
+
+    monkeypatch.setenv("HDAP_HOME", str(tmp_path / "home"))
+    options = quick_options(model="detector_demo", model_weights=DET_WEIGHTS,
+                            data=str(shapes160), budget="0.6", min_accuracy="uniform",
+                            accuracy_metric="map", finetune_epochs=1, samples=20,
+                            population=8, generations=2, refine_rounds=0, finalists=2,
+                            restarts=1, polish_rounds=0, accuracy_samples=4)
+    settings = json.loads(json.dumps({"options": options.settings(),
+                                      "telemetry": str(small_fleet), "compare": [],
+                                      "sweep": False}))
+    result = execute("study", settings, job_id=3, store=Store(tmp_path / "store.sqlite"))
+    acc = result["report"]["accuracy"]
     assert acc["metric"] == "map" and acc["classes"] == 4
-    floor = acc["floor"]
-    assert floor["metric"] == "map" and floor["kind"] == "uniform"
-    assert floor["chosen_calibrated"] >= floor["threshold"] - 1e-9
-    # the demo's weights find these shapes: the unpruned detector's mAP@.5 is far above 0
-    assert acc["metrics"]["map_50"]["unpruned"] > 0.5
+    assert acc["floor"]["metric"] == "map" and acc["floor"]["kind"] == "uniform"
+    assert acc["floor"]["chosen_calibrated"] >= acc["floor"]["threshold"] - 1e-9
+    assert acc["metrics"]["map_50"]["unpruned"] > 0.5  # the demo's weights find the shapes
     assert acc["unpruned"] == acc["metrics"]["map"]["unpruned"]
-    assert acc["metrics"]["map"]["calibrated"] is not None
+    assert acc["finetune"]["epochs"] == 1 and acc["metrics"]["map"]["finetuned"] is not None
+    # the fine-tuned bundle kept the study's calibrated figures and its floor
+    assert acc["metrics"]["map_50"]["calibrated"] is not None and acc["floor"]
+
+    job = json.loads(json.dumps(finetune_settings(settings, bundle=result["bundle"],
+                                                  data=str(shapes160), epochs=1, of_job=3)))
+    tuned = execute("finetune", job)
+    assert tuned["accuracy"]["metric"] == "map" and len(tuned["history"]) == 1
+    assert tuned["history"][0]["val_map_50"] is not None
+    assert tuned["report"]["finetuned_from"] == result["bundle"]
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +169,46 @@ def test_a_detector_study_refuses_what_does_not_fit_in_one_line(shapes64, model,
 
     with pytest.raises(HdapError, match=message):
         prepare_accuracy(model, None, shapes64, n_bn=3, n_eval=3, **kwargs)
+
+
+@pytest.mark.slow
+def test_cli_bench_on_a_detector_gives_each_methods_calibrated_and_finetuned_map(
+        cli, small_fleet, shapes160, tmp_path):
+    out = tmp_path / "bench.json"
+    res = cli("bench", "--model", "detector_demo", "--model-weights", DET_WEIGHTS, "--data",
+              str(shapes160), "--telemetry", str(small_fleet), "--macs", "0.6",
+              "--methods", "hdap,uniform", "--min-accuracy", "uniform", *QUICK,
+              "--finetune-epochs", "1", "--json", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    assert "calibrated mAP@.5" in res.stdout and "fine-tuned mAP@.5" in res.stdout
+    rows = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
+    for row in rows.values():
+        acc = row["accuracy"]
+        assert acc["metric"] == "map_50"
+        for m in ("map", "map_50"):
+            assert all(acc["metrics"][m][s] is not None
+                       for s in ("unpruned", "pruned", "calibrated", "finetuned"))
+        assert acc["finetune"]["epochs"] == 1
+    floor = rows["hdap"]["search_accuracy"]
+    assert floor["metric"] == "map_50" and floor["chosen_calibrated"] >= floor["threshold"] - 1e-9
+
+
+@pytest.mark.slow
+def test_cli_finetune_on_a_detector_bundle_reports_both_maps(cli, shapes160, tmp_path):
+    bundle, tuned = tmp_path / "b", tmp_path / "t"
+    res = cli("prune", "--model", "detector_demo", "--model-weights", DET_WEIGHTS, "--macs",
+              "50%", "--out", str(bundle))
+    assert res.returncode == 0, res.stderr
+    args = ["finetune", str(bundle), "--data", str(shapes160), "--epochs", "1",
+            "--batch-size", "4", "--model-weights", DET_WEIGHTS, "--out", str(tuned)]
+    res = cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert "epoch 1/1" in res.stdout and "held-out mAP@.5 on 4 images" in res.stdout
+    assert "held-out mAP@[.5:.95]: unpruned" in res.stdout
+    acc = json.loads((tuned / "report.json").read_text())["accuracy"]
+    assert acc["metric"] == "map_50" and acc["finetune"]["optimizer"] == "adamw"
+    assert acc["finetune"]["options"]["lr"] == 2e-3  # the detector's recipe, not SGD's 0.01
+    assert acc["metrics"]["map"]["finetuned"] is not None
+    assert acc["unpruned"] > 0.5  # the teacher: the shipped demo weights
+    # a finished run's checkpoint is gone; --resume on the same --out refuses nothing new
+    assert not (tuned / "checkpoint.pt").exists()

@@ -20,6 +20,10 @@ n_calibration=None, calibrated_on="heldout", finetune=None, floor=None, surrogat
 metric="top1") -> dict``
     Each accuracy argument is an `Evaluation`, a `DetectionAccuracy`, a float, or ``None``.
 ``metric_label(block) -> str``: ``"top-1"``, ``"mAP@.5"`` or ``"mAP@[.5:.95]"``.
+``with_stage(block, stage, x) -> dict``: a copy with one stage measured (value, interval,
+a detector's both mAPs, status).
+``stage_value(x, metric) -> float | None``: an `Evaluation`'s top-1 or a
+`DetectionAccuracy`'s ``metric``.
 ``preprocess_block(data=None) -> dict | None``
 ``accuracy_summary(block) -> str``: one line for the CLI and the app.
 ``UNKNOWN``: the status line of a report without data.
@@ -41,6 +45,12 @@ def metric_label(block: dict | None) -> str:
     """How tables and lines name a block's metric: ``"top-1"`` (a classifier, or a block
     without a metric), ``"mAP@.5"`` (``map_50``) or ``"mAP@[.5:.95]"`` (``map``)."""
     return METRIC_LABELS.get((block or {}).get("metric") or "top1", "top-1")
+
+
+def stage_value(x, metric: str = "top1") -> float | None:
+    """A stage's value in ``metric``: an `Evaluation`'s top-1, a `DetectionAccuracy`'s
+    mAP, a bare fraction as it is, None as None."""
+    return _value(x, metric)
 
 
 def _value(x, metric: str = "top1") -> float | None:
@@ -139,6 +149,25 @@ def accuracy_block(data=None, *, unpruned=None, pruned=None, calibrated=None, fi
     if surrogate is not None:
         block["surrogate"] = surrogate
     return block
+
+
+def with_stage(block: dict, stage: str, x) -> dict:
+    """A copy of ``block`` with ``stage`` measured as ``x`` (an `Evaluation`, a
+    `DetectionAccuracy`, or a fraction in the block's metric): its value, interval, a
+    detector's both mAPs and the status line."""
+    metric = block.get("metric") or "top1"
+    out = dict(block)
+    out[stage] = _value(x, metric)
+    out["ci95"] = {**(block.get("ci95") or {}), stage: _ci(x, metric)}
+    if block.get("metrics") is not None:
+        out["metrics"] = {m: {**v, stage: (_value(x, m) if isinstance(x, DetectionAccuracy)
+                                           else (out[stage] if m == metric else None))}
+                          for m, v in block["metrics"].items()}
+        out["metrics_ci95"] = {m: {**v, stage: _ci(x, m)}
+                               for m, v in (block.get("metrics_ci95") or {}).items()}
+    measured = [s for s in STAGES if out.get(s) is not None]
+    out["status"] = ("measured: " + ", ".join(measured)) if measured else "not measured"
+    return out
 
 
 def preprocess_block(data=None) -> dict | None:

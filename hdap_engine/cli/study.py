@@ -186,6 +186,8 @@ def register_optimize(sub) -> None:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
 
+    from hdap_engine.accuracy.report import metric_label
+    from hdap_engine.accuracy.study import accuracy_columns
     from hdap_engine.infra.wording import plural
     from hdap_engine.study.compare import format_rows, run_bench, run_sweep
 
@@ -223,8 +225,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         for r, p in zip(rows, result["points"], strict=True):
             r["budget"] = p["budget"]
         columns = ["budget", "method", "MACs", "fleet mean ms", "p95 ms", "speedup"]
-        if any((p.get("accuracy") or {}).get("dataset") for p in result["points"]):
-            columns += ["calibrated top-1"]
+        measured = [p["accuracy"] for p in result["points"]
+                    if (p.get("accuracy") or {}).get("dataset")]
+        if measured:
+            columns += [f"calibrated {metric_label(measured[0])}"]
         print_table(rows, columns)
     else:
         print(f"{args.model} at {args.budget} MACs on {result['fleet']} "
@@ -233,8 +237,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               f"unpruned fleet mean {result['unpruned_mean_ms']:.2f} ms")
         columns = ["method", "MACs", "fleet mean ms", "p95 ms", "worst cluster ms", "speedup",
                    "search s", "device measurements", "device s"]
-        if any((r.get("accuracy") or {}).get("dataset") for r in result["rows"]):
-            columns += ["pruned top-1", "calibrated top-1", "fine-tuned top-1"]
+        measured = [r["accuracy"] for r in result["rows"]
+                    if (r.get("accuracy") or {}).get("dataset")]
+        if measured:  # named after the metric: top-1, or a detector's mAP@.5 / mAP@[.5:.95]
+            columns += list(accuracy_columns(measured[0]))
         print_table(format_rows(result["rows"]), columns)
         # "validation": the key's name in results saved before it was renamed.
         verification = result.get("verification") or result.get("validation")

@@ -37,7 +37,12 @@ def epoch_printer(enabled: bool, world_main: bool):
     """An `on_epoch` callback printing one line per epoch (rank 0 only)."""
 
     def show(r) -> None:
-        if enabled and world_main:
+        if enabled and world_main and hasattr(r, "val_map_50"):  # a detector's epoch
+            val = "-" if r.val_map_50 is None else f"{r.val_map_50:.3f}"
+            print(f"epoch {r.epoch}/{r.epochs}  loss {r.loss:.4f} (own {r.detector_loss:.4f}, "
+                  f"distillation {r.kd_loss:.4f})  held-out mAP@.5 {val}  lr {r.lr:.5f}  "
+                  f"{r.seconds:.0f} s", flush=True)
+        elif enabled and world_main:
             val = "-" if r.val_top1 is None else f"{r.val_top1:.2%}"
             print(f"epoch {r.epoch}/{r.epochs}  loss {r.loss:.4f}  train top-1 "
                   f"{r.train_top1:.2%}  held-out top-1 {val}  lr {r.lr:.4f}  "
@@ -73,6 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
+    from hdap_engine.accuracy.report import METRIC_LABELS, metric_label
     from hdap_engine.finetune.distributed import setup, teardown
     from hdap_engine.finetune.run import finetune_bundle
 
@@ -88,9 +94,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             # One line per rank: that the processes agree is checkable, not assumed.
             from hdap_engine.finetune.trainer import state_digest
 
-            last = result.fit.history[-1].val_top1 if result.fit.history else None
+            rec = result.fit.history[-1] if result.fit.history else None
+            last = getattr(rec, "val_top1", getattr(rec, "val_map_50", None))
+            what = "mAP@.5" if hasattr(rec, "val_map_50") else "top-1"
             print(f"rank {world.rank}/{world.size}: weights sha256 "
-                  f"{state_digest(result.model)[:16]}, held-out top-1 "
+                  f"{state_digest(result.model)[:16]}, held-out {what} "
                   f"{'-' if last is None else f'{last:.4f}'}", flush=True)
         if world.is_main:
             a = result.accuracy
@@ -99,10 +107,17 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
             def pct(key):
                 return "-" if a.get(key) is None else f"{a[key]:.2%}"
 
-            print(f"held-out top-1 on {a['heldout']}: unpruned {pct('unpruned')}, pruned "
-                  f"{pct('pruned')}, calibrated {pct('calibrated')}, fine-tuned "
-                  f"{pct('finetuned')} (95% CI {a['ci95']['finetuned'][0]:.2%}-"
-                  f"{a['ci95']['finetuned'][1]:.2%})")
+            ci = a["ci95"].get("finetuned")
+            print(f"held-out {metric_label(a)} on {a['heldout']}: unpruned {pct('unpruned')}, "
+                  f"pruned {pct('pruned')}, calibrated {pct('calibrated')}, fine-tuned "
+                  f"{pct('finetuned')}" + (f" (95% CI {ci[0]:.2%}-{ci[1]:.2%})" if ci else ""))
+            other = {m: v for m, v in (a.get("metrics") or {}).items() if m != a["metric"]}
+            for m, values in other.items():
+                print(f"held-out {METRIC_LABELS[m]}: " + ", ".join(
+                    f"{label} {'-' if values.get(s) is None else f'{values[s]:.2%}'}"
+                    for s, label in (("unpruned", "unpruned"), ("pruned", "pruned"),
+                                     ("calibrated", "calibrated"),
+                                     ("finetuned", "fine-tuned"))))
             print(f"fine-tuned {ft['epochs']} epochs in {ft['seconds']:.0f} s on "
                   f"{ft['processes']} process{'es' if ft['processes'] != 1 else ''}"
                   + (f", distilled from {ft['teacher']}" if ft["teacher"] else ""))
@@ -116,7 +131,9 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     """The `finetune` flags (shared by `hdap finetune` and `python -m hdap_engine.finetune`)."""
     p.add_argument("bundle", metavar="BUNDLE", help="export bundle folder or .zip to fine-tune")
     p.add_argument("--data", required=True, metavar="DATA",
-                   help="training images: an ImageFolder folder, a .zip of one, or digits")
+                   help="training images: an ImageFolder folder, a .zip of one, or digits "
+                        "(a detector's bundle: COCO data, a folder with annotations.json or "
+                        "a .zip of one; its recipe defaults are the detector's)")
     p.add_argument("--val-data", default=None, metavar="DATA",
                    help="held-out images for every reported accuracy (default: a seeded "
                         "stratified split of --data)")

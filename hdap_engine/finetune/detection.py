@@ -42,14 +42,19 @@ identity=None, on_epoch=None, world=None) -> DetectionFitResult``
 ``head_outputs(model, images) -> dict`` (the teacher's side),
 ``distillation_terms(student, teacher, family, temperature) -> dict``,
 ``family_of(model) -> str`` (``ssd``, ``retinanet``, ``fcos``, ``fasterrcnn``).
-``DETECTION_DISTILL``: the default recipe's loss weights.
+``DETECTION_DISTILL``: the default recipe's loss weights; ``DETECTION_RECIPE``: the whole
+default recipe of a detector (AdamW, lr 2e-3, cosine, 12 epochs, global batch 32: what
+brought the pruned demo back, docs/detection.md); ``detection_recipe(options)``: a
+classifier-default recipe (`hdap_engine.options.DISTILL`, what ``hdap finetune`` and a
+study's ``--finetune-epochs`` start from) with every field still at DISTILL's value
+replaced by the detector's.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -74,6 +79,23 @@ from hdap_engine.options import FinetuneOptions
 # term carries the teacher's soft scores on every anchor.
 DETECTION_DISTILL = {"kd_weight": 1.0, "ce_weight": 1.0, "temperature": 2.0}
 OPTIMIZERS = ("sgd", "adamw")
+# A detector's recipe (benchmarks/detector_prune_finetune.py measured it on the demo);
+# AdamW is `DETECTION_OPTIMIZER`, since FinetuneOptions has no optimiser field.
+DETECTION_RECIPE = FinetuneOptions(epochs=12, batch_size=32, lr=2e-3, weight_decay=1e-4,
+                                   schedule="cosine", bn_images=256, **DETECTION_DISTILL)
+DETECTION_OPTIMIZER = "adamw"
+
+
+def detection_recipe(options: FinetuneOptions) -> FinetuneOptions:
+    """``options`` for a detector: every field left at the classifier recipe's default
+    (`hdap_engine.options.DISTILL`: SGD lr 0.01, kd 0.9 / ce 0.1, T 4, ...) takes
+    `DETECTION_RECIPE`'s; a field the caller changed stays. The CLI fills unchanged flags
+    with DISTILL's values, so an explicit ``--lr 0.01`` reads as the default (documented)."""
+    from hdap_engine.options import DISTILL
+
+    same = {f.name: getattr(DETECTION_RECIPE, f.name) for f in fields(FinetuneOptions)
+            if getattr(options, f.name) == getattr(DISTILL, f.name)}
+    return replace(options, **same)
 
 
 def family_of(model: nn.Module) -> str:

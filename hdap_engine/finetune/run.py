@@ -11,6 +11,13 @@ whose report carries the accuracies before and after.
 
 Both work in one process and under torchrun (see `hdap_engine.finetune.distributed`):
 every rank trains, rank 0 writes checkpoints, weights and bundles.
+
+A detector's bundle (its model's spec has ``task == "detection"``) is fine-tuned by
+the same functions: COCO data (`hdap_engine.data.coco.load_coco`), adaptive BN with
+`recalibrate_detector_bn`, `hdap_engine.finetune.detection.fit_detector` (its own loss
+plus distillation on the heads' outputs, the recipe made a detector's by
+`detection_recipe`), mAP on the held-out set; the report's accuracy block is in the
+study's metric (mAP@.5 unless the bundle's block says mAP@[.5:.95]) with both mAPs.
 """
 
 from __future__ import annotations
@@ -41,8 +48,59 @@ def resolve_hflip(options: FinetuneOptions, data: str | os.PathLike) -> bool:
 
 def _load(data, model_name: str, val_data, mean=None, std=None, seed: int = 0):
     from hdap_engine.data import load_data
+    from hdap_engine.models.zoo import get_spec
 
+    if get_spec(model_name).task == "detection":
+        from hdap_engine.data.coco import load_coco
+
+        return load_coco(data, val_data=val_data, seed=seed)
     return load_data(data, model=model_name, val_data=val_data, mean=mean, std=std, seed=seed)
+
+
+def _is_detection(ld) -> bool:
+    from hdap_engine.data.coco import DetectionData
+
+    return isinstance(ld, DetectionData)
+
+
+def _check_classes(ld, num_classes: int, weights_name: str) -> None:
+    """The data's classes against a model's outputs (a detector's count the background)."""
+    if _is_detection(ld):
+        from hdap_engine.data.coco import check_detector_classes
+
+        check_detector_classes(ld, num_classes, weights_name=weights_name)
+    else:
+        from hdap_engine.data import check_classes
+
+        check_classes(ld, num_classes, weights_name=weights_name)
+
+
+def _evaluate(model, ld):
+    """Held-out accuracy: top-1 (`Evaluation`), or a detector's mAPs (`DetectionAccuracy`)."""
+    if _is_detection(ld):
+        from hdap_engine.accuracy.detection import evaluate_detector
+
+        return evaluate_detector(model, ld.heldout, categories=ld.categories)
+    from hdap_engine.accuracy.evaluate import evaluate
+
+    return evaluate(model, ld.heldout)
+
+
+def _recalibrate(model, ld, n: int, seed: int) -> None:
+    """Adaptive BN on ``n`` seeded training images (every rank picks the same ones)."""
+    if _is_detection(ld):
+        import numpy as np
+
+        from hdap_engine.accuracy.detection import recalibrate_detector_bn
+
+        idx = np.random.default_rng(seed).permutation(ld.n_train)[:n]
+        recalibrate_detector_bn(model, [ld.train[int(i)][0] for i in np.sort(idx)])
+        return
+    from hdap_engine.accuracy.calibrate import recalibrate_bn
+    from hdap_engine.data import materialise, stratified_indices
+
+    images, _ = materialise(ld.train, stratified_indices(ld.train_labels, n, seed))
+    recalibrate_bn(model, images)
 
 
 # -- from scratch ---------------------------------------------------------------------------
@@ -200,9 +258,10 @@ def finetune_model(student: torch.nn.Module, ld, options: FinetuneOptions = DIST
         The pruned model, trained in place.
     ld:
         `hdap_engine.data.LabelledData`: ``train`` for training, ``heldout`` for every
-        figure.
+        figure; a detector's `hdap_engine.data.coco.DetectionData` (`fit_detector`,
+        mAP).
     options:
-        The recipe.
+        The recipe (a detector's: `detection_recipe` of it).
     teacher:
         The unpruned model (needed when the recipe distils).
 
@@ -210,30 +269,39 @@ def finetune_model(student: torch.nn.Module, ld, options: FinetuneOptions = DIST
     -------
     `Tuned`.
     """
-    from hdap_engine.accuracy.calibrate import recalibrate_bn
-    from hdap_engine.accuracy.evaluate import evaluate
-    from hdap_engine.data import materialise, stratified_indices
-
     world = world or setup()
+    detection = _is_detection(ld)
+    if detection:
+        from hdap_engine.finetune.detection import detection_recipe
+
+        options = detection_recipe(options)
     # Every rank evaluates (the same model on the same images, so the same figures):
     # torchmetrics synchronises its counts over the process group when there is one,
     # and a collective that only rank 0 entered would wait for ever.
-    before = evaluate(student, ld.heldout)
-    unpruned = evaluate(teacher, ld.heldout) if teacher is not None else None
+    before = _evaluate(student, ld)
+    unpruned = _evaluate(teacher, ld) if teacher is not None else None
     calibrated = None
     if options.bn_images and not resume:
         # Every rank re-estimates on the same images, so they start identical.
-        images, _ = materialise(ld.train, stratified_indices(ld.train_labels,
-                                                             options.bn_images, options.seed))
-        recalibrate_bn(student, images)
-        calibrated = evaluate(student, ld.heldout)
+        _recalibrate(student, ld, options.bn_images, options.seed)
+        calibrated = _evaluate(student, ld)
     started = time.perf_counter()
-    result = fit(student, ld.train, options, val_set=ld.heldout, teacher=teacher,
-                 hflip=resolve_hflip(options, ld.name), checkpoint=checkpoint, resume=resume,
-                 on_epoch=on_epoch, world=world,
-                 identity={**(identity or {}), "data": ld.fingerprint})
+    identity = {**(identity or {}), "data": ld.fingerprint}
+    if detection:
+        from hdap_engine.finetune.detection import DETECTION_OPTIMIZER, fit_detector
+
+        result = fit_detector(student, ld.train, options, teacher=teacher,
+                              val_set=ld.heldout, categories=ld.categories,
+                              optimizer=DETECTION_OPTIMIZER,
+                              hflip=options.hflip if options.hflip is not None else True,
+                              checkpoint=checkpoint, resume=resume, identity=identity,
+                              on_epoch=on_epoch, world=world)
+    else:
+        result = fit(student, ld.train, options, val_set=ld.heldout, teacher=teacher,
+                     hflip=resolve_hflip(options, ld.name), checkpoint=checkpoint,
+                     resume=resume, on_epoch=on_epoch, world=world, identity=identity)
     wall = time.perf_counter() - started
-    after = evaluate(student, ld.heldout)
+    after = _evaluate(student, ld)
     return Tuned(fit=result, before=before, calibrated=calibrated, after=after,
                  unpruned=unpruned, wall_seconds=wall)
 
@@ -268,7 +336,6 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     `FinetuneResult`.
     """
     from hdap_engine.accuracy.report import preprocess_block
-    from hdap_engine.data import check_classes
     from hdap_engine.export.bundle import export_bundle
     from hdap_engine.export.reading import rebuild_model
     from hdap_engine.models.zoo import build_model, num_classes_of
@@ -292,9 +359,13 @@ def finetune_bundle(bundle: str | os.PathLike, data: str | os.PathLike,
     # figures before and after are on the same images and none of them is trained on.
     split_seed = (report.get("settings") or {}).get("seed", report.get("seed", 0)) or 0
     ld = _load(data, name, val_data, pre.get("mean"), pre.get("std"), seed=int(split_seed))
-    check_classes(ld, num_classes_of(student, name), weights_name="the bundle's weights")
+    if _is_detection(ld):  # the recipe the report records is the one that ran
+        from hdap_engine.finetune.detection import detection_recipe
+
+        options = detection_recipe(options)
+    _check_classes(ld, num_classes_of(student, name), weights_name="the bundle's weights")
     if teacher is not None:
-        check_classes(ld, num_classes_of(teacher, name), weights_name=Path(teacher_file).name)
+        _check_classes(ld, num_classes_of(teacher, name), weights_name=Path(teacher_file).name)
 
     tuned = finetune_model(student, ld, options, teacher=teacher, checkpoint=ckpt_path,
                            resume=resume, on_epoch=on_epoch, world=world,
@@ -340,12 +411,14 @@ def finetuned_accuracy(existing: dict | None, ld, *, unpruned, before, after, ca
     fills ``pruned`` and ``calibrated`` when the study did not.
     ``finetune`` gains how the model was trained, epoch by epoch.
     """
-    from hdap_engine.accuracy.report import accuracy_block
+    from hdap_engine.accuracy.report import accuracy_block, stage_value
 
     old = dict(existing or {})
     same = old.get("dataset") == ld.name and old.get("n_heldout") == ld.n_heldout
     if not same:
         old = {}
+    # A detector's block is in the study's metric (mAP@.5 unless it said otherwise).
+    metric = (old.get("metric") or "map_50") if _is_detection(ld) else "top1"
     block = accuracy_block(
         ld, unpruned=unpruned, pruned=before if old.get("pruned") is None else old["pruned"],
         calibrated=calibrated if old.get("calibrated") is None else old["calibrated"],
@@ -355,18 +428,27 @@ def finetuned_accuracy(existing: dict | None, ld, *, unpruned, before, after, ca
         calibrated_on=old.get("calibrated_on") or
         "heldout", floor=old.get("floor"), surrogate=old.get("surrogate"),
         finetune={"epochs": len(fit_result.history), "seconds": fit_result.seconds,
-                  "teacher": None if teacher is None else Path(teacher).name})
+                  "teacher": None if teacher is None else Path(teacher).name},
+        metric=metric)
     for stage in ("pruned", "calibrated"):  # the study's intervals, not re-measured here
         if old.get(stage) is not None and (old.get("ci95") or {}).get(stage):
             block["ci95"][stage] = old["ci95"][stage]
+        if old.get(stage) is not None and old.get("metrics") and "metrics" in block:
+            for m, values in old["metrics"].items():  # both mAPs, as the study measured them
+                block["metrics"].setdefault(m, {})[stage] = values.get(stage)
     block["finetune"].update({
-        "start_top1": before.top1,
-        "bn_reestimated_top1": None if calibrated is None else calibrated.top1,
+        "start_top1": stage_value(before, metric),
+        "bn_reestimated_top1": stage_value(calibrated, metric),
         "wall_seconds": wall_seconds,
         "processes": fit_result.world_size, "n_train": ld.n_train,
-        "options": options.settings(), "hflip": fit_result.hflip,
-        "crop_padding": fit_result.crop_padding, "resumed_at_epoch": fit_result.resumed_at,
+        "options": options.settings(), "hflip": getattr(fit_result, "hflip", options.hflip is not False),
+        "crop_padding": getattr(fit_result, "crop_padding", None),
+        "resumed_at_epoch": fit_result.resumed_at,
         "history": [r.__dict__ for r in fit_result.history]})
+    if _is_detection(ld):
+        from hdap_engine.finetune.detection import DETECTION_OPTIMIZER
+
+        block["finetune"]["optimizer"] = DETECTION_OPTIMIZER
     return block
 
 
@@ -394,19 +476,15 @@ def finetune_candidate(actx, space, widths, block: dict, *, epochs: int,
     import copy
 
     from hdap_engine.accuracy.calibrate import prune_candidate
+    from hdap_engine.accuracy.report import with_stage
 
     student = prune_candidate(actx.model, space, widths)
     # fit() freezes its teacher; the context's model stays as the next row needs it.
     teacher = copy.deepcopy(actx.model)
     tuned = finetune_model(student, actx.data, DISTILL.with_changes(epochs=epochs, seed=seed),
                            teacher=teacher)
-    out = dict(block)
-    out["finetuned"] = tuned.after.top1
-    out["ci95"] = {**(block.get("ci95") or {}), "finetuned": list(tuned.after.ci95)}
+    out = with_stage(block, "finetuned", tuned.after)
     out["finetune"] = {"epochs": epochs, "seconds": tuned.fit.seconds,
                        "teacher": getattr(actx, "weights_label", None),
                        "history": [r.__dict__ for r in tuned.fit.history]}
-    measured = [s for s in ("unpruned", "pruned", "calibrated", "finetuned")
-                if out.get(s) is not None]
-    out["status"] = "measured: " + ", ".join(measured)
     return out
