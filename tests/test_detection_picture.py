@@ -1,4 +1,5 @@
-"""The detection picture: two detectors' boxes side by side on one chosen held-out image."""
+"""The detection picture: two detectors' boxes side by side on one chosen held-out image;
+and the report's accuracy chart naming a detector's metric."""
 
 from __future__ import annotations
 
@@ -105,3 +106,18 @@ def test_a_studys_picture_reads_its_bundle_and_lands_in_the_bundle_folder(tmp_pa
     assert len(pic.panels[0].boxes) > 0 and len(pic.panels[1].boxes) < len(pic.panels[0].boxes)
     path = write_study_picture(bundle, "detector_demo", weights, data)
     assert path == bundle / PICTURE_FILE and path.read_bytes() == pic.png()
+
+
+@pytest.mark.parametrize(("metric", "axis"), [("map_50", "mAP@.5 (%)"), ("top1", "top-1 (%)")])
+def test_the_accuracy_chart_names_the_reports_metric(metric, axis):
+    from hdap_engine.report.charts import study_figures
+
+    point = {"method": "hdap", "macs": 2e7, "fleet_mean_ms": 2.5, "p95_ms": 4.0,
+             "speedup": 1.2, "accuracy": {"calibrated": 0.4, "metric": metric}}
+    report = {"measured_source": "twin (simulated)", "macs": 2e7,
+              "clusters": [{"cluster": 0, "share": 1.0, "measured_ms": 2.5}],
+              "fleet": {"measured_mean_ms": 2.5, "unpruned_mean_ms": 3.0},
+              "accuracy": {"metric": metric, "unpruned": 0.9, "calibrated": 0.4}}
+    figs = study_figures(report, widths={"g": 8}, base_widths={"g": 16},
+                         sweep={"points": [point], "measured_source": "twin (simulated)"})
+    assert figs["accuracy_pareto"].layout.yaxis.title.text == axis
