@@ -149,3 +149,13 @@ def test_the_detection_demo_runs_in_one_click_with_map_and_the_picture():
     assert "Predicted boxes of the unpruned (left) and the pruned (right)" in str(
         at.get("image")[0].proto)
     assert "mAP@.5 held out" in " ".join(m.value for m in at.markdown)  # the sidebar
+    # The pages after a run name the detector's metric too, and never top-1.
+    for page in ("views/whatif.py", "views/finetune.py", "views/download.py",
+                 "views/history.py"):
+        ok(at.switch_page(page).run())
+        assert not at.error, (page, [e.value for e in at.error])
+        words = " ".join([c.value for c in at.caption] + [m.value for m in at.markdown]
+                         + [s.value for s in at.success])
+        assert "top-1" not in words, (page, words)
+    assert "mAP@.5" in " ".join(c.value for c in at.caption) or \
+        "mAP@.5" in at.dataframe[0].value.to_string()  # the History table's metric
