@@ -30,13 +30,14 @@ def sidebar() -> None:
         run = S.get(S.RUN)
         if run is not None:
             f = run.report["fleet"]
-            from hdap_engine.accuracy.report import exported_top1
+            from hdap_engine.accuracy.report import exported_top1, metric_label
 
-            top1 = exported_top1(run.report.get("accuracy"))
+            acc = run.report.get("accuracy")
+            value = exported_top1(acc)
             st.markdown(f"**Last run:** {f['measured_mean_ms']:.2f} ms fleet mean, "
                         f"{f['speedup']:.2f}x ({run.report['measured_source']}); "
-                        + ("accuracy unknown" if top1 is None
-                           else f"{100 * top1:.1f}% top-1 held out"))
+                        + ("accuracy unknown" if value is None
+                           else f"{100 * value:.1f}% {metric_label(acc)} held out"))
 
 
 st.set_page_config(page_title="HDAP Studio", page_icon=":material/memory:", layout="wide")

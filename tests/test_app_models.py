@@ -34,7 +34,8 @@ def test_a_model_file_is_offered_only_when_the_operator_allows_it(samples, monke
     monkeypatch.delenv("HDAP_ALLOW_MODEL_FILES", raising=False)
     at = start()
     ok(at.switch_page("views/model.py").run())
-    assert at.radio(key="model_source").options == ["registered", "torchvision", "timm"]
+    assert at.radio(key="model_source").options == ["registered", "torchvision", "timm",
+                                                      "detector (boxes, mAP)"]
     assert not at.get("file_uploader") or all(u.key != "model_file"
                                                for u in at.get("file_uploader"))
     monkeypatch.setenv("HDAP_ALLOW_MODEL_FILES", "1")

@@ -144,6 +144,19 @@ def has_published_weights(model: str) -> bool:
 
 
 @st.cache_data(show_spinner=False)
+def model_task(model: str) -> str:
+    """"detection" or "classification" (`ModelSpec.task`); a name that does not resolve is
+    left to the page that builds it to explain."""
+    from hdap_engine.errors import HdapError
+    from hdap_engine.models.zoo import get_spec
+
+    try:
+        return get_spec(model).task
+    except HdapError:
+        return "classification"
+
+
+@st.cache_data(show_spinner=False)
 def model_description(model: str) -> str:
     from hdap_engine.models.zoo import get_spec
 
@@ -171,6 +184,55 @@ def checked_data(model: str, weights: str | None, data: str) -> tuple[dict | Non
         return check_data(model, weights, data), None
     except HdapError as exc:
         return None, str(exc)
+
+
+SHAPES_FOLDER = "demo-data"  # the workspace's folder of generated demo data
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def shapes_data(home: str, images: int, size: int, seed: int) -> str:
+    """The synthetic shapes dataset (`hdap_engine.data.shapes`) in the workspace ``home``,
+    generated once per workspace: a folder a job's worker reads like any COCO data.
+
+    Written to a temporary folder and renamed, so a second server (or a crash) never
+    leaves a half-written dataset under the final name.
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from hdap_engine.data.shapes import write_shapes
+    from hdap_engine.options import ShapesOptions
+
+    root = Path(home) / SHAPES_FOLDER
+    final = root / f"shapes-{size}px-{images}-seed{seed}"
+    if not (final / "annotations.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".shapes-"))
+        write_shapes(tmp, ShapesOptions(images=images, size=size, seed=seed))
+        try:
+            tmp.rename(final)
+        except OSError:  # another process finished first: theirs is the same data
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(final)
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def study_detectors(bundle: str, model: str, weights: str | None, data: str,
+                    val_data: str | None, seed: int):
+    """A detector study's two detectors and held-out images
+    (`hdap_engine.report.detections.study_detectors`), read once per run."""
+    from hdap_engine.report.detections import study_detectors as read
+
+    return read(bundle, model, weights, data, val_data=val_data, seed=seed)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def study_picture(bundle: str, model: str, weights: str | None, data: str,
+                  val_data: str | None, seed: int, threshold: float) -> tuple[bytes, str]:
+    """A detector study's picture at a score threshold: (PNG bytes, caption)."""
+    pic = study_detectors(bundle, model, weights, data, val_data, seed).picture(threshold)
+    return pic.png(), pic.caption()
 
 
 @st.cache_resource(show_spinner=False)

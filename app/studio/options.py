@@ -51,6 +51,20 @@ def backend_text(name: str) -> str:
     return f"{name}: {BACKEND_DESCRIPTIONS[name]}"
 
 
+# The detectors the Model page offers by name: the demo (trained weights shipped) and
+# torchvision's that fit an edge device (issue 20; docs/detection.md has their table).
+DETECTORS = ("detector_demo", "torchvision:ssdlite320_mobilenet_v3_large",
+             "torchvision:fasterrcnn_mobilenet_v3_large_320_fpn",
+             "torchvision:fasterrcnn_mobilenet_v3_large_fpn", "torchvision:fcos_resnet50_fpn",
+             "torchvision:retinanet_resnet50_fpn_v2", "torchvision:ssd300_vgg16")
+
+
+def is_detector(model: str | None = None) -> bool:
+    """Whether ``model`` (default: the one on screen) is a detector: its accuracy is mAP on
+    COCO data, not top-1 on an ImageFolder."""
+    return cached.model_task(str(model or S.get(S.MODEL))) == "detection"
+
+
 # The operator's switch for model files: a Python file is code, and importing it runs it.
 ALLOW_MODEL_FILES = "HDAP_ALLOW_MODEL_FILES"
 
@@ -98,6 +112,51 @@ def weights_badge() -> None:
                    "never downloaded.)", icon=":material/casino:")
     else:
         st.success(f"Model weights: **{label}**", icon=":material/upload_file:")
+        if S.get(S.WEIGHTS_MODE) == "demo":
+            st.caption(f":material/info: {demo_origin(S.get(S.MODEL))}")
+
+
+def demo_origin(model: str) -> str:
+    """Where the shipped demo weights of ``model`` came from: the file and how it was made."""
+    from pathlib import Path
+
+    from hdap_engine.models.demo import demo_record, demo_weights
+
+    path, rec = demo_weights(model), demo_record(model) or {}
+    if path is None:
+        return f"{model} has no shipped demo weights"
+    made = rec.get("command") or "hdap train"
+    recipe = rec.get("recipe") or {}
+    epochs = f", {recipe['epochs']} epochs" if recipe.get("epochs") else ""
+    return (f"Shipped with HDAP Studio in sample_data/{Path(path).name}, trained on this "
+            f"project's machine by `{made}`{epochs}; how, on what and how accurate: "
+            f"sample_data/{Path(path).name}.json.")
+
+
+def shapes_options() -> tuple[int, int, int]:
+    """(images, size, seed) of the synthetic shapes the demo detector was trained on, from
+    its weights' record, so the held-out split is the one its mAP was measured on. A demo
+    server may ask for fewer images (HDAP_APP_DEFAULTS={"shapes_images": 100}) to run
+    faster; `shapes_label` then says the split is not the weights'."""
+    from hdap_engine.models.demo import demo_record
+
+    data = (demo_record("detector_demo") or {}).get("data") or {}
+    images = int(S.get(S.SHAPES_IMAGES) or data.get("images", 1000))
+    return images, int(data.get("size", 160)), int(data.get("seed", 0))
+
+
+def shapes_label() -> str:
+    from hdap_engine.models.demo import demo_record
+
+    images, size, seed = shapes_options()
+    trained = int(((demo_record("detector_demo") or {}).get("data") or {}).get("images", 0))
+    text = (f"shapes (synthetic, generated here: {images:,} images of {size}x{size} pixels, "
+            f"seed {seed}, 4 classes; the demo detector's training data")
+    if images != trained:
+        # The same seed draws the same first images: some held-out ones were trained on.
+        text += (f"; fewer than the {trained:,} its weights were trained and measured on, so "
+                 "the held-out split is not theirs and mAP reads high")
+    return text + ")"
 
 
 def data_choice() -> tuple[str | None, str]:
@@ -107,6 +166,9 @@ def data_choice() -> tuple[str | None, str]:
         from hdap_engine.data import DIGITS
 
         return DIGITS, "digits (built in: scikit-learn's 8x8 digits, 10 classes)"
+    if mode == "shapes":
+        # Generated on first use (about 15 s), then read from the workspace.
+        return cached.shapes_data(cached.workspace(), *shapes_options()), shapes_label()
     df = S.get(S.DATA_FILE)
     if mode == "upload" and df:
         return df["path"], f"uploaded {df['name']}"
@@ -115,9 +177,13 @@ def data_choice() -> tuple[str | None, str]:
 
 def data_name(data: str | None) -> str:
     """Labelled data as people know it (an upload by its own name: the workspace's
-    `upload_label`)."""
+    `upload_label`; the generated shapes demo data by its folder's name)."""
+    from pathlib import Path
+
     from hdap_engine.infra.workspace import upload_label
 
+    if data and Path(str(data)).parent.name == cached.SHAPES_FOLDER:
+        return f"the synthetic {Path(str(data)).name}"
     return upload_label(data)
 
 

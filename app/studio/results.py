@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from studio import cached
 from studio import state as S
 from studio.options import data_name
 
@@ -84,6 +85,41 @@ def accuracy_line(block: dict | None) -> str:
     line = accuracy_summary(block)
     data = (block or {}).get("dataset")
     return line.replace(data, data_name(data)) if data else line
+
+
+def detection_picture(run: RunView) -> None:
+    """A detector study's picture: the unpruned and the pruned detector's boxes side by
+    side on one held-out image (`hdap_engine.report.detections`); nothing for a
+    classifier, or without labelled data."""
+    from hdap_engine.errors import HdapError
+    from hdap_engine.options import flatten_settings
+
+    if (run.report.get("model_ref") or {}).get("task") != "detection" or not run.bundle:
+        return
+    opt = flatten_settings((run.settings or {}).get("options") or {})
+    if not opt.get("data"):
+        st.caption(":material/image: No detection picture: it draws held-out images, and "
+                   "no labelled data was given.")
+        return
+    from hdap_engine.report.detections import SCORE_THRESHOLD
+
+    st.subheader("What the detectors see")
+    threshold = st.slider("Boxes scoring at least", 0.05, 0.95, SCORE_THRESHOLD, step=0.05,
+                          key=f"picture_threshold_{run.job_id}",
+                          help="The detectors keep lower-scored boxes too (mAP counts "
+                               "them); the picture draws the sure ones.")
+    try:
+        with st.spinner("Drawing the unpruned and the pruned detector's boxes..."):
+            png, caption = cached.study_picture(run.bundle, opt["model"],
+                                                opt.get("model_weights"), opt["data"],
+                                                opt.get("val_data"), int(opt.get("seed", 0)),
+                                                float(threshold))
+    except HdapError as exc:
+        st.warning(f"No detection picture: {exc}", icon=":material/image:")
+        return
+    st.image(png, caption=f"Predicted boxes of the unpruned (left) and the pruned (right) "
+                          f"detector as exported, on the "
+                          f"{caption.replace(opt['data'], data_name(opt['data']))}.")
 
 
 def fleet_headline(report: dict) -> None:

@@ -46,6 +46,7 @@ DATA_UPLOAD = "data_upload"  # widget: the dataset zip uploader (an ImageFolder 
 DATA_FILE = "data_file"  # {"path", "name"} of the last accepted dataset zip
 DATA_SEEN = "data_seen"  # (file id, model, weights) of the last zip checked
 DATA_ERROR = "data_error"  # the engine's message for the last refused zip
+SHAPES_IMAGES = "shapes_images"  # images of the shapes demo data (None: the weights' record's)
 FLOOR_MODE = "floor_mode"  # widget: accuracy floor "none", "fraction" or "uniform"
 FLOOR_FRACTION = "floor_fraction"  # widget: the floor as a fraction of the unpruned model's
 FINETUNE_EPOCHS = "finetune_epochs"  # widget: epochs the study fine-tunes its model (0: none)
@@ -70,6 +71,7 @@ PRECISION = "precision"  # widget: the precision the model ships in (fp32 / int8
 CALIBRATE_RANDOM = "calibrate_random"  # widget: INT8 without data, calibrated on random inputs
 
 # -- run, what-if, history (pages 3-6) ------------------------------------------------------
+DEMO_PENDING = "demo_pending"  # the detection demo's button was pressed: start it this run
 COMPARE_METHODS = "compare_methods"  # widget: other methods to compare against
 SWEEP_ON = "sweep_on"  # widget: run a budget sweep for the Pareto chart
 JOB = "job"  # the id of the job on the Run page (also the link's ?job=)
@@ -125,6 +127,7 @@ DEFAULTS = {
     LATENCY_BUDGET: 10.0,  # the latency budget input's starting point (no engine default)
     AGENT_TOKEN: "",
     SEARCH_EFFORT: "standard",
+    SHAPES_IMAGES: None,
     CALIBRATE_RANDOM: False,
     COMPARE_METHODS: ["uniform", "global"],
     SWEEP_ON: True,
@@ -137,7 +140,7 @@ PERSISTENT = (FLEET_CHOICE, K_MODE, K_FIXED, REPRESENTATIVES, CONTEXT_FEATURES, 
               WEIGHTS_MODE, DATA_MODE, FLOOR_MODE, FLOOR_FRACTION, FINETUNE_EPOCHS,
               FINETUNE_RUN_EPOCHS, BUDGET_UNIT, BUDGET_G, BUDGET_PCT, LATENCY_BUDGET, OBJECTIVE, SLO_MS, BACKEND,
               AGENT_TOKEN, METHOD, ROUND_TO, SAMPLES, SEED, REPEATS, REFINE_ROUNDS,
-              SEARCH_EFFORT, PRECISION, CALIBRATE_RANDOM,
+              SEARCH_EFFORT, PRECISION, CALIBRATE_RANDOM, SHAPES_IMAGES,
               COMPARE_METHODS, SWEEP_ON,
               WHATIF_BUDGET, WHATIF_OBJECTIVE, HISTORY_OPEN, HISTORY_COMPARE, HISTORY_MINE,
               DRIFT_NEW_CHOICE, DRIFT_THRESHOLD)

@@ -51,8 +51,11 @@ def _finetuned(run, stem: str) -> None:
     res = job.result
     acc = res["accuracy"]
     epochs = (acc.get("finetune") or {}).get("epochs")
+    from hdap_engine.accuracy.report import metric_label
+
     st.success(f"**Fine-tuned** {epochs} epochs by distillation (job {job.id}): held-out "
-               f"top-1 **{100 * acc['finetuned']:.1f}%** on {acc.get('n_heldout')} images.",
+               f"{metric_label(acc)} **{100 * acc['finetuned']:.1f}%** on "
+               f"{acc.get('n_heldout')} images.",
                icon=":material/model_training:")
     st.caption(f":material/target: {accuracy_line(acc)}")
     _buttons(res["bundle"], res["report"], run.figures(), f"{run.key}-ft{job.id}",

@@ -15,6 +15,8 @@ from studio.jobs import elapsed_text, finetune_job, finished_job, submit
 from studio.options import data_choice, data_name
 from studio.results import accuracy_line, show_figure
 
+EPOCH_METRICS = (("val_top1", "top-1"), ("val_map_50", "mAP@.5"), ("val_map", "mAP@[.5:.95]"))
+
 
 def _chart(history: list, epochs: int | None, key: str, start_top1=None) -> None:
     from hdap_engine.finetune.chart import finetune_chart
@@ -28,8 +30,10 @@ def _live(job) -> None:
     history = live.get("history") or []
     if history:
         last = history[-1]
-        top = "" if last.get("val_top1") is None else \
-            f", held-out top-1 {100 * last['val_top1']:.1f}%"
+        # A classifier's epochs carry val_top1, a detector's val_map_50 and val_map.
+        metric, value = next(((label, last[k]) for k, label in EPOCH_METRICS
+                              if last.get(k) is not None), (None, None))
+        top = "" if value is None else f", held-out {metric} {100 * value:.1f}%"
         st.caption(f"Epoch {last['epoch']} of {last['epochs']}: loss {last['loss']:.3f}{top} "
                    f"({last['seconds']:.0f} s of training so far)")
     else:
@@ -63,19 +67,22 @@ def _start(run, data: str, epochs: int) -> None:
 
 
 def _done(job) -> None:
+    from hdap_engine.accuracy.report import metric_label
+
     res = job.result
     acc = res["accuracy"]
+    metric = metric_label(acc)
     ft = acc.get("finetune") or {}
     st.success(f"Fine-tuned {ft.get('epochs')} epochs by distillation in "
                f"{elapsed_text(ft.get('wall_seconds') or ft.get('seconds'))} "
-               f"(job {job.id}): held-out top-1 **{100 * acc['finetuned']:.1f}%**.",
+               f"(job {job.id}): held-out {metric} **{100 * acc['finetuned']:.1f}%**.",
                icon=":material/model_training:")
     c = st.columns(4)
     for col, (label, stage) in zip(c, (("Unpruned", "unpruned"), ("Pruned", "pruned"),
                                        ("Batch-norm re-estimated", "calibrated"),
                                        ("Fine-tuned", "finetuned")), strict=True):
         value = acc.get(stage)
-        col.metric(f"{label} top-1", "–" if value is None else f"{100 * value:.1f}%",
+        col.metric(f"{label} {metric}", "–" if value is None else f"{100 * value:.1f}%",
                    help=f"on {acc.get('n_heldout')} held-out images")
     st.caption(f":material/target: {accuracy_line(acc)}")
     _chart(res.get("history") or [], ft.get("epochs"), key="fig_finetune_done",
@@ -106,10 +113,18 @@ def main() -> None:
         st.info("Fine-tuning needs labelled images: choose labelled data on the Model page.")
         st.page_link("views/model.py", label="Go to the Model page", icon=":material/tune:")
         return
-    st.caption(f"On {where}. The pruned model (student) learns from the unpruned one (teacher): batch-norm "
-               "statistics re-estimated first, then 0.9 x distillation + 0.1 x cross-entropy, "
-               "SGD with a cosine schedule (`hdap_engine.finetune`'s recipe, as `hdap "
-               "finetune`). Every accuracy is measured on the held-out images.")
+    if (rep.get("model_ref") or {}).get("task") == "detection":
+        st.caption(f"On {where}. The pruned detector (student) learns from the unpruned one "
+                   "(teacher): batch-norm statistics re-estimated first, then the detector's "
+                   "own loss plus distillation on the heads' class and box outputs "
+                   "(`hdap_engine.finetune.detection`, as `hdap finetune`). Every mAP is "
+                   "measured on the held-out images.")
+    else:
+        st.caption(f"On {where}. The pruned model (student) learns from the unpruned one "
+                   "(teacher): batch-norm statistics re-estimated first, then 0.9 x "
+                   "distillation + 0.1 x cross-entropy, SGD with a cosine schedule "
+                   "(`hdap_engine.finetune`'s recipe, as `hdap finetune`). Every accuracy is "
+                   "measured on the held-out images.")
     st.number_input("Epochs", min_value=1, max_value=200, step=1, key=S.FINETUNE_RUN_EPOCHS)
     if st.button("Fine-tune", type="primary", icon=":material/model_training:",
                  key="finetune_button"):

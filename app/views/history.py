@@ -19,9 +19,10 @@ def _label(runs: dict, run_id: int) -> str:
     return f"#{run_id} {r['name']} ({when})"
 
 
-def _top1(accuracy: dict | None) -> float | None:
-    """Held-out top-1 of the exported model in %: fine-tuned when it was, else calibrated;
-    None when accuracy is unknown (no labelled data)."""
+def _accuracy(accuracy: dict | None) -> float | None:
+    """Held-out accuracy of the exported model in % (top-1, or a detector's mAP: the
+    "metric" column says which): fine-tuned when it was, else calibrated; None when
+    accuracy is unknown (no labelled data)."""
     from hdap_engine.accuracy.report import exported_top1
 
     value = exported_top1(accuracy)
@@ -29,6 +30,8 @@ def _top1(accuracy: dict | None) -> float | None:
 
 
 def _table(runs: dict, owners: dict) -> None:
+    from hdap_engine.accuracy.report import metric_label
+
     rows = []
     for run_id, r in runs.items():
         res, s = r["result"], r["settings"]
@@ -41,7 +44,9 @@ def _table(runs: dict, owners: dict) -> None:
                      "measured on": res.get("measured_source"),
                      "fleet mean ms": fleet.get("measured_mean_ms"),
                      "p95 ms": fleet.get("measured_p95_ms"), "speedup": fleet.get("speedup"),
-                     "top-1": _top1(res.get("accuracy")),
+                     "accuracy": _accuracy(res.get("accuracy")),
+                     "metric": (metric_label(res.get("accuracy"))
+                                if _accuracy(res.get("accuracy")) is not None else None),
                      "labelled data": data_name(data),
                      "objective": res.get("objective"),
                      "weights": "user-supplied" if s.get("model_weights") else "random"})
@@ -50,10 +55,11 @@ def _table(runs: dict, owners: dict) -> None:
         "fleet mean ms": st.column_config.NumberColumn(format="%.2f"),
         "p95 ms": st.column_config.NumberColumn(format="%.2f"),
         "speedup": st.column_config.NumberColumn(format="%.2fx"),
-        "top-1": st.column_config.NumberColumn(
-            format="%.1f%%", help="held-out top-1 of the exported model (fine-tuned when it "
-                                  "was, else after batch-norm re-estimation); empty: unknown, "
-                                  "no labelled data")})
+        "accuracy": st.column_config.NumberColumn(
+            format="%.1f%%", help="held-out accuracy of the exported model in its metric "
+                                  "(top-1, or a detector's mAP; fine-tuned when it was, else "
+                                  "after batch-norm re-estimation); empty: unknown, no "
+                                  "labelled data")})
 
 
 def _report_of(r: dict) -> dict:

@@ -1,13 +1,14 @@
 """Page 2, Model and budget: the network, its weights, labelled data, the budget, objective, backend.
 
 The network is a registered one, any torchvision or timm classifier picked from its
-catalogue (a select box: type to search), or, where the server's operator allows it
+catalogue (a select box: type to search), a detector (the shapes demo or torchvision's
+edge detectors: accuracy is then mAP on COCO data), or, where the server's operator allows it
 (HDAP_ALLOW_MODEL_FILES=1: it runs uploaded code) and never for a signed-out visitor, the
 user's own Python file. A model that cannot be built or pruned is one message naming the
 layer and the reason; the weights badge says where the weights come from.
 
-The labelled data (none, the built-in digits, or an uploaded ImageFolder zip) is
-checked here by the engine's own reader against the model's weights, so a job
+The labelled data (none, the built-in digits or, for a detector, the synthetic
+shapes; or an uploaded ImageFolder zip, for a detector a COCO zip) is checked here by the engine's own reader against the model's weights, so a job
 is never queued with data it would refuse; with data, every run reports
 accuracy next to latency.
 """
@@ -22,11 +23,13 @@ from studio import cached
 from studio import state as S
 from studio.fleet import current_fleet
 from studio.options import (
+    DETECTORS,
     accept_data_upload,
     backend_text,
     data_check,
     data_choice,
     data_name,
+    is_detector,
     method_choices,
     method_text,
     model_files_allowed,
@@ -40,34 +43,64 @@ from studio.options import (
 DATA_TEXT = {"none": "none: accuracy unknown",
              "digits": "digits (built in: scikit-learn's 1,797 8x8 digits, 10 classes)",
              "upload": "my labelled images (a .zip of an ImageFolder)"}
+# A detector's labelled data: COCO boxes, measured as mAP.
+DETECTION_DATA_TEXT = {"none": "none: accuracy (mAP) unknown",
+                       "shapes": "shapes (synthetic, generated here: the demo detector's data)",
+                       "upload": "my COCO dataset (a .zip of annotations.json and its images)"}
 FLOOR_TEXT = {"none": "none (latency only)",
               "fraction": "a fraction of the unpruned model's accuracy",
               "uniform": "at least the uniform architecture's (same budget)"}
 
 
+def _data_texts() -> dict:
+    """The labelled-data choices of the model on screen (a detector's, or a classifier's)."""
+    return DETECTION_DATA_TEXT if is_detector() else DATA_TEXT
+
+
 def _weights_changed() -> None:
-    """The demo weights were trained on digits: with them, the default demo shows accuracy."""
-    if S.get(S.WEIGHTS_MODE) == "demo" and S.get(S.DATA_MODE) == "none":
-        S.put(S.DATA_MODE, "digits")
+    """Demo weights come with the data they were trained on: with them, the default demo
+    shows accuracy (digits for resnet56, the synthetic shapes for the detector demo)."""
+    from hdap_engine.models.demo import demo_data
+
+    trained_on = demo_data(S.get(S.MODEL))
+    if S.get(S.WEIGHTS_MODE) == "demo" and S.get(S.DATA_MODE) == "none" and trained_on:
+        S.put(S.DATA_MODE, trained_on)
 
 
 def _labelled_data() -> None:
     """Labelled images for accuracy: the choice, the upload and its check, floor, epochs."""
     st.subheader("Labelled data and accuracy")
+    detector = is_detector()
+    texts = _data_texts()
+    if S.get(S.DATA_MODE) not in texts:  # digits for a detector, shapes for a classifier
+        S.put(S.DATA_MODE, "none")
     left, right = st.columns([1, 1])
     with left:
-        st.radio("Labelled data", list(DATA_TEXT), key=S.DATA_MODE,
-                 format_func=DATA_TEXT.get,
+        st.radio("Labelled data", list(texts), key=S.DATA_MODE,
+                 format_func=texts.get,
                  help="Images with labels measure the pruned model's accuracy: right after "
-                      "pruning, after batch-norm re-estimation, after fine-tuning. Without "
-                      "them, latency is measured and accuracy stays unknown.")
-        if S.get(S.DATA_MODE) == "upload":
+                      "pruning, after batch-norm re-estimation, after fine-tuning (a "
+                      "detector's as mAP@.5 and mAP@[.5:.95] on boxes). Without them, "
+                      "latency is measured and accuracy stays unknown.")
+        if S.get(S.DATA_MODE) == "upload" and detector:
+            up = st.file_uploader(
+                "COCO dataset zip (up to 1 GB): annotations.json (COCO's images, "
+                "annotations with bbox [x, y, width, height] in pixels, categories) and the "
+                "images it names", type=["zip"], key=S.DATA_UPLOAD,
+                help="Categories become labels 1..K in the order of their ids (0 is the "
+                     "background), so the detector's weights need K + 1 class outputs. A "
+                     "box outside its image, an unknown category, an image without a file "
+                     "or an empty annotation file is refused with one line; so are "
+                     "members with '..' or absolute paths and links, before anything is "
+                     "written.")
+        elif S.get(S.DATA_MODE) == "upload":
             up = st.file_uploader(
                 "Dataset zip (up to 1 GB): one folder per class holding that class's images "
                 "(PNG, JPEG, BMP, WebP)", type=["zip"], key=S.DATA_UPLOAD,
                 help="Class folders are read in alphabetical order, which must be the order "
                      "of the weights' outputs. Members with '..' or absolute paths and links "
                      "are refused before anything is written.")
+        if S.get(S.DATA_MODE) == "upload":
             weights, _ = weights_choice()
             seen = None if up is None else (up.file_id, S.get(S.MODEL), weights)
             if up is not None and S.get(S.DATA_SEEN) != seen:
@@ -78,14 +111,17 @@ def _labelled_data() -> None:
                 st.error(S.get(S.DATA_ERROR), icon=":material/error:")
         data, label = data_choice()
         if data is None and S.get(S.DATA_MODE) == "upload":
-            st.info("No dataset accepted yet: upload a zip, or choose digits.")
+            st.info("No dataset accepted yet: upload a zip, or choose "
+                    f"{'shapes' if detector else 'digits'}.")
         elif data is not None:
             with st.spinner("Checking the labelled data against the model..."):
                 summary, problem = data_check()
             if problem:
                 st.error(problem, icon=":material/error:")
             else:
-                st.caption(f":material/dataset: {label}: {summary['classes']} classes, "
+                what = ("categories (boxes; mAP@.5 and mAP@[.5:.95])"
+                        if summary.get("task") == "detection" else "classes")
+                st.caption(f":material/dataset: {label}: {summary['classes']} {what}, "
                            f"{summary['n_train']:,} images to calibrate and fine-tune on; "
                            "accuracy measured on "
                            f"{summary['heldout'].replace(data, data_name(data))}.")
@@ -97,7 +133,8 @@ def _labelled_data() -> None:
     with right:
         if data is None:
             return
-        st.radio("Accuracy floor of the search (after batch-norm re-estimation)",
+        st.radio("Accuracy floor of the search (after batch-norm re-estimation"
+                 + ("; on mAP" if detector else "") + ")",
                  list(FLOOR_TEXT), key=S.FLOOR_MODE, format_func=FLOOR_TEXT.get,
                  help="Candidates predicted below the floor are penalised; the finalists and "
                       "the final choice are evaluated for real and must meet it. Each budget "
@@ -120,13 +157,20 @@ def _labelled_data() -> None:
 
 
 SOURCE_TEXT = {"registered": "registered", "torchvision": "torchvision", "timm": "timm",
-               "file": "my Python file"}
+               "detector": "detector (boxes, mAP)", "file": "my Python file"}
+DETECTOR_MARK = "[detector] "  # how a picker marks a detector among classifiers
+
+
+def _model_text(name: str) -> str:
+    """A model in a picker: a detector marked as one, with the engine's description."""
+    return (DETECTOR_MARK if is_detector(name) else "") + \
+        f"{name}: {cached.model_description(name)}"
 
 
 def _model_picker() -> bool:
     """The model: a registered one, a library's catalogue with its search box, or (where
     the operator allows) the user's own file. False when no model is ready yet."""
-    sources = ["registered", "torchvision", "timm"]
+    sources = ["registered", "torchvision", "timm", "detector"]
     if model_files_allowed():
         sources.append("file")
     if S.get(S.MODEL_SOURCE) not in sources:
@@ -134,14 +178,23 @@ def _model_picker() -> bool:
     st.radio("Model from", sources, key=S.MODEL_SOURCE, horizontal=True,
              format_func=SOURCE_TEXT.get,
              help="A registered model, any classifier of torchvision or timm by name (random "
-                  "initialisation unless you give weights), or your own network from a file.")
+                  "initialisation unless you give weights), an object detector (the shapes "
+                  "demo with trained weights, or torchvision's edge detectors), or your own "
+                  "network from a file.")
     source = S.get(S.MODEL_SOURCE)
     if source == "registered":
         names = cached.model_names()
         if S.get(S.MODEL) not in names:
             S.put(S.MODEL, names[0])
-        st.selectbox("Model", names, key=S.MODEL,
-                     format_func=lambda n: f"{n}: {cached.model_description(n)}")
+        st.selectbox("Model", names, key=S.MODEL, format_func=_model_text)
+    elif source == "detector":
+        # A key of its own: the registered picker's widget must not see torchvision names.
+        pick_key = S.MODEL_PICK + "detector"
+        if S.get(pick_key) not in DETECTORS:
+            S.put(pick_key, S.get(S.MODEL) if S.get(S.MODEL) in DETECTORS else DETECTORS[0])
+        st.selectbox("Detector (torchvision's interface: boxes, labels, scores)", DETECTORS,
+                     key=pick_key, format_func=_model_text)
+        S.put(S.MODEL, S.get(pick_key))
     elif source in ("torchvision", "timm"):
         names = cached.catalogue(source)
         current = str(S.get(S.MODEL) or "")
@@ -159,6 +212,11 @@ def _model_picker() -> bool:
     except HdapError as exc:
         st.error(str(exc), icon=":material/error:")
         return False
+    if is_detector():
+        st.caption(":material/center_focus_strong: **A detector**: pruned in its backbone, "
+                   "neck and heads (never its box and class predictors); its accuracy is "
+                   "mAP@.5 and mAP@[.5:.95] on COCO-format data; its ONNX export includes "
+                   "post-processing (NMS).")
     return True
 
 
@@ -227,13 +285,15 @@ def main() -> None:
         st.radio("Model weights", modes, key=S.WEIGHTS_MODE,
                  horizontal=True, on_change=_weights_changed,
                  format_func={"random": "random initialisation (seeded)",
-                              "demo": "trained demo weights (digits)",
+                              "demo": "trained demo weights (resnet56: digits; "
+                                      "detector_demo: shapes)",
                               "pretrained": "published weights (local cache only)",
                               "upload": "my trained weights (state dict)"}.get)
         from hdap_engine.models.demo import demo_weights
 
         if S.get(S.WEIGHTS_MODE) == "demo" and demo_weights(S.get(S.MODEL)) is None:
-            st.info(f"Demo weights are shipped for resnet56 only (trained on digits); "
+            st.info(f"Demo weights are shipped for resnet56 (trained on digits) and "
+                    f"detector_demo (trained on the synthetic shapes) only; "
                     f"{S.get(S.MODEL)} stays randomly initialised.")
         if S.get(S.WEIGHTS_MODE) == "upload":
             up = st.file_uploader("State dict (.pt / .pth), loaded with "

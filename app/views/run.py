@@ -26,6 +26,7 @@ from studio.options import (
 )
 from studio.results import (
     accuracy_line,
+    detection_picture,
     fleet_headline,
     precision_section,
     run_view,
@@ -75,12 +76,54 @@ def _start(fv, cv) -> None:
                  icon=":material/info:")
 
 
+# The detection demo: the shipped detector with its trained weights on the synthetic shapes
+# it was trained on, half its MACs, compared with uniform pruning at the same MACs.
+DEMO_FLEET = "jetson_nano_fleet"
+DETECTION_DEMO = {S.MODEL_SOURCE: "detector", S.MODEL: "detector_demo", S.WEIGHTS_MODE: "demo",
+                  S.DATA_MODE: "shapes", S.FLOOR_MODE: "none", S.FINETUNE_EPOCHS: 0,
+                  S.BUDGET_UNIT: "% of the model", S.BUDGET_FRACTION: 0.5,
+                  S.PRECISION: "fp32", S.COMPARE_METHODS: ["uniform"], S.SWEEP_ON: False}
+
+
+def _choose_detection_demo() -> None:
+    """The demo button: its settings on the Model page's widgets (so they stay visible
+    there), the Jetson sample fleet when it is shipped, and a study to start."""
+    from studio import cached
+
+    for key, value in DETECTION_DEMO.items():
+        S.put(key, list(value) if isinstance(value, list) else value)
+    if DEMO_FLEET in cached.sample_fleets():
+        S.put(S.FLEET_CHOICE, DEMO_FLEET)
+    S.put(S.DEMO_PENDING, True)
+
+
+def _detection_demo() -> None:
+    """One click: the detection demo as a study on the Jetson sample fleet."""
+    from studio.options import demo_origin, shapes_label
+
+    with st.expander("Detection demo: prune the shapes detector for the Jetson fleet",
+                     icon=":material/center_focus_strong:"):
+        st.markdown("**detector_demo** (SSDlite, half-width MobileNetV3, 160x160) with its "
+                    "trained weights, pruned to **50 %** of its MACs for the Jetson Nano "
+                    "sample fleet and compared with uniform pruning at the same MACs; mAP@.5 "
+                    f"and mAP@[.5:.95] on the held-out part of the {shapes_label()}, and "
+                    "both detectors' boxes on one held-out image.")
+        st.caption(demo_origin("detector_demo"))
+        st.button("Run the detection demo", icon=":material/play_arrow:",
+                  key="det_demo_button", on_click=_choose_detection_demo,
+                  help="Sets the Model page's choices (you can change them there) and "
+                       "queues the study. The shapes are generated once per workspace "
+                       "(about 15 s).")
+
+
 def _pct(value) -> float | None:
     return None if value is None else 100 * float(value)
 
 
 def _results(run) -> None:
     """The study's numbers and charts."""
+    from hdap_engine.accuracy.report import metric_label
+
     rep = run.report
     st.header("Results")
     who = f" · run by {run.owner}" if run.owner else ""
@@ -96,6 +139,7 @@ def _results(run) -> None:
                    f"measured **{lb['measured_ms']:.2f} ms**: "
                    f"{'met' if lb['met'] else 'not met (the surrogate was optimistic: lower the budget a little, or measure more)'}")
     st.caption(f":material/target: {accuracy_line(rep.get('accuracy'))}")
+    detection_picture(run)
     if rep.get("precision") == "int8":
         precision_section(rep)
     if (rep.get("accuracy") or {}).get("unpruned") is None:
@@ -123,7 +167,8 @@ def _results(run) -> None:
         # Accuracy columns only when some row measured one (with labelled data).
         stages = [s for s in ("pruned", "calibrated", "finetuned")
                   if any((r.get("accuracy") or {}).get(s) is not None for r in rows)]
-        acc_cols = {s: f"{'fine-tuned' if s == 'finetuned' else s} top-1" for s in stages}
+        metric = metric_label(rep.get("accuracy"))
+        acc_cols = {s: f"{'fine-tuned' if s == 'finetuned' else s} {metric}" for s in stages}
         st.dataframe([{"method": method_text(r["method"]),
                        "G MACs": r["macs"] / 1e9, "fleet mean ms": r["fleet_mean_ms"],
                        "p95 ms": r["p95_ms"], "worst cluster ms": r["worst_cluster_ms"],
@@ -136,7 +181,7 @@ def _results(run) -> None:
             **{c: st.column_config.NumberColumn(format="%.2f")
                for c in ("fleet mean ms", "p95 ms", "worst cluster ms")},
             "speedup": st.column_config.NumberColumn(format="%.2fx"),
-            **{col: st.column_config.NumberColumn(format="%.1f%%", help="held-out top-1")
+            **{col: st.column_config.NumberColumn(format="%.1f%%", help=f"held-out {metric}")
                for col in acc_cols.values()}})
     if "pareto" in figs:
         show_figure(figs["pareto"], key="fig_pareto")
@@ -183,6 +228,12 @@ def main() -> None:
             + (f", then **{finetune_epochs()}** fine-tune epochs"
                if finetune_epochs() else "") + ".")
         weights_badge()
+        _detection_demo()
+        if S.get(S.DEMO_PENDING):
+            S.put(S.DEMO_PENDING, False)
+            with st.spinner("Preparing the shapes data (generated once per workspace)..."):
+                _start(fv, cv)
+            job_id = S.get(S.JOB)
         c = st.columns([2, 1])
         c[0].multiselect("Also compare with (same budget, measured the same way)",
                          [m for m in method_choices() if m != S.get(S.METHOD)],

@@ -215,25 +215,34 @@ def check_data(model_name: str, model_weights, data, *, val_data=None, seed: int
     Everything a study refuses is refused here, with the same message (a bad or
     unsafe zip, no class folders, one class, no readable images, a class count that
     differs from the weights' classifier), so a page can check an upload before any
-    job is queued.
+    job is queued. A detector's data is COCO (`hdap_engine.data.coco.load_coco`: one
+    line per fault, such as a box outside its image, an unknown category, a missing
+    image file, an empty annotation file), its categories checked against the
+    detector's class outputs.
 
     Parameters
     ----------
     model_name, model_weights:
         The zoo model and its weights (they decide the number of classes).
     data, val_data:
-        As `hdap_engine.data.load_data` takes them.
+        As `hdap_engine.data.load_data` (a classifier) or `load_coco` (a detector) takes
+        them.
     seed:
         Seed of the held-out split.
 
     Returns
     -------
-    ``{dataset, classes, class_names, n_train, n_heldout, heldout, skipped, notes}``.
+    ``{task, dataset, classes, class_names, n_train, n_heldout, heldout, skipped, notes}``
+    (``task``: the model's, "classification" or "detection"; a detector's ``classes``
+    are its categories, without the background).
     """
+    from hdap_engine.models.zoo import get_spec
+
     _, ld = _checked(model_name, model_weights, data, val_data=val_data, seed=seed)
     names = getattr(ld, "classes", None) or ld.categories  # a detector's: its categories
-    return {"dataset": ld.name, "classes": ld.num_classes, "class_names": list(names),
-            "n_train": ld.n_train, "n_heldout": ld.n_heldout, "heldout": ld.describe_heldout(),
+    return {"task": get_spec(model_name).task, "dataset": ld.name, "classes": ld.num_classes,
+            "class_names": list(names), "n_train": ld.n_train, "n_heldout": ld.n_heldout,
+            "heldout": ld.describe_heldout(),
             "skipped": int(getattr(ld, "skipped", 0)), "notes": list(ld.notes)}
 
 

@@ -15,7 +15,9 @@ any loader sees it:
 - ``onnx`` is parsed by onnxruntime from bytes. A model that points at
   external data files (a path on this device) is refused first.
 
-Timing: warm-up runs, then timed runs of one forward pass each with
+An ONNX model with one input of rank 3 (a detector exported whole, one image in,
+boxes, scores and labels out) is fed one image when the shape asks for a batch of
+one. Timing: warm-up runs, then timed runs of one forward pass each with
 ``time.perf_counter_ns``, under ``torch.inference_mode``; on CUDA each run is
 synchronised. Runs on edge devices: standard library, torch, and
 onnxruntime + numpy when present; Python 3.8 syntax.
@@ -318,6 +320,12 @@ def _prepare_onnx(body: bytes, shape, accelerator: str, threads: int | None):
         )
     declared = list(spec.shape or [])
     given = ",".join(map(str, shape))
+    if declared and len(declared) == len(shape) - 1 and shape[0] == 1:
+        # A detector's ONNX (torchvision's interface, post-processing inside) takes one
+        # image (C, H, W) where a classifier's takes a batch (N, C, H, W): a batch of one
+        # is fed to it as its one image, so a study's (1, C, H, W) times both alike.
+        shape = tuple(shape[1:])
+        given = f"{given} (a batch of one: the image {','.join(map(str, shape))})"
     if declared and len(declared) != len(shape):
         raise ModelRejected(
             f"ONNX input {spec.name!r} has rank {len(declared)} {declared}; shape {given} has rank {len(shape)}"

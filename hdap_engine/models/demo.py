@@ -12,7 +12,9 @@ from pathlib import Path
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_data"
 # model -> (file in sample_data/, the dataset it was trained on)
-DEMO_WEIGHTS = {"resnet56": ("resnet56_digits.pt", "digits")}
+DEMO_WEIGHTS = {"resnet56": ("resnet56_digits.pt", "digits"),
+                # benchmarks/detector_demo.py on `hdap data shapes` (docs/detection-data.md)
+                "detector_demo": ("detector_demo_shapes.pt", "shapes")}
 
 
 def demo_weights(model: str) -> Path | None:
@@ -37,5 +39,18 @@ def demo_label(model: str) -> str | None:
     if rec is None:
         return None
     acc = rec["accuracy"]
+    if "map_50" in acc:  # a detector's record (benchmarks/detector_demo.py)
+        data = rec["data"]
+        return (f"trained demo weights (synthetic {DEMO_WEIGHTS[model][1]}, "
+                f"{data['train_images']:,} training images, seed {data['seed']}): mAP@.5 "
+                f"{100 * acc['map_50']:.1f}%, mAP@[.5:.95] {100 * acc['map']:.1f}% on "
+                f"{acc['n_images']} held-out images")
     return (f"trained demo weights ({rec['data']}): {100 * acc['top1']:.1f}% top-1 on "
             f"{rec['n_heldout']} held-out images")
+
+
+def demo_data(model: str) -> str | None:
+    """The dataset the demo weights of ``model`` were trained on (``"digits"``,
+    ``"shapes"``), or None when there are none."""
+    entry = DEMO_WEIGHTS.get(model)
+    return None if entry is None else entry[1]

@@ -1,1 +1,1 @@
-"""What people read about a study: report.json (`build`), its HTML page (`page`), and every Plotly chart (`charts`)."""
+"""What people read about a study: report.json (`build`), its HTML page (`page`), every Plotly chart (`charts`), and a detector study's picture (`detections`)."""

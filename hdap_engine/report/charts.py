@@ -294,8 +294,8 @@ def pareto_front(points: pd.DataFrame) -> pd.DataFrame:
 
 
 def accuracy_pareto(rows: Sequence[Mapping], *, measured_source: str = "",
-                    unpruned: Mapping | None = None, chosen: Mapping | None = None
-                    ) -> go.Figure:
+                    unpruned: Mapping | None = None, chosen: Mapping | None = None,
+                    metric: str = "top-1") -> go.Figure:
     """Fleet latency vs calibrated accuracy: the trade-off a floor picks from.
 
     Parameters
@@ -309,6 +309,9 @@ def accuracy_pareto(rows: Sequence[Mapping], *, measured_source: str = "",
         {"fleet_mean_ms", "accuracy"} of the unpruned model, drawn as a cross.
     chosen:
         {"fleet_mean_ms", "accuracy"} of the study's model, drawn as a star.
+    metric:
+        What the accuracies are (`hdap_engine.accuracy.report.metric_label`: "top-1",
+        "mAP@.5", "mAP@[.5:.95]").
 
     Returns
     -------
@@ -336,7 +339,7 @@ def accuracy_pareto(rows: Sequence[Mapping], *, measured_source: str = "",
                       title="Fleet latency vs accuracy (held out, after batch-norm "
                             "re-estimation)",
                       xaxis_title=f"fleet mean latency (ms, measured: {measured_source})",
-                      yaxis_title="top-1 (%)")
+                      yaxis_title=f"{metric} (%)")
     return fig
 
 
@@ -443,13 +446,16 @@ def study_figures(report: Mapping, *, widths: Mapping[str, int],
             chosen = {"macs": macs, "fleet_mean_ms": fleet["measured_mean_ms"]}
         figs["pareto"] = pareto_chart(sweep, chosen=chosen)
         if len(accuracy_points(sweep.get("points", []))):
+            from hdap_engine.accuracy.report import metric_label
+
             acc = (report.get("accuracy") or {})
             figs["accuracy_pareto"] = accuracy_pareto(
                 sweep["points"], measured_source=source,
                 unpruned={"fleet_mean_ms": fleet.get("unpruned_mean_ms"),
                           "accuracy": acc.get("unpruned")},
                 chosen={"fleet_mean_ms": fleet.get("measured_mean_ms"),
-                        "accuracy": acc.get("calibrated")})
+                        "accuracy": acc.get("calibrated")},
+                metric=metric_label(acc))
     if comparison is not None:
         figs["comparison"] = method_comparison(comparison)
     return figs
