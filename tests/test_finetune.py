@@ -288,3 +288,17 @@ def test_a_bench_row_is_fine_tuned_without_touching_the_studys_unpruned_model(di
     assert tuned["ci95"]["finetuned"][0] <= tuned["finetuned"] <= tuned["ci95"]["finetuned"][1]
     assert weights_digest(actx.model) == digest
     assert all(p.requires_grad for p in actx.model.parameters())  # the next row can prune it
+
+
+def test_the_finetune_chart_draws_a_detectors_map_not_top1():
+    from hdap_engine.finetune.chart import finetune_chart
+
+    rows = [dict(epoch=e, epochs=2, loss=1.0 / e, val_map_50=0.4 + e / 10, val_map=0.2 + e / 10)
+            for e in (1, 2)]
+    fig = finetune_chart(rows, epochs=2, start_value=0.3, metric="map_50")
+    assert "mAP@.5" in fig.layout.title.text and "top-1" not in fig.layout.title.text
+    assert list(fig.data[1].y) == [30.0, 50.0, 60.0]
+    fig = finetune_chart(rows, metric="map")
+    assert list(fig.data[1].y) == [30.0, 40.0]
+    classifier = finetune_chart([dict(epoch=1, epochs=1, loss=0.5, val_top1=0.9)])
+    assert "top-1" in classifier.layout.title.text

@@ -15,13 +15,12 @@ from studio.jobs import elapsed_text, finetune_job, finished_job, submit
 from studio.options import data_choice, data_name
 from studio.results import accuracy_line, show_figure
 
-EPOCH_METRICS = (("val_top1", "top-1"), ("val_map_50", "mAP@.5"), ("val_map", "mAP@[.5:.95]"))
 
-
-def _chart(history: list, epochs: int | None, key: str, start_top1=None) -> None:
+def _chart(history: list, epochs: int | None, key: str, start_value=None, metric=None) -> None:
     from hdap_engine.finetune.chart import finetune_chart
 
-    show_figure(finetune_chart(history, epochs=epochs, start_top1=start_top1), key=key)
+    show_figure(finetune_chart(history, epochs=epochs, start_value=start_value, metric=metric),
+                key=key)
 
 
 def _live(job) -> None:
@@ -30,9 +29,10 @@ def _live(job) -> None:
     history = live.get("history") or []
     if history:
         last = history[-1]
-        # A classifier's epochs carry val_top1, a detector's val_map_50 and val_map.
-        metric, value = next(((label, last[k]) for k, label in EPOCH_METRICS
-                              if last.get(k) is not None), (None, None))
+        from hdap_engine.finetune.chart import epoch_metric
+
+        key, metric = epoch_metric([last])  # a classifier's top-1, a detector's mAP@.5
+        value = last.get(key)
         top = "" if value is None else f", held-out {metric} {100 * value:.1f}%"
         st.caption(f"Epoch {last['epoch']} of {last['epochs']}: loss {last['loss']:.3f}{top} "
                    f"({last['seconds']:.0f} s of training so far)")
@@ -86,7 +86,7 @@ def _done(job) -> None:
                    help=f"on {acc.get('n_heldout')} held-out images")
     st.caption(f":material/target: {accuracy_line(acc)}")
     _chart(res.get("history") or [], ft.get("epochs"), key="fig_finetune_done",
-           start_top1=ft.get("bn_reestimated_top1"))
+           start_value=ft.get("bn_reestimated_top1"), metric=acc.get("metric"))
     st.caption(f"New bundle on the server: `{res['bundle']}`.")
     st.page_link("views/download.py", label="Download the fine-tuned model",
                  icon=":material/download:")
