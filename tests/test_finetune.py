@@ -297,8 +297,8 @@ def test_the_finetune_chart_draws_a_detectors_map_not_top1():
             for e in (1, 2)]
     fig = finetune_chart(rows, epochs=2, start_value=0.3, metric="map_50")
     assert "mAP@.5" in fig.layout.title.text and "top-1" not in fig.layout.title.text
-    assert list(fig.data[1].y) == [30.0, 50.0, 60.0]
+    assert np.allclose(fig.data[1].y, [30.0, 50.0, 60.0])
     fig = finetune_chart(rows, metric="map")
-    assert list(fig.data[1].y) == [30.0, 40.0]
+    assert np.allclose(fig.data[1].y, [30.0, 40.0])
     classifier = finetune_chart([dict(epoch=1, epochs=1, loss=0.5, val_top1=0.9)])
     assert "top-1" in classifier.layout.title.text
