@@ -99,6 +99,25 @@ def test_cli_optimize_on_a_detector_refuses_a_map_floor_its_budget_cannot_meet(
 
 
 @pytest.mark.slow
+def test_cli_optimize_on_a_detector_writes_its_picture_into_the_bundle_and_its_zip(
+        cli, small_fleet, shapes160, tmp_path):
+    import zipfile
+
+    from PIL import Image
+
+    out = tmp_path / "det"
+    run = cli("optimize", "--model", "detector_demo", "--model-weights", DET_WEIGHTS,
+              "--data", str(shapes160), "--telemetry", str(small_fleet), *QUICK, "--quiet",
+              "--macs", "0.6", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert "accuracy (mAP@.5" in run.stdout and f"detections: {out / 'detections.png'}" in run.stdout
+    with Image.open(out / "detections.png") as im:
+        assert im.width > 2 * 160 and im.height > 160  # two panels side by side
+    with zipfile.ZipFile(f"{out}.zip") as zf:
+        assert "det/detections.png" in zf.namelist() and "det/report.json" in zf.namelist()
+
+
+@pytest.mark.slow
 def test_a_detector_study_job_keeps_its_floor_fine_tunes_and_its_bundle_fine_tunes_as_a_job(
         small_fleet, shapes160, tmp_path, monkeypatch):
     """The app's jobs: settings as plain JSON (what a worker process reads) carry the COCO

@@ -152,6 +152,13 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         if side:
             print(f"int8 fleet mean {side['int8_mean_ms']:.2f} ms, the same widths in fp32 "
                   f"{side['fp32_mean_ms']:.2f} ms ({side['source']})")
+    if result.context.accuracy is not None and result.context.accuracy.is_detection:
+        from hdap_engine.report.detections import write_study_picture
+
+        acc = options.accuracy
+        pic = write_study_picture(result.bundle, options.model, options.model_weights,
+                                  acc.data, val_data=acc.val_data, seed=options.seed)
+        print(f"detections: {pic} (the unpruned and the pruned detector on one held-out image)")
     for note in r["notes"]:
         print(f"note: {note}")
     print(f"bundle: {result.bundle}  (zip: {result.bundle}.zip)")

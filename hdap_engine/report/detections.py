@@ -263,8 +263,17 @@ def study_picture(bundle: str | Path, model: str, model_weights, data, *, val_da
 def write_study_picture(bundle: str | Path, model: str, model_weights, data, *,
                         val_data=None, seed: int = 0,
                         score_threshold: float = SCORE_THRESHOLD) -> Path:
-    """The picture of a study written into its bundle folder as `PICTURE_FILE`
-    (``hdap optimize --out DIR`` can call this after the export)."""
+    """The picture of a study written into its bundle folder as `PICTURE_FILE`, and into
+    the bundle's zip beside it (``hdap optimize --out DIR`` calls this after the export)."""
+    import zipfile
+
+    bundle = Path(bundle)
     pic = study_picture(bundle, model, model_weights, data, val_data=val_data, seed=seed,
                         score_threshold=score_threshold)
-    return pic.save(Path(bundle) / PICTURE_FILE)
+    path = pic.save(bundle / PICTURE_FILE)
+    archive = bundle.with_name(bundle.name + ".zip")
+    if archive.is_file():
+        with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+            if f"{bundle.name}/{PICTURE_FILE}" not in zf.namelist():
+                zf.write(path, arcname=f"{bundle.name}/{PICTURE_FILE}")
+    return path
