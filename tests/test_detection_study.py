@@ -99,8 +99,11 @@ def test_cli_optimize_on_a_detector_refuses_a_map_floor_its_budget_cannot_meet(
 
 
 @pytest.mark.slow
-def test_cli_optimize_on_a_detector_writes_its_picture_into_the_bundle_and_its_zip(
+def test_cli_optimize_fine_tuning_a_detector_checks_a_high_floor_after_training_and_draws(
         cli, small_fleet, shapes160, tmp_path):
+    """A floor no candidate keeps before training (refused without fine-tuning, above) is
+    searched at uniform's calibrated mAP and checked on the fine-tuned detector; the
+    bundle and its zip get the detection picture."""
     import zipfile
 
     from PIL import Image
@@ -108,9 +111,21 @@ def test_cli_optimize_on_a_detector_writes_its_picture_into_the_bundle_and_its_z
     out = tmp_path / "det"
     run = cli("optimize", "--model", "detector_demo", "--model-weights", DET_WEIGHTS,
               "--data", str(shapes160), "--telemetry", str(small_fleet), *QUICK, "--quiet",
-              "--macs", "0.6", "--out", str(out))
+              "--macs", "0.3", "--min-accuracy", "0.999", "--finetune-epochs", "1",
+              "--out", str(out))
     assert run.returncode == 0, run.stderr
-    assert "accuracy (mAP@.5" in run.stdout and f"detections: {out / 'detections.png'}" in run.stdout
+    acc = json.loads((out / "report.json").read_text())["accuracy"]
+    floor = acc["floor"]
+    assert floor["checked_on"] == "finetuned"
+    assert floor["threshold"] == pytest.approx(floor["uniform_calibrated"])
+    assert floor["requested_threshold"] > floor["threshold"]
+    assert floor["chosen_calibrated"] >= floor["threshold"] - 1e-9
+    assert floor["finetuned_met"] is False  # 99.9 % of the unpruned mAP after one epoch
+    assert floor["finetuned_threshold"] == pytest.approx(0.999 * acc["unpruned"])
+    assert "does NOT meet the floor" in run.stdout
+    assert any("checked on the fine-tuned model" in n
+               for n in json.loads((out / "report.json").read_text())["notes"])
+    assert f"detections: {out / 'detections.png'}" in run.stdout
     with Image.open(out / "detections.png") as im:
         assert im.width > 2 * 160 and im.height > 160  # two panels side by side
     with zipfile.ZipFile(f"{out}.zip") as zf:

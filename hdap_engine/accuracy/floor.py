@@ -26,6 +26,8 @@ Public API
 ``AccuracyFloor(kind, value, text)``: ``.threshold(unpruned, uniform=None) -> float``,
 ``.describe(metric=...) -> str``, ``.as_dict(metric=...)``
 ``check_reachable(floor, threshold, best, unpruned, budget_label, *, metric=...) -> None``
+``finetuned_check(floor, unpruned, finetuned) -> dict``: a report's floor checked on the
+fine-tuned model (held-out), ``{finetuned_threshold, finetuned_met}``.
 ``METRIC_NAMES``: how messages name each metric (``top1``, ``map``, ``map_50``).
 """
 
@@ -181,6 +183,23 @@ def check_reachable(floor: AccuracyFloor, threshold: float, best: float, unprune
         f"({100 * threshold:.1f}% {_short(name)}; {floor.describe(metric)}); the best sampled "
         f"calibrates to {100 * best:.1f}% ({frac:.2f} of the unpruned {100 * unpruned:.1f}%): use "
         f"{allowed}, 'uniform', or a larger budget")
+
+
+def finetuned_check(floor: dict, unpruned: float | None, finetuned: float | None) -> dict:
+    """A report's floor (``accuracy.floor``) checked on the fine-tuned model, held out.
+
+    The search checks a floor on calibrated accuracy; what ships after fine-tuning is the
+    fine-tuned model, so a fraction or points floor is checked on it too, against the
+    unpruned model's held-out accuracy (the same rule, like with like). A ``uniform``
+    floor has no held-out threshold without fine-tuning the uniform candidate too, so it
+    is not checked here (``finetuned_met`` None).
+    """
+    if not floor or finetuned is None or unpruned is None or floor.get("kind") == "uniform":
+        return {"finetuned_threshold": None, "finetuned_met": None}
+    parsed = parse_floor(floor.get("text"))
+    threshold = parsed.threshold(float(unpruned))
+    return {"finetuned_threshold": threshold,
+            "finetuned_met": bool(float(finetuned) >= threshold - 1e-12)}
 
 
 def _short(name: str) -> str:

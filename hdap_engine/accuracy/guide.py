@@ -89,12 +89,15 @@ class AccuracyGuide:
     widths: np.ndarray  # (N, G) every candidate evaluated for real
     accuracy: np.ndarray  # (N,)
     notes: list[str] = field(default_factory=list)
+    # The floor's own threshold when the search keeps a lower one until fine-tuning
+    # (`prepare`'s ``finetune``), else None: then ``threshold`` is the floor's.
+    requested_threshold: float | None = None
 
     @classmethod
     def prepare(cls, model, space: PruningSpace, calib: CalibrationSet, target_macs: float,
                 floor: AccuracyFloor | None, *, samples: int = 24, seed: int = 0,
                 progress: Progress | None = None, cache=None,
-                budget_label: str | None = None) -> AccuracyGuide:
+                budget_label: str | None = None, finetune: bool = False) -> AccuracyGuide:
         """Evaluate the unpruned, the uniform and ``samples`` candidates; fit the surrogate.
 
         Parameters
@@ -119,6 +122,14 @@ class AccuracyGuide:
             An `AccuracyCache` (default: the workspace's).
         budget_label:
             The budget as the user wrote it, for messages.
+        finetune:
+            The study fine-tunes the chosen model. A fraction or points floor that no
+            candidate meets before training (a detector at half its MACs keeps about half
+            its mAP after adaptive BN alone) is then not refused: the search keeps at least
+            the uniform candidate's calibrated accuracy, the best evidence before training
+            that a candidate trains back as well as the baseline, and the floor itself is
+            checked on the fine-tuned model (`floor.finetuned_check`). Without fine-tuning
+            such a floor is refused (`check_reachable`).
 
         Returns
         -------
@@ -140,16 +151,26 @@ class AccuracyGuide:
         unpruned, uniform = float(acc[0]), float(acc[1])
         widths, accuracy = todo[1:], acc[1:]
         surrogate = AccuracySurrogate(seed=seed).fit(space, widths, accuracy)
-        threshold = None
+        threshold = requested = None
+        notes = []
         if floor is not None:
             threshold = floor.threshold(unpruned, uniform)
             label = budget_label or f"{format_macs(target_macs)} MACs"
-            check_reachable(floor, threshold, float(accuracy.max()), unpruned, label,
-                            metric=calib.metric)
+            best = float(accuracy.max())
+            if finetune and floor.kind != "uniform" and best < threshold:
+                requested, threshold = threshold, uniform
+                notes.append(
+                    f"no candidate at {label} keeps {100 * requested:.1f}% calibrated "
+                    f"{floor.describe(calib.metric)} before training (best sampled "
+                    f"{100 * best:.1f}%): the search kept at least the uniform candidate's "
+                    f"{100 * uniform:.1f}% and the floor {floor.text} is checked on the "
+                    "fine-tuned model")
+            else:
+                check_reachable(floor, threshold, best, unpruned, label, metric=calib.metric)
         return cls(space=space, evaluator=evaluator, floor=floor, target_macs=target_macs,
                    unpruned=unpruned, uniform=uniform, uniform_widths=uni,
                    threshold=threshold, surrogate=surrogate, widths=widths,
-                   accuracy=accuracy)
+                   accuracy=accuracy, notes=notes, requested_threshold=requested)
 
     # -- during the search ----------------------------------------------------------------
     def predict(self, widths) -> np.ndarray:
@@ -215,6 +236,9 @@ class AccuracyGuide:
             "unpruned_calibrated": self.unpruned,
             "uniform_calibrated": self.uniform,
             "threshold": self.threshold,
+            "requested_threshold": self.requested_threshold,
+            "checked_on": "calibrated" if self.requested_threshold is None else "finetuned",
+            "notes": list(self.notes),
             "floor": None if self.floor is None else self.floor.as_dict(
                 self.evaluator.calib.metric),
             "metric": self.evaluator.calib.metric,
@@ -239,5 +263,6 @@ def accuracy_guide(ctx: StudyContext, target: float, query: Query, *,
 
     return ctx.accuracy.guide(ctx.space, target, floor=parse_floor(
         ctx.options.accuracy.min_accuracy), progress=progress,
-        budget_label=f"{query.budget} MACs")
+        budget_label=f"{query.budget} MACs",
+        finetune=bool(ctx.options.accuracy.finetune_epochs))
 

@@ -206,9 +206,12 @@ def accuracy_summary(block: dict | None) -> str:
     floor = block.get("floor")
     if floor and floor.get("threshold") is not None:
         on_metric = "" if block.get("metric") in (None, "top1") else f" {metric_label(block)}"
-        line += (f"; floor {floor['text']} = {100 * floor['threshold']:.1f}% calibrated"
-                 f"{on_metric} on "
-                 f"{floor.get('on', 'the calibration split')}")
+        searched = "searched at uniform's " if floor.get("checked_on") == "finetuned" else ""
+        line += (f"; floor {floor['text']} {searched}= {100 * floor['threshold']:.1f}% "
+                 f"calibrated{on_metric} on {floor.get('on', 'the calibration split')}")
+    if floor and floor.get("finetuned_met") is not None:
+        line += (f"; fine-tuned {'meets' if floor['finetuned_met'] else 'does NOT meet'} "
+                 f"the floor ({100 * floor['finetuned_threshold']:.1f}% held out)")
     return line
 
 

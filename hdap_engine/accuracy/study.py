@@ -99,18 +99,21 @@ class AccuracyContext:
         return evaluate(model, self.data.heldout, progress=progress)
 
     def guide(self, space, target_macs: float, *, floor: AccuracyFloor | None | str = "",
-              progress: Progress | None = None, budget_label: str | None = None):
+              progress: Progress | None = None, budget_label: str | None = None,
+              finetune: bool = False):
         """The `AccuracyGuide` of one budget and floor (default: the prepared floor);
-        evaluations are cached in the workspace."""
+        evaluations are cached in the workspace. ``finetune``: the chosen model will be
+        fine-tuned (`AccuracyGuide.prepare`)."""
         from hdap_engine.accuracy.guide import AccuracyGuide
 
         floor = self.floor if floor == "" else floor
-        key = (space.model, round(float(target_macs)), None if floor is None else floor.text)
+        key = (space.model, round(float(target_macs)), None if floor is None else floor.text,
+               bool(finetune))
         if key not in self._memo:
             self._memo[key] = AccuracyGuide.prepare(
                 self.model, space, self.calib, target_macs, floor,
                 samples=self.samples, seed=self.seed, progress=progress,
-                budget_label=budget_label)
+                budget_label=budget_label, finetune=finetune)
         return self._memo[key]
 
     def heldout_unpruned(self, progress: Callable[[int, int], None] | None = None

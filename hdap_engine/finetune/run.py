@@ -436,6 +436,11 @@ def finetuned_accuracy(existing: dict | None, ld, *, unpruned, before, after, ca
         if old.get(stage) is not None and old.get("metrics") and "metrics" in block:
             for m, values in old["metrics"].items():  # both mAPs, as the study measured them
                 block["metrics"].setdefault(m, {})[stage] = values.get(stage)
+    if block.get("floor"):
+        from hdap_engine.accuracy.floor import finetuned_check
+
+        block["floor"] = {**block["floor"],
+                          **finetuned_check(block["floor"], block["unpruned"], block["finetuned"])}
     block["finetune"].update({
         "start_top1": stage_value(before, metric),
         "bn_reestimated_top1": stage_value(calibrated, metric),

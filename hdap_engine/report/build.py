@@ -55,7 +55,8 @@ def build_report(result) -> dict:
     opt = ctx.options
     surrogate = result.surrogate
     notes = (list(ctx.notes) + ctx.space.notes()
-             + list(result.learned.notes if result.learned else ()) + val.notes)
+             + list(result.learned.notes if result.learned else ()) + val.notes
+             + list((getattr(result, "search_accuracy", None) or {}).get("notes") or ()))
     fit = getattr(result, "latency_fit", None)
     report = {
         "method": result.method,
@@ -133,6 +134,8 @@ def accuracy_report(result) -> dict:
     floor = None
     if search.get("floor"):
         floor = {**search["floor"], "threshold": search.get("threshold"),
+                 "requested_threshold": search.get("requested_threshold"),
+                 "checked_on": search.get("checked_on", "calibrated"),
                  "unpruned_calibrated": search.get("unpruned_calibrated"),
                  "uniform_calibrated": search.get("uniform_calibrated"),
                  "evaluated": search.get("evaluated"),
