@@ -65,6 +65,19 @@ def _accuracy(ctx: StudyContext, widths) -> dict:
     return candidate_block(ctx.accuracy, ctx.space, np.asarray(widths))
 
 
+def _check_floor_finetuned(block: dict, min_accuracy, metric: str) -> None:
+    """Every fine-tuned row against the study's floor, held out (`floor.finetuned_check`):
+    what ships is the fine-tuned model, whichever method chose its widths."""
+    from hdap_engine.accuracy.floor import finetuned_check, parse_floor
+
+    floor = parse_floor(min_accuracy)
+    if floor is None:
+        return
+    rule = floor.as_dict(metric)
+    block["floor"] = {**(block.get("floor") or rule),
+                      **finetuned_check(rule, block.get("unpruned"), block.get("finetuned"))}
+
+
 def _unpruned_mean(ctx: StudyContext) -> float:
     unpruned = verify_candidate(ctx, ctx.space.base_widths)
     return fleet_metrics(ctx, unpruned, ctx.fleet_objective())["measured_mean_ms"]
@@ -123,6 +136,8 @@ def run_bench(options: StudyOptions, telemetry, *, methods=None, oracle: bool = 
             row["accuracy"] = finetune_candidate(
                 base_ctx.accuracy, base_ctx.space, res.widths, row["accuracy"],
                 epochs=options.accuracy.finetune_epochs, seed=options.seed)
+            _check_floor_finetuned(row["accuracy"], options.accuracy.min_accuracy,
+                                   base_ctx.accuracy.metric)
         rows.append(row)
         if name == options.method and res.learned is not None:
             surrogate = res.learned.surrogate  # as the study's own search left it
