@@ -259,3 +259,21 @@ def test_cli_finetune_on_a_detector_bundle_reports_both_maps(cli, shapes160, tmp
     assert acc["unpruned"] > 0.5  # the teacher: the shipped demo weights
     # a finished run's checkpoint is gone; --resume on the same --out refuses nothing new
     assert not (tuned / "checkpoint.pt").exists()
+
+
+def test_a_fine_tuned_bench_row_is_checked_against_the_studys_floor_held_out():
+    from hdap_engine.study.compare import _check_floor_finetuned
+
+    block = {"unpruned": 0.9, "finetuned": 0.88}
+    _check_floor_finetuned(block, "95%", "map_50")
+    assert block["floor"]["finetuned_met"] is True
+    assert block["floor"]["finetuned_threshold"] == pytest.approx(0.855)
+    block = {"unpruned": 0.9, "finetuned": 0.88}
+    _check_floor_finetuned(block, "-1pt", "map_50")
+    assert block["floor"]["finetuned_met"] is False
+    block = {"unpruned": 0.9, "finetuned": 0.88}
+    _check_floor_finetuned(block, "uniform", "map_50")  # needs uniform fine-tuned: unchecked
+    assert block["floor"]["finetuned_met"] is None
+    block = {"unpruned": 0.9, "finetuned": 0.88}
+    _check_floor_finetuned(block, None, "map_50")
+    assert "floor" not in block
