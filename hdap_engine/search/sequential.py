@@ -144,6 +144,12 @@ def repeats_for(sigma: np.ndarray, rule: StoppingRule, default: int) -> tuple[in
     return tuple(out)
 
 
+def model_error(held_out: float, noise: float) -> float:
+    """The surrogate's own relative error: a held-out error against measurements whose
+    relative noise is ``noise``, less that noise (in quadrature)."""
+    return float(np.sqrt(max(held_out ** 2 - noise ** 2, 0.0)))
+
+
 def expected_improvement(mean: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
     """E[max(best - F, 0)] for F ~ N(mean, sd) (minimisation), element-wise."""
     from scipy.stats import norm
@@ -171,21 +177,32 @@ class SequentialMeasurement:
         self.rule = rule
         self.plan = plan
 
-    def objective_noise(self, state, active: np.ndarray) -> float:
-        """Relative standard error of a measured fleet objective (mean over clusters)."""
+    def objective_noise(self, state, active: np.ndarray, *, reached: bool = False) -> float:
+        """Relative standard error of a measured fleet objective (mean over clusters).
+
+        With adaptive repeats, the precision they aim at where they reach it, and what
+        they reach where the repeat limit stops them short of it; ``reached`` gives
+        what the devices' spread and repeats reach, aim or not.
+        """
         d = self.search.devices
         sigma = np.asarray(state.run_sigma if state.run_sigma is not None
                            else np.full(len(d), np.nan), dtype=np.float64)
         repeats = np.asarray(state.repeats if state.repeats is not None
                              else np.full(len(d), self.search.repeats), dtype=np.float64)
+        # Batches and finalists are timed with the close-call repeats (three times as many
+        # on real hardware, `FleetSearch._close_call_repeats`).
+        repeats = repeats * (3 if self.search.backend.real else 1)
         se = MEDIAN_SE * np.nan_to_num(sigma, nan=0.02) / np.sqrt(repeats)
-        if self.rule.adaptive:
+        if self.rule.adaptive and not reached:
             # The precision adaptive repeats aim at, whatever the devices' own spread: the
             # threshold is what a measured objective can resolve at that precision. A noisier
             # fleet does not raise it; its noise enters the gain instead (the surrogate learns
             # from noisier medians, its held-out error is larger, a batch may find more), so a
-            # noisier fleet measures more candidates, not fewer.
-            se = np.full(len(d), self.rule.repeat_precision)
+            # noisier fleet measures more candidates, not fewer. Where the repeat limit stops
+            # a device short of that precision (real devices sharing a busy machine spread
+            # their runs by tens of per cent), a measured objective resolves only what its
+            # repeats reach: an improvement smaller than that cannot be seen by measuring.
+            se = np.maximum(self.rule.repeat_precision, se)
         w = self.search.objective.cluster_weights / np.sum(self.search.objective.cluster_weights)
         var = 0.0
         for c in range(d.k):
@@ -250,7 +267,7 @@ class SequentialMeasurement:
         errors: list[np.ndarray] = []  # each batch's relative error per cluster
         start = state.device_measurements
         reason = None
-        gain = noise = float("nan")
+        gain = noise = measured_noise = float("nan")
         while True:
             start_from = np.vstack([seeds, self._incumbents(state, target, 2)])
             res = evolve(s.space, target, fitness,
@@ -270,7 +287,11 @@ class SequentialMeasurement:
             mu_c, sd_c = self._predict(state, pool)
             mu = s.objective(mu_c)
             sd_obj = np.sqrt(np.nansum((w[None, :] * sd_c) ** 2, axis=1))
-            error = held_out if held_out is not None else \
+            # The held-out error is against measured objectives, whose own noise is in it:
+            # what the surrogate does not know is the rest (a surrogate that predicts a batch
+            # within the measurement noise has nothing left that measuring could show).
+            measured_noise = self.objective_noise(state, active, reached=True)
+            error = model_error(held_out, measured_noise) if held_out is not None else \
                 (1.25 * fit_error if fit_error is not None else 0.05)
             sd = np.sqrt(sd_obj ** 2 + error ** 2)
             # The clusters' disagreement: a candidate good for some clusters and poor for
@@ -333,7 +354,7 @@ class SequentialMeasurement:
             state.settled = tuple(sorted(settled))
             state.surrogate = s.trainer.fit(state.widths, state.ms, prior=state.prior)
             batches.append({"pairs": int(measured), "held_out_error": held_out,
-                            "gain": gain, "noise": noise,
+                            "gain": gain, "noise": noise, "model_error": error,
                             "cluster_errors": {str(c): e for c, e in per_cluster.items()}})
             seeds = np.vstack([seeds[:1], exploit])
         state.stop = {
@@ -342,6 +363,7 @@ class SequentialMeasurement:
             "initial_measurements": int(start),
             "expected_gain": gain, "noise": noise,
             "held_out_error": held_out,
+            "measurement_noise": measured_noise,
             "surrogate_fit_error": fit_error,
             "settled_clusters": [int(c) for c in state.settled],
             "repeats": None if state.repeats is None else [int(r) for r in state.repeats],
