@@ -43,7 +43,7 @@ from hdap_engine.pruning.space import PruningSpace
 TEMPLATE_TOLERANCE = 1e-4
 
 _templates: dict[tuple, _Template | None] = {}  # (model key, input shape) -> template or None
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def pruned_for_timing(space: PruningSpace, widths, *, small: bool | None = None
@@ -55,11 +55,11 @@ def pruned_for_timing(space: PruningSpace, widths, *, small: bool | None = None
     traced forward pass at full size was half the export's time. None: as the space's
     check decided (`_small_ok`).
     """
-    from hdap_engine.models.zoo import build_model, get_spec
+    from hdap_engine.models.zoo import get_spec
     from hdap_engine.pruning.apply import prune_to_widths
     from hdap_engine.pruning.groups import prune_groups
 
-    model = build_model(space.model)
+    model = _unpruned(space.model)
     spec = get_spec(space.model)
     if small is None:
         small = _small_ok(space)
@@ -73,7 +73,21 @@ def pruned_for_timing(space: PruningSpace, widths, *, small: bool | None = None
     return model.eval()
 
 
-SMALL_SIDE = 64  # image side of the dependency graph's trace when the space allows it
+SMALL_SIDE = 32  # image side of the dependency graph's trace when the space allows it
+_models: dict[str, torch.nn.Module] = {}
+
+
+def _unpruned(key: str) -> torch.nn.Module:
+    """A fresh copy of the unpruned model: copying is cheaper than initialising its weights
+    again (a third of an export's time for a ResNet-18)."""
+    import copy
+
+    from hdap_engine.models.zoo import build_model
+
+    with _lock:
+        if key not in _models:
+            _models[key] = build_model(key)
+        return copy.deepcopy(_models[key])
 
 
 def _small_example(spec) -> torch.Tensor:
@@ -160,6 +174,7 @@ class _Template:
         self.proto = proto
         self.input_name = input_name
         self.shape = shape
+        self._strip()
         # Conv nodes by the module whose weight they read: depthwise and grouped
         # convolutions change their group count with the width.
         self.conv_modules = {}
@@ -199,6 +214,14 @@ class _Template:
             raise HdapError(f"template initializers without a parameter: {strange[:3]}")
         return cls(proto, "input", (1, *space.input_shape))
 
+    def _strip(self) -> None:
+        """Keep the initializers' names only: each candidate brings its own tensors, and
+        copying the unpruned weights for every candidate cost more than deriving it."""
+        self.initializers = [i.name for i in self.proto.graph.initializer]
+        del self.proto.graph.initializer[:]
+        # Intermediate shapes of the unpruned model: ONNX Runtime infers the new ones.
+        del self.proto.graph.value_info[:]
+
     @classmethod
     def checked(cls, space: PruningSpace) -> _Template | None:
         """The template, if two candidates derived from it compute what PyTorch computes."""
@@ -224,13 +247,11 @@ class _Template:
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
         graph = proto.graph
-        # Intermediate shapes of the unpruned model: ONNX Runtime infers the new ones.
-        del graph.value_info[:]
-        for init in graph.initializer:
-            value = state.get(init.name)
+        for name in self.initializers:
+            value = state.get(name)
             if value is None:
-                raise HdapError(f"pruned model has no parameter {init.name}")
-            init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), init.name))
+                raise HdapError(f"pruned model has no parameter {name}")
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         for node in graph.node:
             module = self.conv_modules.get(node.name)
             if module is None:
