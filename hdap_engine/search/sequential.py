@@ -73,6 +73,10 @@ class StoppingRule:
         Adaptive repeats (`repeats_for`); ``repeat_precision`` is the relative
         standard error of a median they aim at. ``adaptive`` False keeps the
         study's fixed count.
+    patience:
+        On devices too noisy for the repeats to reach ``repeat_precision``, batches
+        in a row whose held-out error is no better than an earlier batch's before
+        the loop stops: the surrogate has learned what such measurements can teach.
     """
 
     batch: int = 8
@@ -84,13 +88,16 @@ class StoppingRule:
     min_repeats: int = 3
     max_repeats: int = 15
     repeat_precision: float = 0.015
+    patience: int = 2
 
     def decide(self, *, batches: int, used: int, next_cost: int, gain: float, noise: float,
-               held_out_error: float | None) -> str | None:
+               held_out_error: float | None, stalled: bool = False) -> str | None:
         """Why the loop stops now, or None to measure another batch.
 
         ``used`` pairs spent so far, ``next_cost`` the pairs of the next batch;
-        ``gain`` and ``noise`` are relative to the fleet objective.
+        ``gain`` and ``noise`` are relative to the fleet objective; ``stalled``: the
+        devices are too noisy for the repeats to reach their aim, and the held-out
+        error has not improved for `patience` batches.
         """
         if next_cost == 0:
             return ("every cluster is settled or known: the surrogate predicts them within "
@@ -104,6 +111,11 @@ class StoppingRule:
         if gain < noise:
             return (f"another batch is expected to improve the fleet objective by "
                     f"{gain:.2%}, less than the measurement noise ({noise:.2%})")
+        if stalled:
+            return (f"the surrogate's held-out error has not improved for {self.patience} "
+                    f"batches, and the devices' run-to-run spread keeps measurements above the "
+                    f"{self.repeat_precision:.1%} that {self.max_repeats} repeats aim at: "
+                    "measuring more does not teach it")
         if batches >= self.max_batches:
             return f"batch limit ({self.max_batches})"
         return None
@@ -210,6 +222,18 @@ class SequentialMeasurement:
             if m.any():
                 var += w[c] ** 2 * float(np.sum(se[m] ** 2)) / m.sum() ** 2
         return float(np.sqrt(var))
+
+    def noise_limited(self, state, active: np.ndarray) -> bool:
+        """Whether an active device's median stays less precise than adaptive repeats aim
+        at, with the repeats it gets (its runs spread too much for the repeat limit)."""
+        if state.run_sigma is None:
+            return False
+        sigma = np.asarray(state.run_sigma, dtype=np.float64)
+        repeats = np.asarray(state.repeats if state.repeats is not None
+                             else np.full(len(sigma), self.search.repeats), dtype=np.float64)
+        repeats = repeats * (3 if self.search.backend.real else 1)
+        se = MEDIAN_SE * sigma / np.sqrt(repeats)
+        return bool(np.any(np.isfinite(se) & (se > self.rule.repeat_precision) & active))
 
     def _cluster_noise(self, state, c: int, active: np.ndarray) -> float:
         d = self.search.devices
@@ -318,9 +342,15 @@ class SequentialMeasurement:
             # (noisier medians, larger error): what matters is the difference of the two.
             sd_diff = np.sqrt((sd[rows] * mu[rows]) ** 2 + (error * best) ** 2)
             gain = float(np.sum(expected_improvement(mu[rows], sd_diff, best)) / best)
+            # Learning has stalled when the last `patience` batches' held-out errors are no
+            # better than the best before them; only where noise keeps the measurements from
+            # the aimed precision (elsewhere the gain decides).
+            past = [b["held_out_error"] for b in batches]
+            stalled = (len(past) > rule.patience and self.noise_limited(state, active)
+                       and min(past[-rule.patience:]) >= min(past[:-rule.patience]))
             reason = rule.decide(batches=len(batches), used=state.device_measurements,
                                  next_cost=cost, gain=gain, noise=noise,
-                                 held_out_error=held_out)
+                                 held_out_error=held_out, stalled=stalled)
             if reason is not None:
                 break
             predicted = mu_c[rows]
