@@ -105,12 +105,17 @@ def _small_ok(space: PruningSpace) -> bool:
     Checked once per space on two candidates; a detector, or a model whose shapes
     depend on the image (a flatten into a fixed linear layer), is pruned at full size.
     """
+    key = (space.model, tuple(space.input_shape))
+    with _lock:
+        if key not in _small:
+            _small[key] = _check_small(space)
+        return _small[key]
+
+
+def _check_small(space: PruningSpace) -> bool:
     from hdap_engine.latency.sampling import sample_candidates
     from hdap_engine.models.zoo import get_spec
 
-    key = (space.model, tuple(space.input_shape))
-    if key in _small:
-        return _small[key]
     spec = get_spec(space.model)
     ok = spec.task != "detection" and tuple(spec.input_shape[1:]) != tuple(
         _small_example(spec).shape[2:])
@@ -125,7 +130,6 @@ def _small_ok(space: PruningSpace) -> bool:
                     break
         except Exception:  # noqa: BLE001 - any failure means: prune at full size
             ok = False
-    _small[key] = ok
     return ok
 
 
