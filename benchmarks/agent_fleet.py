@@ -63,11 +63,17 @@ register_method(Method(
 _EXPORTED: dict[str, tuple] = {}  # sha256 of the body -> (pruning space, widths)
 _EXPORTED_LOCK = threading.Lock()
 _export = AgentBackend._export
+# Where the wall time goes: model files exported (not served from the backend's cache) and
+# the seconds they took, reset for each plan.
+PROFILE = {"exports": 0, "export_s": 0.0}
 
 
 def _recording_export(self, space, widths, fmt):
+    t0 = time.perf_counter()
     body = _export(self, space, widths, fmt)
     with _EXPORTED_LOCK:
+        PROFILE["exports"] += 1
+        PROFILE["export_s"] += time.perf_counter() - t0
         _EXPORTED[hashlib.sha256(body).hexdigest()] = (space, np.asarray(widths).copy())
     return body
 
@@ -84,8 +90,16 @@ class HiddenTwinAgent(AgentServer):
         self.twin, self.state = twin, state
         self.rng = np.random.default_rng(seed)
         self.replies = 0
+        self.busy_s = 0.0  # seconds inside measurements: device time and the twin's own work
 
     def measure_locked(self, body, fmt, shape, warmup, repeats):
+        t0 = time.perf_counter()
+        try:
+            return self._measure_twin(body, fmt, shape, warmup, repeats)
+        finally:
+            self.busy_s += time.perf_counter() - t0
+
+    def _measure_twin(self, body, fmt, shape, warmup, repeats):
         with _EXPORTED_LOCK:
             space, widths = _EXPORTED[hashlib.sha256(body).hexdigest()]
         table = space.layer_table(widths[None])
@@ -123,9 +137,11 @@ def run(devices: int, model: str, macs: str, plans: list[str], seed: int) -> dic
                                       agent_token=TOKEN, seed=seed)
             store = Store(tmp / f"store-{plan}.sqlite")
             for a in agents:
-                a.replies = 0
+                a.replies, a.busy_s = 0, 0.0
+            PROFILE.update(exports=0, export_s=0.0)
             t0 = time.perf_counter()
             ctx = prepare(options, str(path), store=store)
+            prepared = time.perf_counter() - t0
             res = optimize(ctx)
             wall = time.perf_counter() - t0
             target = parse_budget(options.query.budget, ctx.space)
@@ -139,6 +155,10 @@ def run(devices: int, model: str, macs: str, plans: list[str], seed: int) -> dic
                 "device_measurements": int(res.device_measurements),
                 "device_s": float(res.device_s),
                 "agents_measured": int(sum(a.replies > 0 for a in agents)),
+                "prepare_s": prepared, "exports": PROFILE["exports"],
+                "export_s": PROFILE["export_s"], "search_s": float(res.search_s),
+                "agents_busy_s": float(sum(a.busy_s for a in agents)),
+                "slowest_agent_busy_s": float(max(a.busy_s for a in agents)),
                 "k": ctx.k, "hidden_fleet_mean_ms": float(hidden),
                 "uniform_hidden_fleet_mean_ms": float(uniform),
                 "margin_over_uniform": float(uniform / hidden - 1),
@@ -162,10 +182,11 @@ def main() -> None:
     args = parser.parse_args()
     out = run(args.devices, args.model, args.macs, args.plans.split(","), args.seed)
     plans = out["plans"]
-    print(f"{'plan':12} {'replies':>8} {'wall s':>8} {'device s':>9} {'hidden ms':>10} "
-          f"{'uniform ms':>10} {'margin':>7}")
+    print(f"{'plan':12} {'replies':>8} {'wall s':>8} {'device s':>9} {'exports':>8} "
+          f"{'export s':>9} {'search s':>9} {'hidden ms':>10} {'uniform ms':>10} {'margin':>7}")
     for name, p in plans.items():
         print(f"{name:12} {p['agent_replies']:>8,} {p['wall_s']:>8.1f} {p['device_s']:>9.1f} "
+              f"{p['exports']:>8,} {p['export_s']:>9.1f} {p['search_s']:>9.1f} "
               f"{p['hidden_fleet_mean_ms']:>10.3f} {p['uniform_hidden_fleet_mean_ms']:>10.3f} "
               f"{p['margin_over_uniform']:>+7.1%}")
     if {"fixed", "sequential"} <= set(plans):

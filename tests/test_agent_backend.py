@@ -225,6 +225,19 @@ def test_each_candidate_is_exported_once_and_sent_to_every_representative_at_onc
     assert backend.details()["used"] == sorted(reps)
 
 
+def test_a_candidate_timed_again_in_a_later_call_is_not_exported_again(space, candidates):
+    fleet = make_fleet()
+    clustering = make_clustering(fleet)
+    backend, net = build(fleet, clustering)
+    reps = reps_of(clustering)
+    backend.measure(space, candidates[:3], reps, repeats=1)
+    # Timing-drift anchors and finalists come back in later calls: measured, not exported.
+    again = backend.measure(space, candidates[1:], reps, repeats=1, fresh=True)
+    assert sorted(backend.exports) == sorted((widths_key(w), "onnx") for w in candidates)
+    assert len(net.requests[url_of(reps[0])]) == 3 + 4
+    assert np.isfinite(again.median_ms).all()
+
+
 def test_a_fast_device_runs_only_a_few_candidates_ahead_of_a_slow_one(space):
     from hdap_engine.latency.agent_backend import EXPORT_WINDOW
 

@@ -149,11 +149,16 @@ def test_an_agent_stopped_mid_study_without_a_spare_leaves_the_cluster_its_other
                               polish_rounds=0, agent_token=TOKEN,
                               # Every representative measured, however tight the cluster.
                               representative_spread=1e-3,
-                              # The sequential loop on three real agents stops here, not
-                              # at 1,000 (that took 533 s of the suite).
-                              max_measurements=120)
+                              # A guard of the suite's time only: the loop stops by its
+                              # rule first (asserted below). Before the rule knew noisy
+                              # devices it ran to the default 1,000 (533 s of the suite).
+                              max_measurements=400)
     result = run_study(options, telemetry, record=False)
     report = result.report
+    # Three agents timing on one shared machine spread their runs by tens of per cent: the
+    # loop stops when measuring stops teaching the surrogate, not on the budget.
+    stop = result.measurement["stop"]
+    assert "budget" not in stop["reason"] and stop["batches"] >= 1, stop["reason"]
     assert agents[victim].stopped.is_set()
     assert report["agent"]["measured_on"] == {victim: None, **{d: d for d in others}}
     assert report["agent"]["substituted"] == {} and list(report["agent"]["failed"]) == [victim]

@@ -31,6 +31,17 @@ def test_the_rule_never_stops_on_the_gain_before_a_held_out_error_is_known():
                                    held_out_error=0.02)
 
 
+def test_on_devices_too_noisy_for_their_repeats_a_stalled_surrogate_stops_the_loop():
+    rule = StoppingRule(batch=4, max_measurements=1000, reserve=100, patience=2)
+    # The gain stays far above the noise (noisy medians, a surrogate that stays wrong), but
+    # the held-out error has stopped falling: measuring more does not teach it.
+    stop = rule.decide(batches=4, used=300, next_cost=12, gain=1.5, noise=0.12,
+                       held_out_error=0.4, stalled=True)
+    assert stop is not None and "has not improved for 2 batches" in stop
+    assert rule.decide(batches=4, used=300, next_cost=12, gain=1.5, noise=0.12,
+                       held_out_error=0.4, stalled=False) is None
+
+
 def test_a_stable_device_gets_fewer_repeats_than_a_noisy_one():
     rule = StoppingRule(min_repeats=3, max_repeats=15, repeat_precision=0.015)
     stable, noisy, wild, unknown = repeats_for(np.array([0.01, 0.04, 0.5, np.nan]), rule, 5)

@@ -80,6 +80,10 @@ class Backend:
     # True where a representative that fails may be replaced by another device of its
     # cluster: reports then name the devices that were actually measured.
     replaces_devices = False
+    # True where a candidate costs about as much on many devices as on one: the agent
+    # backend exports it once and every device times it at the same time, so a
+    # sequential study shares its starting samples across devices (`measure_samples`).
+    exports_candidates = False
 
     def device_key(self, device: str) -> str:
         """The store's key for a device (unique across fleets and machines)."""

@@ -301,8 +301,12 @@ def measure_samples(ctx: StudyContext, *, progress: Progress = no_progress) -> L
     # apart), the rest different on each device. The surrogate is shared: each device's
     # own candidates teach it how candidates differ everywhere, so seven devices with 20
     # candidates of their own show it 140 architectures for the price of 20 each.
-    core_n = max(10, n // 3) if sequential else n
-    own_n = (n - core_n) if sequential and len(ids) > 1 else 0
+    # A backend that exports each candidate (agents) pays per candidate, not per device:
+    # there every device measures the same samples, and the shared surrogate learns from
+    # the devices' differences on them.
+    shared = not sequential or ctx.backend.exports_candidates
+    core_n = n if shared else max(10, n // 3)
+    own_n = (n - core_n) if len(ids) > 1 else 0
     samples = sample_candidates(ctx.space, core_n + own_n * len(ids), seed=opt.seed,
                                 # A latency budget's MACs are found later: no focus.
                                 focus_macs=None if opt.query.latency_ms is not None
