@@ -44,3 +44,21 @@ def test_a_detector_asked_for_two_images_or_another_size_is_one_line(agent, dete
         client.measure(detector_onnx, "onnx", (2, *IMAGE), warmup=1, repeats=1)
     with pytest.raises(AgentRejected, match=r"1,3,32,32 \(a batch of one: the image 3,32,32\) differs at dimension 1"):
         client.measure(detector_onnx, "onnx", (1, 3, 32, 32), warmup=1, repeats=1)
+
+
+def test_a_detector_candidate_is_exported_for_timing_whole_with_its_post_processing():
+    """What the agent backend sends for a detector study's candidate: the detector as the
+    bundle ships it (one image in, boxes out), not the bare core."""
+    import io
+
+    import onnx
+
+    from hdap_engine.export.timing import export_for_timing
+    from hdap_engine.pruning.space import PruningSpace
+
+    space = PruningSpace.for_model("detector_demo")
+    graph = onnx.load(io.BytesIO(export_for_timing(space, space.widths_from_ratios(0.5),
+                                                   "onnx"))).graph
+    assert [i.name for i in graph.input] == ["image"]
+    assert len(graph.input[0].type.tensor_type.shape.dim) == 3
+    assert {"boxes", "scores", "labels"} <= {o.name for o in graph.output}

@@ -138,11 +138,19 @@ def export_for_timing(space: PruningSpace, widths, fmt: str) -> bytes:
     from hdap_engine.export.bundle import export_onnx, export_torchscript
     from hdap_engine.models.zoo import get_spec
 
+    spec = get_spec(space.model)
     model = pruned_for_timing(space, widths)
-    example = get_spec(space.model).example_input()
+    example = spec.example_input()
     with tempfile.TemporaryDirectory(prefix="hdap-timing-") as tmp:
         path = Path(tmp) / ("model.onnx" if fmt == "onnx" else "model.ts")
-        (export_onnx if fmt == "onnx" else export_torchscript)(model, example, path)
+        if fmt == "onnx" and spec.task == "detection":
+            from hdap_engine.export.detection import export_detector_onnx
+
+            # The whole detector as it ships (one image in; decoding and NMS inside), as
+            # the bundle exports it: the agent times what the device will run.
+            export_detector_onnx(model, spec.input_shape, path)
+        else:
+            (export_onnx if fmt == "onnx" else export_torchscript)(model, example, path)
         return path.read_bytes()
 
 
