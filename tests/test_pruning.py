@@ -314,3 +314,39 @@ def test_a_space_builder_that_dies_says_memory_only_when_it_was_killed():
 
     assert "memory" in _died(-9) and "__main__" not in _died(-9)
     assert "__main__" in _died(1) and "memory" not in _died(1)
+
+
+GROUPED = '''
+from torch import nn
+
+
+def build(num_classes=4):
+    return nn.Sequential(
+        nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(24, 24, 3, padding=1, groups=3), nn.ReLU(),     # 3 groups of 8 channels
+        nn.Conv2d(24, 96, 1), nn.ReLU(),
+        nn.Conv2d(96, 96, 3, padding=1, groups=4), nn.ReLU(),     # 4 groups of 24
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, num_classes))
+'''
+
+
+def test_a_grouped_convolution_too_coarse_for_round_to_moves_one_channel_per_group(tmp_path):
+    """round_to 8 with 3 groups of 8 would allow only the whole width (a step of 24):
+    RegNet's grouped convolutions stayed whole for every method. Such a group moves one
+    channel per group instead; a group with room keeps round_to's multiples."""
+    from hdap_engine.models.zoo import resolve_model
+
+    path = tmp_path / "grouped.py"
+    path.write_text(GROUPED)
+    space = PruningSpace.for_model(resolve_model(f"{path}:build", "3,16,16").key, round_to=8)
+    steps = dict(zip(space.group_names, space.steps.tolist(), strict=True))
+    parts = {g.name: g.channel_groups for g in space.groups}
+    coarse = [n for n in steps if parts[n] == 3]
+    roomy = [n for n in steps if parts[n] == 4]
+    assert coarse and roomy
+    assert all(steps[n] == 3 for n in coarse)      # lcm(8, 3) = 24 = the whole width
+    assert all(steps[n] == 8 for n in roomy)       # lcm(8, 4) = 8, 12 widths of 96
+    w = space.widths_from_ratios(0.5)
+    model = build_model(space.model)
+    prune_to_widths(model, space, w)
+    assert space.macs(w) == count_macs_params(model, space)[0]
