@@ -47,13 +47,6 @@ def start(**state) -> AppTest:
 
 
 def small_study(at: AppTest, *, compare=("uniform",), sweep=True) -> AppTest:
-    """A small study from the pages, run as a job; waits for it and returns the app.
-
-    One representative per cluster: the search measures every candidate on each
-    representative, so three per cluster tripled the search's measurements (quick effort,
-    40 samples: 10.9 s -> 3.4 s of search) while these tests are about the pages."""
-    ok(at.switch_page("views/fleet.py").run())
-    ok(at.number_input(key="representatives").set_value(1).run())
     ok(at.switch_page("views/model.py").run())
     ok(at.selectbox(key="model").set_value("resnet56").run())
     ok(at.number_input(key="samples").set_value(40).run())
