@@ -50,7 +50,8 @@ def test_upload_map_run_and_download_torchscript_in_chromium(samples, tmp_path):
     upload = tmp_path / "my_fleet.csv"
     simulate_fleet("jetson-nano", 200, seed=8)[0].to_csv(upload, index=False)
     # No comparison or sweep: this test is about the pages, other tests run those parts.
-    quick = json.dumps({"compare_methods": [], "sweep_on": False, "search_effort": "quick"})
+    quick = json.dumps({"compare_methods": [], "sweep_on": False, "search_effort": "quick",
+                        "representatives": 1})
     with app_server(tmp_path / "home", {"HDAP_SAMPLE_DATA": str(samples),
                                         "HDAP_APP_DEFAULTS": quick}) as (url, proc), \
             sync_playwright() as pw:

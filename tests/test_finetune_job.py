@@ -138,8 +138,13 @@ def test_a_study_job_with_data_and_finetune_epochs_reports_accuracy_everywhere(
     from hdap_engine.jobs import execute
     from tests.helpers.studies import quick_options
 
+    # The accuracy side as small as test_accuracy_study's (6 sampled candidates instead of
+    # 24, each pruned, calibrated and evaluated) and a short search: what is pinned here is
+    # where accuracy is reported, not how good the search is.
     options = quick_options(data=str(digit_folder), finetune_epochs=1, model_weights=str(DEMO),
-                            samples=20)
+                            samples=20, representatives=1, population=8, generations=3,
+                            refine_rounds=0, finalists=3, restarts=1, polish_batch=3,
+                            accuracy_samples=6, calibration_images=64, calibration_eval=96)
     stages, partials = set(), []
     result = execute("study", {"options": options.settings(), "telemetry": str(small_fleet),
                                "compare": ["uniform"]},
