@@ -282,14 +282,19 @@ def main() -> None:
             modes.insert(2, "pretrained")
         if S.get(S.WEIGHTS_MODE) not in modes:
             S.put(S.WEIGHTS_MODE, "random")
+        from hdap_engine.models.demo import DEMO_WEIGHTS, demo_data, demo_weights
+
+        # The demo option names the data of this model's demo weights (or whose there are).
+        shipped = demo_data(S.get(S.MODEL))
+        demo = (f"trained demo weights ({shipped})" if shipped else
+                "trained demo weights (" + "; ".join(f"{m}: {d}" for m, (_, d)
+                                                     in DEMO_WEIGHTS.items()) + ")")
         st.radio("Model weights", modes, key=S.WEIGHTS_MODE,
                  horizontal=True, on_change=_weights_changed,
                  format_func={"random": "random initialisation (seeded)",
-                              "demo": "trained demo weights (resnet56: digits; "
-                                      "detector_demo: shapes)",
+                              "demo": demo,
                               "pretrained": "published weights (local cache only)",
                               "upload": "my trained weights (state dict)"}.get)
-        from hdap_engine.models.demo import demo_weights
 
         if S.get(S.WEIGHTS_MODE) == "demo" and demo_weights(S.get(S.MODEL)) is None:
             st.info(f"Demo weights are shipped for resnet56 (trained on digits) and "

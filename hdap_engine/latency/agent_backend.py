@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from urllib.parse import urlsplit
@@ -47,6 +47,12 @@ from hdap_engine.agent.client import (
 )
 from hdap_engine.agent.protocol import FORMATS, TOKEN_ENV
 from hdap_engine.errors import HdapError
+from hdap_engine.latency.agent_exports import (  # noqa: F401 - EXPORT_WINDOW is public here too
+    EXPORT_CACHE_BYTES,
+    EXPORT_WINDOW,
+    ByteCache,
+    Exports,
+)
 from hdap_engine.latency.backends import Backend, Measurements, Tick
 from hdap_engine.pruning.space import PruningSpace
 
@@ -54,11 +60,6 @@ from hdap_engine.pruning.space import PruningSpace
 MISSING_URL = frozenset({"", "nan", "none", "null", "<na>", "nat"})
 # The agent's 400 answer to ONNX without onnxruntime (hdap_engine.agent.measure.ORT_MISSING).
 ORT_MISSING = "onnxruntime not installed"
-# Candidates a fast device may run ahead of the slowest one still measuring:
-# bounds the exported models held in memory (a ResNet-50 is about 100 MB).
-EXPORT_WINDOW = 3
-# Model files kept between calls (`AgentBackend._exported`), least recently used dropped first.
-EXPORT_CACHE_BYTES = 1 << 30
 PROGRESS_EVERY_S = 0.2
 BUSY_POLL_S = 1.0  # between attempts on a busy agent (after the client's own retries)
 
@@ -155,7 +156,7 @@ class AgentBackend(Backend):
         self._asked: set[str] = set()  # the representatives measure() was asked for
         self._replacements: Counter[str] = Counter()  # representative -> devices tried
         self._lock = threading.RLock()
-        self._cache = _ByteCache(EXPORT_CACHE_BYTES)
+        self._cache = ByteCache(EXPORT_CACHE_BYTES)
         if clustering is not None:
             self.bind(clustering)
 
@@ -302,7 +303,7 @@ class AgentBackend(Backend):
         out = np.full((m, d, repeats), np.nan)
         shape = (1, *space.input_shape)
         stop = threading.Event()
-        exports = _Exports(self._exported, space, widths, d, stop, fmt=self.format)
+        exports = Exports(self._exported, space, widths, d, stop, fmt=self.format)
         done = np.zeros(d, dtype=np.int64)
 
         def column(j: int) -> None:
@@ -471,121 +472,3 @@ class AgentBackend(Backend):
                 "formats": {d: self.formats.get(d, self.format) for d in sorted(used)},
                 "agent_urls": {d: self.urls[d] for d in sorted(used) if d in self.urls},
             }
-
-
-_EXPORT_LOCK = threading.Lock()  # torch's exporters are not thread-safe
-
-
-class _ByteCache:
-    """Model files by key, at most ``limit`` bytes, the least recently used dropped first."""
-
-    def __init__(self, limit: int):
-        self.limit = int(limit)
-        self._items: OrderedDict = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def get(self, key) -> bytes | None:
-        with self._lock:
-            body = self._items.get(key)
-            if body is not None:
-                self._items.move_to_end(key)
-            return body
-
-    def put(self, key, body: bytes) -> None:
-        with self._lock:
-            if key in self._items or len(body) > self.limit:
-                return
-            self._items[key] = body
-            self._bytes += len(body)
-            while self._bytes > self.limit:
-                _, old = self._items.popitem(last=False)
-                self._bytes -= len(old)
-
-
-class _Exports:
-    """Each candidate exported once and shared by every device's thread while it is needed.
-
-    A device runs at most `EXPORT_WINDOW` candidates ahead of the slowest
-    device still measuring, and a model file is dropped once every device is
-    past it, so only a few exported models are in memory at a time. A thread
-    of its own exports the next candidates in ``fmt`` while the devices measure
-    the current ones (up to the same window ahead), so that devices wait for an
-    export only when exporting is slower than measuring.
-    """
-
-    def __init__(self, export, space: PruningSpace, widths: np.ndarray, columns: int,
-                 stop: threading.Event, window: int = EXPORT_WINDOW, fmt: str | None = None):
-        self._export = export
-        self._space = space
-        self._widths = widths
-        self._stop = stop
-        self._window = window
-        self._cond = threading.Condition()
-        self._pos = [0] * columns
-        self._active = [True] * columns
-        self._cache: dict[tuple[int, str], bytes] = {}
-        self._ahead = None
-        if fmt is not None and len(widths) > 1:
-            self._ahead = threading.Thread(target=self._export_ahead, args=(fmt,), daemon=True,
-                                           name="hdap-agent-export")
-            self._ahead.start()
-
-    def _slowest(self) -> int:
-        active = [p for p, a in zip(self._pos, self._active, strict=True) if a]
-        return min(active) if active else len(self._widths)
-
-    def _export_ahead(self, fmt: str) -> None:
-        for i in range(len(self._widths)):
-            with self._cond:
-                while i - self._slowest() >= self._window and not self._stop.is_set():
-                    self._cond.wait(0.5)
-                if self._stop.is_set() or self._slowest() >= len(self._widths):
-                    return
-                if i < self._slowest():
-                    continue  # every device is past it already
-            try:
-                self._body(i, fmt)
-            except BaseException:  # noqa: BLE001 - the device's own call raises it again
-                return
-
-    def _body(self, i: int, fmt: str) -> bytes:
-        with self._cond:
-            data = self._cache.get((i, fmt))
-        if data is not None:
-            return data
-        with _EXPORT_LOCK:
-            with self._cond:
-                data = self._cache.get((i, fmt))
-            if data is None:
-                data = self._export(self._space, self._widths[i], fmt)
-                with self._cond:
-                    if i >= self._slowest():
-                        self._cache[(i, fmt)] = data
-        return data
-
-    def get(self, i: int, fmt: str, column: int) -> bytes | None:
-        """Candidate ``i`` as ``fmt`` bytes for ``column``; None when the measurement stops."""
-        with self._cond:
-            self._pos[column] = i
-            self._cond.notify_all()
-            while i - self._slowest() >= self._window and not self._stop.is_set():
-                self._cond.wait(0.5)
-            if self._stop.is_set():
-                return None
-            slowest = self._slowest()
-            for key in [k for k in self._cache if k[0] < slowest]:
-                del self._cache[key]
-        return self._body(i, fmt)
-
-    def finish(self, column: int) -> None:
-        with self._cond:
-            self._active[column] = False
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Wait for the export-ahead thread (it stops once every device is done)."""
-        if self._ahead is not None:
-            with self._cond:
-                self._cond.notify_all()
-            self._ahead.join()
