@@ -160,11 +160,11 @@ class AccuracyGuide:
             if finetune and floor.kind != "uniform" and best < threshold:
                 requested, threshold = threshold, uniform
                 notes.append(
-                    f"no candidate at {label} keeps {100 * requested:.1f}% calibrated "
-                    f"{floor.describe(calib.metric)} before training (best sampled "
-                    f"{100 * best:.1f}%): the search kept at least the uniform candidate's "
-                    f"{100 * uniform:.1f}% and the floor {floor.text} is checked on the "
-                    "fine-tuned model")
+                    f"no candidate at {label} meets the floor {floor.text} before training "
+                    f"({100 * requested:.1f}%: {floor.describe(calib.metric)}; the best "
+                    f"sampled calibrates to {100 * best:.1f}%): the search kept at least the "
+                    f"uniform candidate's {100 * uniform:.1f}% and the floor is checked on "
+                    "the fine-tuned model")
             else:
                 check_reachable(floor, threshold, best, unpruned, label, metric=calib.metric)
         return cls(space=space, evaluator=evaluator, floor=floor, target_macs=target_macs,
