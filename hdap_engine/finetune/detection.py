@@ -71,7 +71,7 @@ from hdap_engine.finetune.distributed import (
     setup,
     sum_over_ranks,
 )
-from hdap_engine.finetune.trainer import resume_run
+from hdap_engine.finetune.trainer import check_fit, resume_run
 from hdap_engine.options import FinetuneOptions
 
 # The detector's own loss and the distillation term weigh the same by default: the
@@ -311,13 +311,7 @@ def fit_detector(model: nn.Module, train_set: Dataset, options: FinetuneOptions,
     world = world or setup()
     if optimizer not in OPTIMIZERS:
         raise HdapError(f"optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
-    if options.distills and teacher is None:
-        raise HdapError("this recipe distils (kd_weight > 0) but no teacher was given")
-    if options.batch_size % world.size:
-        raise HdapError(f"the batch size {options.batch_size} does not split over "
-                        f"{world.size} processes; pick a multiple of {world.size}")
-    if len(train_set) == 0:
-        raise HdapError("the training set is empty")
+    check_fit(options, world, teacher, train_set)
     family = family_of(model) if options.distills else None
     path = Path(checkpoint) if checkpoint is not None else None
     identity = {**(identity or {}), "train_size": len(train_set), "optimizer": optimizer,

@@ -154,6 +154,17 @@ def count_correct(model: nn.Module, data: Dataset, world: World, *,
     return int(h), int(t)
 
 
+
+def check_fit(options: FinetuneOptions, world, teacher, train_set) -> None:
+    """What every fit (classifier or detector) refuses before training, one line each."""
+    if options.distills and teacher is None:
+        raise HdapError("this recipe distils (kd_weight > 0) but no teacher was given")
+    if options.batch_size % world.size:
+        raise HdapError(f"the batch size {options.batch_size} does not split over "
+                        f"{world.size} processes; pick a multiple of {world.size}")
+    if len(train_set) == 0:
+        raise HdapError("the training set is empty")
+
 def fit(model: nn.Module, train_set: Dataset, options: FinetuneOptions, *,
         val_set: Dataset | None = None, teacher: nn.Module | None = None,
         hflip: bool = False, checkpoint: str | Path | None = None, resume: bool = False,
@@ -192,13 +203,7 @@ def fit(model: nn.Module, train_set: Dataset, options: FinetuneOptions, *,
     The `FitResult`: per-epoch history, training seconds, processes.
     """
     world = world or setup()
-    if options.distills and teacher is None:
-        raise HdapError("this recipe distils (kd_weight > 0) but no teacher was given")
-    if options.batch_size % world.size:
-        raise HdapError(f"the batch size {options.batch_size} does not split over "
-                        f"{world.size} processes; pick a multiple of {world.size}")
-    if len(train_set) == 0:
-        raise HdapError("the training set is empty")
+    check_fit(options, world, teacher, train_set)
     x0, _ = train_set[0]
     transform, pad = augmentation(int(x0.shape[-1]), options, hflip=hflip)
     path = Path(checkpoint) if checkpoint is not None else None
