@@ -81,7 +81,51 @@ def torch_pruning():
             del sys.modules["timm"]
     import torch_pruning
 
+    _guard_reshape_mapping()
     return torch_pruning
+
+
+def _guard_reshape_mapping() -> None:
+    """Give Torch-Pruning's reshape index mapping back the guards it skips on torch 2.
+
+    Torch-Pruning 1.6.1 maps channels through a reshape only for a 1-D or 4-D
+    input, and for a 4-D one only when its C*H*W equals the next layer's input
+    width (a flatten before a classifier). It reads the input's size from the
+    autograd node's ``_saved_self_sizes``, which torch 2 calls
+    ``_saved_self_sym_sizes``, so both guards are skipped: every reshape gets a
+    flatten mapping, and where a reshape of attention maps or windows feeds
+    back into the same channels (Swin's shifted-window masks and relative
+    position bias) the index sets multiply on each pass until the process runs
+    out of memory (Swin-T: past 12 GB). The same rule, read from either name,
+    is applied before Torch-Pruning's own function; groups a wrongly mapped
+    reshape would still reach are caught by the space's check of forms.
+    """
+    from torch_pruning.dependency import index_mapping, shape_infer
+
+    original = index_mapping.update_reshape_index_mapping
+    if getattr(original, "_hdap_guarded", False):
+        return
+
+    def guarded(graph, node):
+        grad_fn = node.grad_fn
+        size = getattr(grad_fn, "_saved_self_sizes", None)
+        if size is None:
+            size = getattr(grad_fn, "_saved_self_sym_sizes", None)
+        if size is not None:
+            if len(size) not in (1, 4):
+                return None
+            if len(size) == 4:
+                width = None
+                for n in node.outputs:
+                    width = shape_infer.infer_in_channels_recursively(graph, n, [0])
+                    if width is not None:
+                        break
+                if width is not None and int(size[1]) * int(size[2]) * int(size[3]) != width:
+                    return None
+        return original(graph, node)
+
+    guarded._hdap_guarded = True
+    index_mapping.update_reshape_index_mapping = guarded
 
 
 def dependency_graph(model: nn.Module, example: torch.Tensor):

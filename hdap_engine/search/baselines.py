@@ -29,7 +29,7 @@ def uniform_widths(space: PruningSpace, target_macs: float) -> np.ndarray:
 
 def group_importances(model: nn.Module, space: PruningSpace) -> list[np.ndarray]:
     """Per-channel importance of every group (space order), normalised by the group mean."""
-    from hdap_engine.pruning.groups import torch_pruning
+    from hdap_engine.pruning.groups import dependency_graph, torch_pruning
 
     tp = torch_pruning()
 
@@ -40,7 +40,7 @@ def group_importances(model: nn.Module, space: PruningSpace) -> list[np.ndarray]
     model, example = pruning_view(model, spec)  # a detector: its core (docs/detection.md)
     names = {m: n for n, m in model.named_modules()}
     member_group = {m: i for i, g in enumerate(space.groups) for m in g.members}
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+    dg = dependency_graph(model, example)
     imp = tp.importance.MagnitudeImportance(p=2, normalizer="mean")
     scores: list[np.ndarray | None] = [None] * space.n_groups
     with torch.no_grad():
