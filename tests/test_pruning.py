@@ -482,3 +482,41 @@ def test_windowed_attention_with_a_gathered_bias_gets_a_space(tmp_path):
     # within the coverage table's 1 % (16 MACs of 288,036 differ here, pruned or not)
     assert abs(space.macs(w) / count_macs_params(model, space)[0] - 1) < 1e-3
     assert model(get_spec(space.model).example_input()).shape == (1, 4)
+
+
+MULTIPLIER = '''
+from torch import nn
+
+
+def build(num_classes=4):
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, groups=8), nn.BatchNorm2d(16), nn.ReLU(),  # 2 per input
+        nn.Conv2d(16, 24, 1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, num_classes))
+'''
+
+
+def test_a_depthwise_convolution_with_a_channel_multiplier_is_pruned_per_input(tmp_path):
+    """Torch-Pruning's importance indexes such a convolution (FastViT has them) past its
+    weight and raised IndexError; the root layer's own magnitudes rank it instead, and
+    the same position is kept in every one of its groups, so each input keeps its
+    share of the outputs and the MACs equal the counter's."""
+    import torch
+
+    from hdap_engine.models.zoo import resolve_model
+
+    path = tmp_path / "multiplier.py"
+    path.write_text(MULTIPLIER)
+    space = PruningSpace.for_model(resolve_model(f"{path}:build", "3,16,16").key)
+    names = space.group_names
+    w = np.array([g.base for g in space.groups])
+    w[names.index("3")] = 8  # one output per input instead of two
+    model = build_model(space.model)
+    before = model[3].weight.detach().clone()
+    prune_to_widths(model, space, w)
+    assert model[3].out_channels == 8 and model[3].groups == 8
+    after = model[3].weight.detach()
+    # output j of the pruned conv is one of the two outputs input j had
+    assert all(any(torch.equal(after[j], before[2 * j + k]) for k in (0, 1)) for j in range(8))
+    assert space.macs(w) == count_macs_params(model, space)[0]

@@ -279,6 +279,14 @@ def _channels(mod: nn.Module) -> tuple[int, int]:
     return 0, 0
 
 
+def _output_magnitude(layer: nn.Module, base: int) -> torch.Tensor | None:
+    """L2 magnitude of each output channel of a conv / linear layer (None otherwise)."""
+    weight = getattr(layer, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.shape[0] != base:
+        return None
+    return weight.detach().flatten(1).pow(2).sum(1)
+
+
 def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
                  groups: Sequence[Group], widths: Sequence[int], *,
                  importance: str = "l2") -> dict[str, list[int]]:
@@ -316,8 +324,14 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
                     # Listed before earlier groups were pruned, the group's indices into a
                     # concatenation can be stale (DenseNet); ask for it again, now.
                     root = group[0].dep
-                    scores = imp(dg.get_pruning_group(root.target.module, root.handler,
-                                                      list(range(g.base))))
+                    try:
+                        scores = imp(dg.get_pruning_group(root.target.module, root.handler,
+                                                          list(range(g.base))))
+                    except IndexError:
+                        # Torch-Pruning's importance indexes a depthwise convolution with
+                        # a channel multiplier (FastViT) past its weight's input dim: the
+                        # magnitude of the root layer's own output channels instead.
+                        scores = _output_magnitude(root.target.module, g.base)
                 if scores is None:
                     scores = torch.arange(g.base, 0, -1, dtype=torch.float32)
                 scores = scores.float().view(parts, size).mean(dim=0)
