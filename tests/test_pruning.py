@@ -520,3 +520,34 @@ def test_a_depthwise_convolution_with_a_channel_multiplier_is_pruned_per_input(t
     # output j of the pruned conv is one of the two outputs input j had
     assert all(any(torch.equal(after[j], before[2 * j + k]) for k in (0, 1)) for j in range(8))
     assert space.macs(w) == count_macs_params(model, space)[0]
+
+
+TINY_SHUFFLENET = '''
+from torchvision.models.shufflenetv2 import ShuffleNetV2
+
+
+def build(num_classes=4):
+    return ShuffleNetV2([2, 2, 2], [8, 16, 32, 64, 128], num_classes=num_classes)
+'''
+
+
+def test_shufflenet_v2_prunes_its_branches_and_keeps_the_shuffled_widths(tmp_path):
+    """torchvision's ShuffleNetV2 (chunk, branch, concatenate, shuffle): Torch-Pruning
+    guessed the chunks' sizes wrong on torch 2 and failed while building its graph. Now
+    each branch's inner width, the stem and the last convolution are pruned, and every
+    width that goes through a shuffle is kept and named."""
+    from hdap_engine.models.zoo import resolve_model
+
+    path = tmp_path / "shufflenet.py"
+    path.write_text(TINY_SHUFFLENET)
+    space = PruningSpace.for_model(resolve_model(f"{path}:build", "3,32,32").key)
+    names = set(space.group_names)
+    assert {"conv1.0", "conv5.0"} <= names
+    assert any(n.endswith("branch2.0") for n in names)  # a branch's inner width
+    kept = dict(space.kept)
+    assert any("channel shuffle" in why for why in kept.values())
+    w = space.widths_from_ratios(0.5)
+    model = build_model(space.model)
+    prune_to_widths(model, space, w)
+    assert space.macs(w) == count_macs_params(model, space)[0]
+    assert model(get_spec(space.model).example_input()).shape == (1, 4)

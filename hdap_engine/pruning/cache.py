@@ -27,7 +27,7 @@ import numpy as np
 from hdap_engine.errors import HdapError
 from hdap_engine.infra.locks import TRACE_LOCK
 
-FORMAT = 6  # bump when the saved layout or the meaning of a field changes
+FORMAT = 7  # bump when the saved layout or the meaning of a field changes
 BUILD_TIMEOUT_S = float(os.environ.get("HDAP_SPACE_TIMEOUT", "900"))
 
 _MEMORY: dict[str, object] = {}
