@@ -133,6 +133,8 @@ def test_a_torchvision_name_resolves_to_its_crop_size_and_last_linear():
     spec = get_spec("torchvision:resnet18")
     assert (spec.input_shape, spec.classifier, spec.num_classes) == ((3, 224, 224), "fc", 1000)
     assert get_spec("torchvision:inception_v3").input_shape == (3, 299, 299)
+    # ViT-H/14's default weights are at 518, but built without them it takes 224 only
+    assert get_spec("torchvision:vit_h_14").input_shape == (3, 224, 224)
     assert get_spec("torchvision:squeezenet1_0").classifier == "classifier.1"  # a conv head
 
 

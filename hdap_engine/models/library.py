@@ -98,7 +98,13 @@ def _torchvision_spec(name: str, shape) -> ModelSpec:
     def build(num_classes: int = classes):
         return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
-    classifier = _last_head(_meta_build(build), classes, f"torchvision:{name}")
+    model = _meta_build(build)
+    classifier = _last_head(model, classes, f"torchvision:{name}")
+    fixed = getattr(model, "image_size", None)
+    if isinstance(fixed, int) and crop and int(crop) != fixed:
+        # A ViT's size is set by the weights it is built with (ViT-H/14's default weights
+        # are at 518); built without them it takes the builder's 224, and only that.
+        own = (3, fixed, fixed)
     input_shape = tuple(shape or own)
     params = entry.meta.get("num_params") if entry is not None else None
     size = f", {params / 1e6:.1f} M parameters" if params else ""
