@@ -104,7 +104,8 @@ def _guard_reshape_mapping() -> None:
       bypasses its branch) gets sizes that do not add up. They are read from
       the node's ``_saved_split_size`` and the input's size.
 
-    Groups that a mapping still gets wrong are caught by the space's check of forms.
+    A concatenation whose inputs' widths cannot be inferred gets no mapping (as
+    Torch-Pruning means to do, instead of its ``TypeError`` on Swin-S). Groups that a mapping still gets wrong are caught by the space's check of forms.
     """
     from torch_pruning import ops
     from torch_pruning.dependency import index_mapping, shape_infer
@@ -152,8 +153,19 @@ def _guard_reshape_mapping() -> None:
             node.module.split_sizes = sizes
             node.module.offsets = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
 
+    concat_mapping = index_mapping.update_concat_index_mapping
+
+    def concat_or_none(graph, node):
+        try:
+            return concat_mapping(graph, node)
+        except TypeError:
+            # an input's width not inferred (None) before its own "if ch is None: return";
+            # Swin-S's channels-last concatenation, past the recursion limit
+            return None
+
     guarded._hdap_guarded = True
     index_mapping.update_reshape_index_mapping = guarded
+    index_mapping.update_concat_index_mapping = concat_or_none
     shape_infer.init_shape_information = with_chunk_sizes
 
 
