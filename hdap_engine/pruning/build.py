@@ -190,6 +190,9 @@ def _attention_rows(rows: _Rows, name, cin, qdim, tokens, heads, bias, counted, 
 
 
 UNIT = "unit"  # counted by the row of the block it belongs to
+# A linear layer inside such a block (timm's qkv and proj): its MACs are in the block's
+# formula, its parameters are its own (the counter sums every parameter of the model).
+UNIT_LINEAR = "unit-linear"
 
 
 def _function_rows(rows: _Rows, op: R.Op) -> None:
@@ -238,23 +241,38 @@ def _function_rows_of(rows: _Rows, op: R.Op) -> None:
         rows.add(op.name, "cat", "", cout, cout, (ho, wo), (ho, wo))
     elif f in R.MATMUL_FN and tensors >= 2 and len(op.in_shapes[0]) >= 2:
         inner = op.in_forms[0][-1]
-        outs = op.out_forms[-1]
-        rows_n = math.prod(op.out_shape[:-1])
+        rows_n, outs = _batched(op.out_shape[:-1], op.out_forms[:-1], op.out_forms[-1])
         rows.add(op.name, "matmul", "", inner, outs, (rows_n, 1), (rows_n, 1))
     elif f == "scaled_dot_product_attention" and tensors >= 3:
         q, v = op.in_shapes[0], op.in_shapes[2]
-        lead = math.prod(q[:-1])
         kv = v[-2]
-        rows.add(f"{op.name}.qk", "matmul", "", op.in_forms[0][-1], R.fixed(kv), (lead, 1),
+        lead, qk = _batched(q[:-1], op.in_forms[0][:-1], R.fixed(kv))
+        _, av = _batched(q[:-1], op.in_forms[0][:-1], op.in_forms[2][-1])
+        rows.add(f"{op.name}.qk", "matmul", "", op.in_forms[0][-1], qk, (lead, 1),
                  (lead, 1))
-        rows.add(f"{op.name}.softmax", "softmax", "", R.fixed(kv), R.fixed(kv), (lead, 1),
+        rows.add(f"{op.name}.softmax", "softmax", "", qk, qk, (lead, 1),
                  (lead, 1), fn="softmax")
-        rows.add(f"{op.name}.av", "matmul", "", R.fixed(kv), op.in_forms[2][-1], (lead, 1),
-                 (lead, 1))
+        rows.add(f"{op.name}.av", "matmul", "", R.fixed(kv), av, (lead, 1), (lead, 1))
     elif f in R.COPY_FN:
         rows.add(op.name, "copy", "", cout, cout, (ho, wo), (ho, wo), fn=f)
     else:
         rows.add(op.name, "other", "", cin, cout, (hi, wi), (ho, wo), fn=f)
+
+
+def _batched(lead_shape, lead_forms, out: R.Form) -> tuple[int, R.Form]:
+    """(rows, output channels) of a product batched over ``lead_shape``.
+
+    The batch dims are the rows, unless one varies with the widths (an attention's
+    heads, pruned whole): its count then multiplies the output channels, so that MACs
+    and outputs follow the heads kept (a form is linear in one group, a row count is
+    a number).
+    """
+    varying = [d for d, f in enumerate(lead_forms) if not R.is_fixed(f)]
+    if len(varying) != 1 or not R.is_fixed(out):
+        return math.prod(lead_shape), out
+    d = varying[0]
+    rest = math.prod(s for k, s in enumerate(lead_shape) if k != d)
+    return rest, R.scale_form(lead_forms[d], out[0])
 
 
 def layer_rows(ops: list[R.Op], tp_forms: dict) -> list[dict]:
@@ -268,7 +286,7 @@ def layer_rows(ops: list[R.Op], tp_forms: dict) -> list[dict]:
                 # A layer inside a block the counter counts whole (timm's attention: its
                 # qkv and proj are in the block's formula): priced, not counted again.
                 for r in rows.rows[n0:]:
-                    r["counted"] = UNIT
+                    r["counted"] = UNIT_LINEAR if r["counted"] == "linear" else UNIT
         elif op.kind == "count":
             _attention_rows(rows, op.name, op.extra["cin"], op.extra["qdim"],
                             op.extra["tokens"], op.extra["heads"], op.extra["bias"],
@@ -294,7 +312,7 @@ def probe_widths(groups) -> np.ndarray:
     """Distinct widths per group for the check: about 5/8 or 3/4 of each, on its step."""
     out = []
     for i, g in enumerate(groups):
-        parts = max(1, g.channel_groups)
+        parts = g.head_width or max(1, g.channel_groups)  # whole heads, equal parts
         frac = (0.625, 0.75, 0.5)[i % 3]
         w = max(parts, int(g.base * frac) // parts * parts)
         out.append(min(w, g.base))
@@ -336,9 +354,10 @@ def _checked_recording(model: nn.Module, example: torch.Tensor, classifier: str,
     if why is not None:
         return None, why
     tp_forms = G.module_forms(model, found, keep)
+    heads = {i: found.groups[g].heads for i, g in enumerate(keep) if found.groups[g].heads}
     try:
         ops = R.record(G.clear_eval_caches(model), example, tp_forms, counted_types,
-                       param_forms=G.param_forms(model, found, keep))
+                       param_forms=G.param_forms(model, found, keep), heads=heads)
         check_forms(ops, R.record(G.clear_eval_caches(pruned), example, {}, counted_types),
                     widths)
     except HdapError as exc:

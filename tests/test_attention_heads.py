@@ -1,0 +1,120 @@
+"""Attention heads as a prunable width: whole heads go, the attention's head count follows,
+MACs stay equal to Torch-Pruning's counter and the ONNX export matches PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hdap_engine.errors import HdapError
+from hdap_engine.models.zoo import build_model, get_spec, resolve_model
+from hdap_engine.pruning.apply import count_macs_params, prune_to_widths
+from hdap_engine.pruning.cache import build_now
+from hdap_engine.pruning.space import PruningSpace
+
+TIMM_VIT = '''
+from timm.models.vision_transformer import VisionTransformer
+
+
+def build(num_classes=10):
+    return VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=4,
+                             num_classes=num_classes)
+'''
+
+QKV = ("blocks.0.attn.qkv", "blocks.1.attn.qkv")
+
+
+@pytest.fixture
+def vit(tmp_path) -> tuple[str, PruningSpace]:
+    """A tiny timm ViT (4 heads of 12 channels) and its space, built in this process."""
+    pytest.importorskip("timm")
+    path = tmp_path / "vit.py"
+    path.write_text(TIMM_VIT)
+    key = resolve_model(f"{path}:build", "3,32,32").key
+    return key, PruningSpace.from_data(build_now(key)).with_options(round_to=4)
+
+
+def _fewer_heads(space: PruningSpace) -> np.ndarray:
+    """Block 0 keeps 2 heads, block 1 keeps 1, the MLPs keep half, the embedding whole."""
+    widths = space.base_widths.copy()
+    names = space.group_names
+    widths[names.index(QKV[0])] = 2 * 36
+    widths[names.index(QKV[1])] = 1 * 36
+    for i, name in enumerate(names):
+        if name.endswith("mlp.fc1"):
+            widths[i] = space.base_widths[i] // 2
+    return widths
+
+
+def test_each_attentions_heads_are_a_group_moving_one_head_at_a_time(vit):
+    _, space = vit
+    heads = {g.name: g for g in space.groups if g.heads}
+    assert set(heads) == set(QKV) and not space.kept
+    for name in QKV:
+        i = space.group_names.index(name)
+        assert heads[name].heads == 4 and heads[name].base == 144
+        assert space.steps[i] == 36  # one head: its 12 q, 12 k and 12 v channels
+        assert space.min_widths[i] == 36  # at least one head remains
+    w = space.round_widths(np.full(space.n_groups, 50))
+    assert all(w[space.group_names.index(n)] % 36 == 0 for n in QKV)
+    bad = space.base_widths.copy()
+    bad[space.group_names.index(QKV[0])] = 48  # 48 qkv channels: one head and a third
+    with pytest.raises(HdapError, match="whole heads"):
+        space.check_widths(bad)
+
+
+def test_fewer_heads_are_pruned_for_real_and_cost_what_the_counter_counts(vit, tmp_path):
+    key, space = vit
+    widths = _fewer_heads(space)
+    model = build_model(key).eval()
+    prune_to_widths(model, space, widths)
+    attn = [b.attn for b in model.blocks]
+    assert [a.num_heads for a in attn] == [2, 1]
+    assert [a.qkv.out_features for a in attn] == [72, 36]
+    assert [a.proj.in_features for a in attn] == [24, 12]
+    assert [a.attn_dim for a in attn] == [24, 12] and attn[0].head_dim == 12
+    example = get_spec(key).example_input()
+    with torch.no_grad():
+        out = model(example)
+    assert out.shape == (1, 10)
+    macs, _ = count_macs_params(model, space)
+    assert space.macs(widths) == macs < space.base_macs
+    # The twin's attention products shrink with the heads (batched over heads: the heads
+    # kept multiply their output channels).
+    table = space.layer_table(np.stack([space.base_widths, widths]))
+    products = [i for i, n in enumerate(table.names) if n.startswith("blocks.1.attn")
+                and table.op[i] == "matmul"]
+    assert products and all(table.cout[1, i] * 4 == table.cout[0, i] for i in products)
+
+    from hdap_engine.export.bundle import export_onnx
+
+    ort = pytest.importorskip("onnxruntime")
+    path = tmp_path / "heads.onnx"
+    export_onnx(model, example, path)
+    got = ort.InferenceSession(str(path)).run(None, {"input": example.numpy()})[0]
+    assert np.abs(got - out.numpy()).max() <= 1e-4
+
+
+def test_removing_a_head_removes_its_q_k_v_and_its_output_columns_together(vit):
+    """The pruned attention computes what the unpruned one computes with the removed
+    heads silenced (their columns of the output projection zeroed), so each head went
+    whole, its q, k and v channels together."""
+    key, space = vit
+    widths = _fewer_heads(space)
+    for name in space.group_names:  # only heads change: the rest stays at full width
+        if not name.endswith("qkv"):
+            widths[space.group_names.index(name)] = space.base_widths[
+                space.group_names.index(name)]
+    model = build_model(key).eval()
+    silenced = build_model(key).eval()
+    silenced.load_state_dict(model.state_dict())
+    kept = prune_to_widths(model, space, widths)
+    with torch.no_grad():
+        for block, name in zip(silenced.blocks, QKV, strict=True):
+            heads = sorted({c // 12 for c in kept[name] if c < 48})
+            assert len(kept[name]) == 36 * len(heads)
+            for h in set(range(4)) - set(heads):
+                block.attn.proj.weight[:, 12 * h:12 * (h + 1)] = 0.0
+        example = get_spec(key).example_input()
+        assert torch.allclose(model(example), silenced(example), atol=1e-5)
