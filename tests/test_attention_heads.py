@@ -118,3 +118,48 @@ def test_removing_a_head_removes_its_q_k_v_and_its_output_columns_together(vit):
                 block.attn.proj.weight[:, 12 * h:12 * (h + 1)] = 0.0
         example = get_spec(key).example_input()
         assert torch.allclose(model(example), silenced(example), atol=1e-5)
+
+
+TORCHVISION_VIT = '''
+from torchvision.models.vision_transformer import VisionTransformer
+
+
+def build(num_classes=10):
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4,
+                             hidden_dim=48, mlp_dim=96, num_classes=num_classes)
+'''
+
+
+def test_a_multihead_attention_loses_whole_heads_with_the_width_it_computes_in(tmp_path):
+    """nn.MultiheadAttention computes in its input's width: torchvision's ViT's embedding
+    moves one head (12 channels) at a time, every attention on it keeps that many heads
+    of 12 channels, and the pruned model runs, costs what the counter counts and
+    exports to ONNX."""
+    path = tmp_path / "tv_vit.py"
+    path.write_text(TORCHVISION_VIT)
+    key = resolve_model(f"{path}:build", "3,32,32").key
+    space = PruningSpace.from_data(build_now(key)).with_options(round_to=4)
+    i = space.group_names.index("conv_proj")
+    assert space.groups[i].heads == 4 and space.steps[i] == 12 and not space.kept
+    widths = space.base_widths.copy()
+    widths[i] = 24  # two heads of 12
+    model = build_model(key).eval()
+    prune_to_widths(model, space, widths)
+    for layer in model.encoder.layers:
+        mha = layer.self_attention
+        assert (mha.num_heads, mha.head_dim, mha.embed_dim) == (2, 12, 24)
+        assert tuple(mha.in_proj_weight.shape) == (72, 24)
+    assert model.hidden_dim == 24
+    example = get_spec(key).example_input()
+    with torch.no_grad():
+        out = model(example)
+    assert out.shape == (1, 10)
+    assert space.macs(widths) == count_macs_params(model, space)[0] < space.base_macs
+
+    from hdap_engine.export.bundle import export_onnx
+
+    ort = pytest.importorskip("onnxruntime")
+    export_onnx(model, example, tmp_path / "tv.onnx")
+    got = ort.InferenceSession(str(tmp_path / "tv.onnx")).run(None,
+                                                              {"input": example.numpy()})[0]
+    assert np.abs(got - out.numpy()).max() <= 1e-4

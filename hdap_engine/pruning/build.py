@@ -105,7 +105,7 @@ class _Rows:
                               cin=cin, cout=cout))
 
 
-def _module_rows(rows: _Rows, op: R.Op, tp_forms) -> None:
+def _module_rows(rows: _Rows, op: R.Op, tp_forms, heads: dict[int, int]) -> None:
     m = op.module
     if not op.in_shapes:
         return
@@ -155,8 +155,10 @@ def _module_rows(rows: _Rows, op: R.Op, tp_forms) -> None:
     elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
         rows.add(op.name, "softmax", "", cout, cout, (ho, wo), (ho, wo), fn="softmax")
     elif isinstance(m, nn.MultiheadAttention):
+        whole = any(g in heads for g, _ in cin[1])
         _attention_rows(rows, op.name, cin, cin, ho * wo, m.num_heads,
-                        m.in_proj_bias is not None, counted="mha")
+                        m.in_proj_bias is not None, counted="mha",
+                        whole_heads=m.embed_dim // m.num_heads if whole else 0)
     elif isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten, nn.Unflatten)):
         return
     else:
@@ -171,19 +173,33 @@ def _module_rows(rows: _Rows, op: R.Op, tp_forms) -> None:
                      fn=type(m).__name__)
 
 
-def _attention_rows(rows: _Rows, name, cin, qdim, tokens, heads, bias, counted, batch=1):
-    """The products and softmax of one attention (twin rows) plus its counted row."""
+def _attention_rows(rows: _Rows, name, cin, qdim, tokens, heads, bias, counted, batch=1,
+                    whole_heads: int = 0):
+    """The products and softmax of one attention (twin rows) plus its counted row.
+
+    On a width of whole heads (``whole_heads``: the width of one head) each head keeps
+    its width and the heads kept multiply the products' outputs (`_batched`);
+    otherwise the heads stay and each narrows.
+    """
     n = int(tokens)
     head = R.scale_form(qdim, 1.0 / heads)
     if counted == "mha":  # its projections are inside the unit: give the twin them too
         rows.add(f"{name}.in_proj", "linear", UNIT, cin, R.scale_form(qdim, 3.0), (n, 1),
                  (n, 1), bias=bias)
-        rows.add(f"{name}.qk", "matmul", UNIT, head, R.fixed(n), (heads * n, 1),
-                 (heads * n, 1))
-        rows.add(f"{name}.softmax", "softmax", UNIT, R.fixed(n), R.fixed(n), (heads * n, 1),
-                 (heads * n, 1), fn="softmax")
-        rows.add(f"{name}.av", "matmul", UNIT, R.fixed(n), head, (heads * n, 1),
-                 (heads * n, 1))
+        if whole_heads:  # heads kept x tokens scores per query
+            scores = R.scale_form(qdim, n / whole_heads)
+            rows.add(f"{name}.qk", "matmul", UNIT, R.fixed(whole_heads), scores, (n, 1),
+                     (n, 1))
+            rows.add(f"{name}.softmax", "softmax", UNIT, scores, scores, (n, 1), (n, 1),
+                     fn="softmax")
+            rows.add(f"{name}.av", "matmul", UNIT, R.fixed(n), qdim, (n, 1), (n, 1))
+        else:
+            rows.add(f"{name}.qk", "matmul", UNIT, head, R.fixed(n), (heads * n, 1),
+                     (heads * n, 1))
+            rows.add(f"{name}.softmax", "softmax", UNIT, R.fixed(n), R.fixed(n),
+                     (heads * n, 1), (heads * n, 1), fn="softmax")
+            rows.add(f"{name}.av", "matmul", UNIT, R.fixed(n), head, (heads * n, 1),
+                     (heads * n, 1))
         rows.add(f"{name}.out_proj", "linear", UNIT, qdim, qdim, (n, 1), (n, 1), bias=True)
     rows.add(f"{name}.count", "", counted, cin, qdim, (n, batch), (n, batch), bias=bias,
              heads=heads)
@@ -275,13 +291,15 @@ def _batched(lead_shape, lead_forms, out: R.Form) -> tuple[int, R.Form]:
     return rest, R.scale_form(lead_forms[d], out[0])
 
 
-def layer_rows(ops: list[R.Op], tp_forms: dict) -> list[dict]:
-    """Layer rows of a recording (twin rows and counted rows)."""
+def layer_rows(ops: list[R.Op], tp_forms: dict,
+               heads: dict[int, int] | None = None) -> list[dict]:
+    """Layer rows of a recording (twin rows and counted rows); ``heads`` gives the heads
+    of each group that is a width of whole heads."""
     rows = _Rows()
     for op in ops:
         if op.kind == "module":
             n0 = len(rows.rows)
-            _module_rows(rows, op, tp_forms.get(op.module))
+            _module_rows(rows, op, tp_forms.get(op.module), heads or {})
             if op.extra.get("in_counted"):
                 # A layer inside a block the counter counts whole (timm's attention: its
                 # qkv and proj are in the block's formula): priced, not counted again.
@@ -431,7 +449,7 @@ def build_space(name: str, model: nn.Module, example: torch.Tensor, classifier: 
                                                          counted_types)
     bad.update(unfollowed)
     groups = tuple(found.groups[i] for i in keep)
-    rows = layer_rows(ops, tp_forms)
+    rows = layer_rows(ops, tp_forms, {i: g.heads for i, g in enumerate(groups) if g.heads})
     if not rows:
         raise HdapError("the model has no layer the pruning space can follow")
     layers = _arrays(rows, len(groups))

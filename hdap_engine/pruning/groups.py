@@ -17,7 +17,10 @@ consumer). Three things about a group come from the graph:
   `Attention`, also DeiT's): the width moves one whole head at a time, a
   head's q, k and v channels go together with its columns of the output
   projection, and the attention's ``num_heads`` follows (Torch-Pruning's
-  `prune_num_heads`, as its ViT examples use it).
+  `prune_num_heads`, as its ViT examples use it). An `nn.MultiheadAttention`
+  (torchvision's ViT) computes in its input's width, so its heads are the
+  heads of the embedding (residual) width it sits on: that group moves one
+  head at a time, removing the same head of every attention on it.
 
 Some groups break the model when pruned (an attention's qkv projection whose
 output a reshape splits into heads, a width a module's forward code spells
@@ -102,11 +105,32 @@ def head_attention(model: nn.Module, qkv: str) -> nn.Module | None:
     return parent
 
 
-def set_heads(attention: nn.Module, heads: int) -> None:
+def set_heads(attention: nn.Module, heads: int, head_dim: int) -> None:
     """Tell a pruned attention how many heads it has left (its forward reads them)."""
     attention.num_heads = int(heads)
+    attention.head_dim = int(head_dim)  # Torch-Pruning's MHA pruner divides by the old count
     if hasattr(attention, "attn_dim"):
-        attention.attn_dim = int(heads) * int(attention.head_dim)
+        attention.attn_dim = int(heads) * int(head_dim)
+
+
+def _mha_heads(model: nn.Module, names, base: int) -> int:
+    """The heads of the `nn.MultiheadAttention`s among the layers ``names`` that compute
+    in a width of ``base`` (0 when there are none, or their head counts differ)."""
+    found = {int(m.num_heads) for n in names
+             if isinstance(m := model.get_submodule(n), nn.MultiheadAttention)
+             and m.embed_dim == base and m._qkv_same_embed_dim}
+    return found.pop() if len(found) == 1 else 0
+
+
+def follow_widths(model: nn.Module) -> None:
+    """Widths a model's own forward reads from attributes, set from its pruned layers
+    (torchvision's ViT reshapes its patches by ``hidden_dim``, as Torch-Pruning's
+    torchvision example sets it)."""
+    for m in model.modules():
+        conv = getattr(m, "conv_proj", None)
+        if (type(m).__name__ == "VisionTransformer" and isinstance(conv, nn.Conv2d)
+                and isinstance(getattr(m, "hidden_dim", None), int)):
+            m.hidden_dim = conv.out_channels
 
 
 def torch_pruning():
@@ -287,6 +311,8 @@ def discover(model: nn.Module, example: torch.Tensor, classifier: str) -> Discov
         heads = int(attention.num_heads) if attention is not None else 0
         if heads and base != attention.qkv.out_features:
             heads = 0
+        if not heads:
+            heads = _mha_heads(model, coef, base)
         raw.append((Group(name=members[0], base=base, members=tuple(members),
                           channel_groups=_channel_groups(dg, group), heads=heads),
                     coef, pcoef))
@@ -427,6 +453,7 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
                 drop = [p + k * size for k in range(parts) for p in sorted(order[keep:])]
                 root = group[0].dep
                 dg.get_pruning_group(root.target.module, root.handler, drop).prune()
+    follow_widths(model)
     missing = [g.name for g in groups if g.name not in kept]
     if missing:
         raise HdapError(f"internal: Torch-Pruning did not offer groups {missing[:3]}")
@@ -439,38 +466,44 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
 
 def _prune_heads(model: nn.Module, dg, group, g: Group, width: int, imp,
                  importance: str) -> list[int]:
-    """Prune whole heads of the attention whose qkv projection roots ``group``; returns
-    the kept qkv output channels.
+    """Prune whole heads of the attention(s) of ``group``; returns its kept channels.
 
-    The qkv output is (q, k, v) x heads x head_dim: a head's importance is the mean
-    over its q, k and v channels (Torch-Pruning's `prune_num_heads` ranks heads the
-    same way), and removing its qkv channels removes its columns of the output
-    projection with them (Torch-Pruning's graph maps them through the unbind).
+    A timm attention's group is its qkv output, (q, k, v) x heads x head_dim: a
+    head's importance is the mean over its q, k and v channels (Torch-Pruning's
+    `prune_num_heads` ranks heads the same way), and removing its qkv channels
+    removes its columns of the output projection with them (Torch-Pruning's graph
+    maps them through the unbind). An `nn.MultiheadAttention`'s group is the width
+    it computes in, heads x head_dim: a head goes from every attention on it.
     """
-    attention = head_attention(model, g.name)
-    if attention is None:
-        raise HdapError(f"internal: {g.name} is no longer an attention's qkv projection")
+    timm_attention = head_attention(model, g.name)
+    attentions = [timm_attention] if timm_attention is not None else [
+        dep.target.module for dep, _ in group
+        if isinstance(dep.target.module, nn.MultiheadAttention)]
+    if not attentions:
+        raise HdapError(f"internal: the group of {g.name} has no attention left")
+    head_dim = int(attentions[0].head_dim)
+    parts = g.head_width // head_dim  # q, k and v of a fused qkv; 1 for a width of heads
     keep = width // g.head_width
     if importance == "l2":
         scores = imp(group)
         if scores is None:
             scores = torch.arange(g.base, 0, -1, dtype=torch.float32)
-        scores = scores.float().view(QKV_PARTS, g.heads, -1).mean(dim=(0, 2))
+        scores = scores.float().view(parts, g.heads, head_dim).mean(dim=(0, 2))
         order = torch.argsort(scores, descending=True, stable=True).tolist()
     else:
         order = list(range(g.heads))
-    head_dim = g.head_width // QKV_PARTS
     part = g.heads * head_dim
 
     def channels(heads: list[int]) -> list[int]:
-        return sorted(s * part + h * head_dim + d for s in range(QKV_PARTS)
+        return sorted(s * part + h * head_dim + d for s in range(parts)
                       for h in heads for d in range(head_dim))
 
     if keep < g.heads:
         root = group[0].dep
         dg.get_pruning_group(root.target.module, root.handler,
                              channels(order[keep:])).prune()
-        set_heads(attention, keep)
+        for attention in attentions:
+            set_heads(attention, keep, head_dim)
     return channels(order[:keep])
 
 

@@ -190,6 +190,12 @@ class PruningSpace:
         """(L,) output channels of every layer at the base widths."""
         return self.layers.cout_fixed + self.layers.cout_coef @ self.base_widths
 
+    @functools.cached_property
+    def _whole_heads(self) -> np.ndarray:
+        """(L,) True for a row whose output width is a group of whole heads."""
+        heads = np.array([g.heads > 0 for g in self.groups], dtype=bool)
+        return (self.layers.cout_coef[:, heads] != 0).any(axis=1)
+
     def _layer_costs(self, widths) -> tuple[np.ndarray, np.ndarray]:
         """(N, L) MACs and parameters of every layer, by Torch-Pruning's counting rules."""
         cin, cout = self._channels(widths)
@@ -225,10 +231,9 @@ class PruningSpace:
         m = (c == "attention") | (c == "mha")  # the counter's attention formula
         n, batch = lay.h_out[m].astype(np.float64), lay.w_out[m].astype(np.float64)
         q, d = cout[:, m], cin[:, m]
-        # A timm attention's heads (``heads`` of the row: the unpruned count) are pruned
-        # whole, so its width per head is fixed and its heads are q / (q unpruned) of
-        # them; nn.MultiheadAttention keeps its heads and narrows each.
-        heads = lay.heads[m] * np.where(c[m] == "attention",
+        # An attention on a group of whole heads keeps its width per head, so it has
+        # q / (q unpruned) of its heads (``heads`` of the row: the unpruned count).
+        heads = lay.heads[m] * np.where(self._whole_heads[m],
                                         q / np.maximum(self._base_cout[m], 1.0), 1.0)
         macs[:, m] = batch * (n * q * (2.0 + 3.0 * d + 3.0 * bias[m] + 2.0 * n + q)
                               + heads * n * n)
