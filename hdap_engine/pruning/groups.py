@@ -22,9 +22,9 @@ consumer). Three things about a group come from the graph:
   heads of the embedding (residual) width it sits on: that group moves one
   head at a time, removing the same head of every attention on it.
 
-Some groups break the model when pruned (an attention's qkv projection whose
-output a reshape splits into heads, a width a module's forward code spells
-as a constant). `unprunable_groups` finds them by pruning a copy and running
+Some groups break the model when pruned (the qkv projection of an attention
+class whose head layout is not known here, a width a module's forward code
+spells as a constant). `unprunable_groups` finds them by pruning a copy and running
 it, halving the set of suspects each time, so that they are kept at full
 width and listed rather than failing the whole model.
 """
