@@ -150,6 +150,13 @@ def test_a_multihead_attention_loses_whole_heads_with_the_width_it_computes_in(t
         assert (mha.num_heads, mha.head_dim, mha.embed_dim) == (2, 12, 24)
         assert tuple(mha.in_proj_weight.shape) == (72, 24)
     assert model.hidden_dim == 24
+    # One head is a quarter of every layer's width: the uniform candidate still meets a
+    # 50 % budget, the coarse group one step up and the MLPs narrower (filling the MLPs
+    # back along the uniform ray alone stops at 39 % of the MACs).
+    from hdap_engine.pruning.budget import meets_budget, repair
+
+    target = 0.5 * space.base_macs
+    assert meets_budget(space.macs(repair(space, np.ones(space.n_groups), target)), target)
     example = get_spec(key).example_input()
     with torch.no_grad():
         out = model(example)
