@@ -80,12 +80,14 @@ def test_fewer_heads_are_pruned_for_real_and_cost_what_the_counter_counts(vit, t
     assert out.shape == (1, 10) and out.abs().max() > 0.1
     macs, _ = count_macs_params(model, space)
     assert space.macs(widths) == macs < space.base_macs
-    # The twin's attention products shrink with the heads (batched over heads: the heads
-    # kept multiply their output channels).
+    # The twin's attention products and softmax shrink with the heads (1 of 4 kept).
     table = space.layer_table(np.stack([space.base_widths, widths]))
-    products = [i for i, n in enumerate(table.names) if n.startswith("blocks.1.attn")
-                and table.op[i] == "matmul"]
-    assert products and all(table.cout[1, i] * 4 == table.cout[0, i] for i in products)
+    attention = [i for i, n in enumerate(table.names) if n.startswith("blocks.1.attn:")]
+    products = [i for i in attention if table.op[i] == "matmul"]
+    assert len(products) == 2 and all(table.macs()[1, i] * 4 == table.macs()[0, i]
+                                      for i in products)
+    assert all(table.output_elems()[1, i] * 4 == table.output_elems()[0, i]
+               for i in attention if table.op[i] == "softmax")
 
     from hdap_engine.export.bundle import export_onnx
 

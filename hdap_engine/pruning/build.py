@@ -186,13 +186,16 @@ def _attention_rows(rows: _Rows, name, cin, qdim, tokens, heads, bias, counted, 
     if counted == "mha":  # its projections are inside the unit: give the twin them too
         rows.add(f"{name}.in_proj", "linear", UNIT, cin, R.scale_form(qdim, 3.0), (n, 1),
                  (n, 1), bias=bias)
-        if whole_heads:  # heads kept x tokens scores per query
-            scores = R.scale_form(qdim, n / whole_heads)
-            rows.add(f"{name}.qk", "matmul", UNIT, R.fixed(whole_heads), scores, (n, 1),
-                     (n, 1))
+        if whole_heads:  # batched over the heads kept, as `_batched` lays it out
+            lead = ((heads, n), (R.scale_form(qdim, 1.0 / whole_heads), R.fixed(n)))
+            hd, tok = R.fixed(whole_heads), R.fixed(n)
+            _, qk_in, qk = _batched(*lead, hd, tok)
+            _, _, scores = _batched(*lead, tok, tok)
+            _, av_in, av = _batched(*lead, tok, hd)
+            rows.add(f"{name}.qk", "matmul", UNIT, qk_in, qk, (n, 1), (n, 1))
             rows.add(f"{name}.softmax", "softmax", UNIT, scores, scores, (n, 1), (n, 1),
                      fn="softmax")
-            rows.add(f"{name}.av", "matmul", UNIT, R.fixed(n), qdim, (n, 1), (n, 1))
+            rows.add(f"{name}.av", "matmul", UNIT, av_in, av, (n, 1), (n, 1))
         else:
             rows.add(f"{name}.qk", "matmul", UNIT, head, R.fixed(n), (heads * n, 1),
                      (heads * n, 1))
@@ -256,39 +259,47 @@ def _function_rows_of(rows: _Rows, op: R.Op) -> None:
     elif f in R.CAT_FN:
         rows.add(op.name, "cat", "", cout, cout, (ho, wo), (ho, wo))
     elif f in R.MATMUL_FN and tensors >= 2 and len(op.in_shapes[0]) >= 2:
-        inner = op.in_forms[0][-1]
-        rows_n, outs = _batched(op.out_shape[:-1], op.out_forms[:-1], op.out_forms[-1])
+        rows_n, inner, outs = _batched(op.out_shape[:-1], op.out_forms[:-1],
+                                       op.in_forms[0][-1], op.out_forms[-1])
         rows.add(op.name, "matmul", "", inner, outs, (rows_n, 1), (rows_n, 1))
     elif f == "scaled_dot_product_attention" and tensors >= 3:
         q, v = op.in_shapes[0], op.in_shapes[2]
         kv = v[-2]
-        lead, qk = _batched(q[:-1], op.in_forms[0][:-1], R.fixed(kv))
-        _, av = _batched(q[:-1], op.in_forms[0][:-1], op.in_forms[2][-1])
-        rows.add(f"{op.name}.qk", "matmul", "", op.in_forms[0][-1], qk, (lead, 1),
-                 (lead, 1))
-        rows.add(f"{op.name}.softmax", "softmax", "", qk, qk, (lead, 1),
+        lead, qk_in, qk = _batched(q[:-1], op.in_forms[0][:-1], op.in_forms[0][-1],
+                                   R.fixed(kv))
+        _, _, scores = _batched(q[:-1], op.in_forms[0][:-1], R.fixed(kv), R.fixed(kv))
+        _, av_in, av = _batched(q[:-1], op.in_forms[0][:-1], R.fixed(kv),
+                                op.in_forms[2][-1])
+        rows.add(f"{op.name}.qk", "matmul", "", qk_in, qk, (lead, 1), (lead, 1))
+        rows.add(f"{op.name}.softmax", "softmax", "", scores, scores, (lead, 1),
                  (lead, 1), fn="softmax")
-        rows.add(f"{op.name}.av", "matmul", "", R.fixed(kv), av, (lead, 1), (lead, 1))
+        rows.add(f"{op.name}.av", "matmul", "", av_in, av, (lead, 1), (lead, 1))
     elif f in R.COPY_FN:
         rows.add(op.name, "copy", "", cout, cout, (ho, wo), (ho, wo), fn=f)
     else:
         rows.add(op.name, "other", "", cin, cout, (hi, wi), (ho, wo), fn=f)
 
 
-def _batched(lead_shape, lead_forms, out: R.Form) -> tuple[int, R.Form]:
-    """(rows, output channels) of a product batched over ``lead_shape``.
+def _batched(lead_shape, lead_forms, inner: R.Form,
+             out: R.Form) -> tuple[int, R.Form, R.Form]:
+    """(rows, input channels, output channels) of a product batched over ``lead_shape``.
 
     The batch dims are the rows, unless one varies with the widths (an attention's
-    heads, pruned whole): its count then multiplies the output channels, so that MACs
-    and outputs follow the heads kept (a form is linear in one group, a row count is
-    a number).
+    heads, pruned whole): a row count is a number and a form is linear in the widths,
+    so the heads kept then multiply the input channels or the output channels, so that
+    MACs follow them, and with them the larger of the first operand and the output
+    (the twin counts a product's first operand as rows x input channels, its second as
+    input x output channels, its output as rows x output channels): for q @ k^T the
+    scores (tokens per head), for the scores @ v the scores read.
     """
     varying = [d for d, f in enumerate(lead_forms) if not R.is_fixed(f)]
-    if len(varying) != 1 or not R.is_fixed(out):
-        return math.prod(lead_shape), out
+    if len(varying) != 1 or not R.is_fixed(out) or not R.is_fixed(inner):
+        return math.prod(lead_shape), inner, out
     d = varying[0]
     rest = math.prod(s for k, s in enumerate(lead_shape) if k != d)
-    return rest, R.scale_form(lead_forms[d], out[0])
+    if inner[0] > out[0]:
+        return rest, R.scale_form(lead_forms[d], inner[0]), out
+    return rest, inner, R.scale_form(lead_forms[d], out[0])
 
 
 def layer_rows(ops: list[R.Op], tp_forms: dict,
