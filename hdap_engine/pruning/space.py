@@ -160,8 +160,8 @@ class PruningSpace:
         if bad.size:
             i = int(bad[0])
             g = self.groups[i]
-            why = (f"whole heads: {g.head_width} channels (one head's q, k and v) each, "
-                   f"1 to {g.heads} heads" if g.heads else "its grouped convolution's groups")
+            why = (f"whole heads of an attention: 1 to {g.heads} heads of {g.head_width} "
+                   "channels" if g.heads else "its grouped convolution's groups")
             raise HdapError(
                 f"{self.model}: width {int(w[i])} of group {g.name} must be a "
                 f"multiple of {int(parts[i])} ({why})")
