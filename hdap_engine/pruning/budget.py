@@ -117,7 +117,54 @@ def repair(space: PruningSpace, ratios, target_macs: float, *,
         hi = np.where(ok, hi, mid)
     widths = space.widths_from_ratios(r * lo[:, None])
     widths = _fill(space, widths, r * lo[:, None] * base, target_macs, tol)
+    widths = _coarse_step_up(space, widths, r, target_macs, tol)
     return widths[0] if single else widths
+
+
+def _coarse_step_up(space: PruningSpace, widths: np.ndarray, r: np.ndarray, target: float,
+                    tol: float) -> np.ndarray:
+    """Candidates still short of the budget: one step more of each coarse group, the
+    others scaled down to make room; kept where that comes closer to the budget.
+
+    A group whose one step costs more than the budget's tolerance (the embedding of an
+    attention that moves one whole head at a time: a twelfth of ViT-B's width) can
+    leave the ray of ``r`` only under the budget or over it, and filling the fine groups
+    back may not reach it.
+    """
+    macs = space.macs(widths)
+    short = np.flatnonzero(macs < target * (1.0 - tol))
+    if short.size == 0:
+        return widths
+    out = widths.copy()
+    base = space.base_widths.astype(np.float64)
+    up = np.minimum(widths[short] + space.steps, space.base_widths)
+    for c in range(space.n_groups):
+        grown = widths[short].copy()
+        grown[:, c] = up[:, c]
+        coarse = (space.macs(grown) - macs[short]) > tol * target
+        rows = short[coarse & (grown[:, c] > widths[short, c])]
+        if rows.size == 0:
+            continue
+        fixed = up[np.searchsorted(short, rows), c].astype(np.float64)
+        rr = r[rows]
+        lo, hi = np.zeros(rows.size), 1.0 / rr.min(axis=1)
+
+        def at(scale, rr=rr, c=c, kept=fixed / base[c]):
+            ratios = rr * scale[:, None]
+            ratios[:, c] = kept
+            return space.widths_from_ratios(ratios)
+
+        for _ in range(30):
+            mid = 0.5 * (lo + hi)
+            ok = space.macs(at(mid)) <= target
+            lo = np.where(ok, mid, lo)
+            hi = np.where(ok, hi, mid)
+        trial = at(lo)
+        trial = _fill(space, trial, rr * lo[:, None] * base, target, tol)
+        tm = space.macs(trial)
+        better = (tm <= target) & (tm > space.macs(out[rows]))
+        out[rows[better]] = trial[better]
+    return out
 
 
 def _fill(space: PruningSpace, widths: np.ndarray, wanted: np.ndarray, target: float,

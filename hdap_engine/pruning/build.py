@@ -105,7 +105,7 @@ class _Rows:
                               cin=cin, cout=cout))
 
 
-def _module_rows(rows: _Rows, op: R.Op, tp_forms) -> None:
+def _module_rows(rows: _Rows, op: R.Op, tp_forms, heads: dict[int, int]) -> None:
     m = op.module
     if not op.in_shapes:
         return
@@ -155,8 +155,10 @@ def _module_rows(rows: _Rows, op: R.Op, tp_forms) -> None:
     elif isinstance(m, (nn.Softmax, nn.LogSoftmax)):
         rows.add(op.name, "softmax", "", cout, cout, (ho, wo), (ho, wo), fn="softmax")
     elif isinstance(m, nn.MultiheadAttention):
+        whole = any(g in heads for g, _ in cin[1])
         _attention_rows(rows, op.name, cin, cin, ho * wo, m.num_heads,
-                        m.in_proj_bias is not None, counted="mha")
+                        m.in_proj_bias is not None, counted="mha",
+                        whole_heads=m.embed_dim // m.num_heads if whole else 0)
     elif isinstance(m, (nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten, nn.Unflatten)):
         return
     else:
@@ -171,25 +173,45 @@ def _module_rows(rows: _Rows, op: R.Op, tp_forms) -> None:
                      fn=type(m).__name__)
 
 
-def _attention_rows(rows: _Rows, name, cin, qdim, tokens, heads, bias, counted, batch=1):
-    """The products and softmax of one attention (twin rows) plus its counted row."""
+def _attention_rows(rows: _Rows, name, cin, qdim, tokens, heads, bias, counted, batch=1,
+                    whole_heads: int = 0):
+    """The products and softmax of one attention (twin rows) plus its counted row.
+
+    On a width of whole heads (``whole_heads``: the width of one head) each head keeps
+    its width and the heads kept multiply the products' outputs (`_batched`);
+    otherwise the heads stay and each narrows.
+    """
     n = int(tokens)
     head = R.scale_form(qdim, 1.0 / heads)
     if counted == "mha":  # its projections are inside the unit: give the twin them too
         rows.add(f"{name}.in_proj", "linear", UNIT, cin, R.scale_form(qdim, 3.0), (n, 1),
                  (n, 1), bias=bias)
-        rows.add(f"{name}.qk", "matmul", UNIT, head, R.fixed(n), (heads * n, 1),
-                 (heads * n, 1))
-        rows.add(f"{name}.softmax", "softmax", UNIT, R.fixed(n), R.fixed(n), (heads * n, 1),
-                 (heads * n, 1), fn="softmax")
-        rows.add(f"{name}.av", "matmul", UNIT, R.fixed(n), head, (heads * n, 1),
-                 (heads * n, 1))
+        if whole_heads:  # batched over the heads kept, as `_batched` lays it out
+            lead = ((heads, n), (R.scale_form(qdim, 1.0 / whole_heads), R.fixed(n)))
+            hd, tok = R.fixed(whole_heads), R.fixed(n)
+            _, qk_in, qk = _batched(*lead, hd, tok)
+            _, _, scores = _batched(*lead, tok, tok)
+            _, av_in, av = _batched(*lead, tok, hd)
+            rows.add(f"{name}.qk", "matmul", UNIT, qk_in, qk, (n, 1), (n, 1))
+            rows.add(f"{name}.softmax", "softmax", UNIT, scores, scores, (n, 1), (n, 1),
+                     fn="softmax")
+            rows.add(f"{name}.av", "matmul", UNIT, av_in, av, (n, 1), (n, 1))
+        else:
+            rows.add(f"{name}.qk", "matmul", UNIT, head, R.fixed(n), (heads * n, 1),
+                     (heads * n, 1))
+            rows.add(f"{name}.softmax", "softmax", UNIT, R.fixed(n), R.fixed(n),
+                     (heads * n, 1), (heads * n, 1), fn="softmax")
+            rows.add(f"{name}.av", "matmul", UNIT, R.fixed(n), head, (heads * n, 1),
+                     (heads * n, 1))
         rows.add(f"{name}.out_proj", "linear", UNIT, qdim, qdim, (n, 1), (n, 1), bias=True)
     rows.add(f"{name}.count", "", counted, cin, qdim, (n, batch), (n, batch), bias=bias,
              heads=heads)
 
 
 UNIT = "unit"  # counted by the row of the block it belongs to
+# A linear layer inside such a block (timm's qkv and proj): its MACs are in the block's
+# formula, its parameters are its own (the counter sums every parameter of the model).
+UNIT_LINEAR = "unit-linear"
 
 
 def _function_rows(rows: _Rows, op: R.Op) -> None:
@@ -237,38 +259,63 @@ def _function_rows_of(rows: _Rows, op: R.Op) -> None:
     elif f in R.CAT_FN:
         rows.add(op.name, "cat", "", cout, cout, (ho, wo), (ho, wo))
     elif f in R.MATMUL_FN and tensors >= 2 and len(op.in_shapes[0]) >= 2:
-        inner = op.in_forms[0][-1]
-        outs = op.out_forms[-1]
-        rows_n = math.prod(op.out_shape[:-1])
+        rows_n, inner, outs = _batched(op.out_shape[:-1], op.out_forms[:-1],
+                                       op.in_forms[0][-1], op.out_forms[-1])
         rows.add(op.name, "matmul", "", inner, outs, (rows_n, 1), (rows_n, 1))
     elif f == "scaled_dot_product_attention" and tensors >= 3:
         q, v = op.in_shapes[0], op.in_shapes[2]
-        lead = math.prod(q[:-1])
         kv = v[-2]
-        rows.add(f"{op.name}.qk", "matmul", "", op.in_forms[0][-1], R.fixed(kv), (lead, 1),
-                 (lead, 1))
-        rows.add(f"{op.name}.softmax", "softmax", "", R.fixed(kv), R.fixed(kv), (lead, 1),
+        lead, qk_in, qk = _batched(q[:-1], op.in_forms[0][:-1], op.in_forms[0][-1],
+                                   R.fixed(kv))
+        _, _, scores = _batched(q[:-1], op.in_forms[0][:-1], R.fixed(kv), R.fixed(kv))
+        _, av_in, av = _batched(q[:-1], op.in_forms[0][:-1], R.fixed(kv),
+                                op.in_forms[2][-1])
+        rows.add(f"{op.name}.qk", "matmul", "", qk_in, qk, (lead, 1), (lead, 1))
+        rows.add(f"{op.name}.softmax", "softmax", "", scores, scores, (lead, 1),
                  (lead, 1), fn="softmax")
-        rows.add(f"{op.name}.av", "matmul", "", R.fixed(kv), op.in_forms[2][-1], (lead, 1),
-                 (lead, 1))
+        rows.add(f"{op.name}.av", "matmul", "", av_in, av, (lead, 1), (lead, 1))
     elif f in R.COPY_FN:
         rows.add(op.name, "copy", "", cout, cout, (ho, wo), (ho, wo), fn=f)
     else:
         rows.add(op.name, "other", "", cin, cout, (hi, wi), (ho, wo), fn=f)
 
 
-def layer_rows(ops: list[R.Op], tp_forms: dict) -> list[dict]:
-    """Layer rows of a recording (twin rows and counted rows)."""
+def _batched(lead_shape, lead_forms, inner: R.Form,
+             out: R.Form) -> tuple[int, R.Form, R.Form]:
+    """(rows, input channels, output channels) of a product batched over ``lead_shape``.
+
+    The batch dims are the rows, unless one varies with the widths (an attention's
+    heads, pruned whole): a row count is a number and a form is linear in the widths,
+    so the heads kept then multiply the input channels or the output channels, so that
+    MACs follow them, and with them the larger of the first operand and the output
+    (the twin counts a product's first operand as rows x input channels, its second as
+    input x output channels, its output as rows x output channels): for q @ k^T the
+    scores (tokens per head), for the scores @ v the scores read.
+    """
+    varying = [d for d, f in enumerate(lead_forms) if not R.is_fixed(f)]
+    if len(varying) != 1 or not R.is_fixed(out) or not R.is_fixed(inner):
+        return math.prod(lead_shape), inner, out
+    d = varying[0]
+    rest = math.prod(s for k, s in enumerate(lead_shape) if k != d)
+    if inner[0] > out[0]:
+        return rest, R.scale_form(lead_forms[d], inner[0]), out
+    return rest, inner, R.scale_form(lead_forms[d], out[0])
+
+
+def layer_rows(ops: list[R.Op], tp_forms: dict,
+               heads: dict[int, int] | None = None) -> list[dict]:
+    """Layer rows of a recording (twin rows and counted rows); ``heads`` gives the heads
+    of each group that is a width of whole heads."""
     rows = _Rows()
     for op in ops:
         if op.kind == "module":
             n0 = len(rows.rows)
-            _module_rows(rows, op, tp_forms.get(op.module))
+            _module_rows(rows, op, tp_forms.get(op.module), heads or {})
             if op.extra.get("in_counted"):
                 # A layer inside a block the counter counts whole (timm's attention: its
                 # qkv and proj are in the block's formula): priced, not counted again.
                 for r in rows.rows[n0:]:
-                    r["counted"] = UNIT
+                    r["counted"] = UNIT_LINEAR if r["counted"] == "linear" else UNIT
         elif op.kind == "count":
             _attention_rows(rows, op.name, op.extra["cin"], op.extra["qdim"],
                             op.extra["tokens"], op.extra["heads"], op.extra["bias"],
@@ -294,7 +341,7 @@ def probe_widths(groups) -> np.ndarray:
     """Distinct widths per group for the check: about 5/8 or 3/4 of each, on its step."""
     out = []
     for i, g in enumerate(groups):
-        parts = max(1, g.channel_groups)
+        parts = g.head_width or max(1, g.channel_groups)  # whole heads, equal parts
         frac = (0.625, 0.75, 0.5)[i % 3]
         w = max(parts, int(g.base * frac) // parts * parts)
         out.append(min(w, g.base))
@@ -336,9 +383,10 @@ def _checked_recording(model: nn.Module, example: torch.Tensor, classifier: str,
     if why is not None:
         return None, why
     tp_forms = G.module_forms(model, found, keep)
+    heads = {i: found.groups[g].heads for i, g in enumerate(keep) if found.groups[g].heads}
     try:
         ops = R.record(G.clear_eval_caches(model), example, tp_forms, counted_types,
-                       param_forms=G.param_forms(model, found, keep))
+                       param_forms=G.param_forms(model, found, keep), heads=heads)
         check_forms(ops, R.record(G.clear_eval_caches(pruned), example, {}, counted_types),
                     widths)
     except HdapError as exc:
@@ -412,7 +460,7 @@ def build_space(name: str, model: nn.Module, example: torch.Tensor, classifier: 
                                                          counted_types)
     bad.update(unfollowed)
     groups = tuple(found.groups[i] for i in keep)
-    rows = layer_rows(ops, tp_forms)
+    rows = layer_rows(ops, tp_forms, {i: g.heads for i, g in enumerate(groups) if g.heads})
     if not rows:
         raise HdapError("the model has no layer the pruning space can follow")
     layers = _arrays(rows, len(groups))

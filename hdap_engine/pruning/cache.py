@@ -27,7 +27,7 @@ import numpy as np
 from hdap_engine.errors import HdapError
 from hdap_engine.infra.locks import TRACE_LOCK
 
-FORMAT = 7  # bump when the saved layout or the meaning of a field changes
+FORMAT = 8  # bump when the saved layout or the meaning of a field changes
 BUILD_TIMEOUT_S = float(os.environ.get("HDAP_SPACE_TIMEOUT", "900"))
 
 _MEMORY: dict[str, object] = {}
@@ -172,7 +172,8 @@ def _write(space, path: Path) -> None:
     lay = space.layers
     meta = {
         "model": space.model, "input_shape": list(space.input_shape),
-        "groups": [[g.name, g.base, list(g.members), g.channel_groups] for g in space.groups],
+        "groups": [[g.name, g.base, list(g.members), g.channel_groups, g.heads]
+                   for g in space.groups],
         "kept": [list(k) for k in space.kept], "uncounted": list(space.uncounted),
         "model_params": int(space.model_params), "format": FORMAT,
     }
@@ -205,8 +206,8 @@ def _read(path: Path):
                 fields[f] = data[f].copy()
     except Exception:  # a stale or damaged cache file is rebuilt, not reported
         return None
-    groups = tuple(Group(name=n, base=int(b), members=tuple(m), channel_groups=int(c))
-                   for n, b, m, c in meta["groups"])
+    groups = tuple(Group(name=n, base=int(b), members=tuple(m), channel_groups=int(c),
+                         heads=int(h)) for n, b, m, c, h in meta["groups"])
     return SpaceData(model=meta["model"], input_shape=tuple(meta["input_shape"]),
                      groups=groups, layers=LayerRows(**fields),
                      kept=tuple(tuple(k) for k in meta["kept"]),

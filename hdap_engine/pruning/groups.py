@@ -12,11 +12,19 @@ consumer). Three things about a group come from the graph:
   heads split the width into equal parts that must stay equal, so the width
   moves in steps of that count and a channel position is pruned in every part
   at once (Torch-Pruning's `BasePruner` does the same, averaging importance
-  over the parts).
+  over the parts);
+- its *heads*, when it is the qkv projection of an attention (timm's
+  `Attention`, also DeiT's): the width moves one whole head at a time, a
+  head's q, k and v channels go together with its columns of the output
+  projection, and the attention's ``num_heads`` follows (Torch-Pruning's
+  `prune_num_heads`, as its ViT examples use it). An `nn.MultiheadAttention`
+  (torchvision's ViT) computes in its input's width, so its heads are the
+  heads of the embedding (residual) width it sits on: that group moves one
+  head at a time, removing the same head of every attention on it.
 
-Some groups break the model when pruned (an attention's qkv projection whose
-output a reshape splits into heads, a width a module's forward code spells
-as a constant). `unprunable_groups` finds them by pruning a copy and running
+Some groups break the model when pruned (the qkv projection of an attention
+class whose head layout is not known here, a width a module's forward code
+spells as a constant). `unprunable_groups` finds them by pruning a copy and running
 it, halving the set of suspects each time, so that they are kept at full
 width and listed rather than failing the whole model.
 """
@@ -44,7 +52,13 @@ class Group:
     name: str  # the first member convolution / linear layer, in forward order
     base: int  # width of the unpruned model
     members: tuple[str, ...]  # conv / linear layers whose output channels this group sets
-    channel_groups: int = 1  # equal parts the width is split into (grouped conv, heads)
+    channel_groups: int = 1  # equal parts the width is split into (grouped conv, norm)
+    heads: int = 0  # an attention's heads: the width moves one head (base // heads) at a time
+
+    @property
+    def head_width(self) -> int:
+        """Channels of one head (its q, k and v), or 0 when the group is not heads."""
+        return self.base // self.heads if self.heads else 0
 
     @property
     def residual(self) -> bool:
@@ -62,6 +76,61 @@ class Discovered:
     # A parameter Torch-Pruning prunes outside any layer (a ViT's class token and position
     # embedding): its name -> (the dim pruned, {group index: channels per width unit}).
     params: dict[str, tuple[int, dict[int, float]]] = field(default_factory=dict)
+
+
+# Attention classes whose heads are pruned whole: a fused ``qkv`` linear whose output
+# ``forward`` reshapes to (B, N, 3, num_heads, head_dim), and a ``proj`` linear reading
+# num_heads x head_dim. Named by class, not by shape: an attention with another layout
+# would run when pruned and mix its heads' channels silently.
+HEAD_ATTENTIONS = ("timm.layers.attention.Attention",)
+QKV_PARTS = 3  # q, k and v
+
+
+def head_attention(model: nn.Module, qkv: str) -> nn.Module | None:
+    """The attention whose fused qkv projection is the layer named ``qkv``, when its heads
+    can be pruned whole (`HEAD_ATTENTIONS`), else None."""
+    parent_name, _, leaf = qkv.rpartition(".")
+    if leaf != "qkv":
+        return None
+    parent = model.get_submodule(parent_name) if parent_name else model
+    kind = f"{type(parent).__module__}.{type(parent).__qualname__}"
+    if kind not in HEAD_ATTENTIONS:
+        return None
+    heads, head_dim = getattr(parent, "num_heads", 0), getattr(parent, "head_dim", 0)
+    if (not isinstance(parent.qkv, nn.Linear) or not isinstance(parent.proj, nn.Linear)
+            or getattr(parent, "gate", None) is not None  # a gate reads the heads too
+            or parent.qkv.out_features != QKV_PARTS * heads * head_dim
+            or parent.proj.in_features != heads * head_dim):
+        return None
+    return parent
+
+
+def set_heads(attention: nn.Module, heads: int, head_dim: int) -> None:
+    """Tell a pruned attention how many heads it has left (its forward reads them)."""
+    attention.num_heads = int(heads)
+    attention.head_dim = int(head_dim)  # Torch-Pruning's MHA pruner divides by the old count
+    if hasattr(attention, "attn_dim"):
+        attention.attn_dim = int(heads) * int(head_dim)
+
+
+def _mha_heads(model: nn.Module, names, base: int) -> int:
+    """The heads of the `nn.MultiheadAttention`s among the layers ``names`` that compute
+    in a width of ``base`` (0 when there are none, or their head counts differ)."""
+    found = {int(m.num_heads) for n in names
+             if isinstance(m := model.get_submodule(n), nn.MultiheadAttention)
+             and m.embed_dim == base and m._qkv_same_embed_dim}
+    return found.pop() if len(found) == 1 else 0
+
+
+def follow_widths(model: nn.Module) -> None:
+    """Widths a model's own forward reads from attributes, set from its pruned layers
+    (torchvision's ViT reshapes its patches by ``hidden_dim``, as Torch-Pruning's
+    torchvision example sets it)."""
+    for m in model.modules():
+        conv = getattr(m, "conv_proj", None)
+        if (type(m).__name__ == "VisionTransformer" and isinstance(conv, nn.Conv2d)
+                and isinstance(getattr(m, "hidden_dim", None), int)):
+            m.hidden_dim = conv.out_channels
 
 
 def torch_pruning():
@@ -250,8 +319,15 @@ def discover(model: nn.Module, example: torch.Tensor, classifier: str) -> Discov
         if not members:
             continue
         members.sort(key=order.__getitem__)
+        attention = head_attention(model, members[0]) if len(members) == 1 else None
+        heads = int(attention.num_heads) if attention is not None else 0
+        if heads and base != attention.qkv.out_features:
+            heads = 0
+        if not heads:
+            heads = _mha_heads(model, coef, base)
         raw.append((Group(name=members[0], base=base, members=tuple(members),
-                          channel_groups=_channel_groups(dg, group)), coef, pcoef))
+                          channel_groups=_channel_groups(dg, group), heads=heads),
+                    coef, pcoef))
     raw.sort(key=lambda r: order[r[0].name])
     coefficients: dict[str, dict[str, dict[int, float]]] = {}
     params: dict[str, tuple[int, dict[int, float]]] = {}
@@ -355,6 +431,10 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
             if gi is None or groups[gi].name in kept:
                 continue
             g = groups[gi]
+            if g.heads:
+                kept[g.name] = _prune_heads(model, dg, group, g, int(widths[gi]), imp,
+                                            importance)
+                continue
             parts = max(1, g.channel_groups)
             size = g.base // parts
             keep = int(widths[gi]) // parts
@@ -385,6 +465,7 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
                 drop = [p + k * size for k in range(parts) for p in sorted(order[keep:])]
                 root = group[0].dep
                 dg.get_pruning_group(root.target.module, root.handler, drop).prune()
+    follow_widths(model)
     missing = [g.name for g in groups if g.name not in kept]
     if missing:
         raise HdapError(f"internal: Torch-Pruning did not offer groups {missing[:3]}")
@@ -393,6 +474,49 @@ def prune_groups(model: nn.Module, example: torch.Tensor, classifier: str,
     training = model.training
     clear_eval_caches(model).train(training)
     return kept
+
+
+def _prune_heads(model: nn.Module, dg, group, g: Group, width: int, imp,
+                 importance: str) -> list[int]:
+    """Prune whole heads of the attention(s) of ``group``; returns its kept channels.
+
+    A timm attention's group is its qkv output, (q, k, v) x heads x head_dim: a
+    head's importance is the mean over its q, k and v channels (Torch-Pruning's
+    `prune_num_heads` ranks heads the same way), and removing its qkv channels
+    removes its columns of the output projection with them (Torch-Pruning's graph
+    maps them through the unbind). An `nn.MultiheadAttention`'s group is the width
+    it computes in, heads x head_dim: a head goes from every attention on it.
+    """
+    timm_attention = head_attention(model, g.name)
+    attentions = [timm_attention] if timm_attention is not None else [
+        dep.target.module for dep, _ in group
+        if isinstance(dep.target.module, nn.MultiheadAttention)]
+    if not attentions:
+        raise HdapError(f"internal: the group of {g.name} has no attention left")
+    head_dim = int(attentions[0].head_dim)
+    parts = g.head_width // head_dim  # q, k and v of a fused qkv; 1 for a width of heads
+    keep = width // g.head_width
+    if importance == "l2":
+        scores = imp(group)
+        if scores is None:
+            scores = torch.arange(g.base, 0, -1, dtype=torch.float32)
+        scores = scores.float().view(parts, g.heads, head_dim).mean(dim=(0, 2))
+        order = torch.argsort(scores, descending=True, stable=True).tolist()
+    else:
+        order = list(range(g.heads))
+    part = g.heads * head_dim
+
+    def channels(heads: list[int]) -> list[int]:
+        return sorted(s * part + h * head_dim + d for s in range(parts)
+                      for h in heads for d in range(head_dim))
+
+    if keep < g.heads:
+        root = group[0].dep
+        dg.get_pruning_group(root.target.module, root.handler,
+                             channels(order[keep:])).prune()
+        for attention in attentions:
+            set_heads(attention, keep, head_dim)
+    return channels(order[:keep])
 
 
 def clear_eval_caches(model: nn.Module) -> nn.Module:

@@ -189,8 +189,9 @@ class Recorder(TorchFunctionMode):
     """
 
     def __init__(self, model: nn.Module, module_forms: dict[nn.Module, tuple[Form, Form]],
-                 counted_types: tuple = ()):
+                 counted_types: tuple = (), heads: dict[int, int] | None = None):
         super().__init__()
+        self.heads = heads or {}  # group -> its heads, for a group that is an attention's
         self.counted_types = counted_types  # non-leaf modules Torch-Pruning counts whole
         self.in_counted = 0  # depth inside such a module
         self.last_out: dict[nn.Module, tuple[Form, ...]] = {}
@@ -317,7 +318,7 @@ class Recorder(TorchFunctionMode):
         op.extra["in_counted"] = self.in_counted > 0  # part of a block counted whole
         if fname in ("contiguous", "reshape", "flatten") and ins:
             op.extra["copies"] = not ins[0].is_contiguous()  # a real copy, not a view
-        results = _function_forms(fname, args, kwargs, ins, in_forms, outs)
+        results = _function_forms(fname, args, kwargs, ins, in_forms, outs, self.heads)
         for t, forms in zip(outs, results, strict=True):
             self.set_forms(t, forms)
         op.out_forms = results[0]
@@ -333,13 +334,15 @@ class Recorder(TorchFunctionMode):
 def record(model: nn.Module, example: torch.Tensor,
            module_forms: dict[nn.Module, tuple[Form, Form]] | None = None,
            counted_types: tuple = (), param_forms: dict[str, tuple[Form, ...]] | None = None,
-           ) -> list[Op]:
+           heads: dict[int, int] | None = None) -> list[Op]:
     """Run ``model`` on ``example`` once and return its recorded operations.
 
     ``param_forms`` gives the forms of parameters used outside any layer (a class
-    token that is expanded and concatenated), by parameter name.
+    token that is expanded and concatenated), by parameter name. ``heads`` gives the
+    heads of each group that is an attention's (`groups.Group.heads`), so that the
+    reshape splitting its qkv output puts the pruning on the heads' dim.
     """
-    rec = Recorder(model, module_forms or {}, counted_types)
+    rec = Recorder(model, module_forms or {}, counted_types, heads)
     rec.attach()
     try:
         with torch.no_grad(), rec:
@@ -373,8 +376,13 @@ def _same(shapes, in_forms, out_shape) -> tuple[Form, ...]:
     return tuple(result)
 
 
-def _reshape_forms(in_shape, in_forms, out_shape) -> tuple[Form, ...]:
-    """Match input and output dims in segments of equal products (row-major order)."""
+def _reshape_forms(in_shape, in_forms, out_shape, heads=None) -> tuple[Form, ...]:
+    """Match input and output dims in segments of equal products (row-major order).
+
+    A varying dim split into several goes to the largest of them, unless it is the
+    width of an attention's heads (``heads``: group -> heads) split into (q, k, v),
+    heads and head_dim: then to the heads' dim, the one the pruning removes.
+    """
     out = [None] * len(out_shape)
     i = j = 0
     n_in, n_out = len(in_shape), len(out_shape)
@@ -415,6 +423,11 @@ def _reshape_forms(in_shape, in_forms, out_shape) -> tuple[Form, ...]:
             whole = scale_form(in_forms[k0], others)  # the segment's total, linear
             # The varying output dim is the one carrying most of the segment.
             target = max(sj, key=lambda k: (out_shape[k], -k)) if sj else None
+            terms = in_forms[k0][1]
+            n_heads = (heads or {}).get(terms[0][0]) if len(terms) == 1 else None
+            split = [k for k in sj[:-1] if out_shape[k] == n_heads]
+            if n_heads and split:  # the last such dim: q, k and v come first
+                target = split[-1]
             rest = math.prod(out_shape[k] for k in sj if k != target)
             for k in sj:
                 out[k] = scale_form(whole, 1.0 / rest) if k == target else fixed(out_shape[k])
@@ -429,7 +442,8 @@ def _dim_arg(args, kwargs, pos, default=0):
     return d
 
 
-def _function_forms(fname, args, kwargs, ins, in_forms, outs) -> list[tuple[Form, ...]]:
+def _function_forms(fname, args, kwargs, ins, in_forms, outs,
+                    heads=None) -> list[tuple[Form, ...]]:
     out = outs[0]
     first = in_forms[0] if in_forms else ()
     if fname in CAT_FN:
@@ -460,7 +474,7 @@ def _function_forms(fname, args, kwargs, ins, in_forms, outs) -> list[tuple[Form
     if fname in ("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze",
                  "view_as", "reshape_as") and ins:
         if math.prod(ins[0].shape) == math.prod(out.shape):
-            return [_reshape_forms(tuple(ins[0].shape), first, tuple(out.shape))]
+            return [_reshape_forms(tuple(ins[0].shape), first, tuple(out.shape), heads)]
     if fname in ("chunk", "split", "unbind", "__getitem__", "narrow") and ins:
         results = []
         for t in outs:

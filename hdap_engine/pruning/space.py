@@ -105,9 +105,16 @@ class PruningSpace:
         of 8 channels with ``round_to`` 8: a step of 104 or 440 is the whole width, so
         every method kept RegNet's grouped convolutions whole), the step is the channel
         groups alone: one channel per group, the width searched and priced as it is.
+
+        An attention's heads move one whole head at a time (its q, k and v channels),
+        whatever ``round_to`` says: a head is the unit the attention computes in, and
+        its channels are already a multiple of the head size.
         """
         out = []
         for g in self.groups:
+            if g.heads:
+                out.append(g.head_width)
+                continue
             parts = max(1, g.channel_groups)
             step = math.lcm(self.round_to, parts)
             out.append(parts if parts > 1 and 4 * step > g.base else step)
@@ -148,13 +155,16 @@ class PruningSpace:
             raise HdapError(
                 f"{self.model}: width {int(w[i])} of group {self.groups[i].name} is outside "
                 f"1..{self.groups[i].base}")
-        parts = np.array([max(1, g.channel_groups) for g in self.groups])
+        parts = np.array([g.head_width or max(1, g.channel_groups) for g in self.groups])
         bad = np.flatnonzero(w % parts)
         if bad.size:
             i = int(bad[0])
+            g = self.groups[i]
+            why = (f"whole heads of an attention: 1 to {g.heads} heads of {g.head_width} "
+                   "channels" if g.heads else "its grouped convolution's groups")
             raise HdapError(
-                f"{self.model}: width {int(w[i])} of group {self.groups[i].name} must be a "
-                f"multiple of {int(parts[i])} (its grouped convolution's groups)")
+                f"{self.model}: width {int(w[i])} of group {g.name} must be a "
+                f"multiple of {int(parts[i])} ({why})")
         return w
 
     def random_widths(self, n: int, rng: np.random.Generator, low: float = 0.15,
@@ -174,6 +184,17 @@ class PruningSpace:
         cin = lay.cin_fixed + w @ lay.cin_coef.T
         cout = lay.cout_fixed + w @ lay.cout_coef.T
         return cin, cout
+
+    @functools.cached_property
+    def _base_cout(self) -> np.ndarray:
+        """(L,) output channels of every layer at the base widths."""
+        return self.layers.cout_fixed + self.layers.cout_coef @ self.base_widths
+
+    @functools.cached_property
+    def _whole_heads(self) -> np.ndarray:
+        """(L,) True for a row whose output width is a group of whole heads."""
+        heads = np.array([g.heads > 0 for g in self.groups], dtype=bool)
+        return (self.layers.cout_coef[:, heads] != 0).any(axis=1)
 
     def _layer_costs(self, widths) -> tuple[np.ndarray, np.ndarray]:
         """(N, L) MACs and parameters of every layer, by Torch-Pruning's counting rules."""
@@ -196,6 +217,8 @@ class PruningSpace:
         m = c == "linear"  # rows x in x out; the counter adds the bias once per output
         macs[:, m] = hw_out[m] * cin[:, m] * cout[:, m] + bias[m] * cout[:, m]
         params[:, m] = cin[:, m] * cout[:, m] + bias[m] * cout[:, m]
+        m = c == "unit-linear"  # MACs in its attention's formula, parameters its own
+        params[:, m] = cin[:, m] * cout[:, m] + bias[m] * cout[:, m]
         m = c == "bn"  # affine norm: 2 per element
         macs[:, m] = 2.0 * hw_out[m] * cout[:, m]
         params[:, m] = 2.0 * cout[:, m]
@@ -208,8 +231,12 @@ class PruningSpace:
         m = (c == "attention") | (c == "mha")  # the counter's attention formula
         n, batch = lay.h_out[m].astype(np.float64), lay.w_out[m].astype(np.float64)
         q, d = cout[:, m], cin[:, m]
+        # An attention on a group of whole heads keeps its width per head, so it has
+        # q / (q unpruned) of its heads (``heads`` of the row: the unpruned count).
+        heads = lay.heads[m] * np.where(self._whole_heads[m],
+                                        q / np.maximum(self._base_cout[m], 1.0), 1.0)
         macs[:, m] = batch * (n * q * (2.0 + 3.0 * d + 3.0 * bias[m] + 2.0 * n + q)
-                              + lay.heads[m] * n * n)
+                              + heads * n * n)
         m = c == "mha"  # its projections are its own parameters
         params[:, m] = 4.0 * cin[:, m] * cin[:, m] + (3.0 * bias[m] + 1.0) * cin[:, m]
         return macs, params
