@@ -64,3 +64,16 @@ def test_with_the_prior_the_surrogate_predicts_a_region_it_never_measured(measur
                 again.predict(widths[test], ctx.rep_features, ctx.rep_clusters)[0], pred)
     assert errors["prior"] < 0.01, errors
     assert errors["prior"] < 0.5 * errors["none"], errors
+
+
+def test_a_twin_of_another_sku_is_dropped_for_the_roofline_base(measured):
+    ctx, space, widths, ms = measured
+    plan = SurrogatePlan(ensemble=1, n_estimators=50)
+    right = twin_prior_for(ctx.fleet)
+    wrong = TwinPrior("rpi4", right.probe_columns)  # a Raspberry Pi's physics for Jetsons
+    kept = Surrogate(space, plan, right).fit(widths, ms, ctx.rep_features, ctx.rep_clusters)
+    dropped = Surrogate(space, plan, wrong).fit(widths, ms, ctx.rep_features, ctx.rep_clusters)
+    assert kept.report_["twin_prior"]["used"] and kept.twin_prior == right
+    check = dropped.report_["twin_prior"]
+    assert not check["used"] and check["base_error"] > check["roofline_error"]
+    assert dropped.twin_prior is None

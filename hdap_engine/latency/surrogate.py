@@ -188,12 +188,46 @@ class Surrogate:
         n_test = max(2, int(round(n * self.options.test_fraction)))
         test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
 
+        twin_check = self._check_twin_prior(widths, lat, dfeat, train, test)
         # Held-out accuracy is measured on one member trained without the test
         # candidates; the ensemble kept is then trained on every candidate.
         self._train(widths[train], lat[train], dfeat, clusters, members=1)
         self._evaluate(widths[test], lat[test], dfeat, clusters, n_train=len(train))
+        if twin_check is not None:
+            self.report_["twin_prior"] = twin_check
         self._train(widths, lat, dfeat, clusters)
         return self
+
+    def _check_twin_prior(self, widths, lat, dfeat, train, test) -> dict | None:
+        """Keep the twin prior only where it explains held-out candidates as well as the
+        roofline base does (each device's base alone, fitted on the training candidates).
+
+        A twin wrong in shape (another SKU's preset: on MobileNetV1, 7.3 % off in a region
+        it was not trained on, against 1.3 % without it) is worse than no prior at all.
+        """
+        if self.twin_prior is None:
+            return None
+        phys = physical_features(self.space, widths)
+        twin = self._prior_ms(widths, dfeat)
+        errors = {}
+        for name, terms in (("twin_prior", twin), ("roofline", None)):
+            logs = []
+            for j in range(lat.shape[1]):
+                tr, te = train[np.isfinite(lat[train, j])], test[np.isfinite(lat[test, j])]
+                if len(tr) < 3 or not len(te):
+                    continue
+                coef = _nnls(_base_terms(phys[tr], None if terms is None else terms[tr], j),
+                             lat[tr, j])
+                pred = _base_terms(phys[te], None if terms is None else terms[te], j) @ coef
+                logs.append(np.log(np.maximum(pred, 1e-9) / lat[te, j]))
+            errors[name] = float(np.sqrt(np.mean(np.concatenate(logs) ** 2))) if logs \
+                else float("nan")
+        used = bool(errors["twin_prior"] <= errors["roofline"])
+        check = {**self.twin_prior.to_dict(), "used": used,
+                 "base_error": errors["twin_prior"], "roofline_error": errors["roofline"]}
+        if not used:
+            self.twin_prior = None
+        return check
 
     def _train(self, widths, lat, dfeat, clusters, members: int | None = None) -> None:
         import xgboost as xgb
