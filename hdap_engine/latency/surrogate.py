@@ -47,6 +47,14 @@ from hdap_engine.latency.prior import TwinPrior
 from hdap_engine.options import SurrogatePlan
 from hdap_engine.pruning.space import PruningSpace
 
+# With a twin prior the trees only correct the twin, so a leaf needs this many training rows
+# ((candidate, device) pairs): no leaf can hold one candidate's measurements alone. With one
+# row a leaf, the trees memorised a lucky measurement (on a 4x noisier fleet, 15 % below the
+# candidate's true latency), the sequential measurement took it for its incumbent, no new
+# candidate looked better, and the loop stopped after 6 batches where the quiet fleet went
+# on for 13 (`tests/test_sequential.py::test_a_noisier_fleet_makes_it_measure_more`).
+TWIN_PRIOR_LEAF_ROWS = 24.0
+
 
 def candidate_features(space: PruningSpace, widths) -> tuple[np.ndarray, list[str]]:
     """Features of candidates (N, F): keep ratios, MACs / params / activations per stage.
@@ -284,7 +292,8 @@ class Surrogate:
                     "eta": self.options.learning_rate, "subsample": self.options.subsample,
                     "colsample_bytree": self.options.colsample, "tree_method": "hist",
                     "nthread": self.options.threads, "seed": int(rs.integers(0, 2**31 - 1)),
-                    "min_child_weight": 1.0, "lambda": 1.0, "verbosity": 0,
+                    "min_child_weight": 1.0 if self.twin_prior is None else TWIN_PRIOR_LEAF_ROWS,
+                    "lambda": 1.0, "verbosity": 0,
                 }
                 ens.append(xgb.train(params, dm, num_boost_round=self.options.n_estimators))
             self.boosters_[key] = ens
