@@ -191,7 +191,8 @@ def add_study_flags(p: argparse.ArgumentParser, *, query: bool = False,
 
     top = [f for f in cli_fields("") if f.name not in ("method", "model_weights")
            or f.name in also]
-    fields = top + cli_fields("clustering", "measurement", "quantize", "search")
+    fields = top + cli_fields("clustering", "measurement", "quantize", "search") + [
+        f for f in cli_fields("surrogate") if f.name == "twin_prior"]  # --mode: hdap surrogate
     if query:
         fields += cli_fields("query", "accuracy")
     if query:  # a budget in MACs or in latency: one of the two, and only one

@@ -19,7 +19,11 @@ log-ratio of the measurement to that base (tile quantisation, cache effects).
 Trees alone cannot extrapolate: the search's best candidates lie at the edge
 of what was sampled, where a tree model predicts the edge's average, and on
 ResNet-50 at 1.0 G that made the search's winners look 15 % slower than they
-were. Each mode trains a small bootstrap ensemble; its
+were. With a twin prior (`hdap_engine.latency.prior`: the SKU's twin at each
+device's probe-fitted state), the base is a constant plus a scale of the
+prior's latency instead: where the twin is right in shape, regions never
+measured are predicted from physics rather than from the nearest measured
+region, and the trees learn what the twin gets wrong. Each mode trains a small bootstrap ensemble; its
 spread is the uncertainty estimate reported to users. Accuracy is judged on held-out *candidates* (never seen in training)
 at the level the search uses: the mean latency of a cluster's representatives.
 The model used afterwards is refit on all candidates.
@@ -39,8 +43,17 @@ import numpy as np
 import pandas as pd
 
 from hdap_engine.errors import HdapError
+from hdap_engine.latency.prior import TwinPrior
 from hdap_engine.options import SurrogatePlan
 from hdap_engine.pruning.space import PruningSpace
+
+# With a twin prior the trees only correct the twin, so a leaf needs this many training rows
+# ((candidate, device) pairs): no leaf can hold one candidate's measurements alone. With one
+# row a leaf, the trees memorised a lucky measurement (on a 4x noisier fleet, 15 % below the
+# candidate's true latency), the sequential measurement took it for its incumbent, no new
+# candidate looked better, and the loop stopped after 6 batches where the quiet fleet went
+# on for 13 (`tests/test_sequential.py::test_a_noisier_fleet_makes_it_measure_more`).
+TWIN_PRIOR_LEAF_ROWS = 24.0
 
 
 def candidate_features(space: PruningSpace, widths) -> tuple[np.ndarray, list[str]]:
@@ -129,11 +142,17 @@ class Surrogate:
         The model's pruning space.
     options:
         `SurrogatePlan`.
+    twin_prior:
+        A `TwinPrior` whose latency joins the linear base (shared mode with the
+        linear base only); None: the base is the roofline terms alone.
     """
 
-    def __init__(self, space: PruningSpace, options: SurrogatePlan | None = None):
+    def __init__(self, space: PruningSpace, options: SurrogatePlan | None = None,
+                 twin_prior: TwinPrior | None = None):
         self.space = space
         self.options = options or SurrogatePlan()
+        self.twin_prior = twin_prior \
+            if self.options.mode == "shared" and self.options.linear_base else None
         self.boosters_: dict[int, list] = {}  # model key (-1 shared, else cluster) -> ensemble
         # Linear base: one coefficient row per device (shared) or cluster (per-cluster);
         # devices are recognised by their log probe vector.
@@ -170,18 +189,53 @@ class Surrogate:
                             "measure more samples")
         self.training_hash_ = hashlib.sha256(
             widths.tobytes() + np.nan_to_num(lat).tobytes() + dfeat.tobytes()
-            + clusters.tobytes() + json.dumps(asdict(self.options)).encode()).hexdigest()[:16]
+            + clusters.tobytes() + json.dumps(asdict(self.options)).encode()
+            + json.dumps(self.twin_prior.to_dict() if self.twin_prior else None).encode()).hexdigest()[:16]
         rng = np.random.default_rng(self.options.seed)
         order = rng.permutation(n)
         n_test = max(2, int(round(n * self.options.test_fraction)))
         test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
 
+        twin_check = self._check_twin_prior(widths, lat, dfeat, train, test)
         # Held-out accuracy is measured on one member trained without the test
         # candidates; the ensemble kept is then trained on every candidate.
         self._train(widths[train], lat[train], dfeat, clusters, members=1)
         self._evaluate(widths[test], lat[test], dfeat, clusters, n_train=len(train))
+        if twin_check is not None:
+            self.report_["twin_prior"] = twin_check
         self._train(widths, lat, dfeat, clusters)
         return self
+
+    def _check_twin_prior(self, widths, lat, dfeat, train, test) -> dict | None:
+        """Keep the twin prior only where it explains held-out candidates as well as the
+        roofline base does (each device's base alone, fitted on the training candidates).
+
+        A twin wrong in shape (another SKU's preset: on MobileNetV1, 7.3 % off in a region
+        it was not trained on, against 1.3 % without it) is worse than no prior at all.
+        """
+        if self.twin_prior is None:
+            return None
+        phys = physical_features(self.space, widths)
+        twin = self._prior_ms(widths, dfeat)
+        errors = {}
+        for name, terms in (("twin_prior", twin), ("roofline", None)):
+            logs = []
+            for j in range(lat.shape[1]):
+                tr, te = train[np.isfinite(lat[train, j])], test[np.isfinite(lat[test, j])]
+                if len(tr) < 3 or not len(te):
+                    continue
+                coef = _nnls(_base_terms(phys[tr], None if terms is None else terms[tr], j),
+                             lat[tr, j])
+                pred = _base_terms(phys[te], None if terms is None else terms[te], j) @ coef
+                logs.append(np.log(np.maximum(pred, 1e-9) / lat[te, j]))
+            errors[name] = float(np.sqrt(np.mean(np.concatenate(logs) ** 2))) if logs \
+                else float("nan")
+        used = bool(errors["twin_prior"] <= errors["roofline"])
+        check = {**self.twin_prior.to_dict(), "used": used,
+                 "base_error": errors["twin_prior"], "roofline_error": errors["roofline"]}
+        if not used:
+            self.twin_prior = None
+        return check
 
     def _train(self, widths, lat, dfeat, clusters, members: int | None = None) -> None:
         import xgboost as xgb
@@ -192,7 +246,9 @@ class Surrogate:
         if self.options.mode == "shared":
             if self.options.linear_base:
                 phys = physical_features(self.space, widths)
-                coef = np.stack([_nnls(phys, lat[:, j]) for j in range(lat.shape[1])])
+                twin = self._prior_ms(widths, dfeat)
+                coef = np.stack([_nnls(_base_terms(phys, twin, j), lat[:, j])
+                                 for j in range(lat.shape[1])])
                 # A device with (almost) no measurements (its agent failed) has no base
                 # of its own; `_base` then lends it the nearest measured device's.
                 fitted = (np.isfinite(lat) & (lat > 0)).sum(axis=0) >= 3
@@ -204,7 +260,7 @@ class Surrogate:
                 if not fitted.all():
                     near = ((dfeat[:, None, :] - self.base_keys_[None]) ** 2).sum(2).argmin(1)
                     coef = self.base_coef_[near]
-                lat = lat / np.maximum(phys @ coef.T, 1e-9)
+                lat = lat / _base_ms(phys, twin, coef)
             x, y = _rows(cfeat, lat, dfeat)
             jobs.append((-1, x, y))
         else:
@@ -236,7 +292,8 @@ class Surrogate:
                     "eta": self.options.learning_rate, "subsample": self.options.subsample,
                     "colsample_bytree": self.options.colsample, "tree_method": "hist",
                     "nthread": self.options.threads, "seed": int(rs.integers(0, 2**31 - 1)),
-                    "min_child_weight": 1.0, "lambda": 1.0, "verbosity": 0,
+                    "min_child_weight": 1.0 if self.twin_prior is None else TWIN_PRIOR_LEAF_ROWS,
+                    "lambda": 1.0, "verbosity": 0,
                 }
                 ens.append(xgb.train(params, dm, num_boost_round=self.options.n_estimators))
             self.boosters_[key] = ens
@@ -303,7 +360,15 @@ class Surrogate:
         # The nearest trained device (in log probe space): itself when it was measured.
         dist = ((keys[:, None, :] - self.base_keys_[None, :, :]) ** 2).sum(axis=2)
         coef = self.base_coef_[dist.argmin(axis=1)]  # (D, F)
-        return np.maximum(physical_features(self.space, widths) @ coef.T, 1e-9)
+        # A device lends its coefficients only: the prior term is each device's own twin.
+        return _base_ms(physical_features(self.space, widths),
+                        self._prior_ms(widths, dfeat), coef)
+
+    def _prior_ms(self, widths, dfeat) -> np.ndarray | None:
+        """(N, D) the twin prior's latency, or None without a prior."""
+        if self.twin_prior is None:
+            return None
+        return self.twin_prior.ms(self.space, widths, np.exp(dfeat))
 
     def predict(self, widths, device_features, device_cluster) -> tuple[np.ndarray, np.ndarray]:
         """Latency (M, D) in ms and its relative uncertainty (M, D)."""
@@ -338,6 +403,7 @@ class Surrogate:
             "training_hash": self.training_hash_,
             "test_points": None if self.test_points_ is None
             else self.test_points_.to_dict(orient="list"),
+            "twin_prior": None if self.twin_prior is None else self.twin_prior.to_dict(),
             "base_keys": None if self.base_keys_ is None else self.base_keys_.tolist(),
             "base_coef": None if self.base_coef_ is None else self.base_coef_.tolist(),
             "boosters": {str(k): [base64.b64encode(bytes(b.save_raw("json"))).decode()
@@ -352,7 +418,7 @@ class Surrogate:
         doc = json.loads(data)
         if doc.get("format") != "hdap-surrogate/1" or doc.get("model") != space.model:
             raise HdapError("stored surrogate does not belong to this model; train it again")
-        self = cls(space, SurrogatePlan(**doc["options"]))
+        self = cls(space, SurrogatePlan(**doc["options"]), TwinPrior.from_dict(doc.get("twin_prior")))
         self.report_ = doc["report"]
         self.training_hash_ = doc["training_hash"]
         if doc.get("test_points") is not None:
@@ -369,6 +435,27 @@ class Surrogate:
                 boosters.append(b)
             self.boosters_[int(k)] = boosters
         return self
+
+
+def _base_terms(phys: np.ndarray, twin: np.ndarray | None, j: int) -> np.ndarray:
+    """Device ``j``'s linear base terms: the roofline terms; with a twin prior, the constant
+    and the prior alone.
+
+    The roofline's per-stage terms next to the prior fit the measurement noise of the
+    region that was measured and carry it elsewhere: on MobileNetV1 candidates trained
+    below half the model's MACs and judged above 0.6 of it, the base was 0.48 % off the
+    twin's noiseless latency with them and 0.20 % without.
+    """
+    return phys if twin is None else np.column_stack([phys[:, :1], twin[:, j]])
+
+
+def _base_ms(phys: np.ndarray, twin: np.ndarray | None, coef: np.ndarray) -> np.ndarray:
+    """(N, D) linear base latency from each device's coefficient row (see `_base_terms`)."""
+    if twin is None:
+        base = phys @ coef.T
+    else:
+        base = phys[:, :1] @ coef[:, :1].T + twin * coef[:, 1][None, :]
+    return np.maximum(base, 1e-9)
 
 
 def _design(cfeat: np.ndarray, dfeat: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from hdap_engine.latency.prior import TwinPrior
 from hdap_engine.latency.store import Store
 from hdap_engine.latency.surrogate import Surrogate
 from hdap_engine.options import SurrogatePlan
@@ -37,6 +38,8 @@ class SurrogateTrainer:
         (D,) cluster of every measured device.
     options:
         `SurrogatePlan`.
+    twin_prior:
+        The `TwinPrior` under the surrogate's linear base, or None.
     """
 
     space: PruningSpace
@@ -45,6 +48,7 @@ class SurrogateTrainer:
     features: np.ndarray
     clusters: np.ndarray
     options: SurrogatePlan
+    twin_prior: TwinPrior | None = None
 
     def fit(self, widths: np.ndarray, latency_ms: np.ndarray, prior=None) -> Surrogate:
         """Train on (widths, latency_ms), or load the surrogate already trained on them.
@@ -69,7 +73,8 @@ class SurrogateTrainer:
             features = np.vstack([features, prior.features])
             clusters = np.concatenate([clusters, np.full(d0, -1)])
         key_src = (self.backend_name + self.space.model + str(self.space.round_to)
-                   + str(sorted(asdict(self.options).items()))).encode()
+                   + str(sorted(asdict(self.options).items()))
+                   + str(self.twin_prior.to_dict() if self.twin_prior else "")).encode()
         h = hashlib.sha256(key_src + np.asarray(widths).tobytes()
                            + np.nan_to_num(latency_ms).tobytes()
                            + np.log(features).tobytes()
@@ -78,7 +83,7 @@ class SurrogateTrainer:
         stored = self.store.get_surrogate(key)
         if stored is not None:
             return Surrogate.from_bytes(self.space, stored[1])
-        sur = Surrogate(self.space, self.options).fit(widths, latency_ms, features, clusters)
+        sur = Surrogate(self.space, self.options, self.twin_prior).fit(widths, latency_ms, features, clusters)
         self.store.put_surrogate(key, {"model": self.space.model, "report": sur.report_,
                                        "training_hash": sur.training_hash_}, sur.to_bytes())
         return sur

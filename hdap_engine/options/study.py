@@ -214,6 +214,11 @@ class SurrogatePlan:
     colsample: float = 0.8
     test_fraction: float = 0.2  # held-out candidates the accuracy is judged on
     linear_base: bool = True  # a non-negative roofline per device under the trees
+    # The SKU's twin at each device's probe-fitted state as one more term of the linear base
+    # (`hdap_engine.latency.prior`), for fleets of a SKU the twin has a preset for.
+    twin_prior: bool = option(True, flag="--no-twin-prior", parse="off",
+                              help="do not put the SKU's device twin (at each device's "
+                                   "probe-fitted state) under the latency surrogate")
     seed: int = 0  # the study's seed (`StudyOptions.seed`)
     # One thread: XGBoost's OpenMP threads spin-wait, and on a busy 2-core machine two
     # threads were 10x slower than one.

@@ -10,7 +10,8 @@ search plan. `FleetSearch.run(target_macs, learned)` then
    sequentially, in small batches until the stopping rule says another batch
    is not worth its noise (`hdap_engine.search.sequential`);
 2. **restarts**: `SearchPlan.restarts` independent final searches, the first
-   from the refinement's favourites, the others afresh;
+   from the refinement's favourites, the others afresh; for methods with
+   cluster seeds, one more from every cluster's own optimum on the surrogate;
 3. **measures finalists** (methods that do): the best few of every run and
    the best candidates already measured on this budget, measured head to head;
 4. **polishes**: a measured local search from the chosen candidate.
@@ -247,6 +248,12 @@ class FleetSearch:
                                replace(sopt, seed=self.seed + 7919 * r),
                                seeds=seeds if r == 0 else seeds[:1], progress=tick))
             searching += runs[-1].seconds
+        if self.method.cluster_seeds and not self.devices.lab_device and self.devices.k > 1:
+            optima, seconds = self.cluster_optima(state.surrogate, target_macs, quick)
+            runs.append(evolve(self.space, target_macs, fitness,
+                               replace(sopt, seed=self.seed + 7919 * len(runs)),
+                               seeds=np.vstack([seeds[:1], optima]), progress=tick))
+            searching += runs[-1].seconds + seconds
         best_run = min(runs, key=lambda run: run.score)
         widths = best_run.widths
         if self.method.measures_finalists and plan.finalists > 1:
@@ -282,6 +289,30 @@ class FleetSearch:
             learned=state.freeze(), device_measurements=measured,
             device_s=state.device_s - device_s0, optimize_s=time.perf_counter() - t0, search_s=searching,
             history=best_run.history)
+
+    def cluster_optima(self, surrogate, target_macs: float, plan) -> tuple[np.ndarray, float]:
+        """Each cluster's best candidate on the surrogate (k, G), from a short search per
+        cluster, and the seconds those searches took.
+
+        The fleet objective weighs clusters whose best widths differ (a throttled
+        cluster pays for memory traffic, a healthy one for compute); a search of the
+        weighted mean started from one point settles in the basin nearest to it. Started
+        from every cluster's own optimum, it can mix them.
+        """
+        start = uniform_widths(self.space, target_macs)[None]
+        optima, seconds = [], 0.0
+        for c in range(self.devices.k):
+            if not (self.devices.clusters == c).any():
+                continue
+
+            def own(w, c=c):
+                return self.predict_clusters(surrogate, w)[:, c]
+
+            res = evolve(self.space, target_macs, own, replace(plan, seed=self.seed + 101 * c),
+                         seeds=start)
+            optima.append(res.widths)
+            seconds += res.seconds
+        return np.stack(optima), seconds
 
     # -- measuring ----------------------------------------------------------------------
 

@@ -55,6 +55,10 @@ class Method:
     # number of samples and refinement rounds (`hdap_engine.search.sequential`); its
     # clusters get representatives by their spread and it warm-starts from the store.
     measures_sequentially: bool = False
+    # One more final search, started from each cluster's own optimum on the surrogate: the
+    # fleet's optimum lies between them, in basins a search from the uniform candidate or
+    # from the measured favourites may never reach (`FleetSearch.cluster_optima`).
+    cluster_seeds: bool = False
 
     def __post_init__(self):
         if self.devices not in SEARCH_DEVICES:
@@ -143,7 +147,7 @@ def _global(space, target_macs, model):
 
 register_method(Method(
     "hdap", "HDAP (ours)", "HDAP (ours): shared surrogate, weighted fleet objective", "#EF553B",
-    refines=True, measures_finalists=True, measures_sequentially=True))
+    refines=True, measures_finalists=True, measures_sequentially=True, cluster_seeds=True))
 register_method(Method(
     "paper", "HDAP paper", "HDAP paper: one surrogate per cluster, plain mean", "#AB63FA",
     surrogate_mode="per-cluster", linear_base=False, cluster_weighting="equal"))

@@ -18,6 +18,7 @@ from hdap_engine.errors import HdapError
 from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.latency.backends import Backend
 from hdap_engine.latency.construct import make_backend
+from hdap_engine.latency.prior import twin_prior_for
 from hdap_engine.latency.sampling import sample_candidates
 from hdap_engine.latency.store import Store
 from hdap_engine.latency.training import SurrogateTrainer
@@ -105,8 +106,11 @@ class StudyContext:
         plan = self.options.surrogate
         sopt = replace(plan, mode=method.surrogate_mode or plan.mode,
                        linear_base=plan.linear_base and method.linear_base)
+        # The host backend times this machine, not a device of the fleet's SKU.
+        twin_prior = twin_prior_for(self.fleet, self.options.measurement.twin_preset) \
+            if sopt.twin_prior and self.backend.name != "host" else None
         return SurrogateTrainer(self.space, self.store, self.backend.name, devices.features,
-                                devices.clusters, sopt)
+                                devices.clusters, sopt, twin_prior)
 
     def fleet_search(self, query: Query | None = None, method: Method | None = None,
                      plan: SearchPlan | None = None) -> FleetSearch:
