@@ -467,7 +467,7 @@ def build(num_classes=4):
 def test_windowed_attention_with_a_gathered_bias_gets_a_space(tmp_path):
     """Swin's pattern: Torch-Pruning 1.6.1 skips its own reshape guards on torch 2 and
     gave such models a flatten mapping whose index sets grew until memory ran out
-    (`groups._guard_reshape_mapping`). The space builds, MACs equal the counter's and the
+    (`tp_fixes.install`). The space builds, MACs equal the counter's and the
     pruned model runs."""
     from hdap_engine.models.zoo import resolve_model
 

@@ -175,7 +175,8 @@ def test_every_cluster_gets_its_own_optimum_as_a_seed_of_the_fleet_search():
     from hdap_engine.options import SearchPlan
     from hdap_engine.pruning.budget import meets_budget, parse_budget
     from hdap_engine.pruning.space import PruningSpace
-    from hdap_engine.search.fleet_search import FleetSearch, SearchDevices
+    from hdap_engine.search.fleet_search import FleetSearch
+    from hdap_engine.search.learned import SearchDevices
     from hdap_engine.search.methods import get_method
 
     space = PruningSpace.for_model("resnet50")

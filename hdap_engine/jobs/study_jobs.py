@@ -212,7 +212,7 @@ def rebuild_context(settings: dict, result: dict, *, store=None,
 
     from hdap_engine.latency.store import Store
     from hdap_engine.latency.surrogate import Surrogate
-    from hdap_engine.search.fleet_search import Learned
+    from hdap_engine.search.learned import Learned
     from hdap_engine.study.prepare import prepare
 
     store = store or Store()

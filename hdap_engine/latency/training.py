@@ -53,7 +53,7 @@ class SurrogateTrainer:
     def fit(self, widths: np.ndarray, latency_ms: np.ndarray, prior=None) -> Surrogate:
         """Train on (widths, latency_ms), or load the surrogate already trained on them.
 
-        ``prior`` (`hdap_engine.search.fleet_search.Prior`, a warm start) adds
+        ``prior`` (`hdap_engine.search.learned.Prior`, a warm start) adds
         earlier studies' devices as more columns, their candidates as more rows
         (NaN where a device did not measure a candidate) and cluster -1: they
         teach the shared model, and the held-out report covers this study's

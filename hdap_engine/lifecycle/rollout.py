@@ -39,7 +39,7 @@ import numpy as np
 from hdap_engine.errors import HdapError
 from hdap_engine.infra.progress import Progress, no_progress
 from hdap_engine.options import Query, RolloutOptions, SearchPlan
-from hdap_engine.search.fleet_search import Learned
+from hdap_engine.search.learned import Learned
 from hdap_engine.study.prepare import StudyContext
 from hdap_engine.study.verify import Verification, fleet_metrics, verify_candidate
 

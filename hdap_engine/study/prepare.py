@@ -25,7 +25,8 @@ from hdap_engine.latency.training import SurrogateTrainer
 from hdap_engine.options import ClusteringPlan, Query, SearchPlan, StudyOptions
 from hdap_engine.pruning.budget import parse_budget
 from hdap_engine.pruning.space import PruningSpace
-from hdap_engine.search.fleet_search import FleetSearch, Learned, Prior, SearchDevices
+from hdap_engine.search.fleet_search import FleetSearch
+from hdap_engine.search.learned import Learned, Prior, SearchDevices
 from hdap_engine.search.methods import Method, get_method
 from hdap_engine.search.objectives import Objective, cluster_dispersion, cluster_weights
 

@@ -35,7 +35,7 @@ from hdap_engine.options import WHAT_IF_SETTINGS, Query, SearchPlan, StudyOption
 from hdap_engine.pruning.apply import prune_to_widths
 from hdap_engine.pruning.budget import format_macs, parse_budget
 from hdap_engine.report.build import build_report, history_entry
-from hdap_engine.search.fleet_search import Learned
+from hdap_engine.search.learned import Learned
 from hdap_engine.search.methods import get_method
 from hdap_engine.search.objectives import Objective
 from hdap_engine.study.latency_budget import CORRECTIONS, TOLERANCE, LatencyFit, fit_macs
