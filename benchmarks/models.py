@@ -99,7 +99,7 @@ def one(name: str) -> dict:
                    kept=len(space.kept), kept_why=sorted({w for _, w in space.kept})[:2],
                    uncounted=list(space.uncounted), base_macs=space.base_macs)
         res["stage"] = "prune"
-        widths = repair(space, np.ones(space.n_groups), 0.5 * space.base_macs)
+        widths = repair(space, np.ones(space.n_groups), 0.5 * space.base_macs, step_up=True)
         model = build_model(name)
         prune_to_widths(model, space, widths)
         macs, _ = count_macs_params(model, space)

@@ -132,7 +132,9 @@ def test_a_small_bench_prints_the_numbers_it_printed_before_the_restructure(benc
     assert rows["hdap"]["p95_ms"] == pytest.approx(3.534329415856126, rel=0.05)
     assert rows["hdap"]["fleet_mean_ms"] < 0.95 * rows["uniform"]["fleet_mean_ms"]
     # 672 with fixed refinement rounds; the sequential measurement's stopping rule measured
-    # 522 on the AMD EPYC. Where it stops follows the surrogate, so another CPU's rounding
-    # may move it by a batch (8 candidates on 6 devices) either way.
-    assert abs(rows["hdap"]["device_measurements"] - 522) <= 48
+    # 522 on the AMD EPYC, and 682 with the twin prior under the surrogate (its trees need
+    # 24 rows a leaf, so a lucky measurement no longer stops the loop early: results.md,
+    # fourth pass). Where it stops follows the surrogate, so another CPU's rounding may
+    # move it by a batch (8 candidates on 6 devices) either way.
+    assert abs(rows["hdap"]["device_measurements"] - 682) <= 48
     assert meets_budget(rows["hdap"]["macs"], bench["budget_macs"])

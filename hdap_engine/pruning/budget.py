@@ -82,7 +82,7 @@ def parse_budget(text, space: PruningSpace) -> float:
 
 
 def repair(space: PruningSpace, ratios, target_macs: float, *,
-           tol: float = BUDGET_TOLERANCE) -> np.ndarray:
+           tol: float = BUDGET_TOLERANCE, step_up: bool = False) -> np.ndarray:
     """Candidates following ``ratios``' direction with MACs in [target*(1-tol), target].
 
     Parameters
@@ -95,6 +95,12 @@ def repair(space: PruningSpace, ratios, target_macs: float, *,
         The budget in MACs.
     tol:
         How far below the budget a result may stay when rounding allows no closer.
+    step_up:
+        A candidate still short of the budget tries each coarse group (one step costs
+        more than ``tol``: an embedding that moves a whole head at a time) one step up,
+        the others narrower. For a baseline's single candidate (uniform, global), which
+        must spend its budget to be a fair comparison; the search's candidates are left
+        as they are (a search simply prefers the ones that spend it).
 
     Returns
     -------
@@ -117,7 +123,8 @@ def repair(space: PruningSpace, ratios, target_macs: float, *,
         hi = np.where(ok, hi, mid)
     widths = space.widths_from_ratios(r * lo[:, None])
     widths = _fill(space, widths, r * lo[:, None] * base, target_macs, tol)
-    widths = _coarse_step_up(space, widths, r, target_macs, tol)
+    if step_up:  # the baselines' one candidate: it must use its budget (`_coarse_step_up`)
+        widths = _coarse_step_up(space, widths, r, target_macs, tol)
     return widths[0] if single else widths
 
 

@@ -24,7 +24,7 @@ from hdap_engine.pruning.space import PruningSpace
 
 def uniform_widths(space: PruningSpace, target_macs: float) -> np.ndarray:
     """The uniform-ratio candidate at the budget."""
-    return repair(space, np.ones(space.n_groups), target_macs)
+    return repair(space, np.ones(space.n_groups), target_macs, step_up=True)
 
 
 def group_importances(model: nn.Module, space: PruningSpace) -> list[np.ndarray]:
@@ -73,4 +73,4 @@ def global_widths(model: nn.Module, space: PruningSpace, target_macs: float) -> 
             lo = mid + 1
     ratios = widths_at(flat[lo]) / space.base_widths
     # The rounding repair keeps the global ranking's direction and lands on the budget.
-    return repair(space, ratios, target_macs)
+    return repair(space, ratios, target_macs, step_up=True)
