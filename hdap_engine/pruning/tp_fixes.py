@@ -25,8 +25,10 @@ def install() -> None:
       bypasses its branch) gets sizes that do not add up. They are read from
       the node's ``_saved_split_size`` and the input's size.
 
-    A concatenation whose inputs' widths cannot be inferred gets no mapping (as
-    Torch-Pruning means to do, instead of its ``TypeError`` on Swin-S). Groups that a mapping still gets wrong are caught by the space's check of forms.
+    A third, not about names: a concatenation whose inputs' widths cannot be
+    inferred gets no mapping (as Torch-Pruning means to do, instead of its
+    ``TypeError`` on Swin-S). Groups that a mapping still gets wrong are caught by
+    the space's check of forms.
     """
     from torch_pruning import ops
     from torch_pruning.dependency import index_mapping, shape_infer
