@@ -74,7 +74,10 @@ class SurrogateTrainer:
             clusters = np.concatenate([clusters, np.full(d0, -1)])
         key_src = (self.backend_name + self.space.model + str(self.space.round_to)
                    + str(sorted(asdict(self.options).items()))
-                   + str(self.twin_prior.to_dict() if self.twin_prior else "")).encode()
+                   + str(self.twin_prior.to_dict() if self.twin_prior else "")
+                   # Surrogates stored before the tree weight (`Surrogate.tree_weight_`)
+                   # are fitted again.
+                   + "tree-weight").encode()
         h = hashlib.sha256(key_src + np.asarray(widths).tobytes()
                            + np.nan_to_num(latency_ms).tobytes()
                            + np.log(features).tobytes()
