@@ -239,16 +239,6 @@ class SequentialMeasurement:
             NOISE_LIMITED * self.objective_noise(state, active)
 
     def _cluster_noise(self, state, c: int, active: np.ndarray) -> float:
-        """Relative standard error of cluster ``c``'s measured latency (mean of its active
-        devices' medians); with adaptive repeats, at most what they aim at.
-
-        It is what settling a cluster is judged against. Where the devices' runs spread
-        more than the repeat limit can bring to the aimed precision, a prediction "within
-        the noise" would be within a noise that hides real errors: such a cluster is
-        judged at the aimed precision and settles only when the surrogate meets it (on a
-        4x noisier test fleet, judged at its own noise, every cluster settled after a few
-        batches and the noisy fleet measured fewer pairs than the quiet one).
-        """
         d = self.search.devices
         m = (d.clusters == c) & active
         if not m.any():
@@ -257,10 +247,7 @@ class SequentialMeasurement:
             if state.run_sigma is not None else np.full(m.sum(), 0.02)
         repeats = np.asarray(state.repeats, dtype=np.float64)[m] if state.repeats is not None \
             else np.full(m.sum(), float(self.search.repeats))
-        reached = float(np.sqrt(np.sum((MEDIAN_SE * sigma) ** 2 / repeats)) / m.sum())
-        if not self.rule.adaptive:
-            return reached
-        return min(reached, self.rule.repeat_precision / math.sqrt(m.sum()))
+        return float(np.sqrt(np.sum((MEDIAN_SE * sigma) ** 2 / repeats)) / m.sum())
 
     def _predict(self, state, widths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         d = self.search.devices
