@@ -47,11 +47,14 @@ def small_fleet(tmp_path_factory) -> Path:
 def pytest_collection_modifyitems(config, items):
     """The heaviest files first (stable otherwise).
 
-    `make test` hands whole files to three workers in collection order; a long file that
-    starts last leaves the other workers idle while it runs, so the long ones start first
-    and the quick files fill the gaps at the end: files by their number of browser tests
-    (a server, job workers and Chromium each: they take the longest), then files with
-    slow tests.
+    A long file that starts last leaves the other workers idle while it runs, so the long
+    ones come first and the quick files fill the gaps at the end: files by their number of
+    browser tests (a server, job workers and Chromium each: they take the longest), then
+    files with slow tests. This is the order of a run in one process. `make test`'s
+    `--dist loadfile` hands whole files to three workers and, by pytest-xdist's default,
+    reorders them by their number of tests; with `--no-loadscope-reorder` it keeps this
+    order. Both took the same wall time on the 2-core AMD EPYC (703 s each, docs/tests.md),
+    so the default stays.
     """
     browser: dict = {}
     slow: set = set()

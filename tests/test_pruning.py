@@ -165,6 +165,30 @@ def test_a_space_is_read_back_from_the_workspace_without_tracing(constant_reshap
     assert again.layer_table(w).names == first.layer_table(w).names
 
 
+def test_a_space_builds_while_main_is_a_page_script_the_child_could_not_run(tmp_path,
+                                                                         monkeypatch):
+    # Under Streamlit `__main__` is the page script the server last ran (left in place by
+    # Streamlit's `AppTest` too); the child building the space must not re-run it.
+    import sys
+    import types
+
+    from hdap_engine.models.zoo import resolve_model
+    from hdap_engine.pruning import cache
+
+    page = tmp_path / "Page.py"
+    page.write_text("raise SystemExit('the page script ran in the child')\n")
+    page_main = types.ModuleType("__main__")
+    page_main.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "__main__", page_main)
+    path = tmp_path / "fixed.py"
+    path.write_text(CONSTANT_RESHAPE + f"\n# {tmp_path.name}: a model no other test built\n")
+    key = resolve_model(f"{path}:build", "3,16,16").key
+    cache.clear_memory()
+    space = PruningSpace.for_model(key, round_to=4)
+    assert "conv3" in space.group_names
+    assert sys.modules["__main__"] is page_main  # put back once the child has started
+
+
 def test_a_space_that_takes_too_long_to_build_is_one_clear_error(constant_reshape_model):
     from hdap_engine.pruning import cache
 

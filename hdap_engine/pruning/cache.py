@@ -15,11 +15,14 @@ interpreter, is one clear error instead of a hang.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
+import sys
 import threading
+import types
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +131,39 @@ def _child(name: str, path: str, conn) -> None:
         conn.send(f"{type(exc).__name__}: {text[0][:200] if text else ''}")
 
 
+@contextlib.contextmanager
+def _main_of_this_process_only():
+    """While a spawned child starts: hide a ``__main__`` that a framework swapped in.
+
+    A spawned child re-runs its parent's ``__main__`` (so that a user's script that
+    registers a model at its top level has it registered in the child too). Under
+    Streamlit, ``__main__`` is the page script the server last ran, not the program
+    this process started with: the child re-ran ``app/Home.py`` (importing Streamlit
+    and running the page's top-level code) and, where the app's folder was not on its
+    path (a test process after Streamlit's `AppTest`), died before building anything.
+    Such a ``__main__`` (its file is not this process's ``sys.argv[0]``, and it was not
+    run as a module) is replaced by a bare one until the child has started.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    by_name = getattr(getattr(main, "__spec__", None), "name", None)
+    started_as = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if not path or by_name or os.path.abspath(path) == started_as:
+        yield
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 def _build_in_child(name: str, path: Path, timeout_s: float) -> None:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(name, str(path), child), daemon=True)
-    proc.start()
+    with _main_of_this_process_only():
+        proc.start()
     child.close()
     try:
         if not parent.poll(timeout_s):
