@@ -231,6 +231,16 @@ class Backend:
         return None
 
 
+def nanmean(a: np.ndarray, axis: int | None = None):
+    """Mean over the finite values; NaN (without a warning) where there are none (a device
+    that failed, or a candidate not measured on it)."""
+    a = np.asarray(a, dtype=np.float64)
+    n = np.isfinite(a).sum(axis=axis)
+    total = np.where(np.isfinite(a), a, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
 def _iqr(t) -> float:
     q75, q25 = np.percentile(np.asarray(t, dtype=np.float64), [75, 25])
     return float(q75 - q25)

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from hdap_engine.errors import HdapError
+from hdap_engine.latency.backends import nanmean
 from hdap_engine.latency.prior import TwinPrior
 from hdap_engine.options import SurrogatePlan
 from hdap_engine.pruning.space import PruningSpace
@@ -267,13 +268,9 @@ class Surrogate:
         errors = []
         for a in TREE_WEIGHTS:
             ms = np.exp(base + a * (mean - base))
-            rows = []
-            for c in np.unique(clusters[judged]):
-                m = clusters == c
-                seen = np.isfinite(lat[:, m])
-                with np.errstate(invalid="ignore"):
-                    true_c = np.where(seen, lat[:, m], 0).sum(axis=1) / seen.sum(axis=1)
-                    rows.append(np.log(ms[:, m].mean(axis=1) / true_c))
+            rows = [np.log(ms[:, clusters == c].mean(axis=1)
+                           / nanmean(lat[:, clusters == c], axis=1))
+                    for c in np.unique(clusters[judged])]
             e = np.concatenate(rows) if rows else np.zeros(0)
             errors.append(e)
         ok = np.all([np.isfinite(e) for e in errors], axis=0)
@@ -360,9 +357,7 @@ class Surrogate:
         for c in np.unique(clusters[clusters >= 0]):
             m = clusters == c
             # Mean over the measured devices; NaN where none was (agents that failed).
-            seen = np.isfinite(lat[:, m])
-            with np.errstate(invalid="ignore"):
-                true_c = np.where(seen, lat[:, m], 0).sum(axis=1) / seen.sum(axis=1)
+            true_c = nanmean(lat[:, m], axis=1)
             pred_c = np.exp(mean[:, m]).mean(axis=1)
             for i in range(len(widths)):
                 if np.isfinite(true_c[i]):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from hdap_engine.infra.progress import Progress
-from hdap_engine.latency.backends import Backend
+from hdap_engine.latency.backends import Backend, nanmean
 from hdap_engine.latency.store import Store
 from hdap_engine.pruning.budget import meets_budget
 from hdap_engine.pruning.space import PruningSpace
@@ -529,12 +529,3 @@ class _State:
                        run_sigma=self.run_sigma, prior=self.prior, stop=self.stop,
                        device_pairs=None if self.device_pairs is None
                        else tuple(int(x) for x in self.device_pairs))
-
-
-def nanmean(a: np.ndarray, axis: int | None = None):
-    """Mean over the finite values; NaN (without a warning) where there are none."""
-    a = np.asarray(a, dtype=np.float64)
-    n = np.isfinite(a).sum(axis=axis)
-    total = np.where(np.isfinite(a), a, 0.0).sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, total / np.maximum(n, 1), np.nan)

@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hdap_engine.infra.progress import Progress, no_progress
-from hdap_engine.latency.backends import TwinBackend
-from hdap_engine.search.fleet_search import nanmean
+from hdap_engine.latency.backends import TwinBackend, nanmean
 from hdap_engine.search.objectives import Objective, mixture_quantile
 from hdap_engine.study.prepare import StudyContext
 
